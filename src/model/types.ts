@@ -1,0 +1,112 @@
+/*
+ * The desired state: what every dataplane (BPF maps, iptables, nftables, IPVS) is rendered from.
+ *
+ * The shapes follow kube-proxy's pkg/proxy model: one ServicePort per (Service, port), each with
+ * its endpoints; endpoint selection (ready / serving / terminating, traffic policies, topology)
+ * is applied in src/model/endpoints.ts, never by a dataplane. Everything here is plain data:
+ * pure, serialisable, and compared by value.
+ */
+
+export type Protocol = 'TCP' | 'UDP' | 'SCTP';
+
+export type ServiceType = 'ClusterIP' | 'NodePort' | 'LoadBalancer';
+
+/** Traffic policy for external (NodePort / LB / externalIPs) or internal (ClusterIP) traffic. */
+export type TrafficPolicy = 'Cluster' | 'Local';
+
+/** Schedulers the BPF dataplane implements; `random` is kube-proxy's behaviour. */
+export type Scheduler = 'random' | 'rr' | 'sh' | 'maglev' | 'lc';
+
+/** Identifies one port of one Service, as kube-proxy's ServicePortName. */
+export interface ServicePortName {
+  namespace: string;
+  name: string;
+  /** The port's `name` in the Service spec; '' for an unnamed single port. */
+  port: string;
+  protocol: Protocol;
+}
+
+/** One port of one Service, as kube-proxy's BaseServicePortInfo (IPv4 only). */
+export interface ServicePort {
+  id: ServicePortName;
+  type: ServiceType;
+  /** IPv4 cluster IP (the first IPv4 of spec.clusterIPs). */
+  clusterIP: string;
+  port: number;
+  /** spec.ports[].targetPort: a number, or a named container port resolved through endpoints. */
+  targetPort: number | string;
+  /** 0 when the Service has none. */
+  nodePort: number;
+  externalIPs: string[];
+  /** status.loadBalancer.ingress[].ip (IPv4 only). */
+  loadBalancerIPs: string[];
+  /** CIDRs allowed to reach the load balancer IPs; empty = everyone. */
+  loadBalancerSourceRanges: string[];
+  /** ClientIP affinity timeout in seconds; 0 = sessionAffinity None. */
+  affinityTimeoutSeconds: number;
+  externalTrafficPolicy: TrafficPolicy;
+  internalTrafficPolicy: TrafficPolicy;
+  /** spec.healthCheckNodePort (LoadBalancer with externalTrafficPolicy Local); 0 = none. */
+  healthCheckNodePort: number;
+  /** From the annotation `vipr.io/scheduler`; null = the node default. */
+  scheduler: Scheduler | null;
+}
+
+/** One endpoint of one ServicePort, as kube-proxy's BaseEndpointInfo. */
+export interface Endpoint {
+  ip: string;
+  port: number;
+  /** conditions.ready (nil counts as true, as kube-proxy). */
+  ready: boolean;
+  /** conditions.serving (nil = ready). */
+  serving: boolean;
+  /** conditions.terminating (nil = false). */
+  terminating: boolean;
+  nodeName: string | null;
+  zone: string | null;
+  /** hints.forZones; null when the endpoint carries no hints. */
+  zoneHints: string[] | null;
+  /** nodeName equals this node's name. */
+  isLocal: boolean;
+}
+
+/** The endpoints chosen for a ServicePort by kube-proxy's rules (topology.go CategorizeEndpoints). */
+export interface EndpointSelection {
+  /** Endpoints for traffic under the Cluster policy; empty when the policy is Local. */
+  clusterEndpoints: Endpoint[];
+  /** Endpoints on this node, for traffic under the Local policy. */
+  localEndpoints: Endpoint[];
+  /** Union of the above: every endpoint any traffic may reach. */
+  allReachableEndpoints: Endpoint[];
+  /** Whether the service has any endpoint at all (ready, serving or terminating). */
+  hasAnyEndpoints: boolean;
+}
+
+/** One ServicePort with all its endpoints (sorted by ip then port) and kube-proxy's selection. */
+export interface ServiceEntry {
+  /** `namespace/name:port`, kube-proxy's ServicePortName.String(). */
+  key: string;
+  service: ServicePort;
+  endpoints: Endpoint[];
+  selection: EndpointSelection;
+}
+
+/** Facts about the node the agent runs on. */
+export interface NodeInfo {
+  name: string;
+  /** topology.kubernetes.io/zone, if known. */
+  zone: string | null;
+  /** IPv4 node addresses (NodePort targets). */
+  ips: string[];
+}
+
+/** Everything a dataplane needs, sorted by key. */
+export interface DesiredState {
+  node: NodeInfo;
+  services: ServiceEntry[];
+}
+
+/** `namespace/name:port` for a ServicePortName, as kube-proxy prints it. */
+export function servicePortKey(id: ServicePortName): string {
+  return `${id.namespace}/${id.name}:${id.port}`;
+}
