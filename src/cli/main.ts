@@ -1,0 +1,52 @@
+#!/usr/bin/env node
+/*
+ * vipr's command line. Each command lives in its own file under src/cli/ and exports
+ * `run(argv): Promise<number>` (the exit code). Errors reach the user as one line.
+ */
+import { formatError } from './errors.js';
+
+type CommandModule = { run(argv: string[]): Promise<number>; summary: string };
+
+const COMMANDS: Record<string, () => Promise<CommandModule>> = {
+  run: () => import('./run.js'),
+  list: () => import('./list.js'),
+  maps: () => import('./maps.js'),
+  stats: () => import('./stats.js'),
+  cleanup: () => import('./cleanup.js'),
+  render: () => import('./render.js'),
+  lab: () => import('./lab.js'),
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '-h' || name === '--help' || name === 'help') {
+    process.stdout.write(await usage());
+    return name ? 0 : 2;
+  }
+  const load = COMMANDS[name];
+  if (!load) {
+    process.stderr.write(`vipr: unknown command '${name}'; run 'vipr --help' for the list\n`);
+    return 2;
+  }
+  const mod = await load();
+  return mod.run(rest);
+}
+
+async function usage(): Promise<string> {
+  const lines = ['usage: vipr <command> [options]', '', 'commands:'];
+  for (const [name, load] of Object.entries(COMMANDS)) {
+    lines.push(`  ${name.padEnd(10)} ${(await load()).summary}`);
+  }
+  lines.push('', "Run 'vipr <command> --help' for a command's options.", '');
+  return lines.join('\n');
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`vipr: ${formatError(err)}\n`);
+    process.exitCode = 1;
+  },
+);
