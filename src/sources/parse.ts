@@ -1,0 +1,688 @@
+/*
+ * Raw Kubernetes objects (already decoded from YAML or JSON, so `unknown`) → the validated types
+ * of src/model/k8s.ts. This is the edge: nothing past it sees unvalidated data.
+ *
+ * Validation is strict, and every failure is a ConfigError naming the object, the field and the
+ * fix, because a manifest author reads these messages, not a developer. Two deliberate
+ * exceptions, both kube-proxy's behaviour: IPv6 addresses are skipped (vipr is IPv4-only, and a
+ * dual-stack object is not wrong), and one malformed endpoint inside an EndpointSlice is dropped
+ * with a warning instead of failing the slice, so one bad address never takes a Service down.
+ *
+ * Defaults follow the API server's and kube-proxy's: protocol TCP, type ClusterIP, traffic
+ * policies Cluster, ClientIP affinity timeout 10800 s, clusterIP `None` = headless.
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+import { ConfigError } from '../errors.js';
+import type {
+  EndpointSliceObject,
+  EndpointSlicePort,
+  ServiceObject,
+  ServicePortSpec,
+  SliceEndpoint,
+} from '../model/k8s.js';
+import type { Protocol, TrafficPolicy } from '../model/types.js';
+
+/** The label that ties an EndpointSlice to its Service. */
+export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
+
+/** ClientIP affinity timeout when the Service sets none (the API server's default: 3 hours). */
+export const DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800;
+
+const PROTOCOLS: readonly Protocol[] = ['TCP', 'UDP', 'SCTP'];
+const SERVICE_TYPES = ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const;
+const TRAFFIC_POLICIES: readonly TrafficPolicy[] = ['Cluster', 'Local'];
+const ADDRESS_TYPES = ['IPv4', 'IPv6', 'FQDN'] as const;
+/** The API server's upper bound for sessionAffinityConfig.clientIP.timeoutSeconds (one day). */
+const MAX_AFFINITY_TIMEOUT_SECONDS = 86400;
+
+/* Name rules of the API server (k8s.io/apimachinery/pkg/util/validation). */
+const DNS1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+/** IANA_SVC_NAME: a named container port (targetPort: http). */
+const IANA_SVC_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+type Dict = Record<string, unknown>;
+
+function isDict(value: unknown): value is Dict {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** A value as a message shows it: strings quoted, containers by shape. */
+function show(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'a list';
+  if (typeof value === 'object') return 'a mapping';
+  if (typeof value === 'string') return JSON.stringify(value);
+  return String(value);
+}
+
+function oneOf(values: readonly string[]): string {
+  if (values.length <= 1) return values.join('');
+  return `${values.slice(0, -1).join(', ')} or ${values[values.length - 1]}`;
+}
+
+/**
+ * Reads fields of one object, throwing a ConfigError that starts with the object's identity
+ * (`Service default/web: `) and names the field path.
+ */
+class FieldReader {
+  constructor(private subject: string) {}
+
+  /** Once the name is known, messages name the object. */
+  identify(subject: string): void {
+    this.subject = subject;
+  }
+
+  fail(path: string, problem: string): never {
+    throw new ConfigError(`${this.subject}: ${path} ${problem}`);
+  }
+
+  /** A mapping, or undefined when absent/null. */
+  dict(value: unknown, path: string): Dict | undefined {
+    if (value === undefined || value === null) return undefined;
+    if (!isDict(value)) this.fail(path, `must be a mapping, got ${show(value)}`);
+    return value;
+  }
+
+  /** A list; absent/null reads as empty, as in the API. */
+  list(value: unknown, path: string): unknown[] {
+    if (value === undefined || value === null) return [];
+    if (!Array.isArray(value)) this.fail(path, `must be a list, got ${show(value)}`);
+    return value;
+  }
+
+  string(value: unknown, path: string): string | undefined {
+    if (value === undefined || value === null) return undefined;
+    if (typeof value !== 'string') this.fail(path, `must be a string, got ${show(value)}`);
+    return value;
+  }
+
+  boolean(value: unknown, path: string): boolean | null {
+    if (value === undefined || value === null) return null;
+    if (typeof value !== 'boolean') this.fail(path, `must be true or false, got ${show(value)}`);
+    return value;
+  }
+
+  integer(value: unknown, path: string, min: number, max: number): number | undefined {
+    if (value === undefined || value === null) return undefined;
+    if (typeof value !== 'number' || !Number.isInteger(value)) {
+      this.fail(path, `must be an integer, got ${show(value)}`);
+    }
+    if (value < min || value > max) this.fail(path, `${value} is out of range ${min}-${max}`);
+    return value;
+  }
+
+  /** A port number 1-65535; 0 or absent when `optional` reads as 0. */
+  port(value: unknown, path: string, optional: boolean): number {
+    if (optional && (value === undefined || value === null || value === 0)) return 0;
+    if (value === undefined || value === null) this.fail(path, 'is missing; give a port number 1-65535');
+    return this.integer(value, path, 1, 65535) ?? 0;
+  }
+
+  enumValue<T extends string>(value: unknown, path: string, allowed: readonly T[], fallback: T, what: string): T {
+    const s = this.string(value, path);
+    if (s === undefined || s === '') return fallback;
+    if (!(allowed as readonly string[]).includes(s)) {
+      this.fail(path, `${show(s)} is not ${what}; use ${oneOf(allowed)}`);
+    }
+    return s as T;
+  }
+
+  protocol(value: unknown, path: string): Protocol {
+    const s = this.string(value, path);
+    if (s === undefined || s === '') return 'TCP';
+    if (!(PROTOCOLS as readonly string[]).includes(s)) {
+      this.fail(path, `${show(s)} is not supported; use ${oneOf(PROTOCOLS)}`);
+    }
+    return s as Protocol;
+  }
+
+  stringMap(value: unknown, path: string): Record<string, string> {
+    const d = this.dict(value, path);
+    const out: Record<string, string> = {};
+    if (!d) return out;
+    for (const [k, v] of Object.entries(d)) {
+      if (typeof v !== 'string') {
+        this.fail(`${path}[${JSON.stringify(k)}]`, `must be a string, got ${show(v)}; quote it in YAML`);
+      }
+      out[k] = v;
+    }
+    return out;
+  }
+}
+
+interface ObjectMeta {
+  namespace: string;
+  name: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+}
+
+type NameRule = 'dns1035-label' | 'dns1123-subdomain';
+
+function readMeta(r: FieldReader, raw: Dict, kind: string, rule: NameRule): ObjectMeta {
+  const meta = r.dict(raw.metadata, 'metadata');
+  if (!meta) r.fail('metadata', `is missing; every ${kind} needs metadata.name`);
+  const name = r.string(meta.name, 'metadata.name');
+  if (name === undefined || name === '') r.fail('metadata.name', `is missing; give the ${kind} a name`);
+  const namespace = r.string(meta.namespace, 'metadata.namespace') || 'default';
+  r.identify(`${kind} ${namespace}/${name}`);
+  if (namespace.length > 63 || !DNS1123_LABEL.test(namespace)) {
+    r.fail('metadata.namespace', `${show(namespace)} is not a valid namespace; use lowercase letters, digits and '-' (at most 63 characters)`);
+  }
+  if (rule === 'dns1035-label' && (name.length > 63 || !DNS1035_LABEL.test(name))) {
+    r.fail('metadata.name', `${show(name)} is not a valid ${kind} name; use lowercase letters, digits and '-', starting with a letter (at most 63 characters)`);
+  }
+  if (rule === 'dns1123-subdomain' && (name.length > 253 || !DNS1123_SUBDOMAIN.test(name))) {
+    r.fail('metadata.name', `${show(name)} is not a valid ${kind} name; use lowercase letters, digits, '-' and '.' (at most 253 characters)`);
+  }
+  return {
+    namespace,
+    name,
+    labels: r.stringMap(meta.labels, 'metadata.labels'),
+    annotations: r.stringMap(meta.annotations, 'metadata.annotations'),
+  };
+}
+
+/** Rejects a kind/apiVersion that is present but not the one this parser reads. */
+function checkType(r: FieldReader, raw: Dict, apiVersion: string, kind: string): void {
+  if (raw.kind !== undefined && raw.kind !== kind) {
+    r.fail('kind', `is ${show(raw.kind)}, expected ${kind}`);
+  }
+  if (raw.apiVersion !== undefined && raw.apiVersion !== apiVersion) {
+    r.fail('apiVersion', `is ${show(raw.apiVersion)}, expected ${apiVersion}`);
+  }
+}
+
+function root(r: FieldReader, raw: unknown): Dict {
+  if (!isDict(raw)) r.fail('', `must be a mapping (a Kubernetes object), got ${show(raw)}`);
+  return raw;
+}
+
+/* ---------- Service ---------- */
+
+type IpClass = 'ipv4' | 'ipv6';
+
+/** Classifies an address, throwing when it is neither IPv4 nor IPv6. */
+function ipClass(r: FieldReader, value: string, path: string, hint: string): IpClass {
+  if (isIPv4(value)) return 'ipv4';
+  if (isIPv6(value)) return 'ipv6';
+  return r.fail(path, `${show(value)} is not an IPv4 address; ${hint}`);
+}
+
+function readClusterIP(r: FieldReader, spec: Dict): string | null {
+  const single = r.string(spec.clusterIP, 'spec.clusterIP');
+  const list = r.list(spec.clusterIPs, 'spec.clusterIPs').map((v, i) => {
+    const s = r.string(v, `spec.clusterIPs[${i}]`);
+    if (s === undefined) r.fail(`spec.clusterIPs[${i}]`, 'must be a string, got null');
+    return s;
+  });
+  if (single !== undefined && single !== '' && list.length > 0 && list[0] !== single) {
+    r.fail('spec.clusterIPs[0]', `${show(list[0])} differs from spec.clusterIP ${show(single)}; they must be the same (or set only one)`);
+  }
+  const candidates: Array<[string, string]> =
+    list.length > 0
+      ? list.map((ip, i) => [ip, `spec.clusterIPs[${i}]`])
+      : single !== undefined
+        ? [[single, 'spec.clusterIP']]
+        : [];
+  let ipv4: string | null = null;
+  for (const [ip, path] of candidates) {
+    if (ip === '') continue;
+    if (ip === 'None') {
+      if (candidates.length > 1) r.fail(path, '"None" (headless) must be the only cluster IP');
+      return null;
+    }
+    const cls = ipClass(r, ip, path, 'use an address like 10.96.0.10, "None" for a headless Service, or leave it out to have one allocated');
+    // IPv6 cluster IPs of a dual-stack Service are skipped: vipr proxies IPv4 only.
+    if (cls === 'ipv4' && ipv4 === null) ipv4 = ip;
+  }
+  return ipv4;
+}
+
+function readIPv4List(r: FieldReader, value: unknown, path: string, hint: string): string[] {
+  const out: string[] = [];
+  r.list(value, path).forEach((v, i) => {
+    const s = r.string(v, `${path}[${i}]`);
+    if (s === undefined) r.fail(`${path}[${i}]`, 'must be a string, got null');
+    if (ipClass(r, s, `${path}[${i}]`, hint) === 'ipv4') out.push(s);
+  });
+  return out;
+}
+
+function isIPv4Cidr(value: string): boolean {
+  const m = /^([^/]+)\/(\d{1,2})$/.exec(value);
+  return m !== null && isIPv4(m[1] ?? '') && Number(m[2]) <= 32;
+}
+
+function isIPv6Cidr(value: string): boolean {
+  const m = /^([^/]+)\/(\d{1,3})$/.exec(value);
+  return m !== null && isIPv6(m[1] ?? '') && Number(m[2]) <= 128;
+}
+
+function readSourceRanges(r: FieldReader, spec: Dict): string[] {
+  const path = 'spec.loadBalancerSourceRanges';
+  const out: string[] = [];
+  r.list(spec.loadBalancerSourceRanges, path).forEach((v, i) => {
+    const raw = r.string(v, `${path}[${i}]`);
+    if (raw === undefined) r.fail(`${path}[${i}]`, 'must be a string, got null');
+    const cidr = raw.trim();
+    if (isIPv4Cidr(cidr)) out.push(cidr);
+    else if (!isIPv6Cidr(cidr)) {
+      r.fail(`${path}[${i}]`, `${show(raw)} is not a CIDR; write it as address/prefix, e.g. 203.0.113.0/24`);
+    }
+  });
+  return out;
+}
+
+function readLoadBalancerIPs(r: FieldReader, raw: Dict): string[] {
+  const status = r.dict(raw.status, 'status');
+  const lb = r.dict(status?.loadBalancer, 'status.loadBalancer');
+  const out: string[] = [];
+  r.list(lb?.ingress, 'status.loadBalancer.ingress').forEach((v, i) => {
+    const path = `status.loadBalancer.ingress[${i}]`;
+    const ingress = r.dict(v, path);
+    if (!ingress) return;
+    const ip = r.string(ingress.ip, `${path}.ip`);
+    // Proxy-mode load balancers deliver traffic to node IPs themselves; kube-proxy does not
+    // program their addresses, and neither do we.
+    const ipMode = r.string(ingress.ipMode, `${path}.ipMode`);
+    if (ip === undefined || ip === '' || ipMode === 'Proxy') return;
+    if (ipClass(r, ip, `${path}.ip`, 'the load balancer controller wrote an invalid status') === 'ipv4') {
+      out.push(ip);
+    }
+  });
+  return out;
+}
+
+function readServicePort(r: FieldReader, value: unknown, i: number, type: string): ServicePortSpec {
+  const path = `spec.ports[${i}]`;
+  const p = r.dict(value, path);
+  if (!p) r.fail(path, 'must be a mapping with at least `port`');
+  const name = r.string(p.name, `${path}.name`) ?? '';
+  if (name !== '' && (name.length > 63 || !DNS1123_LABEL.test(name))) {
+    r.fail(`${path}.name`, `${show(name)} is not a valid port name; use lowercase letters, digits and '-' (at most 63 characters)`);
+  }
+  const protocol = r.protocol(p.protocol, `${path}.protocol`);
+  const port = r.port(p.port, `${path}.port`, false);
+  let targetPort: number | string = port;
+  if (typeof p.targetPort === 'string' && p.targetPort !== '') {
+    const t = p.targetPort;
+    if (t.length > 15 || !IANA_SVC_NAME.test(t) || !/[a-z]/.test(t) || t.includes('--')) {
+      r.fail(`${path}.targetPort`, `${show(t)} is neither a port number nor a container port name; use a number 1-65535 or a name like "http" (lowercase, at most 15 characters, with a letter)`);
+    }
+    targetPort = t;
+  } else if (p.targetPort !== undefined && p.targetPort !== null && p.targetPort !== '' && p.targetPort !== 0) {
+    targetPort = r.port(p.targetPort, `${path}.targetPort`, false);
+  }
+  const nodePort = r.port(p.nodePort, `${path}.nodePort`, true);
+  if (nodePort !== 0 && type !== 'NodePort' && type !== 'LoadBalancer') {
+    r.fail(`${path}.nodePort`, `may only be set when spec.type is NodePort or LoadBalancer (it is ${type})`);
+  }
+  return { name, protocol, port, targetPort, nodePort };
+}
+
+/** Parses a v1 Service. Throws ConfigError naming the field on any invalid value. */
+export function parseService(raw: unknown): ServiceObject {
+  const r: FieldReader = new FieldReader('Service');
+  const obj = root(r, raw);
+  checkType(r, obj, 'v1', 'Service');
+  const meta = readMeta(r, obj, 'Service', 'dns1035-label');
+  const spec = r.dict(obj.spec, 'spec') ?? {};
+
+  const type = r.enumValue(spec.type, 'spec.type', SERVICE_TYPES, 'ClusterIP', 'a Service type');
+  const clusterIP = type === 'ExternalName' ? null : readClusterIP(r, spec);
+
+  const ports = r.list(spec.ports, 'spec.ports').map((p, i) => readServicePort(r, p, i, type));
+  const seenNames = new Map<string, number>();
+  const seenPorts = new Map<string, number>();
+  ports.forEach((p, i) => {
+    if (ports.length > 1 && p.name === '') {
+      r.fail(`spec.ports[${i}].name`, 'is required when a Service has more than one port');
+    }
+    const sameName = seenNames.get(p.name);
+    if (sameName !== undefined) {
+      r.fail(`spec.ports[${i}].name`, `${show(p.name)} is already used by spec.ports[${sameName}]; port names must be unique`);
+    }
+    seenNames.set(p.name, i);
+    const portKey = `${p.port}/${p.protocol}`;
+    const samePort = seenPorts.get(portKey);
+    if (samePort !== undefined) {
+      r.fail(`spec.ports[${i}]`, `${portKey} is already declared by spec.ports[${samePort}]; each port/protocol may appear once`);
+    }
+    seenPorts.set(portKey, i);
+  });
+
+  const affinity = r.enumValue(spec.sessionAffinity, 'spec.sessionAffinity', ['None', 'ClientIP'] as const, 'None', 'a session affinity');
+  let affinityTimeoutSeconds = 0;
+  if (affinity === 'ClientIP') {
+    const config = r.dict(spec.sessionAffinityConfig, 'spec.sessionAffinityConfig');
+    const clientIP = r.dict(config?.clientIP, 'spec.sessionAffinityConfig.clientIP');
+    affinityTimeoutSeconds =
+      r.integer(clientIP?.timeoutSeconds, 'spec.sessionAffinityConfig.clientIP.timeoutSeconds', 1, MAX_AFFINITY_TIMEOUT_SECONDS) ??
+      DEFAULT_AFFINITY_TIMEOUT_SECONDS;
+  }
+
+  return {
+    namespace: meta.namespace,
+    name: meta.name,
+    labels: meta.labels,
+    annotations: meta.annotations,
+    type,
+    clusterIP,
+    ports,
+    externalIPs: readIPv4List(r, spec.externalIPs, 'spec.externalIPs', 'list the addresses this Service should also answer on, e.g. 192.0.2.10'),
+    loadBalancerIPs: readLoadBalancerIPs(r, obj),
+    loadBalancerSourceRanges: readSourceRanges(r, spec),
+    affinityTimeoutSeconds,
+    externalTrafficPolicy: r.enumValue(spec.externalTrafficPolicy, 'spec.externalTrafficPolicy', TRAFFIC_POLICIES, 'Cluster', 'a traffic policy'),
+    internalTrafficPolicy: r.enumValue(spec.internalTrafficPolicy, 'spec.internalTrafficPolicy', TRAFFIC_POLICIES, 'Cluster', 'a traffic policy'),
+    healthCheckNodePort: r.port(spec.healthCheckNodePort, 'spec.healthCheckNodePort', true),
+  };
+}
+
+/* ---------- EndpointSlice ---------- */
+
+/** Where a dropped endpoint, skipped port or ignored object is reported. */
+export type WarningSink = (message: string) => void;
+
+const ignoreWarning: WarningSink = () => undefined;
+
+function readSlicePorts(r: FieldReader, value: unknown, warn: WarningSink, subject: string): EndpointSlicePort[] {
+  const out: EndpointSlicePort[] = [];
+  r.list(value, 'ports').forEach((v, i) => {
+    const path = `ports[${i}]`;
+    const p = r.dict(v, path);
+    if (!p) r.fail(path, 'must be a mapping with `port`');
+    // An unnamed port may be written without `name`; the API server stores it as "".
+    const name = r.string(p.name, `${path}.name`) ?? '';
+    const protocol = r.protocol(p.protocol, `${path}.protocol`);
+    if (p.port === undefined || p.port === null || p.port === 0) {
+      // kube-proxy ignores a port without a number ("all ports" is not implemented).
+      warn(`${subject}: ${path}.port is missing; port ignored`);
+      return;
+    }
+    out.push({ name, protocol, port: r.port(p.port, `${path}.port`, false) });
+  });
+  return out;
+}
+
+/** Reads one endpoint; throws (caught by the caller, which drops the endpoint) when malformed. */
+function readSliceEndpoint(r: FieldReader, value: unknown, path: string, addressType: string): SliceEndpoint {
+  const e = r.dict(value, path);
+  if (!e) r.fail(path, 'must be a mapping with `addresses`');
+  const addresses = r.list(e.addresses, `${path}.addresses`).map((a, j) => {
+    const s = r.string(a, `${path}.addresses[${j}]`);
+    if (s === undefined) r.fail(`${path}.addresses[${j}]`, 'must be a string, got null');
+    return s;
+  });
+  if (addresses.length === 0) r.fail(`${path}.addresses`, 'is empty; an endpoint needs one address');
+  addresses.forEach((a, j) => {
+    const valid = addressType === 'IPv4' ? isIPv4(a) : addressType === 'IPv6' ? isIPv6(a) : a !== '';
+    if (!valid) r.fail(`${path}.addresses[${j}]`, `${show(a)} is not an ${addressType} address`);
+  });
+  const conditions = r.dict(e.conditions, `${path}.conditions`);
+  const hints = r.dict(e.hints, `${path}.hints`);
+  let zoneHints: string[] | null = null;
+  const forZones = r.list(hints?.forZones, `${path}.hints.forZones`);
+  if (forZones.length > 0) {
+    zoneHints = forZones.map((z, j) => {
+      const zone = r.dict(z, `${path}.hints.forZones[${j}]`);
+      const name = r.string(zone?.name, `${path}.hints.forZones[${j}].name`);
+      if (name === undefined || name === '') r.fail(`${path}.hints.forZones[${j}].name`, 'is missing');
+      return name;
+    });
+  }
+  return {
+    addresses,
+    conditions: {
+      ready: r.boolean(conditions?.ready, `${path}.conditions.ready`),
+      serving: r.boolean(conditions?.serving, `${path}.conditions.serving`),
+      terminating: r.boolean(conditions?.terminating, `${path}.conditions.terminating`),
+    },
+    nodeName: r.string(e.nodeName, `${path}.nodeName`) || null,
+    zone: r.string(e.zone, `${path}.zone`) || null,
+    zoneHints,
+  };
+}
+
+/**
+ * Parses a discovery.k8s.io/v1 EndpointSlice. Slice-level problems throw ConfigError; a malformed
+ * endpoint is dropped and reported through `warn`.
+ */
+export function parseEndpointSlice(raw: unknown, warn: WarningSink = ignoreWarning): EndpointSliceObject {
+  const r: FieldReader = new FieldReader('EndpointSlice');
+  const obj = root(r, raw);
+  checkType(r, obj, 'discovery.k8s.io/v1', 'EndpointSlice');
+  const meta = readMeta(r, obj, 'EndpointSlice', 'dns1123-subdomain');
+  const subject = `EndpointSlice ${meta.namespace}/${meta.name}`;
+  if (obj.addressType === undefined || obj.addressType === null || obj.addressType === '') {
+    r.fail('addressType', `is missing; use ${oneOf(ADDRESS_TYPES)}`);
+  }
+  const addressType = r.enumValue(obj.addressType, 'addressType', ADDRESS_TYPES, 'IPv4', 'an address type');
+  const ports = readSlicePorts(r, obj.ports, warn, subject);
+
+  const endpoints: SliceEndpoint[] = [];
+  r.list(obj.endpoints, 'endpoints').forEach((v, i) => {
+    try {
+      endpoints.push(readSliceEndpoint(new FieldReader(subject), v, `endpoints[${i}]`, addressType));
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      warn(`${err.message}; endpoint dropped`);
+    }
+  });
+
+  return {
+    namespace: meta.namespace,
+    name: meta.name,
+    serviceName: meta.labels[SERVICE_NAME_LABEL] || null,
+    addressType,
+    ports,
+    endpoints,
+  };
+}
+
+/* ---------- legacy v1 Endpoints ---------- */
+
+/** Name of the slice made from subset `index` of a legacy Endpoints object. */
+export function legacySliceName(endpointsName: string, index: number): string {
+  return `${endpointsName}-endpoints-${index}`;
+}
+
+function readLegacyAddresses(
+  r: FieldReader,
+  value: unknown,
+  path: string,
+  ready: boolean,
+  warn: WarningSink,
+  subject: string,
+): SliceEndpoint[] {
+  const out: SliceEndpoint[] = [];
+  r.list(value, path).forEach((v, j) => {
+    const apath = `${path}[${j}]`;
+    try {
+      const reader: FieldReader = new FieldReader(subject);
+      const a = reader.dict(v, apath);
+      if (!a) reader.fail(apath, 'must be a mapping with `ip`');
+      const ip = reader.string(a.ip, `${apath}.ip`);
+      if (ip === undefined || ip === '') reader.fail(`${apath}.ip`, 'is missing');
+      if (isIPv6(ip)) return; // IPv4-only: skipped, not wrong.
+      if (!isIPv4(ip)) reader.fail(`${apath}.ip`, `${show(ip)} is not an IPv4 address`);
+      out.push({
+        addresses: [ip],
+        // What the EndpointSlice mirroring controller writes: notReadyAddresses are neither
+        // ready nor serving, and v1 Endpoints cannot say "terminating".
+        conditions: { ready, serving: ready, terminating: false },
+        nodeName: reader.string(a.nodeName, `${apath}.nodeName`) || null,
+        zone: null,
+        zoneHints: null,
+      });
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      warn(`${err.message}; address dropped`);
+    }
+  });
+  return out;
+}
+
+/**
+ * Converts a legacy v1 Endpoints object into one EndpointSlice per subset (each subset has its
+ * own ports), labelled with the Endpoints' name as the service name.
+ */
+export function parseEndpoints(raw: unknown, warn: WarningSink = ignoreWarning): EndpointSliceObject[] {
+  const r: FieldReader = new FieldReader('Endpoints');
+  const obj = root(r, raw);
+  checkType(r, obj, 'v1', 'Endpoints');
+  const meta = readMeta(r, obj, 'Endpoints', 'dns1123-subdomain');
+  const subject = `Endpoints ${meta.namespace}/${meta.name}`;
+  return r.list(obj.subsets, 'subsets').map((v, i) => {
+    const path = `subsets[${i}]`;
+    const subset = r.dict(v, path) ?? {};
+    const ports: EndpointSlicePort[] = r.list(subset.ports, `${path}.ports`).map((pv, k) => {
+      const ppath = `${path}.ports[${k}]`;
+      const p = r.dict(pv, ppath);
+      if (!p) r.fail(ppath, 'must be a mapping with `port`');
+      return {
+        name: r.string(p.name, `${ppath}.name`) ?? '',
+        protocol: r.protocol(p.protocol, `${ppath}.protocol`),
+        port: r.port(p.port, `${ppath}.port`, false),
+      };
+    });
+    return {
+      namespace: meta.namespace,
+      name: legacySliceName(meta.name, i),
+      serviceName: meta.name,
+      addressType: 'IPv4' as const,
+      ports,
+      endpoints: [
+        ...readLegacyAddresses(r, subset.addresses, `${path}.addresses`, true, warn, subject),
+        ...readLegacyAddresses(r, subset.notReadyAddresses, `${path}.notReadyAddresses`, false, warn, subject),
+      ],
+    };
+  });
+}
+
+/* ---------- dispatcher ---------- */
+
+/** `Kind namespace/name` of the object a document defines, e.g. `Endpoints default/web`. */
+export type ObjectRef = string;
+
+export type ParsedItem =
+  | { kind: 'Service'; object: ServiceObject }
+  | { kind: 'EndpointSlice'; object: EndpointSliceObject };
+
+export interface ParsedSource {
+  /** The object as written (a legacy Endpoints yields EndpointSlices). */
+  ref: ObjectRef;
+  /** Where inside the document: '' at the top, `items[2]` inside a List. */
+  path: string;
+  items: ParsedItem[];
+}
+
+export interface ParseFailure {
+  /** The object the failure belongs to, when its kind and name could still be read. */
+  ref: ObjectRef | null;
+  path: string;
+  error: ConfigError;
+}
+
+export interface ParseOutcome {
+  sources: ParsedSource[];
+  failures: ParseFailure[];
+  /** Dropped endpoints and ports, with the object and field. */
+  warnings: string[];
+  /** Objects of kinds vipr does not read, e.g. `apps/v1 Deployment default/web`. */
+  ignored: string[];
+}
+
+const SUPPORTED: Record<string, string> = {
+  Service: 'v1',
+  Endpoints: 'v1',
+  EndpointSlice: 'discovery.k8s.io/v1',
+};
+
+/** Best-effort identity of a raw object, for failures and for ignored objects. */
+function refOf(kind: string, raw: Dict): ObjectRef | null {
+  const meta = isDict(raw.metadata) ? raw.metadata : undefined;
+  const name = meta?.name;
+  if (typeof name !== 'string' || name === '') return null;
+  const ns = typeof meta?.namespace === 'string' && meta.namespace !== '' ? meta.namespace : 'default';
+  return `${kind} ${ns}/${name}`;
+}
+
+function at(path: string, message: string): string {
+  return path === '' ? message : `${path}: ${message}`;
+}
+
+function parseInto(raw: unknown, path: string, inherited: { apiVersion: string; kind: string } | null, out: ParseOutcome): void {
+  if (!isDict(raw)) {
+    out.failures.push({
+      ref: null,
+      path,
+      error: new ConfigError(at(path, `not a Kubernetes object: expected a mapping with apiVersion and kind, got ${show(raw)}`)),
+    });
+    return;
+  }
+  const apiVersion = typeof raw.apiVersion === 'string' ? raw.apiVersion : inherited?.apiVersion;
+  const kind = typeof raw.kind === 'string' ? raw.kind : inherited?.kind;
+  if (!apiVersion || !kind) {
+    const missing = !apiVersion && !kind ? 'apiVersion and kind are' : !apiVersion ? 'apiVersion is' : 'kind is';
+    out.failures.push({
+      ref: kind ? refOf(kind, raw) : null,
+      path,
+      error: new ConfigError(at(path, `${missing} missing; a Service starts with "apiVersion: v1" and "kind: Service"`)),
+    });
+    return;
+  }
+
+  if (kind === 'List' || (kind.endsWith('List') && Array.isArray(raw.items))) {
+    // Items of a typed list (ServiceList) may omit apiVersion/kind, as API responses do.
+    const itemType = kind === 'List' ? null : { apiVersion, kind: kind.slice(0, -'List'.length) };
+    if (raw.items !== undefined && raw.items !== null && !Array.isArray(raw.items)) {
+      out.failures.push({ ref: null, path, error: new ConfigError(at(path, `${kind}: items must be a list`)) });
+      return;
+    }
+    const items: unknown[] = Array.isArray(raw.items) ? raw.items : [];
+    items.forEach((item, i) => {
+      const itemPath = path === '' ? `items[${i}]` : `${path}.items[${i}]`;
+      parseInto(item, itemPath, itemType, out);
+    });
+    return;
+  }
+
+  if (SUPPORTED[kind] !== apiVersion) {
+    out.ignored.push(at(path, `${apiVersion} ${refOf(kind, raw) ?? kind}`));
+    return;
+  }
+  const typed = { ...raw, apiVersion, kind };
+  const warn: WarningSink = (message) => out.warnings.push(at(path, message));
+  try {
+    let items: ParsedItem[];
+    if (kind === 'Service') {
+      items = [{ kind: 'Service', object: parseService(typed) }];
+    } else if (kind === 'EndpointSlice') {
+      items = [{ kind: 'EndpointSlice', object: parseEndpointSlice(typed, warn) }];
+    } else {
+      items = parseEndpoints(typed, warn).map((object) => ({ kind: 'EndpointSlice' as const, object }));
+    }
+    // The parsers above required metadata.name, so the object has an identity.
+    out.sources.push({ ref: refOf(kind, typed) ?? kind, path, items });
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    out.failures.push({ ref: refOf(kind, raw), path, error: new ConfigError(at(path, err.message), { cause: err }) });
+  }
+}
+
+/**
+ * Parses one decoded document: a v1 Service, a discovery.k8s.io/v1 EndpointSlice, a v1
+ * Endpoints, or a List / `*List` of those (recursively). Other kinds are listed in `ignored`.
+ * Unlike the per-kind parsers it does not throw on invalid objects: each one becomes a failure,
+ * so one bad item of a List does not hide the good ones. A null document yields nothing.
+ */
+export function parseObject(raw: unknown): ParseOutcome {
+  const out: ParseOutcome = { sources: [], failures: [], warnings: [], ignored: [] };
+  if (raw === null || raw === undefined) return out;
+  parseInto(raw, '', null, out);
+  return out;
+}
