@@ -1,0 +1,64 @@
+/*
+ * The per-ServicePort facts every kube-proxy backend derives from BaseServicePortInfo
+ * (pkg/proxy/serviceport.go, pkg/api/v1/service): which traffic policies apply, whether the
+ * port is reachable from outside, and the names of its chains. Endpoint *selection* is not
+ * recomputed here: it comes from the model (EndpointSelection).
+ */
+import type { Endpoint, ServiceEntry } from '../model/types.js';
+import { lowerProtocol, servicePortNameString } from './hash.js';
+import { cidrContains, normalizeIpv4Cidr, parseIpv4Cidr } from './ipv4.js';
+
+export interface ServicePortFacts {
+  entry: ServiceEntry;
+  /** ServicePortName.String(). */
+  name: string;
+  /** `namespace/name`: the unit kube-proxy's partial syncs track changes by. */
+  serviceName: string;
+  protocol: string;
+  externallyAccessible: boolean;
+  externalPolicyLocal: boolean;
+  internalPolicyLocal: boolean;
+  usesClusterEndpoints: boolean;
+  usesLocalEndpoints: boolean;
+  affinity: boolean;
+  /** Source ranges normalised as Go prints net.IPNet. */
+  sourceRanges: string[];
+}
+
+export function servicePortFacts(entry: ServiceEntry): ServicePortFacts {
+  const svc = entry.service;
+  const externallyAccessible = svc.nodePort !== 0 || svc.loadBalancerIPs.length > 0 || svc.externalIPs.length > 0;
+  // apiservice.ExternalPolicyLocal looks at the Service as a whole, not the port.
+  const serviceExternallyAccessible = svc.type === 'LoadBalancer' || svc.type === 'NodePort' || svc.externalIPs.length > 0;
+  const externalPolicyLocal = serviceExternallyAccessible && svc.externalTrafficPolicy === 'Local';
+  const internalPolicyLocal = svc.internalTrafficPolicy === 'Local';
+  return {
+    entry,
+    name: servicePortNameString(svc.id),
+    serviceName: `${svc.id.namespace}/${svc.id.name}`,
+    protocol: lowerProtocol(svc.id.protocol),
+    externallyAccessible,
+    externalPolicyLocal,
+    internalPolicyLocal,
+    usesClusterEndpoints: !internalPolicyLocal || (externallyAccessible && !externalPolicyLocal),
+    usesLocalEndpoints: internalPolicyLocal || (externallyAccessible && externalPolicyLocal),
+    affinity: svc.affinityTimeoutSeconds > 0,
+    sourceRanges: svc.loadBalancerSourceRanges.map(normalizeIpv4Cidr),
+  };
+}
+
+/** kube-proxy's BaseEndpointInfo.String(). */
+export function endpointString(ep: Endpoint): string {
+  return `${ep.ip}:${ep.port}`;
+}
+
+/** Whether any source range admits the node itself (kube-proxy's allowFromNode). */
+export function sourceRangesAllowNode(facts: ServicePortFacts, nodeIP: string | null): boolean {
+  if (nodeIP === null) return false;
+  return facts.sourceRanges.some((range) => cidrContains(parseIpv4Cidr(range), nodeIP));
+}
+
+/** Whether a changed-set names this port: by service (`ns/name`, as kube-proxy) or by port key. */
+export function isChanged(facts: ServicePortFacts, changed: ReadonlySet<string>): boolean {
+  return changed.has(facts.serviceName) || changed.has(facts.name) || changed.has(facts.entry.key);
+}
