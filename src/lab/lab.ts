@@ -1,0 +1,440 @@
+/*
+ * The lab's lifecycle: `up` (namespaces, links, servers, manifests, the agent), `down` (the
+ * reverse, best effort, from the state file or, failing that, from the namespace names), `status`
+ * and host lookup for `exec`. The CLI (src/cli/lab.ts) only parses options and prints.
+ */
+import { existsSync, statfsSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ConfigError } from '../errors.js';
+import { run } from './exec.js';
+import { buildNetwork, deleteNetns, listNetns, netnsAddresses, netnsExists, netnsPids } from './network.js';
+import { summarizeManifestDir, writeDefaultManifests, type ServiceSummary } from './manifests.js';
+import {
+  isRunning,
+  ProcessStartError,
+  processStartTime,
+  startInNetns,
+  stopProcesses,
+  type StartedProcess,
+} from './processes.js';
+import {
+  BPFFS_ROOT,
+  defaultPinDir,
+  labStateDir,
+  readLabState,
+  writeLabState,
+  type LabHostState,
+  type LabProcessState,
+  type LabState,
+} from './state.js';
+import { labNetnsPattern, planLab, type HostRole, type LabPlan, type NodePlan } from './topology.js';
+
+/** The repository root: the first directory above this module holding a package.json. */
+export function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`);
+    dir = parent;
+  }
+}
+
+export function defaultAgentMain(): string {
+  return join(repoRoot(), 'dist', 'src', 'cli', 'main.js');
+}
+
+export function backendServerScript(): string {
+  return join(repoRoot(), 'dist', 'src', 'lab', 'backend-server.js');
+}
+
+export class LabExistsError extends Error {
+  override readonly name = 'LabExistsError';
+  constructor(
+    readonly lab: string,
+    /** Namespaces of the lab found without a state file (leftovers of an interrupted run). */
+    readonly leftovers: string[] = [],
+  ) {
+    super(
+      `lab '${lab}' is already up` +
+        (leftovers.length > 0 ? ` (namespaces ${leftovers.join(', ')} exist)` : '') +
+        `; run 'vipr lab down${lab === 'vipr' ? '' : ` --name ${lab}`}' first`,
+    );
+  }
+}
+
+export class LabNotUpError extends Error {
+  override readonly name = 'LabNotUpError';
+  constructor(readonly lab: string) {
+    super(`lab '${lab}' is not up; run 'vipr lab up${lab === 'vipr' ? '' : ` --name ${lab}`}' first`);
+  }
+}
+
+/** The agent failed to start; the rest of the lab is up and stays so (to debug the agent in it). */
+export class AgentStartError extends Error {
+  override readonly name = 'AgentStartError';
+}
+
+export interface LabUpOptions {
+  name: string;
+  backends: number;
+  /** A manifests directory to use as is; null = write the default manifests into the state dir. */
+  manifestsDir: string | null;
+  agent: boolean;
+  /** The script started as `<node> <agentMain> run ...`; defaults to dist/src/cli/main.js. */
+  agentMain?: string;
+  /** How long the agent must stay alive after start to count as started. */
+  agentGraceMs?: number;
+  /** Progress lines for the user. */
+  onProgress?: (line: string) => void;
+}
+
+export interface LabUpResult {
+  state: LabState;
+}
+
+/** The agent's command line, inside the node's namespace (a contract with `vipr run`). */
+export function agentArgv(state: LabState, agentMain: string): string[] {
+  const argv = [process.execPath, agentMain, 'run', '--manifests', state.manifestsDir];
+  for (const iface of state.agentIfaces) argv.push('--iface', iface);
+  argv.push('--pin-dir', state.pinDir, '--log-level', 'info');
+  return argv;
+}
+
+function hostStates(plan: LabPlan): LabHostState[] {
+  const hosts: LabHostState[] = [
+    { name: plan.client.name, role: 'client', netns: plan.client.netns, interfaces: [] },
+  ];
+  for (const node of plan.nodes) {
+    hosts.push({ name: node.name, role: 'node', netns: node.netns, interfaces: [] });
+    for (const be of node.backends) hosts.push({ name: be.name, role: 'backend', netns: be.netns, interfaces: [] });
+  }
+  const byNetns = new Map(hosts.map((h) => [h.netns, h]));
+  for (const link of plan.links) {
+    for (const end of [link.local, link.peer]) {
+      byNetns.get(end.netns)?.interfaces.push({ ifname: end.ifname, addresses: end.addresses });
+    }
+  }
+  return hosts;
+}
+
+const BPF_FS_MAGIC = 0xcafe4a11;
+
+/** The agent pins under /sys/fs/bpf: mount the BPF filesystem there when nothing is mounted yet. */
+async function ensureBpffs(): Promise<void> {
+  if (Number(statfsSync(BPFFS_ROOT).type) === BPF_FS_MAGIC) return;
+  await run('mount', ['-t', 'bpf', 'bpf', BPFFS_ROOT]);
+}
+
+function isLabLeftover(name: string, all: string[]): string[] {
+  const pattern = labNetnsPattern(name);
+  return all.filter((ns) => pattern.test(ns));
+}
+
+function toProcessState(kind: LabProcessState['kind'], host: string, p: StartedProcess, log: string): LabProcessState {
+  return { kind, host, pid: p.pid, startTime: p.startTime, argv: p.argv, log };
+}
+
+async function startServers(state: LabState, node: NodePlan, save: () => Promise<void>): Promise<void> {
+  const script = backendServerScript();
+  for (const be of node.backends) {
+    const log = join(state.stateDir, `${be.name}.log`);
+    try {
+      const p = await startInNetns({
+        netns: be.netns,
+        argv: [process.execPath, script, '--name', be.name],
+        log,
+        ready: (text) => text.includes(`backend-server ${be.name}: listening`),
+        timeoutMs: 10_000,
+      });
+      state.processes.push(toProcessState('server', be.name, p, log));
+    } catch (err) {
+      if (err instanceof ProcessStartError && err.started) {
+        state.processes.push(toProcessState('server', be.name, err.started, log));
+      }
+      throw err;
+    } finally {
+      await save();
+    }
+  }
+}
+
+async function startAgent(state: LabState, node: NodePlan, opts: LabUpOptions, save: () => Promise<void>): Promise<void> {
+  const main = opts.agentMain ?? defaultAgentMain();
+  if (!existsSync(main)) {
+    throw new AgentStartError(`agent not found at ${main}: build first (npx tsc -p tsconfig.json), or use --no-agent`);
+  }
+  await ensureBpffs();
+  await mkdir(state.pinDir, { recursive: true });
+  const log = join(state.stateDir, 'agent.log');
+  const grace = opts.agentGraceMs ?? 1500;
+  const startedAt = Date.now();
+  try {
+    // The agent has no readiness signal the lab can see yet: it counts as started when it is
+    // still running after the grace period (most start-up failures exit well within it).
+    const p = await startInNetns({
+      netns: node.netns,
+      argv: agentArgv(state, main),
+      log,
+      ready: () => Date.now() - startedAt >= grace,
+      timeoutMs: grace + 5000,
+    });
+    state.processes.push(toProcessState('agent', node.name, p, log));
+  } catch (err) {
+    if (err instanceof ProcessStartError) {
+      if (err.started) state.processes.push(toProcessState('agent', node.name, err.started, log));
+      throw new AgentStartError(
+        `${err.message}; the lab is up without the agent, 'vipr lab down${state.name === 'vipr' ? '' : ` --name ${state.name}`}' removes it`,
+      );
+    }
+    throw err;
+  } finally {
+    await save();
+  }
+}
+
+/**
+ * Creates the lab. A failure while building the network or starting servers removes everything
+ * created so far; a failure of the agent alone leaves the lab up (AgentStartError).
+ */
+export async function labUp(opts: LabUpOptions): Promise<LabUpResult> {
+  const progress = opts.onProgress ?? (() => undefined);
+  const plan = planLab({ name: opts.name, backends: opts.backends });
+  const node = plan.nodes[0];
+  if (!node) throw new Error('lab plan has no node');
+
+  const existing = await readLabState(opts.name);
+  if (existing.kind !== 'missing') throw new LabExistsError(opts.name);
+  const leftovers = isLabLeftover(opts.name, await listNetns());
+  if (leftovers.length > 0) throw new LabExistsError(opts.name, leftovers);
+  if (!existsSync(backendServerScript())) {
+    throw new ConfigError(`backend server not found at ${backendServerScript()}: build first (npx tsc -p tsconfig.json)`);
+  }
+  let manifestsDir: string;
+  if (opts.manifestsDir !== null) {
+    manifestsDir = resolve(opts.manifestsDir);
+    if (!existsSync(manifestsDir)) throw new ConfigError(`manifests directory ${manifestsDir} does not exist`);
+  } else {
+    manifestsDir = join(labStateDir(opts.name), 'manifests');
+  }
+
+  const state: LabState = {
+    version: 1,
+    name: opts.name,
+    phase: 'creating',
+    createdAt: new Date().toISOString(),
+    backends: opts.backends,
+    stateDir: labStateDir(opts.name),
+    pinDir: defaultPinDir(opts.name),
+    manifestsDir,
+    defaultManifests: opts.manifestsDir === null,
+    agentEnabled: opts.agent,
+    namespaces: [],
+    hosts: hostStates(plan),
+    agentIfaces: [node.clientIfname, ...node.backends.map((b) => b.nodeIfname)],
+    processes: [],
+  };
+  const save = (): Promise<void> => writeLabState(state);
+  await save();
+
+  try {
+    progress(`creating namespaces ${plan.client.netns}, ${node.netns}, ${node.backends.map((b) => b.netns).join(', ')}`);
+    await buildNetwork(plan, async (ns) => {
+      state.namespaces.push(ns);
+      await save();
+    });
+    if (state.defaultManifests) {
+      await writeDefaultManifests(manifestsDir, node);
+      progress(`wrote default manifests to ${manifestsDir}`);
+    }
+    progress(`starting ${node.backends.length} backend servers`);
+    await startServers(state, node, save);
+  } catch (err) {
+    progress(`up failed, removing what was created`);
+    await labDown(opts.name);
+    throw err;
+  }
+  if (opts.agent) {
+    progress(`starting the agent in ${node.netns}`);
+    try {
+      await startAgent(state, node, opts, save);
+    } catch (err) {
+      // Everything but the agent is up: say so in the state, so status and exec work.
+      state.phase = 'up';
+      await save();
+      throw err;
+    }
+  }
+  state.phase = 'up';
+  await save();
+  return { state };
+}
+
+export interface LabDownResult {
+  /** One line per thing removed, in order. */
+  removed: string[];
+  /** Things that could not be removed, one line each (down never throws for these). */
+  failures: string[];
+}
+
+/**
+ * Removes the lab, best effort: every process, namespace, the pin dir and the state dir, whether
+ * `up` finished, failed halfway, or the state file is gone (namespaces are then found by name).
+ */
+export async function labDown(name: string): Promise<LabDownResult> {
+  const removed: string[] = [];
+  const failures: string[] = [];
+  const read = await readLabState(name);
+  const state = read.kind === 'ok' ? read.state : null;
+  if (read.kind === 'unreadable') failures.push(`state file of lab '${name}' unreadable (${read.reason}); cleaning up by name`);
+
+  let namespaces: string[] = [];
+  try {
+    namespaces = isLabLeftover(name, await listNetns());
+  } catch (err) {
+    failures.push((err as Error).message);
+  }
+  for (const ns of state?.namespaces ?? []) if (!namespaces.includes(ns) && netnsExists(ns)) namespaces.push(ns);
+
+  // Processes: those recorded (checked against their start time), and anything else still running
+  // inside a lab namespace (a server whose start was never recorded, a shell from `lab exec`).
+  const victims = new Map<number, { pid: number; startTime: number; what: string }>();
+  for (const p of state?.processes ?? []) {
+    if (isRunning(p.pid, p.startTime)) victims.set(p.pid, { pid: p.pid, startTime: p.startTime, what: `${p.kind} on ${p.host}` });
+  }
+  for (const ns of namespaces) {
+    for (const pid of await netnsPids(ns)) {
+      const startTime = processStartTime(pid);
+      if (startTime !== null && !victims.has(pid)) victims.set(pid, { pid, startTime, what: `process in ${ns}` });
+    }
+  }
+  const stopped = new Set(await stopProcesses([...victims.values()]));
+  for (const v of victims.values()) {
+    if (isRunning(v.pid, v.startTime)) failures.push(`could not stop ${v.what} (pid ${v.pid})`);
+    else if (stopped.has(v.pid)) removed.push(`stopped ${v.what} (pid ${v.pid})`);
+  }
+
+  for (const ns of namespaces) {
+    try {
+      if (await deleteNetns(ns)) removed.push(`deleted netns ${ns}`);
+    } catch (err) {
+      failures.push((err as Error).message);
+    }
+  }
+
+  const pinDir = state?.pinDir ?? defaultPinDir(name);
+  if (pinDir.startsWith(`${BPFFS_ROOT}/`) && existsSync(pinDir)) {
+    try {
+      // Unlinking a pin drops the map or link it pinned once nothing else holds it.
+      await rm(pinDir, { recursive: true, force: true });
+      removed.push(`removed pin dir ${pinDir}`);
+    } catch (err) {
+      failures.push(`rm -rf ${pinDir} failed: ${(err as Error).message}`);
+    }
+  }
+  const stateDir = labStateDir(name);
+  if (existsSync(stateDir)) {
+    try {
+      await rm(stateDir, { recursive: true, force: true });
+      removed.push(`removed state dir ${stateDir}`);
+    } catch (err) {
+      failures.push(`rm -rf ${stateDir} failed: ${(err as Error).message}`);
+    }
+  }
+  return { removed, failures };
+}
+
+export interface LabHostStatus {
+  name: string;
+  role: HostRole;
+  netns: string;
+  /** Whether the namespace exists now. */
+  present: boolean;
+  /** Live IPv4 addresses (CIDR) of every interface but lo. */
+  addresses: string[];
+  interfaces: { ifname: string; addresses: string[] }[];
+}
+
+export interface LabProcessStatus {
+  kind: LabProcessState['kind'];
+  host: string;
+  pid: number;
+  running: boolean;
+  log: string;
+}
+
+export interface LabStatus {
+  name: string;
+  phase: LabState['phase'];
+  stateDir: string;
+  pinDir: string;
+  manifests: string;
+  agent: 'running' | 'stopped' | 'disabled';
+  hosts: LabHostStatus[];
+  processes: LabProcessStatus[];
+  services: ServiceSummary[];
+  /** Manifest files or documents that could not be read. */
+  problems: string[];
+}
+
+export async function loadLabState(name: string): Promise<LabState> {
+  const read = await readLabState(name);
+  if (read.kind === 'missing') throw new LabNotUpError(name);
+  if (read.kind === 'unreadable') {
+    throw new ConfigError(`state of lab '${name}' is unreadable (${read.reason}); 'vipr lab down --name ${name}' cleans up`);
+  }
+  return read.state;
+}
+
+export async function labStatus(name: string): Promise<LabStatus> {
+  const state = await loadLabState(name);
+  const hosts: LabHostStatus[] = [];
+  for (const h of state.hosts) {
+    const present = netnsExists(h.netns);
+    const interfaces = present ? await netnsAddresses(h.netns) : [];
+    hosts.push({
+      name: h.name,
+      role: h.role,
+      netns: h.netns,
+      present,
+      addresses: interfaces.flatMap((i) => i.addresses),
+      interfaces,
+    });
+  }
+  const processes = state.processes.map((p) => ({
+    kind: p.kind,
+    host: p.host,
+    pid: p.pid,
+    running: isRunning(p.pid, p.startTime),
+    log: p.log,
+  }));
+  const agents = processes.filter((p) => p.kind === 'agent');
+  const summary = await summarizeManifestDir(state.manifestsDir);
+  return {
+    name: state.name,
+    phase: state.phase,
+    stateDir: state.stateDir,
+    pinDir: state.pinDir,
+    manifests: state.manifestsDir,
+    agent: !state.agentEnabled ? 'disabled' : agents.some((a) => a.running) ? 'running' : 'stopped',
+    hosts,
+    processes,
+    services: summary.services,
+    problems: summary.problems,
+  };
+}
+
+/** The namespace of `host` in lab `name`; a ConfigError naming the valid hosts otherwise. */
+export async function labHostNetns(name: string, host: string): Promise<string> {
+  const state = await loadLabState(name);
+  const found = state.hosts.find((h) => h.name === host);
+  if (!found) {
+    throw new ConfigError(`no host '${host}' in lab '${name}'; hosts: ${state.hosts.map((h) => h.name).join(', ')}`);
+  }
+  if (!netnsExists(found.netns)) {
+    throw new ConfigError(`namespace ${found.netns} of host '${host}' is gone; 'vipr lab down' then 'vipr lab up' rebuilds the lab`);
+  }
+  return found.netns;
+}

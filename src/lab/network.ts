@@ -1,0 +1,117 @@
+/*
+ * Builds and removes the lab's namespaces, veth pairs, addresses and routes from a LabPlan with
+ * the real `ip`, `ethtool` and `sysctl`. Every link is created from inside a lab namespace
+ * (`ip -n`) with its peer placed straight into the other lab namespace, so nothing ever appears
+ * in the root namespace, even for a moment, and deleting the namespaces deletes every link.
+ */
+import { existsSync } from 'node:fs';
+import { run, tryRun, CommandError, netnsPath } from './exec.js';
+import { planHosts, type LabPlan, type RouteSpec, type VethEnd } from './topology.js';
+
+/** Names of every named network namespace (`ip netns list`), without the `(id: N)` suffix. */
+export async function listNetns(): Promise<string[]> {
+  const res = await run('ip', ['netns', 'list']);
+  return res.stdout
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/)[0] ?? '')
+    .filter((n) => n.length > 0);
+}
+
+export function netnsExists(netns: string): boolean {
+  return existsSync(netnsPath(netns));
+}
+
+/** Pids of the processes whose network namespace is `netns` (`ip netns pids`). */
+export async function netnsPids(netns: string): Promise<number[]> {
+  const res = await tryRun('ip', ['netns', 'pids', netns]);
+  if (res instanceof CommandError) return [];
+  return res.stdout
+    .split('\n')
+    .map((l) => Number.parseInt(l.trim(), 10))
+    .filter((n) => Number.isInteger(n) && n > 0);
+}
+
+export interface InterfaceAddresses {
+  ifname: string;
+  /** IPv4 addresses in CIDR notation. */
+  addresses: string[];
+}
+
+interface IpAddrJson {
+  ifname?: string;
+  addr_info?: { family?: string; local?: string; prefixlen?: number }[];
+}
+
+/** The IPv4 addresses of every interface but `lo` in `netns`, as the kernel reports them now. */
+export async function netnsAddresses(netns: string): Promise<InterfaceAddresses[]> {
+  const res = await run('ip', ['-j', '-n', netns, '-4', 'addr', 'show']);
+  const parsed: unknown = JSON.parse(res.stdout.trim() === '' ? '[]' : res.stdout);
+  if (!Array.isArray(parsed)) return [];
+  const out: InterfaceAddresses[] = [];
+  for (const entry of parsed as IpAddrJson[]) {
+    if (!entry.ifname || entry.ifname === 'lo') continue;
+    const addresses = (entry.addr_info ?? [])
+      .filter((a) => a.family === 'inet' && a.local !== undefined)
+      .map((a) => `${a.local}/${a.prefixlen ?? 32}`);
+    out.push({ ifname: entry.ifname, addresses });
+  }
+  return out;
+}
+
+async function configureEnd(end: VethEnd): Promise<void> {
+  for (const addr of end.addresses) {
+    await run('ip', ['-n', end.netns, 'addr', 'add', addr, 'dev', end.ifname]);
+  }
+  // The lab's traffic is virtual end to end: with tx checksum offload on, veth hands partially
+  // computed checksums to the receiver unchecked, and a NAT that forgets the L4 checksum update
+  // would still "work". Offload off makes every sender compute full checksums.
+  await run('ethtool', ['-K', end.ifname, 'tx', 'off'], { netns: end.netns });
+  await run('ip', ['-n', end.netns, 'link', 'set', end.ifname, 'up']);
+}
+
+function routeArgs(r: RouteSpec): string[] {
+  const args = ['-n', r.netns, 'route', 'add', r.dest];
+  if (r.via !== null) args.push('via', r.via);
+  args.push('dev', r.dev);
+  if (r.onlink) args.push('onlink');
+  return args;
+}
+
+/**
+ * Creates the lab. `onNetnsCreated` is called after each namespace exists, so a caller can record
+ * progress and a failed build can be torn down completely.
+ */
+export async function buildNetwork(plan: LabPlan, onNetnsCreated: (netns: string) => Promise<void>): Promise<void> {
+  for (const host of planHosts(plan)) {
+    await run('ip', ['netns', 'add', host.netns]);
+    await onNetnsCreated(host.netns);
+    await run('ip', ['-n', host.netns, 'link', 'set', 'lo', 'up']);
+  }
+  for (const link of plan.links) {
+    await run('ip', [
+      '-n', link.local.netns,
+      'link', 'add', link.local.ifname,
+      'type', 'veth',
+      'peer', 'name', link.peer.ifname, 'netns', link.peer.netns,
+    ]);
+    await configureEnd(link.local);
+    await configureEnd(link.peer);
+  }
+  for (const ns of plan.forwarding) {
+    await run('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1'], { netns: ns });
+  }
+  for (const r of plan.routes) {
+    await run('ip', routeArgs(r));
+  }
+}
+
+/** Deletes a namespace (and with it every link inside); false when it was already gone. */
+export async function deleteNetns(netns: string): Promise<boolean> {
+  if (!netnsExists(netns)) return false;
+  const res = await tryRun('ip', ['netns', 'del', netns]);
+  if (res instanceof CommandError) {
+    if (!netnsExists(netns)) return false;
+    throw res;
+  }
+  return true;
+}
