@@ -1,0 +1,377 @@
+import { ConfigError } from '../../src/errors.js';
+import {
+  parseEndpoints,
+  parseEndpointSlice,
+  parseObject,
+  parseService,
+} from '../../src/sources/parse.js';
+
+/** A minimal valid Service with `spec` fields overridden. */
+function service(spec: Record<string, unknown> = {}, metadata: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name: 'web', namespace: 'default', ...metadata },
+    spec: { clusterIP: '10.0.0.10', ports: [{ port: 80 }], ...spec },
+  };
+}
+
+function slice(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: 'web-abc', namespace: 'default', labels: { 'kubernetes.io/service-name': 'web' } },
+    addressType: 'IPv4',
+    ports: [{ name: 'http', protocol: 'TCP', port: 8080 }],
+    endpoints: [{ addresses: ['10.244.0.1'], conditions: { ready: true } }],
+    ...extra,
+  };
+}
+
+function errorOf(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('parseService', () => {
+  it('applies kube-proxy defaults', () => {
+    const svc = parseService(service());
+    expect(svc).toEqual({
+      namespace: 'default',
+      name: 'web',
+      labels: {},
+      annotations: {},
+      type: 'ClusterIP',
+      clusterIP: '10.0.0.10',
+      ports: [{ name: '', protocol: 'TCP', port: 80, targetPort: 80, nodePort: 0 }],
+      externalIPs: [],
+      loadBalancerIPs: [],
+      loadBalancerSourceRanges: [],
+      affinityTimeoutSeconds: 0,
+      externalTrafficPolicy: 'Cluster',
+      internalTrafficPolicy: 'Cluster',
+      healthCheckNodePort: 0,
+    });
+  });
+
+  it('defaults the namespace to "default"', () => {
+    expect(parseService(service({}, { namespace: undefined })).namespace).toBe('default');
+  });
+
+  it('reads a LoadBalancer service completely', () => {
+    const svc = parseService({
+      ...service(
+        {
+          type: 'LoadBalancer',
+          clusterIPs: ['10.0.0.10', 'fd00::10'],
+          ports: [
+            { name: 'http', port: 80, targetPort: 'web', nodePort: 30080 },
+            { name: 'dns', port: 53, protocol: 'UDP', targetPort: 5353, nodePort: 30053 },
+          ],
+          externalIPs: ['192.0.2.10', '2001:db8::1'],
+          loadBalancerSourceRanges: ['203.0.113.0/24', ' 198.51.100.0/25 ', '2001:db8::/32'],
+          sessionAffinity: 'ClientIP',
+          externalTrafficPolicy: 'Local',
+          internalTrafficPolicy: 'Local',
+          healthCheckNodePort: 31000,
+        },
+        { labels: { app: 'web' }, annotations: { 'vipr.io/scheduler': 'maglev' } },
+      ),
+      status: {
+        loadBalancer: {
+          ingress: [{ ip: '198.51.100.7' }, { ip: '198.51.100.8', ipMode: 'Proxy' }, { hostname: 'lb.example' }, { ip: '2001:db8::7' }],
+        },
+      },
+    });
+    expect(svc.type).toBe('LoadBalancer');
+    expect(svc.clusterIP).toBe('10.0.0.10');
+    expect(svc.ports).toEqual([
+      { name: 'http', protocol: 'TCP', port: 80, targetPort: 'web', nodePort: 30080 },
+      { name: 'dns', protocol: 'UDP', port: 53, targetPort: 5353, nodePort: 30053 },
+    ]);
+    expect(svc.externalIPs).toEqual(['192.0.2.10']);
+    expect(svc.loadBalancerIPs).toEqual(['198.51.100.7']);
+    expect(svc.loadBalancerSourceRanges).toEqual(['203.0.113.0/24', '198.51.100.0/25']);
+    expect(svc.affinityTimeoutSeconds).toBe(10800);
+    expect(svc.externalTrafficPolicy).toBe('Local');
+    expect(svc.internalTrafficPolicy).toBe('Local');
+    expect(svc.healthCheckNodePort).toBe(31000);
+    expect(svc.labels).toEqual({ app: 'web' });
+    expect(svc.annotations['vipr.io/scheduler']).toBe('maglev');
+  });
+
+  it('reads an explicit affinity timeout', () => {
+    const svc = parseService(service({ sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } }));
+    expect(svc.affinityTimeoutSeconds).toBe(60);
+  });
+
+  it('treats clusterIP None as headless and an IPv6-only service as having no IPv4 cluster IP', () => {
+    expect(parseService(service({ clusterIP: 'None' })).clusterIP).toBeNull();
+    expect(parseService(service({ clusterIP: 'fd00::10' })).clusterIP).toBeNull();
+    expect(parseService(service({ clusterIP: undefined })).clusterIP).toBeNull();
+  });
+
+  it('takes the IPv4 cluster IP of a dual-stack service whichever family comes first', () => {
+    expect(parseService(service({ clusterIP: 'fd00::10', clusterIPs: ['fd00::10', '10.0.0.10'] })).clusterIP).toBe('10.0.0.10');
+  });
+
+  it('keeps an ExternalName service without a cluster IP', () => {
+    const svc = parseService(service({ type: 'ExternalName', externalName: 'example.com', clusterIP: undefined }));
+    expect(svc.type).toBe('ExternalName');
+    expect(svc.clusterIP).toBeNull();
+  });
+
+  const invalid: Array<[string, Record<string, unknown>, string]> = [
+    ['port out of range', service({ ports: [{ port: 70000 }] }), 'Service default/web: spec.ports[0].port 70000 is out of range 1-65535'],
+    ['port missing', service({ ports: [{ name: 'x' }] }), 'Service default/web: spec.ports[0].port is missing; give a port number 1-65535'],
+    ['port as a string', service({ ports: [{ port: '80' }] }), 'Service default/web: spec.ports[0].port must be an integer, got "80"'],
+    ['bad cluster IP', service({ clusterIP: '10.0.0.300' }), 'Service default/web: spec.clusterIP "10.0.0.300" is not an IPv4 address'],
+    ['clusterIPs disagree', service({ clusterIPs: ['10.0.0.11'] }), 'spec.clusterIPs[0] "10.0.0.11" differs from spec.clusterIP "10.0.0.10"'],
+    ['bad protocol', service({ ports: [{ port: 80, protocol: 'HTTP' }] }), 'Service default/web: spec.ports[0].protocol "HTTP" is not supported; use TCP, UDP or SCTP'],
+    ['nodePort out of range', service({ type: 'NodePort', ports: [{ port: 80, nodePort: 70000 }] }), 'Service default/web: spec.ports[0].nodePort 70000 is out of range 1-65535'],
+    ['nodePort on ClusterIP', service({ ports: [{ port: 80, nodePort: 30080 }] }), 'spec.ports[0].nodePort may only be set when spec.type is NodePort or LoadBalancer (it is ClusterIP)'],
+    ['unknown type', service({ type: 'Magic' }), 'Service default/web: spec.type "Magic" is not a Service type; use ClusterIP, NodePort, LoadBalancer or ExternalName'],
+    ['bad source range', service({ loadBalancerSourceRanges: ['10.0.0.0/33'] }), 'Service default/web: spec.loadBalancerSourceRanges[0] "10.0.0.0/33" is not a CIDR; write it as address/prefix, e.g. 203.0.113.0/24'],
+    ['source range without prefix', service({ loadBalancerSourceRanges: ['10.0.0.0'] }), 'spec.loadBalancerSourceRanges[0] "10.0.0.0" is not a CIDR'],
+    ['bad external IP', service({ externalIPs: ['192.0.2'] }), 'Service default/web: spec.externalIPs[0] "192.0.2" is not an IPv4 address'],
+    ['missing name', service({}, { name: undefined }), 'Service: metadata.name is missing; give the Service a name'],
+    ['missing metadata', { apiVersion: 'v1', kind: 'Service', spec: {} }, 'Service: metadata is missing'],
+    ['invalid name', service({}, { name: 'Web_1' }), 'Service default/Web_1: metadata.name "Web_1" is not a valid Service name'],
+    ['unnamed port among several', service({ ports: [{ name: 'a', port: 80 }, { port: 81 }] }), 'spec.ports[1].name is required when a Service has more than one port'],
+    ['duplicate port name', service({ ports: [{ name: 'a', port: 80 }, { name: 'a', port: 81 }] }), 'spec.ports[1].name "a" is already used by spec.ports[0]'],
+    ['duplicate port', service({ ports: [{ name: 'a', port: 80 }, { name: 'b', port: 80 }] }), 'spec.ports[1] 80/TCP is already declared by spec.ports[0]'],
+    ['bad target port name', service({ ports: [{ port: 80, targetPort: 'Web_Port' }] }), 'spec.ports[0].targetPort "Web_Port" is neither a port number nor a container port name'],
+    ['target port out of range', service({ ports: [{ port: 80, targetPort: 0x10000 }] }), 'spec.ports[0].targetPort 65536 is out of range 1-65535'],
+    ['bad session affinity', service({ sessionAffinity: 'Cookie' }), 'spec.sessionAffinity "Cookie" is not a session affinity; use None or ClientIP'],
+    ['affinity timeout too long', service({ sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 86401 } } }), 'spec.sessionAffinityConfig.clientIP.timeoutSeconds 86401 is out of range 1-86400'],
+    ['bad traffic policy', service({ externalTrafficPolicy: 'Global' }), 'spec.externalTrafficPolicy "Global" is not a traffic policy; use Cluster or Local'],
+    ['ports not a list', service({ ports: { port: 80 } }), 'spec.ports must be a list, got a mapping'],
+    ['annotation not a string', service({}, { annotations: { 'vipr.io/weight': 3 } }), 'metadata.annotations["vipr.io/weight"] must be a string, got 3; quote it in YAML'],
+    ['wrong kind', { ...service(), kind: 'Pod' }, 'kind is "Pod", expected Service'],
+  ];
+  it.each(invalid)('rejects %s', (_what, raw, message) => {
+    const err = errorOf(() => parseService(raw));
+    expect(err.message).toContain(message);
+  });
+});
+
+describe('parseEndpointSlice', () => {
+  it('reads conditions, topology and the service name', () => {
+    const s = parseEndpointSlice(
+      slice({
+        endpoints: [
+          {
+            addresses: ['10.244.0.1'],
+            conditions: { ready: false, serving: true, terminating: true },
+            nodeName: 'node-a',
+            zone: 'zone-a',
+            hints: { forZones: [{ name: 'zone-a' }, { name: 'zone-b' }] },
+          },
+          { addresses: ['10.244.0.2'] },
+        ],
+      }),
+    );
+    expect(s).toEqual({
+      namespace: 'default',
+      name: 'web-abc',
+      serviceName: 'web',
+      addressType: 'IPv4',
+      ports: [{ name: 'http', protocol: 'TCP', port: 8080 }],
+      endpoints: [
+        {
+          addresses: ['10.244.0.1'],
+          conditions: { ready: false, serving: true, terminating: true },
+          nodeName: 'node-a',
+          zone: 'zone-a',
+          zoneHints: ['zone-a', 'zone-b'],
+        },
+        {
+          addresses: ['10.244.0.2'],
+          conditions: { ready: null, serving: null, terminating: null },
+          nodeName: null,
+          zone: null,
+          zoneHints: null,
+        },
+      ],
+    });
+  });
+
+  it('has no service name without the label', () => {
+    expect(parseEndpointSlice(slice({ metadata: { name: 'orphan' } })).serviceName).toBeNull();
+  });
+
+  it('drops a malformed endpoint with a warning and keeps the others', () => {
+    const warnings: string[] = [];
+    const s = parseEndpointSlice(
+      slice({
+        endpoints: [
+          { addresses: ['10.244.0.999'] },
+          { addresses: ['10.244.0.2'] },
+          { addresses: [] },
+          { addresses: ['10.244.0.3'], conditions: { ready: 'yes' } },
+          { addresses: ['fd00::1'] },
+        ],
+      }),
+      (m) => warnings.push(m),
+    );
+    expect(s.endpoints.map((e) => e.addresses[0])).toEqual(['10.244.0.2']);
+    expect(warnings).toEqual([
+      'EndpointSlice default/web-abc: endpoints[0].addresses[0] "10.244.0.999" is not an IPv4 address; endpoint dropped',
+      'EndpointSlice default/web-abc: endpoints[2].addresses is empty; an endpoint needs one address; endpoint dropped',
+      'EndpointSlice default/web-abc: endpoints[3].conditions.ready must be true or false, got "yes"; endpoint dropped',
+      'EndpointSlice default/web-abc: endpoints[4].addresses[0] "fd00::1" is not an IPv4 address; endpoint dropped',
+    ]);
+  });
+
+  it('keeps IPv6 slices as IPv6 (the model skips them)', () => {
+    const s = parseEndpointSlice(slice({ addressType: 'IPv6', endpoints: [{ addresses: ['fd00::1'] }] }));
+    expect(s.addressType).toBe('IPv6');
+    expect(s.endpoints).toHaveLength(1);
+  });
+
+  it('ignores a port without a number, as kube-proxy does, and reads an unnamed port as ""', () => {
+    const warnings: string[] = [];
+    const s = parseEndpointSlice(slice({ ports: [{ name: 'all' }, { port: 53, protocol: 'UDP' }] }), (m) => warnings.push(m));
+    expect(s.ports).toEqual([{ name: '', protocol: 'UDP', port: 53 }]);
+    expect(warnings).toEqual(['EndpointSlice default/web-abc: ports[0].port is missing; port ignored']);
+  });
+
+  const invalid: Array<[string, Record<string, unknown>, string]> = [
+    ['missing addressType', slice({ addressType: undefined }), 'EndpointSlice default/web-abc: addressType is missing; use IPv4, IPv6 or FQDN'],
+    ['unknown addressType', slice({ addressType: 'IPv5' }), 'addressType "IPv5" is not an address type'],
+    ['port out of range', slice({ ports: [{ port: 0x10000 }] }), 'EndpointSlice default/web-abc: ports[0].port 65536 is out of range 1-65535'],
+    ['bad port protocol', slice({ ports: [{ port: 80, protocol: 'tcp' }] }), 'ports[0].protocol "tcp" is not supported; use TCP, UDP or SCTP'],
+    ['endpoints not a list', slice({ endpoints: 'none' }), 'endpoints must be a list, got "none"'],
+    ['missing name', slice({ metadata: {} }), 'EndpointSlice: metadata.name is missing'],
+  ];
+  it.each(invalid)('rejects %s', (_what, raw, message) => {
+    expect(errorOf(() => parseEndpointSlice(raw)).message).toContain(message);
+  });
+});
+
+describe('parseEndpoints (legacy v1 Endpoints)', () => {
+  const endpoints = {
+    apiVersion: 'v1',
+    kind: 'Endpoints',
+    metadata: { name: 'web', namespace: 'shop' },
+    subsets: [
+      {
+        addresses: [{ ip: '10.244.0.1', nodeName: 'node-a' }, { ip: 'fd00::1' }, { ip: 'bogus' }],
+        notReadyAddresses: [{ ip: '10.244.0.2' }],
+        ports: [{ name: 'http', port: 8080 }, { name: 'dns', port: 5353, protocol: 'UDP' }],
+      },
+      { addresses: [{ ip: '10.244.1.1' }], ports: [{ name: 'metrics', port: 9090 }] },
+    ],
+  };
+
+  it('makes one slice per subset, ready and not-ready addresses, ports by name', () => {
+    const warnings: string[] = [];
+    const slices = parseEndpoints(endpoints, (m) => warnings.push(m));
+    expect(slices).toEqual([
+      {
+        namespace: 'shop',
+        name: 'web-endpoints-0',
+        serviceName: 'web',
+        addressType: 'IPv4',
+        ports: [
+          { name: 'http', protocol: 'TCP', port: 8080 },
+          { name: 'dns', protocol: 'UDP', port: 5353 },
+        ],
+        endpoints: [
+          { addresses: ['10.244.0.1'], conditions: { ready: true, serving: true, terminating: false }, nodeName: 'node-a', zone: null, zoneHints: null },
+          { addresses: ['10.244.0.2'], conditions: { ready: false, serving: false, terminating: false }, nodeName: null, zone: null, zoneHints: null },
+        ],
+      },
+      {
+        namespace: 'shop',
+        name: 'web-endpoints-1',
+        serviceName: 'web',
+        addressType: 'IPv4',
+        ports: [{ name: 'metrics', protocol: 'TCP', port: 9090 }],
+        endpoints: [
+          { addresses: ['10.244.1.1'], conditions: { ready: true, serving: true, terminating: false }, nodeName: null, zone: null, zoneHints: null },
+        ],
+      },
+    ]);
+    expect(warnings).toEqual(['Endpoints shop/web: subsets[0].addresses[2].ip "bogus" is not an IPv4 address; address dropped']);
+  });
+
+  it('rejects a port out of range', () => {
+    const bad = { ...endpoints, subsets: [{ addresses: [{ ip: '10.0.0.1' }], ports: [{ port: 99999 }] }] };
+    expect(errorOf(() => parseEndpoints(bad)).message).toBe('Endpoints shop/web: subsets[0].ports[0].port 99999 is out of range 1-65535');
+  });
+});
+
+describe('parseObject', () => {
+  it('dispatches by apiVersion and kind', () => {
+    const out = parseObject(service());
+    expect(out.failures).toEqual([]);
+    expect(out.sources).toHaveLength(1);
+    expect(out.sources[0]?.ref).toBe('Service default/web');
+    expect(out.sources[0]?.items[0]?.kind).toBe('Service');
+  });
+
+  it('walks Lists and typed lists recursively, items of a typed list without kind', () => {
+    const out = parseObject({
+      apiVersion: 'v1',
+      kind: 'List',
+      items: [
+        service(),
+        { apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'web', namespace: 'default' } },
+        {
+          apiVersion: 'discovery.k8s.io/v1',
+          kind: 'EndpointSliceList',
+          items: [{ ...slice(), apiVersion: undefined, kind: undefined }],
+        },
+        { apiVersion: 'v1', kind: 'Endpoints', metadata: { name: 'legacy' }, subsets: [{ addresses: [{ ip: '10.0.0.1' }], ports: [{ port: 80 }] }] },
+      ],
+    });
+    expect(out.failures).toEqual([]);
+    expect(out.sources.map((s) => [s.ref, s.path, s.items.map((i) => i.kind)])).toEqual([
+      ['Service default/web', 'items[0]', ['Service']],
+      ['EndpointSlice default/web-abc', 'items[2].items[0]', ['EndpointSlice']],
+      ['Endpoints default/legacy', 'items[3]', ['EndpointSlice']],
+    ]);
+    expect(out.ignored).toEqual(['items[1]: apps/v1 Deployment default/web']);
+  });
+
+  it('reports a bad List item as a failure with its identity and keeps the good ones', () => {
+    const out = parseObject({ apiVersion: 'v1', kind: 'List', items: [service({ clusterIP: 'nope' }), service({}, { name: 'ok' })] });
+    expect(out.sources.map((s) => s.ref)).toEqual(['Service default/ok']);
+    expect(out.failures).toHaveLength(1);
+    expect(out.failures[0]?.ref).toBe('Service default/web');
+    expect(out.failures[0]?.error.message).toBe(
+      'items[0]: Service default/web: spec.clusterIP "nope" is not an IPv4 address; use an address like 10.96.0.10, "None" for a headless Service, or leave it out to have one allocated',
+    );
+  });
+
+  it('ignores other kinds and other API versions, not as errors', () => {
+    expect(parseObject({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'x' } }).ignored).toEqual(['v1 ConfigMap default/x']);
+    const beta = parseObject({ ...slice(), apiVersion: 'discovery.k8s.io/v1beta1' });
+    expect(beta.ignored).toEqual(['discovery.k8s.io/v1beta1 EndpointSlice default/web-abc']);
+    expect(beta.failures).toEqual([]);
+  });
+
+  it('fails on something that is not an object or lacks kind', () => {
+    expect(parseObject('hello').failures[0]?.error.message).toContain('not a Kubernetes object');
+    const noKind = parseObject({ apiVersion: 'v1', metadata: { name: 'x' } });
+    expect(noKind.failures[0]?.error.message).toContain('kind is missing');
+    expect(noKind.failures[0]?.ref).toBeNull();
+  });
+
+  it('yields nothing for an empty document', () => {
+    expect(parseObject(null)).toEqual({ sources: [], failures: [], warnings: [], ignored: [] });
+  });
+
+  it('collects dropped-endpoint warnings with the item path', () => {
+    const out = parseObject({ apiVersion: 'v1', kind: 'List', items: [slice({ endpoints: [{ addresses: ['x'] }] })] });
+    expect(out.warnings).toEqual([
+      'items[0]: EndpointSlice default/web-abc: endpoints[0].addresses[0] "x" is not an IPv4 address; endpoint dropped',
+    ]);
+  });
+});
