@@ -82,7 +82,7 @@ function decode(file: string, text: string): DecodedDocument[] {
     try {
       return [{ document: 1, value: JSON.parse(text) as unknown, syntaxError: null }];
     } catch (err) {
-      return [{ document: 1, value: null, syntaxError: `invalid JSON: ${err instanceof Error ? err.message : String(err)}` }];
+      return [{ document: 1, value: null, syntaxError: `invalid JSON: ${messageOf(err)}` }];
     }
   }
   return parseAllDocuments(text).map((doc, i) => {
@@ -173,8 +173,13 @@ function merge(dir: string, files: ReadonlyMap<string, FileState>): ManifestLoad
   return { objects, problems, ignored };
 }
 
+/* Duck-typed rather than `instanceof Error`: errors from node:fs may come from another realm (vm, jest). */
 function errnoCode(err: unknown): string | undefined {
-  return err instanceof Error && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+}
+
+function messageOf(err: unknown): string {
+  return typeof err === 'object' && err !== null && 'message' in err && typeof err.message === 'string' ? err.message : String(err);
 }
 
 /** Reads one file into `states`; a vanished file is dropped, an unreadable one keeps its objects. */
@@ -194,7 +199,7 @@ async function refreshFile(dir: string, name: string, states: Map<string, FileSt
       states.delete(name);
       return;
     }
-    const reason = err instanceof Error ? err.message : String(err);
+    const reason = messageOf(err);
     states.set(name, {
       bySource: previous.bySource,
       ignored: previous.ignored,
@@ -212,7 +217,7 @@ async function listManifests(dir: string): Promise<string[]> {
     const code = errnoCode(err);
     if (code === 'ENOENT') throw new ConfigError(`manifest directory ${dir} does not exist; create it or point vipr at an existing directory`, { cause: err });
     if (code === 'ENOTDIR') throw new ConfigError(`${dir} is not a directory; point vipr at the directory holding the manifests`, { cause: err });
-    throw new ConfigError(`cannot read manifest directory ${dir}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    throw new ConfigError(`cannot read manifest directory ${dir}: ${messageOf(err)}`, { cause: err });
   }
 }
 

@@ -1,0 +1,289 @@
+import { mkdtemp, rm, unlink, writeFile, rename } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { ConfigError } from '../../src/errors.js';
+import type { ClusterObjects } from '../../src/model/k8s.js';
+import { loadManifestDir, ManifestProblem, ManifestSource } from '../../src/sources/manifest.js';
+
+const silent = pino({ level: 'silent' });
+
+function serviceYaml(name: string, clusterIP: string, port = 80): string {
+  return [
+    'apiVersion: v1',
+    'kind: Service',
+    'metadata:',
+    `  name: ${name}`,
+    'spec:',
+    `  clusterIP: ${clusterIP}`,
+    '  ports:',
+    `    - port: ${port}`,
+    '',
+  ].join('\n');
+}
+
+function sliceYaml(service: string, ips: string[]): string {
+  return [
+    'apiVersion: discovery.k8s.io/v1',
+    'kind: EndpointSlice',
+    'metadata:',
+    `  name: ${service}-abc`,
+    '  labels:',
+    `    kubernetes.io/service-name: ${service}`,
+    'addressType: IPv4',
+    'ports:',
+    '  - port: 8080',
+    'endpoints:',
+    ...ips.map((ip) => `  - addresses: ["${ip}"]`),
+    '',
+  ].join('\n');
+}
+
+const docs = (...parts: string[]): string => parts.join('---\n');
+
+function clusterIPs(objects: ClusterObjects): Record<string, string | null> {
+  return Object.fromEntries([...objects.services].map(([k, s]) => [k, s.clusterIP]));
+}
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'vipr-manifest-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('loadManifestDir', () => {
+  it('reads multi-document YAML, Lists and JSON, skipping other files', async () => {
+    await writeFile(join(dir, 'a.yaml'), docs(serviceYaml('web', '10.0.0.10'), sliceYaml('web', ['10.244.0.1', '10.244.0.2']), ''));
+    await writeFile(
+      join(dir, 'b.yml'),
+      [
+        'apiVersion: v1',
+        'kind: List',
+        'items:',
+        '  - apiVersion: v1',
+        '    kind: Service',
+        '    metadata: { name: api, namespace: shop }',
+        '    spec: { clusterIP: 10.0.0.20, ports: [{ port: 443 }] }',
+        '  - apiVersion: apps/v1',
+        '    kind: Deployment',
+        '    metadata: { name: api, namespace: shop }',
+        '',
+      ].join('\n'),
+    );
+    await writeFile(
+      join(dir, 'c.json'),
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Endpoints',
+        metadata: { name: 'legacy' },
+        subsets: [{ addresses: [{ ip: '10.244.9.1' }], ports: [{ port: 80 }] }],
+      }),
+    );
+    await writeFile(join(dir, 'notes.txt'), 'not a manifest');
+    await writeFile(join(dir, '.hidden.yaml'), 'garbage: [');
+
+    const load = await loadManifestDir(dir);
+    expect(load.problems).toEqual([]);
+    expect(clusterIPs(load.objects)).toEqual({ 'default/web': '10.0.0.10', 'shop/api': '10.0.0.20' });
+    expect([...load.objects.endpointSlices.keys()]).toEqual(['default/web-abc', 'default/legacy-endpoints-0']);
+    expect(load.objects.endpointSlices.get('default/web-abc')?.endpoints).toHaveLength(2);
+    expect(load.objects.endpointSlices.get('default/legacy-endpoints-0')?.serviceName).toBe('legacy');
+    expect(load.ignored).toEqual([`${join(dir, 'b.yml')}: document 1: items[1]: apps/v1 Deployment shop/api`]);
+  });
+
+  it('reports problems as `file: document N: what is wrong` and keeps the valid documents', async () => {
+    const file = join(dir, 'web.yaml');
+    await writeFile(file, docs(serviceYaml('ok', '10.0.0.1'), serviceYaml('bad', '10.0.0.300'), 'key: [unclosed\n', serviceYaml('ok2', '10.0.0.2')));
+    const load = await loadManifestDir(dir);
+    expect(clusterIPs(load.objects)).toEqual({ 'default/ok': '10.0.0.1', 'default/ok2': '10.0.0.2' });
+    const printed = load.problems.map(String);
+    expect(printed).toHaveLength(2);
+    expect(printed[0]).toMatch(
+      new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: document 2: Service default/bad: spec.clusterIP "10.0.0.300" is not an IPv4 address`),
+    );
+    expect(printed[1]).toContain(`${file}: document 3: invalid YAML: `);
+    expect(load.problems[0]).toBeInstanceOf(ManifestProblem);
+    expect(load.problems[0]?.severity).toBe('error');
+  });
+
+  it('reports a dropped endpoint as a warning, keeping the slice', async () => {
+    await writeFile(join(dir, 's.yaml'), sliceYaml('web', ['10.244.0.1', '10.244.0.999']));
+    const load = await loadManifestDir(dir);
+    expect(load.objects.endpointSlices.get('default/web-abc')?.endpoints).toHaveLength(1);
+    expect(load.problems.map((p) => [p.severity, String(p)])).toEqual([
+      [
+        'warning',
+        `${join(dir, 's.yaml')}: document 1: EndpointSlice default/web-abc: endpoints[1].addresses[0] "10.244.0.999" is not an IPv4 address; endpoint dropped`,
+      ],
+    ]);
+  });
+
+  it('reports a duplicate object and keeps the first definition (by file name)', async () => {
+    await writeFile(join(dir, 'b.yaml'), serviceYaml('web', '10.0.0.2'));
+    await writeFile(join(dir, 'a.yaml'), serviceYaml('web', '10.0.0.1'));
+    const load = await loadManifestDir(dir);
+    expect(clusterIPs(load.objects)).toEqual({ 'default/web': '10.0.0.1' });
+    expect(load.problems.map(String)).toEqual([
+      `${join(dir, 'b.yaml')}: document 1: Service default/web is already defined in ${join(dir, 'a.yaml')} document 1; this definition is ignored (remove one of them)`,
+    ]);
+  });
+
+  it('throws a ConfigError for a missing directory', async () => {
+    await expect(loadManifestDir(join(dir, 'nope'))).rejects.toThrow(ConfigError);
+    await expect(loadManifestDir(join(dir, 'nope'))).rejects.toThrow(/does not exist; create it/);
+  });
+});
+
+describe('ManifestSource', () => {
+  let source: ManifestSource | null = null;
+  let changes: Array<{ objects: ClusterObjects; problems: ManifestProblem[] }> = [];
+  let waiting: (() => void) | null = null;
+
+  afterEach(() => {
+    source?.stop();
+    source = null;
+  });
+
+  async function startSource(): Promise<ManifestSource> {
+    changes = [];
+    source = new ManifestSource(dir, {
+      debounceMs: 30,
+      logger: silent,
+      onChange: (objects, problems) => {
+        changes.push({ objects, problems });
+        waiting?.();
+      },
+    });
+    await source.start();
+    return source;
+  }
+
+  /** Runs `act`, then waits for the onChange it causes. */
+  async function change(act: () => Promise<void>): Promise<{ objects: ClusterObjects; problems: ManifestProblem[] }> {
+    const seen = changes.length;
+    const arrived = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no onChange within 5 s')), 5000);
+      waiting = () => {
+        if (changes.length > seen) {
+          clearTimeout(timer);
+          waiting = null;
+          resolve();
+        }
+      };
+    });
+    await act();
+    await arrived;
+    const last = changes[changes.length - 1];
+    if (!last) throw new Error('no change recorded');
+    return last;
+  }
+
+  it('reports the initial set, then every change', async () => {
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    const s = await startSource();
+    expect(changes).toHaveLength(1);
+    expect(clusterIPs(s.current().objects)).toEqual({ 'default/web': '10.0.0.10' });
+
+    const added = await change(() => writeFile(join(dir, 'api.yaml'), serviceYaml('api', '10.0.0.20')));
+    expect(clusterIPs(added.objects)).toEqual({ 'default/web': '10.0.0.10', 'default/api': '10.0.0.20' });
+
+    const edited = await change(() => writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.11')));
+    expect(clusterIPs(edited.objects)).toEqual({ 'default/web': '10.0.0.11', 'default/api': '10.0.0.20' });
+    expect(s.current().objects).toBe(edited.objects);
+  });
+
+  it('keeps the last valid version of an object whose document became invalid', async () => {
+    await writeFile(join(dir, 'web.yaml'), docs(serviceYaml('web', '10.0.0.10'), sliceYaml('web', ['10.244.0.1'])));
+    await startSource();
+
+    const bad = await change(() => writeFile(join(dir, 'web.yaml'), docs(serviceYaml('web', '10.0.0.10', 70000), sliceYaml('web', ['10.244.0.1', '10.244.0.2']))));
+    expect(bad.objects.services.get('default/web')?.ports[0]?.port).toBe(80);
+    // The valid document of the same file still applies.
+    expect(bad.objects.endpointSlices.get('default/web-abc')?.endpoints).toHaveLength(2);
+    expect(bad.problems.map(String)).toEqual([
+      `${join(dir, 'web.yaml')}: document 1: Service default/web: spec.ports[0].port 70000 is out of range 1-65535 (keeping its last valid version)`,
+    ]);
+
+    const fixed = await change(() => writeFile(join(dir, 'web.yaml'), docs(serviceYaml('web', '10.0.0.10', 8080), sliceYaml('web', ['10.244.0.1']))));
+    expect(fixed.objects.services.get('default/web')?.ports[0]?.port).toBe(8080);
+    expect(fixed.problems).toEqual([]);
+  });
+
+  it('keeps everything a file defined when it stops being valid YAML', async () => {
+    await writeFile(join(dir, 'web.yaml'), docs(serviceYaml('web', '10.0.0.10'), serviceYaml('api', '10.0.0.20')));
+    await startSource();
+
+    const broken = await change(() => writeFile(join(dir, 'web.yaml'), 'apiVersion: v1\nkind: Service\nmetadata: {name: web\n'));
+    expect(clusterIPs(broken.objects)).toEqual({ 'default/web': '10.0.0.10', 'default/api': '10.0.0.20' });
+    expect(broken.problems).toHaveLength(1);
+    expect(String(broken.problems[0])).toContain(`${join(dir, 'web.yaml')}: document 1: invalid YAML`);
+  });
+
+  it('keeps the previous version when the name itself is broken', async () => {
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    await startSource();
+    const nameless = await change(() => writeFile(join(dir, 'web.yaml'), 'apiVersion: v1\nkind: Service\nmetadata: {}\nspec: {}\n'));
+    expect(clusterIPs(nameless.objects)).toEqual({ 'default/web': '10.0.0.10' });
+    expect(nameless.problems.map((p) => p.message)).toEqual(['Service: metadata.name is missing; give the Service a name']);
+  });
+
+  it('removes an object removed from a valid file, and everything of a deleted file', async () => {
+    await writeFile(join(dir, 'web.yaml'), docs(serviceYaml('web', '10.0.0.10'), serviceYaml('api', '10.0.0.20')));
+    await writeFile(join(dir, 'db.yaml'), serviceYaml('db', '10.0.0.30'));
+    await startSource();
+
+    const shrunk = await change(() => writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10')));
+    expect(clusterIPs(shrunk.objects)).toEqual({ 'default/db': '10.0.0.30', 'default/web': '10.0.0.10' });
+
+    const deleted = await change(() => unlink(join(dir, 'db.yaml')));
+    expect(clusterIPs(deleted.objects)).toEqual({ 'default/web': '10.0.0.10' });
+  });
+
+  it('follows atomic saves (write to a temp name, rename over the file)', async () => {
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    await startSource();
+    const saved = await change(async () => {
+      await writeFile(join(dir, 'web.yaml.tmp'), serviceYaml('web', '10.0.0.12'));
+      await rename(join(dir, 'web.yaml.tmp'), join(dir, 'web.yaml'));
+    });
+    expect(clusterIPs(saved.objects)).toEqual({ 'default/web': '10.0.0.12' });
+  });
+
+  it('lets the second definition of a duplicate take over when the first goes away', async () => {
+    await writeFile(join(dir, 'a.yaml'), serviceYaml('web', '10.0.0.1'));
+    await writeFile(join(dir, 'b.yaml'), serviceYaml('web', '10.0.0.2'));
+    await startSource();
+    expect(changes[0]?.problems).toHaveLength(1);
+    const after = await change(() => unlink(join(dir, 'a.yaml')));
+    expect(clusterIPs(after.objects)).toEqual({ 'default/web': '10.0.0.2' });
+    expect(after.problems).toEqual([]);
+  });
+
+  it('does not report a rewrite that changes nothing', async () => {
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    await writeFile(join(dir, 'api.yaml'), serviceYaml('api', '10.0.0.20'));
+    await startSource();
+    // Rewrite web.yaml identically, then make a real change elsewhere: only the latter reports.
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const real = await change(() => writeFile(join(dir, 'api.yaml'), serviceYaml('api', '10.0.0.21')));
+    expect(changes).toHaveLength(2);
+    expect(clusterIPs(real.objects)['default/api']).toBe('10.0.0.21');
+  });
+
+  it('stops reporting after stop()', async () => {
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    const s = await startSource();
+    s.stop();
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.11'));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(changes).toHaveLength(1);
+  });
+
+  it('fails to start on a missing directory with a ConfigError', async () => {
+    const s = new ManifestSource(join(dir, 'missing'), { onChange: () => undefined, logger: silent });
+    await expect(s.start()).rejects.toThrow(ConfigError);
+  });
+});
