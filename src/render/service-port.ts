@@ -40,7 +40,9 @@ export function servicePortFacts(entry: ServiceEntry): ServicePortFacts {
     externallyAccessible,
     externalPolicyLocal,
     internalPolicyLocal,
-    usesClusterEndpoints: !internalPolicyLocal || (externallyAccessible && !externalPolicyLocal),
+    // Even with externalTrafficPolicy Local, pod traffic to external IPs short-circuits to
+    // the Cluster endpoints, so any externally reachable port uses them.
+    usesClusterEndpoints: !internalPolicyLocal || externallyAccessible,
     usesLocalEndpoints: internalPolicyLocal || (externallyAccessible && externalPolicyLocal),
     affinity: svc.affinityTimeoutSeconds > 0,
     sourceRanges: svc.loadBalancerSourceRanges.map(normalizeIpv4Cidr),
