@@ -1,0 +1,56 @@
+# vipr: `make demo` and `make test` install what is missing, build, then run.
+SHELL := /bin/bash
+CLANG ?= clang-16
+BPF_CFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_x86 -Wall -Werror \
+	-I bpf/include -I /usr/include/$(shell uname -m)-linux-gnu
+BPF_SRC := $(wildcard bpf/*.bpf.c)
+BPF_OBJ := $(BPF_SRC:.c=.o)
+BPF_HDR := $(wildcard bpf/include/*.h bpf/lib/*.h)
+TS_SRC := $(shell find src -name '*.ts')
+APT_PKGS := clang-16 llvm-16 libbpf1 libbpf-dev bpftool iproute2 iptables nftables ipset ipvsadm \
+	ethtool curl socat util-linux kmod
+
+.PHONY: all deps apt-deps npm-deps build bpf ts demo test clean lab-down
+
+all: build
+
+deps: apt-deps npm-deps
+
+# Installs only what is missing: apt is not touched when every package is present.
+apt-deps:
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt: installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+npm-deps: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@node -e "import('koffi').then(k => k.default.load('libbpf.so.1'))" --input-type=module \
+		|| { echo 'koffi cannot load libbpf.so.1: is libbpf1 installed?'; exit 1; }
+	@touch $@
+
+build: bpf ts
+
+bpf: $(BPF_OBJ)
+
+bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDR)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+ts: dist/.built
+
+dist/.built: $(TS_SRC) tsconfig.json node_modules/.package-lock.json
+	npx tsc -p tsconfig.json
+	@chmod +x dist/src/cli/main.js
+	@touch $@
+
+demo: deps build
+	./scripts/demo.sh
+
+test: deps build
+	node --experimental-vm-modules node_modules/jest/bin/jest.js --runInBand
+
+clean:
+	rm -rf dist bpf/*.o

@@ -1,0 +1,184 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Every layout vipr's BPF maps share with user space, and nothing else.
+ *
+ * This header is the single source of truth: the TypeScript codecs in src/bpf/codecs.ts are
+ * checked against the BTF of the compiled object (test/bpf/btf-layout.test.ts), so a change here
+ * that is not mirrored there fails the build's tests. Fields carry their byte order in their type
+ * (__be32/__be16 are network order, everything else host order). Padding is explicit so the
+ * kernel never compares uninitialised bytes in hash keys.
+ *
+ * A changed layout gets a new map name suffix (_v2, ...): pinned maps of the old layout are then
+ * never misread, and the loader migrates or drops them.
+ */
+#ifndef __VIPR_TYPES_H
+#define __VIPR_TYPES_H
+
+#include <linux/types.h>
+
+/* Map sizes. The loader may lower or raise them before load (bpf_map__set_max_entries). */
+#define VIPR_MAX_SERVICES 65536
+#define VIPR_MAX_BACKENDS 65536
+#define VIPR_MAX_SLOTS 262144
+#define VIPR_MAX_CONNTRACK 262144
+#define VIPR_MAX_AFFINITY 65536
+
+/* Frontend scope: which traffic a service entry answers (ETP/ITP Local use both). */
+enum vipr_scope {
+	VIPR_SCOPE_EXTERNAL = 0, /* any traffic (the only scope ClusterIP uses today) */
+	VIPR_SCOPE_INTERNAL = 1, /* traffic from inside the cluster when policies differ */
+};
+
+/* Key of vipr_services_v1: one frontend. */
+struct vipr_svc_key {
+	__be32 vip;   /* service address */
+	__be16 port;  /* service port */
+	__u8 proto;   /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 scope;   /* enum vipr_scope */
+};
+_Static_assert(sizeof(struct vipr_svc_key) == 8, "vipr_svc_key layout");
+
+/* Service flags (vipr_svc_value.flags). */
+enum vipr_svc_flags {
+	VIPR_SVC_F_AFFINITY = 1 << 0, /* sessionAffinity ClientIP */
+	VIPR_SVC_F_LOCAL = 1 << 1,    /* traffic policy Local: only local backends in the slots */
+};
+
+/* Backend selection algorithms (vipr_svc_value.scheduler). */
+enum vipr_scheduler {
+	VIPR_SCHED_RANDOM = 0, /* kube-proxy's behaviour: uniform over the slots */
+	VIPR_SCHED_RR = 1,
+	VIPR_SCHED_SH = 2,
+	VIPR_SCHED_MAGLEV = 3,
+	VIPR_SCHED_LC = 4,
+};
+
+/* Value of vipr_services_v1. */
+struct vipr_svc_value {
+	__u32 svc_id;           /* index into slots and reverse NAT; stable for the frontend's life */
+	__u16 backend_count;    /* valid slots are 0 .. backend_count-1; 0 = drop (no endpoints) */
+	__u16 flags;            /* enum vipr_svc_flags */
+	__u32 affinity_timeout; /* seconds, with VIPR_SVC_F_AFFINITY */
+	__u8 scheduler;         /* enum vipr_scheduler */
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct vipr_svc_value) == 16, "vipr_svc_value layout");
+
+/* Key of vipr_slots_v1: the slot-th backend of a service. */
+struct vipr_slot_key {
+	__u32 svc_id; /* vipr_svc_value.svc_id */
+	__u32 slot;   /* 0 .. backend_count-1 */
+};
+_Static_assert(sizeof(struct vipr_slot_key) == 8, "vipr_slot_key layout");
+
+/* Value of vipr_slots_v1 and key of vipr_backends_v1: a backend id. */
+struct vipr_backend_id {
+	__u32 id; /* allocated by the agent, stable while any service references the backend */
+};
+_Static_assert(sizeof(struct vipr_backend_id) == 4, "vipr_backend_id layout");
+
+/* Backend flags (vipr_backend.flags). */
+enum vipr_backend_flags {
+	VIPR_BE_F_TERMINATING = 1 << 0, /* serving but terminating: no new connections */
+	VIPR_BE_F_LOCAL = 1 << 1,       /* on this node */
+};
+
+/* Value of vipr_backends_v1. */
+struct vipr_backend {
+	__be32 addr; /* endpoint address */
+	__be16 port; /* endpoint port */
+	__u8 proto;  /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 flags;  /* enum vipr_backend_flags */
+};
+_Static_assert(sizeof(struct vipr_backend) == 8, "vipr_backend layout");
+
+/* Value of vipr_revnat_v1 (key: __u32 svc_id): what replies are rewritten back to. */
+struct vipr_revnat {
+	__be32 vip;  /* service address */
+	__be16 port; /* service port */
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct vipr_revnat) == 8, "vipr_revnat layout");
+
+/* Direction of a conntrack entry. */
+enum vipr_ct_dir {
+	VIPR_CT_FORWARD = 0, /* client -> service: key is the packet as the client sent it */
+	VIPR_CT_REPLY = 1,   /* backend -> client: key is the reply as the backend sends it */
+};
+
+/* Key of vipr_conntrack_v1: a 5-tuple and a direction. */
+struct vipr_ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 dir;   /* enum vipr_ct_dir */
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct vipr_ct_key) == 16, "vipr_ct_key layout");
+
+/* Conntrack state flags (vipr_ct_value.flags). */
+enum vipr_ct_flags {
+	VIPR_CT_F_SEEN_REPLY = 1 << 0, /* a reply was reverse-NATed: the flow is established */
+	VIPR_CT_F_CLOSING = 1 << 1,    /* FIN or RST seen: a new SYN may pick a new backend */
+};
+
+/* Value of vipr_conntrack_v1. */
+struct vipr_ct_value {
+	__u64 created_ns;   /* bpf_ktime_get_ns() at creation */
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet */
+	__be32 nat_addr;    /* forward: the backend's address (kept even if the backend is removed) */
+	__be16 nat_port;    /* forward: the backend's port */
+	__u8 flags;         /* enum vipr_ct_flags */
+	__u8 tcp_flags;     /* union of TCP flags seen in this direction */
+	__u32 svc_id;       /* the service (reverse NAT index) */
+	__u32 backend_id;   /* the chosen backend, for connection counts */
+};
+_Static_assert(sizeof(struct vipr_ct_value) == 32, "vipr_ct_value layout");
+
+/* Key of vipr_affinity_v1: a client of a service under sessionAffinity ClientIP. */
+struct vipr_affinity_key {
+	__u32 svc_id;
+	__be32 client; /* client address */
+};
+_Static_assert(sizeof(struct vipr_affinity_key) == 8, "vipr_affinity_key layout");
+
+/* Value of vipr_affinity_v1. */
+struct vipr_affinity_value {
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last new connection */
+	__u32 backend_id;
+	__u8 pad[4];
+};
+_Static_assert(sizeof(struct vipr_affinity_value) == 16, "vipr_affinity_value layout");
+
+/*
+ * Index of vipr_stats_v1 (per-CPU array): events first, then drop reasons. Keep the order:
+ * user space names counters by index (src/bpf/stats.ts).
+ */
+enum vipr_stat {
+	VIPR_STAT_PACKETS = 0,      /* every packet the programs saw */
+	VIPR_STAT_PASS_NON_IPV4,    /* ARP, IPv6, other ethertypes: passed untouched */
+	VIPR_STAT_PASS_NOT_SERVICE, /* IPv4 not addressed to a service: passed untouched */
+	VIPR_STAT_FRAGMENT,         /* IPv4 fragments: passed untouched (no L4 header to match) */
+	VIPR_STAT_SERVICE_HIT,      /* new flow matched a service */
+	VIPR_STAT_CT_HIT,           /* packet of a tracked flow */
+	VIPR_STAT_CT_NEW,           /* conntrack entries created */
+	VIPR_STAT_DNAT,             /* packets DNATed to a backend */
+	VIPR_STAT_REV_NAT,          /* replies rewritten back to the service address */
+	VIPR_STAT_DROP_NO_BACKEND,  /* drop: the service has no endpoints */
+	VIPR_STAT_MALFORMED,        /* truncated or malformed IPv4/L4 header: passed untouched, the stack drops it */
+	VIPR_STAT_DROP_NO_SLOT,     /* drop: slot or backend missing (update in flight) */
+	VIPR_STAT_DROP_CT_FULL,     /* drop: conntrack entry could not be created */
+	VIPR_STAT_DROP_REWRITE,     /* drop: a checksum or store helper failed */
+	VIPR_STAT_MAX,
+};
+
+/* Value of vipr_stats_v1. */
+struct vipr_stat_value {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct vipr_stat_value) == 16, "vipr_stat_value layout");
+
+#endif /* __VIPR_TYPES_H */

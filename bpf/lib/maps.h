@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * vipr's maps. Every map is pinned by name under the loader's pin root (/sys/fs/bpf/vipr), so
+ * programs of a new agent reuse the state of the previous one and a restart moves no flow.
+ * Names carry the layout version of vipr_types.h.
+ */
+#ifndef __VIPR_MAPS_H
+#define __VIPR_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "vipr_types.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_svc_key);
+	__type(value, struct vipr_svc_value);
+	__uint(max_entries, VIPR_MAX_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_services_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_slot_key);
+	__type(value, struct vipr_backend_id);
+	__uint(max_entries, VIPR_MAX_SLOTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_slots_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_backend_id);
+	__type(value, struct vipr_backend);
+	__uint(max_entries, VIPR_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_backends_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* svc_id */
+	__type(value, struct vipr_revnat);
+	__uint(max_entries, VIPR_MAX_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_revnat_v1 SEC(".maps");
+
+/* LRU: under pressure the least recently used flows go first, never new ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_ct_key);
+	__type(value, struct vipr_ct_value);
+	__uint(max_entries, VIPR_MAX_CONNTRACK);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_conntrack_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_affinity_key);
+	__type(value, struct vipr_affinity_value);
+	__uint(max_entries, VIPR_MAX_AFFINITY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_affinity_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32); /* enum vipr_stat */
+	__type(value, struct vipr_stat_value);
+	__uint(max_entries, VIPR_STAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_stats_v1 SEC(".maps");
+
+#endif /* __VIPR_MAPS_H */

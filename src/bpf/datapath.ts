@@ -1,0 +1,276 @@
+/*
+ * The BPF datapath as one unit: load the object with its maps pinned under the pin dir, attach
+ * its programs to interfaces (TCX links where the kernel has them, clsact otherwise), open the
+ * pinned maps for the CLI, and remove everything on cleanup.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync, writeFileSync, unlinkSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import * as libbpf from './libbpf.js';
+import { BpfMap } from './map.js';
+import { MAPS, type MapRole } from './layouts.js';
+import { BpfError, ConfigError } from '../errors.js';
+import { componentLogger } from '../log.js';
+import { STATE_DIR, tcObjectPath } from '../paths.js';
+
+const log = componentLogger('datapath');
+
+export type DatapathMaps = { [R in MapRole]: BpfMap<ReturnType<(typeof MAPS)[R]['key']['decode']>, ReturnType<(typeof MAPS)[R]['value']['decode']>> };
+
+export const PROG_INGRESS = 'vipr_tc_ingress';
+export const PROG_EGRESS = 'vipr_tc_egress';
+
+/** Fails with one clear line unless we run as root (CAP_BPF + CAP_NET_ADMIN in practice). */
+export function requireRoot(what: string): void {
+  if (libbpf.effectiveUid() !== 0) {
+    throw new ConfigError(`${what} needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo`);
+  }
+}
+
+function isBpffs(dir: string): boolean {
+  const mounts = readFileSync('/proc/self/mounts', 'utf8');
+  return mounts.split('\n').some((l) => {
+    const [, mnt, type] = l.split(' ');
+    return type === 'bpf' && mnt === dir;
+  });
+}
+
+/** The bpffs mount that holds `pinDir` (normally /sys/fs/bpf). */
+function bpffsRootOf(pinDir: string): string {
+  const mounts = readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' '))
+    .filter((f) => f[2] === 'bpf')
+    .map((f) => f[1] as string);
+  const match = mounts.filter((m) => pinDir === m || pinDir.startsWith(`${m}/`)).sort((a, b) => b.length - a.length);
+  return match[0] ?? '';
+}
+
+/** Mounts bpffs at /sys/fs/bpf when absent (the agent only; the CLI just reports it). */
+export function ensureBpffs(pinDir: string): void {
+  if (bpffsRootOf(pinDir) !== '') return;
+  const root = '/sys/fs/bpf';
+  if (!pinDir.startsWith(`${root}/`)) {
+    throw new ConfigError(`--pin-dir ${pinDir} is not on a bpffs mount: use a directory under ${root}`);
+  }
+  if (!isBpffs(root)) {
+    log.info({ root }, 'mounting bpffs');
+    try {
+      execFileSync('mount', ['-t', 'bpf', 'bpf', root], { stdio: 'pipe' });
+    } catch (err) {
+      throw new ConfigError(`bpffs is not mounted at ${root} and mounting it failed: run 'mount -t bpf bpf ${root}'`, { cause: err });
+    }
+  }
+}
+
+/** A loaded datapath object: programs ready to attach, maps pinned. */
+export class LoadedDatapath {
+  private constructor(
+    private readonly obj: libbpf.ObjectHandle,
+    readonly pinDir: string,
+    readonly maps: DatapathMaps,
+    readonly programs: { ingress: number; egress: number },
+  ) {}
+
+  static load(pinDir: string, objectPath = tcObjectPath()): LoadedDatapath {
+    requireRoot('loading the BPF datapath');
+    if (!existsSync(objectPath)) {
+      throw new ConfigError(`BPF object ${objectPath} is missing: run 'make build'`);
+    }
+    ensureBpffs(pinDir);
+    mkdirSync(pinDir, { recursive: true });
+    const obj = libbpf.openObject(objectPath, pinDir);
+    try {
+      try {
+        libbpf.loadObject(obj, basename(objectPath));
+      } catch (err) {
+        if (err instanceof BpfError && /reuse pinned map/.test(err.libbpfMessage ?? '')) {
+          throw new BpfError(err.op, err.errno, err.libbpfMessage, {
+            cause: err,
+            hint: `maps pinned in ${pinDir} have another layout; run 'vipr cleanup --pin-dir ${pinDir}' (drops tracked connections)`,
+          });
+        }
+        if (err instanceof BpfError && err.errno === 1) {
+          throw new BpfError(err.op, err.errno, err.libbpfMessage, { cause: err, hint: 'loading BPF programs needs CAP_BPF and CAP_NET_ADMIN (run as root)' });
+        }
+        throw err;
+      }
+      const maps = {} as Record<MapRole, BpfMap<unknown, unknown>>;
+      for (const [role, spec] of Object.entries(MAPS) as Array<[MapRole, (typeof MAPS)[MapRole]]>) {
+        const fd = libbpf.mapFd(libbpf.findMap(obj, spec.name), spec.name);
+        maps[role] = new BpfMap(spec as never, fd);
+      }
+      const programs = {
+        ingress: libbpf.programFd(libbpf.findProgram(obj, PROG_INGRESS), PROG_INGRESS),
+        egress: libbpf.programFd(libbpf.findProgram(obj, PROG_EGRESS), PROG_EGRESS),
+      };
+      log.info({ object: objectPath, pinDir }, 'datapath loaded');
+      return new LoadedDatapath(obj, pinDir, maps as unknown as DatapathMaps, programs);
+    } catch (err) {
+      libbpf.closeObject(obj);
+      throw err;
+    }
+  }
+
+  /** Closes the object; pinned maps and attached links stay, so traffic keeps flowing. */
+  close(): void {
+    libbpf.closeObject(this.obj);
+  }
+}
+
+/** Opens the pinned maps of a running (or stopped) agent, for the CLI. */
+export function openPinnedMaps(pinDir: string): DatapathMaps {
+  requireRoot('reading vipr\'s maps');
+  if (bpffsRootOf(pinDir) === '') {
+    throw new ConfigError(`bpffs is not mounted (no bpf filesystem holds ${pinDir}): mount it with 'mount -t bpf bpf /sys/fs/bpf' and start 'vipr run'`);
+  }
+  if (!existsSync(join(pinDir, MAPS.services.name))) {
+    throw new ConfigError(`nothing is loaded: no vipr maps pinned in ${pinDir}; start the agent with 'vipr run'`);
+  }
+  const maps = {} as Record<MapRole, BpfMap<unknown, unknown>>;
+  for (const [role, spec] of Object.entries(MAPS) as Array<[MapRole, (typeof MAPS)[MapRole]]>) {
+    const fd = libbpf.objGet(join(pinDir, spec.name));
+    const m = new BpfMap(spec as never, fd);
+    m.checkLayout();
+    maps[role] = m;
+  }
+  return maps as unknown as DatapathMaps;
+}
+
+export function closeMaps(maps: DatapathMaps): void {
+  for (const m of Object.values(maps)) m.close();
+}
+
+export type AttachMode = 'auto' | 'tcx' | 'tc';
+export type Direction = 'ingress' | 'egress';
+
+export interface Attachment {
+  iface: string;
+  direction: Direction;
+  how: 'tcx' | 'tc';
+}
+
+/* clsact fallback: a fixed handle and priority so re-attaching replaces only our filter. */
+const TC_HANDLE = 0x7669; // "vi"
+const TC_PRIORITY = 1;
+
+function linkPinPath(pinDir: string, iface: string, dir: Direction): string {
+  return join(pinDir, 'links', `tcx_${iface}_${dir}`);
+}
+
+function clsactRecordPath(pinDir: string): string {
+  return join(STATE_DIR, `${basename(pinDir)}.clsact.json`);
+}
+
+function readClsactRecord(pinDir: string): Attachment[] {
+  try {
+    return JSON.parse(readFileSync(clsactRecordPath(pinDir), 'utf8')) as Attachment[];
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Attaches the ingress (DNAT) and egress (reverse NAT) programs to `iface`. With TCX the links
+ * are pinned: they outlive the agent, and a new agent swaps its programs in atomically with
+ * bpf_link_update, so no packet ever sees an interface without vipr.
+ */
+export function attachInterface(dp: LoadedDatapath, iface: string, mode: AttachMode): Attachment[] {
+  const ifindex = libbpf.ifNameToIndex(iface);
+  if (ifindex === 0) throw new ConfigError(`--iface ${iface}: no such interface in this network namespace`);
+  const out: Attachment[] = [];
+  for (const direction of ['ingress', 'egress'] as const) {
+    const progFd = direction === 'ingress' ? dp.programs.ingress : dp.programs.egress;
+    const what = `${iface} ${direction}`;
+    let how: 'tcx' | 'tc' | null = null;
+    if (mode !== 'tc') {
+      const pin = linkPinPath(dp.pinDir, iface, direction);
+      if (existsSync(pin)) {
+        const linkFd = libbpf.objGet(pin);
+        try {
+          libbpf.linkUpdate(linkFd, progFd, what);
+          how = 'tcx';
+        } catch (err) {
+          // The pinned link is dead (its interface went away and came back): replace it.
+          log.warn({ err, iface, direction }, 'pinned TCX link unusable, re-creating it');
+          unlinkSync(pin);
+        } finally {
+          libbpf.closeFd(linkFd);
+        }
+      }
+      if (how === null) {
+        try {
+          const type = direction === 'ingress' ? libbpf.BPF_TCX_INGRESS : libbpf.BPF_TCX_EGRESS;
+          const linkFd = libbpf.linkCreate(progFd, ifindex, type, what);
+          mkdirSync(join(dp.pinDir, 'links'), { recursive: true });
+          libbpf.objPin(linkFd, pin);
+          libbpf.closeFd(linkFd);
+          how = 'tcx';
+        } catch (err) {
+          if (mode === 'tcx') throw err;
+          log.info({ iface, direction, err: (err as Error).message }, 'TCX links unavailable, using clsact');
+        }
+      }
+    }
+    if (how === null) {
+      const point = direction === 'ingress' ? libbpf.BPF_TC_INGRESS : libbpf.BPF_TC_EGRESS;
+      libbpf.tcHookCreate(ifindex, point, what);
+      libbpf.tcAttach(ifindex, point, progFd, TC_HANDLE, TC_PRIORITY, what);
+      how = 'tc';
+      const rec = readClsactRecord(dp.pinDir).filter((a) => !(a.iface === iface && a.direction === direction));
+      rec.push({ iface, direction, how });
+      mkdirSync(STATE_DIR, { recursive: true });
+      writeFileSync(clsactRecordPath(dp.pinDir), JSON.stringify(rec));
+    }
+    out.push({ iface, direction, how });
+  }
+  log.info({ iface, how: out.map((a) => a.how) }, 'attached');
+  return out;
+}
+
+/** The attachments currently recorded for this pin dir (pinned TCX links and clsact records). */
+export function listAttachments(pinDir: string): Attachment[] {
+  const out: Attachment[] = [];
+  const linksDir = join(pinDir, 'links');
+  if (existsSync(linksDir)) {
+    for (const f of readdirSync(linksDir)) {
+      const m = /^tcx_(.+)_(ingress|egress)$/.exec(f);
+      if (m) out.push({ iface: m[1] as string, direction: m[2] as Direction, how: 'tcx' });
+    }
+  }
+  return out.concat(readClsactRecord(pinDir));
+}
+
+/**
+ * Removes everything vipr made under the pin dir: TCX links (unpinning detaches them, since the
+ * pin holds the last reference), clsact filters in this network namespace, and pinned maps.
+ * Returns what it removed.
+ */
+export function cleanupDatapath(pinDir: string): string[] {
+  const removed: string[] = [];
+  for (const a of readClsactRecord(pinDir)) {
+    const ifindex = libbpf.ifNameToIndex(a.iface);
+    const point = a.direction === 'ingress' ? libbpf.BPF_TC_INGRESS : libbpf.BPF_TC_EGRESS;
+    if (ifindex !== 0 && libbpf.tcDetach(ifindex, point, TC_HANDLE, TC_PRIORITY, `${a.iface} ${a.direction}`)) {
+      removed.push(`clsact filter ${a.iface} ${a.direction}`);
+    }
+  }
+  rmSync(clsactRecordPath(pinDir), { force: true });
+  if (existsSync(pinDir)) {
+    const walk = (dir: string): void => {
+      for (const f of readdirSync(dir)) {
+        const p = join(dir, f);
+        if (statSync(p).isDirectory()) {
+          walk(p);
+          rmdirSync(p);
+        } else {
+          unlinkSync(p);
+          removed.push(p);
+        }
+      }
+    };
+    walk(pinDir);
+    rmdirSync(pinDir);
+  }
+  return removed;
+}

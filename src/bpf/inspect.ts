@@ -1,0 +1,119 @@
+/*
+ * Reads the pinned maps back into user-facing shapes: the `vipr list` table, decoded map dumps,
+ * summed counters. Read-only: nothing here writes a map.
+ */
+import { readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import type { DatapathMaps } from './datapath.js';
+import {
+  BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_FORWARD, IPPROTO_TCP, IPPROTO_UDP, SCHEDULERS,
+  STAT_NAMES, SVC_F_AFFINITY, type StatName,
+} from './layouts.js';
+import type { Listing, ListedService } from '../model/listing.js';
+import { STATE_DIR } from '../paths.js';
+
+export function protoName(p: number): 'TCP' | 'UDP' | 'SCTP' {
+  return p === IPPROTO_TCP ? 'TCP' : p === IPPROTO_UDP ? 'UDP' : 'SCTP';
+}
+
+/** Where the agent records svc_id → `namespace/name:port` for the CLI (maps carry no names). */
+export function serviceNamesPath(pinDir: string): string {
+  return join(STATE_DIR, `${basename(pinDir)}.services.json`);
+}
+
+export function readServiceNames(pinDir: string): Map<number, string> {
+  try {
+    const raw = JSON.parse(readFileSync(serviceNamesPath(pinDir), 'utf8')) as Record<string, string>;
+    return new Map(Object.entries(raw).map(([id, name]) => [Number(id), name]));
+  } catch {
+    return new Map();
+  }
+}
+
+/** Connection counts per (svc_id, backend_id), IPVS style: active = TCP not closing. */
+function connectionCounts(maps: DatapathMaps): Map<string, { active: number; inactive: number }> {
+  const counts = new Map<string, { active: number; inactive: number }>();
+  for (const [k, v] of maps.conntrack.entries()) {
+    if (k.dir !== CT_FORWARD) continue;
+    const id = `${v.svc_id}/${v.backend_id}`;
+    const c = counts.get(id) ?? { active: 0, inactive: 0 };
+    if (k.proto === IPPROTO_TCP && !(v.flags & CT_F_CLOSING)) c.active++;
+    else c.inactive++;
+    counts.set(id, c);
+  }
+  return counts;
+}
+
+export function readBpfListing(maps: DatapathMaps, pinDir: string): Listing {
+  const names = readServiceNames(pinDir);
+  const counts = connectionCounts(maps);
+  const backends = new Map(maps.backends.entries().map(([k, v]) => [k.id, v]));
+  const slots = new Map(maps.slots.entries().map(([k, v]) => [`${k.svc_id}/${k.slot}`, v.id]));
+  const services: ListedService[] = [];
+  for (const [key, svc] of maps.services.entries()) {
+    const listed: ListedService = {
+      protocol: protoName(key.proto),
+      address: key.vip,
+      port: key.port,
+      scheduler: SCHEDULERS[svc.scheduler] ?? `scheduler ${svc.scheduler}`,
+      persistentSeconds: svc.flags & SVC_F_AFFINITY ? svc.affinity_timeout : 0,
+      name: names.get(svc.svc_id) ?? null,
+      backends: [],
+    };
+    for (let slot = 0; slot < svc.backend_count; slot++) {
+      const id = slots.get(`${svc.svc_id}/${slot}`);
+      const be = id === undefined ? undefined : backends.get(id);
+      if (id === undefined || be === undefined) continue;
+      const c = counts.get(`${svc.svc_id}/${id}`) ?? { active: 0, inactive: 0 };
+      const flags: string[] = [];
+      if (be.flags & BE_F_TERMINATING) flags.push('terminating');
+      if (be.flags & BE_F_LOCAL) flags.push('local');
+      listed.backends.push({
+        address: be.addr, port: be.port, forward: 'Masq', weight: 1,
+        activeConn: c.active, inactConn: c.inactive, flags,
+      });
+    }
+    services.push(listed);
+  }
+  return { source: `bpf (${pinDir})`, services };
+}
+
+export type Counters = Record<StatName, { packets: number; bytes: number }>;
+
+/** The datapath counters, summed over CPUs. */
+export function readCounters(maps: DatapathMaps): Counters {
+  const out = {} as Counters;
+  STAT_NAMES.forEach((name, i) => {
+    const perCpu = maps.stats.lookupPerCpu(i) ?? [];
+    out[name] = {
+      packets: Number(perCpu.reduce((n, v) => n + v.packets, 0n)),
+      bytes: Number(perCpu.reduce((n, v) => n + v.bytes, 0n)),
+    };
+  });
+  return out;
+}
+
+/** JSON-safe form of a decoded value (bigints as numbers). */
+export function plain(v: unknown): unknown {
+  if (typeof v === 'bigint') return Number(v);
+  if (Array.isArray(v)) return v.map(plain);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
+  return v;
+}
+
+/** Every map decoded, by pinned name. */
+export function dumpMaps(maps: DatapathMaps, only: string | null): Record<string, Array<{ key: unknown; value: unknown }>> {
+  const out: Record<string, Array<{ key: unknown; value: unknown }>> = {};
+  for (const m of Object.values(maps)) {
+    if (only !== null && m.name !== only && !m.name.startsWith(`vipr_${only}_`)) continue;
+    if (m.spec.perCpu) {
+      out[m.name] = m.entriesPerCpu().map(([k, v]) => ({
+        key: STAT_NAMES[k as number] ?? k,
+        value: plain(v),
+      }));
+    } else {
+      out[m.name] = (m.entries() as Array<[unknown, unknown]>).map(([k, v]) => ({ key: plain(k), value: plain(v) }));
+    }
+  }
+  return out;
+}

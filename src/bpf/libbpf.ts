@@ -1,0 +1,432 @@
+/*
+ * The only file that calls libbpf (Debian's libbpf1, 1.1) or libc: every foreign call of vipr
+ * goes through the typed functions below, so the FFI (koffi) stays swappable.
+ *
+ * Conventions: libbpf 1.x returns -errno from int functions and NULL + errno from pointer ones;
+ * both become a BpfError carrying the operation, the errno and libbpf's last message. libbpf's
+ * own log is routed to pino through its print callback (formatted by libc's vsnprintf, since
+ * it hands us a va_list).
+ */
+import koffi from 'koffi';
+import { BpfError } from '../errors.js';
+import { componentLogger } from '../log.js';
+
+const log = componentLogger('libbpf');
+
+const libbpf = koffi.load('libbpf.so.1');
+const libc = koffi.load('libc.so.6');
+
+const BpfObject = koffi.opaque('bpf_object');
+const BpfProgram = koffi.opaque('bpf_program');
+const BpfMap = koffi.opaque('bpf_map');
+
+const OpenOpts = koffi.struct('bpf_object_open_opts', {
+  sz: 'size_t',
+  object_name: 'const char *',
+  relaxed_maps: 'bool',
+  pin_root_path: 'const char *',
+  attach_prog_fd_removed: 'uint32_t',
+  kconfig: 'const char *',
+  btf_custom_path: 'const char *',
+  kernel_log_buf: 'void *',
+  kernel_log_size: 'size_t',
+  kernel_log_level: 'uint32_t',
+});
+
+const TcHook = koffi.struct('bpf_tc_hook', {
+  sz: 'size_t',
+  ifindex: 'int',
+  attach_point: 'int',
+  parent: 'uint32_t',
+});
+
+const TcOpts = koffi.struct('bpf_tc_opts', {
+  sz: 'size_t',
+  prog_fd: 'int',
+  flags: 'uint32_t',
+  prog_id: 'uint32_t',
+  handle: 'uint32_t',
+  priority: 'uint32_t',
+});
+
+const BatchOpts = koffi.struct('bpf_map_batch_opts', {
+  sz: 'size_t',
+  elem_flags: 'uint64_t',
+  flags: 'uint64_t',
+});
+
+const TestRunOpts = koffi.struct('bpf_test_run_opts', {
+  sz: 'size_t',
+  data_in: 'void *',
+  data_out: 'void *',
+  data_size_in: 'uint32_t',
+  data_size_out: 'uint32_t',
+  ctx_in: 'void *',
+  ctx_out: 'void *',
+  ctx_size_in: 'uint32_t',
+  ctx_size_out: 'uint32_t',
+  retval: 'uint32_t',
+  repeat: 'int',
+  duration: 'uint32_t',
+  flags: 'uint32_t',
+  cpu: 'uint32_t',
+  batch_size: 'uint32_t',
+});
+
+const PrintFn = koffi.proto('int libbpf_print_fn(int level, const char *fmt, void *args)');
+
+const fns = {
+  libbpf_set_print: libbpf.func('void *libbpf_set_print(libbpf_print_fn *fn)'),
+  libbpf_num_possible_cpus: libbpf.func('int libbpf_num_possible_cpus(void)'),
+  bpf_object__open_file: libbpf.func(
+    'bpf_object *bpf_object__open_file(const char *path, const bpf_object_open_opts *opts)',
+  ),
+  bpf_object__load: libbpf.func('int bpf_object__load(bpf_object *obj)'),
+  bpf_object__close: libbpf.func('void bpf_object__close(bpf_object *obj)'),
+  bpf_object__find_program_by_name: libbpf.func(
+    'bpf_program *bpf_object__find_program_by_name(bpf_object *obj, const char *name)',
+  ),
+  bpf_object__find_map_by_name: libbpf.func(
+    'bpf_map *bpf_object__find_map_by_name(bpf_object *obj, const char *name)',
+  ),
+  bpf_object__next_map: libbpf.func('bpf_map *bpf_object__next_map(bpf_object *obj, bpf_map *prev)'),
+  bpf_map__name: libbpf.func('const char *bpf_map__name(bpf_map *map)'),
+  bpf_map__fd: libbpf.func('int bpf_map__fd(bpf_map *map)'),
+  bpf_map__set_max_entries: libbpf.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t n)'),
+  bpf_map__pin_path: libbpf.func('const char *bpf_map__pin_path(bpf_map *map)'),
+  bpf_program__fd: libbpf.func('int bpf_program__fd(bpf_program *prog)'),
+  bpf_map_update_elem: libbpf.func(
+    'int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)',
+  ),
+  bpf_map_lookup_elem: libbpf.func('int bpf_map_lookup_elem(int fd, const void *key, _Out_ void *value)'),
+  bpf_map_delete_elem: libbpf.func('int bpf_map_delete_elem(int fd, const void *key)'),
+  bpf_map_get_next_key: libbpf.func(
+    'int bpf_map_get_next_key(int fd, const void *key, _Out_ void *next_key)',
+  ),
+  bpf_map_update_batch: libbpf.func(
+    'int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
+  ),
+  bpf_map_delete_batch: libbpf.func(
+    'int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
+  ),
+  bpf_map_lookup_batch: libbpf.func(
+    'int bpf_map_lookup_batch(int fd, void *in_batch, _Out_ void *out_batch, _Out_ void *keys, _Out_ void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
+  ),
+  bpf_obj_get: libbpf.func('int bpf_obj_get(const char *path)'),
+  bpf_obj_pin: libbpf.func('int bpf_obj_pin(int fd, const char *path)'),
+  bpf_obj_get_info_by_fd: libbpf.func(
+    'int bpf_obj_get_info_by_fd(int fd, _Out_ void *info, _Inout_ uint32_t *len)',
+  ),
+  bpf_link_create: libbpf.func(
+    'int bpf_link_create(int prog_fd, int target_fd, int attach_type, const void *opts)',
+  ),
+  bpf_link_update: libbpf.func('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
+  bpf_tc_hook_create: libbpf.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
+  bpf_tc_attach: libbpf.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
+  bpf_tc_detach: libbpf.func('int bpf_tc_detach(const bpf_tc_hook *hook, const bpf_tc_opts *opts)'),
+  bpf_tc_query: libbpf.func('int bpf_tc_query(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
+  bpf_prog_test_run_opts: libbpf.func(
+    'int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)',
+  ),
+  vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t size, const char *fmt, void *args)'),
+  close: libc.func('int close(int fd)'),
+  if_nametoindex: libc.func('unsigned int if_nametoindex(const char *name)'),
+  geteuid: libc.func('unsigned int geteuid(void)'),
+};
+
+/* libbpf print levels */
+const LIBBPF_WARN = 0;
+const LIBBPF_INFO = 1;
+
+let lastMessage: string | null = null;
+const printBuf = Buffer.alloc(4096);
+
+const printCallback = koffi.register((level: number, fmt: string, args: unknown): number => {
+  const n = fns.vsnprintf(printBuf, printBuf.length, fmt, args) as number;
+  const text = printBuf
+    .subarray(0, Math.max(0, Math.min(n, printBuf.length - 1)))
+    .toString('utf8')
+    .trimEnd();
+  if (level === LIBBPF_WARN) {
+    // The verifier log ends with a marker line; the reason is the line before it.
+    if (!/^-- END|^\s*$/.test(text)) lastMessage = text.replace(/^libbpf: /, '');
+    log.warn(text);
+  } else if (level === LIBBPF_INFO) {
+    log.debug(text);
+  } else {
+    log.trace(text);
+  }
+  return 0;
+}, koffi.pointer(PrintFn));
+fns.libbpf_set_print(printCallback);
+
+/** Takes libbpf's last warning (the reason behind the failure that follows it). */
+function takeMessage(): string | null {
+  const m = lastMessage;
+  lastMessage = null;
+  return m;
+}
+
+function check(op: string, ret: number): number {
+  if (ret < 0) throw new BpfError(op, -ret, takeMessage());
+  return ret;
+}
+
+function checkPtr<T>(op: string, ptr: T | null): T {
+  if (ptr === null) throw new BpfError(op, koffi.errno(), takeMessage());
+  return ptr;
+}
+
+/* Opaque handles: typed so they cannot be mixed up. */
+export type ObjectHandle = { readonly __brand: 'bpf_object' };
+export type ProgramHandle = { readonly __brand: 'bpf_program' };
+export type MapHandle = { readonly __brand: 'bpf_map' };
+
+export function openObject(path: string, pinRoot: string): ObjectHandle {
+  lastMessage = null;
+  const opts = {
+    sz: koffi.sizeof(OpenOpts),
+    object_name: null,
+    relaxed_maps: false,
+    pin_root_path: pinRoot,
+    attach_prog_fd_removed: 0,
+    kconfig: null,
+    btf_custom_path: null,
+    kernel_log_buf: null,
+    kernel_log_size: 0,
+    kernel_log_level: 0,
+  };
+  return checkPtr(`bpf_object__open_file(${path})`, fns.bpf_object__open_file(path, opts)) as ObjectHandle;
+}
+
+export function loadObject(obj: ObjectHandle, name: string): void {
+  lastMessage = null;
+  check(`bpf_object__load(${name})`, fns.bpf_object__load(obj) as number);
+}
+
+export function closeObject(obj: ObjectHandle): void {
+  fns.bpf_object__close(obj);
+}
+
+export function findProgram(obj: ObjectHandle, name: string): ProgramHandle {
+  return checkPtr(`find program ${name}`, fns.bpf_object__find_program_by_name(obj, name)) as ProgramHandle;
+}
+
+export function programFd(prog: ProgramHandle, name: string): number {
+  return check(`bpf_program__fd(${name})`, fns.bpf_program__fd(prog) as number);
+}
+
+export function findMap(obj: ObjectHandle, name: string): MapHandle {
+  return checkPtr(`find map ${name}`, fns.bpf_object__find_map_by_name(obj, name)) as MapHandle;
+}
+
+export function objectMapNames(obj: ObjectHandle): string[] {
+  const names: string[] = [];
+  let m: MapHandle | null = fns.bpf_object__next_map(obj, null) as MapHandle | null;
+  while (m !== null) {
+    names.push(fns.bpf_map__name(m) as string);
+    m = fns.bpf_object__next_map(obj, m) as MapHandle | null;
+  }
+  return names;
+}
+
+export function mapFd(map: MapHandle, name: string): number {
+  return check(`bpf_map__fd(${name})`, fns.bpf_map__fd(map) as number);
+}
+
+export function setMapMaxEntries(map: MapHandle, name: string, n: number): void {
+  check(`bpf_map__set_max_entries(${name}, ${n})`, fns.bpf_map__set_max_entries(map, n) as number);
+}
+
+export function mapPinPath(map: MapHandle): string | null {
+  return fns.bpf_map__pin_path(map) as string | null;
+}
+
+export function mapUpdate(fd: number, key: Buffer, value: Buffer, flags: number, what: string): void {
+  check(`bpf_map_update_elem(${what})`, fns.bpf_map_update_elem(fd, key, value, flags) as number);
+}
+
+/** Returns false when the key is absent (ENOENT); throws on any other failure. */
+export function mapLookup(fd: number, key: Buffer, value: Buffer, what: string): boolean {
+  const ret = fns.bpf_map_lookup_elem(fd, key, value) as number;
+  if (ret === -2) return false;
+  check(`bpf_map_lookup_elem(${what})`, ret);
+  return true;
+}
+
+/** Returns false when the key was absent. */
+export function mapDelete(fd: number, key: Buffer, what: string): boolean {
+  const ret = fns.bpf_map_delete_elem(fd, key) as number;
+  if (ret === -2) return false;
+  check(`bpf_map_delete_elem(${what})`, ret);
+  return true;
+}
+
+/** Writes the key after `key` (or the first, for null) into `next`; false at the end. */
+export function mapNextKey(fd: number, key: Buffer | null, next: Buffer, what: string): boolean {
+  const ret = fns.bpf_map_get_next_key(fd, key, next) as number;
+  if (ret === -2) return false;
+  check(`bpf_map_get_next_key(${what})`, ret);
+  return true;
+}
+
+/** Updates `count` entries packed back to back in `keys` and `values`; one syscall. */
+export function mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, count: number, what: string): void {
+  const n = [count];
+  const opts = { sz: koffi.sizeof(BatchOpts), elem_flags: 0, flags: 0 };
+  check(`bpf_map_update_batch(${what}, ${count})`, fns.bpf_map_update_batch(fd, keys, values, n, opts) as number);
+}
+
+/**
+ * Reads up to `max` entries starting after `inBatch` (null: from the start) into `keys`/`values`.
+ * Returns how many were read and whether the map is exhausted.
+ */
+export function mapLookupBatch(
+  fd: number,
+  inBatch: Buffer | null,
+  outBatch: Buffer,
+  keys: Buffer,
+  values: Buffer,
+  max: number,
+  what: string,
+): { count: number; done: boolean } {
+  const n = [max];
+  const opts = { sz: koffi.sizeof(BatchOpts), elem_flags: 0, flags: 0 };
+  const ret = fns.bpf_map_lookup_batch(fd, inBatch, outBatch, keys, values, n, opts) as number;
+  if (ret === -2) return { count: n[0] ?? 0, done: true };
+  check(`bpf_map_lookup_batch(${what})`, ret);
+  return { count: n[0] ?? 0, done: false };
+}
+
+export function objGet(path: string): number {
+  lastMessage = null;
+  return check(`bpf_obj_get(${path})`, fns.bpf_obj_get(path) as number);
+}
+
+export function objPin(fd: number, path: string): void {
+  check(`bpf_obj_pin(${path})`, fns.bpf_obj_pin(fd, path) as number);
+}
+
+export interface MapInfo {
+  type: number;
+  id: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+  name: string;
+}
+
+export function mapInfo(fd: number, what: string): MapInfo {
+  // struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags (u32 each), name[16]
+  const info = Buffer.alloc(128);
+  const len = [info.length];
+  check(`bpf_obj_get_info_by_fd(${what})`, fns.bpf_obj_get_info_by_fd(fd, info, len) as number);
+  const nameBytes = info.subarray(24, 40);
+  const end = nameBytes.indexOf(0);
+  return {
+    type: info.readUInt32LE(0),
+    id: info.readUInt32LE(4),
+    keySize: info.readUInt32LE(8),
+    valueSize: info.readUInt32LE(12),
+    maxEntries: info.readUInt32LE(16),
+    flags: info.readUInt32LE(20),
+    name: nameBytes.subarray(0, end < 0 ? 16 : end).toString('latin1'),
+  };
+}
+
+/** Attach types of enum bpf_attach_type that libbpf 1.1's headers predate. */
+export const BPF_TCX_INGRESS = 46;
+export const BPF_TCX_EGRESS = 47;
+
+export function linkCreate(progFd: number, ifindex: number, attachType: number, what: string): number {
+  lastMessage = null;
+  return check(`bpf_link_create(${what})`, fns.bpf_link_create(progFd, ifindex, attachType, null) as number);
+}
+
+export function linkUpdate(linkFd: number, progFd: number, what: string): void {
+  check(`bpf_link_update(${what})`, fns.bpf_link_update(linkFd, progFd, null) as number);
+}
+
+export const BPF_TC_INGRESS = 1;
+export const BPF_TC_EGRESS = 2;
+const BPF_TC_F_REPLACE = 1;
+
+export function tcHookCreate(ifindex: number, attachPoint: number, what: string): void {
+  const hook = { sz: koffi.sizeof(TcHook), ifindex, attach_point: attachPoint, parent: 0 };
+  const ret = fns.bpf_tc_hook_create(hook) as number;
+  if (ret === -17) return; // EEXIST: the clsact qdisc is there already (maybe with others' filters)
+  check(`bpf_tc_hook_create(${what})`, ret);
+}
+
+export function tcAttach(ifindex: number, attachPoint: number, progFd: number, handle: number, priority: number, what: string): void {
+  const hook = { sz: koffi.sizeof(TcHook), ifindex, attach_point: attachPoint, parent: 0 };
+  const opts = { sz: koffi.sizeof(TcOpts), prog_fd: progFd, flags: BPF_TC_F_REPLACE, prog_id: 0, handle, priority };
+  check(`bpf_tc_attach(${what})`, fns.bpf_tc_attach(hook, opts) as number);
+}
+
+/** Detaches only vipr's filter (handle + priority); other users' filters and the qdisc stay. */
+export function tcDetach(ifindex: number, attachPoint: number, handle: number, priority: number, what: string): boolean {
+  const hook = { sz: koffi.sizeof(TcHook), ifindex, attach_point: attachPoint, parent: 0 };
+  const opts = { sz: koffi.sizeof(TcOpts), prog_fd: 0, flags: 0, prog_id: 0, handle, priority };
+  const ret = fns.bpf_tc_detach(hook, opts) as number;
+  if (ret === -2 || ret === -19 || ret === -22) return false; // no such filter, device or qdisc
+  check(`bpf_tc_detach(${what})`, ret);
+  return true;
+}
+
+export interface TestRunResult {
+  retval: number;
+  data: Buffer;
+  durationNs: number;
+}
+
+/** Runs a program over one packet (BPF_PROG_TEST_RUN); the packet may grow by up to 256 bytes. */
+export function progTestRun(progFd: number, packet: Buffer, repeat = 1): TestRunResult {
+  const outCap = packet.length + 256;
+  const inPtr = koffi.alloc('uint8_t', Math.max(packet.length, 1));
+  const outPtr = koffi.alloc('uint8_t', outCap);
+  try {
+    Buffer.from(koffi.view(inPtr, packet.length)).set(packet);
+    const opts = {
+      sz: koffi.sizeof(TestRunOpts),
+      data_in: inPtr,
+      data_out: outPtr,
+      data_size_in: packet.length,
+      data_size_out: outCap,
+      ctx_in: null,
+      ctx_out: null,
+      ctx_size_in: 0,
+      ctx_size_out: 0,
+      retval: 0,
+      repeat,
+      duration: 0,
+      flags: 0,
+      cpu: 0,
+      batch_size: 0,
+    };
+    check('bpf_prog_test_run_opts', fns.bpf_prog_test_run_opts(progFd, opts) as number);
+    const data = Buffer.from(Buffer.from(koffi.view(outPtr, opts.data_size_out)));
+    return { retval: opts.retval, data, durationNs: opts.duration };
+  } finally {
+    koffi.free(inPtr);
+    koffi.free(outPtr);
+  }
+}
+
+export function numPossibleCpus(): number {
+  return check('libbpf_num_possible_cpus', fns.libbpf_num_possible_cpus() as number);
+}
+
+export function closeFd(fd: number): void {
+  fns.close(fd);
+}
+
+/** 0 when there is no such interface (in this network namespace). */
+export function ifNameToIndex(name: string): number {
+  return fns.if_nametoindex(name) as number;
+}
+
+export function effectiveUid(): number {
+  return fns.geteuid() as number;
+}

@@ -1,0 +1,27 @@
+/* Where vipr finds its own files and keeps its state. */
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+let root: string | null = null;
+
+/** The directory holding vipr's package.json (the repo, or the installed package). */
+export function packageRoot(): string {
+  if (root !== null) return root;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json')) || !existsSync(join(dir, 'bpf'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the vipr package root (package.json next to bpf/)');
+    dir = up;
+  }
+  root = dir;
+  return root;
+}
+
+/** The compiled TC datapath object. */
+export function tcObjectPath(): string {
+  return join(packageRoot(), 'bpf', 'tc_lb.bpf.o');
+}
+
+export const DEFAULT_PIN_DIR = '/sys/fs/bpf/vipr';
+export const STATE_DIR = '/run/vipr';

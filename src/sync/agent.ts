@@ -1,0 +1,139 @@
+/*
+ * The node agent's sync loop, as kube-proxy's: sources report objects, the change tracker keeps
+ * only real changes, a bounded-frequency runner coalesces them into syncs, and each sync builds
+ * the desired state and hands it to the dataplane. After a failure the next sync is full; a full
+ * sync also happens every `syncPeriodMs`.
+ */
+import type { ClusterObjects } from '../model/k8s.js';
+import type { DesiredState, NodeInfo } from '../model/types.js';
+import { buildDesiredState } from '../model/build.js';
+import { ClusterChangeTracker } from './tracker.js';
+import { BoundedFrequencyRunner, realClock, type Clock, type RunResult } from './runner.js';
+import type { Dataplane, SyncResult } from './dataplane.js';
+import { componentLogger, type Logger } from '../log.js';
+
+export interface SyncReport {
+  result: SyncResult | null;
+  full: boolean;
+  durationMs: number;
+  error: unknown;
+  /** When the changes this sync programmed were first seen, per affected Service (ns/name). */
+  changeSeenAt: Map<string, number>;
+  state: DesiredState | null;
+}
+
+export interface AgentOptions {
+  dataplane: Dataplane;
+  node: NodeInfo;
+  /** kube-proxy's --min-sync-period (ms). */
+  minSyncPeriodMs: number;
+  /** kube-proxy's --sync-period: a full sync at least this often (ms). */
+  syncPeriodMs: number;
+  clock?: Clock;
+  log?: Logger;
+  onSync?: (report: SyncReport) => void;
+}
+
+export class Agent {
+  private readonly tracker = new ClusterChangeTracker();
+  private readonly runner: BoundedFrequencyRunner;
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private node: NodeInfo;
+  private needFull = true;
+  private lastFullAt = 0;
+  private loopDone: Promise<void> | null = null;
+  /** First time a still-unsynced change to each Service was seen. */
+  private readonly seenAt = new Map<string, number>();
+  private lastState: DesiredState | null = null;
+  private resolveFirstSync: (() => void) | null = null;
+  /** Resolves after the first successful sync. */
+  readonly firstSync: Promise<void> = new Promise((resolve) => {
+    this.resolveFirstSync = resolve;
+  });
+
+  constructor(private readonly opts: AgentOptions) {
+    this.log = opts.log ?? componentLogger('agent');
+    this.clock = opts.clock ?? realClock;
+    this.node = opts.node;
+    this.runner = new BoundedFrequencyRunner({
+      name: `sync-${opts.dataplane.mode}`,
+      fn: () => this.syncOnce(),
+      minInterval: opts.minSyncPeriodMs,
+      maxInterval: opts.syncPeriodMs,
+      clock: this.clock,
+      log: this.log,
+      onRun: (r: RunResult) => {
+        if (!r.ok) this.log.error({ err: r.error, failures: r.consecutiveFailures }, 'sync failed; retrying with backoff, next sync is full');
+      },
+    });
+  }
+
+  /** Starts the sync loop; the first sync is a full one. */
+  start(): void {
+    this.loopDone = this.runner.loop();
+    this.runner.run();
+  }
+
+  async stop(): Promise<void> {
+    await this.runner.stop();
+    await this.loopDone;
+  }
+
+  /** A source's complete current set of objects (snapshot sources: manifest files, informers). */
+  updateObjects(objects: ClusterObjects): void {
+    const diff = this.tracker.applySnapshot(objects);
+    if (!diff.changed) return;
+    const now = this.clock.now();
+    for (const s of diff.affectedServices) if (!this.seenAt.has(s)) this.seenAt.set(s, now);
+    this.runner.run();
+  }
+
+  /** The node's addresses or zone changed (they decide local endpoints and NodePort IPs). */
+  updateNode(node: NodeInfo): void {
+    if (JSON.stringify(node) === JSON.stringify(this.node)) return;
+    this.node = node;
+    this.runner.run();
+  }
+
+  /** The desired state of the last sync. */
+  desiredState(): DesiredState | null {
+    return this.lastState;
+  }
+
+  /** Requests a sync now (e.g. after an external change to the dataplane). */
+  requestSync(full = false): void {
+    if (full) this.needFull = true;
+    this.runner.run();
+  }
+
+  private async syncOnce(): Promise<void> {
+    const start = this.clock.now();
+    const full = this.needFull || start - this.lastFullAt >= this.opts.syncPeriodMs;
+    this.tracker.take();
+    const changeSeenAt = new Map(this.seenAt);
+    this.seenAt.clear();
+    let state: DesiredState | null = null;
+    try {
+      state = buildDesiredState(this.tracker.current(), this.node);
+      const result = await this.opts.dataplane.sync(state, full);
+      this.lastState = state;
+      this.needFull = result.failed.length > 0;
+      if (full) this.lastFullAt = start;
+      const durationMs = this.clock.now() - start;
+      this.log.info(
+        { full, services: result.services, backends: result.backends, writes: result.writes, deletes: result.deletes, failed: result.failed.length, durationMs },
+        'synced',
+      );
+      this.opts.onSync?.({ result, full, durationMs, error: null, changeSeenAt, state });
+      this.resolveFirstSync?.();
+      this.resolveFirstSync = null;
+    } catch (err) {
+      this.needFull = true;
+      // The changes are still unsynced: keep their first-seen times for the retry.
+      for (const [s, t] of changeSeenAt) if (!this.seenAt.has(s)) this.seenAt.set(s, t);
+      this.opts.onSync?.({ result: null, full, durationMs: this.clock.now() - start, error: err, changeSeenAt, state });
+      throw err;
+    }
+  }
+}

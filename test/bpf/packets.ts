@@ -1,0 +1,159 @@
+/*
+ * Crafting and checking Ethernet/IPv4/TCP/UDP frames for BPF_PROG_TEST_RUN fixtures. Checksums
+ * are computed from scratch here (RFC 1071), independently of the kernel's incremental helpers
+ * the programs use, so a wrong update shows as a mismatch.
+ */
+
+export const ETH_P_IP = 0x0800;
+export const ETH_P_IPV6 = 0x86dd;
+export const ETH_P_ARP = 0x0806;
+
+export const TCP_FIN = 0x01;
+export const TCP_SYN = 0x02;
+export const TCP_RST = 0x04;
+export const TCP_PSH = 0x08;
+export const TCP_ACK = 0x10;
+
+export interface Ipv4Packet {
+  src: string;
+  dst: string;
+  proto: 'tcp' | 'udp' | 'icmp';
+  sport?: number;
+  dport?: number;
+  tcpFlags?: number;
+  payload?: Buffer;
+  /** Extra IPv4 option bytes (multiple of 4). */
+  ipOptions?: Buffer;
+  /** Fragment flags/offset field (host order), e.g. 0x2000 for MF. */
+  fragOff?: number;
+  /** UDP: send with checksum 0 (none). */
+  udpNoChecksum?: boolean;
+  ttl?: number;
+}
+
+function ipBytes(ip: string): Buffer {
+  return Buffer.from(ip.split('.').map(Number));
+}
+
+export function ipString(b: Buffer, at: number): string {
+  return `${b[at]}.${b[at + 1]}.${b[at + 2]}.${b[at + 3]}`;
+}
+
+/** One's-complement sum of 16-bit words (not yet folded/inverted). */
+function sum16(buf: Buffer, initial = 0): number {
+  let s = initial;
+  for (let i = 0; i + 1 < buf.length; i += 2) s += buf.readUInt16BE(i);
+  if (buf.length % 2) s += (buf[buf.length - 1] as number) << 8;
+  return s;
+}
+
+function fold(s: number): number {
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  return s;
+}
+
+export function checksum(buf: Buffer, initial = 0): number {
+  return ~fold(sum16(buf, initial)) & 0xffff;
+}
+
+function pseudoHeaderSum(src: Buffer, dst: Buffer, proto: number, len: number): number {
+  return sum16(Buffer.concat([src, dst, Buffer.from([0, proto, len >> 8, len & 0xff])]));
+}
+
+const MAC_A = Buffer.from([0x02, 0, 0, 0, 0, 0x0a]);
+const MAC_B = Buffer.from([0x02, 0, 0, 0, 0, 0x0b]);
+
+export function ethernet(ethertype: number, payload: Buffer): Buffer {
+  const h = Buffer.alloc(14);
+  MAC_B.copy(h, 0);
+  MAC_A.copy(h, 6);
+  h.writeUInt16BE(ethertype, 12);
+  return Buffer.concat([h, payload]);
+}
+
+/** A complete frame with valid IP and L4 checksums. */
+export function ipv4Frame(p: Ipv4Packet): Buffer {
+  const payload = p.payload ?? Buffer.alloc(0);
+  const opts = p.ipOptions ?? Buffer.alloc(0);
+  const src = ipBytes(p.src);
+  const dst = ipBytes(p.dst);
+  let l4: Buffer;
+  let proto: number;
+  if (p.proto === 'tcp') {
+    proto = 6;
+    l4 = Buffer.alloc(20);
+    l4.writeUInt16BE(p.sport ?? 40000, 0);
+    l4.writeUInt16BE(p.dport ?? 80, 2);
+    l4.writeUInt32BE(1000, 4);
+    l4.writeUInt32BE((p.tcpFlags ?? TCP_SYN) & TCP_ACK ? 2000 : 0, 8);
+    l4[12] = 5 << 4;
+    l4[13] = p.tcpFlags ?? TCP_SYN;
+    l4.writeUInt16BE(64240, 14);
+    l4 = Buffer.concat([l4, payload]);
+    l4.writeUInt16BE(checksum(l4, pseudoHeaderSum(src, dst, proto, l4.length)), 16);
+  } else if (p.proto === 'udp') {
+    proto = 17;
+    l4 = Buffer.alloc(8);
+    l4.writeUInt16BE(p.sport ?? 40000, 0);
+    l4.writeUInt16BE(p.dport ?? 53, 2);
+    l4.writeUInt16BE(8 + payload.length, 4);
+    l4 = Buffer.concat([l4, payload]);
+    if (!p.udpNoChecksum) {
+      let c = checksum(l4, pseudoHeaderSum(src, dst, proto, l4.length));
+      if (c === 0) c = 0xffff;
+      l4.writeUInt16BE(c, 6);
+    }
+  } else {
+    proto = 1;
+    l4 = Buffer.concat([Buffer.from([8, 0, 0, 0, 0, 1, 0, 1]), payload]);
+    l4.writeUInt16BE(checksum(l4), 2);
+  }
+  const ihl = 5 + opts.length / 4;
+  const ip = Buffer.alloc(20);
+  ip[0] = 0x40 | ihl;
+  ip.writeUInt16BE(ihl * 4 + l4.length, 2);
+  ip.writeUInt16BE(0x1234, 4);
+  ip.writeUInt16BE(p.fragOff ?? 0x4000, 6);
+  ip[8] = p.ttl ?? 64;
+  ip[9] = proto;
+  src.copy(ip, 12);
+  dst.copy(ip, 16);
+  const header = Buffer.concat([ip, opts]);
+  header.writeUInt16BE(checksum(header), 10);
+  return ethernet(ETH_P_IP, Buffer.concat([header, l4]));
+}
+
+export interface ParsedFrame {
+  src: string;
+  dst: string;
+  proto: number;
+  sport: number;
+  dport: number;
+  ipChecksumOk: boolean;
+  l4ChecksumOk: boolean;
+  /** UDP sent without checksum. */
+  l4ChecksumAbsent: boolean;
+}
+
+/** Parses an IPv4 TCP/UDP frame and verifies both checksums from scratch. */
+export function parseFrame(f: Buffer): ParsedFrame {
+  const ihl = ((f[14] as number) & 0x0f) * 4;
+  const ip = f.subarray(14, 14 + ihl);
+  const totLen = f.readUInt16BE(16);
+  const l4 = f.subarray(14 + ihl, 14 + totLen);
+  const proto = f[23] as number;
+  const src = f.subarray(26, 30);
+  const dst = f.subarray(30, 34);
+  const absent = proto === 17 && l4.readUInt16BE(6) === 0;
+  const l4ok = absent || fold(sum16(l4, pseudoHeaderSum(src, dst, proto, l4.length))) === 0xffff;
+  return {
+    src: ipString(f, 26),
+    dst: ipString(f, 30),
+    proto,
+    sport: l4.readUInt16BE(0),
+    dport: l4.readUInt16BE(2),
+    ipChecksumOk: fold(sum16(ip)) === 0xffff,
+    l4ChecksumOk: l4ok,
+    l4ChecksumAbsent: absent,
+  };
+}
