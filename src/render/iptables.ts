@@ -354,10 +354,10 @@ function writeServicePort(
   }
 
   // Health check NodePort: accepted whether or not this node has local endpoints.
-  if (svc.healthCheckNodePort !== 0) {
+  if (facts.healthCheckNodePort !== 0) {
     out.filterRules.write(
       '-A', KUBE_NODEPORTS, '-m', 'comment', '--comment', quoted(`${name} health check node port`),
-      '-m', 'tcp', '-p', 'tcp', '--dport', String(svc.healthCheckNodePort), '-j', 'ACCEPT',
+      '-m', 'tcp', '-p', 'tcp', '--dport', String(facts.healthCheckNodePort), '-j', 'ACCEPT',
     );
   }
 

@@ -194,7 +194,7 @@ export function renderIpvs(state: DesiredState, options: RenderOptions): IpvsRen
       for (const ip of nodeIPs) vs(ip, svc.nodePort, facts.externalPolicyLocal);
     }
 
-    if (svc.healthCheckNodePort !== 0) add('KUBE-HEALTH-CHECK-NODE-PORT', String(svc.healthCheckNodePort));
+    if (facts.healthCheckNodePort !== 0) add('KUBE-HEALTH-CHECK-NODE-PORT', String(facts.healthCheckNodePort));
   }
 
   return {

@@ -21,6 +21,8 @@ export interface ServicePortFacts {
   usesClusterEndpoints: boolean;
   usesLocalEndpoints: boolean;
   affinity: boolean;
+  /** 0 unless the Service needs one (LoadBalancer with externalTrafficPolicy Local), as kube-proxy. */
+  healthCheckNodePort: number;
   /** Source ranges normalised as Go prints net.IPNet. */
   sourceRanges: string[];
 }
@@ -45,6 +47,8 @@ export function servicePortFacts(entry: ServiceEntry): ServicePortFacts {
     usesClusterEndpoints: !internalPolicyLocal || externallyAccessible,
     usesLocalEndpoints: internalPolicyLocal || (externallyAccessible && externalPolicyLocal),
     affinity: svc.affinityTimeoutSeconds > 0,
+    // apiservice.NeedsHealthCheck: kube-proxy ignores the field on any other Service.
+    healthCheckNodePort: svc.type === 'LoadBalancer' && svc.externalTrafficPolicy === 'Local' ? svc.healthCheckNodePort : 0,
     sourceRanges: svc.loadBalancerSourceRanges.map(normalizeIpv4Cidr),
   };
 }
