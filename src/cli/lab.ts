@@ -232,7 +232,7 @@ export async function run(argv: string[]): Promise<number> {
       return 1;
     }
     if (e instanceof TypeError && 'code' in e && String(e.code).startsWith('ERR_PARSE_ARGS')) {
-      err(`${e.message}; run 'vipr lab --help'`);
+      err(`${formatError(e)}; run 'vipr lab --help'`);
       return 2;
     }
     err(formatError(e));

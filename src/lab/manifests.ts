@@ -1,12 +1,12 @@
 /*
  * The lab's Kubernetes objects: the default manifests `up` writes (a TCP ClusterIP service and a
  * UDP one, each with an EndpointSlice listing the lab's backends), and a summary of whatever
- * services a manifests directory holds, for `status`. The summary is a lenient read meant for
- * display only: the agent's source (src/sources/) is what validates manifests for real.
+ * services a manifests directory holds, for `status`.
  */
-import { readdir, readFile, writeFile, mkdir } from 'node:fs/promises';
+import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseAllDocuments, stringify } from 'yaml';
+import { stringify } from 'yaml';
+import { loadManifestDir, type ManifestLoad } from '../sources/manifest.js';
 import type { NodePlan } from './topology.js';
 
 export const NGINX_SERVICE = { namespace: 'default', name: 'nginx-service', clusterIP: '10.0.0.213', port: 80, targetPort: 80 };
@@ -105,115 +105,36 @@ export interface ManifestDirSummary {
   problems: string[];
 }
 
-function asRecord(v: unknown): Record<string, unknown> | null {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
-}
-
-function asArray(v: unknown): unknown[] {
-  return Array.isArray(v) ? v : [];
-}
-
-function str(v: unknown, fallback: string): string {
-  return typeof v === 'string' ? v : fallback;
-}
-
-interface SliceSummary {
-  namespace: string;
-  serviceName: string;
-  ports: { name: string; protocol: string; port: number }[];
-  addresses: string[];
-}
-
-function sliceSummary(obj: Record<string, unknown>): SliceSummary | null {
-  const meta = asRecord(obj.metadata) ?? {};
-  const labels = asRecord(meta.labels) ?? {};
-  const serviceName = labels['kubernetes.io/service-name'];
-  if (typeof serviceName !== 'string') return null;
-  const addresses: string[] = [];
-  for (const ep of asArray(obj.endpoints)) {
-    const e = asRecord(ep);
-    if (!e) continue;
-    // As kube-proxy: a missing `ready` condition counts as ready.
-    if (asRecord(e.conditions)?.ready === false) continue;
-    const first = asArray(e.addresses)[0];
-    if (typeof first === 'string') addresses.push(first);
-  }
-  return {
-    namespace: str(meta.namespace, 'default'),
-    serviceName,
-    ports: asArray(obj.ports).flatMap((p) => {
-      const r = asRecord(p);
-      return r && typeof r.port === 'number' ? [{ name: str(r.name, ''), protocol: str(r.protocol, 'TCP'), port: r.port }] : [];
-    }),
-    addresses,
-  };
-}
-
-/** Reads every .yaml/.yml/.json file of `dir` (not recursive) and summarises its Services. */
+/**
+ * The Services of a manifests directory with their ready endpoints, read by the agent's own
+ * manifest source, so `status` shows exactly what the agent would load and the problems it would
+ * report.
+ */
 export async function summarizeManifestDir(dir: string): Promise<ManifestDirSummary> {
-  const problems: string[] = [];
-  let files: string[];
+  let load: ManifestLoad;
   try {
-    files = (await readdir(dir)).filter((f) => /\.(ya?ml|json)$/.test(f)).sort();
+    load = await loadManifestDir(dir);
   } catch (err) {
-    return { services: [], problems: [`${dir}: ${(err as Error).message}`] };
+    return { services: [], problems: [err instanceof Error ? err.message : String(err)] };
   }
-  const services: { obj: Record<string, unknown> }[] = [];
-  const slices: SliceSummary[] = [];
-  for (const file of files) {
-    const path = join(dir, file);
-    let text: string;
-    try {
-      text = await readFile(path, 'utf8');
-    } catch (err) {
-      problems.push(`${path}: ${(err as Error).message}`);
-      continue;
-    }
-    for (const doc of parseAllDocuments(text)) {
-      if (doc.errors.length > 0) {
-        problems.push(`${path}: ${doc.errors[0]?.message.split('\n')[0] ?? 'YAML error'}`);
-        continue;
-      }
-      const obj = asRecord(doc.toJS());
-      if (!obj) continue;
-      // A `kind: List` (kubectl get -o yaml) holds its objects in items.
-      const objects: Record<string, unknown>[] =
-        obj.kind === 'List'
-          ? asArray(obj.items)
-              .map(asRecord)
-              .filter((i): i is Record<string, unknown> => i !== null)
-          : [obj];
-      for (const o of objects) {
-        if (o.kind === 'Service') services.push({ obj: o });
-        else if (o.kind === 'EndpointSlice') {
-          const s = sliceSummary(o);
-          if (s) slices.push(s);
-        }
-      }
-    }
-  }
-  const summaries = services.map(({ obj }) => {
-    const meta = asRecord(obj.metadata) ?? {};
-    const spec = asRecord(obj.spec) ?? {};
-    const namespace = str(meta.namespace, 'default');
-    const name = str(meta.name, '?');
-    const own = slices.filter((s) => s.namespace === namespace && s.serviceName === name);
-    const ports = asArray(spec.ports).flatMap((p): ServicePortSummary[] => {
-      const r = asRecord(p);
-      if (!r || typeof r.port !== 'number') return [];
-      const portName = str(r.name, '');
-      const protocol = str(r.protocol, 'TCP');
-      const endpoints = own.flatMap((s) =>
-        s.ports
-          .filter((sp) => sp.name === portName && sp.protocol === protocol)
-          .flatMap((sp) => s.addresses.map((a) => `${a}:${sp.port}`)),
+  const slices = [...load.objects.endpointSlices.values()].filter((s) => s.addressType === 'IPv4');
+  const services = [...load.objects.services.values()].map((svc): ServiceSummary => {
+    const own = slices.filter((s) => s.namespace === svc.namespace && s.serviceName === svc.name);
+    const ports = svc.ports.map((p): ServicePortSummary => {
+      const endpoints = own.flatMap((slice) =>
+        slice.ports
+          .filter((sp) => sp.name === p.name && sp.protocol === p.protocol)
+          .flatMap((sp) =>
+            slice.endpoints
+              // As kube-proxy: a missing `ready` condition counts as ready.
+              .filter((ep) => ep.conditions.ready !== false)
+              .flatMap((ep) => (ep.addresses[0] === undefined ? [] : [`${ep.addresses[0]}:${sp.port}`])),
+          ),
       );
-      const targetPort = typeof r.targetPort === 'number' || typeof r.targetPort === 'string' ? r.targetPort : r.port;
-      return [{ name: portName, protocol, port: r.port, targetPort, endpoints }];
+      return { name: p.name, protocol: p.protocol, port: p.port, targetPort: p.targetPort, endpoints };
     });
-    const clusterIP = typeof spec.clusterIP === 'string' && spec.clusterIP !== 'None' ? spec.clusterIP : null;
-    return { namespace, name, type: str(spec.type, 'ClusterIP'), clusterIP, ports };
+    return { namespace: svc.namespace, name: svc.name, type: svc.type, clusterIP: svc.clusterIP, ports };
   });
-  summaries.sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
-  return { services: summaries, problems };
+  services.sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+  return { services, problems: load.problems.map((p) => String(p)) };
 }
