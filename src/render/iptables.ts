@@ -27,7 +27,6 @@ export const KUBE_POSTROUTING = 'KUBE-POSTROUTING';
 export const KUBE_MARK_MASQ = 'KUBE-MARK-MASQ';
 export const KUBE_FORWARD = 'KUBE-FORWARD';
 export const KUBE_PROXY_FIREWALL = 'KUBE-PROXY-FIREWALL';
-export const KUBE_PROXY_CANARY = 'KUBE-PROXY-CANARY';
 /** kubelet's firewall chain, which kube-proxy duplicates (anti-martian rule for localhost NodePorts). */
 export const KUBE_FIREWALL = 'KUBE-FIREWALL';
 

@@ -26,7 +26,7 @@ const KUBE_PROXY_TEST_OPTIONS: RenderOptions = {
   nfacct: true,
 };
 
-export const GOLDEN_OPTIONS: RenderOptions = {
+const GOLDEN_OPTIONS: RenderOptions = {
   clusterCIDR: '10.244.0.0/16',
   masqueradeAll: false,
   nodeIPs: ['192.168.0.10', '192.168.1.10'],
