@@ -94,9 +94,10 @@ export function renderNftables(state: DesiredState, options: RenderOptions): str
   tx.line(`delete table ${T}`);
   setupTable(tx, opts);
   for (const entry of state.services) {
+    const facts = servicePortFacts(entry);
     tx.line('');
-    tx.line(`# ${entry.key}`);
-    writeServicePort(tx, servicePortFacts(entry), opts);
+    tx.line(`# ${facts.name}`);
+    writeServicePort(tx, facts, opts);
   }
   return `${tx.lines.join('\n')}\n`;
 }
