@@ -85,14 +85,31 @@ export interface LabUpOptions {
   agent: boolean;
   /** The script started as `<node> <agentMain> run ...`; defaults to dist/src/cli/main.js. */
   agentMain?: string;
-  /** How long the agent must stay alive after start to count as started. */
-  agentGraceMs?: number;
+  /** How long the agent may take to log AGENT_READY_MSG. */
+  agentTimeoutMs?: number;
   /** Progress lines for the user. */
   onProgress?: (line: string) => void;
 }
 
 export interface LabUpResult {
   state: LabState;
+}
+
+/**
+ * What `vipr run` logs (pino JSON, `msg`) once the maps hold the desired state and the programs
+ * are attached: from then on the lab's traffic goes through it. A contract with src/cli/run.ts.
+ */
+export const AGENT_READY_MSG = 'agent running';
+
+function agentReady(log: string): boolean {
+  return log.split('\n').some((line) => {
+    if (!line.startsWith('{')) return false;
+    try {
+      return (JSON.parse(line) as { msg?: unknown }).msg === AGENT_READY_MSG;
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** The agent's command line, inside the node's namespace (a contract with `vipr run`). */
@@ -169,25 +186,23 @@ async function startAgent(state: LabState, node: NodePlan, opts: LabUpOptions, s
   await ensureBpffs();
   await mkdir(state.pinDir, { recursive: true });
   const log = join(state.stateDir, 'agent.log');
-  const grace = opts.agentGraceMs ?? 1500;
-  const startedAt = Date.now();
   try {
-    // The agent has no readiness signal the lab can see yet: it counts as started when it is
-    // still running after the grace period (most start-up failures exit well within it).
     const p = await startInNetns({
       netns: node.netns,
       argv: agentArgv(state, main),
       log,
-      ready: () => Date.now() - startedAt >= grace,
-      timeoutMs: grace + 5000,
+      ready: agentReady,
+      timeoutMs: opts.agentTimeoutMs ?? 30_000,
     });
     state.processes.push(toProcessState('agent', node.name, p, log));
   } catch (err) {
     if (err instanceof ProcessStartError) {
-      if (err.started) state.processes.push(toProcessState('agent', node.name, err.started, log));
-      throw new AgentStartError(
-        `${err.message}; the lab is up without the agent, 'vipr lab down${state.name === 'vipr' ? '' : ` --name ${state.name}`}' removes it`,
-      );
+      const down = `'vipr lab down${state.name === 'vipr' ? '' : ` --name ${state.name}`}' removes it`;
+      if (err.started) {
+        state.processes.push(toProcessState('agent', node.name, err.started, log));
+        throw new AgentStartError(`${err.message}; the agent still runs (pid ${err.started.pid}) and the rest of the lab is up; ${down}`);
+      }
+      throw new AgentStartError(`${err.message}; the lab is up without the agent, ${down}`);
     }
     throw err;
   } finally {

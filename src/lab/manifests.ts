@@ -136,5 +136,5 @@ export async function summarizeManifestDir(dir: string): Promise<ManifestDirSumm
     return { namespace: svc.namespace, name: svc.name, type: svc.type, clusterIP: svc.clusterIP, ports };
   });
   services.sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
-  return { services, problems: load.problems.map((p) => String(p)) };
+  return { services, problems: load.problems.map((p) => String(p).split('\n')[0] ?? '') };
 }

@@ -261,7 +261,7 @@ describe('vipr lab with a stand-in agent', () => {
     const status = await labStatus(lab);
     expect(status.agent).toBe('running');
     expect(status.processes.find((p) => p.kind === 'agent')).toMatchObject({ host: 'node', pid: seen.pid, running: true });
-    expect(readFileSync(`/run/vipr/lab/${lab}/agent.log`, 'utf8')).toContain('fake agent running');
+    expect(readFileSync(`/run/vipr/lab/${lab}/agent.log`, 'utf8')).toContain('"msg":"agent running"');
 
     const down = await labDown(lab);
     expect(down.code).toBe(0);
@@ -299,6 +299,22 @@ describe('vipr lab edge cases', () => {
     const down = await labDown(lab);
     expect({ code: down.code, out: down.stdout }).toEqual({ code: 0, out: `deleted netns ${lab}-be2\nlab '${lab}' is down\n` });
     expect(await labNamespaces(lab)).toEqual([]);
+  });
+
+  it('removes everything it created when up fails halfway', async () => {
+    // An ethtool that fails makes `up` fail after the namespaces and the first veth exist.
+    const bin = mkdtempSync(join(tmpdir(), 'vipr-lab-bin-'));
+    try {
+      writeFileSync(join(bin, 'ethtool'), '#!/bin/sh\necho "ethtool: boom" >&2\nexit 1\n', { mode: 0o755 });
+      const env = { ...process.env, PATH: `${bin}:${process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}` };
+      const res = await vipr(['lab', 'up', '--name', lab, '--no-agent'], { env });
+      expect(res.code).toBe(1);
+      expect(res.stderr).toBe(`vipr lab: ethtool -K eth0 tx off (in ${lab}-node) failed: boom\n`);
+      expect(res.stdout).toContain('up failed, removing what was created');
+      expect(await labLeftovers(lab)).toEqual([]);
+    } finally {
+      rmSync(bin, { recursive: true, force: true });
+    }
   });
 
   it('requires root, with one line', async () => {

@@ -1,7 +1,7 @@
 /*
  * A stand-in for `vipr run` in lab tests: started by `vipr lab up --agent-main <this file>`, it
  * records how it was started (argv, network namespace, whether /sys/fs/bpf is the BPF filesystem)
- * to $VIPR_FAKE_AGENT_OUT, then runs until SIGTERM, like the agent.
+ * to $VIPR_FAKE_AGENT_OUT, logs the agent's readiness line, then runs until SIGTERM, like the agent.
  */
 import { readlinkSync, statfsSync, writeFileSync } from 'node:fs';
 
@@ -20,7 +20,8 @@ writeFileSync(
     bpffs: Number(statfsSync('/sys/fs/bpf').type) === BPF_FS_MAGIC,
   }),
 );
-process.stdout.write('fake agent running\n');
+// The line `vipr lab up` waits for, as `vipr run` logs it once programs are attached.
+process.stdout.write(`${JSON.stringify({ level: 30, msg: 'agent running', fake: true })}\n`);
 const keepAlive = setInterval(() => undefined, 1000);
 process.on('SIGTERM', () => {
   clearInterval(keepAlive);
