@@ -223,8 +223,39 @@ describe('KubeSource against the fake API server', () => {
     expect(restarts).toEqual([]); // a clean end and a 410 are handled by the informer itself
     expect(serviceNames(s.current())).toEqual(['default/web', 'prod/db']);
 
+    // Objects rewritten without a real change while the client could not see it: the relist
+    // delivers them as updates (new resourceVersions), and still nothing is announced.
+    await server.down();
+    server.createOrUpdate(rawService('web', { clusterIP: '10.96.0.10' }));
+    server.createOrUpdate(rawEndpointSlice('web-1', 'web', ['10.0.0.1', '10.0.0.2']));
+    server.compact();
+    const listsBefore = server.listRequests().length;
+    await server.up();
+    await waitFor(() => server.listRequests().length >= listsBefore + 3, 'three relists');
+    await waitFor(() => server.activeWatches === 3, 'watches re-established');
+    await sleep(100);
+    expect(changes).toEqual([]);
+
     server.createOrUpdate(rawService('api', { clusterIP: '10.96.0.50' }));
     await waitFor(() => changes.length === 1, 'live after relist');
+  });
+
+  test('bookmarks keep the resourceVersion fresh: after compaction a resumed watch needs no relist', async () => {
+    const s = newSource();
+    await s.start();
+    await waitFor(() => server.activeWatches === 3, 'three watches');
+    expect(server.watchRequests().every((r) => r.query.allowWatchBookmarks === 'true')).toBe(true);
+    server.createOrUpdate(rawService('hidden', { labels: HEADLESS }));
+    server.bookmark();
+    await sleep(100);
+    server.compact();
+    const lists = server.listRequests().length;
+    const watchesBefore = server.watchRequests().length;
+    server.endWatches();
+    await waitFor(() => server.watchRequests().length === watchesBefore + 3, 'resumed watches');
+    await waitFor(() => server.activeWatches === 3, 'watches re-established');
+    expect(server.listRequests().length).toBe(lists);
+    expect(changes).toEqual([]);
   });
 
   test('410 after compaction with real changes: the relists announce the difference', async () => {
