@@ -1,6 +1,6 @@
 /* Where vipr finds its own files and keeps its state. */
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 let root: string | null = null;
@@ -25,3 +25,8 @@ export function tcObjectPath(): string {
 
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/vipr';
 export const STATE_DIR = '/run/vipr';
+
+/** Where the agent records svc_id → `namespace/name:port` for the CLI (maps carry no names). */
+export function serviceNamesPath(pinDir: string): string {
+  return join(STATE_DIR, `${basename(pinDir)}.services.json`);
+}

@@ -11,7 +11,7 @@ import { BpfMap } from './map.js';
 import { MAPS, type MapRole } from './layouts.js';
 import { BpfError, ConfigError } from '../errors.js';
 import { componentLogger } from '../log.js';
-import { STATE_DIR, tcObjectPath } from '../paths.js';
+import { STATE_DIR, serviceNamesPath, tcObjectPath } from '../paths.js';
 
 const log = componentLogger('datapath');
 
@@ -256,6 +256,7 @@ export function cleanupDatapath(pinDir: string): string[] {
     }
   }
   rmSync(clsactRecordPath(pinDir), { force: true });
+  rmSync(serviceNamesPath(pinDir), { force: true });
   if (existsSync(pinDir)) {
     const walk = (dir: string): void => {
       for (const f of readdirSync(dir)) {

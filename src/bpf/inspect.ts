@@ -3,22 +3,16 @@
  * summed counters. Read-only: nothing here writes a map.
  */
 import { readFileSync } from 'node:fs';
-import { basename, join } from 'node:path';
 import type { DatapathMaps } from './datapath.js';
 import {
   BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_FORWARD, IPPROTO_TCP, IPPROTO_UDP, SCHEDULERS,
   STAT_NAMES, SVC_F_AFFINITY, type StatName,
 } from './layouts.js';
 import type { Listing, ListedService } from '../model/listing.js';
-import { STATE_DIR } from '../paths.js';
+import { serviceNamesPath } from '../paths.js';
 
 export function protoName(p: number): 'TCP' | 'UDP' | 'SCTP' {
   return p === IPPROTO_TCP ? 'TCP' : p === IPPROTO_UDP ? 'UDP' : 'SCTP';
-}
-
-/** Where the agent records svc_id → `namespace/name:port` for the CLI (maps carry no names). */
-export function serviceNamesPath(pinDir: string): string {
-  return join(STATE_DIR, `${basename(pinDir)}.services.json`);
 }
 
 export function readServiceNames(pinDir: string): Map<number, string> {

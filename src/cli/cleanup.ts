@@ -1,6 +1,4 @@
 import { cleanupDatapath, requireRoot } from '../bpf/datapath.js';
-import { serviceNamesPath } from '../bpf/inspect.js';
-import { rmSync } from 'node:fs';
 import { DEFAULT_PIN_DIR } from '../paths.js';
 import { parseOptions } from './options.js';
 
@@ -22,7 +20,6 @@ export async function run(argv: string[]): Promise<number> {
   }
   requireRoot('vipr cleanup');
   const removed = cleanupDatapath(values['pin-dir']);
-  rmSync(serviceNamesPath(values['pin-dir']), { force: true });
   process.stdout.write(removed.length === 0 ? 'nothing to remove\n' : `removed ${removed.length} objects under ${values['pin-dir']}\n`);
   return 0;
 }

@@ -84,7 +84,7 @@ export interface EndpointSelection {
 
 /** One ServicePort with all its endpoints (sorted by ip then port) and kube-proxy's selection. */
 export interface ServiceEntry {
-  /** `namespace/name:port`, kube-proxy's ServicePortName.String(). */
+  /** kube-proxy's ServicePortName.String(): `namespace/name:port` (`namespace/name` if unnamed). */
   key: string;
   service: ServicePort;
   endpoints: Endpoint[];
@@ -106,7 +106,10 @@ export interface DesiredState {
   services: ServiceEntry[];
 }
 
-/** `namespace/name:port` for a ServicePortName, as kube-proxy prints it. */
-export function servicePortKey(id: ServicePortName): string {
-  return `${id.namespace}/${id.name}:${id.port}`;
+/**
+ * kube-proxy's ServicePortName.String(): `namespace/name:port`, or `namespace/name` for an
+ * unnamed port.
+ */
+export function servicePortKey(id: Pick<ServicePortName, 'namespace' | 'name' | 'port'>): string {
+  return id.port === '' ? `${id.namespace}/${id.name}` : `${id.namespace}/${id.name}:${id.port}`;
 }

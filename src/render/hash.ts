@@ -37,11 +37,6 @@ function sha256Base32(text: string): string {
   return base32Std(createHash('sha256').update(text, 'utf8').digest());
 }
 
-/** ServicePortName.String(): `ns/name:port`, without the colon when the port is unnamed. */
-export function servicePortNameString(id: Pick<ServicePortName, 'namespace' | 'name' | 'port'>): string {
-  return `${id.namespace}/${id.name}${id.port === '' ? '' : `:${id.port}`}`;
-}
-
 export function lowerProtocol(protocol: Protocol): string {
   return protocol.toLowerCase();
 }

@@ -5,7 +5,8 @@
  * recomputed here: it comes from the model (EndpointSelection).
  */
 import type { Endpoint, ServiceEntry } from '../model/types.js';
-import { lowerProtocol, servicePortNameString } from './hash.js';
+import { lowerProtocol } from './hash.js';
+import { servicePortKey } from '../model/types.js';
 import { cidrContains, normalizeIpv4Cidr, parseIpv4Cidr } from './ipv4.js';
 
 export interface ServicePortFacts {
@@ -36,7 +37,7 @@ export function servicePortFacts(entry: ServiceEntry): ServicePortFacts {
   const internalPolicyLocal = svc.internalTrafficPolicy === 'Local';
   return {
     entry,
-    name: servicePortNameString(svc.id),
+    name: servicePortKey(svc.id),
     serviceName: `${svc.id.namespace}/${svc.id.name}`,
     protocol: lowerProtocol(svc.id.protocol),
     externallyAccessible,

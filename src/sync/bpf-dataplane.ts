@@ -16,7 +16,8 @@ import {
   BE_F_LOCAL, BE_F_TERMINATING, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SCHEDULERS, SVC_F_AFFINITY,
   SVC_F_LOCAL, type BackendIdT, type BackendT, type RevNatT, type SlotKeyT, type SvcKeyT, type SvcValueT,
 } from '../bpf/layouts.js';
-import { readServiceNames, serviceNamesPath } from '../bpf/inspect.js';
+import { readServiceNames } from '../bpf/inspect.js';
+import { serviceNamesPath } from '../paths.js';
 import { componentLogger } from '../log.js';
 import { BpfError } from '../errors.js';
 

@@ -66,7 +66,7 @@ describe('buildDesiredState', () => {
     const load = await loadManifestDir(dir);
     expect(load.problems.map(String)).toEqual([]);
     const state = buildDesiredState(load.objects, node, noWarnings);
-    expect(state.services.map((s) => s.key)).toEqual(['default/echo-udp:', 'default/nginx-service:']);
+    expect(state.services.map((s) => s.key)).toEqual(['default/echo-udp', 'default/nginx-service']);
     const [udp, nginx] = state.services;
     expect(nginx?.service).toMatchObject({ clusterIP: '10.0.0.213', port: 80, targetPort: 80, id: { protocol: 'TCP', port: '' } });
     expect(nginx?.endpoints.map((e) => `${e.ip}:${e.port}`)).toEqual(['10.244.0.11:80', '10.244.0.12:80', '10.244.0.13:80']);

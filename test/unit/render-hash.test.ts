@@ -8,8 +8,8 @@ import {
   servicePortChainName,
   servicePortEndpointChainName,
   servicePortLocalChainName,
-  servicePortNameString,
 } from '../../src/render/hash.js';
+import { servicePortKey } from '../../src/model/types.js';
 
 const id = (namespace: string, name: string, port: string) => ({ namespace, name, port });
 
@@ -63,8 +63,8 @@ describe('iptables chain names (values from kube-proxy proxier_test.go)', () => 
   });
 
   test('unnamed ports print without the colon, as ServicePortName.String()', () => {
-    expect(servicePortNameString(id('ns1', 'svc1', ''))).toBe('ns1/svc1');
-    expect(servicePortNameString(id('ns1', 'svc1', 'p80'))).toBe('ns1/svc1:p80');
+    expect(servicePortKey(id('ns1', 'svc1', ''))).toBe('ns1/svc1');
+    expect(servicePortKey(id('ns1', 'svc1', 'p80'))).toBe('ns1/svc1:p80');
   });
 });
 
