@@ -82,13 +82,32 @@ export interface InformerRestart {
   error: string;
 }
 
-/** One line describing an informer error (fetch errors, HTTP statuses, aborted streams). */
-function describeError(err: unknown): string {
-  if (err instanceof Error) {
-    const code = (err as { code?: unknown; statusCode?: unknown }).statusCode ?? (err as { code?: unknown }).code;
-    return code === undefined ? err.message : `${err.message} (${String(code)})`;
+/**
+ * One line describing an informer error: a fetch error with its code, a watch's HTTP status, or
+ * the generated client's ApiException (whose message spans four lines) as `HTTP 403: <Status
+ * message>`.
+ */
+export function describeKubeError(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const e = err as Error & { code?: unknown; statusCode?: unknown; body?: unknown };
+  const status = e.statusCode ?? e.code;
+  if (typeof status === 'number' && e.body !== undefined) {
+    let body: unknown = e.body;
+    if (typeof body === 'string') {
+      try {
+        body = JSON.parse(body) as unknown;
+      } catch {
+        // Not JSON: show the text itself.
+      }
+    }
+    const message =
+      body && typeof body === 'object' && typeof (body as { message?: unknown }).message === 'string'
+        ? (body as { message: string }).message
+        : String(body).slice(0, 200);
+    return `HTTP ${status}: ${message}`;
   }
-  return String(err);
+  const first = e.message.split('\n')[0] ?? '';
+  return status === undefined ? first : `${first} (${String(status)})`;
 }
 
 function keyOf(obj: KubernetesObject): string | null {
@@ -226,7 +245,7 @@ class Follower<T extends KubernetesObject> {
     if (this.stopped || this.restartTimer !== null) return;
     this.attempt += 1;
     const delayMs = Math.min(this.backoff.initial * 2 ** (this.attempt - 1), this.backoff.max);
-    const error = describeError(err);
+    const error = describeKubeError(err);
     this.log.warn(
       { resource: this.resource, attempt: this.attempt, retryInMs: delayMs, error },
       'informer stopped on error; restarting',
@@ -358,7 +377,7 @@ export class KubeSource implements ClusterSource {
     try {
       if (this.tracker.setService(key, parseService(raw)).changed) this.scheduleFlush();
     } catch (err) {
-      this.log.warn({ service: key, err: describeError(err) }, 'invalid Service skipped; keeping its previous version');
+      this.log.warn({ service: key, err: describeKubeError(err) }, 'invalid Service skipped; keeping its previous version');
     }
   }
 
@@ -370,7 +389,7 @@ export class KubeSource implements ClusterSource {
       if (this.tracker.setEndpointSlice(key, slice).changed) this.scheduleFlush();
     } catch (err) {
       this.log.warn(
-        { endpointSlice: key, err: describeError(err) },
+        { endpointSlice: key, err: describeKubeError(err) },
         'invalid EndpointSlice skipped; keeping its previous version',
       );
     }

@@ -9,7 +9,14 @@ import { join } from 'node:path';
 import { ConfigError } from '../../src/errors.js';
 import type { ClusterObjects } from '../../src/model/k8s.js';
 import type { NodeInfo } from '../../src/model/types.js';
-import { KubeSource, SERVICE_PROXY_LABEL_SELECTOR, type InformerRestart } from '../../src/sources/kube.js';
+import { ApiException } from '@kubernetes/client-node';
+import {
+  KubeSource,
+  SERVICE_PROXY_LABEL_SELECTOR,
+  describeKubeError,
+  nodeInfoFrom,
+  type InformerRestart,
+} from '../../src/sources/kube.js';
 import { loadKubeConfig } from '../../src/sources/kubeconfig.js';
 import { rawEndpointSlice, rawNode, rawService } from '../fake-apiserver/fixtures.js';
 import { kubeconfigFor, writeKubeconfig } from '../fake-apiserver/kubeconfig.js';
@@ -310,6 +317,39 @@ describe('KubeSource against the fake API server', () => {
     await sleep(100);
     expect(changes).toEqual([]);
     expect(restarts).toEqual([]);
+  });
+});
+
+describe('KubeSource helpers', () => {
+  test('describeKubeError: one line for API exceptions, fetch errors and statuses', () => {
+    const forbidden = new ApiException(
+      403,
+      'Unknown API Status Code!',
+      JSON.stringify({ kind: 'Status', message: 'services is forbidden: User "x" cannot list', code: 403 }),
+      {},
+    );
+    expect(describeKubeError(forbidden)).toBe('HTTP 403: services is forbidden: User "x" cannot list');
+    const refused = Object.assign(new Error('request to http://127.0.0.1:1/api failed'), { code: 'ECONNREFUSED' });
+    expect(describeKubeError(refused)).toBe('request to http://127.0.0.1:1/api failed (ECONNREFUSED)');
+    expect(describeKubeError(Object.assign(new Error('Forbidden'), { statusCode: 403 }))).toBe('Forbidden (403)');
+  });
+
+  test('nodeInfoFrom: IPv4 InternalIPs before ExternalIPs, no duplicates, zone label', () => {
+    expect(
+      nodeInfoFrom('n', {
+        metadata: { name: 'n', labels: { 'topology.kubernetes.io/zone': 'z' } },
+        status: {
+          addresses: [
+            { type: 'ExternalIP', address: '203.0.113.1' },
+            { type: 'InternalIP', address: 'fd00::1' },
+            { type: 'InternalIP', address: '10.0.0.1' },
+            { type: 'Hostname', address: 'n' },
+            { type: 'ExternalIP', address: '10.0.0.1' },
+          ],
+        },
+      }),
+    ).toEqual({ name: 'n', zone: 'z', ips: ['10.0.0.1', '203.0.113.1'] });
+    expect(nodeInfoFrom('n', null)).toEqual({ name: 'n', zone: null, ips: [] });
   });
 });
 
