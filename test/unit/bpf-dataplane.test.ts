@@ -445,6 +445,25 @@ describe('BpfDataplane under map failures', () => {
     expectConsistent(fake);
   });
 
+  test('a refused entry write of an existing service keeps its old count, and a later full sync leaves no trace', async () => {
+    const fake = new FakeMaps();
+    const plane = new BpfDataplane(fake.maps, null);
+    const two = { name: 'web', vip: '10.96.0.1', backends: ['10.1.0.1', '10.1.0.2'] };
+    await plane.sync(stateOf([two]), false);
+    fake.services.failUpdatesWhere((k) => k.vip === two.vip);
+    const r = await plane.sync(stateOf([{ ...two, backends: [...two.backends, '10.1.0.3'] }]), false);
+    expect(r.failed.map((f) => f.service)).toEqual([portKey('web')]);
+    // Traffic still sees the old two backends.
+    expect(backendsOf(fake, two.vip)).toEqual(['10.1.0.1:8080', '10.1.0.2:8080']);
+
+    // The change is reverted before the write ever succeeds: the full sync must clean up the
+    // slot and backend written for the third endpoint.
+    fake.services.clearFaults();
+    await plane.sync(stateOf([two]), true);
+    expect(backendsOf(fake, two.vip)).toEqual(['10.1.0.1:8080', '10.1.0.2:8080']);
+    expectConsistent(fake);
+  });
+
   test('a refused backend write fails the services using it, and only those', async () => {
     const fake = new FakeMaps();
     const plane = new BpfDataplane(fake.maps, null);
