@@ -10,6 +10,7 @@ import {
   AgentStartError,
   labDown,
   labHostNetns,
+  labRestartAgent,
   labStatus,
   labUp,
   LabExistsError,
@@ -30,6 +31,8 @@ commands:
   exec    run a command in a host's namespace: vipr lab exec [--name N] HOST -- CMD [ARGS...]
           hosts: client, node, be1..beN
   status  hosts, addresses, services and processes   [--name N] [--json]
+  restart-agent  stop the agent (SIGTERM, or SIGKILL with --kill) and start a new one; it
+          takes over the pinned maps and links, so established connections survive  [--name N]
 
 The default lab is named '${DEFAULT_LAB_NAME}'; every namespace is named after the lab
 (<name>-client, <name>-node, <name>-be1...), so labs with different names can run side by side.
@@ -109,6 +112,25 @@ async function down(argv: string[]): Promise<number> {
   for (const line of result.failures) err(line);
   if (result.failures.length > 0) return 1;
   out(`lab '${name}' is down`);
+  return 0;
+}
+
+async function restartAgent(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      name: { type: 'string' },
+      kill: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    out(USAGE.trimEnd());
+    return 0;
+  }
+  const pid = await labRestartAgent(labName(values.name), { kill: values.kill });
+  out(`agent restarted (pid ${pid})${values.kill ? ' after SIGKILL' : ''}`);
   return 0;
 }
 
@@ -198,7 +220,7 @@ async function status(argv: string[]): Promise<number> {
   return 0;
 }
 
-const SUBCOMMANDS: Record<string, (argv: string[]) => Promise<number>> = { up, down, exec, status };
+const SUBCOMMANDS: Record<string, (argv: string[]) => Promise<number>> = { up, down, exec, status, 'restart-agent': restartAgent };
 
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;

@@ -116,7 +116,8 @@ function agentReady(log: string): boolean {
 export function agentArgv(state: LabState, agentMain: string): string[] {
   const argv = [process.execPath, agentMain, 'run', '--manifests', state.manifestsDir];
   for (const iface of state.agentIfaces) argv.push('--iface', iface);
-  argv.push('--pin-dir', state.pinDir, '--log-level', 'info');
+  // The lab's EndpointSlices put every pod on node `node` (Local traffic policies depend on it).
+  argv.push('--pin-dir', state.pinDir, '--node-name', 'node', '--log-level', 'info');
   return argv;
 }
 
@@ -208,6 +209,26 @@ async function startAgent(state: LabState, node: NodePlan, opts: LabUpOptions, s
   } finally {
     await save();
   }
+}
+
+/**
+ * Stops the lab's agent (SIGTERM: it leaves programs and maps in place; SIGKILL: as a crash
+ * would) and starts a new one, which takes over the pinned state. Returns the new pid.
+ */
+export async function labRestartAgent(name: string, opts: { kill: boolean; agentMain?: string }): Promise<number> {
+  const state = await loadLabState(name);
+  const node = planLab({ name, backends: state.backends }).nodes[0];
+  if (!node) throw new Error('lab plan has no node');
+  if (!state.agentEnabled) throw new ConfigError(`lab '${name}' runs without an agent (--no-agent)`);
+  const old = state.processes.filter((p) => p.kind === 'agent');
+  await stopProcesses(old, 5000, opts.kill ? 'SIGKILL' : 'SIGTERM');
+  state.processes = state.processes.filter((p) => p.kind !== 'agent');
+  await writeLabState(state);
+  const agentMain = opts.agentMain ?? old[0]?.argv.find((a) => a.endsWith('main.js')) ?? defaultAgentMain();
+  await startAgent(state, node, { name, backends: state.backends, manifestsDir: state.manifestsDir, agent: true, agentMain }, () => writeLabState(state));
+  const started = state.processes.find((p) => p.kind === 'agent');
+  if (!started) throw new AgentStartError('the new agent was not recorded');
+  return started.pid;
 }
 
 /**

@@ -136,15 +136,16 @@ export async function startInNetns(opts: StartOptions): Promise<StartedProcess> 
 }
 
 /**
- * Stops the given processes: SIGTERM to all, up to `graceMs` to exit, then SIGKILL. Returns the
+ * Stops the given processes: `first` (SIGTERM) to all, up to `graceMs` to exit, then SIGKILL. Returns the
  * pids that were running (and are now stopped). Never throws for processes already gone.
  */
 export async function stopProcesses(
   procs: { pid: number; startTime: number }[],
   graceMs = 3000,
+  first: NodeJS.Signals = 'SIGTERM',
 ): Promise<number[]> {
   const running = procs.filter((p) => isRunning(p.pid, p.startTime));
-  for (const p of running) signal(p.pid, 'SIGTERM');
+  for (const p of running) signal(p.pid, first);
   const deadline = Date.now() + graceMs;
   while (running.some((p) => isRunning(p.pid, p.startTime)) && Date.now() < deadline) await sleep(50);
   const stubborn = running.filter((p) => isRunning(p.pid, p.startTime));
