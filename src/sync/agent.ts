@@ -12,6 +12,9 @@ import { BoundedFrequencyRunner, realClock, type Clock, type RunResult } from '.
 import type { Dataplane, SyncResult } from './dataplane.js';
 import { componentLogger, type Logger } from '../log.js';
 
+/** How soon services that could not be programmed are tried again. */
+const PARTIAL_FAILURE_RETRY_MS = 5000;
+
 export interface SyncReport {
   result: SyncResult | null;
   full: boolean;
@@ -119,6 +122,9 @@ export class Agent {
       const result = await this.opts.dataplane.sync(state, full);
       this.lastState = state;
       this.needFull = result.failed.length > 0;
+      // Services left unprogrammed (a full map) are retried by a full sync soon, not only on
+      // the next change.
+      if (this.needFull) this.runner.retryAfter(Math.min(this.opts.syncPeriodMs, Math.max(this.opts.minSyncPeriodMs, PARTIAL_FAILURE_RETRY_MS)));
       if (full) this.lastFullAt = start;
       const durationMs = this.clock.now() - start;
       this.log.info(

@@ -3,8 +3,9 @@
  * changed, in an order that never exposes a half-written service:
  *   1. backends, reverse-NAT entries and slots 0..n-1 (nothing reads them before step 2),
  *   2. the service entries with their new backend counts,
- *   3. removed services' entries, then their slots and reverse-NAT entries, slots beyond a
- *      shrunk count, and finally backends no slot references any more (the sweep).
+ *   3. slots beyond a shrunk count, and finally backends no slot references any more (the sweep).
+ * Removed services go first of all (entry, then slots and reverse NAT), so a full map has room
+ * for what replaces them.
  * Ids (svc_id, backend id) are allocated here and restored from the pinned maps on start, so a
  * restarted agent keeps every id and therefore every tracked connection.
  */
@@ -140,33 +141,59 @@ export class BpfDataplane implements Dataplane {
   private readonly svcIds = new IdAllocator(0xfffffff0, 'service');
   private readonly beIds = new IdAllocator(0xfffffff0, 'backend');
   private restored = false;
+  /** Left by an interrupted sync; removed by the next one. */
+  private orphanSlots: SlotKeyT[] = [];
+  private orphanRevnat: number[] = [];
+  /** Services whose reverse-NAT entry is known to be right. */
+  private revnatOk = new Set<number>();
 
   constructor(
     private readonly maps: ServiceMaps,
     private readonly pinDir: string | null,
   ) {}
 
-  /** Rebuilds what is installed from the maps (on start, and before every full sync). */
+  /**
+   * Rebuilds what is installed from the maps (on start, and before every full sync), including
+   * what a crash mid-sync can leave: slots and reverse-NAT entries no service entry owns, slots
+   * beyond a service's count, missing or wrong reverse-NAT entries. The next sync removes or
+   * rewrites those.
+   */
   restore(): void {
     this.applied = new Map();
     this.backendIds = new Map();
     this.backendById = new Map();
+    this.orphanSlots = [];
+    this.orphanRevnat = [];
+    this.revnatOk = new Set();
     for (const [k, v] of this.maps.backends.entries()) {
       this.backendIds.set(backendKey(v), k.id);
       this.backendById.set(k.id, v);
     }
-    const slots = new Map<string, number>();
-    for (const [k, v] of this.maps.slots.entries()) slots.set(`${k.svc_id}/${k.slot}`, v.id);
     const names = this.pinDir === null ? new Map<number, string>() : readServiceNames(this.pinDir);
-    for (const [k, v] of this.maps.services.entries()) {
+    const services = this.maps.services.entries();
+    const countOf = new Map(services.map(([, v]) => [v.svc_id, v.backend_count]));
+    const slots = new Map<string, number>();
+    for (const [k, v] of this.maps.slots.entries()) {
+      const count = countOf.get(k.svc_id);
+      if (count === undefined || k.slot >= count) this.orphanSlots.push(k);
+      else slots.set(`${k.svc_id}/${k.slot}`, v.id);
+    }
+    const revnat = new Map(this.maps.revnat.entries());
+    for (const [k, v] of services) {
       const ids: number[] = [];
       for (let s = 0; s < v.backend_count; s++) ids.push(slots.get(`${v.svc_id}/${s}`) ?? 0);
       this.applied.set(frontendId(k), { svcId: v.svc_id, value: v, slots: ids, service: names.get(v.svc_id) ?? '' });
+      const rev = revnat.get(v.svc_id);
+      if (rev && rev.vip === k.vip && rev.port === k.port) this.revnatOk.add(v.svc_id);
     }
+    for (const id of revnat.keys()) if (!countOf.has(id)) this.orphanRevnat.push(id);
     this.svcIds.reset([...this.applied.values()].map((a) => a.svcId));
     this.beIds.reset(this.backendById.keys());
     this.restored = true;
-    log.info({ services: this.applied.size, backends: this.backendById.size }, 'restored state from pinned maps');
+    log.info(
+      { services: this.applied.size, backends: this.backendById.size, orphanSlots: this.orphanSlots.length, orphanRevnat: this.orphanRevnat.length },
+      'restored state from pinned maps',
+    );
   }
 
   async sync(state: DesiredState, full: boolean): Promise<SyncResult> {
@@ -175,6 +202,25 @@ export class BpfDataplane implements Dataplane {
     for (const s of skipped) log.warn(s);
     const result: SyncResult = { services: 0, backends: 0, writes: 0, deletes: 0, failed: [], changed: [] };
     const desired = new Map(frontends.map((f) => [frontendId(f.key), f]));
+
+    // Phase 0: leftovers of an interrupted sync, then removed services (entry first, then its
+    // slots and reverse NAT), so their room in full maps is free for what is added below.
+    for (const k of this.orphanSlots) this.tryDelete(this.maps.slots, k, result);
+    for (const id of this.orphanRevnat) this.tryDelete(this.maps.revnat, id, result);
+    this.orphanSlots = [];
+    this.orphanRevnat = [];
+    for (const [fid, a] of [...this.applied]) {
+      if (desired.has(fid)) continue;
+      const [ip, rest] = fid.split(':') as [string, string];
+      const [port, proto, scope] = rest.split('/').map(Number) as [number, number, number];
+      this.tryDelete(this.maps.services, { vip: ip, port, proto, scope }, result);
+      a.slots.forEach((_, slot) => this.tryDelete(this.maps.slots, { svc_id: a.svcId, slot }, result));
+      this.tryDelete(this.maps.revnat, a.svcId, result);
+      this.revnatOk.delete(a.svcId);
+      this.svcIds.release(a.svcId);
+      this.applied.delete(fid);
+      if (a.service) result.changed.push(a.service);
+    }
 
     // Phase 1: backends, reverse NAT, slots.
     const newBackends: Array<[BackendIdT, BackendT]> = [];
@@ -216,7 +262,7 @@ export class BpfDataplane implements Dataplane {
       };
       const sameValue = prev !== undefined && JSON.stringify(prev.value) === JSON.stringify(value);
       const sameSlots = prev !== undefined && prev.slots.length === slotIds.length && prev.slots.every((id, i) => id === slotIds[i]);
-      if (sameValue && sameSlots) continue;
+      if (sameValue && sameSlots && this.revnatOk.has(svcId)) continue;
       const slotWrites: Array<[SlotKeyT, BackendIdT]> = [];
       slotIds.forEach((id, slot) => {
         if (prev?.slots[slot] !== id) slotWrites.push([{ svc_id: svcId, slot }, { id }]);
@@ -233,7 +279,9 @@ export class BpfDataplane implements Dataplane {
       if (b) this.backendIds.delete(backendKey(b));
     }
     for (const p of pending) if (p.slotIds.some((id) => failedBackends.has(id))) failedSvc.add(p.svcId);
-    const revnats: Array<[number, RevNatT]> = pending.filter((p) => p.isNew).map((p) => [p.svcId, { vip: p.f.key.vip, port: p.f.key.port }]);
+    const revnats: Array<[number, RevNatT]> = pending
+      .filter((p) => !this.revnatOk.has(p.svcId))
+      .map((p) => [p.svcId, { vip: p.f.key.vip, port: p.f.key.port }]);
     this.writeAll(this.maps.revnat, revnats, result, (k) => {
       failedSvc.add(k);
     });
@@ -271,25 +319,13 @@ export class BpfDataplane implements Dataplane {
         for (let s = p.slotIds.length; s < prev.slots.length; s++) this.tryDelete(this.maps.slots, { svc_id: p.svcId, slot: s }, result);
       }
       this.applied.set(p.fid, { svcId: p.svcId, value: p.value, slots: p.slotIds, service: p.f.service });
+      this.revnatOk.add(p.svcId);
       result.changed.push(p.f.service);
     }
     // Names may change without any map change (a Service renamed onto the same address).
     for (const [fid, f] of desired) {
       const a = this.applied.get(fid);
       if (a) a.service = f.service;
-    }
-
-    // Phase 3b: removed services: entry first, then slots and reverse NAT.
-    for (const [fid, a] of [...this.applied]) {
-      if (desired.has(fid)) continue;
-      const [ip, rest] = fid.split(':') as [string, string];
-      const [port, proto, scope] = rest.split('/').map(Number) as [number, number, number];
-      this.tryDelete(this.maps.services, { vip: ip, port, proto, scope }, result);
-      a.slots.forEach((_, slot) => this.tryDelete(this.maps.slots, { svc_id: a.svcId, slot }, result));
-      this.tryDelete(this.maps.revnat, a.svcId, result);
-      this.svcIds.release(a.svcId);
-      this.applied.delete(fid);
-      if (a.service) result.changed.push(a.service);
     }
 
     // Phase 3c: sweep backends no slot references.
