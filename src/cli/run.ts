@@ -1,10 +1,19 @@
 import { hostname } from 'node:os';
+import type { Server } from 'node:http';
+import type { ParseArgsConfig } from 'node:util';
 import { LoadedDatapath, attachInterface, requireRoot, type AttachMode } from '../bpf/datapath.js';
+import { readCounters } from '../bpf/inspect.js';
 import { BpfDataplane } from '../sync/bpf-dataplane.js';
 import { Agent } from '../sync/agent.js';
+import type { Dataplane } from '../sync/dataplane.js';
+import { AgentMetrics, startMetricsServer } from '../sync/metrics.js';
+import { ProxyHealth, startHealthServer } from '../sync/health.js';
 import { ManifestSource } from '../sources/manifest.js';
+import { KubeSource } from '../sources/kube.js';
+import { loadKubeConfig } from '../sources/kubeconfig.js';
+import type { NodeInfo } from '../model/types.js';
 import { ConfigError } from '../errors.js';
-import { componentLogger, setLogLevel } from '../log.js';
+import { componentLogger, setLogLevel, type Logger } from '../log.js';
 import { DEFAULT_PIN_DIR } from '../paths.js';
 import { isIpv4 } from '../bpf/codec.js';
 import { parseOptions } from './options.js';
@@ -12,40 +21,104 @@ import { parseDuration } from './duration.js';
 
 export const summary = 'run the node agent: follow Services and program the dataplane';
 
-const HELP = `usage: vipr run --manifests DIR --iface IF [--iface IF ...] [options]
+const HELP = `usage: vipr run (--manifests DIR | --kubeconfig FILE) --iface IF [--iface IF ...] [options]
 
 Loads vipr's BPF programs, attaches them to each --iface (TC ingress: DNAT to a backend,
-TC egress: reverse NAT of the replies), and keeps the maps in sync with the Services and
-EndpointSlices (or legacy Endpoints) in DIR, which is watched for changes.
+TC egress: reverse NAT of the replies), and keeps the maps in sync with the cluster's
+Services and EndpointSlices: from the API server (--kubeconfig, $KUBECONFIG, or the pod's
+service account), or from the Kubernetes manifests in DIR, which is watched for changes.
 
 On SIGTERM the agent exits and leaves programs and pinned maps in place, so traffic keeps
 flowing; a new agent takes over without moving a connection. 'vipr cleanup' removes everything.
 
+sources (one of):
   --manifests DIR            Kubernetes YAML/JSON files (multi-document, kind: List)
+  --kubeconfig FILE          a cluster's API server (also $KUBECONFIG, or in-cluster config)
+dataplane:
   --iface IF                 interface to attach to (repeat for several)
   --pin-dir DIR              where maps and links are pinned (default ${DEFAULT_PIN_DIR})
   --attach auto|tcx|tc       TCX links (kernel >= 6.6) or clsact filters (default auto)
+node:
   --node-name NAME           this node's name, for local endpoints (default: the hostname)
-  --node-ip IP               this node's IPv4 address (repeat for several)
+  --node-ip IP               this node's IPv4 address (repeat; from the Node object with --kubeconfig)
+sync (as kube-proxy):
   --min-sync-period DUR      coalesce changes: at most one sync per DUR (default 1s)
   --sync-period DUR          full resync at least this often (default 30s)
+observability:
+  --metrics-bind-address A   Prometheus metrics on http://A/metrics (default 127.0.0.1:10249)
+  --healthz-bind-address A   kube-proxy's /healthz and /livez (default 127.0.0.1:10256)
   --log-level LEVEL          trace|debug|info|warn|error (default info)
 `;
 
-export async function run(argv: string[]): Promise<number> {
-  const { values } = parseOptions('run', argv, {
-    manifests: { type: 'string' },
-    iface: { type: 'string', multiple: true, default: [] },
-    'pin-dir': { type: 'string', default: DEFAULT_PIN_DIR },
-    attach: { type: 'string', default: 'auto' },
-    'node-name': { type: 'string' },
-    'node-ip': { type: 'string', multiple: true, default: [] },
-    'min-sync-period': { type: 'string', default: '1s' },
-    'sync-period': { type: 'string', default: '30s' },
-    'log-level': { type: 'string', default: 'info' },
-    mode: { type: 'string', default: 'bpf' },
-    help: { type: 'boolean', short: 'h', default: false },
+const OPTIONS = {
+  manifests: { type: 'string' },
+  kubeconfig: { type: 'string' },
+  iface: { type: 'string', multiple: true, default: [] as string[] },
+  'pin-dir': { type: 'string', default: DEFAULT_PIN_DIR },
+  attach: { type: 'string', default: 'auto' },
+  'node-name': { type: 'string' },
+  'node-ip': { type: 'string', multiple: true, default: [] as string[] },
+  'min-sync-period': { type: 'string', default: '1s' },
+  'sync-period': { type: 'string', default: '30s' },
+  'metrics-bind-address': { type: 'string', default: '127.0.0.1:10249' },
+  'healthz-bind-address': { type: 'string', default: '127.0.0.1:10256' },
+  'log-level': { type: 'string', default: 'info' },
+  mode: { type: 'string', default: 'bpf' },
+  help: { type: 'boolean', short: 'h', default: false },
+} satisfies NonNullable<ParseArgsConfig['options']>;
+
+type RunValues = ReturnType<typeof parseOptions<typeof OPTIONS>>['values'];
+
+/** A source of objects for the agent: manifest files or the API server. */
+interface AgentSource {
+  start(agent: Agent): Promise<void>;
+  stop(): Promise<void>;
+  /** The node as the source knows it (its Node object), or null. */
+  node(): NodeInfo | null;
+}
+
+function manifestSource(dir: string, metrics: AgentMetrics): AgentSource {
+  let source: ManifestSource | null = null;
+  return {
+    async start(agent) {
+      source = new ManifestSource(dir, {
+        onChange: (objects, problems) => {
+          metrics.manifestProblems(problems.filter((p) => p.severity === 'error').length);
+          agent.updateObjects(objects);
+        },
+      });
+      await source.start();
+    },
+    async stop() {
+      source?.stop();
+    },
+    node: () => null,
+  };
+}
+
+function kubeSource(kubeconfig: string | undefined, nodeName: string, metrics: AgentMetrics, log: Logger): AgentSource {
+  const { config, origin } = loadKubeConfig(kubeconfig === undefined ? {} : { kubeconfig });
+  log.info({ origin }, 'following the Kubernetes API');
+  const source = new KubeSource({
+    kubeConfig: config,
+    nodeName,
+    onRestart: (e) => metrics.informerRestart(e.resource),
   });
+  return {
+    async start(agent) {
+      source.onChange((objects) => agent.updateObjects(objects));
+      source.onNodeChange((node) => agent.updateNode(node));
+      await source.start();
+      agent.updateObjects(source.current());
+      agent.updateNode(source.node());
+    },
+    stop: () => source.stop(),
+    node: () => source.node(),
+  };
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseOptions('run', argv, OPTIONS);
   if (values.help) {
     process.stdout.write(HELP);
     return 0;
@@ -58,7 +131,13 @@ export async function run(argv: string[]): Promise<number> {
   if (values.mode !== 'bpf') {
     throw new ConfigError(`--mode ${values.mode}: this build runs the bpf mode only`);
   }
-  if (!values.manifests) throw new ConfigError('vipr run: --manifests DIR is required (the directory of Service/EndpointSlice manifests)');
+  if (values.manifests !== undefined && values.kubeconfig !== undefined) {
+    throw new ConfigError('vipr run: give --manifests DIR or --kubeconfig FILE, not both');
+  }
+  const useKube = values.manifests === undefined;
+  if (useKube && values.kubeconfig === undefined && !process.env.KUBECONFIG && !process.env.KUBERNETES_SERVICE_HOST) {
+    throw new ConfigError('vipr run: no source: give --manifests DIR, --kubeconfig FILE, or set $KUBECONFIG');
+  }
   if (values.iface.length === 0) throw new ConfigError('vipr run: at least one --iface IF is required (the interfaces carrying client traffic)');
   const attach = values.attach;
   if (attach !== 'auto' && attach !== 'tcx' && attach !== 'tc') throw new ConfigError(`--attach ${attach}: expected auto, tcx or tc`);
@@ -67,28 +146,51 @@ export async function run(argv: string[]): Promise<number> {
   const fullSync = parseDuration('sync-period', values['sync-period']);
   if (fullSync < minSync) throw new ConfigError(`--sync-period must not be shorter than --min-sync-period`);
   requireRoot('vipr run');
+  return runAgent(values, { useKube, minSync, fullSync, attach });
+}
 
+async function runAgent(
+  values: RunValues,
+  o: { useKube: boolean; minSync: number; fullSync: number; attach: AttachMode },
+): Promise<number> {
   const log = componentLogger('run');
+  const nodeName = values['node-name'] ?? hostname();
   const pinDir = values['pin-dir'];
   const datapath = LoadedDatapath.load(pinDir);
-  const dataplane = new BpfDataplane(datapath.maps, pinDir);
+  const dataplane: Dataplane = new BpfDataplane(datapath.maps, pinDir);
+  const metrics = new AgentMetrics({ datapathCounters: () => readCounters(datapath.maps) });
+  // kube-proxy's rule: unhealthy when a queued change waits longer than 2 × the sync period.
+  const health = new ProxyHealth({ healthTimeoutMs: 2 * o.fullSync });
+  const servers: Server[] = [];
+  servers.push(await startMetricsServer(values['metrics-bind-address'], metrics));
+  servers.push(await startHealthServer(values['healthz-bind-address'], health));
+
+  const source = o.useKube ? kubeSource(values.kubeconfig, nodeName, metrics, log) : manifestSource(values.manifests as string, metrics);
   const agent = new Agent({
     dataplane,
-    node: { name: values['node-name'] ?? hostname(), zone: null, ips: values['node-ip'] },
-    minSyncPeriodMs: minSync,
-    syncPeriodMs: fullSync,
+    node: { name: nodeName, zone: null, ips: values['node-ip'] },
+    minSyncPeriodMs: o.minSync,
+    syncPeriodMs: o.fullSync,
+    onQueued: (now) => {
+      metrics.queued(now);
+      health.queued(now);
+    },
+    onSync: (report) => {
+      const now = Date.now();
+      metrics.observeSync(report, now);
+      if (report.error === null) health.updated(now);
+    },
   });
-  // State comes back from the pinned maps: the first sync writes only what differs, and the
-  // programs are attached (or swapped in) only once the maps hold the desired state.
-  dataplane.restore();
-  const source = new ManifestSource(values.manifests, {
-    onChange: (objects) => agent.updateObjects(objects),
-  });
-  await source.start();
+  await source.start(agent);
   agent.start();
+  // The programs are attached (or swapped in) only once the maps hold the desired state; state
+  // pinned by a previous agent keeps serving traffic meanwhile.
   await agent.firstSync;
-  for (const iface of values.iface) attachInterface(datapath, iface, attach as AttachMode);
-  log.info({ ifaces: values.iface, pinDir, manifests: values.manifests }, 'agent running');
+  for (const iface of values.iface) attachInterface(datapath, iface, o.attach);
+  log.info(
+    { ifaces: values.iface, pinDir, source: o.useKube ? 'kubernetes' : values.manifests, metrics: values['metrics-bind-address'], healthz: values['healthz-bind-address'] },
+    'agent running',
+  );
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
@@ -98,8 +200,10 @@ export async function run(argv: string[]): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
-  source.stop();
+  await source.stop();
   await agent.stop();
+  await dataplane.close();
   datapath.close();
+  for (const s of servers) s.close();
   return 0;
 }

@@ -35,6 +35,8 @@ export interface AgentOptions {
   clock?: Clock;
   log?: Logger;
   onSync?: (report: SyncReport) => void;
+  /** A change that needs a sync was seen (kube-proxy's "queued" for metrics and healthz). */
+  onQueued?: (now: number) => void;
 }
 
 export class Agent {
@@ -74,6 +76,7 @@ export class Agent {
 
   /** Starts the sync loop; the first sync is a full one. */
   start(): void {
+    this.opts.onQueued?.(this.clock.now());
     this.loopDone = this.runner.loop();
     this.runner.run();
   }
@@ -89,6 +92,7 @@ export class Agent {
     if (!diff.changed) return;
     const now = this.clock.now();
     for (const s of diff.affectedServices) if (!this.seenAt.has(s)) this.seenAt.set(s, now);
+    this.opts.onQueued?.(now);
     this.runner.run();
   }
 
@@ -96,6 +100,7 @@ export class Agent {
   updateNode(node: NodeInfo): void {
     if (JSON.stringify(node) === JSON.stringify(this.node)) return;
     this.node = node;
+    this.opts.onQueued?.(this.clock.now());
     this.runner.run();
   }
 
