@@ -18,10 +18,13 @@ import { DEFAULT_PIN_DIR } from '../paths.js';
 import { isIpv4 } from '../bpf/codec.js';
 import { parseOptions } from './options.js';
 import { parseDuration } from './duration.js';
+import { RENDER_CLI_HELP, RENDER_CLI_OPTIONS, renderOptionsFromCli, startProxyMode } from '../modes/cli.js';
+import { cleanupOtherModes, parseProxyMode, type ProxyMode } from '../modes/index.js';
 
 export const summary = 'run the node agent: follow Services and program the dataplane';
 
 const HELP = `usage: vipr run (--manifests DIR | --kubeconfig FILE) --iface IF [--iface IF ...] [options]
+       vipr run --mode iptables|nftables|ipvs (--manifests DIR | --kubeconfig FILE) [options]
 
 Loads vipr's BPF programs, attaches them to each --iface (TC ingress: DNAT to a backend,
 TC egress: reverse NAT of the replies), and keeps the maps in sync with the cluster's
@@ -31,17 +34,24 @@ service account), or from the Kubernetes manifests in DIR, which is watched for 
 On SIGTERM the agent exits and leaves programs and pinned maps in place, so traffic keeps
 flowing; a new agent takes over without moving a connection. 'vipr cleanup' removes everything.
 
+--mode iptables|nftables|ipvs applies the rules kube-proxy writes in that mode instead, with the
+real tools (iptables-restore, nft, ipvsadm + ipset); no --iface. Starting a mode removes what the
+other modes left; on SIGTERM the rules stay.
+
 sources (one of):
   --manifests DIR            Kubernetes YAML/JSON files (multi-document, kind: List)
   --kubeconfig FILE          a cluster's API server (also $KUBECONFIG, or in-cluster config)
 dataplane:
+  --mode MODE                bpf (default), iptables, nftables or ipvs
   --iface IF                 interface to attach to (repeat for several)
   --pin-dir DIR              where maps and links are pinned (default ${DEFAULT_PIN_DIR})
   --attach auto|tcx|tc       TCX links (kernel >= 6.6) or clsact filters (default auto)
+  --iptables-backend B       auto|legacy|nft (iptables and ipvs modes; auto as kube-proxy's image)
 node:
   --node-name NAME           this node's name, for local endpoints (default: the hostname)
   --node-ip IP               this node's IPv4 address (repeat; from the Node object with --kubeconfig)
-sync (as kube-proxy):
+kube-proxy rules (iptables, nftables, ipvs modes):
+${RENDER_CLI_HELP.split('\n').filter((l) => !l.includes('--node-ip')).join('\n')}sync (as kube-proxy):
   --min-sync-period DUR      coalesce changes: at most one sync per DUR (default 1s)
   --sync-period DUR          full resync at least this often (default 30s)
 observability:
@@ -64,6 +74,7 @@ const OPTIONS = {
   'healthz-bind-address': { type: 'string', default: '127.0.0.1:10256' },
   'log-level': { type: 'string', default: 'info' },
   mode: { type: 'string', default: 'bpf' },
+  ...RENDER_CLI_OPTIONS,
   help: { type: 'boolean', short: 'h', default: false },
 } satisfies NonNullable<ParseArgsConfig['options']>;
 
@@ -128,9 +139,7 @@ export async function run(argv: string[]): Promise<number> {
     throw new ConfigError(`--log-level ${level}: expected trace, debug, info, warn or error`);
   }
   setLogLevel(level);
-  if (values.mode !== 'bpf') {
-    throw new ConfigError(`--mode ${values.mode}: this build runs the bpf mode only`);
-  }
+  const mode = parseProxyMode(values.mode);
   if (values.manifests !== undefined && values.kubeconfig !== undefined) {
     throw new ConfigError('vipr run: give --manifests DIR or --kubeconfig FILE, not both');
   }
@@ -138,7 +147,7 @@ export async function run(argv: string[]): Promise<number> {
   if (useKube && values.kubeconfig === undefined && !process.env.KUBECONFIG && !process.env.KUBERNETES_SERVICE_HOST) {
     throw new ConfigError('vipr run: no source: give --manifests DIR, --kubeconfig FILE, or set $KUBECONFIG');
   }
-  if (values.iface.length === 0) throw new ConfigError('vipr run: at least one --iface IF is required (the interfaces carrying client traffic)');
+  if (mode === 'bpf' && values.iface.length === 0) throw new ConfigError('vipr run: at least one --iface IF is required (the interfaces carrying client traffic)');
   const attach = values.attach;
   if (attach !== 'auto' && attach !== 'tcx' && attach !== 'tc') throw new ConfigError(`--attach ${attach}: expected auto, tcx or tc`);
   for (const ip of values['node-ip']) if (!isIpv4(ip)) throw new ConfigError(`--node-ip ${ip}: not an IPv4 address`);
@@ -146,19 +155,28 @@ export async function run(argv: string[]): Promise<number> {
   const fullSync = parseDuration('sync-period', values['sync-period']);
   if (fullSync < minSync) throw new ConfigError(`--sync-period must not be shorter than --min-sync-period`);
   requireRoot('vipr run');
-  return runAgent(values, { useKube, minSync, fullSync, attach });
+  return runAgent(values, { mode, useKube, minSync, fullSync, attach });
 }
 
 async function runAgent(
   values: RunValues,
-  o: { useKube: boolean; minSync: number; fullSync: number; attach: AttachMode },
+  o: { mode: ProxyMode; useKube: boolean; minSync: number; fullSync: number; attach: AttachMode },
 ): Promise<number> {
   const log = componentLogger('run');
   const nodeName = values['node-name'] ?? hostname();
   const pinDir = values['pin-dir'];
-  const datapath = LoadedDatapath.load(pinDir);
-  const dataplane: Dataplane = new BpfDataplane(datapath.maps, pinDir);
-  const metrics = new AgentMetrics({ datapathCounters: () => readCounters(datapath.maps) });
+  let datapath: LoadedDatapath | null = null;
+  let dataplane: Dataplane;
+  if (o.mode === 'bpf') {
+    await cleanupOtherModes('bpf', { pinDir, iptablesBackend: null });
+    const loaded = LoadedDatapath.load(pinDir);
+    datapath = loaded;
+    dataplane = new BpfDataplane(loaded.maps, pinDir);
+  } else {
+    dataplane = await startProxyMode(o.mode, { render: renderOptionsFromCli(values), iptablesBackend: values['iptables-backend'], pinDir });
+  }
+  const loaded = datapath;
+  const metrics = new AgentMetrics(loaded === null ? {} : { datapathCounters: () => readCounters(loaded.maps) });
   // kube-proxy's rule: unhealthy when a queued change waits longer than 2 × the sync period.
   const health = new ProxyHealth({ healthTimeoutMs: 2 * o.fullSync });
   const servers: Server[] = [];
@@ -186,15 +204,15 @@ async function runAgent(
   // The programs are attached (or swapped in) only once the maps hold the desired state; state
   // pinned by a previous agent keeps serving traffic meanwhile.
   await agent.firstSync;
-  for (const iface of values.iface) attachInterface(datapath, iface, o.attach);
+  if (loaded !== null) for (const iface of values.iface) attachInterface(loaded, iface, o.attach);
   log.info(
-    { ifaces: values.iface, pinDir, source: o.useKube ? 'kubernetes' : values.manifests, metrics: values['metrics-bind-address'], healthz: values['healthz-bind-address'] },
+    { mode: dataplane.mode, ifaces: values.iface, pinDir, source: o.useKube ? 'kubernetes' : values.manifests, metrics: values['metrics-bind-address'], healthz: values['healthz-bind-address'] },
     'agent running',
   );
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
-      log.info({ signal }, 'stopping; programs and pinned maps stay in place');
+      log.info({ signal }, o.mode === 'bpf' ? 'stopping; programs and pinned maps stay in place' : 'stopping; the rules stay in place');
       resolve();
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
@@ -203,7 +221,7 @@ async function runAgent(
   await source.stop();
   await agent.stop();
   await dataplane.close();
-  datapath.close();
+  loaded?.close();
   for (const s of servers) s.close();
   return 0;
 }

@@ -1,0 +1,140 @@
+/*
+ * kube-proxy's iptables mode, applied for real. Each sync is what pkg/proxy/iptables
+ * syncProxyRules does:
+ *   - on a full sync: make sure the jump rules from the built-in chains exist (`-N` the target
+ *     chain, `-C` the rule, `-I` it when missing), and route_localnet for localhost NodePorts;
+ *   - render the rules (all services on a full sync; otherwise only the chains of services whose
+ *     desired state changed since the last successful sync, the others left as they are);
+ *   - read the nat table's chains (`iptables-save -t nat`) so service chains nothing uses any
+ *     more are flushed and deleted — every sync, as kube-proxy, except in large clusters where
+ *     only full syncs pay for the dump;
+ *   - one `iptables-restore --noflush`: each table is replaced atomically.
+ * After a failure nothing is trusted: the next sync is full.
+ */
+import type { DesiredState } from '../model/types.js';
+import { diffDesiredState } from '../model/diff.js';
+import type { Dataplane, SyncResult } from '../sync/dataplane.js';
+import { iptablesJumpRules, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, renderIptables, type IptablesJumpRule } from '../render/iptables.js';
+import { resolveOptions, type RenderOptions } from '../render/options.js';
+import { DataplaneError } from '../errors.js';
+import { componentLogger } from '../log.js';
+import { chainsOf } from './iptables-save.js';
+import { setSysctl, type IptablesTools } from './tools.js';
+
+const log = componentLogger('iptables');
+
+export interface IptablesDataplaneOptions {
+  /** Force a full sync after this many partial ones (the agent also asks for one periodically). */
+  fullSyncEvery?: number;
+}
+
+/** Distinct endpoints any traffic may reach, over all services. */
+export function countBackends(state: DesiredState): number {
+  const seen = new Set<string>();
+  for (const e of state.services) for (const ep of e.selection.allReachableEndpoints) seen.add(`${e.service.id.protocol}/${ep.ip}:${ep.port}`);
+  return seen.size;
+}
+
+/** Rules written and chains deleted by an iptables-restore input. */
+export function countRestoreLines(text: string): { writes: number; deletes: number } {
+  let writes = 0;
+  let deletes = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('-A ') || line.startsWith('-I ')) writes++;
+    else if (line.startsWith('-X ') || line.startsWith('-D ')) deletes++;
+  }
+  return { writes, deletes };
+}
+
+/** Ensures kube-proxy's jump rules exist: the target chain first, then the rule at the top. */
+export async function ensureJumpRules(tools: IptablesTools, rules: ReadonlyArray<Pick<IptablesJumpRule, 'table' | 'chain' | 'target' | 'args'>>): Promise<number> {
+  let inserted = 0;
+  const made = new Set<string>();
+  for (const rule of rules) {
+    const chainKey = `${rule.table}/${rule.target}`;
+    if (!made.has(chainKey)) {
+      const created = await tools.run(['-t', rule.table, '-N', rule.target], false);
+      if (created.code !== 0 && !/already exists/i.test(created.stderr)) {
+        throw new DataplaneError(`${tools.iptables} -t ${rule.table} -N ${rule.target} failed: ${created.stderr.trim().split('\n')[0] ?? `exit ${created.code}`}`);
+      }
+      made.add(chainKey);
+    }
+    const check = await tools.run(['-t', rule.table, '-C', rule.chain, ...rule.args], false);
+    if (check.code === 0) continue;
+    await tools.run(['-t', rule.table, '-I', rule.chain, ...rule.args]);
+    inserted++;
+  }
+  return inserted;
+}
+
+export class IptablesDataplane implements Dataplane {
+  readonly mode: string;
+  /** The desired state of the last successful sync; null = the next sync is full. */
+  private applied: DesiredState | null = null;
+  private partialsSinceFull = 0;
+  private readonly fullSyncEvery: number;
+
+  constructor(
+    private readonly tools: IptablesTools,
+    private readonly render: RenderOptions,
+    opts: IptablesDataplaneOptions = {},
+  ) {
+    this.mode = `iptables (${tools.backend})`;
+    this.fullSyncEvery = opts.fullSyncEvery ?? 60;
+  }
+
+  get backend(): string {
+    return this.tools.backend;
+  }
+
+  async sync(state: DesiredState, full: boolean): Promise<SyncResult> {
+    const previous = this.applied;
+    const doFull = full || previous === null || this.partialsSinceFull >= this.fullSyncEvery;
+    // Forget the last state until this sync succeeds: a failure halfway leaves unknown rules.
+    this.applied = null;
+    let writes = 0;
+    let changed: string[];
+    let onlyChanged: Set<string> | undefined;
+    if (doFull) {
+      writes += await ensureJumpRules(this.tools, iptablesJumpRules());
+      if (resolveOptions(this.render).localhostNodePorts) {
+        // Localhost NodePorts DNAT 127.0.0.1 to a pod: the kernel drops that without route_localnet.
+        await setSysctl('net.ipv4.conf.all.route_localnet', '1');
+      }
+      changed = state.services.map((e) => e.key);
+      if (previous !== null) changed.push(...diffDesiredState(previous, state).removed);
+    } else {
+      const diff = diffDesiredState(previous, state);
+      changed = [...diff.added, ...diff.changed, ...diff.removed];
+      onlyChanged = new Set(changed);
+    }
+
+    const totalEndpoints = state.services.reduce((n, s) => n + s.endpoints.length, 0);
+    const largeCluster = totalEndpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+    const existingNatChains = doFull || !largeCluster ? chainsOf(await this.tools.save('nat'), 'nat') : undefined;
+
+    const text = renderIptables(state, this.render, {
+      ...(onlyChanged === undefined ? {} : { onlyChanged }),
+      ...(existingNatChains === undefined ? {} : { existingNatChains }),
+    });
+    try {
+      await this.tools.restore(text, { noflush: true });
+    } catch (err) {
+      log.error({ err: (err as Error).message, full: doFull }, 'iptables-restore failed; the next sync is full');
+      throw err;
+    }
+    const counts = countRestoreLines(text);
+    this.applied = state;
+    this.partialsSinceFull = doFull ? 0 : this.partialsSinceFull + 1;
+    return {
+      services: state.services.length,
+      backends: countBackends(state),
+      writes: writes + counts.writes,
+      deletes: counts.deletes,
+      failed: [],
+      changed: [...new Set(changed)].sort(),
+    };
+  }
+
+  async close(): Promise<void> {}
+}

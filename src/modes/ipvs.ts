@@ -1,0 +1,137 @@
+/*
+ * kube-proxy's IPVS mode, applied for real where the kernel has IPVS: the kube-ipvs0 dummy
+ * link holding every service address, the ipsets and the iptables glue (masquerading, NodePort
+ * and firewall rules matching those sets), and the virtual servers themselves, changed
+ * incrementally against what `ipvsadm -Sn` reports (src/modes/ipvsadm.ts).
+ *
+ * Many kernels (this project's CI kernel among them) have no IPVS at all: detectIpvs() tells
+ * the user so in one line before anything is touched.
+ */
+import { existsSync } from 'node:fs';
+import type { DesiredState } from '../model/types.js';
+import { diffDesiredState } from '../model/diff.js';
+import type { Dataplane, SyncResult } from '../sync/dataplane.js';
+import { KUBE_IPVS_DUMMY_DEVICE, ipvsIptablesJumpRules, renderIpvs } from '../render/ipvs.js';
+import { resolveOptions, type RenderOptions } from '../render/options.js';
+import { DataplaneError } from '../errors.js';
+import { componentLogger } from '../log.js';
+import { ipvsadmChanges, parseIpvsadmSave } from './ipvsadm.js';
+import { ensureJumpRules, countBackends } from './iptables.js';
+import { runTool, setSysctl, type IptablesTools } from './tools.js';
+
+const log = componentLogger('ipvs');
+
+export const PROC_IP_VS = '/proc/net/ip_vs';
+
+const NO_IPVS_HINT = 'use --mode bpf, iptables or nftables, or a kernel with CONFIG_IP_VS';
+
+function reasonOf(err: unknown, tool: string): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return message.startsWith(`${tool} failed: `) ? message.slice(tool.length + 9) : message;
+}
+
+/**
+ * Fails with one line unless IPVS can be used: /proc/net/ip_vs exists (after trying to load
+ * the module, as kube-proxy does) and ipvsadm can talk to it.
+ */
+export async function detectIpvs(procPath = PROC_IP_VS): Promise<void> {
+  if (!existsSync(procPath)) {
+    let loadError: string | null = null;
+    try {
+      await runTool('modprobe', ['ip_vs'], { timeoutMs: 20_000 });
+    } catch (err) {
+      loadError = reasonOf(err, 'modprobe');
+    }
+    if (!existsSync(procPath)) {
+      const why = loadError === null ? "'modprobe ip_vs' succeeded but it is still missing" : `'modprobe ip_vs' failed: ${loadError}`;
+      throw new DataplaneError(`--mode ipvs: this kernel has no IPVS (${procPath} missing, ${why}); ${NO_IPVS_HINT}`);
+    }
+  }
+  try {
+    await runTool('ipvsadm', ['-Ln'], { timeoutMs: 20_000 });
+  } catch (err) {
+    throw new DataplaneError(`--mode ipvs: ipvsadm cannot use IPVS (${reasonOf(err, 'ipvsadm')}); ${NO_IPVS_HINT}`, { cause: err });
+  }
+}
+
+/** Addresses bound to a link (`ip -4 -o addr show dev LINK`), without prefix length. */
+export function parseLinkAddresses(ipOutput: string): string[] {
+  const out: string[] = [];
+  for (const m of ipOutput.matchAll(/\binet (\d+\.\d+\.\d+\.\d+)\/\d+/g)) out.push(m[1] as string);
+  return out;
+}
+
+export class IpvsDataplane implements Dataplane {
+  readonly mode = 'ipvs';
+  private prepared = false;
+  private applied: DesiredState | null = null;
+
+  constructor(
+    private readonly tools: IptablesTools,
+    private readonly render: RenderOptions,
+  ) {}
+
+  /** The dummy link, the sysctls IPVS + iptables need, and the jump rules. */
+  private async prepare(): Promise<number> {
+    const link = await runTool('ip', ['link', 'show', KUBE_IPVS_DUMMY_DEVICE], { check: false });
+    if (link.code !== 0) await runTool('ip', ['link', 'add', KUBE_IPVS_DUMMY_DEVICE, 'type', 'dummy']);
+    // IPVS connections must be tracked for the masquerade rules; expire connections to removed
+    // real servers instead of black-holing them.
+    await setSysctl('net.ipv4.vs.conntrack', '1');
+    await setSysctl('net.ipv4.vs.expire_nodest_conn', '1');
+    await setSysctl('net.ipv4.vs.expire_quiescent_template', '1');
+    await setSysctl('net.ipv4.ip_forward', '1');
+    return ensureJumpRules(this.tools, ipvsIptablesJumpRules());
+  }
+
+  async sync(state: DesiredState, full: boolean): Promise<SyncResult> {
+    let writes = 0;
+    let deletes = 0;
+    const previous = this.applied;
+    this.applied = null;
+    if (full || !this.prepared) {
+      this.prepared = false;
+      writes += await this.prepare();
+      this.prepared = true;
+    }
+    const rendering = renderIpvs(state, this.render);
+    // Sets before the rules that match them.
+    await runTool('ipset', ['restore', '-exist'], { input: rendering.ipset });
+    await this.tools.restore(rendering.iptables, { noflush: true });
+
+    const bound = parseLinkAddresses((await runTool('ip', ['-4', '-o', 'addr', 'show', 'dev', KUBE_IPVS_DUMMY_DEVICE])).stdout);
+    const wanted = new Set(rendering.addresses);
+    // Bind before the virtual servers appear, unbind after they are gone.
+    for (const ip of rendering.addresses) {
+      if (bound.includes(ip)) continue;
+      await runTool('ip', ['addr', 'add', `${ip}/32`, 'dev', KUBE_IPVS_DUMMY_DEVICE]);
+      writes++;
+    }
+    const owned = new Set([...bound, ...rendering.addresses, ...resolveOptions(this.render).nodePortIPs]);
+    const current = parseIpvsadmSave((await runTool('ipvsadm', ['-Sn'])).stdout);
+    const changes = ipvsadmChanges(current, parseIpvsadmSave(rendering.ipvsadm), owned);
+    if (changes.length > 0) await runTool('ipvsadm', ['-R'], { input: `${changes.join('\n')}\n` });
+    for (const line of changes) {
+      if (/^-[AEae] /.test(line)) writes++;
+      else deletes++;
+    }
+    for (const ip of bound) {
+      if (wanted.has(ip)) continue;
+      await runTool('ip', ['addr', 'del', `${ip}/32`, 'dev', KUBE_IPVS_DUMMY_DEVICE]);
+      deletes++;
+    }
+    log.debug({ changes: changes.length }, 'ipvs synced');
+    this.applied = state;
+    const diff = previous === null ? null : diffDesiredState(previous, state);
+    return {
+      services: state.services.length,
+      backends: countBackends(state),
+      writes,
+      deletes,
+      failed: [],
+      changed: diff === null ? state.services.map((e) => e.key) : [...diff.added, ...diff.changed, ...diff.removed].sort(),
+    };
+  }
+
+  async close(): Promise<void> {}
+}
