@@ -1,8 +1,20 @@
-import { cleanupDatapath, requireRoot } from '../bpf/datapath.js';
+import { requireRoot } from '../bpf/datapath.js';
 import { DEFAULT_PIN_DIR } from '../paths.js';
+import { cleanupMode, parseProxyMode } from '../modes/index.js';
 import { parseOptions } from './options.js';
 
-export const summary = 'remove what vipr installed: programs, links, pinned maps';
+export const summary = 'remove what vipr installed: programs, links, pinned maps, or a mode\'s rules';
+
+const HELP = `usage: vipr cleanup [--mode bpf|iptables|nftables|ipvs] [--pin-dir DIR]
+
+bpf (default): detaches vipr's programs (unpinning its TCX links; clsact filters in this network
+namespace) and removes its pinned maps. Tracked connections are forgotten.
+iptables: kube-proxy's cleanup, in both backends (legacy and nf_tables): the jump rules from the
+built-in chains, then every KUBE- chain of the nat and filter tables.
+nftables: the table ip kube-proxy.
+ipvs: the iptables rules as above, the virtual servers, the KUBE- ipsets and kube-ipvs0.
+Each only if present. Established connections keep their NAT in conntrack.
+`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseOptions('cleanup', argv, {
@@ -11,15 +23,13 @@ export async function run(argv: string[]): Promise<number> {
     help: { type: 'boolean', short: 'h', default: false },
   });
   if (values.help) {
-    process.stdout.write(
-      'usage: vipr cleanup [--mode bpf] [--pin-dir DIR]\n\n' +
-        'Detaches vipr\'s programs (unpinning its TCX links; clsact filters in this network\n' +
-        'namespace) and removes its pinned maps. Tracked connections are forgotten.\n',
-    );
+    process.stdout.write(HELP);
     return 0;
   }
+  const mode = parseProxyMode(values.mode);
   requireRoot('vipr cleanup');
-  const removed = cleanupDatapath(values['pin-dir']);
-  process.stdout.write(removed.length === 0 ? 'nothing to remove\n' : `removed ${removed.length} objects under ${values['pin-dir']}\n`);
+  const removed = await cleanupMode(mode, { pinDir: values['pin-dir'] });
+  if (removed.length === 0) process.stdout.write('nothing to remove\n');
+  else for (const line of removed) process.stdout.write(`removed ${line}\n`);
   return 0;
 }

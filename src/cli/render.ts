@@ -1,5 +1,48 @@
 import { ConfigError } from '../errors.js';
+import { loadManifestDir } from '../sources/manifest.js';
+import { buildDesiredState } from '../model/build.js';
+import { render, RENDER_MODES, type RenderMode } from '../render/index.js';
+import { RENDER_CLI_HELP, RENDER_CLI_OPTIONS, renderOptionsFromCli } from '../modes/cli.js';
+import { parseOptions } from './options.js';
+
 export const summary = "print the rules kube-proxy's iptables, nftables or IPVS mode would apply";
-export async function run(_argv: string[]): Promise<number> {
-  throw new ConfigError('vipr render: not built into this version yet');
+
+const HELP = `usage: vipr render --mode iptables|nftables|ipvs --manifests DIR [options]
+
+Prints what kube-proxy in that mode would program for the Services and EndpointSlices in DIR:
+the iptables-restore input (iptables), the nft -f transaction (nftables), or the ipvsadm -R,
+ipset restore and iptables-restore inputs plus the kube-ipvs0 addresses (ipvs). Nothing is
+applied; 'vipr run --mode MODE' applies it.
+
+  --mode MODE                iptables, nftables or ipvs
+  --manifests DIR            Kubernetes YAML/JSON files
+  --node-name NAME           this node's name, for local endpoints (default: node)
+${RENDER_CLI_HELP}`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseOptions('render', argv, {
+    mode: { type: 'string' },
+    manifests: { type: 'string' },
+    'node-name': { type: 'string', default: 'node' },
+    'node-ip': { type: 'string', multiple: true, default: [] as string[] },
+    ...RENDER_CLI_OPTIONS,
+    help: { type: 'boolean', short: 'h', default: false },
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const mode = values.mode;
+  if (mode === undefined || !(RENDER_MODES as readonly string[]).includes(mode)) {
+    throw new ConfigError(`vipr render: --mode ${mode ?? '(missing)'}: expected iptables, nftables or ipvs`);
+  }
+  if (values.manifests === undefined) throw new ConfigError('vipr render: --manifests DIR is required');
+  const opts = renderOptionsFromCli(values);
+  const load = await loadManifestDir(values.manifests);
+  for (const p of load.problems) process.stderr.write(`vipr render: ${p.toString()}\n`);
+  const state = buildDesiredState(load.objects, { name: values['node-name'], zone: null, ips: opts.nodeIPs }, (message) =>
+    process.stderr.write(`vipr render: ${message}\n`),
+  );
+  process.stdout.write(render(mode as RenderMode, state, opts));
+  return 0;
 }
