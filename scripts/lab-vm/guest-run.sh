@@ -1,0 +1,99 @@
+#!/bin/bash
+# The lab VM's workload, run by guest-init.sh as root on the VM's stock Debian kernel. Reads
+# /out/request.env (written by the host: VIPR_VM_MODES, VIPR_VM_COUNT, VIPR_VM_QUICK,
+# VIPR_VM_ACCEL) and leaves /out/bench.json in the bench JSON format.
+#
+# With a build that has `vipr bench`, that is what runs. Without it, every mode is measured on
+# the namespace lab (`vipr lab up`): bpf with vipr's agent; iptables, nftables and ipvs with the
+# rules vipr renders for the same Services applied in the node namespace (render-apply.mjs), and
+# the same client traffic (probe.mjs).
+set -uo pipefail
+OUT=/out
+HERE=$(dirname "$(readlink -f "$0")")
+LAB=vm
+# shellcheck source=/dev/null
+. "$OUT/request.env"
+MODES=${VIPR_VM_MODES:-bpf iptables nftables ipvs}
+COUNT=${VIPR_VM_COUNT:-500}
+QUICK=${VIPR_VM_QUICK:-0}
+ACCEL=${VIPR_VM_ACCEL:-unknown}
+
+section() {
+  printf '\n== %s\n' "$*"
+}
+
+section "environment"
+echo "kernel $(uname -r), $(nproc) vCPU(s), node $(node --version), qemu accel $ACCEL"
+lsmod | grep -E '^ip_vs' || echo "no ip_vs modules loaded"
+echo "\$ ipvsadm -Ln"
+ipvsadm -Ln
+
+if vipr bench --help >/dev/null 2>&1; then
+  section "vipr bench --modes ${MODES// /,}"
+  args=(bench --modes "${MODES// /,}" --json "$OUT/bench.json")
+  [ "$QUICK" = 1 ] && args+=(--quick)
+  vipr "${args[@]}"
+  exit $?
+fi
+
+section "this build has no 'vipr bench': every mode measured on the namespace lab with probe.mjs"
+echo "\$ vipr run --mode ipvs (does the agent drive IPVS itself in this build?)"
+timeout 20 vipr run --mode ipvs --manifests /nonexistent --iface lo 2>&1 | head -n 3
+
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+failed=0
+for mode in $MODES; do
+  section "mode $mode"
+  if [ "$mode" = bpf ]; then
+    up=(lab up --name "$LAB")
+  else
+    up=(lab up --name "$LAB" --no-agent)
+  fi
+  if ! vipr "${up[@]}"; then
+    echo "vipr-vm: mode $mode: lab up failed"
+    failed=1
+    vipr lab down --name "$LAB" >/dev/null 2>&1
+    continue
+  fi
+  status=$(vipr lab status --name "$LAB" --json)
+  manifests=$(node -e 'process.stdout.write(JSON.parse(process.argv[1]).manifests)' "$status")
+  node_ip=$(node -e '
+    const s = JSON.parse(process.argv[1]);
+    const node = s.hosts.find((h) => h.role === "node");
+    // The address facing the client (the lab client subnet, src/lab/topology.ts), not the pod gateway.
+    const ip = (node?.addresses ?? []).find((a) => a.startsWith("172.30.0.")) ?? "";
+    process.stdout.write(ip.split("/")[0]);' "$status")
+  ok=1
+  if [ "$mode" != bpf ]; then
+    node "$HERE/render-apply.mjs" "$mode" "$manifests" "$LAB-node" "$node_ip" || ok=0
+  fi
+  if [ "$ok" = 1 ]; then
+    nsenter --net="/run/netns/$LAB-client" node "$HERE/probe.mjs" "$mode" 10.0.0.213:80 10.0.0.53:53 "$COUNT" |
+      tee -a "$RESULTS" || ok=0
+  fi
+  case $mode in
+    bpf) vipr list -n --pin-dir "$(node -e 'process.stdout.write(JSON.parse(process.argv[1]).pinDir)' "$status")" ;;
+    ipvs) nsenter --net="/run/netns/$LAB-node" ipvsadm -Ln ;;
+    iptables) nsenter --net="/run/netns/$LAB-node" iptables -t nat -S KUBE-SERVICES ;;
+    nftables) nsenter --net="/run/netns/$LAB-node" nft list chain ip kube-proxy services ;;
+  esac
+  [ "$ok" = 1 ] || { echo "vipr-vm: mode $mode failed"; failed=1; }
+  vipr lab down --name "$LAB" >/dev/null
+done
+
+node -e '
+  const fs = require("node:fs");
+  const [resultsFile, out, accel] = process.argv.slice(1);
+  const results = fs.readFileSync(resultsFile, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  const os = require("node:os");
+  const env = {
+    tool: "vipr lab vm (scripts/lab-vm/probe.mjs)",
+    kernel: os.release(),
+    cpus: os.cpus().length,
+    node: process.version,
+    accel,
+    note: accel === "kvm" ? "virtual machine" : "emulated CPU (TCG): absolute times are meaningless, compare ratios between modes only",
+  };
+  fs.writeFileSync(out, JSON.stringify({ env, results }, null, 2) + "\n");' "$RESULTS" "$OUT/bench.json" "$ACCEL"
+exit "$failed"

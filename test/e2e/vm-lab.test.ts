@@ -1,0 +1,133 @@
+/*
+ * `vipr lab vm`. The pieces that need no VM (qemu's command line, the guest request, reading and
+ * printing a bench report) are checked on every run. The VM itself (debootstrap, a qemu boot
+ * under TCG, every mode measured inside: minutes) runs only with VIPR_VM_LAB=1 (`make lab-vm-test`);
+ * without it that block is reported as skipped, with the reason in its name and on the console.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import {
+  formatComparison,
+  LAB_VM_MODES,
+  labVm,
+  LabVmError,
+  parseBenchReport,
+  qemuArgv,
+  requestEnv,
+  type BenchReport,
+} from '../../src/lab/vm.js';
+
+const FILES = { kernel: '/c/vmlinuz', initrd: '/c/initrd.img', rootfs: '/c/rootfs.img', outDir: '/c/runs/1' };
+
+function option(argv: string[], flag: string): string | undefined {
+  const i = argv.indexOf(flag);
+  return i >= 0 ? argv[i + 1] : undefined;
+}
+
+describe('lab vm: qemu command line and guest request', () => {
+  it('boots the kernel with the minimal init, eth0 names and the serial console', () => {
+    const argv = qemuArgv(FILES, 'tcg', 2048, 2);
+    const cmdline = option(argv, '-append')?.split(' ') ?? [];
+    expect(cmdline).toEqual(expect.arrayContaining(['console=ttyS0', 'init=/sbin/vipr-init', 'net.ifnames=0', 'root=/dev/vda', 'rw']));
+    expect(option(argv, '-kernel')).toBe('/c/vmlinuz');
+    expect(option(argv, '-initrd')).toBe('/c/initrd.img');
+    expect(option(argv, '-serial')).toBe('stdio');
+    expect(argv).toContain('-no-reboot');
+    expect(option(argv, '-m')).toBe('2048');
+    expect(option(argv, '-smp')).toBe('2');
+  });
+
+  it('never writes to the image, and shares the run directory as viprout', () => {
+    const argv = qemuArgv(FILES, 'tcg', 1024, 1);
+    expect(option(argv, '-drive')).toBe('file=/c/rootfs.img,format=raw,if=virtio,snapshot=on');
+    expect(option(argv, '-virtfs')).toBe('local,path=/c/runs/1,mount_tag=viprout,security_model=none,id=out');
+  });
+
+  it('selects the accelerator: KVM with the host CPU, TCG multi-threaded with the max model', () => {
+    const kvm = qemuArgv(FILES, 'kvm', 1024, 1);
+    expect([option(kvm, '-accel'), option(kvm, '-cpu')]).toEqual(['kvm', 'host']);
+    const tcg = qemuArgv(FILES, 'tcg', 1024, 1);
+    expect([option(tcg, '-accel'), option(tcg, '-cpu')]).toEqual(['tcg,thread=multi', 'max']);
+  });
+
+  it('writes the guest request as shell assignments guest-run.sh sources', () => {
+    expect(requestEnv(['bpf', 'ipvs'], 100, true, 'tcg')).toBe(
+      'VIPR_VM_MODES="bpf ipvs"\nVIPR_VM_COUNT=100\nVIPR_VM_QUICK=1\nVIPR_VM_ACCEL=tcg\n',
+    );
+  });
+});
+
+const REPORT: BenchReport = {
+  env: { kernel: '6.1.0-50-amd64', accel: 'tcg' },
+  results: [
+    { mode: 'bpf', services: 2, placement: 'netns-lab', metric: 'crr', p50: 2000, p99: 9000, rate: 400, unit: 'us' },
+    { mode: 'ipvs', services: 2, placement: 'netns-lab', metric: 'crr', p50: 5000, p99: 12000, rate: 180, unit: 'us' },
+    { mode: 'bpf', services: 2, placement: 'netns-lab', metric: 'udp', p50: 1000, p99: 3000, rate: 900, unit: 'us' },
+    { mode: 'ipvs', services: 2, placement: 'netns-lab', metric: 'udp', p50: 1500, p99: 3100, rate: 600, unit: 'us' },
+  ],
+};
+
+describe('lab vm: reading and printing the bench report', () => {
+  it('reads a bench JSON report and rejects what is not one', () => {
+    expect(parseBenchReport(JSON.stringify(REPORT), 'bench.json')).toEqual(REPORT);
+    expect(() => parseBenchReport('{"env":{},"results":[{"mode":"bpf"}]}', 'bench.json')).toThrow(LabVmError);
+    expect(() => parseBenchReport('{"env":{},"results":[{"mode":"bpf"}]}', 'bench.json')).toThrow(/results\.0\.services/);
+    expect(() => parseBenchReport('not json', 'x.json')).toThrow(/x\.json is not JSON/);
+  });
+
+  it('prints each metric with p50 ratios against bpf, and says emulated times mean nothing', () => {
+    const text = formatComparison(REPORT, 'tcg');
+    expect(text).toContain('qemu TCG (emulation)');
+    expect(text).toContain('absolute times are meaningless, compare ratios between modes only');
+    const crr = text.split('\n').filter((l) => /^\s+(bpf|ipvs)\s/.test(l));
+    expect(crr.map((l) => l.trim().split(/\s+/))).toEqual([
+      ['bpf', '2000', '9000', '400', '1.00'],
+      ['ipvs', '5000', '12000', '180', '2.50'],
+      ['bpf', '1000', '3000', '900', '1.00'],
+      ['ipvs', '1500', '3100', '600', '1.50'],
+    ]);
+  });
+
+  it('uses the first mode as the baseline when bpf was not measured', () => {
+    const noBpf = { env: {}, results: REPORT.results.filter((r) => r.mode === 'ipvs') };
+    expect(formatComparison(noBpf, 'kvm')).toMatch(/ratio = p50 \/ p50 of ipvs/);
+    expect(formatComparison(noBpf, 'kvm')).not.toContain('meaningless');
+  });
+
+  it('refuses unknown modes before building anything', async () => {
+    await expect(labVm({ modes: ['bpf', 'userspace' as never] })).rejects.toThrow(/unknown mode 'userspace'/);
+  });
+});
+
+const VM_LAB = process.env['VIPR_VM_LAB'] === '1';
+if (!VM_LAB) {
+  process.stdout.write('vm-lab.test.ts: the VM run is skipped; set VIPR_VM_LAB=1 (make lab-vm-test) to boot it\n');
+}
+const describeVm = VM_LAB ? describe : describe.skip;
+
+describeVm(`lab vm: a real VM run${VM_LAB ? '' : ' (skipped: set VIPR_VM_LAB=1)'}`, () => {
+  it(
+    'boots the Debian kernel and measures every mode, IPVS included',
+    async () => {
+      const lines: string[] = [];
+      const result = await labVm({ quick: true, onLine: (l) => lines.push(l) });
+      expect(['kvm', 'tcg']).toContain(result.accel);
+      if (result.accel === 'tcg' && existsSync('/dev/kvm')) expect(result.kvmProblem).not.toBeNull();
+      expect(result.guestExitCode).toBe(0);
+      expect(String(result.report.env['kernel'])).toMatch(/-amd64$/);
+      for (const mode of LAB_VM_MODES) {
+        for (const metric of ['rr', 'crr', 'udp']) {
+          const r = result.report.results.find((x) => x.mode === mode && x.metric === metric);
+          expect(r).toBeDefined();
+          expect(r?.p50).toBeGreaterThan(0);
+          expect(r?.p99).toBeGreaterThanOrEqual(r?.p50 ?? 0);
+        }
+      }
+      const serial = readFileSync(result.serialLog, 'utf8');
+      expect(serial).toContain('vipr-vm: init started');
+      // IPVS really ran in the guest kernel: the virtual server and its real servers were listed.
+      expect(serial).toMatch(/TCP {2}10\.0\.0\.213:80 rr/);
+      expect(lines.some((l) => l.startsWith('lab-vm: booting with'))).toBe(true);
+    },
+    45 * 60_000,
+  );
+});
