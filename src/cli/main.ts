@@ -12,9 +12,11 @@ const COMMANDS: Record<string, () => Promise<CommandModule>> = {
   list: () => import('./list.js'),
   maps: () => import('./maps.js'),
   stats: () => import('./stats.js'),
+  conntrack: () => import('./conntrack.js'),
   cleanup: () => import('./cleanup.js'),
   render: () => import('./render.js'),
   lab: () => import('./lab.js'),
+  bench: () => import('./bench.js'),
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -1,0 +1,56 @@
+/*
+ * The chart: new-connection latency (p50) and connections per second against the number of
+ * services, one line per mode (the measured service placed last), as a vega-lite spec rendered
+ * to SVG on the server with vega's headless View (no browser, no canvas: SVG needs neither).
+ */
+import { View, parse } from 'vega';
+import { compile, type TopLevelSpec } from 'vega-lite';
+import type { BenchReport } from './results.js';
+
+interface Point {
+  mode: string;
+  services: number;
+  p50: number;
+  rate: number;
+}
+
+export function chartPoints(report: BenchReport): Point[] {
+  return report.results
+    .filter((r) => r.metric === 'crr' && (r.placement === 'last' || (r.mode === 'direct' && r.placement === 'none')))
+    .map((r) => ({ mode: r.mode, services: r.services, p50: r.p50, rate: r.rate ?? 0 }));
+}
+
+export function chartSpec(report: BenchReport): TopLevelSpec {
+  const e = report.env;
+  const points = chartPoints(report);
+  const modes = [...new Set(points.map((p) => p.mode))];
+  const x = { field: 'services', type: 'quantitative' as const, title: 'services', scale: { type: 'log' as const }, axis: { tickCount: 5 } };
+  const color = { field: 'mode', type: 'nominal' as const, title: 'mode', sort: modes };
+  const layer = (field: 'p50' | 'rate', title: string) => ({
+    width: 340,
+    height: 240,
+    title,
+    mark: { type: 'line' as const, point: true },
+    encoding: { x, y: { field, type: 'quantitative' as const, title, scale: { zero: field === 'rate' } }, color },
+  });
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+    title: {
+      text: 'vipr bench: new TCP connections through each dataplane',
+      subtitle: `${e.cpu}, ${e.cpus} CPUs, kernel ${e.kernel}; medians of ${e.rounds} rounds; service placed last; ${e.date.slice(0, 10)}`,
+    },
+    background: 'white',
+    data: { values: points },
+    hconcat: [layer('p50', 'connect+request+close p50 (µs)'), layer('rate', 'connections per second')],
+  } as TopLevelSpec;
+}
+
+export async function renderChartSvg(report: BenchReport): Promise<string> {
+  const vegaSpec = compile(chartSpec(report)).spec;
+  const view = new View(parse(vegaSpec), { renderer: 'none' });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}

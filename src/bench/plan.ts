@@ -1,0 +1,163 @@
+/*
+ * What a benchmark run measures, as plain data: the dataplane modes, the service counts, the
+ * measured services and where they sit, the durations. Pure, so the CLI and the tests agree on
+ * it without root.
+ *
+ * The services of a run with N services: N Services `default/svc-NNNNNN` (sorted by name, which is
+ * the order vipr's iptables renderer writes KUBE-SERVICES in), each with the lab's K backends.
+ * The fillers have one TCP port; the measured Services have two named ports, `dns` (UDP) and
+ * `web` (TCP), so the TCP port sorts last of the two: the `last` Service's TCP rule is the last
+ * service rule iptables walks, its UDP rule the one before. A second measured Service sits at
+ * index ⌊(N-1)/2⌋ (`middle`). Backends run the bench's echo responder on TCP 9000 / UDP 9053.
+ */
+
+export type BenchMode = 'direct' | 'bpf' | 'iptables' | 'iptables-nft' | 'nftables' | 'ipvs';
+/** The dataplanes compared (everything but the `direct` floor). */
+export type DataplaneMode = Exclude<BenchMode, 'direct'>;
+export const DATAPLANE_MODES: readonly DataplaneMode[] = ['bpf', 'iptables', 'iptables-nft', 'nftables', 'ipvs'];
+
+export type Placement = 'last' | 'middle';
+export type TrafficMetric = 'rr' | 'crr' | 'udp';
+export type ControlMetric = 'sync_all' | 'sync_one' | 'rss';
+export type Metric = TrafficMetric | ControlMetric;
+export const TRAFFIC_METRICS: readonly TrafficMetric[] = ['rr', 'crr', 'udp'];
+export const CONTROL_METRICS: readonly ControlMetric[] = ['sync_all', 'sync_one', 'rss'];
+
+export const RESPONDER_TCP_PORT = 9000;
+export const RESPONDER_UDP_PORT = 9053;
+export const SERVICE_TCP_PORT = 80;
+export const SERVICE_UDP_PORT = 53;
+export const BENCH_NAMESPACE = 'default';
+/** Service VIPs: 10.100.0.1 up; nothing routes them, so any /16 outside the lab's nets does. */
+const VIP_BASE = (10 << 24) | (100 << 16);
+export const MAX_SERVICES = 60_000;
+
+/** Lab name suffix of each mode (lab names are at most 24 characters). */
+const LAB_TAG: Record<BenchMode, string> = {
+  direct: 'direct',
+  bpf: 'bpf',
+  iptables: 'ipt',
+  'iptables-nft': 'iptnft',
+  nftables: 'nft',
+  ipvs: 'ipvs',
+};
+
+export function labNameFor(prefix: string, mode: BenchMode): string {
+  return `${prefix}-${LAB_TAG[mode]}`;
+}
+
+export interface Durations {
+  rrMs: number;
+  crrMs: number;
+  udpMs: number;
+  /** Discarded at the start of every traffic run. */
+  warmupMs: number;
+  /** sync_one is timed this many times per round (change, then revert: 2 syncs each). */
+  changeRepeats: number;
+}
+
+export const FULL_DURATIONS: Durations = { rrMs: 1000, crrMs: 2000, udpMs: 1000, warmupMs: 250, changeRepeats: 5 };
+export const QUICK_DURATIONS: Durations = { rrMs: 200, crrMs: 300, udpMs: 200, warmupMs: 100, changeRepeats: 2 };
+
+export interface BenchPlan {
+  modes: DataplaneMode[];
+  services: number[];
+  backends: number;
+  rounds: number;
+  durations: Durations;
+  /** Lab names are `<prefix>-<mode>`. */
+  labPrefix: string;
+  /** CPU the load generator and the responders are pinned to. */
+  cpu: number;
+}
+
+export function serviceName(index: number): string {
+  return `svc-${String(index).padStart(6, '0')}`;
+}
+
+export function serviceVip(index: number): string {
+  const n = VIP_BASE + index + 1;
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
+/** Index of the measured Service at `placement` among N, or null when N has no such distinct place. */
+export function placementIndex(services: number, placement: Placement): number | null {
+  if (placement === 'last') return services - 1;
+  // With fewer than 3 services the middle is one of the ends.
+  return services >= 3 ? Math.floor((services - 1) / 2) : null;
+}
+
+export function placementsFor(services: number): Placement[] {
+  return (['last', 'middle'] as const).filter((p) => placementIndex(services, p) !== null);
+}
+
+/** The Service whose endpoints change for sync_one: not a measured one, unless N is that small. */
+export function changedServiceIndex(services: number): number {
+  const measured = new Set(placementsFor(services).map((p) => placementIndex(services, p)));
+  for (let i = 0; i < services; i++) if (!measured.has(i)) return i;
+  return 0;
+}
+
+export interface Target {
+  tcp: string;
+  udp: string;
+}
+
+/** Where the load generator sends traffic for a mode (direct: the first backend itself). */
+export function targetFor(mode: BenchMode, services: number, placement: Placement, firstBackendIp: string): Target {
+  if (mode === 'direct') {
+    return { tcp: `${firstBackendIp}:${RESPONDER_TCP_PORT}`, udp: `${firstBackendIp}:${RESPONDER_UDP_PORT}` };
+  }
+  const index = placementIndex(services, placement);
+  if (index === null) throw new RangeError(`no ${placement} placement among ${services} services`);
+  const vip = serviceVip(index);
+  return { tcp: `${vip}:${SERVICE_TCP_PORT}`, udp: `${vip}:${SERVICE_UDP_PORT}` };
+}
+
+type Json = Record<string, unknown>;
+
+/**
+ * The manifests of a run with `services` Services, as one `kind: List` (JSON parses ten times
+ * faster than YAML at 10,000 Services, and the agent reads it through the same source).
+ */
+export function benchManifests(services: number, backendIps: readonly string[], nodeName: string): Json {
+  if (!Number.isInteger(services) || services < 1 || services > MAX_SERVICES) {
+    throw new RangeError(`services must be a whole number from 1 to ${MAX_SERVICES}, got ${services}`);
+  }
+  const measured = new Set(placementsFor(services).map((p) => placementIndex(services, p)));
+  const items: Json[] = [];
+  for (let i = 0; i < services; i++) {
+    const name = serviceName(i);
+    const both = measured.has(i);
+    const ports = both
+      ? [
+          { name: 'dns', protocol: 'UDP', port: SERVICE_UDP_PORT, targetPort: RESPONDER_UDP_PORT },
+          { name: 'web', protocol: 'TCP', port: SERVICE_TCP_PORT, targetPort: RESPONDER_TCP_PORT },
+        ]
+      : [{ name: '', protocol: 'TCP', port: SERVICE_TCP_PORT, targetPort: RESPONDER_TCP_PORT }];
+    items.push({
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { namespace: BENCH_NAMESPACE, name },
+      spec: { type: 'ClusterIP', clusterIP: serviceVip(i), clusterIPs: [serviceVip(i)], ports },
+    });
+    items.push({
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: {
+        namespace: BENCH_NAMESPACE,
+        name: `${name}-bench`,
+        labels: { 'kubernetes.io/service-name': name, 'endpointslice.kubernetes.io/managed-by': 'vipr-bench' },
+      },
+      addressType: 'IPv4',
+      ports: both
+        ? [
+            { name: 'dns', protocol: 'UDP', port: RESPONDER_UDP_PORT },
+            { name: 'web', protocol: 'TCP', port: RESPONDER_TCP_PORT },
+          ]
+        : [{ name: '', protocol: 'TCP', port: RESPONDER_TCP_PORT }],
+      endpoints: backendIps.map((ip) => ({ addresses: [ip], conditions: { ready: true, serving: true, terminating: false }, nodeName })),
+    });
+  }
+  return { apiVersion: 'v1', kind: 'List', items };
+}

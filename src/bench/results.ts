@@ -1,0 +1,130 @@
+/*
+ * Measurements of every round, and what is reported from them: per (mode, services, placement,
+ * metric) the median over rounds of each figure, in the `--json` shape
+ * `{env, results: [{mode, services, placement, metric, p50, p99, rate, unit}]}`.
+ */
+import type { BenchMode, Metric } from './plan.js';
+
+/** `none` for figures that do not depend on where the service sits (direct, control plane). */
+export type ResultPlacement = 'last' | 'middle' | 'none';
+
+export type Unit = 'us' | 'ms' | 'MiB';
+
+export const METRIC_UNITS: Record<Metric, Unit> = { rr: 'us', crr: 'us', udp: 'us', sync_all: 'ms', sync_one: 'ms', rss: 'MiB' };
+
+/** One figure of one round. */
+export interface Sample {
+  mode: BenchMode;
+  services: number;
+  placement: ResultPlacement;
+  metric: Metric;
+  round: number;
+  p50: number;
+  p99: number | null;
+  /** Transactions, connections or queries per second; null for control-plane metrics. */
+  rate: number | null;
+  /** Failed transactions (traffic metrics). */
+  errors?: number;
+}
+
+export interface BenchResult {
+  mode: BenchMode;
+  services: number;
+  placement: ResultPlacement;
+  metric: Metric;
+  p50: number;
+  p99: number | null;
+  rate: number | null;
+  unit: Unit;
+  /** Rounds the medians are taken over. */
+  rounds: number;
+  errors?: number;
+}
+
+export interface BenchEnv {
+  kernel: string;
+  cpu: string;
+  cpus: number;
+  tools: Record<string, string>;
+  date: string;
+  command: string;
+  /** Whether /dev/cpu_dma_latency was held at 0 for the run. */
+  cpuDmaLatency: 'held at 0' | string;
+  /** CPU the load generator and responders ran on. */
+  pinnedCpu: number;
+  backends: number;
+  rounds: number;
+  wallSeconds: number;
+}
+
+export interface Unavailable {
+  mode: BenchMode;
+  reason: string;
+}
+
+export interface BenchReport {
+  env: BenchEnv;
+  results: BenchResult[];
+  unavailable: Unavailable[];
+  /** iptables modes: where the measured Services' TCP rules sat in KUBE-SERVICES (last round). */
+  placements: Array<{ mode: BenchMode; services: number; placement: string; position: number; of: number }>;
+}
+
+export function median(values: readonly number[]): number {
+  if (values.length === 0) throw new RangeError('median of nothing');
+  const s = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+}
+
+/** Nearest-rank percentile. */
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) throw new RangeError('percentile of nothing');
+  const s = [...values].sort((a, b) => a - b);
+  const rank = Math.min(s.length, Math.max(1, Math.ceil((p / 100) * s.length)));
+  return s[rank - 1] as number;
+}
+
+function key(s: Pick<Sample, 'mode' | 'services' | 'placement' | 'metric'>): string {
+  return `${s.mode}|${s.services}|${s.placement}|${s.metric}`;
+}
+
+const round3 = (v: number): number => Math.round(v * 1000) / 1000;
+
+/** Medians over rounds, in the order samples first appeared. */
+export function summarize(samples: readonly Sample[]): BenchResult[] {
+  const groups = new Map<string, Sample[]>();
+  for (const s of samples) {
+    const k = key(s);
+    const g = groups.get(k);
+    if (g) g.push(s);
+    else groups.set(k, [s]);
+  }
+  const out: BenchResult[] = [];
+  for (const g of groups.values()) {
+    const first = g[0] as Sample;
+    const p99s = g.map((s) => s.p99).filter((v): v is number => v !== null);
+    const rates = g.map((s) => s.rate).filter((v): v is number => v !== null);
+    const errors = g.reduce((n, s) => n + (s.errors ?? 0), 0);
+    out.push({
+      mode: first.mode,
+      services: first.services,
+      placement: first.placement,
+      metric: first.metric,
+      p50: round3(median(g.map((s) => s.p50))),
+      p99: p99s.length === 0 ? null : round3(median(p99s)),
+      rate: rates.length === 0 ? null : Math.round(median(rates)),
+      unit: METRIC_UNITS[first.metric],
+      rounds: g.length,
+      ...(first.errors === undefined ? {} : { errors }),
+    });
+  }
+  return out;
+}
+
+export function findResult(
+  results: readonly BenchResult[],
+  q: Pick<BenchResult, 'mode' | 'services' | 'placement' | 'metric'>,
+): BenchResult | undefined {
+  return results.find((r) => r.mode === q.mode && r.services === q.services && r.placement === q.placement && r.metric === q.metric);
+}

@@ -1,0 +1,353 @@
+/*
+ * One benchmark run: the labs up, then rounds; in each round, for every service count, every
+ * mode in turn (direct, bpf, iptables, ... then again next round: modes interleaved, so a slow
+ * minute of the VM spreads over all of them), on a node programmed afresh:
+ *   control plane: sync_all and sync_one timed by the mode's own Dataplane (program-worker.ts);
+ *   memory: the real agent (`vipr run`) started on the N Services, its VmRSS once ready;
+ *   traffic: rr, crr, udp to the measured Service at each placement (the agent stopped first:
+ *     what it installed stays, and an idle agent's periodic resync cannot land in a run).
+ * /dev/cpu_dma_latency is held at 0 throughout; labs are removed at the end, also on failure
+ * and on abort (SIGINT).
+ */
+import { execFile } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { cpus, release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { requireRoot } from '../bpf/datapath.js';
+import { nsenterArgv } from '../lab/exec.js';
+import { defaultAgentMain, AGENT_READY_MSG } from '../lab/lab.js';
+import { startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
+import { DataplaneError, ConfigError } from '../errors.js';
+import { packageRoot } from '../paths.js';
+import { detectIpvs } from '../modes/ipvs.js';
+import { toolExists } from '../modes/tools.js';
+import type { ProgramRequest, ProgramResult } from './program-worker.js';
+import { backendIps, benchLabDown, benchLabUp, nodeNetns, type BenchLab } from './labs.js';
+import { ensureBenchProgram, runLoad } from './programs.js';
+import {
+  BENCH_NAMESPACE, benchManifests, labNameFor, changedServiceIndex, placementIndex, placementsFor, serviceName, serviceVip, targetFor,
+  TRAFFIC_METRICS, type BenchMode, type BenchPlan, type DataplaneMode, type TrafficMetric,
+} from './plan.js';
+import { percentile, median, summarize, type BenchEnv, type BenchReport, type Sample, type Unavailable } from './results.js';
+
+export class BenchAbortedError extends Error {
+  override readonly name = 'BenchAbortedError';
+  constructor() {
+    super('benchmark interrupted; its labs were removed');
+  }
+}
+
+export interface RunBenchOptions {
+  plan: BenchPlan;
+  signal: AbortSignal;
+  onProgress: (line: string) => void;
+  /** The command line, recorded in env. */
+  command: string;
+}
+
+function checkAbort(signal: AbortSignal): void {
+  if (signal.aborted) throw new BenchAbortedError();
+}
+
+function workerScript(): string {
+  return join(packageRoot(), 'dist', 'src', 'bench', 'program-worker.js');
+}
+
+function execText(file: string, args: string[], timeoutMs: number, signal?: AbortSignal): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(file, args, { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024, encoding: 'utf8', ...(signal ? { signal } : {}) }, (err, stdout, stderr) => {
+      if (err) {
+        const tail = stderr.trim().split('\n').filter((l) => !l.startsWith('{')).pop();
+        reject(new Error(`${[file, ...args].join(' ')} failed: ${tail || err.message}`, { cause: err }));
+        return;
+      }
+      resolve({ stdout, stderr });
+    });
+  });
+}
+
+/** Why a mode cannot run here, or null when it can. */
+async function unavailableReason(mode: DataplaneMode): Promise<string | null> {
+  switch (mode) {
+    case 'bpf':
+      return null;
+    case 'iptables':
+      return (await toolExists('iptables-legacy-restore')) ? null : 'iptables-legacy not installed';
+    case 'iptables-nft':
+      return (await toolExists('iptables-nft-restore')) ? null : 'iptables-nft not installed';
+    case 'nftables':
+      return (await toolExists('nft')) ? null : 'nft not installed';
+    case 'ipvs':
+      try {
+        await detectIpvs();
+        return null;
+      } catch (err) {
+        if (err instanceof DataplaneError && /has no IPVS/.test(err.message)) return 'kernel without IPVS';
+        return err instanceof Error ? err.message : String(err);
+      }
+  }
+}
+
+/** Holds /dev/cpu_dma_latency at 0 while the returned fd stays open (PM QoS: no deep idle states). */
+function holdCpuDmaLatency(): { fd: number | null; status: string } {
+  try {
+    const fd = openSync('/dev/cpu_dma_latency', 'r+');
+    writeSync(fd, Buffer.alloc(4));
+    return { fd, status: 'held at 0' };
+  } catch (err) {
+    return { fd: null, status: `not held: ${(err as Error).message}` };
+  }
+}
+
+async function toolVersion(file: string, args: string[]): Promise<string> {
+  try {
+    const { stdout, stderr } = await execText(file, args, 10_000);
+    return (stdout.trim() || stderr.trim()).split('\n')[0] ?? '';
+  } catch {
+    return 'not installed';
+  }
+}
+
+async function environment(plan: BenchPlan, command: string, dma: string): Promise<BenchEnv> {
+  const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model ?? 'unknown';
+  const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version?: string };
+  return {
+    kernel: release(),
+    cpu: model.trim(),
+    cpus: cpus().length,
+    tools: {
+      vipr: pkg.version ?? 'unknown',
+      node: process.version,
+      'iptables-legacy': await toolVersion('iptables-legacy', ['--version']),
+      'iptables-nft': await toolVersion('iptables-nft', ['--version']),
+      nft: await toolVersion('nft', ['--version']),
+      ipvsadm: await toolVersion('ipvsadm', ['--version']),
+      cc: await toolVersion(process.env.CC ?? 'cc', ['--version']),
+    },
+    date: new Date().toISOString(),
+    command,
+    cpuDmaLatency: dma,
+    pinnedCpu: plan.cpu,
+    backends: plan.backends,
+    rounds: plan.rounds,
+    wallSeconds: 0,
+  };
+}
+
+function agentModeArgs(mode: DataplaneMode, lab: BenchLab): string[] {
+  switch (mode) {
+    case 'bpf':
+      return lab.state.agentIfaces.flatMap((i) => ['--iface', i]);
+    case 'iptables':
+      return ['--mode', 'iptables', '--iptables-backend', 'legacy'];
+    case 'iptables-nft':
+      return ['--mode', 'iptables', '--iptables-backend', 'nft'];
+    case 'nftables':
+      return ['--mode', 'nftables'];
+    case 'ipvs':
+      return ['--mode', 'ipvs'];
+  }
+}
+
+function vmRssMiB(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = /^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1];
+  if (kb === undefined) throw new Error(`no VmRSS in /proc/${pid}/status`);
+  return Number(kb) / 1024;
+}
+
+function agentIsReady(log: string): boolean {
+  return log.split('\n').some((l) => {
+    if (!l.startsWith('{')) return false;
+    try {
+      return (JSON.parse(l) as { msg?: unknown }).msg === AGENT_READY_MSG;
+    } catch {
+      return false;
+    }
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface CellContext {
+  plan: BenchPlan;
+  lab: BenchLab;
+  services: number;
+  round: number;
+  manifestsDir: string;
+  workDir: string;
+  signal: AbortSignal;
+  samples: Sample[];
+  placements: BenchReport['placements'];
+  progress: (line: string) => void;
+}
+
+/** sync_all and sync_one through the mode's Dataplane, in the node's namespace. */
+async function programNode(c: CellContext, mode: DataplaneMode): Promise<void> {
+  const resultFile = join(c.workDir, `program-${c.lab.name}.json`);
+  rmSync(resultFile, { force: true });
+  const measuredVips: Record<string, string> = {};
+  for (const p of placementsFor(c.services)) measuredVips[p] = serviceVip(placementIndex(c.services, p) as number);
+  const req: ProgramRequest = {
+    mode,
+    manifestsDir: c.manifestsDir,
+    pinDir: c.lab.state.pinDir,
+    nodeName: 'node',
+    changeService: `${BENCH_NAMESPACE}/${serviceName(changedServiceIndex(c.services))}`,
+    repeats: c.plan.durations.changeRepeats,
+    measuredVips,
+    resultFile,
+  };
+  const reqFile = join(c.workDir, `program-${c.lab.name}.request.json`);
+  writeFileSync(reqFile, JSON.stringify(req));
+  const [file, args] = nsenterArgv(nodeNetns(c.lab), process.execPath, [workerScript(), reqFile]);
+  // The worker's own logging is not wanted here: its figures come back in the result file.
+  await execText('env', ['VIPR_LOG_LEVEL=error', file, ...args], 600_000, c.signal);
+  const res = JSON.parse(readFileSync(resultFile, 'utf8')) as ProgramResult;
+  const base = { mode, services: c.services, placement: 'none' as const, round: c.round };
+  c.samples.push({ ...base, metric: 'sync_all', p50: res.syncAllMs, p99: null, rate: null });
+  c.samples.push({ ...base, metric: 'sync_one', p50: median(res.syncOneMs), p99: percentile(res.syncOneMs, 99), rate: null });
+  for (const [placement, pos] of Object.entries(res.positions ?? {})) {
+    const i = c.placements.findIndex((p) => p.mode === mode && p.services === c.services && p.placement === placement);
+    const entry = { mode, services: c.services, placement, position: pos.position, of: pos.of };
+    if (i >= 0) c.placements[i] = entry;
+    else c.placements.push(entry);
+  }
+  c.progress(`sync_all ${res.syncAllMs.toFixed(2)} ms, sync_one ${median(res.syncOneMs).toFixed(3)} ms`);
+}
+
+/** Starts the real agent on the N Services, reads its RSS once it is running, stops it. */
+async function agentRss(c: CellContext, mode: DataplaneMode): Promise<void> {
+  const argv = [
+    process.execPath, defaultAgentMain(), 'run', ...agentModeArgs(mode, c.lab),
+    '--manifests', c.manifestsDir, '--pin-dir', c.lab.state.pinDir, '--node-name', 'node', '--log-level', 'info',
+  ];
+  const log = join(c.lab.state.stateDir, `agent-bench-${c.services}.log`);
+  let agent: StartedProcess | null = null;
+  try {
+    agent = await startInNetns({ netns: nodeNetns(c.lab), argv, log, ready: agentIsReady, timeoutMs: 300_000 });
+    // Let the first sync's garbage settle into what the agent keeps while it runs.
+    await sleep(500);
+    const rss = vmRssMiB(agent.pid);
+    c.samples.push({ mode, services: c.services, placement: 'none', metric: 'rss', round: c.round, p50: rss, p99: null, rate: null });
+    c.progress(`agent RSS ${rss.toFixed(1)} MiB`);
+  } finally {
+    if (agent !== null) await stopProcesses([agent], 10_000);
+  }
+}
+
+async function traffic(c: CellContext, mode: BenchMode): Promise<void> {
+  const placements = mode === 'direct' ? (['none'] as const) : placementsFor(c.services);
+  const firstBackend = backendIps(c.lab)[0];
+  if (firstBackend === undefined) throw new Error('bench lab has no backend');
+  const d = c.plan.durations;
+  const parts: string[] = [];
+  for (const placement of placements) {
+    const target = targetFor(mode, c.services, placement === 'none' ? 'last' : placement, firstBackend);
+    for (const metric of TRAFFIC_METRICS) {
+      checkAbort(c.signal);
+      const durationMs: Record<TrafficMetric, number> = { rr: d.rrMs, crr: d.crrMs, udp: d.udpMs };
+      const out = await runLoad({
+        netns: c.lab.plan.client.netns,
+        cpu: c.plan.cpu,
+        metric,
+        target: metric === 'udp' ? target.udp : target.tcp,
+        durationMs: durationMs[metric],
+        warmupMs: d.warmupMs,
+        signal: c.signal,
+      });
+      if (out.errors > 0.01 * (out.samples + out.errors)) {
+        throw new Error(`${mode} ${metric} to ${out.target}: ${out.errors} of ${out.samples + out.errors} transactions failed (${out.first_error ?? '?'})`);
+      }
+      c.samples.push({ mode, services: c.services, placement, metric, round: c.round, p50: out.p50_us, p99: out.p99_us, rate: out.rate, errors: out.errors });
+      if (placement !== 'middle') parts.push(`${metric} ${out.p50_us.toFixed(1)}/${out.p99_us.toFixed(1)} µs ${Math.round(out.rate)}/s`);
+    }
+  }
+  c.progress(parts.join(', '));
+}
+
+/** Everything measured for one mode at one service count in one round. */
+async function cell(c: CellContext): Promise<void> {
+  const mode = c.lab.mode;
+  if (mode !== 'direct') {
+    await programNode(c, mode);
+    checkAbort(c.signal);
+    await agentRss(c, mode);
+    checkAbort(c.signal);
+  }
+  await traffic(c, mode);
+}
+
+export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
+  const started = Date.now();
+  const { plan, signal } = o;
+  requireRoot('vipr bench');
+  for (const f of [defaultAgentMain(), workerScript()]) {
+    if (!existsSync(f)) throw new ConfigError(`${f} is missing: run 'make build' first`);
+  }
+  await ensureBenchProgram('rr');
+  await ensureBenchProgram('responder');
+
+  const unavailable: Unavailable[] = [];
+  const modes: DataplaneMode[] = [];
+  for (const m of plan.modes) {
+    const reason = await unavailableReason(m);
+    if (reason === null) modes.push(m);
+    else {
+      unavailable.push({ mode: m, reason });
+      o.onProgress(`${m}: unavailable: ${reason}`);
+    }
+  }
+  const benchModes: BenchMode[] = ['direct', ...modes];
+  const dma = holdCpuDmaLatency();
+  if (dma.fd === null) o.onProgress(`warning: /dev/cpu_dma_latency ${dma.status}; latencies will include idle-state exits`);
+  const env = await environment(plan, o.command, dma.status);
+  const workDir = mkdtempSync(join(tmpdir(), 'vipr-bench-'));
+  const labs: BenchLab[] = [];
+  const pending: string[] = [];
+  const samples: Sample[] = [];
+  const placements: BenchReport['placements'] = [];
+  try {
+    for (const mode of benchModes) {
+      checkAbort(signal);
+      pending.push(labNameFor(plan.labPrefix, mode));
+      o.onProgress(`lab for ${mode}: up`);
+      labs.push(await benchLabUp(plan.labPrefix, mode, plan.backends, plan.cpu));
+    }
+    const ips = backendIps(labs[0] as BenchLab);
+    const manifestsDirs = new Map<number, string>();
+    for (const n of plan.services) {
+      const dir = join(workDir, `manifests-${n}`);
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'services.json'), JSON.stringify(benchManifests(n, ips, 'node')));
+      manifestsDirs.set(n, dir);
+    }
+    for (let round = 1; round <= plan.rounds; round++) {
+      for (const n of plan.services) {
+        for (const lab of labs) {
+          checkAbort(signal);
+          const prefix = `[round ${round}/${plan.rounds}] ${n} services, ${lab.mode}:`;
+          await cell({
+            plan, lab, services: n, round, manifestsDir: manifestsDirs.get(n) as string, workDir, signal, samples, placements,
+            progress: (line) => o.onProgress(`${prefix} ${line}`),
+          });
+        }
+      }
+    }
+  } catch (err) {
+    if (signal.aborted) throw new BenchAbortedError();
+    throw err;
+  } finally {
+    if (dma.fd !== null) closeSync(dma.fd);
+    for (const lab of labs) {
+      const failures = await benchLabDown(lab.name, lab.responders);
+      for (const f of failures) o.onProgress(`warning: ${f}`);
+    }
+    // Labs whose `up` failed halfway are removed by their own up; down them again to be sure.
+    for (const name of pending) if (!labs.some((l) => l.name === name)) await benchLabDown(name, []).catch(() => []);
+    rmSync(workDir, { recursive: true, force: true });
+  }
+  env.wallSeconds = Math.round((Date.now() - started) / 1000);
+  return { env, results: summarize(samples), unavailable, placements };
+}
