@@ -1,7 +1,7 @@
 # vipr: `make demo` and `make test` install what is missing, build, then run.
 SHELL := /bin/bash
 CLANG ?= clang-16
-BPF_CFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_x86 -Wall -Werror \
+BPF_CFLAGS := -O2 -g -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror \
 	-I bpf/include -I /usr/include/$(shell uname -m)-linux-gnu
 BPF_SRC := $(wildcard bpf/*.bpf.c)
 BPF_OBJ := $(BPF_SRC:.c=.o)

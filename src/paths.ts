@@ -23,6 +23,11 @@ export function tcObjectPath(): string {
   return join(packageRoot(), 'bpf', 'tc_lb.bpf.o');
 }
 
+/** The compiled XDP datapath object (same maps, pinned by name). */
+export function xdpObjectPath(): string {
+  return join(packageRoot(), 'bpf', 'xdp_lb.bpf.o');
+}
+
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/vipr';
 export const STATE_DIR = '/run/vipr';
 

@@ -22,12 +22,23 @@
 #define VIPR_MAX_SLOTS 262144
 #define VIPR_MAX_CONNTRACK 262144
 #define VIPR_MAX_AFFINITY 65536
+#define VIPR_MAX_NODE_IPS 64
+#define VIPR_MAX_SOURCE_RANGES 16384
 
-/* Frontend scope: which traffic a service entry answers (ETP/ITP Local use both). */
+/*
+ * Frontend scope. An external frontend (NodePort, LoadBalancer IP, external IP) whose Service
+ * has externalTrafficPolicy Local gets two entries: EXTERNAL with the node's local endpoints,
+ * INTERNAL with the cluster endpoints, which traffic from inside the cluster uses (kube-proxy
+ * short-circuits pods talking to a LoadBalancer IP the same way). Every other frontend has only
+ * the EXTERNAL entry.
+ */
 enum vipr_scope {
-	VIPR_SCOPE_EXTERNAL = 0, /* any traffic (the only scope ClusterIP uses today) */
-	VIPR_SCOPE_INTERNAL = 1, /* traffic from inside the cluster when policies differ */
+	VIPR_SCOPE_EXTERNAL = 0,
+	VIPR_SCOPE_INTERNAL = 1,
 };
+
+/* A NodePort frontend's vip: any address of this node listed in vipr_node_ips. */
+#define VIPR_NODEPORT_VIP 0
 
 /* Key of vipr_services_v1: one frontend. */
 struct vipr_svc_key {
@@ -40,8 +51,11 @@ _Static_assert(sizeof(struct vipr_svc_key) == 8, "vipr_svc_key layout");
 
 /* Service flags (vipr_svc_value.flags). */
 enum vipr_svc_flags {
-	VIPR_SVC_F_AFFINITY = 1 << 0, /* sessionAffinity ClientIP */
-	VIPR_SVC_F_LOCAL = 1 << 1,    /* traffic policy Local: only local backends in the slots */
+	VIPR_SVC_F_AFFINITY = 1 << 0,      /* sessionAffinity ClientIP */
+	VIPR_SVC_F_LOCAL = 1 << 1,         /* traffic policy Local: local backends only, no SNAT */
+	VIPR_SVC_F_EXTERNAL = 1 << 2,      /* NodePort/LB/external IP: SNAT to the node for remote backends */
+	VIPR_SVC_F_SOURCE_RANGES = 1 << 3, /* only sources in vipr_source_ranges for this svc_id */
+	VIPR_SVC_F_REJECT = 1 << 4,        /* no endpoints: answer ICMP port unreachable, as kube-proxy's REJECT */
 };
 
 /* Backend selection algorithms (vipr_svc_value.scheduler). */
@@ -55,8 +69,8 @@ enum vipr_scheduler {
 
 /* Value of vipr_services_v1. */
 struct vipr_svc_value {
-	__u32 svc_id;           /* index into slots and reverse NAT; stable for the frontend's life */
-	__u16 backend_count;    /* valid slots are 0 .. backend_count-1; 0 = drop (no endpoints) */
+	__u32 svc_id;           /* index into slots, affinity, source ranges; stable for the frontend's life */
+	__u16 backend_count;    /* valid slots are 0 .. backend_count-1 (Maglev: the table size); 0 = no endpoints */
 	__u16 flags;            /* enum vipr_svc_flags */
 	__u32 affinity_timeout; /* seconds, with VIPR_SVC_F_AFFINITY */
 	__u8 scheduler;         /* enum vipr_scheduler */
@@ -92,14 +106,6 @@ struct vipr_backend {
 };
 _Static_assert(sizeof(struct vipr_backend) == 8, "vipr_backend layout");
 
-/* Value of vipr_revnat_v1 (key: __u32 svc_id): what replies are rewritten back to. */
-struct vipr_revnat {
-	__be32 vip;  /* service address */
-	__be16 port; /* service port */
-	__u8 pad[2];
-};
-_Static_assert(sizeof(struct vipr_revnat) == 8, "vipr_revnat layout");
-
 /* Direction of a conntrack entry. */
 enum vipr_ct_dir {
 	VIPR_CT_FORWARD = 0, /* client -> service: key is the packet as the client sent it */
@@ -122,20 +128,72 @@ _Static_assert(sizeof(struct vipr_ct_key) == 16, "vipr_ct_key layout");
 enum vipr_ct_flags {
 	VIPR_CT_F_SEEN_REPLY = 1 << 0, /* a reply was reverse-NATed: the flow is established */
 	VIPR_CT_F_CLOSING = 1 << 1,    /* FIN or RST seen: a new SYN may pick a new backend */
+	VIPR_CT_F_SNAT = 1 << 2,       /* the source was rewritten to the node (remote backend, hairpin) */
+	VIPR_CT_F_REDIRECT = 1 << 3,   /* rewritten packets are forwarded by fib lookup + redirect */
 };
 
-/* Value of vipr_conntrack_v1. */
+/*
+ * Value of vipr_conntrack_v1. The two entries of a flow mirror each other:
+ *   forward: nat = the backend (new destination), snat = the new source (0: unchanged)
+ *   reply:   nat = the frontend the client used (new source), snat = the client (new
+ *            destination; 0: unchanged). A NodePort frontend's address is the node IP the client
+ *            chose, so it is kept per flow rather than per service.
+ */
 struct vipr_ct_value {
 	__u64 created_ns;   /* bpf_ktime_get_ns() at creation */
 	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet */
-	__be32 nat_addr;    /* forward: the backend's address (kept even if the backend is removed) */
-	__be16 nat_port;    /* forward: the backend's port */
+	__be32 nat_addr;
+	__be16 nat_port;
 	__u8 flags;         /* enum vipr_ct_flags */
 	__u8 tcp_flags;     /* union of TCP flags seen in this direction */
-	__u32 svc_id;       /* the service (reverse NAT index) */
+	__be32 snat_addr;
+	__be16 snat_port;
+	__u8 pad[2];
+	__u32 svc_id;       /* the service the flow was balanced by */
 	__u32 backend_id;   /* the chosen backend, for connection counts */
 };
-_Static_assert(sizeof(struct vipr_ct_value) == 32, "vipr_ct_value layout");
+_Static_assert(sizeof(struct vipr_ct_value) == 40, "vipr_ct_value layout");
+
+/* Key of vipr_node_ips_v1: an address of this node that serves NodePorts. */
+struct vipr_node_ip {
+	__be32 addr;
+};
+_Static_assert(sizeof(struct vipr_node_ip) == 4, "vipr_node_ip layout");
+
+/* Key of vipr_source_ranges_v1 (LPM trie): a loadBalancerSourceRanges CIDR of one service. */
+struct vipr_source_range {
+	__u32 prefixlen; /* 32 (svc_id) + the CIDR's prefix length */
+	__u32 svc_id;    /* host order is fine: matched in full, never by prefix */
+	__be32 addr;     /* the CIDR's network address */
+};
+_Static_assert(sizeof(struct vipr_source_range) == 12, "vipr_source_range layout");
+
+/* Value of vipr_config_v1 (an array of one): settings the agent may change while running. */
+struct vipr_config {
+	__be32 snat_addr;     /* node address external flows to remote backends are SNATed to; 0 = none */
+	__be32 cluster_cidr;  /* --cluster-cidr network: sources inside are "internal"; 0/0 = none */
+	__be32 cluster_mask;  /* its netmask (network order) */
+	__u16 snat_port_min;  /* SNAT source ports, host order */
+	__u16 snat_port_max;
+};
+_Static_assert(sizeof(struct vipr_config) == 16, "vipr_config layout");
+
+/* Source address of hairpin flows (a pod reaching itself through its service), as Cilium's. */
+#define VIPR_HAIRPIN_ADDR 0xa9fe2a01 /* 169.254.42.1, host order */
+
+/* Value of vipr_sched_v1 (key: __u32 svc_id): scheduler state. */
+struct vipr_sched_state {
+	__u32 rr_next; /* round robin: the next slot, advanced atomically */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct vipr_sched_state) == 8, "vipr_sched_state layout");
+
+/* Value of vipr_backend_conns_v1 (key: vipr_backend_id): flows open to a backend (lc). */
+struct vipr_backend_conns {
+	__s32 active; /* flows created minus flows seen closing */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct vipr_backend_conns) == 8, "vipr_backend_conns layout");
 
 /* Key of vipr_affinity_v1: a client of a service under sessionAffinity ClientIP. */
 struct vipr_affinity_key {
@@ -171,6 +229,15 @@ enum vipr_stat {
 	VIPR_STAT_DROP_NO_SLOT,     /* drop: slot or backend missing (update in flight) */
 	VIPR_STAT_DROP_CT_FULL,     /* drop: conntrack entry could not be created */
 	VIPR_STAT_DROP_REWRITE,     /* drop: a checksum or store helper failed */
+	VIPR_STAT_SNAT,             /* new flows SNATed to the node (remote backend, hairpin) */
+	VIPR_STAT_AFFINITY_HIT,     /* new flows sent to the client's affinity backend */
+	VIPR_STAT_DROP_SOURCE_RANGE,/* drop: source outside loadBalancerSourceRanges */
+	VIPR_STAT_REJECT,           /* no endpoints: ICMP port unreachable sent back */
+	VIPR_STAT_DROP_NO_SNAT_PORT,/* drop: no free SNAT port for the flow */
+	VIPR_STAT_DROP_FIB,         /* drop: no route for a redirected packet */
+	VIPR_STAT_XDP_PASS,         /* XDP: handed to the stack (not a service, or TC handles it) */
+	VIPR_STAT_XDP_TX,           /* XDP: rewritten and sent back out the same interface */
+	VIPR_STAT_XDP_REDIRECT,     /* XDP: rewritten and redirected to another interface */
 	VIPR_STAT_MAX,
 };
 

@@ -1,44 +1,94 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Service load balancing for IPv4: frontend lookup, backend selection, DNAT of the client's
- * packets and reverse NAT of the backend's replies.
+ * Service load balancing for IPv4, independent of the hook: given a parsed packet, decide what
+ * happens to it (pass, rewrite, drop, reject) and record the flow in conntrack. The TC and XDP
+ * entry points apply the decision with their own means (skb helpers, direct writes).
  */
 #ifndef __VIPR_LB_H
 #define __VIPR_LB_H
 
 #include <linux/bpf.h>
-#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "maps.h"
 #include "parse.h"
 #include "nat.h"
 #include "conntrack.h"
+#include "sched.h"
 #include "stats.h"
 
-static __always_inline struct vipr_svc_value *lb4_lookup_service(const struct packet *pkt)
+enum lb_action {
+	LB_PASS = 0, /* not ours: leave untouched */
+	LB_NAT,      /* rewrite as planned */
+	LB_DROP,     /* drop; the reason is counted */
+	LB_REJECT,   /* service without endpoints: ICMP port unreachable */
+};
+
+static __always_inline struct vipr_config *lb_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&vipr_config_v1, &zero);
+}
+
+/* Sources inside --cluster-cidr are internal traffic (pods). */
+static __always_inline bool lb4_is_internal(const struct vipr_config *cfg, __be32 saddr)
+{
+	return cfg->cluster_mask && (saddr & cfg->cluster_mask) == cfg->cluster_cidr;
+}
+
+static __always_inline struct vipr_svc_value *lb4_lookup_scoped(struct vipr_svc_key *key, bool internal)
+{
+	struct vipr_svc_value *svc;
+
+	if (internal) {
+		key->scope = VIPR_SCOPE_INTERNAL;
+		svc = bpf_map_lookup_elem(&vipr_services_v1, key);
+		if (svc)
+			return svc;
+	}
+	key->scope = VIPR_SCOPE_EXTERNAL;
+	return bpf_map_lookup_elem(&vipr_services_v1, key);
+}
+
+/*
+ * The frontend a new flow is for: the destination address itself (ClusterIP, external IP,
+ * LoadBalancer IP), else, when the destination is an address of this node, a NodePort.
+ */
+static __always_inline struct vipr_svc_value *lb4_lookup_service(const struct packet *pkt, bool internal)
 {
 	struct vipr_svc_key key = {
 		.vip = pkt->daddr,
 		.port = pkt->dport,
 		.proto = pkt->proto,
-		.scope = VIPR_SCOPE_EXTERNAL,
 	};
+	struct vipr_node_ip node = { .addr = pkt->daddr };
+	struct vipr_svc_value *svc = lb4_lookup_scoped(&key, internal);
 
-	return bpf_map_lookup_elem(&vipr_services_v1, &key);
+	if (svc)
+		return svc;
+	if (!bpf_map_lookup_elem(&vipr_node_ips_v1, &node))
+		return NULL;
+	key.vip = VIPR_NODEPORT_VIP;
+	return lb4_lookup_scoped(&key, internal);
 }
 
-/*
- * Picks a backend for a new flow. Slots 0..backend_count-1 are always complete: the agent writes
- * slots before raising the count and lowers the count before deleting slots.
- */
-static __always_inline struct vipr_backend *
-lb4_select_backend(const struct vipr_svc_value *svc, __u32 *backend_id)
+static __always_inline bool lb4_source_allowed(const struct vipr_svc_value *svc, __be32 saddr)
 {
-	struct vipr_slot_key slot = { .svc_id = svc->svc_id };
-	struct vipr_backend_id *id;
+	struct vipr_source_range key = {
+		.prefixlen = 64,
+		.svc_id = svc->svc_id,
+		.addr = saddr,
+	};
 
-	slot.slot = bpf_get_prandom_u32() % svc->backend_count;
-	id = bpf_map_lookup_elem(&vipr_slots_v1, &slot);
+	return bpf_map_lookup_elem(&vipr_source_ranges_v1, &key) != NULL;
+}
+
+static __always_inline struct vipr_backend *lb4_backend_in_slot(__u32 svc_id, __u32 slot, __u32 *backend_id)
+{
+	struct vipr_slot_key key = { .svc_id = svc_id, .slot = slot };
+	struct vipr_backend_id *id = bpf_map_lookup_elem(&vipr_slots_v1, &key);
+
 	if (!id)
 		return NULL;
 	*backend_id = id->id;
@@ -46,116 +96,202 @@ lb4_select_backend(const struct vipr_svc_value *svc, __u32 *backend_id)
 }
 
 /*
- * Client -> service. Returns a TC verdict. A tracked flow keeps its backend; a new one is
- * balanced and tracked. Failures after a service matched drop the packet (fail closed): letting
- * it through would route a packet for a virtual address nowhere, or worse, somewhere.
+ * Picks the backend of a new flow: the client's affinity backend while it is fresh, else the
+ * scheduler's choice (which then becomes the client's affinity backend).
  */
-static __always_inline int lb4_dnat(struct __sk_buff *skb, const struct packet *pkt)
+static __always_inline struct vipr_backend *lb4_select_backend(const struct vipr_svc_value *svc,
+							       const struct packet *pkt, __u64 now,
+							       __u32 *backend_id, __u32 len)
 {
+	struct vipr_affinity_key akey = { .svc_id = svc->svc_id, .client = pkt->saddr };
+	struct vipr_affinity_value aval = { .last_seen_ns = now };
+	struct vipr_backend *be;
+
+	if (svc->flags & VIPR_SVC_F_AFFINITY) {
+		struct vipr_affinity_value *a = bpf_map_lookup_elem(&vipr_affinity_v1, &akey);
+
+		if (a && now - a->last_seen_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
+			struct vipr_backend_id id = { .id = a->backend_id };
+
+			be = bpf_map_lookup_elem(&vipr_backends_v1, &id);
+			if (be) {
+				a->last_seen_ns = now;
+				*backend_id = id.id;
+				stats_count(VIPR_STAT_AFFINITY_HIT, len);
+				return be;
+			}
+		}
+	}
+	be = lb4_backend_in_slot(svc->svc_id, sched_pick_slot(svc, pkt), backend_id);
+	if (be && (svc->flags & VIPR_SVC_F_AFFINITY)) {
+		aval.backend_id = *backend_id;
+		bpf_map_update_elem(&vipr_affinity_v1, &akey, &aval, BPF_ANY);
+	}
+	return be;
+}
+
+static __always_inline void plan_identity(struct nat_plan *plan, const struct packet *pkt)
+{
+	plan->saddr = pkt->saddr;
+	plan->daddr = pkt->daddr;
+	plan->sport = pkt->sport;
+	plan->dport = pkt->dport;
+	plan->redirect = false;
+}
+
+/*
+ * A packet arriving at the node (TC ingress, XDP). Tracked flows first: the client's packets
+ * (forward entry) and replies to flows SNATed to this node (reply entry with SNAT: their
+ * destination is a node address, so only ingress sees them). Then new flows to a frontend.
+ * Failures after a frontend matched drop the packet (fail closed): letting it through would
+ * route a packet for a virtual address nowhere, or worse, somewhere.
+ */
+static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt, __u32 len,
+						       struct nat_plan *plan)
+{
+	struct vipr_config *cfg = lb_config();
 	struct vipr_ct_key ct_key;
 	struct vipr_ct_value *ct;
 	struct vipr_svc_value *svc;
 	struct vipr_backend *be;
-	__u32 backend_id = 0;
+	struct ct_new n = {};
 	__u64 now = bpf_ktime_get_ns();
+	__be16 sport;
+
+	if (!cfg)
+		return LB_PASS;
+	plan_identity(plan, pkt);
 
 	ct4_key_forward(&ct_key, pkt);
 	ct = bpf_map_lookup_elem(&vipr_conntrack_v1, &ct_key);
 	if (ct && ct4_is_reusable(ct, pkt)) {
-		__be32 addr = ct->nat_addr;
-		__be16 port = ct->nat_port;
-
-		ct4_touch(ct, pkt, now);
-		stats_count(VIPR_STAT_CT_HIT, skb->len);
-		if (nat4_rewrite(skb, pkt, NAT_DST, addr, port)) {
-			stats_count(VIPR_STAT_DROP_REWRITE, skb->len);
-			return TC_ACT_SHOT;
+		ct4_touch(ct, pkt, now, true);
+		plan->daddr = ct->nat_addr;
+		plan->dport = ct->nat_port;
+		if (ct->snat_addr) {
+			plan->saddr = ct->snat_addr;
+			plan->sport = ct->snat_port;
 		}
-		stats_count(VIPR_STAT_DNAT, skb->len);
-		return TC_ACT_OK;
+		plan->redirect = ct->flags & VIPR_CT_F_REDIRECT;
+		stats_count(VIPR_STAT_CT_HIT, len);
+		return LB_NAT;
 	}
-
-	svc = lb4_lookup_service(pkt);
-	if (!svc) {
-		stats_count(VIPR_STAT_PASS_NOT_SERVICE, skb->len);
-		return TC_ACT_OK;
-	}
-	stats_count(VIPR_STAT_SERVICE_HIT, skb->len);
-	if (svc->backend_count == 0) {
-		stats_count(VIPR_STAT_DROP_NO_BACKEND, skb->len);
-		return TC_ACT_SHOT;
-	}
-	be = lb4_select_backend(svc, &backend_id);
-	if (!be) {
-		stats_count(VIPR_STAT_DROP_NO_SLOT, skb->len);
-		return TC_ACT_SHOT;
-	}
-	if (ct4_create(pkt, be, svc->svc_id, backend_id, now)) {
-		stats_count(VIPR_STAT_DROP_CT_FULL, skb->len);
-		return TC_ACT_SHOT;
-	}
-	stats_count(VIPR_STAT_CT_NEW, skb->len);
-	if (nat4_rewrite(skb, pkt, NAT_DST, be->addr, be->port)) {
-		stats_count(VIPR_STAT_DROP_REWRITE, skb->len);
-		return TC_ACT_SHOT;
-	}
-	stats_count(VIPR_STAT_DNAT, skb->len);
-	return TC_ACT_OK;
-}
-
-/* Backend -> client: rewrites the source back to the service the client talked to. */
-static __always_inline int lb4_rev_nat(struct __sk_buff *skb, const struct packet *pkt)
-{
-	struct vipr_ct_key ct_key;
-	struct vipr_ct_value *ct;
-	struct vipr_revnat *rev;
-	__u32 svc_id;
 
 	ct4_key_reply(&ct_key, pkt);
 	ct = bpf_map_lookup_elem(&vipr_conntrack_v1, &ct_key);
-	if (!ct) {
-		stats_count(VIPR_STAT_PASS_NOT_SERVICE, skb->len);
-		return TC_ACT_OK;
+	if (ct && (ct->flags & VIPR_CT_F_SNAT)) {
+		ct4_touch(ct, pkt, now, false);
+		if (!(ct->flags & VIPR_CT_F_SEEN_REPLY))
+			ct->flags |= VIPR_CT_F_SEEN_REPLY;
+		plan->saddr = ct->nat_addr;
+		plan->sport = ct->nat_port;
+		plan->daddr = ct->snat_addr;
+		plan->dport = ct->snat_port;
+		plan->redirect = ct->flags & VIPR_CT_F_REDIRECT;
+		stats_count(VIPR_STAT_REV_NAT, len);
+		return LB_NAT;
 	}
-	svc_id = ct->svc_id;
-	rev = bpf_map_lookup_elem(&vipr_revnat_v1, &svc_id);
-	if (!rev) {
-		/* The service is gone: its replies are no longer ours to rewrite. */
-		stats_count(VIPR_STAT_PASS_NOT_SERVICE, skb->len);
-		return TC_ACT_OK;
+
+	svc = lb4_lookup_service(pkt, lb4_is_internal(cfg, pkt->saddr));
+	if (!svc) {
+		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
+		return LB_PASS;
 	}
-	ct4_touch(ct, pkt, bpf_ktime_get_ns());
+	stats_count(VIPR_STAT_SERVICE_HIT, len);
+	if ((svc->flags & VIPR_SVC_F_SOURCE_RANGES) && !lb4_source_allowed(svc, pkt->saddr)) {
+		stats_count(VIPR_STAT_DROP_SOURCE_RANGE, len);
+		return LB_DROP;
+	}
+	if (svc->backend_count == 0) {
+		if (svc->flags & VIPR_SVC_F_REJECT) {
+			stats_count(VIPR_STAT_REJECT, len);
+			return LB_REJECT;
+		}
+		stats_count(VIPR_STAT_DROP_NO_BACKEND, len);
+		return LB_DROP;
+	}
+	be = lb4_select_backend(svc, pkt, now, &n.backend_id, len);
+	if (!be) {
+		stats_count(VIPR_STAT_DROP_NO_SLOT, len);
+		return LB_DROP;
+	}
+
+	n.svc_id = svc->svc_id;
+	if (be->addr == pkt->saddr) {
+		/* Hairpin: a pod reaching itself through its service. Without SNAT it would get a
+		 * packet from its own address and drop it. */
+		n.snat_addr = bpf_htonl(VIPR_HAIRPIN_ADDR);
+		n.flags = VIPR_CT_F_SNAT;
+	} else if ((svc->flags & VIPR_SVC_F_EXTERNAL) && !(svc->flags & VIPR_SVC_F_LOCAL) &&
+		   !(be->flags & VIPR_BE_F_LOCAL) && cfg->snat_addr) {
+		/* External traffic to another node's backend: SNAT to this node so the reply comes
+		 * back here to be reverse-translated; the client only ever sees this node. */
+		n.snat_addr = cfg->snat_addr;
+		n.flags = VIPR_CT_F_SNAT | VIPR_CT_F_REDIRECT;
+	}
+	sport = ct4_create(pkt, be, &n, cfg, now);
+	if (!sport) {
+		stats_count(n.snat_addr ? VIPR_STAT_DROP_NO_SNAT_PORT : VIPR_STAT_DROP_CT_FULL, len);
+		return LB_DROP;
+	}
+	stats_count(VIPR_STAT_CT_NEW, len);
+	if (n.snat_addr) {
+		stats_count(VIPR_STAT_SNAT, len);
+		plan->saddr = n.snat_addr;
+		plan->sport = sport;
+	}
+	plan->daddr = be->addr;
+	plan->dport = be->port;
+	plan->redirect = n.flags & VIPR_CT_F_REDIRECT;
+	return LB_NAT;
+}
+
+/*
+ * A packet leaving the node towards a client (TC egress): replies of flows that were not
+ * SNATed get their source rewritten back to the frontend the client used. (Doing this at the
+ * backend-facing ingress instead would make a NodePort reply arrive with a node address as its
+ * source, which the kernel drops as martian.)
+ */
+static __always_inline enum lb_action lb4_plan_egress(const struct packet *pkt, __u32 len,
+						      struct nat_plan *plan)
+{
+	struct vipr_ct_key ct_key;
+	struct vipr_ct_value *ct;
+
+	plan_identity(plan, pkt);
+	ct4_key_reply(&ct_key, pkt);
+	ct = bpf_map_lookup_elem(&vipr_conntrack_v1, &ct_key);
+	if (!ct || (ct->flags & VIPR_CT_F_SNAT)) {
+		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
+		return LB_PASS;
+	}
+	ct4_touch(ct, pkt, bpf_ktime_get_ns(), false);
 	if (!(ct->flags & VIPR_CT_F_SEEN_REPLY))
 		ct->flags |= VIPR_CT_F_SEEN_REPLY;
-	if (nat4_rewrite(skb, pkt, NAT_SRC, rev->vip, rev->port)) {
-		stats_count(VIPR_STAT_DROP_REWRITE, skb->len);
-		return TC_ACT_SHOT;
-	}
-	stats_count(VIPR_STAT_REV_NAT, skb->len);
-	return TC_ACT_OK;
+	plan->saddr = ct->nat_addr;
+	plan->sport = ct->nat_port;
+	stats_count(VIPR_STAT_REV_NAT, len);
+	return LB_NAT;
 }
 
 /* Parses and counts; returns true when the packet is IPv4 TCP/UDP worth looking at. */
-static __always_inline bool lb4_parse(struct __sk_buff *skb, struct packet *pkt)
+static __always_inline bool lb4_parse(void *data, void *data_end, __u32 len, struct packet *pkt)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-
-	stats_count(VIPR_STAT_PACKETS, skb->len);
+	stats_count(VIPR_STAT_PACKETS, len);
 	switch (parse_ipv4_l4(data, data_end, pkt)) {
 	case PARSE_OK:
 		return true;
 	case PARSE_NOT_IPV4:
-		stats_count(VIPR_STAT_PASS_NON_IPV4, skb->len);
+		stats_count(VIPR_STAT_PASS_NON_IPV4, len);
 		return false;
 	case PARSE_FRAGMENT:
-		stats_count(VIPR_STAT_FRAGMENT, skb->len);
+		stats_count(VIPR_STAT_FRAGMENT, len);
 		return false;
 	case PARSE_OTHER_L4:
-		stats_count(VIPR_STAT_PASS_NOT_SERVICE, skb->len);
+		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
 		return false;
 	default:
-		stats_count(VIPR_STAT_MALFORMED, skb->len);
+		stats_count(VIPR_STAT_MALFORMED, len);
 		return false;
 	}
 }

@@ -38,15 +38,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_backends_v1 SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32); /* svc_id */
-	__type(value, struct vipr_revnat);
-	__uint(max_entries, VIPR_MAX_SERVICES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} vipr_revnat_v1 SEC(".maps");
-
 /* LRU: under pressure the least recently used flows go first, never new ones. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -63,6 +54,50 @@ struct {
 	__uint(max_entries, VIPR_MAX_AFFINITY);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_affinity_v1 SEC(".maps");
+
+/* Addresses of this node that answer NodePorts (--nodeport-addresses applied by the agent). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_node_ip);
+	__type(value, __u32); /* reserved flags, 0 */
+	__uint(max_entries, VIPR_MAX_NODE_IPS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_node_ips_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct vipr_source_range);
+	__type(value, __u32); /* reserved flags, 0 */
+	__uint(max_entries, VIPR_MAX_SOURCE_RANGES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_source_ranges_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* svc_id */
+	__type(value, struct vipr_sched_state);
+	__uint(max_entries, VIPR_MAX_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_sched_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_backend_id);
+	__type(value, struct vipr_backend_conns);
+	__uint(max_entries, VIPR_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_backend_conns_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct vipr_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_config_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

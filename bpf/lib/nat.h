@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Address/port rewrites on an skb with incremental checksum updates (RFC 1624 through the
- * kernel's helpers). bpf_l4_csum_replace handles CHECKSUM_PARTIAL skbs from local senders as
- * well as complete checksums; UDP's "no checksum" (0) is kept as it is (BPF_F_MARK_MANGLED_0).
+ * Applying a NAT plan to a packet, with incremental checksum updates (RFC 1624).
+ *
+ * TC: through the kernel's helpers. bpf_l4_csum_replace handles CHECKSUM_PARTIAL skbs from local
+ * senders as well as complete checksums; UDP's "no checksum" (0) stays 0 (BPF_F_MARK_MANGLED_0).
+ * XDP: frames come from a NIC with complete checksums (keep XDP off interfaces with local senders:
+ * it cannot finish a partial checksum), so the fields are rewritten in place with bpf_csum_diff.
  */
 #ifndef __VIPR_NAT_H
 #define __VIPR_NAT_H
@@ -15,50 +18,124 @@
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
 
-/* Which end of the packet to rewrite. */
-enum nat_side {
-	NAT_DST = 0, /* DNAT: destination address and port */
-	NAT_SRC = 1, /* reverse NAT: source address and port */
+/* The rewrite of one packet: the new addresses and ports (equal to the old ones = unchanged). */
+struct nat_plan {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	bool redirect; /* the new source is a node address: forward by FIB lookup, not the stack */
 };
 
-/* Returns 0, or a negative errno from a helper (the packet may then be half-written: drop it). */
-static __always_inline int nat4_rewrite(struct __sk_buff *skb, const struct packet *pkt,
-					enum nat_side side, __be32 new_addr, __be16 new_port)
+static __always_inline __u32 l4_csum_off(const struct packet *pkt)
 {
-	__be32 old_addr = side == NAT_DST ? pkt->daddr : pkt->saddr;
-	__be16 old_port = side == NAT_DST ? pkt->dport : pkt->sport;
-	__u32 addr_off = pkt->l3_off + (side == NAT_DST ? __builtin_offsetof(struct iphdr, daddr)
-							 : __builtin_offsetof(struct iphdr, saddr));
-	/* source/dest sit at the same offsets in TCP and UDP headers */
-	__u32 port_off = pkt->l4_off + (side == NAT_DST ? __builtin_offsetof(struct udphdr, dest)
-							 : __builtin_offsetof(struct udphdr, source));
-	__u32 csum_off = pkt->l4_off + (pkt->proto == IPPROTO_TCP
-						? __builtin_offsetof(struct tcphdr, check)
-						: __builtin_offsetof(struct udphdr, check));
+	return pkt->l4_off + (pkt->proto == IPPROTO_TCP ? __builtin_offsetof(struct tcphdr, check)
+						    : __builtin_offsetof(struct udphdr, check));
+}
+
+static __always_inline int tc_rewrite_addr(struct __sk_buff *skb, const struct packet *pkt,
+					   __u32 field_off, __be32 from, __be32 to)
+{
 	__u64 l4_flags = pkt->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	int ret;
 
-	if (old_port != new_port) {
-		ret = bpf_l4_csum_replace(skb, csum_off, old_port, new_port, l4_flags | sizeof(new_port));
-		if (ret)
-			return ret;
-		ret = bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0);
-		if (ret)
-			return ret;
+	if (from == to)
+		return 0;
+	ret = bpf_l4_csum_replace(skb, l4_csum_off(pkt), from, to, l4_flags | BPF_F_PSEUDO_HDR | sizeof(to));
+	if (ret)
+		return ret;
+	ret = bpf_l3_csum_replace(skb, pkt->l3_off + __builtin_offsetof(struct iphdr, check), from, to, sizeof(to));
+	if (ret)
+		return ret;
+	return bpf_skb_store_bytes(skb, pkt->l3_off + field_off, &to, sizeof(to), 0);
+}
+
+static __always_inline int tc_rewrite_port(struct __sk_buff *skb, const struct packet *pkt,
+					   __u32 field_off, __be16 from, __be16 to)
+{
+	__u64 l4_flags = pkt->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	int ret;
+
+	if (from == to)
+		return 0;
+	ret = bpf_l4_csum_replace(skb, l4_csum_off(pkt), from, to, l4_flags | sizeof(to));
+	if (ret)
+		return ret;
+	return bpf_skb_store_bytes(skb, pkt->l4_off + field_off, &to, sizeof(to), 0);
+}
+
+/* Returns 0, or a negative errno from a helper (the packet may then be half-written: drop it). */
+static __always_inline int tc_apply_plan(struct __sk_buff *skb, const struct packet *pkt,
+					 const struct nat_plan *plan)
+{
+	/* source/dest sit at the same offsets in TCP and UDP headers */
+	int ret = tc_rewrite_port(skb, pkt, __builtin_offsetof(struct udphdr, dest), pkt->dport, plan->dport);
+
+	if (!ret)
+		ret = tc_rewrite_port(skb, pkt, __builtin_offsetof(struct udphdr, source), pkt->sport, plan->sport);
+	if (!ret)
+		ret = tc_rewrite_addr(skb, pkt, __builtin_offsetof(struct iphdr, daddr), pkt->daddr, plan->daddr);
+	if (!ret)
+		ret = tc_rewrite_addr(skb, pkt, __builtin_offsetof(struct iphdr, saddr), pkt->saddr, plan->saddr);
+	return ret;
+}
+
+/* Folds a 32-bit one's complement sum and complements it (a finished checksum). */
+static __always_inline __u16 csum_fold_complement(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* RFC 1624: HC' = ~(~HC + ~m + m'), for a 32-bit field (ports are passed zero-extended). */
+static __always_inline __u16 csum_update32(__u16 check, __u32 from, __u32 to)
+{
+	return csum_fold_complement(bpf_csum_diff(&from, sizeof(from), &to, sizeof(to), (__u16)~check));
+}
+
+/*
+ * XDP: rewrites the frame in place. The headers are re-checked against data_end because the
+ * verifier does not carry the parse's bounds across the call. Returns 0 or -1 (malformed).
+ */
+static __always_inline int xdp_apply_plan(struct xdp_md *ctx, const struct packet *pkt,
+					  const struct nat_plan *plan)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__be16 *check, *ports;
+	__u16 c;
+
+	if ((void *)(ip + 1) > data_end)
+		return -1;
+	/* l4_off is at most 14 + 60: mask it so the verifier sees the bound. */
+	ports = data + (pkt->l4_off & 0x7f);
+	if ((void *)ports + sizeof(struct tcphdr) > data_end && pkt->proto == IPPROTO_TCP)
+		return -1;
+	if ((void *)ports + sizeof(struct udphdr) > data_end)
+		return -1;
+	check = pkt->proto == IPPROTO_TCP ? &((struct tcphdr *)ports)->check : &((struct udphdr *)ports)->check;
+	if ((void *)(check + 1) > data_end)
+		return -1;
+
+	c = *check;
+	/* UDP without checksum stays without. */
+	if (pkt->proto == IPPROTO_TCP || c) {
+		c = csum_update32(c, pkt->saddr, plan->saddr);
+		c = csum_update32(c, pkt->daddr, plan->daddr);
+		c = csum_update32(c, pkt->sport, plan->sport);
+		c = csum_update32(c, pkt->dport, plan->dport);
+		if (pkt->proto == IPPROTO_UDP && c == 0)
+			c = 0xffff;
+		*check = c;
 	}
-	if (old_addr != new_addr) {
-		ret = bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
-					  l4_flags | BPF_F_PSEUDO_HDR | sizeof(new_addr));
-		if (ret)
-			return ret;
-		ret = bpf_l3_csum_replace(skb, pkt->l3_off + __builtin_offsetof(struct iphdr, check),
-					  old_addr, new_addr, sizeof(new_addr));
-		if (ret)
-			return ret;
-		ret = bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0);
-		if (ret)
-			return ret;
-	}
+	ip->check = csum_update32(ip->check, pkt->saddr, plan->saddr);
+	ip->check = csum_update32(ip->check, pkt->daddr, plan->daddr);
+	ip->saddr = plan->saddr;
+	ip->daddr = plan->daddr;
+	ports[0] = plan->sport;
+	ports[1] = plan->dport;
 	return 0;
 }
 

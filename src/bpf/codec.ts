@@ -7,10 +7,10 @@
  * offsets, sizes), so the header stays the one source of truth.
  */
 
-export type FieldType = 'u8' | 'u16' | 'u32' | 'u64' | 'be16' | 'be32' | 'ipv4' | 'pad';
+export type FieldType = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 'be16' | 'be32' | 'ipv4' | 'pad';
 
 const SIZES: Record<Exclude<FieldType, 'pad'>, number> = {
-  u8: 1, u16: 2, u32: 4, u64: 8, be16: 2, be32: 4, ipv4: 4,
+  u8: 1, u16: 2, u32: 4, i32: 4, u64: 8, be16: 2, be32: 4, ipv4: 4,
 };
 
 export interface FieldLayout {
@@ -58,6 +58,7 @@ export class StructCodec<T> {
         case 'u8': buf.writeUInt8(v[f.name] as number, o); break;
         case 'u16': buf.writeUInt16LE(v[f.name] as number, o); break;
         case 'u32': buf.writeUInt32LE(v[f.name] as number, o); break;
+        case 'i32': buf.writeInt32LE(v[f.name] as number, o); break;
         case 'u64': buf.writeBigUInt64LE(v[f.name] as bigint, o); break;
         case 'be16': buf.writeUInt16BE(v[f.name] as number, o); break;
         case 'be32': buf.writeUInt32BE(v[f.name] as number, o); break;
@@ -76,6 +77,7 @@ export class StructCodec<T> {
         case 'u8': out[f.name] = buf.readUInt8(o); break;
         case 'u16': out[f.name] = buf.readUInt16LE(o); break;
         case 'u32': out[f.name] = buf.readUInt32LE(o); break;
+        case 'i32': out[f.name] = buf.readInt32LE(o); break;
         case 'u64': out[f.name] = buf.readBigUInt64LE(o); break;
         case 'be16': out[f.name] = buf.readUInt16BE(o); break;
         case 'be32': out[f.name] = buf.readUInt32BE(o); break;

@@ -11,7 +11,7 @@ import { BpfMap } from './map.js';
 import { MAPS, type MapRole } from './layouts.js';
 import { BpfError, ConfigError } from '../errors.js';
 import { componentLogger } from '../log.js';
-import { STATE_DIR, serviceNamesPath, tcObjectPath } from '../paths.js';
+import { STATE_DIR, serviceNamesPath, tcObjectPath, xdpObjectPath } from '../paths.js';
 
 const log = componentLogger('datapath');
 
@@ -19,6 +19,7 @@ export type DatapathMaps = { [R in MapRole]: BpfMap<ReturnType<(typeof MAPS)[R][
 
 export const PROG_INGRESS = 'vipr_tc_ingress';
 export const PROG_EGRESS = 'vipr_tc_egress';
+export const PROG_XDP = 'vipr_xdp_ingress';
 
 /** Fails with one clear line unless we run as root (CAP_BPF + CAP_NET_ADMIN in practice). */
 export function requireRoot(what: string): void {
@@ -112,8 +113,27 @@ export class LoadedDatapath {
     }
   }
 
-  /** Closes the object; pinned maps and attached links stay, so traffic keeps flowing. */
+  private xdp: { obj: libbpf.ObjectHandle; fd: number } | null = null;
+
+  /** The XDP program (its own object, sharing the pinned maps), loaded on first use. */
+  xdpProgram(objectPath = xdpObjectPath()): number {
+    if (this.xdp) return this.xdp.fd;
+    if (!existsSync(objectPath)) throw new ConfigError(`BPF object ${objectPath} is missing: run 'make build'`);
+    const obj = libbpf.openObject(objectPath, this.pinDir);
+    try {
+      libbpf.loadObject(obj, basename(objectPath));
+      const fd = libbpf.programFd(libbpf.findProgram(obj, PROG_XDP), PROG_XDP);
+      this.xdp = { obj, fd };
+      return fd;
+    } catch (err) {
+      libbpf.closeObject(obj);
+      throw err;
+    }
+  }
+
+  /** Closes the objects; pinned maps and attached programs stay, so traffic keeps flowing. */
   close(): void {
+    if (this.xdp) libbpf.closeObject(this.xdp.obj);
     libbpf.closeObject(this.obj);
   }
 }
@@ -146,8 +166,8 @@ export type Direction = 'ingress' | 'egress';
 
 export interface Attachment {
   iface: string;
-  direction: Direction;
-  how: 'tcx' | 'tc';
+  direction: Direction | 'xdp';
+  how: 'tcx' | 'tc' | 'xdp-native' | 'xdp-generic';
 }
 
 /* clsact fallback: a fixed handle and priority so re-attaching replaces only our filter. */
@@ -160,6 +180,13 @@ function linkPinPath(pinDir: string, iface: string, dir: Direction): string {
 
 function clsactRecordPath(pinDir: string): string {
   return join(STATE_DIR, `${basename(pinDir)}.clsact.json`);
+}
+
+function writeRecord(pinDir: string, a: Attachment): void {
+  const rec = readClsactRecord(pinDir).filter((x) => !(x.iface === a.iface && x.direction === a.direction));
+  rec.push(a);
+  mkdirSync(STATE_DIR, { recursive: true });
+  writeFileSync(clsactRecordPath(pinDir), JSON.stringify(rec));
 }
 
 function readClsactRecord(pinDir: string): Attachment[] {
@@ -217,15 +244,35 @@ export function attachInterface(dp: LoadedDatapath, iface: string, mode: AttachM
       libbpf.tcHookCreate(ifindex, point, what);
       libbpf.tcAttach(ifindex, point, progFd, TC_HANDLE, TC_PRIORITY, what);
       how = 'tc';
-      const rec = readClsactRecord(dp.pinDir).filter((a) => !(a.iface === iface && a.direction === direction));
-      rec.push({ iface, direction, how });
-      mkdirSync(STATE_DIR, { recursive: true });
-      writeFileSync(clsactRecordPath(dp.pinDir), JSON.stringify(rec));
+      writeRecord(dp.pinDir, { iface, direction, how });
     }
     out.push({ iface, direction, how });
   }
   log.info({ iface, how: out.map((a) => a.how) }, 'attached');
   return out;
+}
+
+/**
+ * Attaches the XDP program to `iface`: native (driver) mode where the driver has it, generic
+ * (skb) mode otherwise. Returns which; the TC programs on the same interface handle whatever
+ * XDP passes on, so where XDP cannot attach at all, TC alone serves the traffic.
+ */
+export function attachXdp(dp: LoadedDatapath, iface: string): Attachment['how'] {
+  const ifindex = libbpf.ifNameToIndex(iface);
+  if (ifindex === 0) throw new ConfigError(`--xdp ${iface}: no such interface in this network namespace`);
+  const fd = dp.xdpProgram();
+  for (const [flags, how] of [[libbpf.XDP_FLAGS_DRV_MODE, 'xdp-native'], [libbpf.XDP_FLAGS_SKB_MODE, 'xdp-generic']] as const) {
+    try {
+      libbpf.xdpAttach(ifindex, fd, flags, `${iface} ${how}`);
+      writeRecord(dp.pinDir, { iface, direction: 'xdp', how });
+      log.info({ iface, how }, 'XDP attached');
+      return how;
+    } catch (err) {
+      log.info({ iface, how, err: (err as Error).message }, 'XDP mode unavailable');
+    }
+  }
+  log.warn({ iface }, 'XDP cannot attach here; TC alone handles this interface');
+  return 'tc';
 }
 
 /** The attachments currently recorded for this pin dir (pinned TCX links and clsact records). */
@@ -250,6 +297,11 @@ export function cleanupDatapath(pinDir: string): string[] {
   const removed: string[] = [];
   for (const a of readClsactRecord(pinDir)) {
     const ifindex = libbpf.ifNameToIndex(a.iface);
+    if (a.direction === 'xdp') {
+      const flags = a.how === 'xdp-native' ? libbpf.XDP_FLAGS_DRV_MODE : libbpf.XDP_FLAGS_SKB_MODE;
+      if (ifindex !== 0 && libbpf.xdpDetach(ifindex, flags, a.iface)) removed.push(`XDP program on ${a.iface}`);
+      continue;
+    }
     const point = a.direction === 'ingress' ? libbpf.BPF_TC_INGRESS : libbpf.BPF_TC_EGRESS;
     if (ifindex !== 0 && libbpf.tcDetach(ifindex, point, TC_HANDLE, TC_PRIORITY, `${a.iface} ${a.direction}`)) {
       removed.push(`clsact filter ${a.iface} ${a.direction}`);

@@ -38,12 +38,6 @@ export const Backend = defineStruct('vipr_backend', [
   ['flags', 'u8'],
 ] as const);
 
-export const RevNat = defineStruct('vipr_revnat', [
-  ['vip', 'ipv4'],
-  ['port', 'be16'],
-  ['pad', 'pad', 2],
-] as const);
-
 export const CtKey = defineStruct('vipr_ct_key', [
   ['saddr', 'ipv4'],
   ['daddr', 'ipv4'],
@@ -61,8 +55,37 @@ export const CtValue = defineStruct('vipr_ct_value', [
   ['nat_port', 'be16'],
   ['flags', 'u8'],
   ['tcp_flags', 'u8'],
+  ['snat_addr', 'ipv4'],
+  ['snat_port', 'be16'],
+  ['pad', 'pad', 2],
   ['svc_id', 'u32'],
   ['backend_id', 'u32'],
+] as const);
+
+export const NodeIp = defineStruct('vipr_node_ip', [['addr', 'ipv4']] as const);
+
+export const SourceRange = defineStruct('vipr_source_range', [
+  ['prefixlen', 'u32'],
+  ['svc_id', 'u32'],
+  ['addr', 'ipv4'],
+] as const);
+
+export const SchedState = defineStruct('vipr_sched_state', [
+  ['rr_next', 'u32'],
+  ['pad', 'pad', 4],
+] as const);
+
+export const BackendConns = defineStruct('vipr_backend_conns', [
+  ['active', 'i32'],
+  ['pad', 'pad', 4],
+] as const);
+
+export const Config = defineStruct('vipr_config', [
+  ['snat_addr', 'ipv4'],
+  ['cluster_cidr', 'ipv4'],
+  ['cluster_mask', 'ipv4'],
+  ['snat_port_min', 'u16'],
+  ['snat_port_max', 'u16'],
 ] as const);
 
 export const AffinityKey = defineStruct('vipr_affinity_key', [
@@ -88,18 +111,28 @@ export type SvcValueT = ReturnType<typeof SvcValue.decode>;
 export type SlotKeyT = ReturnType<typeof SlotKey.decode>;
 export type BackendIdT = ReturnType<typeof BackendId.decode>;
 export type BackendT = ReturnType<typeof Backend.decode>;
-export type RevNatT = ReturnType<typeof RevNat.decode>;
 export type CtKeyT = ReturnType<typeof CtKey.decode>;
 export type CtValueT = ReturnType<typeof CtValue.decode>;
 export type AffinityKeyT = ReturnType<typeof AffinityKey.decode>;
 export type AffinityValueT = ReturnType<typeof AffinityValue.decode>;
 export type StatValueT = ReturnType<typeof StatValue.decode>;
+export type NodeIpT = ReturnType<typeof NodeIp.decode>;
+export type SourceRangeT = ReturnType<typeof SourceRange.decode>;
+export type SchedStateT = ReturnType<typeof SchedState.decode>;
+export type BackendConnsT = ReturnType<typeof BackendConns.decode>;
+export type ConfigT = ReturnType<typeof Config.decode>;
 
 /* enum vipr_scope */
 export const SCOPE_EXTERNAL = 0;
 /* enum vipr_svc_flags */
+export const SCOPE_INTERNAL = 1;
+/* VIPR_NODEPORT_VIP: a NodePort frontend answers on every node address */
+export const NODEPORT_VIP = '0.0.0.0';
 export const SVC_F_AFFINITY = 1 << 0;
 export const SVC_F_LOCAL = 1 << 1;
+export const SVC_F_EXTERNAL = 1 << 2;
+export const SVC_F_SOURCE_RANGES = 1 << 3;
+export const SVC_F_REJECT = 1 << 4;
 /* enum vipr_scheduler, in order */
 export const SCHEDULERS = ['random', 'rr', 'sh', 'maglev', 'lc'] as const;
 /* enum vipr_backend_flags */
@@ -111,6 +144,8 @@ export const CT_REPLY = 1;
 /* enum vipr_ct_flags */
 export const CT_F_SEEN_REPLY = 1 << 0;
 export const CT_F_CLOSING = 1 << 1;
+export const CT_F_SNAT = 1 << 2;
+export const CT_F_REDIRECT = 1 << 3;
 
 /** enum vipr_stat, in order: the index of each counter in vipr_stats_v1. */
 export const STAT_NAMES = [
@@ -128,6 +163,15 @@ export const STAT_NAMES = [
   'drop_no_slot',
   'drop_ct_full',
   'drop_rewrite',
+  'snat',
+  'affinity_hit',
+  'drop_source_range',
+  'reject',
+  'drop_no_snat_port',
+  'drop_fib',
+  'xdp_pass',
+  'xdp_tx',
+  'xdp_redirect',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 
@@ -148,9 +192,13 @@ export const MAPS = {
   services: spec('vipr_services_v1', SvcKey, SvcValue),
   slots: spec('vipr_slots_v1', SlotKey, BackendId),
   backends: spec('vipr_backends_v1', BackendId, Backend),
-  revnat: spec('vipr_revnat_v1', U32, RevNat),
   conntrack: spec('vipr_conntrack_v1', CtKey, CtValue),
   affinity: spec('vipr_affinity_v1', AffinityKey, AffinityValue),
+  nodeIps: spec('vipr_node_ips_v1', NodeIp, U32),
+  sourceRanges: spec('vipr_source_ranges_v1', SourceRange, U32),
+  sched: spec('vipr_sched_v1', U32, SchedState),
+  backendConns: spec('vipr_backend_conns_v1', BackendId, BackendConns),
+  config: spec('vipr_config_v1', U32, Config),
   stats: spec('vipr_stats_v1', U32, StatValue, true),
 } as const;
 

@@ -125,6 +125,8 @@ const fns = {
   bpf_tc_attach: libbpf.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
   bpf_tc_detach: libbpf.func('int bpf_tc_detach(const bpf_tc_hook *hook, const bpf_tc_opts *opts)'),
   bpf_tc_query: libbpf.func('int bpf_tc_query(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
+  bpf_xdp_attach: libbpf.func('int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const void *opts)'),
+  bpf_xdp_detach: libbpf.func('int bpf_xdp_detach(int ifindex, uint32_t flags, const void *opts)'),
   bpf_prog_test_run_opts: libbpf.func(
     'int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)',
   ),
@@ -372,6 +374,23 @@ export function tcDetach(ifindex: number, attachPoint: number, handle: number, p
   const ret = fns.bpf_tc_detach(hook, opts) as number;
   if (ret === -2 || ret === -19 || ret === -22) return false; // no such filter, device or qdisc
   check(`bpf_tc_detach(${what})`, ret);
+  return true;
+}
+
+export const XDP_FLAGS_SKB_MODE = 1 << 1;
+export const XDP_FLAGS_DRV_MODE = 1 << 2;
+
+/** Attaches (or replaces) the interface's XDP program in the given mode (netlink, outlives us). */
+export function xdpAttach(ifindex: number, progFd: number, flags: number, what: string): void {
+  lastMessage = null;
+  check(`bpf_xdp_attach(${what})`, fns.bpf_xdp_attach(ifindex, progFd, flags, null) as number);
+}
+
+/** Removes the interface's XDP program in that mode; false when there was none. */
+export function xdpDetach(ifindex: number, flags: number, what: string): boolean {
+  const ret = fns.bpf_xdp_detach(ifindex, flags, null) as number;
+  if (ret === -2 || ret === -19) return false;
+  check(`bpf_xdp_detach(${what})`, ret);
   return true;
 }
 

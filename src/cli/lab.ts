@@ -1,6 +1,7 @@
 /*
- * `vipr lab`: a lab of network namespaces on this machine (client, node, backend pods with real
- * servers), with the agent running in the node's namespace. See src/lab/ for how it is built.
+ * `vipr lab`: a lab of network namespaces on this machine (client, one or more nodes, backend pods
+ * with real servers, an external host with several nodes), with an agent running in each node's
+ * namespace. See src/lab/ for how it is built.
  */
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../errors.js';
@@ -10,29 +11,47 @@ import {
   AgentStartError,
   labDown,
   labHostNetns,
-  labRestartAgent,
+  labRestartAgents,
   labStatus,
   labUp,
   LabExistsError,
   LabNotUpError,
   type LabStatus,
 } from '../lab/lab.js';
-import { DEFAULT_LAB_NAME, labNameProblem, MAX_BACKENDS } from '../lab/topology.js';
+import {
+  DEFAULT_LAB_NAME,
+  EXTERNAL_IP,
+  labNameProblem,
+  LOAD_BALANCER_CIDR,
+  MAX_BACKENDS,
+  MAX_NODES,
+  UNDERLAY_CIDR,
+} from '../lab/topology.js';
 
-export const summary = 'a lab of network namespaces (client, node, backends) to run vipr in';
+export const summary = 'a lab of network namespaces (client, nodes, backends) to run vipr in';
 
 const USAGE = `usage: vipr lab <command> [options]
 
 commands:
-  up      create the lab: namespaces, veths, backend servers, manifests, and the agent
-          [--name N] [--backends N (default 3)] [--manifests DIR] [--no-agent]
+  up      create the lab: namespaces, veths, backend servers, manifests, and an agent per node
+          [--name N] [--nodes N (default 1)] [--backends N per node (default 3)]
+          [--manifests DIR] [--no-agent]
           [--agent-main PATH (the vipr main.js the agent runs from; default dist/src/cli/main.js)]
-  down    stop the lab's processes, delete its namespaces, pin dir and state   [--name N]
+  down    stop the lab's processes, delete its namespaces, pin dirs and state   [--name N]
   exec    run a command in a host's namespace: vipr lab exec [--name N] HOST -- CMD [ARGS...]
-          hosts: client, node, be1..beN
-  status  hosts, addresses, services and processes   [--name N] [--json]
-  restart-agent  stop the agent (SIGTERM, or SIGKILL with --kill) and start a new one; it
-          takes over the pinned maps and links, so established connections survive  [--name N]
+          hosts: client, node, be1..beN (one node); client, node1..nodeN, ext, be1.., net
+          (the underlay bridge's namespace) with --nodes
+  status  hosts, addresses, nodes, services and processes   [--name N] [--json]
+  restart-agent  stop an agent (SIGTERM, or SIGKILL with --kill) and start a new one; it
+          takes over the pinned maps and links, so established connections survive
+          [--name N] [--node NODE (default: every node's agent)]
+
+One node (the default): client 172.30.0.2 -- node eth0 172.30.0.1, pods 10.244.0.11.. behind
+vbe1.. on the node (agent --node-name node). With --nodes N: node<i> eth0 on the underlay
+${UNDERLAY_CIDR} (.1<i>, the agent's --node-ip, --node-name node<i>), pods 10.244.<i>.11.. with
+routes between nodes, backends numbered across nodes (node1 be1..beB, node2 beB+1..), the client
+on node1's eth1, and host 'ext' (${EXTERNAL_IP}, role external) that routes only the underlay
+and ${LOAD_BALANCER_CIDR} (LoadBalancer IPs) via node1.
 
 The default lab is named '${DEFAULT_LAB_NAME}'; every namespace is named after the lab
 (<name>-client, <name>-node, <name>-be1...), so labs with different names can run side by side.
@@ -59,6 +78,7 @@ async function up(argv: string[]): Promise<number> {
     args: argv,
     options: {
       name: { type: 'string' },
+      nodes: { type: 'string' },
       backends: { type: 'string' },
       manifests: { type: 'string' },
       'no-agent': { type: 'boolean', default: false },
@@ -76,19 +96,31 @@ async function up(argv: string[]): Promise<number> {
   if (!Number.isInteger(backends) || backends < 1 || backends > MAX_BACKENDS) {
     throw new ConfigError(`--backends must be an integer from 1 to ${MAX_BACKENDS}, got '${values.backends}'`);
   }
+  const nodes = values.nodes === undefined ? 1 : Number(values.nodes);
+  if (!Number.isInteger(nodes) || nodes < 1 || nodes > MAX_NODES) {
+    throw new ConfigError(`--nodes must be an integer from 1 to ${MAX_NODES}, got '${values.nodes}'`);
+  }
   const { state } = await labUp({
     name,
     backends,
+    nodes,
     manifestsDir: values.manifests ?? null,
     agent: !values['no-agent'],
     ...(values['agent-main'] === undefined ? {} : { agentMain: values['agent-main'] }),
     onProgress: (line) => out(`- ${line}`),
   });
-  const agent = state.processes.find((p) => p.kind === 'agent');
+  const agents = state.processes.filter((p) => p.kind === 'agent');
   out(`lab '${name}' is up: ${state.hosts.map((h) => h.name).join(', ')}`);
   out(`  manifests: ${state.manifestsDir}`);
-  out(agent ? `  agent: pid ${agent.pid}, log ${agent.log}` : '  agent: not started (--no-agent)');
-  out(`  try: vipr lab exec${name === DEFAULT_LAB_NAME ? '' : ` --name ${name}`} client -- curl -s http://10.0.0.213/`);
+  if (agents.length === 0) out('  agent: not started (--no-agent)');
+  else if (state.nodes.length === 1) out(`  agent: pid ${agents[0]?.pid}, log ${agents[0]?.log}`);
+  else for (const a of agents) out(`  agent on ${a.host}: pid ${a.pid}, log ${a.log}`);
+  const named = name === DEFAULT_LAB_NAME ? '' : ` --name ${name}`;
+  out(`  try: vipr lab exec${named} client -- curl -s http://10.0.0.213/`);
+  if (state.nodes.length > 1) {
+    const ip = state.nodes[1]?.nodeIp ?? state.nodes[0]?.nodeIp;
+    if (ip) out(`       vipr lab exec${named} ext -- curl -s http://${ip}:30080/`);
+  }
   return 0;
 }
 
@@ -120,6 +152,7 @@ async function restartAgent(argv: string[]): Promise<number> {
     args: argv,
     options: {
       name: { type: 'string' },
+      node: { type: 'string' },
       kill: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -129,8 +162,13 @@ async function restartAgent(argv: string[]): Promise<number> {
     out(USAGE.trimEnd());
     return 0;
   }
-  const pid = await labRestartAgent(labName(values.name), { kill: values.kill });
-  out(`agent restarted (pid ${pid})${values.kill ? ' after SIGKILL' : ''}`);
+  const restarted = await labRestartAgents(labName(values.name), {
+    kill: values.kill,
+    ...(values.node === undefined ? {} : { node: values.node }),
+  });
+  const how = values.kill ? ' after SIGKILL' : '';
+  if (restarted.length === 1 && values.node === undefined) out(`agent restarted (pid ${restarted[0]?.pid})${how}`);
+  else for (const r of restarted) out(`agent on ${r.node} restarted (pid ${r.pid})${how}`);
   return 0;
 }
 
@@ -175,13 +213,29 @@ function printStatus(s: LabStatus): void {
   }
   for (const line of table(hostRows)) out(line);
   out('');
+  if (s.nodes.length > 1) {
+    const nodeRows = [['NODE', 'NODE IP', 'POD CIDR', 'AGENT', 'PIN DIR']];
+    for (const n of s.nodes) {
+      nodeRows.push([n.name, n.nodeIp ?? '-', n.podCidr, n.agentPid === null ? n.agent : `${n.agent} (pid ${n.agentPid})`, n.pinDir]);
+    }
+    for (const line of table(nodeRows)) out(line);
+    if (s.underlay) out(`underlay: ${s.underlay.cidr}, bridge ${s.underlay.bridge} in ${s.underlay.netns} (host 'net')`);
+    out('');
+  }
   const svcRows = [['SERVICE', 'TYPE', 'FRONTEND', 'ENDPOINTS']];
   for (const svc of s.services) {
     for (const p of svc.ports) {
+      // ClusterIP first, then what the service also answers on: LB / external IPs, NodePort.
+      const frontends = [
+        `${svc.clusterIP ?? 'None'}:${p.port}/${p.protocol}`,
+        ...[...svc.loadBalancerIPs, ...svc.externalIPs].map((ip) => `${ip}:${p.port}`),
+        ...(p.nodePort === 0 ? [] : [`<node>:${p.nodePort}`]),
+      ];
+      const local = svc.externalTrafficPolicy === 'Local' && (svc.type === 'NodePort' || svc.type === 'LoadBalancer');
       svcRows.push([
         `${svc.namespace}/${svc.name}${p.name ? `:${p.name}` : ''}`,
-        svc.type,
-        `${svc.clusterIP ?? 'None'}:${p.port}/${p.protocol}`,
+        svc.type + (local ? ' (Local)' : ''),
+        frontends.join(','),
         p.endpoints.join(' ') || '(none)',
       ]);
     }
@@ -196,7 +250,7 @@ function printStatus(s: LabStatus): void {
   out('');
   out(`agent:     ${s.agent}`);
   out(`manifests: ${s.manifests}`);
-  out(`pin dir:   ${s.pinDir}`);
+  if (s.nodes.length <= 1) out(`pin dir:   ${s.pinDir}`);
   out(`state:     ${s.stateDir}`);
 }
 

@@ -1,7 +1,11 @@
 import { hostname } from 'node:os';
 import type { Server } from 'node:http';
 import type { ParseArgsConfig } from 'node:util';
-import { LoadedDatapath, attachInterface, requireRoot, type AttachMode } from '../bpf/datapath.js';
+import { LoadedDatapath, attachInterface, attachXdp, requireRoot, type AttachMode } from '../bpf/datapath.js';
+import { ServiceHealthServers } from '../sync/service-health.js';
+import { gcConntrack } from '../bpf/conntrack.js';
+import type { Scheduler } from '../model/types.js';
+import { SCHEDULERS } from '../bpf/layouts.js';
 import { readCounters } from '../bpf/inspect.js';
 import { BpfDataplane } from '../sync/bpf-dataplane.js';
 import { Agent } from '../sync/agent.js';
@@ -20,6 +24,9 @@ import { parseOptions } from './options.js';
 import { parseDuration } from './duration.js';
 import { RENDER_CLI_HELP, RENDER_CLI_OPTIONS, renderOptionsFromCli, startProxyMode } from '../modes/cli.js';
 import { cleanupOtherModes, parseProxyMode, type ProxyMode } from '../modes/index.js';
+
+/** How often expired conntrack entries are collected. */
+const CT_GC_INTERVAL_MS = 5000;
 
 export const summary = 'run the node agent: follow Services and program the dataplane';
 
@@ -46,6 +53,10 @@ dataplane:
   --iface IF                 interface to attach to (repeat for several)
   --pin-dir DIR              where maps and links are pinned (default ${DEFAULT_PIN_DIR})
   --attach auto|tcx|tc       TCX links (kernel >= 6.6) or clsact filters (default auto)
+  --xdp IF                   also attach XDP to IF, an interface facing a NIC (NodePort/LB from
+                             outside); native mode where the driver has it, else generic
+  --scheduler S              random (default, as kube-proxy), rr, sh, maglev or lc; a Service
+                             overrides it with the annotation vipr.io/scheduler
   --iptables-backend B       auto|legacy|nft (iptables and ipvs modes; auto as kube-proxy's image)
 node:
   --node-name NAME           this node's name, for local endpoints (default: the hostname)
@@ -68,6 +79,8 @@ const OPTIONS = {
   attach: { type: 'string', default: 'auto' },
   'node-name': { type: 'string' },
   'node-ip': { type: 'string', multiple: true, default: [] as string[] },
+  xdp: { type: 'string', multiple: true, default: [] as string[] },
+  scheduler: { type: 'string', default: 'random' },
   'min-sync-period': { type: 'string', default: '1s' },
   'sync-period': { type: 'string', default: '30s' },
   'metrics-bind-address': { type: 'string', default: '127.0.0.1:10249' },
@@ -155,12 +168,19 @@ export async function run(argv: string[]): Promise<number> {
   const fullSync = parseDuration('sync-period', values['sync-period']);
   if (fullSync < minSync) throw new ConfigError(`--sync-period must not be shorter than --min-sync-period`);
   requireRoot('vipr run');
-  return runAgent(values, { mode, useKube, minSync, fullSync, attach });
+  const scheduler = values.scheduler;
+  if (!(SCHEDULERS as readonly string[]).includes(scheduler)) {
+    throw new ConfigError(`--scheduler ${scheduler}: expected one of ${SCHEDULERS.join(', ')}`);
+  }
+  if (mode !== 'bpf' && (values.xdp.length > 0 || scheduler !== 'random')) {
+    throw new ConfigError(`--xdp and --scheduler are for --mode bpf (use --ipvs-scheduler in ipvs mode)`);
+  }
+  return runAgent(values, { mode, useKube, minSync, fullSync, attach, scheduler: scheduler as Scheduler });
 }
 
 async function runAgent(
   values: RunValues,
-  o: { mode: ProxyMode; useKube: boolean; minSync: number; fullSync: number; attach: AttachMode },
+  o: { mode: ProxyMode; useKube: boolean; minSync: number; fullSync: number; attach: AttachMode; scheduler: Scheduler },
 ): Promise<number> {
   const log = componentLogger('run');
   const nodeName = values['node-name'] ?? hostname();
@@ -171,7 +191,11 @@ async function runAgent(
     await cleanupOtherModes('bpf', { pinDir, iptablesBackend: null });
     const loaded = LoadedDatapath.load(pinDir);
     datapath = loaded;
-    dataplane = new BpfDataplane(loaded.maps, pinDir);
+    dataplane = new BpfDataplane(loaded.maps, pinDir, {
+      clusterCIDR: values['cluster-cidr'] ?? null,
+      nodePortAddresses: values['nodeport-addresses'],
+      defaultScheduler: o.scheduler,
+    });
   } else {
     dataplane = await startProxyMode(o.mode, { render: renderOptionsFromCli(values), iptablesBackend: values['iptables-backend'], pinDir });
   }
@@ -179,6 +203,7 @@ async function runAgent(
   const metrics = new AgentMetrics(loaded === null ? {} : { datapathCounters: () => readCounters(loaded.maps) });
   // kube-proxy's rule: unhealthy when a queued change waits longer than 2 × the sync period.
   const health = new ProxyHealth({ healthTimeoutMs: 2 * o.fullSync });
+  const serviceHealth = new ServiceHealthServers('0.0.0.0', () => health.status().healthy);
   const servers: Server[] = [];
   servers.push(await startMetricsServer(values['metrics-bind-address'], metrics));
   servers.push(await startHealthServer(values['healthz-bind-address'], health));
@@ -197,6 +222,7 @@ async function runAgent(
       const now = Date.now();
       metrics.observeSync(report, now);
       if (report.error === null) health.updated(now);
+      if (report.state !== null) void serviceHealth.update(report.state);
     },
   });
   await source.start(agent);
@@ -204,7 +230,20 @@ async function runAgent(
   // The programs are attached (or swapped in) only once the maps hold the desired state; state
   // pinned by a previous agent keeps serving traffic meanwhile.
   await agent.firstSync;
-  if (loaded !== null) for (const iface of values.iface) attachInterface(loaded, iface, o.attach);
+  let gcTimer: NodeJS.Timeout | null = null;
+  if (loaded !== null) {
+    for (const iface of values.iface) attachInterface(loaded, iface, o.attach);
+    for (const iface of values.xdp) attachXdp(loaded, iface);
+    // Conntrack ageing: the datapath only creates and touches entries.
+    gcTimer = setInterval(() => {
+      try {
+        const n = gcConntrack(loaded.maps.conntrack, loaded.maps.backendConns);
+        if (n > 0) log.debug({ deleted: n }, 'conntrack garbage collected');
+      } catch (err) {
+        log.error({ err }, 'conntrack garbage collection failed');
+      }
+    }, CT_GC_INTERVAL_MS);
+  }
   log.info(
     { mode: dataplane.mode, ifaces: values.iface, pinDir, source: o.useKube ? 'kubernetes' : values.manifests, metrics: values['metrics-bind-address'], healthz: values['healthz-bind-address'] },
     'agent running',
@@ -223,5 +262,7 @@ async function runAgent(
   await dataplane.close();
   loaded?.close();
   for (const s of servers) s.close();
+  serviceHealth.close();
+  if (gcTimer) clearInterval(gcTimer);
   return 0;
 }

@@ -1,5 +1,5 @@
 /*
- * The little IPv4 arithmetic the renderers need: parse a CIDR, normalise it the way Go's
+^ * The little IPv4 arithmetic vipr needs (renderers, the BPF reconciler): parse a CIDR, normalise it the way Go's
  * net.IPNet.String() prints it, and test membership. kube-proxy prints source ranges through
  * net.IPNet, so "203.0.113.5/25" must come out as "203.0.113.0/25".
  */
@@ -57,4 +57,9 @@ export function cidrContains(cidr: Ipv4Cidr, ip: string): boolean {
 
 export function isLoopback(ip: string): boolean {
   return ip.trim().startsWith('127.');
+}
+
+/** The netmask of a prefix length, as a dotted quad. */
+export function formatMask(prefix: number): string {
+  return formatIpv4(maskOf(prefix));
 }

@@ -16,7 +16,7 @@ import {
   serviceFirewallChainName,
   servicePortLocalChainName,
 } from './hash.js';
-import { isLoopback } from './ipv4.js';
+import { isLoopback } from '../model/ipv4.js';
 import { resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
 import { endpointString, isChanged, servicePortFacts, sourceRangesAllowNode, type ServicePortFacts } from './service-port.js';
 

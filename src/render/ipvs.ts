@@ -8,7 +8,7 @@
  * flush, add), so applying it converges whatever was there before.
  */
 import type { DesiredState, Endpoint, Protocol } from '../model/types.js';
-import { isLoopback } from './ipv4.js';
+import { isLoopback } from '../model/ipv4.js';
 import { resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
 import { endpointString, servicePortFacts, sourceRangesAllowNode, type ServicePortFacts } from './service-port.js';
 

@@ -10,7 +10,7 @@
  */
 import type { DesiredState, Endpoint } from '../model/types.js';
 import { nftEndpointChainNameBase, nftServicePortChainNameBase } from './hash.js';
-import { isLoopback } from './ipv4.js';
+import { isLoopback } from '../model/ipv4.js';
 import { resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
 import { endpointString, servicePortFacts, sourceRangesAllowNode, type ServicePortFacts } from './service-port.js';
 

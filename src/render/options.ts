@@ -2,7 +2,7 @@
  * What the renderers need to know about the node and kube-proxy's configuration, with
  * kube-proxy's defaults for the knobs most users never set.
  */
-import { cidrContains, isLoopback, parseIpv4Cidr } from './ipv4.js';
+import { cidrContains, isLoopback, parseIpv4Cidr } from '../model/ipv4.js';
 
 export type IpvsScheduler = 'rr' | 'wrr' | 'lc' | 'wlc' | 'sh' | 'dh' | 'sed' | 'nq';
 

@@ -7,7 +7,7 @@
 import type { Endpoint, ServiceEntry } from '../model/types.js';
 import { lowerProtocol } from './hash.js';
 import { servicePortKey } from '../model/types.js';
-import { cidrContains, normalizeIpv4Cidr, parseIpv4Cidr } from './ipv4.js';
+import { cidrContains, normalizeIpv4Cidr, parseIpv4Cidr } from '../model/ipv4.js';
 
 export interface ServicePortFacts {
   entry: ServiceEntry;

@@ -1,26 +1,32 @@
 /*
  * The BPF dataplane: turns the desired state into entries of vipr's maps, writing only what
  * changed, in an order that never exposes a half-written service:
- *   1. backends, reverse-NAT entries and slots 0..n-1 (nothing reads them before step 2),
- *   2. the service entries with their new backend counts,
- *   3. slots beyond a shrunk count, and finally backends no slot references any more (the sweep).
- * Removed services go first of all (entry, then slots and reverse NAT), so a full map has room
- * for what replaces them.
+ *   0. removed services first (entry, then slots, source ranges, scheduler state), so a full map
+ *      has room for what replaces them; leftovers of an interrupted sync with them;
+ *   1. backends, slots 0..n-1, source ranges, scheduler state (nothing reads them before 2),
+ *   2. the service entries with their new slot counts,
+ *   3. slots beyond a shrunk count, stale source ranges, then backends no slot references any
+ *      more (the sweep), and the conntrack/affinity entries of UDP flows to removed backends.
  * Ids (svc_id, backend id) are allocated here and restored from the pinned maps on start, so a
  * restarted agent keeps every id and therefore every tracked connection.
  */
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { DesiredState, Endpoint } from '../model/types.js';
+import type { DesiredState, Endpoint, Scheduler, ServiceEntry } from '../model/types.js';
 import type { Dataplane, SyncResult } from './dataplane.js';
 import {
-  BE_F_LOCAL, BE_F_TERMINATING, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SCHEDULERS, SVC_F_AFFINITY,
-  SVC_F_LOCAL, type BackendIdT, type BackendT, type RevNatT, type SlotKeyT, type SvcKeyT, type SvcValueT,
+  BE_F_LOCAL, BE_F_TERMINATING, CT_FORWARD, CT_REPLY, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, SCOPE_EXTERNAL,
+  SCOPE_INTERNAL, SCHEDULERS, SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES,
+  type AffinityKeyT, type AffinityValueT, type BackendConnsT, type BackendIdT, type BackendT, type ConfigT,
+  type CtKeyT, type CtValueT, type NodeIpT, type SchedStateT, type SlotKeyT, type SourceRangeT, type SvcKeyT,
+  type SvcValueT,
 } from '../bpf/layouts.js';
 import { readServiceNames } from '../bpf/inspect.js';
 import { serviceNamesPath } from '../paths.js';
+import { maglevTable } from '../model/maglev.js';
 import { componentLogger } from '../log.js';
 import { BpfError } from '../errors.js';
+import { cidrContains, formatIpv4, formatMask, normalizeIpv4Cidr, parseIpv4Cidr } from '../model/ipv4.js';
 
 const log = componentLogger('bpf-sync');
 
@@ -38,8 +44,32 @@ export interface ServiceMaps {
   services: MapLike<SvcKeyT, SvcValueT>;
   slots: MapLike<SlotKeyT, BackendIdT>;
   backends: MapLike<BackendIdT, BackendT>;
-  revnat: MapLike<number, RevNatT>;
+  sourceRanges: MapLike<SourceRangeT, number>;
+  sched: MapLike<number, SchedStateT>;
+  backendConns: MapLike<BackendIdT, BackendConnsT>;
+  nodeIps: MapLike<NodeIpT, number>;
+  config: MapLike<number, ConfigT>;
+  conntrack: MapLike<CtKeyT, CtValueT>;
+  affinity: MapLike<AffinityKeyT, AffinityValueT>;
 }
+
+export interface BpfDataplaneOptions {
+  /** Sources inside are pods (internal traffic); null = none known. */
+  clusterCIDR: string | null;
+  /** kube-proxy's --nodeport-addresses: node addresses in these CIDRs serve NodePorts; [] = all. */
+  nodePortAddresses: string[];
+  /** Scheduler for services without the `vipr.io/scheduler` annotation. */
+  defaultScheduler: Scheduler;
+  /** Source ports for SNAT (above Linux's default ephemeral range, so local sockets never clash). */
+  snatPorts: [number, number];
+}
+
+export const DEFAULT_BPF_OPTIONS: BpfDataplaneOptions = {
+  clusterCIDR: null,
+  nodePortAddresses: [],
+  defaultScheduler: 'random',
+  snatPorts: [61000, 65535],
+};
 
 /** One frontend as the datapath sees it. */
 export interface Frontend {
@@ -48,14 +78,23 @@ export interface Frontend {
   key: SvcKeyT;
   flags: number;
   affinityTimeout: number;
-  scheduler: number;
+  scheduler: Scheduler;
+  /** The backends, one per endpoint. */
   backends: BackendT[];
+  /** loadBalancerSourceRanges, normalised `a.b.c.d/n`. */
+  sourceRanges: string[];
 }
 
 const PROTO: Record<string, number | undefined> = { TCP: IPPROTO_TCP, UDP: IPPROTO_UDP };
 
 function frontendId(k: SvcKeyT): string {
   return `${k.vip}:${k.port}/${k.proto}/${k.scope}`;
+}
+
+function frontendKey(fid: string): SvcKeyT {
+  const [ip, rest] = fid.split(':') as [string, string];
+  const [port, proto, scope] = rest.split('/').map(Number) as [number, number, number];
+  return { vip: ip, port, proto, scope };
 }
 
 function backendKey(b: BackendT): string {
@@ -71,11 +110,27 @@ function toBackend(e: Endpoint, proto: number): BackendT {
   };
 }
 
+function rangeKey(svcId: number, cidr: string): SourceRangeT {
+  const { network, prefix } = parseIpv4Cidr(cidr);
+  return { prefixlen: 32 + prefix, svc_id: svcId, addr: formatIpv4(network) };
+}
+
+function rangeOf(k: SourceRangeT): string {
+  return `${k.addr}/${k.prefixlen - 32}`;
+}
+
 /**
- * The frontends of the desired state. ClusterIP traffic follows internalTrafficPolicy:
- * kube-proxy's selection already holds the endpoints each policy may use.
+ * The frontends of the desired state, as kube-proxy would serve them:
+ *  - the cluster IP, for internal traffic (internalTrafficPolicy picks the endpoints);
+ *  - NodePort (on every node address), external IPs and LoadBalancer IPs, for external traffic
+ *    (externalTrafficPolicy picks the endpoints; Cluster SNATs flows to other nodes' backends).
+ *    With externalTrafficPolicy Local, each also gets an internal-scope entry with the cluster
+ *    endpoints, so pods reaching them are not limited to this node's endpoints (kube-proxy does
+ *    the same for traffic from the cluster CIDR).
+ * A service without any endpoint rejects (ICMP port unreachable); one whose policy leaves it
+ * no endpoint on this node drops, as kube-proxy's rules do.
  */
-export function bpfFrontends(state: DesiredState): { frontends: Frontend[]; skipped: string[] } {
+export function bpfFrontends(state: DesiredState, defaultScheduler: Scheduler): { frontends: Frontend[]; skipped: string[] } {
   const frontends: Frontend[] = [];
   const skipped: string[] = [];
   for (const entry of state.services) {
@@ -85,19 +140,52 @@ export function bpfFrontends(state: DesiredState): { frontends: Frontend[]; skip
       skipped.push(`${entry.key}: protocol ${svc.id.protocol} is not handled by the BPF dataplane`);
       continue;
     }
-    const local = svc.internalTrafficPolicy === 'Local';
-    const eps = local ? entry.selection.localEndpoints : entry.selection.clusterEndpoints;
-    frontends.push({
-      service: entry.key,
-      key: { vip: svc.clusterIP, port: svc.port, proto, scope: SCOPE_EXTERNAL },
-      flags: (svc.affinityTimeoutSeconds > 0 ? SVC_F_AFFINITY : 0) | (local ? SVC_F_LOCAL : 0),
-      affinityTimeout: svc.affinityTimeoutSeconds,
-      // The datapath balances at random (kube-proxy's behaviour) until more schedulers land.
-      scheduler: SCHEDULERS.indexOf('random'),
-      backends: eps.map((e) => toBackend(e, proto)),
-    });
+    const sel = entry.selection;
+    const reject = sel.hasAnyEndpoints ? 0 : SVC_F_REJECT;
+    const affinity = svc.affinityTimeoutSeconds > 0 ? SVC_F_AFFINITY : 0;
+    const base = { service: entry.key, affinityTimeout: svc.affinityTimeoutSeconds, scheduler: svc.scheduler ?? defaultScheduler };
+    const add = (vip: string, port: number, scope: number, flags: number, eps: Endpoint[], ranges: string[] = []): void => {
+      frontends.push({
+        ...base,
+        key: { vip, port, proto, scope },
+        flags: flags | affinity | reject | (ranges.length > 0 ? SVC_F_SOURCE_RANGES : 0),
+        backends: eps.map((e) => toBackend(e, proto)),
+        sourceRanges: ranges,
+      });
+    };
+    const itpLocal = svc.internalTrafficPolicy === 'Local';
+    add(svc.clusterIP, svc.port, SCOPE_EXTERNAL, itpLocal ? SVC_F_LOCAL : 0, itpLocal ? sel.localEndpoints : sel.clusterEndpoints);
+
+    const etpLocal = svc.externalTrafficPolicy === 'Local';
+    const externalEps = etpLocal ? sel.localEndpoints : sel.clusterEndpoints;
+    const external = (vip: string, port: number, ranges: string[] = []): void => {
+      add(vip, port, SCOPE_EXTERNAL, SVC_F_EXTERNAL | (etpLocal ? SVC_F_LOCAL : 0), externalEps, ranges);
+      if (etpLocal) add(vip, port, SCOPE_INTERNAL, 0, sel.clusterEndpoints, ranges);
+    };
+    if (svc.nodePort > 0) external(NODEPORT_VIP, svc.nodePort);
+    for (const ip of svc.externalIPs) external(ip, svc.port);
+    const ranges = svc.loadBalancerSourceRanges.map((c) => normalizeIpv4Cidr(c));
+    for (const ip of svc.loadBalancerIPs) external(ip, svc.port, ranges);
   }
-  return { frontends, skipped };
+  // Two Services claiming one frontend: the first (by key) wins, as the API server would never
+  // have allowed the second.
+  const seen = new Set<string>();
+  const unique = frontends.filter((f) => {
+    const id = frontendId(f.key);
+    if (seen.has(id)) {
+      skipped.push(`${f.service}: ${f.key.vip}:${f.key.port} is already used by another Service`);
+      return false;
+    }
+    seen.add(id);
+    return true;
+  });
+  return { frontends: unique, skipped };
+}
+
+/** The slots of a frontend: one per backend, or the Maglev table. Values index `backends`. */
+function slotLayout(f: Frontend): number[] {
+  if (f.scheduler === 'maglev') return maglevTable(f.backends.map((b) => `${b.addr}:${b.port}`));
+  return f.backends.map((_, i) => i);
 }
 
 interface Applied {
@@ -105,6 +193,8 @@ interface Applied {
   value: SvcValueT;
   /** backend id per slot, 0..count-1 */
   slots: number[];
+  ranges: Set<string>;
+  sched: boolean;
   service: string;
 }
 
@@ -133,6 +223,11 @@ class IdAllocator {
   }
 }
 
+function sameValue(a: SvcValueT, b: SvcValueT): boolean {
+  return a.svc_id === b.svc_id && a.backend_count === b.backend_count && a.flags === b.flags &&
+    a.affinity_timeout === b.affinity_timeout && a.scheduler === b.scheduler;
+}
+
 export class BpfDataplane implements Dataplane {
   readonly mode = 'bpf';
   private applied = new Map<string, Applied>();
@@ -143,28 +238,32 @@ export class BpfDataplane implements Dataplane {
   private restored = false;
   /** Left by an interrupted sync; removed by the next one. */
   private orphanSlots: SlotKeyT[] = [];
-  private orphanRevnat: number[] = [];
-  /** Services whose reverse-NAT entry is known to be right. */
-  private revnatOk = new Set<number>();
+  private orphanRanges: SourceRangeT[] = [];
+  private orphanSched: number[] = [];
+  private nodeIps = new Set<string>();
+  private config: ConfigT | null = null;
+  private readonly opts: BpfDataplaneOptions;
 
   constructor(
     private readonly maps: ServiceMaps,
     private readonly pinDir: string | null,
-  ) {}
+    opts: Partial<BpfDataplaneOptions> = {},
+  ) {
+    this.opts = { ...DEFAULT_BPF_OPTIONS, ...opts };
+  }
 
   /**
    * Rebuilds what is installed from the maps (on start, and before every full sync), including
-   * what a crash mid-sync can leave: slots and reverse-NAT entries no service entry owns, slots
-   * beyond a service's count, missing or wrong reverse-NAT entries. The next sync removes or
-   * rewrites those.
+   * what a crash mid-sync can leave: slots, source ranges and scheduler state no service entry
+   * owns, slots beyond a service's count. The next sync removes those.
    */
   restore(): void {
     this.applied = new Map();
     this.backendIds = new Map();
     this.backendById = new Map();
     this.orphanSlots = [];
-    this.orphanRevnat = [];
-    this.revnatOk = new Set();
+    this.orphanRanges = [];
+    this.orphanSched = [];
     for (const [k, v] of this.maps.backends.entries()) {
       this.backendIds.set(backendKey(v), k.id);
       this.backendById.set(k.id, v);
@@ -178,51 +277,65 @@ export class BpfDataplane implements Dataplane {
       if (count === undefined || k.slot >= count) this.orphanSlots.push(k);
       else slots.set(`${k.svc_id}/${k.slot}`, v.id);
     }
-    const revnat = new Map(this.maps.revnat.entries());
+    const ranges = new Map<number, Set<string>>();
+    for (const [k] of this.maps.sourceRanges.entries()) {
+      if (!countOf.has(k.svc_id)) this.orphanRanges.push(k);
+      else ranges.set(k.svc_id, (ranges.get(k.svc_id) ?? new Set()).add(rangeOf(k)));
+    }
+    const sched = new Set<number>();
+    for (const [id] of this.maps.sched.entries()) {
+      if (!countOf.has(id)) this.orphanSched.push(id);
+      else sched.add(id);
+    }
     for (const [k, v] of services) {
       const ids: number[] = [];
       for (let s = 0; s < v.backend_count; s++) ids.push(slots.get(`${v.svc_id}/${s}`) ?? 0);
-      this.applied.set(frontendId(k), { svcId: v.svc_id, value: v, slots: ids, service: names.get(v.svc_id) ?? '' });
-      const rev = revnat.get(v.svc_id);
-      if (rev && rev.vip === k.vip && rev.port === k.port) this.revnatOk.add(v.svc_id);
+      this.applied.set(frontendId(k), {
+        svcId: v.svc_id, value: v, slots: ids, ranges: ranges.get(v.svc_id) ?? new Set(),
+        sched: sched.has(v.svc_id), service: names.get(v.svc_id) ?? '',
+      });
     }
-    for (const id of revnat.keys()) if (!countOf.has(id)) this.orphanRevnat.push(id);
+    this.nodeIps = new Set(this.maps.nodeIps.entries().map(([k]) => k.addr));
+    this.config = this.maps.config.lookup(0);
     this.svcIds.reset([...this.applied.values()].map((a) => a.svcId));
     this.beIds.reset(this.backendById.keys());
     this.restored = true;
     log.info(
-      { services: this.applied.size, backends: this.backendById.size, orphanSlots: this.orphanSlots.length, orphanRevnat: this.orphanRevnat.length },
+      { services: this.applied.size, backends: this.backendById.size, orphans: this.orphanSlots.length + this.orphanRanges.length + this.orphanSched.length },
       'restored state from pinned maps',
     );
   }
 
   async sync(state: DesiredState, full: boolean): Promise<SyncResult> {
     if (full || !this.restored) this.restore();
-    const { frontends, skipped } = bpfFrontends(state);
+    const { frontends, skipped } = bpfFrontends(state, this.opts.defaultScheduler);
     for (const s of skipped) log.warn(s);
     const result: SyncResult = { services: 0, backends: 0, writes: 0, deletes: 0, failed: [], changed: [] };
     const desired = new Map(frontends.map((f) => [frontendId(f.key), f]));
+    this.syncNode(state, result);
+    /** Flows whose backend left their service: UDP ones are cut at once. */
+    const gone: Array<{ svcId: number; backendId: number }> = [];
 
-    // Phase 0: leftovers of an interrupted sync, then removed services (entry first, then its
-    // slots and reverse NAT), so their room in full maps is free for what is added below.
+    // Phase 0: leftovers of an interrupted sync, then removed services.
     for (const k of this.orphanSlots) this.tryDelete(this.maps.slots, k, result);
-    for (const id of this.orphanRevnat) this.tryDelete(this.maps.revnat, id, result);
+    for (const k of this.orphanRanges) this.tryDelete(this.maps.sourceRanges, k, result);
+    for (const id of this.orphanSched) this.tryDelete(this.maps.sched, id, result);
     this.orphanSlots = [];
-    this.orphanRevnat = [];
+    this.orphanRanges = [];
+    this.orphanSched = [];
     for (const [fid, a] of [...this.applied]) {
       if (desired.has(fid)) continue;
-      const [ip, rest] = fid.split(':') as [string, string];
-      const [port, proto, scope] = rest.split('/').map(Number) as [number, number, number];
-      this.tryDelete(this.maps.services, { vip: ip, port, proto, scope }, result);
+      this.tryDelete(this.maps.services, frontendKey(fid), result);
       a.slots.forEach((_, slot) => this.tryDelete(this.maps.slots, { svc_id: a.svcId, slot }, result));
-      this.tryDelete(this.maps.revnat, a.svcId, result);
-      this.revnatOk.delete(a.svcId);
+      for (const r of a.ranges) this.tryDelete(this.maps.sourceRanges, rangeKey(a.svcId, r), result);
+      if (a.sched) this.tryDelete(this.maps.sched, a.svcId, result);
+      for (const id of new Set(a.slots)) gone.push({ svcId: a.svcId, backendId: id });
       this.svcIds.release(a.svcId);
       this.applied.delete(fid);
       if (a.service) result.changed.push(a.service);
     }
 
-    // Phase 1: backends, reverse NAT, slots.
+    // Phase 1: backends, slots, source ranges, scheduler state.
     const newBackends: Array<[BackendIdT, BackendT]> = [];
     const backendIdOf = (b: BackendT): number => {
       const k = backendKey(b);
@@ -247,27 +360,36 @@ export class BpfDataplane implements Dataplane {
       value: SvcValueT;
       slotIds: number[];
       slotWrites: Array<[SlotKeyT, BackendIdT]>;
+      rangeWrites: string[];
+      rangeDeletes: string[];
+      schedWrite: boolean;
     }
     const pending: Pending[] = [];
     for (const [fid, f] of desired) {
       const prev = this.applied.get(fid);
-      const slotIds = f.backends.map(backendIdOf);
+      const ids = f.backends.map(backendIdOf);
+      const slotIds = slotLayout(f).map((i) => ids[i] as number);
       const svcId = prev?.svcId ?? this.svcIds.take();
       const value: SvcValueT = {
         svc_id: svcId,
         backend_count: slotIds.length,
         flags: f.flags,
         affinity_timeout: f.affinityTimeout,
-        scheduler: f.scheduler,
+        scheduler: SCHEDULERS.indexOf(f.scheduler),
       };
-      const sameValue = prev !== undefined && JSON.stringify(prev.value) === JSON.stringify(value);
+      const wantSched = f.scheduler === 'rr';
+      const rangeWrites = f.sourceRanges.filter((r) => !prev?.ranges.has(r));
+      const rangeDeletes = [...(prev?.ranges ?? [])].filter((r) => !f.sourceRanges.includes(r));
       const sameSlots = prev !== undefined && prev.slots.length === slotIds.length && prev.slots.every((id, i) => id === slotIds[i]);
-      if (sameValue && sameSlots && this.revnatOk.has(svcId)) continue;
+      const schedWrite = wantSched && !prev?.sched;
+      if (prev && sameValue(prev.value, value) && sameSlots && rangeWrites.length === 0 && rangeDeletes.length === 0 && !schedWrite && prev.sched === wantSched) {
+        continue;
+      }
       const slotWrites: Array<[SlotKeyT, BackendIdT]> = [];
       slotIds.forEach((id, slot) => {
         if (prev?.slots[slot] !== id) slotWrites.push([{ svc_id: svcId, slot }, { id }]);
       });
-      pending.push({ fid, f, svcId, isNew: prev === undefined, value, slotIds, slotWrites });
+      pending.push({ fid, f, svcId, isNew: prev === undefined, value, slotIds, slotWrites, rangeWrites, rangeDeletes, schedWrite });
     }
 
     const failedSvc = new Set<number>();
@@ -278,24 +400,36 @@ export class BpfDataplane implements Dataplane {
       this.backendById.delete(id);
       if (b) this.backendIds.delete(backendKey(b));
     }
+    // lc's open-flow counters: one per backend, created with it.
+    for (const [k] of newBackends) {
+      if (!failedBackends.has(k.id) && this.maps.backendConns.lookup(k) === null) {
+        this.tryWrite(this.maps.backendConns, k, { active: 0 }, result);
+      }
+    }
     for (const p of pending) if (p.slotIds.some((id) => failedBackends.has(id))) failedSvc.add(p.svcId);
-    const revnats: Array<[number, RevNatT]> = pending
-      .filter((p) => !this.revnatOk.has(p.svcId))
-      .map((p) => [p.svcId, { vip: p.f.key.vip, port: p.f.key.port }]);
-    this.writeAll(this.maps.revnat, revnats, result, (k) => {
-      failedSvc.add(k);
-    });
-    const slotWrites = pending.filter((p) => !failedSvc.has(p.svcId)).flatMap((p) => p.slotWrites);
-    this.writeAll(this.maps.slots, slotWrites, result, (k) => {
-      failedSvc.add(k.svc_id);
-    });
+    const ok = (p: Pending): boolean => !failedSvc.has(p.svcId);
+    this.writeAll(this.maps.slots, pending.filter(ok).flatMap((p) => p.slotWrites), result, (k) => failedSvc.add(k.svc_id));
+    this.writeAll(
+      this.maps.sourceRanges,
+      pending.filter(ok).flatMap((p) => p.rangeWrites.map((r) => [rangeKey(p.svcId, r), 0] as [SourceRangeT, number])),
+      result,
+      (k) => failedSvc.add(k.svc_id),
+    );
+    for (const p of pending.filter((x) => ok(x) && x.schedWrite)) {
+      if (!this.tryWrite(this.maps.sched, p.svcId, { rr_next: 0 }, result)) failedSvc.add(p.svcId);
+    }
 
     // Phase 2: expose the services.
-    const svcWrites = pending.filter((p) => !failedSvc.has(p.svcId)).map((p) => [p.f.key, p.value] as [SvcKeyT, SvcValueT]);
-    this.writeAll(this.maps.services, svcWrites, result, (k) => {
-      const p = pending.find((x) => frontendId(x.f.key) === frontendId(k));
-      if (p) failedSvc.add(p.svcId);
-    });
+    const byFid = new Map(pending.map((p) => [p.fid, p]));
+    this.writeAll(
+      this.maps.services,
+      pending.filter(ok).map((p) => [p.f.key, p.value] as [SvcKeyT, SvcValueT]),
+      result,
+      (k) => {
+        const p = byFid.get(frontendId(k));
+        if (p) failedSvc.add(p.svcId);
+      },
+    );
 
     const stillReferenced = new Set<number>();
     for (const p of pending) {
@@ -305,7 +439,8 @@ export class BpfDataplane implements Dataplane {
         if (p.isNew) {
           // Roll back what was written for it; nothing exposed it.
           p.slotWrites.forEach(([k]) => this.tryDelete(this.maps.slots, k, result));
-          this.tryDelete(this.maps.revnat, p.svcId, result);
+          p.rangeWrites.forEach((r) => this.tryDelete(this.maps.sourceRanges, rangeKey(p.svcId, r), result));
+          if (p.schedWrite) this.tryDelete(this.maps.sched, p.svcId, result);
           this.svcIds.release(p.svcId);
         } else {
           // Its entry keeps the old count; slots below it may hold new, valid ids: keep those
@@ -314,12 +449,18 @@ export class BpfDataplane implements Dataplane {
         }
         continue;
       }
-      // Phase 3a: slots beyond a shrunk count.
+      // Phase 3a: what the new entry no longer uses.
       if (prev) {
         for (let s = p.slotIds.length; s < prev.slots.length; s++) this.tryDelete(this.maps.slots, { svc_id: p.svcId, slot: s }, result);
+        const now = new Set(p.slotIds);
+        for (const id of new Set(prev.slots)) if (!now.has(id)) gone.push({ svcId: p.svcId, backendId: id });
       }
-      this.applied.set(p.fid, { svcId: p.svcId, value: p.value, slots: p.slotIds, service: p.f.service });
-      this.revnatOk.add(p.svcId);
+      p.rangeDeletes.forEach((r) => this.tryDelete(this.maps.sourceRanges, rangeKey(p.svcId, r), result));
+      const wantSched = p.f.scheduler === 'rr';
+      if (prev?.sched && !wantSched) this.tryDelete(this.maps.sched, p.svcId, result);
+      this.applied.set(p.fid, {
+        svcId: p.svcId, value: p.value, slots: p.slotIds, ranges: new Set(p.f.sourceRanges), sched: wantSched, service: p.f.service,
+      });
       result.changed.push(p.f.service);
     }
     // Names may change without any map change (a Service renamed onto the same address).
@@ -328,24 +469,61 @@ export class BpfDataplane implements Dataplane {
       if (a) a.service = f.service;
     }
 
-    // Phase 3c: sweep backends no slot references.
+    // Phase 3b: sweep backends no slot references.
     const referenced = new Set<number>(stillReferenced);
     for (const a of this.applied.values()) a.slots.forEach((id) => referenced.add(id));
     for (const [id, b] of [...this.backendById]) {
       if (referenced.has(id)) continue;
       this.tryDelete(this.maps.backends, { id }, result);
+      this.tryDelete(this.maps.backendConns, { id }, result);
       this.backendById.delete(id);
       this.backendIds.delete(backendKey(b));
       this.beIds.release(id);
     }
+    if (gone.length > 0) this.cutGoneFlows(gone, result);
 
     result.services = this.applied.size;
     result.backends = this.backendById.size;
     this.writeNames();
-    if (result.failed.length > 0) {
-      for (const f of result.failed) log.error({ svc: f.service }, `service not programmed: ${f.error}`);
-    }
+    for (const f of result.failed) log.error({ svc: f.service }, `service not programmed: ${f.error}`);
     return result;
+  }
+
+  /**
+   * A backend left a service: its UDP flows through that service move at once (their next
+   * datagram is balanced again; kube-proxy instead leaves them to the kernel's conntrack, which
+   * blackholes them until it expires), and affinity to it ends. TCP flows drain: they keep their
+   * backend until they close. Costs one conntrack walk, only on syncs that removed a backend.
+   */
+  private cutGoneFlows(gone: Array<{ svcId: number; backendId: number }>, result: SyncResult): void {
+    const pairs = new Set(gone.map((g) => `${g.svcId}/${g.backendId}`));
+    for (const [k, v] of this.maps.conntrack.entries()) {
+      if (k.dir !== CT_FORWARD || !pairs.has(`${v.svc_id}/${v.backend_id}`)) continue;
+      if (k.proto !== IPPROTO_UDP) continue;
+      this.tryDelete(this.maps.conntrack, k, result);
+      this.tryDelete(this.maps.conntrack, replyKeyOf(k, v), result);
+    }
+    for (const [k, v] of this.maps.affinity.entries()) {
+      if (pairs.has(`${k.svc_id}/${v.backend_id}`)) this.tryDelete(this.maps.affinity, k, result);
+    }
+  }
+
+  /** Node addresses that serve NodePorts, and the datapath's settings. */
+  private syncNode(state: DesiredState, result: SyncResult): void {
+    const allowed = this.opts.nodePortAddresses;
+    const ips = new Set(state.node.ips.filter((ip) => allowed.length === 0 || allowed.some((c) => cidrContains(parseIpv4Cidr(c), ip))));
+    for (const ip of ips) if (!this.nodeIps.has(ip)) this.tryWrite(this.maps.nodeIps, { addr: ip }, 0, result);
+    for (const ip of this.nodeIps) if (!ips.has(ip)) this.tryDelete(this.maps.nodeIps, { addr: ip }, result);
+    this.nodeIps = ips;
+    const cluster = this.opts.clusterCIDR === null ? null : parseIpv4Cidr(this.opts.clusterCIDR);
+    const config: ConfigT = {
+      snat_addr: state.node.ips[0] ?? '0.0.0.0',
+      cluster_cidr: cluster ? formatIpv4(cluster.network) : '0.0.0.0',
+      cluster_mask: cluster ? formatMask(cluster.prefix) : '0.0.0.0',
+      snat_port_min: this.opts.snatPorts[0],
+      snat_port_max: this.opts.snatPorts[1],
+    };
+    if (JSON.stringify(config) !== JSON.stringify(this.config) && this.tryWrite(this.maps.config, 0, config, result)) this.config = config;
   }
 
   /**
@@ -363,14 +541,17 @@ export class BpfDataplane implements Dataplane {
         log.warn({ err: (err as Error).message, map: map.name }, 'batch update failed, retrying entry by entry');
       }
     }
-    for (const [k, v] of entries) {
-      try {
-        map.update(k, v);
-        result.writes++;
-      } catch (err) {
-        log.error({ err: (err as Error).message, map: map.name }, 'map update failed');
-        onFail(k);
-      }
+    for (const [k, v] of entries) if (!this.tryWrite(map, k, v, result)) onFail(k);
+  }
+
+  private tryWrite<K, V>(map: MapLike<K, V>, key: K, value: V, result: SyncResult): boolean {
+    try {
+      map.update(key, value);
+      result.writes++;
+      return true;
+    } catch (err) {
+      log.error({ err: (err as Error).message, map: map.name }, 'map update failed');
+      return false;
     }
   }
 
@@ -391,7 +572,7 @@ export class BpfDataplane implements Dataplane {
     writeFileSync(path, JSON.stringify(names));
   }
 
-  /** Service keys currently programmed, by frontend (for tests and status). */
+  /** Frontends currently programmed (for tests and status). */
   programmed(): Map<string, { svcId: number; backends: BackendT[] }> {
     const out = new Map<string, { svcId: number; backends: BackendT[] }>();
     for (const [fid, a] of this.applied) {
@@ -402,3 +583,18 @@ export class BpfDataplane implements Dataplane {
 
   async close(): Promise<void> {}
 }
+
+/** The reply entry that belongs to a forward entry. */
+export function replyKeyOf(k: CtKeyT, v: CtValueT): CtKeyT {
+  const snat = v.snat_addr !== '0.0.0.0';
+  return {
+    saddr: v.nat_addr,
+    daddr: snat ? v.snat_addr : k.saddr,
+    sport: v.nat_port,
+    dport: snat ? v.snat_port : k.sport,
+    proto: k.proto,
+    dir: CT_REPLY,
+  };
+}
+
+export type { ServiceEntry };

@@ -3,7 +3,7 @@
  * Kubernetes objects, for BPF_PROG_TEST_RUN fixtures.
  */
 import { LoadedDatapath, cleanupDatapath } from '../../src/bpf/datapath.js';
-import { BpfDataplane } from '../../src/sync/bpf-dataplane.js';
+import { BpfDataplane, type BpfDataplaneOptions } from '../../src/sync/bpf-dataplane.js';
 import { buildDesiredState } from '../../src/model/build.js';
 import { parseEndpointSlice, parseService } from '../../src/sources/parse.js';
 import { clusterObjects } from '../../src/sync/tracker.js';
@@ -13,6 +13,14 @@ import type { StatName } from '../../src/bpf/layouts.js';
 
 export const TC_ACT_OK = 0;
 export const TC_ACT_SHOT = 2;
+export const TC_ACT_REDIRECT = 7;
+export const XDP_DROP = 1;
+export const XDP_PASS = 2;
+export const XDP_TX = 3;
+export const XDP_REDIRECT = 4;
+
+export const NODE = 'node1';
+export const NODE_IP = '192.168.60.11';
 
 export interface SvcDef {
   name: string;
@@ -20,32 +28,47 @@ export interface SvcDef {
   port: number;
   protocol?: 'TCP' | 'UDP';
   targetPort: number;
+  /** Endpoint IPs; on this node unless listed in `remote`. */
   backends: string[];
+  remote?: string[];
   affinity?: number;
+  type?: 'ClusterIP' | 'NodePort' | 'LoadBalancer';
+  nodePort?: number;
+  loadBalancerIPs?: string[];
+  externalIPs?: string[];
+  sourceRanges?: string[];
+  externalTrafficPolicy?: 'Cluster' | 'Local';
+  scheduler?: string;
 }
 
 export function service(d: SvcDef): unknown {
   return {
     apiVersion: 'v1',
     kind: 'Service',
-    metadata: { name: d.name, namespace: 'default' },
+    metadata: { name: d.name, namespace: 'default', annotations: d.scheduler ? { 'vipr.io/scheduler': d.scheduler } : {} },
     spec: {
-      type: 'ClusterIP',
+      type: d.type ?? 'ClusterIP',
       clusterIP: d.vip,
-      ports: [{ protocol: d.protocol ?? 'TCP', port: d.port, targetPort: d.targetPort }],
+      ports: [{ protocol: d.protocol ?? 'TCP', port: d.port, targetPort: d.targetPort, ...(d.nodePort ? { nodePort: d.nodePort } : {}) }],
       ...(d.affinity ? { sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: d.affinity } } } : {}),
+      ...(d.externalIPs ? { externalIPs: d.externalIPs } : {}),
+      ...(d.sourceRanges ? { loadBalancerSourceRanges: d.sourceRanges } : {}),
+      ...(d.externalTrafficPolicy ? { externalTrafficPolicy: d.externalTrafficPolicy } : {}),
+      ...(d.externalTrafficPolicy === 'Local' && d.type === 'LoadBalancer' ? { healthCheckNodePort: 32000 } : {}),
     },
+    ...(d.loadBalancerIPs ? { status: { loadBalancer: { ingress: d.loadBalancerIPs.map((ip) => ({ ip })) } } } : {}),
   };
 }
 
 export function slice(d: SvcDef): unknown {
+  const all = [...d.backends, ...(d.remote ?? [])];
   return {
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',
     metadata: { name: `${d.name}-1`, namespace: 'default', labels: { 'kubernetes.io/service-name': d.name } },
     addressType: 'IPv4',
     ports: [{ name: '', protocol: d.protocol ?? 'TCP', port: d.targetPort }],
-    endpoints: d.backends.map((ip) => ({ addresses: [ip], conditions: { ready: true }, nodeName: 'node' })),
+    endpoints: all.map((ip) => ({ addresses: [ip], conditions: { ready: true }, nodeName: d.remote?.includes(ip) ? 'node2' : NODE })),
   };
 }
 
@@ -53,15 +76,15 @@ export class DatapathFixture {
   readonly dp: LoadedDatapath;
   readonly plane: BpfDataplane;
 
-  constructor(readonly pinDir: string) {
+  constructor(readonly pinDir: string, opts: Partial<BpfDataplaneOptions> = {}) {
     cleanupDatapath(pinDir);
     this.dp = LoadedDatapath.load(pinDir);
-    this.plane = new BpfDataplane(this.dp.maps, null);
+    this.plane = new BpfDataplane(this.dp.maps, null, opts);
   }
 
-  async program(defs: SvcDef[]): Promise<void> {
+  async program(defs: SvcDef[], nodeIps: string[] = [NODE_IP]): Promise<void> {
     const objects = clusterObjects(defs.map((d) => parseService(service(d))), defs.map((d) => parseEndpointSlice(slice(d))));
-    const state = buildDesiredState(objects, { name: 'node', zone: null, ips: [] });
+    const state = buildDesiredState(objects, { name: NODE, zone: null, ips: nodeIps });
     const result = await this.plane.sync(state, false);
     if (result.failed.length > 0) throw new Error(`sync failed: ${JSON.stringify(result.failed)}`);
   }
@@ -76,8 +99,19 @@ export class DatapathFixture {
     return { verdict: r.retval, out: r.data };
   }
 
+  xdp(frame: Buffer): { verdict: number; out: Buffer } {
+    const r = progTestRun(this.dp.xdpProgram(), frame);
+    return { verdict: r.retval, out: r.data };
+  }
+
   counter(name: StatName): number {
     return readCounters(this.dp.maps)[name].packets;
+  }
+
+  /** Forgets every tracked flow and affinity (as `vipr conntrack flush`). */
+  flushFlows(): void {
+    for (const k of this.dp.maps.conntrack.keys()) this.dp.maps.conntrack.delete(k);
+    for (const k of this.dp.maps.affinity.keys()) this.dp.maps.affinity.delete(k);
   }
 
   close(): void {

@@ -157,3 +157,29 @@ export function parseFrame(f: Buffer): ParsedFrame {
     l4ChecksumAbsent: absent,
   };
 }
+
+export interface ParsedIcmp {
+  src: string;
+  dst: string;
+  type: number;
+  code: number;
+  ipChecksumOk: boolean;
+  icmpChecksumOk: boolean;
+  /** What the ICMP error quotes: the offending packet's IP header and 8 bytes of its payload. */
+  quote: Buffer;
+}
+
+export function parseIcmp(f: Buffer): ParsedIcmp {
+  const ihl = ((f[14] as number) & 0x0f) * 4;
+  const totLen = f.readUInt16BE(16);
+  const icmp = f.subarray(14 + ihl, 14 + totLen);
+  return {
+    src: ipString(f, 26),
+    dst: ipString(f, 30),
+    type: icmp[0] as number,
+    code: icmp[1] as number,
+    ipChecksumOk: fold(sum16(f.subarray(14, 14 + ihl))) === 0xffff && f[23] === 1,
+    icmpChecksumOk: fold(sum16(icmp)) === 0xffff,
+    quote: Buffer.from(icmp.subarray(8)),
+  };
+}

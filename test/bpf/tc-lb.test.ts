@@ -2,9 +2,9 @@
  * The TC programs, run for real through BPF_PROG_TEST_RUN on crafted frames, with the maps
  * programmed by the real reconciler. Every rewritten frame has its checksums recomputed here.
  */
-import { DatapathFixture, TC_ACT_OK, TC_ACT_SHOT, type SvcDef } from './fixture.js';
+import { DatapathFixture, TC_ACT_OK, TC_ACT_REDIRECT, type SvcDef } from './fixture.js';
 import {
-  ETH_P_ARP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_SYN, ethernet, ipv4Frame, parseFrame,
+  ETH_P_ARP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_SYN, ethernet, ipv4Frame, parseFrame, parseIcmp,
 } from './packets.js';
 
 const CLIENT = '172.30.0.2';
@@ -189,11 +189,18 @@ describe('UDP to a ClusterIP service', () => {
 });
 
 describe('a service without endpoints', () => {
-  test('drops and counts', () => {
-    const before = fx.counter('drop_no_backend');
-    const { verdict } = fx.ingress(ipv4Frame({ src: CLIENT, dst: EMPTY.vip, proto: 'tcp', dport: 80 }));
-    expect(verdict).toBe(TC_ACT_SHOT);
-    expect(fx.counter('drop_no_backend')).toBe(before + 1);
+  test('is rejected with ICMP port unreachable, sent back out the way it came, and counted', () => {
+    const before = fx.counter('reject');
+    const syn = ipv4Frame({ src: CLIENT, dst: EMPTY.vip, proto: 'tcp', sport: 45000, dport: 80 });
+    const { verdict, out } = fx.ingress(syn);
+    expect(verdict).toBe(TC_ACT_REDIRECT);
+    expect(fx.counter('reject')).toBe(before + 1);
+    const icmp = parseIcmp(out);
+    expect(icmp).toMatchObject({ src: EMPTY.vip, dst: CLIENT, type: 3, code: 3, ipChecksumOk: true, icmpChecksumOk: true });
+    // The quote is the original IP header and the first 8 bytes of its TCP header.
+    expect(icmp.quote.equals(syn.subarray(14, 14 + 28))).toBe(true);
+    // Ethernet addresses swapped: back to the sender.
+    expect(out.subarray(0, 6).equals(syn.subarray(6, 12))).toBe(true);
   });
 });
 

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * XDP program for the node's external interface: NodePort, LoadBalancer and external-IP traffic
+ * from outside the cluster is balanced before the stack sees it. Flows to a remote backend are
+ * rewritten (DNAT + SNAT to this node) and sent straight back out by FIB lookup; flows to a local
+ * backend are rewritten and handed to the stack, which routes them to the pod. Everything else,
+ * and anything XDP cannot finish (no neighbour entry yet, ICMP rejects), goes on to the TC
+ * programs, which share the maps and so the same flows.
+ *
+ * Only for interfaces that receive from a NIC: frames from local senders may carry partial
+ * checksums, which XDP cannot complete.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "lib/lb.h"
+#include "lib/fib.h"
+
+SEC("xdp")
+int vipr_xdp_ingress(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 len = data_end - data;
+	struct bpf_fib_lookup fib;
+	struct nat_plan plan;
+	struct packet pkt;
+
+	if (!lb4_parse(data, data_end, len, &pkt))
+		return XDP_PASS;
+	switch (lb4_plan_ingress(&pkt, len, &plan)) {
+	case LB_DROP:
+		return XDP_DROP;
+	case LB_NAT:
+		break;
+	default:
+		stats_count(VIPR_STAT_XDP_PASS, len);
+		return XDP_PASS;
+	}
+	if (plan.redirect && xdp_fib_lookup(ctx, &pkt, &plan, &fib)) {
+		stats_count(VIPR_STAT_XDP_PASS, len);
+		return XDP_PASS;
+	}
+	if (xdp_apply_plan(ctx, &pkt, &plan)) {
+		stats_count(VIPR_STAT_DROP_REWRITE, len);
+		return XDP_DROP;
+	}
+	if (plan.daddr != pkt.daddr)
+		stats_count(VIPR_STAT_DNAT, len);
+	if (!plan.redirect) {
+		stats_count(VIPR_STAT_XDP_PASS, len);
+		return XDP_PASS;
+	}
+	if (fib.ifindex == ctx->ingress_ifindex)
+		stats_count(VIPR_STAT_XDP_TX, len);
+	else
+		stats_count(VIPR_STAT_XDP_REDIRECT, len);
+	return xdp_forward(ctx, &fib);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
