@@ -59,8 +59,8 @@ describe('lab plan', () => {
 
   it('matches only its own namespaces when cleaning up by name', () => {
     const re = labNetnsPattern('a');
-    expect(['a-client', 'a-node', 'a-be1', 'a-be12'].every((n) => re.test(n))).toBe(true);
-    expect(['a-b-client', 'a-b-node', 'ab-client', 'a-be', 'xa-client'].some((n) => re.test(n))).toBe(false);
+    expect(['a-client', 'a-node', 'a-be1', 'a-be12', 'a-node2', 'a-ext', 'a-net'].every((n) => re.test(n))).toBe(true);
+    expect(['a-b-client', 'a-b-node', 'ab-client', 'a-be', 'xa-client', 'a-b-net', 'a-netx'].some((n) => re.test(n))).toBe(false);
   });
 
   it('rejects names that cannot name namespaces and files', () => {
@@ -102,6 +102,22 @@ describe('vipr lab (no agent)', () => {
     ]);
     expect(status.agent).toBe('disabled');
     expect(status.pinDir).toBe(`/sys/fs/bpf/vipr-${lab}`);
+    expect(status.nodes).toEqual([
+      {
+        name: 'node',
+        nodeName: 'node',
+        netns: `${lab}-node`,
+        nodeIp: null,
+        podCidr: '10.244.0.0/24',
+        pinDir: `/sys/fs/bpf/vipr-${lab}`,
+        agentIfaces: ['eth0', 'vbe1', 'vbe2', 'vbe3'],
+        agentLog: `/run/vipr/lab/${lab}/agent.log`,
+        agent: 'disabled',
+        agentPid: null,
+      },
+    ]);
+    expect(status.underlay).toBeNull();
+    expect(status.hosts.filter((h) => h.role === 'backend').map((h) => h.node)).toEqual(['node', 'node', 'node']);
     expect(status.processes.map((p) => [p.kind, p.host, p.running])).toEqual([
       ['server', 'be1', true],
       ['server', 'be2', true],
@@ -122,7 +138,9 @@ describe('vipr lab (no agent)', () => {
             protocol: 'UDP',
             port: 53,
             targetPort: 5353,
+            nodePort: 0,
             endpoints: ['10.244.0.11:5353', '10.244.0.12:5353', '10.244.0.13:5353'],
+            endpointNodes: ['node', 'node', 'node'],
           },
         ],
       },
@@ -135,7 +153,9 @@ describe('vipr lab (no agent)', () => {
             protocol: 'TCP',
             port: 80,
             targetPort: 80,
+            nodePort: 0,
             endpoints: ['10.244.0.11:80', '10.244.0.12:80', '10.244.0.13:80'],
+            endpointNodes: ['node', 'node', 'node'],
           },
         ],
       },
@@ -251,6 +271,7 @@ describe('vipr lab with a stand-in agent', () => {
       '--iface', 'vbe1',
       '--iface', 'vbe2',
       '--pin-dir', `/sys/fs/bpf/vipr-${lab}`,
+      '--node-name', 'node',
       '--log-level', 'info',
     ]);
     expect(seen.netns).toBe(`net:[${statSync(`/run/netns/${lab}-node`).ino}]`);

@@ -7,7 +7,8 @@
  * and every operation on every map sharing one log is recorded in order.
  */
 import {
-  MAPS, type BackendIdT, type BackendT, type MapSpec, type RevNatT, type SlotKeyT, type SvcKeyT, type SvcValueT,
+  MAPS, type AffinityKeyT, type AffinityValueT, type BackendConnsT, type BackendIdT, type BackendT, type ConfigT, type CtKeyT,
+  type CtValueT, type MapSpec, type NodeIpT, type SchedStateT, type SlotKeyT, type SourceRangeT, type SvcKeyT, type SvcValueT,
 } from '../../src/bpf/layouts.js';
 import { BpfError } from '../../src/errors.js';
 import type { MapLike, ServiceMaps } from '../../src/sync/bpf-dataplane.js';
@@ -140,25 +141,40 @@ export class FakeMap<K, V> implements MapLike<K, V> {
   }
 }
 
-/** The four maps the reconciler writes, sharing one operation log. */
+/** The maps the reconciler uses, sharing one operation log. */
 export class FakeMaps {
   readonly ops: MapOp[] = [];
   readonly services: FakeMap<SvcKeyT, SvcValueT>;
   readonly slots: FakeMap<SlotKeyT, BackendIdT>;
   readonly backends: FakeMap<BackendIdT, BackendT>;
-  readonly revnat: FakeMap<number, RevNatT>;
+  readonly sourceRanges: FakeMap<SourceRangeT, number>;
+  readonly sched: FakeMap<number, SchedStateT>;
+  readonly backendConns: FakeMap<BackendIdT, BackendConnsT>;
+  readonly nodeIps: FakeMap<NodeIpT, number>;
+  readonly config: FakeMap<number, ConfigT>;
+  readonly conntrack: FakeMap<CtKeyT, CtValueT>;
+  readonly affinity: FakeMap<AffinityKeyT, AffinityValueT>;
 
   constructor(capacity: Partial<Record<keyof ServiceMaps, number>> = {}) {
     const cap = (role: keyof ServiceMaps): number => capacity[role] ?? 65536;
     this.services = new FakeMap(MAPS.services, cap('services'), this.ops);
     this.slots = new FakeMap(MAPS.slots, cap('slots'), this.ops);
     this.backends = new FakeMap(MAPS.backends, cap('backends'), this.ops);
-    this.revnat = new FakeMap(MAPS.revnat, cap('revnat'), this.ops);
+    this.sourceRanges = new FakeMap(MAPS.sourceRanges, cap('sourceRanges'), this.ops);
+    this.sched = new FakeMap(MAPS.sched, cap('sched'), this.ops);
+    this.backendConns = new FakeMap(MAPS.backendConns, cap('backendConns'), this.ops);
+    this.nodeIps = new FakeMap(MAPS.nodeIps, cap('nodeIps'), this.ops);
+    this.config = new FakeMap(MAPS.config, cap('config'), this.ops);
+    this.conntrack = new FakeMap(MAPS.conntrack, cap('conntrack'), this.ops);
+    this.affinity = new FakeMap(MAPS.affinity, cap('affinity'), this.ops);
   }
 
   /** The ServiceMaps view the reconciler takes. */
   get maps(): ServiceMaps {
-    return { services: this.services, slots: this.slots, backends: this.backends, revnat: this.revnat };
+    return {
+      services: this.services, slots: this.slots, backends: this.backends, sourceRanges: this.sourceRanges, sched: this.sched,
+      backendConns: this.backendConns, nodeIps: this.nodeIps, config: this.config, conntrack: this.conntrack, affinity: this.affinity,
+    };
   }
 
   /** Forgets the recorded operations (e.g. after setting up a starting state). */

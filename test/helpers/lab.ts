@@ -9,6 +9,8 @@
  *   const lab = uniqueLabName('mytest');
  *   beforeAll(async () => { await ensureBuilt(); await labUp(lab, { agent: false }); }, 120_000);
  *   afterAll(() => forceCleanLab(lab), 60_000);
+ * Two nodes: `labUp(lab, { nodes: 2, agent: true })`; hosts client, node1, node2, ext, be1..;
+ * addresses and pin dirs in `(await labStatus(lab)).nodes` (see src/lab/topology.ts).
  */
 import { spawn, execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
@@ -98,7 +100,10 @@ export function uniqueLabName(prefix = 't'): string {
 }
 
 export interface LabUpOptions {
+  /** Per node. */
   backends?: number;
+  /** Default 1 (the one-node lab); 2: node1 and node2 on an underlay, with host `ext`. */
+  nodes?: number;
   /** Start the agent (default false: tests of the lab itself run without it). */
   agent?: boolean;
   /** The script the agent runs from (default: the built vipr). */
@@ -110,6 +115,7 @@ export interface LabUpOptions {
 /** `vipr lab up --name NAME ...`; throws with the CLI's output unless it exits 0. */
 export async function labUp(name: string, opts: LabUpOptions = {}): Promise<CliResult> {
   const args = ['lab', 'up', '--name', name];
+  if (opts.nodes !== undefined) args.push('--nodes', String(opts.nodes));
   if (opts.backends !== undefined) args.push('--backends', String(opts.backends));
   if (!opts.agent) args.push('--no-agent');
   if (opts.agentMain !== undefined) args.push('--agent-main', opts.agentMain);
@@ -128,21 +134,59 @@ export function labExec(name: string, host: string, cmd: string[], opts: RunOpti
   return vipr(['lab', 'exec', '--name', name, host, '--', ...cmd], opts);
 }
 
+export interface LabNodeStatusJson {
+  /** Host name (`node`, or `node1`, `node2`). */
+  name: string;
+  nodeName: string;
+  netns: string;
+  /** Underlay address (the agent's --node-ip); null in the one-node lab. */
+  nodeIp: string | null;
+  podCidr: string;
+  pinDir: string;
+  agentIfaces: string[];
+  agentLog: string;
+  agent: string;
+  agentPid: number | null;
+}
+
 export interface LabStatusJson {
   name: string;
   phase: string;
+  /** The first node's pin dir. */
   pinDir: string;
   stateDir: string;
   manifests: string;
   agent: string;
-  hosts: { name: string; role: string; netns: string; present: boolean; addresses: string[] }[];
+  nodes: LabNodeStatusJson[];
+  underlay: { netns: string; bridge: string; cidr: string } | null;
+  hosts: {
+    name: string;
+    role: string;
+    netns: string;
+    /** The node of a backend (or of the client); null otherwise. */
+    node: string | null;
+    present: boolean;
+    addresses: string[];
+    interfaces: { ifname: string; addresses: string[] }[];
+  }[];
   processes: { kind: string; host: string; pid: number; running: boolean; log: string }[];
   services: {
     namespace: string;
     name: string;
     type: string;
     clusterIP: string | null;
-    ports: { name: string; protocol: string; port: number; endpoints: string[] }[];
+    externalIPs: string[];
+    loadBalancerIPs: string[];
+    externalTrafficPolicy: string;
+    healthCheckNodePort: number;
+    ports: {
+      name: string;
+      protocol: string;
+      port: number;
+      nodePort: number;
+      endpoints: string[];
+      endpointNodes: (string | null)[];
+    }[];
   }[];
   problems: string[];
 }
@@ -164,7 +208,7 @@ export async function withLab<T>(name: string, opts: LabUpOptions, fn: (name: st
 }
 
 function labNetnsPattern(name: string): RegExp {
-  return new RegExp(`^${name.replace(/-/g, '\\-')}-(client|node(\\d+)?|be\\d+|ext\\d*)$`);
+  return new RegExp(`^${name.replace(/-/g, '\\-')}-(client|node(\\d+)?|be\\d+|ext\\d*|net)$`);
 }
 
 export async function labNamespaces(name: string): Promise<string[]> {
@@ -218,6 +262,24 @@ export function defaultPinDirOf(name: string): string {
   return name === 'vipr' ? '/sys/fs/bpf/vipr' : `/sys/fs/bpf/vipr-${name}`;
 }
 
+/** The pin dir of a multi-node lab's node (`node1`, `node2`...). */
+export function nodePinDirOf(name: string, node: string): string {
+  return `/sys/fs/bpf/vipr-${name}-${node}`;
+}
+
+/** Every pin dir lab `name` may have: the one-node lab's and each node's of a multi-node lab. */
+export function labPinDirsOf(name: string): string[] {
+  const prefix = `vipr-${name}-node`;
+  let entries: string[] = [];
+  try {
+    entries = readdirSync('/sys/fs/bpf');
+  } catch {
+    // No BPF filesystem mounted: nothing pinned.
+  }
+  const nodeDirs = entries.filter((e) => e.startsWith(prefix) && /^\d+$/.test(e.slice(prefix.length)));
+  return [defaultPinDirOf(name), ...nodeDirs.map((e) => `/sys/fs/bpf/${e}`)];
+}
+
 /**
  * Everything of lab `name` still present, one line each; [] when the lab is fully gone.
  * `knownPids`: processes the lab ran (from status before `down`), checked to be gone too.
@@ -228,7 +290,7 @@ export async function labLeftovers(name: string, knownPids: number[] = []): Prom
   for (const pid of knownPids) if (processAlive(pid)) left.push(`process ${pid}`);
   for (const pid of processesUsingStateDir(name)) if (!knownPids.includes(pid)) left.push(`process ${pid} (holds a file in the state dir)`);
   if (existsSync(`${LAB_STATE_ROOT}/${name}`)) left.push(`state dir ${LAB_STATE_ROOT}/${name}`);
-  if (existsSync(defaultPinDirOf(name))) left.push(`pin dir ${defaultPinDirOf(name)}`);
+  for (const dir of labPinDirsOf(name)) if (existsSync(dir)) left.push(`pin dir ${dir}`);
   const { stdout: links } = await execFileP('ip', ['-o', 'link', 'show']);
   for (const line of links.split('\n')) if (line.includes(name)) left.push(`root-namespace link: ${line.trim()}`);
   return left;
@@ -237,7 +299,9 @@ export async function labLeftovers(name: string, knownPids: number[] = []): Prom
 /** Routes of the root namespace towards the lab's address ranges (there must never be any). */
 export async function rootRoutesToLab(): Promise<string[]> {
   const { stdout } = await execFileP('ip', ['-4', 'route', 'show', 'table', 'all']);
-  return stdout.split('\n').filter((l) => /^(local |broadcast )?(172\.30\.|10\.244\.|10\.0\.0\.)/.test(l.trim()));
+  return stdout
+    .split('\n')
+    .filter((l) => /^(local |broadcast )?(172\.30\.|10\.244\.|10\.0\.0\.|10\.250\.|192\.168\.60\.)/.test(l.trim()));
 }
 
 /**
@@ -274,7 +338,24 @@ export async function forceCleanLab(name: string): Promise<void> {
     // Best effort.
   }
   await rm(`${LAB_STATE_ROOT}/${name}`, { recursive: true, force: true }).catch(() => undefined);
-  await rm(defaultPinDirOf(name), { recursive: true, force: true }).catch(() => undefined);
+  for (const dir of labPinDirsOf(name)) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+}
+
+/**
+ * Opens a TCP connection from `host` to ip:port and says how it went: `connected`, or the error
+ * code (`ECONNREFUSED`: the peer's kernel answered with a RST, so it is reachable; `ENETUNREACH` /
+ * `EHOSTUNREACH`: no route; `ETIMEDOUT`: nothing answered within `timeoutMs`). The lab has no
+ * ping; a refused connection is the same round-trip proof.
+ */
+export async function labTcpConnect(name: string, host: string, ip: string, port: number, timeoutMs = 3000): Promise<string> {
+  const script = `
+    const s = require('node:net').connect(${port}, ${JSON.stringify(ip)});
+    const t = setTimeout(() => { process.stdout.write('ETIMEDOUT'); process.exit(0); }, ${timeoutMs});
+    s.on('connect', () => { process.stdout.write('connected'); clearTimeout(t); s.destroy(); });
+    s.on('error', (e) => { process.stdout.write(String(e.code)); clearTimeout(t); });`;
+  const res = await labExec(name, host, [process.execPath, '-e', script]);
+  if (res.code !== 0) throw new Error(`TCP ${ip}:${port} from ${host}: exit ${res.code}: ${res.stderr.trim()}`);
+  return res.stdout;
 }
 
 /**

@@ -103,16 +103,19 @@ function expectConsistent(fake: FakeMaps): void {
       else if (fake.backends.lookup(id) === null) problems.push(`service ${svcId} slot ${slot} -> missing backend ${id.id}`);
       else referenced.add(id.id);
     }
-    const rn = fake.revnat.lookup(svcId);
-    if (rn === null) problems.push(`service ${svcId} has no reverse-NAT entry`);
-    else if (rn.vip !== k.vip || rn.port !== k.port) problems.push(`service ${svcId} reverse NAT ${rn.vip}:${rn.port} != ${k.vip}:${k.port}`);
+    void k;
   }
   for (const [k] of fake.slots.entries()) {
     const s = services.get(k.svc_id);
     if (!s || k.slot >= s.v.backend_count) problems.push(`orphan slot ${k.svc_id}/${k.slot}`);
   }
-  for (const [id] of fake.revnat.entries()) if (!services.has(id)) problems.push(`orphan reverse-NAT entry ${id}`);
-  for (const [k] of fake.backends.entries()) if (!referenced.has(k.id)) problems.push(`orphan backend ${k.id}`);
+  for (const [k] of fake.sourceRanges.entries()) if (!services.has(k.svc_id)) problems.push(`orphan source range ${k.svc_id}`);
+  for (const [id] of fake.sched.entries()) if (!services.has(id)) problems.push(`orphan scheduler state ${id}`);
+  for (const [k] of fake.backends.entries()) {
+    if (!referenced.has(k.id)) problems.push(`orphan backend ${k.id}`);
+    if (fake.backendConns.lookup(k) === null) problems.push(`backend ${k.id} has no lc counter`);
+  }
+  for (const [k] of fake.backendConns.entries()) if (fake.backends.lookup(k) === null) problems.push(`orphan lc counter ${k.id}`);
   expect(problems).toEqual([]);
 }
 
@@ -131,7 +134,7 @@ function keyOf<T>(o: MapOp): T {
 }
 
 describe('BpfDataplane write order', () => {
-  test('a new service: every backend, slot and reverse-NAT write precedes its service entry', async () => {
+  test('a new service: every backend and slot write precedes its service entry', async () => {
     const fake = new FakeMaps();
     const plane = new BpfDataplane(fake.maps, null);
     await plane.sync(stateOf([{ name: 'web', vip: '10.96.0.1', backends: ['10.1.0.1', '10.1.0.2', '10.1.0.3'] }]), false);
@@ -141,7 +144,7 @@ describe('BpfDataplane write order', () => {
     const others = indexWhere(ops, (o) => !isMap('services')(o));
     expect(others.filter((i) => isMap('backends')(ops[i]!))).toHaveLength(3);
     expect(others.filter((i) => isMap('slots')(ops[i]!))).toHaveLength(3);
-    expect(others.filter((i) => isMap('revnat')(ops[i]!))).toHaveLength(1);
+    expect(others.filter((i) => isMap('backend_conns')(ops[i]!))).toHaveLength(3);
     expect(Math.max(...others)).toBeLessThan(svcWrites[0]!);
     expect(ops.every((o) => o.op === 'update')).toBe(true);
     expect(backendsOf(fake, '10.96.0.1')).toEqual(['10.1.0.1:8080', '10.1.0.2:8080', '10.1.0.3:8080']);
@@ -158,12 +161,12 @@ describe('BpfDataplane write order', () => {
     expect(entry).toHaveLength(1);
     expect(keyOf<SvcKeyT>(ops2[entry[0]!]!).vip).toBe('10.96.0.2');
     expect(entry[0]).toBe(ops2.length - 1);
-    expect(ops2).toHaveLength(2 + 2 + 1 + 1);
+    expect(ops2).toHaveLength(2 + 2 + 2 + 1);
     expect(r.changed).toEqual([portKey('api')]);
     expectConsistent(fake);
   });
 
-  test('a removed service: entry delete, then its slots and reverse NAT, backends last', async () => {
+  test('a removed service: entry delete, then its slots, backends last', async () => {
     const fake = new FakeMaps();
     const plane = new BpfDataplane(fake.maps, null);
     const web = { name: 'web', vip: '10.96.0.1', backends: ['10.1.0.1', '10.1.0.2', '10.1.0.3'] };
@@ -178,13 +181,11 @@ describe('BpfDataplane write order', () => {
     expect(ops.map((o) => o.map)).toEqual([
       'vipr_services_v1',
       'vipr_slots_v1', 'vipr_slots_v1', 'vipr_slots_v1',
-      'vipr_revnat_v1',
-      'vipr_backends_v1', 'vipr_backends_v1', 'vipr_backends_v1',
+      'vipr_backends_v1', 'vipr_backend_conns_v1', 'vipr_backends_v1', 'vipr_backend_conns_v1', 'vipr_backends_v1', 'vipr_backend_conns_v1',
     ]);
     expect(keyOf<SvcKeyT>(ops[0]!).vip).toBe(web.vip);
     expect(ops.slice(1, 4).map((o) => keyOf<{ svc_id: number }>(o).svc_id)).toEqual([webId, webId, webId]);
-    expect(keyOf<number>(ops[4]!)).toBe(webId);
-    expect(r).toMatchObject({ services: 1, backends: 1, writes: 0, deletes: 8, failed: [], changed: [portKey('web')] });
+    expect(r).toMatchObject({ services: 1, backends: 1, writes: 0, deletes: 10, failed: [], changed: [portKey('web')] });
     expect(backendsOf(fake, api.vip)).toEqual(['10.2.0.1:8080']);
     expectConsistent(fake);
   });
@@ -203,6 +204,7 @@ describe('BpfDataplane write order', () => {
       'update vipr_services_v1',
       'delete vipr_slots_v1',
       'delete vipr_backends_v1',
+      'delete vipr_backend_conns_v1',
     ]);
     expect(ops[0]!.value).toMatchObject({ svc_id: id, backend_count: 2 });
     expect(ops[1]!.key).toEqual({ svc_id: id, slot: 2 });
@@ -218,10 +220,11 @@ describe('BpfDataplane write order', () => {
     await plane.sync(stateOf([{ name: 'web', vip: '10.96.0.1', backends: ['10.1.0.1', '10.1.0.2'] }]), false);
     expect(fake.effects().map((o) => `${o.op} ${o.map}`)).toEqual([
       'update vipr_backends_v1',
+      'update vipr_backend_conns_v1',
       'update vipr_slots_v1',
       'update vipr_services_v1',
     ]);
-    expect(fake.effects()[2]!.value).toMatchObject({ backend_count: 2 });
+    expect(fake.effects()[3]!.value).toMatchObject({ backend_count: 2 });
     expectConsistent(fake);
   });
 });
@@ -232,7 +235,9 @@ describe('BpfDataplane writes only what changed', () => {
     const plane = new BpfDataplane(fake.maps, null);
     const state = stateOf(manyServices(20, 3));
     const first = await plane.sync(state, false);
-    expect(first).toMatchObject({ services: 20, backends: 60, writes: 20 * (1 + 1 + 3 + 3), deletes: 0, failed: [] });
+    // Per service: its entry, 3 slots, 3 backends and their 3 lc counters; once: the node's
+    // address (NodePorts) and the datapath settings.
+    expect(first).toMatchObject({ services: 20, backends: 60, writes: 20 * (1 + 3 + 3 + 3) + 1 + 1, deletes: 0, failed: [] });
     fake.clearOps();
 
     const again = await plane.sync(state, false);
@@ -258,12 +263,14 @@ describe('BpfDataplane writes only what changed', () => {
     const changed = defs.map((d) => (d === target ? { ...d, backends: [...d.backends, '10.200.0.1'] } : d));
     const r = await plane.sync(stateOf(changed), false);
     const ops = fake.ops;
-    expect(ops.map((o) => `${o.op} ${o.map}`)).toEqual(['update vipr_backends_v1', 'update vipr_slots_v1', 'update vipr_services_v1']);
+    expect(ops.map((o) => `${o.op} ${o.map}`)).toEqual([
+      'update vipr_backends_v1', 'update vipr_backend_conns_v1', 'update vipr_slots_v1', 'update vipr_services_v1',
+    ]);
     expect(ops.every((o) => o.ok)).toBe(true);
     expect(ops[0]!.value).toMatchObject({ addr: '10.200.0.1', port: 8080 });
-    expect(ops[1]!.key).toEqual({ svc_id: id, slot: 2 });
-    expect(ops[2]!.key).toEqual(svcKey(target.vip));
-    expect(r).toMatchObject({ writes: 3, deletes: 0, changed: [portKey(target.name)] });
+    expect(ops[2]!.key).toEqual({ svc_id: id, slot: 2 });
+    expect(ops[3]!.key).toEqual(svcKey(target.vip));
+    expect(r).toMatchObject({ writes: 4, deletes: 0, changed: [portKey(target.name)] });
     expect(backendsOf(fake, target.vip)).toEqual([...target.backends.map((b) => `${b}:8080`), '10.200.0.1:8080']);
   });
 
@@ -328,27 +335,28 @@ describe('BpfDataplane restart', () => {
     expectConsistent(fake);
   });
 
-  test('a full sync sweeps slots and reverse-NAT entries no service references (left by a crash mid-sync)', async () => {
+  test('a full sync sweeps slots, source ranges and scheduler state no service references (left by a crash mid-sync)', async () => {
     const fake = new FakeMaps();
     const plane = new BpfDataplane(fake.maps, null);
     await plane.sync(stateOf([{ name: 'web', vip: '10.96.0.1', backends: ['10.1.0.1'] }]), false);
-    // A crash after phase 1 for a service with svc_id 77: its slot and reverse NAT are written,
-    // its service entry never was.
+    // A crash after phase 1 for a service with svc_id 77: its slot, source range and scheduler
+    // state are written, its service entry never was.
     const be = fake.backends.entries()[0]![0];
     fake.slots.update({ svc_id: 77, slot: 0 }, be);
-    fake.revnat.update(77, { vip: '10.96.0.77', port: 80 });
+    fake.sourceRanges.update({ prefixlen: 56, svc_id: 77, addr: '10.0.0.0' }, 0);
+    fake.sched.update(77, { rr_next: 3 });
 
     const restarted = new BpfDataplane(fake.maps, null);
     await restarted.sync(stateOf([{ name: 'web', vip: '10.96.0.1', backends: ['10.1.0.1'] }]), true);
     expectConsistent(fake);
   });
 
-  test('a full sync restores a missing reverse-NAT entry of a programmed service', async () => {
+  test('a full sync restores a missing slot of a programmed service', async () => {
     const fake = new FakeMaps();
     const plane = new BpfDataplane(fake.maps, null);
     const state = stateOf([{ name: 'web', vip: '10.96.0.1', backends: ['10.1.0.1'] }]);
     await plane.sync(state, false);
-    fake.revnat.delete(svcIdOf(fake, '10.96.0.1'));
+    fake.slots.delete({ svc_id: svcIdOf(fake, '10.96.0.1'), slot: 0 });
 
     await plane.sync(state, true);
     expectConsistent(fake);
@@ -374,7 +382,6 @@ describe('BpfDataplane under map failures', () => {
     expect(backendsOf(fake, '10.96.0.1')).toEqual(['10.1.0.1:8080', '10.1.0.2:8080']);
     expect(backendsOf(fake, '10.96.0.2')).toEqual(['10.2.0.1:8080']);
     expect(fake.services.lookup(svcKey('10.96.0.3'))).toBeNull();
-    expect(fake.revnat.size).toBe(2);
     expect(fake.slots.size).toBe(3);
     expectConsistent(fake);
 
@@ -480,11 +487,11 @@ describe('BpfDataplane under map failures', () => {
   });
 
   test('the fake map refuses a new key when full with E2BIG, as the kernel', () => {
-    const fake = new FakeMaps({ revnat: 1 });
-    fake.revnat.update(1, { vip: '10.0.0.1', port: 80 });
-    expect(() => fake.revnat.update(2, { vip: '10.0.0.2', port: 80 })).toThrow(expect.objectContaining({ name: 'BpfError', errno: E2BIG }));
+    const fake = new FakeMaps({ sched: 1 });
+    fake.sched.update(1, { rr_next: 1 });
+    expect(() => fake.sched.update(2, { rr_next: 2 })).toThrow(expect.objectContaining({ name: 'BpfError', errno: E2BIG }));
     // Replacing an existing key is still allowed.
-    fake.revnat.update(1, { vip: '10.0.0.3', port: 81 });
-    expect(fake.revnat.lookup(1)).toEqual({ vip: '10.0.0.3', port: 81 });
+    fake.sched.update(1, { rr_next: 3 });
+    expect(fake.sched.lookup(1)).toEqual({ rr_next: 3 });
   });
 });
