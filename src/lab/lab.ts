@@ -1,10 +1,10 @@
 /*
- * The lab's lifecycle: `up` (namespaces, links, servers, manifests, the agent), `down` (the
- * reverse, best effort, from the state file or, failing that, from the namespace names), `status`
- * and host lookup for `exec`. The CLI (src/cli/lab.ts) only parses options and prints.
+ * The lab's lifecycle: `up` (namespaces, links, servers, manifests, an agent per node), `down`
+ * (the reverse, best effort, from the state file or, failing that, from the namespace names),
+ * `status` and host lookup for `exec`. The CLI (src/cli/lab.ts) only parses options and prints.
  */
 import { existsSync, statfsSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../errors.js';
@@ -23,13 +23,25 @@ import {
   BPFFS_ROOT,
   defaultPinDir,
   labStateDir,
+  pinDirOwners,
   readLabState,
   writeLabState,
   type LabHostState,
+  type LabNodeState,
   type LabProcessState,
   type LabState,
+  type LabUnderlayState,
 } from './state.js';
-import { labNetnsPattern, planLab, type HostRole, type LabPlan, type NodePlan } from './topology.js';
+import {
+  labNetnsPattern,
+  nodePinDir,
+  planHosts,
+  planLab,
+  UNDERLAY_HOST,
+  type HostRole,
+  type LabPlan,
+  type NodePlan,
+} from './topology.js';
 
 /** The repository root: the first directory above this module holding a package.json. */
 export function repoRoot(): string {
@@ -79,7 +91,10 @@ export class AgentStartError extends Error {
 
 export interface LabUpOptions {
   name: string;
+  /** Backends per node. */
   backends: number;
+  /** Default 1: the one-node lab (`<name>-node`); more: `<name>-node1`... on an underlay. */
+  nodes?: number;
   /** A manifests directory to use as is; null = write the default manifests into the state dir. */
   manifestsDir: string | null;
   agent: boolean;
@@ -112,23 +127,33 @@ function agentReady(log: string): boolean {
   });
 }
 
-/** The agent's command line, inside the node's namespace (a contract with `vipr run`). */
-export function agentArgv(state: LabState, agentMain: string): string[] {
+/**
+ * The command line of `node`'s agent (default: the first node), inside the node's namespace (a
+ * contract with `vipr run`). The lab's EndpointSlices name each pod's node, so Local traffic
+ * policies depend on `--node-name`; multi-node labs also give the node IP (NodePort, SNAT).
+ */
+export function agentArgv(state: LabState, agentMain: string, node: LabNodeState | undefined = state.nodes[0]): string[] {
+  if (!node) throw new Error(`lab '${state.name}' has no node`);
   const argv = [process.execPath, agentMain, 'run', '--manifests', state.manifestsDir];
-  for (const iface of state.agentIfaces) argv.push('--iface', iface);
-  // The lab's EndpointSlices put every pod on node `node` (Local traffic policies depend on it).
-  argv.push('--pin-dir', state.pinDir, '--node-name', 'node', '--log-level', 'info');
+  for (const iface of node.agentIfaces) argv.push('--iface', iface);
+  argv.push('--pin-dir', node.pinDir, '--node-name', node.nodeName);
+  if (node.nodeIp !== null) argv.push('--node-ip', node.nodeIp);
+  argv.push('--log-level', 'info');
   return argv;
 }
 
 function hostStates(plan: LabPlan): LabHostState[] {
+  const first = plan.nodes[0];
   const hosts: LabHostState[] = [
-    { name: plan.client.name, role: 'client', netns: plan.client.netns, interfaces: [] },
+    { name: plan.client.name, role: 'client', netns: plan.client.netns, ...(first ? { node: first.name } : {}), interfaces: [] },
   ];
   for (const node of plan.nodes) {
     hosts.push({ name: node.name, role: 'node', netns: node.netns, interfaces: [] });
-    for (const be of node.backends) hosts.push({ name: be.name, role: 'backend', netns: be.netns, interfaces: [] });
+    for (const be of node.backends) {
+      hosts.push({ name: be.name, role: 'backend', netns: be.netns, node: node.name, interfaces: [] });
+    }
   }
+  if (plan.external) hosts.push({ name: plan.external.name, role: 'external', netns: plan.external.netns, interfaces: [] });
   const byNetns = new Map(hosts.map((h) => [h.netns, h]));
   for (const link of plan.links) {
     for (const end of [link.local, link.peer]) {
@@ -136,6 +161,25 @@ function hostStates(plan: LabPlan): LabHostState[] {
     }
   }
   return hosts;
+}
+
+/** What the state keeps of each node: pin dir and log per agent, so two agents never share one. */
+function nodeStates(plan: LabPlan, stateDir: string): LabNodeState[] {
+  const single = plan.nodes.length === 1;
+  return plan.nodes.map((node) => ({
+    host: node.name,
+    nodeName: node.nodeName,
+    netns: node.netns,
+    nodeIp: node.nodeIp,
+    podCidr: node.podCidr,
+    pinDir: single ? defaultPinDir(plan.name) : nodePinDir(plan.name, node.name),
+    agentIfaces: node.agentIfaces,
+    agentLog: join(stateDir, single ? 'agent.log' : `agent-${node.name}.log`),
+  }));
+}
+
+function underlayState(plan: LabPlan): LabUnderlayState | null {
+  return plan.underlay ? { netns: plan.underlay.netns, bridge: plan.underlay.bridge, cidr: plan.underlay.cidr } : null;
 }
 
 const BPF_FS_MAGIC = 0xcafe4a11;
@@ -155,9 +199,9 @@ function toProcessState(kind: LabProcessState['kind'], host: string, p: StartedP
   return { kind, host, pid: p.pid, startTime: p.startTime, argv: p.argv, log };
 }
 
-async function startServers(state: LabState, node: NodePlan, save: () => Promise<void>): Promise<void> {
+async function startServers(state: LabState, nodes: readonly NodePlan[], save: () => Promise<void>): Promise<void> {
   const script = backendServerScript();
-  for (const be of node.backends) {
+  for (const be of nodes.flatMap((n) => n.backends)) {
     const log = join(state.stateDir, `${be.name}.log`);
     try {
       const p = await startInNetns({
@@ -179,31 +223,37 @@ async function startServers(state: LabState, node: NodePlan, save: () => Promise
   }
 }
 
-async function startAgent(state: LabState, node: NodePlan, opts: LabUpOptions, save: () => Promise<void>): Promise<void> {
+async function startAgent(
+  state: LabState,
+  node: LabNodeState,
+  opts: Pick<LabUpOptions, 'agentMain' | 'agentTimeoutMs'>,
+  save: () => Promise<void>,
+): Promise<void> {
   const main = opts.agentMain ?? defaultAgentMain();
   if (!existsSync(main)) {
     throw new AgentStartError(`agent not found at ${main}: build first (npx tsc -p tsconfig.json), or use --no-agent`);
   }
   await ensureBpffs();
-  await mkdir(state.pinDir, { recursive: true });
-  const log = join(state.stateDir, 'agent.log');
+  await mkdir(node.pinDir, { recursive: true });
+  const log = node.agentLog;
+  const which = state.nodes.length === 1 ? 'the agent' : `the agent of ${node.host}`;
   try {
     const p = await startInNetns({
       netns: node.netns,
-      argv: agentArgv(state, main),
+      argv: agentArgv(state, main, node),
       log,
       ready: agentReady,
       timeoutMs: opts.agentTimeoutMs ?? 30_000,
     });
-    state.processes.push(toProcessState('agent', node.name, p, log));
+    state.processes.push(toProcessState('agent', node.host, p, log));
   } catch (err) {
     if (err instanceof ProcessStartError) {
       const down = `'vipr lab down${state.name === 'vipr' ? '' : ` --name ${state.name}`}' removes it`;
       if (err.started) {
-        state.processes.push(toProcessState('agent', node.name, err.started, log));
-        throw new AgentStartError(`${err.message}; the agent still runs (pid ${err.started.pid}) and the rest of the lab is up; ${down}`);
+        state.processes.push(toProcessState('agent', node.host, err.started, log));
+        throw new AgentStartError(`${err.message}; ${which} still runs (pid ${err.started.pid}) and the rest of the lab is up; ${down}`);
       }
-      throw new AgentStartError(`${err.message}; the lab is up without the agent, ${down}`);
+      throw new AgentStartError(`${err.message}; the lab is up without ${which}, ${down}`);
     }
     throw err;
   } finally {
@@ -211,24 +261,60 @@ async function startAgent(state: LabState, node: NodePlan, opts: LabUpOptions, s
   }
 }
 
+function findNode(state: LabState, host: string): LabNodeState {
+  const node = state.nodes.find((n) => n.host === host || n.nodeName === host);
+  if (!node) {
+    throw new ConfigError(`no node '${host}' in lab '${state.name}'; nodes: ${state.nodes.map((n) => n.host).join(', ')}`);
+  }
+  return node;
+}
+
+export interface RestartAgentOptions {
+  /** SIGKILL (as a crash would) instead of SIGTERM (the agent leaves programs and maps in place). */
+  kill: boolean;
+  agentMain?: string;
+  /** The node whose agent to restart; default every node's. */
+  node?: string;
+}
+
 /**
- * Stops the lab's agent (SIGTERM: it leaves programs and maps in place; SIGKILL: as a crash
- * would) and starts a new one, which takes over the pinned state. Returns the new pid.
+ * Stops agents and starts new ones, which take over the pinned state (so a restart moves no
+ * connection): `opts.node`'s, or every node's. Returns the new pid per node host name.
  */
-export async function labRestartAgent(name: string, opts: { kill: boolean; agentMain?: string }): Promise<number> {
+export async function labRestartAgents(name: string, opts: RestartAgentOptions): Promise<{ node: string; pid: number }[]> {
   const state = await loadLabState(name);
-  const node = planLab({ name, backends: state.backends }).nodes[0];
-  if (!node) throw new Error('lab plan has no node');
   if (!state.agentEnabled) throw new ConfigError(`lab '${name}' runs without an agent (--no-agent)`);
-  const old = state.processes.filter((p) => p.kind === 'agent');
-  await stopProcesses(old, 5000, opts.kill ? 'SIGKILL' : 'SIGTERM');
-  state.processes = state.processes.filter((p) => p.kind !== 'agent');
-  await writeLabState(state);
-  const agentMain = opts.agentMain ?? old[0]?.argv.find((a) => a.endsWith('main.js')) ?? defaultAgentMain();
-  await startAgent(state, node, { name, backends: state.backends, manifestsDir: state.manifestsDir, agent: true, agentMain }, () => writeLabState(state));
-  const started = state.processes.find((p) => p.kind === 'agent');
-  if (!started) throw new AgentStartError('the new agent was not recorded');
-  return started.pid;
+  const nodes = opts.node === undefined ? state.nodes : [findNode(state, opts.node)];
+  const restarted: { node: string; pid: number }[] = [];
+  for (const node of nodes) {
+    const old = state.processes.filter((p) => p.kind === 'agent' && p.host === node.host);
+    await stopProcesses(old, 5000, opts.kill ? 'SIGKILL' : 'SIGTERM');
+    state.processes = state.processes.filter((p) => !(p.kind === 'agent' && p.host === node.host));
+    await writeLabState(state);
+    const agentMain = opts.agentMain ?? state.agentMain ?? old[0]?.argv.find((a) => a.endsWith('main.js')) ?? defaultAgentMain();
+    await startAgent(state, node, { agentMain }, () => writeLabState(state));
+    const started = state.processes.find((p) => p.kind === 'agent' && p.host === node.host);
+    if (!started) throw new AgentStartError(`the new agent of ${node.host} was not recorded`);
+    restarted.push({ node: node.host, pid: started.pid });
+  }
+  return restarted;
+}
+
+/**
+ * Stops one agent (SIGTERM: it leaves programs and maps in place; SIGKILL: as a crash would) and
+ * starts a new one, which takes over the pinned state. The lab's only agent, or `opts.node`'s
+ * (required when the lab has several nodes). Returns the new pid.
+ */
+export async function labRestartAgent(name: string, opts: RestartAgentOptions): Promise<number> {
+  if (opts.node === undefined) {
+    const state = await loadLabState(name);
+    if (state.nodes.length > 1) {
+      throw new ConfigError(`lab '${name}' has ${state.nodes.length} nodes: say which agent (${state.nodes.map((n) => n.host).join(', ')})`);
+    }
+  }
+  const [restarted] = await labRestartAgents(name, opts);
+  if (!restarted) throw new AgentStartError('no agent was restarted');
+  return restarted.pid;
 }
 
 /**
@@ -237,7 +323,7 @@ export async function labRestartAgent(name: string, opts: { kill: boolean; agent
  */
 export async function labUp(opts: LabUpOptions): Promise<LabUpResult> {
   const progress = opts.onProgress ?? (() => undefined);
-  const plan = planLab({ name: opts.name, backends: opts.backends });
+  const plan = planLab({ name: opts.name, backends: opts.backends, nodes: opts.nodes ?? 1 });
   const node = plan.nodes[0];
   if (!node) throw new Error('lab plan has no node');
 
@@ -255,6 +341,12 @@ export async function labUp(opts: LabUpOptions): Promise<LabUpResult> {
   } else {
     manifestsDir = join(labStateDir(opts.name), 'manifests');
   }
+  const stateDir = labStateDir(opts.name);
+  const nodes = nodeStates(plan, stateDir);
+  const owners = await pinDirOwners(nodes.map((n) => n.pinDir), opts.name);
+  for (const [dir, lab] of owners) {
+    throw new ConfigError(`pin dir ${dir} belongs to lab '${lab}'; choose another --name (or take '${lab}' down)`);
+  }
 
   const state: LabState = {
     version: 1,
@@ -262,40 +354,46 @@ export async function labUp(opts: LabUpOptions): Promise<LabUpResult> {
     phase: 'creating',
     createdAt: new Date().toISOString(),
     backends: opts.backends,
-    stateDir: labStateDir(opts.name),
-    pinDir: defaultPinDir(opts.name),
+    stateDir,
+    pinDir: nodes[0]?.pinDir ?? defaultPinDir(opts.name),
     manifestsDir,
     defaultManifests: opts.manifestsDir === null,
     agentEnabled: opts.agent,
+    ...(opts.agent ? { agentMain: resolve(opts.agentMain ?? defaultAgentMain()) } : {}),
     namespaces: [],
     hosts: hostStates(plan),
-    agentIfaces: [node.clientIfname, ...node.backends.map((b) => b.nodeIfname)],
+    agentIfaces: node.agentIfaces,
+    nodes,
+    underlay: underlayState(plan),
     processes: [],
   };
   const save = (): Promise<void> => writeLabState(state);
   await save();
 
   try {
-    progress(`creating namespaces ${plan.client.netns}, ${node.netns}, ${node.backends.map((b) => b.netns).join(', ')}`);
+    const namespaces = [...planHosts(plan).map((h) => h.netns), ...(plan.underlay ? [plan.underlay.netns] : [])];
+    progress(`creating namespaces ${namespaces.join(', ')}`);
     await buildNetwork(plan, async (ns) => {
       state.namespaces.push(ns);
       await save();
     });
     if (state.defaultManifests) {
-      await writeDefaultManifests(manifestsDir, node);
+      await writeDefaultManifests(manifestsDir, plan.nodes);
       progress(`wrote default manifests to ${manifestsDir}`);
     }
-    progress(`starting ${node.backends.length} backend servers`);
-    await startServers(state, node, save);
+    progress(`starting ${plan.nodes.reduce((n, p) => n + p.backends.length, 0)} backend servers`);
+    await startServers(state, plan.nodes, save);
   } catch (err) {
     progress(`up failed, removing what was created`);
     await labDown(opts.name);
     throw err;
   }
   if (opts.agent) {
-    progress(`starting the agent in ${node.netns}`);
     try {
-      await startAgent(state, node, opts, save);
+      for (const n of state.nodes) {
+        progress(`starting the agent in ${n.netns}`);
+        await startAgent(state, n, opts, save);
+      }
     } catch (err) {
       // Everything but the agent is up: say so in the state, so status and exec work.
       state.phase = 'up';
@@ -313,6 +411,33 @@ export interface LabDownResult {
   removed: string[];
   /** Things that could not be removed, one line each (down never throws for these). */
   failures: string[];
+}
+
+/**
+ * The pin dirs of lab `name`: those its state records, else every dir its agents could have used
+ * (`vipr-<name>`, `vipr-<name>-node<i>`), except those another lab's state claims (lab
+ * `<name>-node1` pins in `vipr-<name>-node1` too).
+ */
+async function labPinDirs(name: string, state: LabState | null): Promise<string[]> {
+  const dirs = new Set<string>([defaultPinDir(name)]);
+  if (state) {
+    dirs.add(state.pinDir);
+    for (const n of state.nodes) dirs.add(n.pinDir);
+    return [...dirs];
+  }
+  const prefix = nodePinDir(name, 'node');
+  let entries: string[] = [];
+  try {
+    entries = await readdir(BPFFS_ROOT);
+  } catch {
+    // No BPF filesystem: nothing pinned.
+  }
+  for (const entry of entries) {
+    const dir = join(BPFFS_ROOT, entry);
+    if (dir.startsWith(prefix) && /^\d+$/.test(dir.slice(prefix.length))) dirs.add(dir);
+  }
+  const owned = await pinDirOwners([...dirs], name);
+  return [...dirs].filter((d) => !owned.has(d));
 }
 
 /**
@@ -360,8 +485,8 @@ export async function labDown(name: string): Promise<LabDownResult> {
     }
   }
 
-  const pinDir = state?.pinDir ?? defaultPinDir(name);
-  if (pinDir.startsWith(`${BPFFS_ROOT}/`) && existsSync(pinDir)) {
+  for (const pinDir of await labPinDirs(name, state)) {
+    if (!pinDir.startsWith(`${BPFFS_ROOT}/`) || !existsSync(pinDir)) continue;
     try {
       // Unlinking a pin drops the map or link it pinned once nothing else holds it.
       await rm(pinDir, { recursive: true, force: true });
@@ -386,6 +511,8 @@ export interface LabHostStatus {
   name: string;
   role: HostRole;
   netns: string;
+  /** The node a backend runs on or the client is attached to; null for nodes and `ext`. */
+  node: string | null;
   /** Whether the namespace exists now. */
   present: boolean;
   /** Live IPv4 addresses (CIDR) of every interface but lo. */
@@ -401,13 +528,36 @@ export interface LabProcessStatus {
   log: string;
 }
 
+export type AgentRunState = 'running' | 'stopped' | 'disabled';
+
+export interface LabNodeStatus {
+  /** Host name, as `vipr lab exec` takes it. */
+  name: string;
+  nodeName: string;
+  netns: string;
+  /** The node IP on the underlay; null in the one-node lab. */
+  nodeIp: string | null;
+  podCidr: string;
+  pinDir: string;
+  agentIfaces: string[];
+  agentLog: string;
+  agent: AgentRunState;
+  /** The running agent's pid, null when none runs. */
+  agentPid: number | null;
+}
+
 export interface LabStatus {
   name: string;
   phase: LabState['phase'];
   stateDir: string;
+  /** The first node's pin dir (see `nodes` for every node's). */
   pinDir: string;
   manifests: string;
-  agent: 'running' | 'stopped' | 'disabled';
+  /** `running` when every node's agent runs. */
+  agent: AgentRunState;
+  nodes: LabNodeStatus[];
+  /** The bridge joining nodes and `ext` (its namespace is reachable as host `net`); null with one node. */
+  underlay: LabUnderlayState | null;
   hosts: LabHostStatus[];
   processes: LabProcessStatus[];
   services: ServiceSummary[];
@@ -434,6 +584,7 @@ export async function labStatus(name: string): Promise<LabStatus> {
       name: h.name,
       role: h.role,
       netns: h.netns,
+      node: h.node ?? null,
       present,
       addresses: interfaces.flatMap((i) => i.addresses),
       interfaces,
@@ -446,7 +597,21 @@ export async function labStatus(name: string): Promise<LabStatus> {
     running: isRunning(p.pid, p.startTime),
     log: p.log,
   }));
-  const agents = processes.filter((p) => p.kind === 'agent');
+  const nodes = state.nodes.map((n): LabNodeStatus => {
+    const agent = processes.find((p) => p.kind === 'agent' && p.host === n.host && p.running);
+    return {
+      name: n.host,
+      nodeName: n.nodeName,
+      netns: n.netns,
+      nodeIp: n.nodeIp,
+      podCidr: n.podCidr,
+      pinDir: n.pinDir,
+      agentIfaces: n.agentIfaces,
+      agentLog: n.agentLog,
+      agent: !state.agentEnabled ? 'disabled' : agent ? 'running' : 'stopped',
+      agentPid: agent?.pid ?? null,
+    };
+  });
   const summary = await summarizeManifestDir(state.manifestsDir);
   return {
     name: state.name,
@@ -454,7 +619,9 @@ export async function labStatus(name: string): Promise<LabStatus> {
     stateDir: state.stateDir,
     pinDir: state.pinDir,
     manifests: state.manifestsDir,
-    agent: !state.agentEnabled ? 'disabled' : agents.some((a) => a.running) ? 'running' : 'stopped',
+    agent: !state.agentEnabled ? 'disabled' : nodes.every((n) => n.agent === 'running') ? 'running' : 'stopped',
+    nodes,
+    underlay: state.underlay,
     hosts,
     processes,
     services: summary.services,
@@ -465,7 +632,9 @@ export async function labStatus(name: string): Promise<LabStatus> {
 /** The namespace of `host` in lab `name`; a ConfigError naming the valid hosts otherwise. */
 export async function labHostNetns(name: string, host: string): Promise<string> {
   const state = await loadLabState(name);
-  const found = state.hosts.find((h) => h.name === host);
+  const found =
+    state.hosts.find((h) => h.name === host) ??
+    (host === UNDERLAY_HOST && state.underlay ? { name: host, netns: state.underlay.netns } : undefined);
   if (!found) {
     throw new ConfigError(`no host '${host}' in lab '${name}'; hosts: ${state.hosts.map((h) => h.name).join(', ')}`);
   }

@@ -82,10 +82,17 @@ function routeArgs(r: RouteSpec): string[] {
  * progress and a failed build can be torn down completely.
  */
 export async function buildNetwork(plan: LabPlan, onNetnsCreated: (netns: string) => Promise<void>): Promise<void> {
-  for (const host of planHosts(plan)) {
-    await run('ip', ['netns', 'add', host.netns]);
-    await onNetnsCreated(host.netns);
-    await run('ip', ['-n', host.netns, 'link', 'set', 'lo', 'up']);
+  const namespaces = planHosts(plan).map((h) => h.netns);
+  if (plan.underlay) namespaces.push(plan.underlay.netns);
+  for (const netns of namespaces) {
+    await run('ip', ['netns', 'add', netns]);
+    await onNetnsCreated(netns);
+    await run('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+  }
+  if (plan.underlay) {
+    // A plain learning bridge (STP off, so ports forward at once): the underlay's one L2 segment.
+    await run('ip', ['-n', plan.underlay.netns, 'link', 'add', plan.underlay.bridge, 'type', 'bridge']);
+    await run('ip', ['-n', plan.underlay.netns, 'link', 'set', plan.underlay.bridge, 'up']);
   }
   for (const link of plan.links) {
     await run('ip', [
@@ -96,6 +103,11 @@ export async function buildNetwork(plan: LabPlan, onNetnsCreated: (netns: string
     ]);
     await configureEnd(link.local);
     await configureEnd(link.peer);
+  }
+  if (plan.underlay) {
+    for (const port of plan.underlay.ports) {
+      await run('ip', ['-n', plan.underlay.netns, 'link', 'set', port, 'master', plan.underlay.bridge]);
+    }
   }
   for (const ns of plan.forwarding) {
     await run('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1'], { netns: ns });

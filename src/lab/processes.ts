@@ -5,7 +5,7 @@
  * when its start time still matches the recorded one, so a reused pid is never killed.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { nsenterArgv } from './exec.js';
 
@@ -48,7 +48,11 @@ export interface StartOptions {
   netns: string;
   argv: string[];
   log: string;
-  /** Whether the process is ready, judged from its log so far (polled every 50 ms). */
+  /**
+   * Whether the process is ready, judged from what it has logged so far (polled every 50 ms). Only
+   * this process's output is passed: a log appended to across restarts still holds the previous
+   * process's readiness line.
+   */
   ready: (log: string) => boolean;
   timeoutMs: number;
   env?: NodeJS.ProcessEnv;
@@ -83,6 +87,7 @@ export class ProcessStartError extends Error {
 export async function startInNetns(opts: StartOptions): Promise<StartedProcess> {
   const [file, args] = nsenterArgv(opts.netns, opts.argv[0] ?? '', opts.argv.slice(1));
   const fd = openSync(opts.log, 'a');
+  const startOffset = fstatSync(fd).size;
   // Filled in by the child's events while the loop below polls.
   const events: { exit: { code: number | null; signal: string | null } | null; error: Error | null } = {
     exit: null,
@@ -113,7 +118,7 @@ export async function startInNetns(opts: StartOptions): Promise<StartedProcess> 
       if (pid !== undefined) {
         let text = '';
         try {
-          text = await readFile(opts.log, 'utf8');
+          text = (await readFile(opts.log)).subarray(startOffset).toString('utf8');
         } catch {
           // Not written yet.
         }

@@ -4,9 +4,9 @@
  * as soon as `up` starts and rewritten after each step, so a lab whose `up` failed halfway can
  * still be found and removed.
  */
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DEFAULT_LAB_NAME, type HostRole } from './topology.js';
+import { DEFAULT_LAB_NAME, hostNetns, type HostRole } from './topology.js';
 
 export const LAB_STATE_ROOT = '/run/vipr/lab';
 export const BPFFS_ROOT = '/sys/fs/bpf';
@@ -33,6 +33,8 @@ export interface LabHostState {
   name: string;
   role: HostRole;
   netns: string;
+  /** The node a backend runs on, or the client is attached to; absent for nodes and `ext`. */
+  node?: string;
   /** As planned; `status` reports the live addresses. */
   interfaces: LabInterfaceState[];
 }
@@ -47,24 +49,53 @@ export interface LabProcessState {
   log: string;
 }
 
+/** One node and what its agent gets. */
+export interface LabNodeState {
+  /** The host name (`node`, or `node1`, `node2`...), also its Kubernetes node name. */
+  host: string;
+  nodeName: string;
+  netns: string;
+  /** The node IP on the underlay (the agent's `--node-ip`); null in the one-node lab. */
+  nodeIp: string | null;
+  podCidr: string;
+  /** Where this node's agent pins; never shared by two agents. */
+  pinDir: string;
+  /** The node's interfaces the agent attaches to. */
+  agentIfaces: string[];
+  agentLog: string;
+}
+
+export interface LabUnderlayState {
+  netns: string;
+  bridge: string;
+  cidr: string;
+}
+
 export interface LabState {
   version: 1;
   name: string;
   /** `creating` until `up` finished; a lab left in `creating` failed or is still being built. */
   phase: 'creating' | 'up';
   createdAt: string;
+  /** Backends per node. */
   backends: number;
   stateDir: string;
+  /** The first node's pin dir (the only one in the one-node lab). */
   pinDir: string;
   manifestsDir: string;
   /** True when the manifests were written by the lab (in the state dir) rather than given. */
   defaultManifests: boolean;
   agentEnabled: boolean;
+  /** The script agents run from (`--agent-main`), so a restarted agent is the same program. */
+  agentMain?: string;
   /** Every namespace created so far, in creation order. */
   namespaces: string[];
   hosts: LabHostState[];
-  /** The node's interfaces the agent attaches to, client-facing first. */
+  /** The first node's agent interfaces (as `nodes[0].agentIfaces`). */
   agentIfaces: string[];
+  nodes: LabNodeState[];
+  /** The bridge joining the nodes and `ext`; null in the one-node lab. */
+  underlay: LabUnderlayState | null;
   processes: LabProcessState[];
 }
 
@@ -91,6 +122,58 @@ function isLabState(v: unknown): v is LabState {
   );
 }
 
+/**
+ * A state written before labs had several nodes has no `nodes`/`underlay`: it was a one-node lab,
+ * whose node, pin dir and interfaces the old fields describe.
+ */
+function withNodes(state: LabState): LabState {
+  if (Array.isArray(state.nodes)) return state;
+  return {
+    ...state,
+    agentIfaces: Array.isArray(state.agentIfaces) ? state.agentIfaces : [],
+    nodes: [
+      {
+        host: 'node',
+        nodeName: 'node',
+        netns: hostNetns(state.name, 'node'),
+        nodeIp: null,
+        podCidr: '10.244.0.0/24',
+        pinDir: state.pinDir,
+        agentIfaces: Array.isArray(state.agentIfaces) ? state.agentIfaces : [],
+        agentLog: join(state.stateDir, 'agent.log'),
+      },
+    ],
+    underlay: null,
+  };
+}
+
+/** Names of the labs with a state directory on this machine. */
+export async function listLabNames(): Promise<string[]> {
+  try {
+    return (await readdir(LAB_STATE_ROOT, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
+/**
+ * The labs other than `except` whose agents pin in one of `pinDirs` (a lab named `a-node1` and
+ * node1 of a two-node lab `a` would both use /sys/fs/bpf/vipr-a-node1), as `dir → lab`.
+ */
+export async function pinDirOwners(pinDirs: readonly string[], except: string): Promise<Map<string, string>> {
+  const owners = new Map<string, string>();
+  for (const lab of await listLabNames()) {
+    if (lab === except) continue;
+    const read = await readLabState(lab);
+    if (read.kind !== 'ok') continue;
+    for (const dir of [read.state.pinDir, ...read.state.nodes.map((n) => n.pinDir)]) {
+      if (pinDirs.includes(dir)) owners.set(dir, lab);
+    }
+  }
+  return owners;
+}
+
 export type LabStateRead =
   | { kind: 'missing' }
   | { kind: 'unreadable'; reason: string }
@@ -107,7 +190,7 @@ export async function readLabState(name: string): Promise<LabStateRead> {
   try {
     const parsed: unknown = JSON.parse(text);
     if (!isLabState(parsed)) return { kind: 'unreadable', reason: 'not a vipr lab state file (version 1)' };
-    return { kind: 'ok', state: parsed };
+    return { kind: 'ok', state: withNodes(parsed) };
   } catch (err) {
     return { kind: 'unreadable', reason: (err as Error).message };
   }
