@@ -6,17 +6,19 @@
  */
 import { createHash } from 'node:crypto';
 
-function isPrime(n: number): boolean {
-  if (n < 2) return false;
-  for (let d = 2; d * d <= n; d++) if (n % d === 0) return false;
-  return true;
-}
+/**
+ * Table sizes: primes roughly doubling. A service keeps its size while its backend count stays
+ * within one step: slot positions depend on the size, so changing it would move almost every
+ * flow, which is what Maglev exists to avoid.
+ */
+export const MAGLEV_SIZES = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071] as const;
 
-/** The table size for `backends` backends: the smallest prime >= 100 × backends (at least 101). */
+/** The table size for `backends` backends: the first of MAGLEV_SIZES >= 100 × backends. */
 export function maglevTableSize(backends: number): number {
-  let m = Math.max(101, 100 * backends);
-  while (!isPrime(m)) m++;
-  return m;
+  const want = 100 * Math.max(1, backends);
+  const size = MAGLEV_SIZES.find((m) => m >= want);
+  if (size === undefined) throw new RangeError(`maglev: ${backends} backends exceed the largest table (${MAGLEV_SIZES.at(-1)} slots)`);
+  return size;
 }
 
 function hash64(text: string, seed: string): bigint {
