@@ -4,9 +4,9 @@
 #   base/          debootstrap minbase of bookworm + the tools vipr drives + linux-image-amd64
 #                  (its modules ship IPVS, which this machine's kernel lacks). Built once, cached.
 #   vmlinuz, initrd.img   the base's kernel, and an initramfs that can mount a virtio disk.
-#   rootfs.img     ext4 image of base + this host's node binary + the built project + the
-#                  guest scripts (scripts/lab-vm/); rebuilt on every run so it holds the current
-#                  build. `mkfs.ext4 -d` fills it without loop mounts.
+#   rootfs.img     ext4 image of base + this host's node binary + the built project (dist/,
+#                  bpf/*.o, bench/, production node_modules) + the guest scripts (scripts/lab-vm/);
+#                  rebuilt on every run so it holds the current build. `mkfs.ext4 -d` fills it without loop mounts.
 #
 # usage: scripts/lab-vm.sh build [--cache DIR] [--rebuild-base]
 #        scripts/lab-vm.sh clean [--cache DIR]
@@ -67,6 +67,10 @@ copy_project() {
   cp -a "$REPO/package.json" "$REPO/dist" "$dest/"
   cp -a "$REPO"/bpf/*.bpf.o "$dest/bpf/"
   cp -a "$REPO/scripts/lab-vm" "$dest/scripts/"
+  # vipr bench's C programs, sources and binaries with their times (it rebuilds older binaries).
+  if [ -d "$REPO/bench" ]; then
+    cp -a "$REPO/bench" "$dest/"
+  fi
   (cd "$REPO" && npm ls --omit=dev --all --parseable 2>/dev/null) | while read -r dir; do
     case $dir in
       "$REPO"/node_modules/*)

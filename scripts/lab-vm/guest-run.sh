@@ -13,10 +13,12 @@ HERE=$(dirname "$(readlink -f "$0")")
 LAB=vm
 # shellcheck source=/dev/null
 . "$OUT/request.env"
-MODES=${VIPR_VM_MODES:-bpf iptables nftables ipvs}
+MODES=${VIPR_VM_MODES:-bpf iptables iptables-nft nftables ipvs}
 COUNT=${VIPR_VM_COUNT:-500}
 QUICK=${VIPR_VM_QUICK:-0}
 ACCEL=${VIPR_VM_ACCEL:-unknown}
+SERVICES=${VIPR_VM_SERVICES:-}
+ROUNDS=${VIPR_VM_ROUNDS:-}
 
 section() {
   printf '\n== %s\n' "$*"
@@ -32,8 +34,19 @@ if vipr bench --help >/dev/null 2>&1; then
   section "vipr bench --modes ${MODES// /,}"
   args=(bench --modes "${MODES// /,}" --json "$OUT/bench.json")
   [ "$QUICK" = 1 ] && args+=(--quick)
+  [ -n "$SERVICES" ] && args+=(--services "$SERVICES")
+  [ -n "$ROUNDS" ] && args+=(--rounds "$ROUNDS")
   vipr "${args[@]}"
-  exit $?
+  code=$?
+  # The bench cannot know it ran under emulation: say so in its report.
+  [ -f "$OUT/bench.json" ] && node -e '
+    const fs = require("node:fs");
+    const [file, accel] = process.argv.slice(1);
+    const report = JSON.parse(fs.readFileSync(file, "utf8"));
+    report.env = { ...report.env, kernel: report.env?.kernel ?? require("node:os").release(), accel,
+      note: accel === "kvm" ? "virtual machine" : "emulated CPU (TCG): absolute times are meaningless, compare ratios between modes only" };
+    fs.writeFileSync(file, JSON.stringify(report, null, 2) + "\n");' "$OUT/bench.json" "$ACCEL"
+  exit $code
 fi
 
 section "this build has no 'vipr bench': every mode measured on the namespace lab with probe.mjs"
@@ -75,7 +88,8 @@ for mode in $MODES; do
   case $mode in
     bpf) vipr list -n --pin-dir "$(node -e 'process.stdout.write(JSON.parse(process.argv[1]).pinDir)' "$status")" ;;
     ipvs) nsenter --net="/run/netns/$LAB-node" ipvsadm -Ln ;;
-    iptables) nsenter --net="/run/netns/$LAB-node" iptables -t nat -S KUBE-SERVICES ;;
+    iptables) nsenter --net="/run/netns/$LAB-node" iptables-legacy -t nat -S KUBE-SERVICES ;;
+    iptables-nft) nsenter --net="/run/netns/$LAB-node" iptables-nft -t nat -S KUBE-SERVICES ;;
     nftables) nsenter --net="/run/netns/$LAB-node" nft list chain ip kube-proxy services ;;
   esac
   [ "$ok" = 1 ] || { echo "vipr-vm: mode $mode failed"; failed=1; }

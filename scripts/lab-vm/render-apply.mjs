@@ -2,7 +2,8 @@
 // produce (src/render/), applied with the real tools, the way kube-proxy applies them. The VM
 // lab uses it to measure every mode on one kernel while `vipr run` only drives the bpf mode.
 //
-// usage: node render-apply.mjs iptables|nftables|ipvs MANIFEST_DIR NODE_NETNS NODE_IP
+// usage: node render-apply.mjs iptables|iptables-nft|nftables|ipvs MANIFEST_DIR NODE_NETNS NODE_IP
+// (`iptables` is iptables-legacy, as in vipr bench; Debian's default `iptables` is the nft one).
 import { execFileSync } from 'node:child_process';
 
 const dist = new URL('../../dist/src/', import.meta.url);
@@ -11,8 +12,8 @@ const { buildDesiredState } = await import(new URL('model/build.js', dist).href)
 const render = await import(new URL('render/index.js', dist).href);
 
 const [mode, manifestDir, netns, nodeIp] = process.argv.slice(2);
-if (!['iptables', 'nftables', 'ipvs'].includes(mode ?? '') || !manifestDir || !netns || !nodeIp) {
-  process.stderr.write('usage: render-apply.mjs iptables|nftables|ipvs MANIFEST_DIR NODE_NETNS NODE_IP\n');
+if (!['iptables', 'iptables-nft', 'nftables', 'ipvs'].includes(mode ?? '') || !manifestDir || !netns || !nodeIp) {
+  process.stderr.write('usage: render-apply.mjs iptables|iptables-nft|nftables|ipvs MANIFEST_DIR NODE_NETNS NODE_IP\n');
   process.exit(2);
 }
 
@@ -24,15 +25,15 @@ function inNode(cmd, args, input, stderr = 'inherit') {
   });
 }
 
-function installJumps(rules) {
+function installJumps(iptables, rules) {
   for (const r of rules) {
     // -N fails when the chain exists (the restore created it): that is fine.
     try {
-      inNode('iptables', ['-w', '-t', r.table, '-N', r.target], undefined, 'ignore');
+      inNode(iptables, ['-w', '-t', r.table, '-N', r.target], undefined, 'ignore');
     } catch {
       /* exists */
     }
-    inNode('iptables', ['-w', '-t', r.table, '-I', r.chain, '1', ...r.args], undefined);
+    inNode(iptables, ['-w', '-t', r.table, '-I', r.chain, '1', ...r.args], undefined);
   }
 }
 
@@ -49,9 +50,12 @@ const options = {
 
 switch (mode) {
   case 'iptables':
-    installJumps(render.iptablesJumpRules());
-    inNode('iptables-restore', ['-w', '--noflush'], render.renderIptables(state, options));
+  case 'iptables-nft': {
+    const iptables = mode === 'iptables' ? 'iptables-legacy' : 'iptables-nft';
+    installJumps(iptables, render.iptablesJumpRules());
+    inNode(`${iptables}-restore`, ['-w', '--noflush'], render.renderIptables(state, options));
     break;
+  }
   case 'nftables':
     inNode('nft', ['-f', '-'], render.renderNftables(state, options));
     break;
@@ -63,7 +67,7 @@ switch (mode) {
     for (const a of ipvs.addresses) inNode('ip', ['addr', 'add', `${a}/32`, 'dev', 'kube-ipvs0'], undefined);
     inNode('ipset', ['restore'], ipvs.ipset);
     inNode('iptables-restore', ['-w', '--noflush'], ipvs.iptables);
-    installJumps(render.ipvsIptablesJumpRules());
+    installJumps('iptables', render.ipvsIptablesJumpRules());
     inNode('ipvsadm', ['-R'], ipvs.ipvsadm);
     break;
   }

@@ -17,9 +17,11 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { BENCH_PROGRAMS, ensureBenchProgram } from '../bench/programs.js';
 import { repoRoot } from './lab.js';
 
-export const LAB_VM_MODES = ['bpf', 'iptables', 'nftables', 'ipvs'] as const;
+/** vipr bench's dataplanes; `iptables` is iptables-legacy, `iptables-nft` the nft backend. */
+export const LAB_VM_MODES = ['bpf', 'iptables', 'iptables-nft', 'nftables', 'ipvs'] as const;
 export type LabVmMode = (typeof LAB_VM_MODES)[number];
 export type Accel = 'kvm' | 'tcg';
 
@@ -35,6 +37,10 @@ export interface LabVmOptions {
   quick?: boolean;
   /** Requests per metric when the guest measures with the lab probes (default DEFAULT_COUNT). */
   count?: number;
+  /** `vipr bench --services` (default: the bench's own, or its --quick ones). */
+  services?: readonly number[];
+  /** `vipr bench --rounds`. */
+  rounds?: number;
   /** `auto` tries KVM, then TCG. */
   accel?: 'auto' | Accel;
   /** Image cache (debootstrap base, kernel, rootfs.img) and run directories. */
@@ -57,13 +63,16 @@ const BenchResult = z.object({
   placement: z.string(),
   metric: z.string(),
   p50: z.number(),
-  p99: z.number(),
-  rate: z.number(),
+  // Control-plane figures (sync times, memory) have no p99 and no rate.
+  p99: z.number().nullable(),
+  rate: z.number().nullable(),
   unit: z.string(),
 });
 const BenchReport = z.object({
   env: z.record(z.unknown()),
   results: z.array(BenchResult),
+  /** Modes the bench could not run, and why (vipr bench reports them; the probes do not). */
+  unavailable: z.array(z.object({ mode: z.string(), reason: z.string() })).optional(),
 });
 export type BenchResult = z.infer<typeof BenchResult>;
 export type BenchReport = z.infer<typeof BenchReport>;
@@ -124,12 +133,20 @@ export function qemuArgv(files: VmFiles, accel: Accel, memoryMb: number, cpus: n
 }
 
 /** The guest's request file: shell assignments of validated values only. */
-export function requestEnv(modes: readonly LabVmMode[], count: number, quick: boolean, accel: Accel): string {
+export function requestEnv(
+  modes: readonly LabVmMode[],
+  count: number,
+  quick: boolean,
+  accel: Accel,
+  bench: { services?: readonly number[]; rounds?: number } = {},
+): string {
   return [
     `VIPR_VM_MODES="${modes.join(' ')}"`,
     `VIPR_VM_COUNT=${count}`,
     `VIPR_VM_QUICK=${quick ? 1 : 0}`,
     `VIPR_VM_ACCEL=${accel}`,
+    `VIPR_VM_SERVICES="${(bench.services ?? []).join(',')}"`,
+    `VIPR_VM_ROUNDS="${bench.rounds ?? ''}"`,
     '',
   ].join('\n');
 }
@@ -151,9 +168,12 @@ export function parseBenchReport(text: string, source: string): BenchReport {
 
 const EMULATION_NOTE = 'emulated CPU (TCG): absolute times are meaningless, compare ratios between modes only';
 
+const cell = (v: number | null, width: number): string => (v === null ? '-' : String(v)).padStart(width);
+
 /**
- * A table per metric: each mode's p50/p99/rate and its p50 relative to the baseline mode (bpf
- * when measured, else the first), which is the only column that means something under TCG.
+ * A table per metric, service count and placement: each mode's p50/p99/rate and its p50 relative
+ * to the baseline mode (bpf when measured, else the first), which is the only column that means
+ * something under TCG.
  */
 export function formatComparison(report: BenchReport, accel: Accel): string {
   const env = report.env;
@@ -161,25 +181,29 @@ export function formatComparison(report: BenchReport, accel: Accel): string {
   const kernel = typeof env['kernel'] === 'string' ? env['kernel'] : 'unknown kernel';
   lines.push(`vipr lab vm: kernel ${kernel}, qemu ${accel === 'kvm' ? 'KVM' : 'TCG (emulation)'}`);
   lines.push(accel === 'tcg' ? `NOTE: ${EMULATION_NOTE}` : 'NOTE: virtual machine: compare modes with each other, not with bare metal');
-  const metrics = [...new Set(report.results.map((r) => r.metric))];
-  for (const metric of metrics) {
-    const rows = report.results.filter((r) => r.metric === metric);
+  const groups = new Map<string, BenchResult[]>();
+  for (const r of report.results) {
+    const key = `${r.metric} (${r.unit}), ${r.services} service${r.services === 1 ? '' : 's'}, placement ${r.placement}`;
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
+  for (const [title, rows] of groups) {
     const base = rows.find((r) => r.mode === 'bpf') ?? rows[0];
     if (!base) continue;
-    lines.push('');
-    lines.push(`${metric} (${rows[0]?.unit ?? ''} per request; ratio = p50 / p50 of ${base.mode})`);
-    lines.push(`  ${'mode'.padEnd(9)} ${'p50'.padStart(9)} ${'p99'.padStart(9)} ${'req/s'.padStart(8)} ${'ratio'.padStart(6)}`);
+    lines.push('', `${title}; ratio = p50 / p50 of ${base.mode}`);
+    lines.push(`  ${'mode'.padEnd(13)} ${'p50'.padStart(9)} ${'p99'.padStart(9)} ${'rate/s'.padStart(8)} ${'ratio'.padStart(6)}`);
     for (const r of rows) {
       const ratio = base.p50 > 0 ? (r.p50 / base.p50).toFixed(2) : '-';
-      lines.push(
-        `  ${r.mode.padEnd(9)} ${String(r.p50).padStart(9)} ${String(r.p99).padStart(9)} ${String(r.rate).padStart(8)} ${ratio.padStart(6)}`,
-      );
+      lines.push(`  ${r.mode.padEnd(13)} ${cell(r.p50, 9)} ${cell(r.p99, 9)} ${cell(r.rate, 8)} ${ratio.padStart(6)}`);
     }
   }
+  for (const u of report.unavailable ?? []) lines.push('', `${u.mode}: unavailable: ${u.reason}`);
   return `${lines.join('\n')}\n`;
 }
 
-function resolveOptions(opts: LabVmOptions): Required<Omit<LabVmOptions, 'onLine' | 'count'>> & { count: number } {
+type ResolvedVmOptions = Required<Omit<LabVmOptions, 'onLine' | 'count' | 'services' | 'rounds'>> &
+  Pick<LabVmOptions, 'services' | 'rounds'> & { count: number };
+
+function resolveOptions(opts: LabVmOptions): ResolvedVmOptions {
   const modes = opts.modes ?? LAB_VM_MODES;
   if (modes.length === 0) throw new ConfigError('vipr lab vm: no modes to measure');
   for (const m of modes) {
@@ -190,6 +214,12 @@ function resolveOptions(opts: LabVmOptions): Required<Omit<LabVmOptions, 'onLine
   const quick = opts.quick ?? false;
   const count = opts.count ?? (quick ? QUICK_COUNT : DEFAULT_COUNT);
   if (!Number.isInteger(count) || count < 20) throw new ConfigError(`vipr lab vm: --count must be an integer >= 20, got ${count}`);
+  for (const n of opts.services ?? []) {
+    if (!Number.isInteger(n) || n < 1) throw new ConfigError(`vipr lab vm: service counts must be positive integers, got ${n}`);
+  }
+  if (opts.rounds !== undefined && (!Number.isInteger(opts.rounds) || opts.rounds < 1)) {
+    throw new ConfigError(`vipr lab vm: rounds must be a positive integer, got ${opts.rounds}`);
+  }
   return {
     modes,
     quick,
@@ -201,6 +231,8 @@ function resolveOptions(opts: LabVmOptions): Required<Omit<LabVmOptions, 'onLine
     cpus: opts.cpus ?? Math.min(2, availableParallelism()),
     timeoutMs: opts.timeoutMs ?? 40 * 60_000,
     kvmProbeMs: opts.kvmProbeMs ?? 30_000,
+    ...(opts.services ? { services: opts.services } : {}),
+    ...(opts.rounds !== undefined ? { rounds: opts.rounds } : {}),
   };
 }
 
@@ -302,6 +334,9 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
   const onLine = options.onLine ?? ((): void => undefined);
   if (process.getuid?.() !== 0) throw new ConfigError('vipr lab vm must run as root (debootstrap, chroot)');
   await mkdir(opts.cacheDir, { recursive: true });
+  // The bench's C load generator and responders are compiled here (the guest has no compiler);
+  // same Debian release on both sides, so the binaries run in the guest as they are.
+  for (const program of BENCH_PROGRAMS) await ensureBenchProgram(program);
   await buildImage(opts.cacheDir, opts.rebuildBase, onLine);
 
   const runDir = join(opts.cacheDir, 'runs', new Date().toISOString().replace(/[:.]/g, '-'));
@@ -318,7 +353,7 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
     opts.accel === 'auto' ? (existsSync('/dev/kvm') ? ['kvm', 'tcg'] : ['tcg']) : [opts.accel];
   let kvmProblem: string | null = opts.accel === 'auto' && !existsSync('/dev/kvm') ? 'no /dev/kvm' : null;
   for (const accel of candidates) {
-    await writeFile(join(runDir, 'request.env'), requestEnv(opts.modes, opts.count, opts.quick, accel));
+    await writeFile(join(runDir, 'request.env'), requestEnv(opts.modes, opts.count, opts.quick, accel, opts));
     onLine(`lab-vm: booting with ${accel === 'kvm' ? 'KVM' : 'TCG (emulation)'}; serial console in ${serialLog}`);
     const outcome = await boot(qemuArgv(files, accel, opts.memoryMb, opts.cpus), serialLog, accel, opts.timeoutMs, opts.kvmProbeMs, onLine);
     if (accel === 'kvm' && !outcome.guestSpoke) {
