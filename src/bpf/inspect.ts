@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import type { DatapathMaps } from './datapath.js';
 import {
-  BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_FORWARD, IPPROTO_TCP, IPPROTO_UDP, SCHEDULERS,
+  BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_FORWARD, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, SCHEDULERS, SCOPE_EXTERNAL,
   STAT_NAMES, SVC_F_AFFINITY, type StatName,
 } from './layouts.js';
 import type { Listing, ListedService } from '../model/listing.js';
@@ -44,7 +44,10 @@ export function readBpfListing(maps: DatapathMaps, pinDir: string): Listing {
   const backends = new Map(maps.backends.entries().map(([k, v]) => [k.id, v]));
   const slots = new Map(maps.slots.entries().map(([k, v]) => [`${k.svc_id}/${k.slot}`, v.id]));
   const services: ListedService[] = [];
+  const nodeIps = maps.nodeIps.entries().map(([k]) => k.addr);
   for (const [key, svc] of maps.services.entries()) {
+    // Internal-scope twins of externalTrafficPolicy Local frontends are an implementation detail.
+    if (key.scope !== SCOPE_EXTERNAL) continue;
     const listed: ListedService = {
       protocol: protoName(key.proto),
       address: key.vip,
@@ -54,10 +57,13 @@ export function readBpfListing(maps: DatapathMaps, pinDir: string): Listing {
       name: names.get(svc.svc_id) ?? null,
       backends: [],
     };
+    // Maglev fills many slots per backend: list each backend once.
+    const listedIds = new Set<number>();
     for (let slot = 0; slot < svc.backend_count; slot++) {
       const id = slots.get(`${svc.svc_id}/${slot}`);
       const be = id === undefined ? undefined : backends.get(id);
-      if (id === undefined || be === undefined) continue;
+      if (id === undefined || be === undefined || listedIds.has(id)) continue;
+      listedIds.add(id);
       const c = counts.get(`${svc.svc_id}/${id}`) ?? { active: 0, inactive: 0 };
       const flags: string[] = [];
       if (be.flags & BE_F_TERMINATING) flags.push('terminating');
@@ -67,7 +73,12 @@ export function readBpfListing(maps: DatapathMaps, pinDir: string): Listing {
         activeConn: c.active, inactConn: c.inactive, flags,
       });
     }
-    services.push(listed);
+    // A NodePort answers on every node address: list it there, as IPVS mode does.
+    if (key.vip === NODEPORT_VIP && nodeIps.length > 0) {
+      for (const ip of nodeIps) services.push({ ...listed, address: ip });
+    } else {
+      services.push(listed);
+    }
   }
   return { source: `bpf (${pinDir})`, services };
 }
