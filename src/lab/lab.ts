@@ -132,12 +132,20 @@ function agentReady(log: string): boolean {
  * contract with `vipr run`). The lab's EndpointSlices name each pod's node, so Local traffic
  * policies depend on `--node-name`; multi-node labs also give the node IP (NodePort, SNAT).
  */
+/** Every pod CIDR of the lab (10.244.<node>.0/24) lies inside. */
+export const LAB_CLUSTER_CIDR = '10.244.0.0/16';
+
 export function agentArgv(state: LabState, agentMain: string, node: LabNodeState | undefined = state.nodes[0]): string[] {
   if (!node) throw new Error(`lab '${state.name}' has no node`);
   const argv = [process.execPath, agentMain, 'run', '--manifests', state.manifestsDir];
   for (const iface of node.agentIfaces) argv.push('--iface', iface);
   argv.push('--pin-dir', node.pinDir, '--node-name', node.nodeName);
-  if (node.nodeIp !== null) argv.push('--node-ip', node.nodeIp);
+  // Pods are internal traffic (externalTrafficPolicy Local short-circuits them to every endpoint).
+  argv.push('--cluster-cidr', LAB_CLUSTER_CIDR);
+  if (node.nodeIp !== null) {
+    // The underlay stands for the NIC: XDP balances what arrives there from outside.
+    argv.push('--node-ip', node.nodeIp, '--xdp', node.agentIfaces[0] as string);
+  }
   argv.push('--log-level', 'info');
   return argv;
 }

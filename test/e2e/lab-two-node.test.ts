@@ -306,11 +306,11 @@ process.on('SIGTERM', () => { clearInterval(keep); process.exit(0); });
     const manifests = `/run/vipr/lab/${lab}/manifests`;
     expect(node1.argv).toEqual([
       'run', '--manifests', manifests, '--iface', 'eth0', '--iface', 'eth1', '--iface', 'vbe1',
-      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node1`, '--node-name', 'node1', '--node-ip', '192.168.60.11', '--log-level', 'info',
+      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node1`, '--node-name', 'node1', '--cluster-cidr', '10.244.0.0/16', '--node-ip', '192.168.60.11', '--xdp', 'eth0', '--log-level', 'info',
     ]);
     expect(node2.argv).toEqual([
       'run', '--manifests', manifests, '--iface', 'eth0', '--iface', 'vbe2',
-      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node2`, '--node-name', 'node2', '--node-ip', '192.168.60.12', '--log-level', 'info',
+      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node2`, '--node-name', 'node2', '--cluster-cidr', '10.244.0.0/16', '--node-ip', '192.168.60.12', '--xdp', 'eth0', '--log-level', 'info',
     ]);
     expect(node1.netns).toBe(`net:[${statSync(`/run/netns/${lab}-node1`).ino}]`);
     expect(node2.netns).toBe(`net:[${statSync(`/run/netns/${lab}-node2`).ino}]`);

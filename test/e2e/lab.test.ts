@@ -271,7 +271,7 @@ describe('vipr lab with a stand-in agent', () => {
       '--iface', 'vbe1',
       '--iface', 'vbe2',
       '--pin-dir', `/sys/fs/bpf/vipr-${lab}`,
-      '--node-name', 'node',
+      '--node-name', 'node', '--cluster-cidr', '10.244.0.0/16',
       '--log-level', 'info',
     ]);
     expect(seen.netns).toBe(`net:[${statSync(`/run/netns/${lab}-node`).ino}]`);
