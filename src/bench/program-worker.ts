@@ -40,6 +40,9 @@ export interface ProgramResult {
   services: number;
   syncAllMs: number;
   syncOneMs: number[];
+  /** BPF only: the part of each sync spent in map calls (bpf(2) through libbpf), same order. */
+  mapAllMs: number | null;
+  mapOneMs: number[] | null;
   /** iptables modes: 1-based position of each measured Service's TCP rule among KUBE-SERVICES' service rules. */
   positions: Record<string, { position: number; of: number }> | null;
 }
@@ -61,12 +64,46 @@ function withOneBackendLess(objects: ClusterObjects, service: string): ClusterOb
   return { services: objects.services, endpointSlices: slices };
 }
 
-async function openDataplane(req: ProgramRequest): Promise<{ dataplane: Dataplane; close: () => void }> {
+/** Time spent inside the methods of a set of map objects, summed. */
+class MapClock {
+  private ns = 0n;
+
+  /** The same maps, each method call timed. */
+  wrap<T extends object>(maps: T): T {
+    const wrapped: Record<string, unknown> = {};
+    for (const [role, map] of Object.entries(maps) as Array<[string, object]>) {
+      wrapped[role] = new Proxy(map, {
+        get: (target, prop) => {
+          const v: unknown = Reflect.get(target, prop, target);
+          if (typeof v !== 'function') return v;
+          return (...args: unknown[]): unknown => {
+            const start = process.hrtime.bigint();
+            try {
+              return (v as (...a: unknown[]) => unknown).apply(target, args);
+            } finally {
+              this.ns += process.hrtime.bigint() - start;
+            }
+          };
+        },
+      });
+    }
+    return wrapped as T;
+  }
+
+  /** Milliseconds since the last take. */
+  take(): number {
+    const ms = Number(this.ns) / 1e6;
+    this.ns = 0n;
+    return ms;
+  }
+}
+
+async function openDataplane(req: ProgramRequest, clock: MapClock): Promise<{ dataplane: Dataplane; close: () => void }> {
   if (req.mode === 'bpf') {
     const { LoadedDatapath } = await import('../bpf/datapath.js');
     const { BpfDataplane } = await import('../sync/bpf-dataplane.js');
     const loaded = LoadedDatapath.load(req.pinDir);
-    return { dataplane: new BpfDataplane(loaded.maps, req.pinDir), close: () => loaded.close() };
+    return { dataplane: new BpfDataplane(clock.wrap(loaded.maps), req.pinDir), close: () => loaded.close() };
   }
   const render = renderOptionsFromCli({});
   const dataplane =
@@ -98,11 +135,16 @@ async function main(requestFile: string): Promise<void> {
   const state: DesiredState = buildDesiredState(load.objects, node);
   const changed: DesiredState = buildDesiredState(withOneBackendLess(load.objects, req.changeService), node);
 
-  const { dataplane, close } = await openDataplane(req);
+  const clock = new MapClock();
+  const { dataplane, close } = await openDataplane(req, clock);
+  const bpf = req.mode === 'bpf';
   try {
+    clock.take();
     let start = process.hrtime.bigint();
     const first = await dataplane.sync(state, true);
     const syncAllMs = elapsedMs(start);
+    const mapAllMs = clock.take();
+    const mapOneMs: number[] = [];
     if (first.failed.length > 0) throw new Error(`sync failed for ${first.failed.length} services: ${first.failed[0]?.error}`);
     const syncOneMs: number[] = [];
     for (let i = 0; i < req.repeats; i++) {
@@ -110,10 +152,18 @@ async function main(requestFile: string): Promise<void> {
         start = process.hrtime.bigint();
         const res = await dataplane.sync(next, false);
         syncOneMs.push(elapsedMs(start));
+        mapOneMs.push(clock.take());
         if (res.failed.length > 0) throw new Error(`sync of one change failed: ${res.failed[0]?.error}`);
       }
     }
-    const result: ProgramResult = { services: first.services, syncAllMs, syncOneMs, positions: await kubeServicesPositions(req) };
+    const result: ProgramResult = {
+      services: first.services,
+      syncAllMs,
+      syncOneMs,
+      mapAllMs: bpf ? mapAllMs : null,
+      mapOneMs: bpf ? mapOneMs : null,
+      positions: await kubeServicesPositions(req),
+    };
     writeFileSync(req.resultFile, JSON.stringify(result));
   } finally {
     await dataplane.close();

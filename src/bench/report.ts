@@ -108,13 +108,15 @@ function controlTable(report: BenchReport, metric: 'sync_all' | 'sync_one' | 'rs
       const bpf = findResult(report.results, { mode: 'bpf', services: n, placement: 'none', metric });
       let text = metric === 'rss' ? fmtNum(r.p50, 1) : fmtMs(r.p50);
       if (metric === 'sync_one' && r.p99 !== null) text += ` (p99 ${fmtMs(r.p99)})`;
+      if (r.mapWork !== undefined) text += ` [maps ${fmtMs(r.mapWork)}]`;
       if (mode !== 'bpf' && bpf && bpf.p50 > 0) text += ` ${ratio(r.p50, bpf.p50)} bpf`;
       row.push(text);
     }
     rows.push(row);
   }
   rows.push(...unavailableRows(report, services.length));
-  return [CONTROL_TITLES[metric], ...table(rows).map((l) => `  ${l}`), ''];
+  const note = metric !== 'rss' && rows.some((r) => r.some((c) => c.includes('[maps '))) ? ['  [maps X]: the part of it spent in BPF map calls'] : [];
+  return [CONTROL_TITLES[metric], ...table(rows).map((l) => `  ${l}`), ...note, ''];
 }
 
 /** BPF's headline comparisons, one line each. */

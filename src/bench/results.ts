@@ -25,6 +25,8 @@ export interface Sample {
   rate: number | null;
   /** Failed transactions (traffic metrics). */
   errors?: number;
+  /** BPF sync metrics: the part spent in map calls, ms. */
+  mapWork?: number;
 }
 
 export interface BenchResult {
@@ -39,6 +41,8 @@ export interface BenchResult {
   /** Rounds the medians are taken over. */
   rounds: number;
   errors?: number;
+  /** BPF sync_all / sync_one: median over rounds of the time spent in map calls, ms. */
+  mapWork?: number;
 }
 
 export interface BenchEnv {
@@ -106,6 +110,7 @@ export function summarize(samples: readonly Sample[]): BenchResult[] {
     const p99s = g.map((s) => s.p99).filter((v): v is number => v !== null);
     const rates = g.map((s) => s.rate).filter((v): v is number => v !== null);
     const errors = g.reduce((n, s) => n + (s.errors ?? 0), 0);
+    const mapWork = g.map((s) => s.mapWork).filter((v): v is number => v !== undefined);
     out.push({
       mode: first.mode,
       services: first.services,
@@ -117,6 +122,7 @@ export function summarize(samples: readonly Sample[]): BenchResult[] {
       unit: METRIC_UNITS[first.metric],
       rounds: g.length,
       ...(first.errors === undefined ? {} : { errors }),
+      ...(mapWork.length === 0 ? {} : { mapWork: round3(median(mapWork)) }),
     });
   }
   return out;

@@ -205,15 +205,19 @@ async function programNode(c: CellContext, mode: DataplaneMode): Promise<void> {
   await execText('env', ['VIPR_LOG_LEVEL=error', file, ...args], 600_000, c.signal);
   const res = JSON.parse(readFileSync(resultFile, 'utf8')) as ProgramResult;
   const base = { mode, services: c.services, placement: 'none' as const, round: c.round };
-  c.samples.push({ ...base, metric: 'sync_all', p50: res.syncAllMs, p99: null, rate: null });
-  c.samples.push({ ...base, metric: 'sync_one', p50: median(res.syncOneMs), p99: percentile(res.syncOneMs, 99), rate: null });
+  c.samples.push({ ...base, metric: 'sync_all', p50: res.syncAllMs, p99: null, rate: null, ...(res.mapAllMs === null ? {} : { mapWork: res.mapAllMs }) });
+  c.samples.push({
+    ...base, metric: 'sync_one', p50: median(res.syncOneMs), p99: percentile(res.syncOneMs, 99), rate: null,
+    ...(res.mapOneMs === null ? {} : { mapWork: median(res.mapOneMs) }),
+  });
   for (const [placement, pos] of Object.entries(res.positions ?? {})) {
     const i = c.placements.findIndex((p) => p.mode === mode && p.services === c.services && p.placement === placement);
     const entry = { mode, services: c.services, placement, position: pos.position, of: pos.of };
     if (i >= 0) c.placements[i] = entry;
     else c.placements.push(entry);
   }
-  c.progress(`sync_all ${res.syncAllMs.toFixed(2)} ms, sync_one ${median(res.syncOneMs).toFixed(3)} ms`);
+  const maps = (v: number | null): string => (v === null ? '' : ` (maps ${v.toFixed(3)} ms)`);
+  c.progress(`sync_all ${res.syncAllMs.toFixed(2)} ms${maps(res.mapAllMs)}, sync_one ${median(res.syncOneMs).toFixed(3)} ms${maps(res.mapOneMs === null ? null : median(res.mapOneMs))}`);
 }
 
 /** Starts the real agent on the N Services, reads its RSS once it is running, stops it. */
