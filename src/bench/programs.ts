@@ -50,13 +50,19 @@ export async function ensureBenchProgram(program: BenchProgram): Promise<string>
   if (existsSync(bin) && (!existsSync(src) || statSync(bin).mtimeMs >= statSync(src).mtimeMs)) return bin;
   if (!existsSync(src)) throw new ConfigError(`${bin} is missing and so is its source ${src}`);
   mkdirSync(join(packageRoot(), 'bench', 'bin'), { recursive: true });
-  const cc = process.env.CC ?? 'cc';
-  try {
-    await execFileText(cc, [...BENCH_CFLAGS, '-o', bin, src], { timeoutMs: 120_000 });
-  } catch (err) {
-    throw new ConfigError(`building ${bin} failed (run 'make build'; needs a C compiler): ${(err as Error).message}`, { cause: err });
+  // The Makefile's compiler first; clang-16 (installed for the BPF objects) where no cc is.
+  const compilers = process.env.CC !== undefined ? [process.env.CC] : ['cc', 'clang-16'];
+  let lastError: unknown = null;
+  for (const cc of compilers) {
+    try {
+      await execFileText(cc, [...BENCH_CFLAGS, '-o', bin, src], { timeoutMs: 120_000 });
+      return bin;
+    } catch (err) {
+      lastError = err;
+      if ((err as { cause?: NodeJS.ErrnoException }).cause?.code !== 'ENOENT') break;
+    }
   }
-  return bin;
+  throw new ConfigError(`building ${bin} failed (run 'make build'; needs a C compiler): ${(lastError as Error).message}`, { cause: lastError });
 }
 
 /** What bench/bin/rr prints. */

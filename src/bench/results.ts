@@ -59,6 +59,8 @@ export interface BenchEnv {
   backends: number;
   rounds: number;
   wallSeconds: number;
+  /** 1/5/15-minute load averages at the start and the end: other work on the machine shows here. */
+  loadAverage: { start: number[]; end: number[] };
 }
 
 export interface Unavailable {

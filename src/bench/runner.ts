@@ -11,7 +11,7 @@
  */
 import { execFile } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
-import { cpus, release, tmpdir } from 'node:os';
+import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireRoot } from '../bpf/datapath.js';
 import { nsenterArgv } from '../lab/exec.js';
@@ -131,6 +131,7 @@ async function environment(plan: BenchPlan, command: string, dma: string): Promi
     backends: plan.backends,
     rounds: plan.rounds,
     wallSeconds: 0,
+    loadAverage: { start: loadavg().map((v) => Math.round(v * 100) / 100), end: [] },
   };
 }
 
@@ -353,5 +354,6 @@ export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
     rmSync(workDir, { recursive: true, force: true });
   }
   env.wallSeconds = Math.round((Date.now() - started) / 1000);
+  env.loadAverage.end = loadavg().map((v) => Math.round(v * 100) / 100);
   return { env, results: summarize(samples), unavailable, placements };
 }
