@@ -7,9 +7,8 @@
 import { createHash } from 'node:crypto';
 
 /**
- * Table sizes: primes roughly doubling. A service keeps its size while its backend count stays
- * within one step: slot positions depend on the size, so changing it would move almost every
- * flow, which is what Maglev exists to avoid.
+ * Table sizes: primes roughly doubling. Slot positions depend on the size, so changing it moves
+ * almost every flow: the BPF dataplane keeps a service's size while it still fits.
  */
 export const MAGLEV_SIZES = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071] as const;
 

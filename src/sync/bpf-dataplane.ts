@@ -23,7 +23,7 @@ import {
 } from '../bpf/layouts.js';
 import { readServiceNames } from '../bpf/inspect.js';
 import { serviceNamesPath } from '../paths.js';
-import { maglevTable } from '../model/maglev.js';
+import { maglevTable, maglevTableSize } from '../model/maglev.js';
 import { componentLogger } from '../log.js';
 import { BpfError } from '../errors.js';
 import { cidrContains, formatIpv4, formatMask, normalizeIpv4Cidr, parseIpv4Cidr } from '../model/ipv4.js';
@@ -182,10 +182,17 @@ export function bpfFrontends(state: DesiredState, defaultScheduler: Scheduler): 
   return { frontends: unique, skipped };
 }
 
-/** The slots of a frontend: one per backend, or the Maglev table. Values index `backends`. */
-function slotLayout(f: Frontend): number[] {
-  if (f.scheduler === 'maglev') return maglevTable(f.backends.map((b) => `${b.addr}:${b.port}`));
-  return f.backends.map((_, i) => i);
+/**
+ * The slots of a frontend: one per backend, or the Maglev table. Values index `backends`. A
+ * Maglev table keeps its current size while that still fits the backends (at least 100 slots
+ * each, at most 8 times the size it would get new): slot positions depend on the size, so a new
+ * size would move almost every flow.
+ */
+function slotLayout(f: Frontend, currentMaglevSize: number | null): number[] {
+  if (f.scheduler !== 'maglev') return f.backends.map((_, i) => i);
+  const fresh = maglevTableSize(f.backends.length);
+  const keep = currentMaglevSize !== null && currentMaglevSize >= 100 * f.backends.length && currentMaglevSize <= 8 * fresh;
+  return maglevTable(f.backends.map((b) => `${b.addr}:${b.port}`), keep ? currentMaglevSize : fresh);
 }
 
 interface Applied {
@@ -368,7 +375,8 @@ export class BpfDataplane implements Dataplane {
     for (const [fid, f] of desired) {
       const prev = this.applied.get(fid);
       const ids = f.backends.map(backendIdOf);
-      const slotIds = slotLayout(f).map((i) => ids[i] as number);
+      const currentMaglev = prev && prev.value.scheduler === SCHEDULERS.indexOf('maglev') ? prev.slots.length : null;
+      const slotIds = slotLayout(f, currentMaglev).map((i) => ids[i] as number);
       const svcId = prev?.svcId ?? this.svcIds.take();
       const value: SvcValueT = {
         svc_id: svcId,
