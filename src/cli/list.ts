@@ -1,4 +1,11 @@
-import { formatListing, sortListing } from '../model/listing.js';
+import { hostname } from 'node:os';
+import { formatListing, sortListing, type ListedService, type Listing } from '../model/listing.js';
+import { buildDesiredState } from '../model/build.js';
+import type { DesiredState } from '../model/types.js';
+import { loadSnapshot } from '../sources/snapshot.js';
+import { bpfFrontends } from '../sync/bpf-dataplane.js';
+import { NODEPORT_VIP, SCOPE_EXTERNAL } from '../bpf/layouts.js';
+import { protoName } from '../bpf/inspect.js';
 import { ConfigError } from '../errors.js';
 import { DEFAULT_PIN_DIR } from '../paths.js';
 import { detectInstalledMode, parseProxyMode, readListing } from '../modes/index.js';
@@ -8,6 +15,7 @@ import { parseOptions } from './options.js';
 export const summary = 'list services and backends like ipvsadm -Ln (read from the dataplane)';
 
 const HELP = `usage: vipr list [-n] [--json] [--mode MODE] [--pin-dir DIR] [--iptables-backend B]
+       vipr list [-n] [--json] (--manifests DIR | --kubeconfig FILE) [--node-name N]
 
 Reads the running dataplane and prints it as ipvsadm -Ln does:
   Prot LocalAddress:Port Scheduler Flags
@@ -15,6 +23,9 @@ Reads the running dataplane and prints it as ipvsadm -Ln does:
 In bpf mode connection counts come from vipr's conntrack (ActiveConn: TCP flows not closing).
 In the iptables and nftables modes the table is read back from the installed rules
 (iptables-save, nft list); NodePorts show as 0.0.0.0:PORT (every local address).
+
+With --manifests or --kubeconfig it lists what the BPF dataplane would program for those
+Services on this node instead, without reading any dataplane.
 
   -n, --numeric            addresses and ports only (without it, each service also shows its name)
   --json                   the same content as JSON
@@ -24,6 +35,26 @@ In the iptables and nftables modes the table is read back from the installed rul
   --iptables-backend B     auto|legacy|nft (iptables mode; default auto)
 `;
 
+/** What the BPF dataplane would program for `state`, as a listing (no connection counts). */
+function desiredListing(state: DesiredState): Listing {
+  const services: ListedService[] = [];
+  for (const f of bpfFrontends(state, 'random').frontends) {
+    if (f.key.scope !== SCOPE_EXTERNAL) continue;
+    const listed: ListedService = {
+      protocol: protoName(f.key.proto),
+      address: f.key.vip,
+      port: f.key.port,
+      scheduler: f.scheduler,
+      persistentSeconds: f.affinityTimeout,
+      name: f.service,
+      backends: f.backends.map((b) => ({ address: b.addr, port: b.port, forward: 'Masq', weight: 1, activeConn: 0, inactConn: 0, flags: [] })),
+    };
+    if (f.key.vip === NODEPORT_VIP && state.node.ips.length > 0) for (const ip of state.node.ips) services.push({ ...listed, address: ip });
+    else services.push(listed);
+  }
+  return { source: 'desired state (not read from a dataplane)', services };
+}
+
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseOptions('list', argv, {
     numeric: { type: 'boolean', short: 'n', default: false },
@@ -31,10 +62,21 @@ export async function run(argv: string[]): Promise<number> {
     mode: { type: 'string' },
     'pin-dir': { type: 'string', default: DEFAULT_PIN_DIR },
     'iptables-backend': { type: 'string', default: 'auto' },
+    manifests: { type: 'string' },
+    kubeconfig: { type: 'string' },
+    'node-name': { type: 'string', default: hostname() },
     help: { type: 'boolean', short: 'h', default: false },
   });
   if (values.help) {
     process.stdout.write(HELP);
+    return 0;
+  }
+  if (values.manifests !== undefined || values.kubeconfig !== undefined) {
+    const snap = await loadSnapshot({ manifests: values.manifests, kubeconfig: values.kubeconfig, nodeName: values['node-name'] });
+    for (const p of snap.problems) process.stderr.write(`vipr list: ${p}\n`);
+    const state = buildDesiredState(snap.objects, snap.node ?? { name: values['node-name'], zone: null, ips: [] });
+    const listing = sortListing(desiredListing(state));
+    process.stdout.write(values.json ? `${JSON.stringify(listing, null, 2)}\n` : formatListing(listing, { numeric: values.numeric }));
     return 0;
   }
   const pinDir = values['pin-dir'];
