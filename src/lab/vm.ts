@@ -15,6 +15,7 @@ import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { BENCH_PROGRAMS, ensureBenchProgram } from '../bench/programs.js';
@@ -168,7 +169,8 @@ export function parseBenchReport(text: string, source: string): BenchReport {
 
 const EMULATION_NOTE = 'emulated CPU (TCG): absolute times are meaningless, compare ratios between modes only';
 
-const cell = (v: number | null, width: number): string => (v === null ? '-' : String(v)).padStart(width);
+const cell = (v: number | null, width: number): string =>
+  (v === null ? '-' : String(Math.round(v * 10) / 10)).padStart(width);
 
 /**
  * A table per metric, service count and placement: each mode's p50/p99/rate and its p50 relative
@@ -182,9 +184,17 @@ export function formatComparison(report: BenchReport, accel: Accel): string {
   lines.push(`vipr lab vm: kernel ${kernel}, qemu ${accel === 'kvm' ? 'KVM' : 'TCG (emulation)'}`);
   lines.push(accel === 'tcg' ? `NOTE: ${EMULATION_NOTE}` : 'NOTE: virtual machine: compare modes with each other, not with bare metal');
   const groups = new Map<string, BenchResult[]>();
+  const title = (r: BenchResult, placement: string): string =>
+    `${r.metric} (${r.unit}), ${r.services} service${r.services === 1 ? '' : 's'}, placement ${placement}`;
+  // vipr bench's `direct` floor (no NAT) has no placement: it is shown in every placement's table.
+  const floors = report.results.filter((r) => r.mode === 'direct');
   for (const r of report.results) {
-    const key = `${r.metric} (${r.unit}), ${r.services} service${r.services === 1 ? '' : 's'}, placement ${r.placement}`;
-    groups.set(key, [...(groups.get(key) ?? []), r]);
+    if (r.mode === 'direct') continue;
+    const key = title(r, r.placement);
+    if (!groups.has(key)) {
+      groups.set(key, floors.filter((f) => f.metric === r.metric && f.services === r.services));
+    }
+    groups.get(key)?.push(r);
   }
   for (const [title, rows] of groups) {
     const base = rows.find((r) => r.mode === 'bpf') ?? rows[0];
@@ -238,15 +248,18 @@ function resolveOptions(opts: LabVmOptions): ResolvedVmOptions {
 
 /** Splits a stream into lines for `onLine`. */
 function lineSplitter(onLine: (line: string) => void): { push(chunk: Buffer): void; end(): void } {
+  // A chunk can end inside a multi-byte character (the bench prints '×' and 'µ').
+  const decoder = new StringDecoder('utf8');
   let rest = '';
   return {
     push(chunk) {
-      rest += chunk.toString('utf8');
+      rest += decoder.write(chunk);
       const parts = rest.split(/\r?\n/);
       rest = parts.pop() ?? '';
       for (const p of parts) onLine(p);
     },
     end() {
+      rest += decoder.end();
       if (rest.length > 0) onLine(rest);
       rest = '';
     },
