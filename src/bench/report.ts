@@ -55,6 +55,10 @@ function servicesOf(report: BenchReport): number[] {
   return [...new Set(report.results.map((r) => r.services))].sort((a, b) => a - b);
 }
 
+function failedCell(report: BenchReport, mode: BenchMode, services: number): string {
+  return report.failures.some((f) => f.mode === mode && f.services === services) ? 'failed (see below)' : '-';
+}
+
 function unavailableRows(report: BenchReport, columns: number): string[][] {
   return report.unavailable.map((u) => [u.mode, `unavailable: ${u.reason}`, ...Array<string>(Math.max(0, columns - 1)).fill('')]);
 }
@@ -68,7 +72,7 @@ function trafficTable(report: BenchReport, metric: TrafficMetric, placement: Exc
     for (const n of services) {
       const r = findResult(report.results, { mode, services: n, placement: mode === 'direct' ? 'none' : placement, metric });
       if (!r) {
-        row.push('-');
+        row.push(failedCell(report, mode, n));
         continue;
       }
       any = any || mode !== 'direct';
@@ -102,7 +106,7 @@ function controlTable(report: BenchReport, metric: 'sync_all' | 'sync_one' | 'rs
     for (const n of services) {
       const r = findResult(report.results, { mode, services: n, placement: 'none', metric });
       if (!r) {
-        row.push('-');
+        row.push(failedCell(report, mode, n));
         continue;
       }
       const bpf = findResult(report.results, { mode: 'bpf', services: n, placement: 'none', metric });
@@ -155,6 +159,11 @@ export function formatReport(report: BenchReport): string {
   for (const metric of ['crr', 'udp'] as const) out.push(...trafficTable(report, metric, 'middle'));
   for (const metric of ['sync_all', 'sync_one', 'rss'] as const) out.push(...controlTable(report, metric));
   out.push(...bpfSummary(report));
+  if (report.failures.length > 0) {
+    out.push('Not measured:');
+    for (const f of report.failures) out.push(`  ${f.mode} with ${servicesLabel(f.services)} (round ${f.round}): ${f.reason}`);
+    out.push('');
+  }
   if (report.placements.length > 0) {
     const where = report.placements.map((p) => `${p.mode} ${p.services}: ${p.placement} rule ${p.position}/${p.of}`);
     out.push(`KUBE-SERVICES positions of the measured services: ${where.join(', ')}`, '');

@@ -68,10 +68,19 @@ export interface Unavailable {
   reason: string;
 }
 
+/** A mode that could not be measured at a service count (it is then skipped in later rounds). */
+export interface CellFailure {
+  mode: BenchMode;
+  services: number;
+  round: number;
+  reason: string;
+}
+
 export interface BenchReport {
   env: BenchEnv;
   results: BenchResult[];
   unavailable: Unavailable[];
+  failures: CellFailure[];
   /** iptables modes: where the measured Services' TCP rules sat in KUBE-SERVICES (last round). */
   placements: Array<{ mode: BenchMode; services: number; placement: string; position: number; of: number }>;
 }

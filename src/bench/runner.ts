@@ -28,7 +28,7 @@ import {
   BENCH_NAMESPACE, benchManifests, labNameFor, changedServiceIndex, placementIndex, placementsFor, serviceName, serviceVip, targetFor,
   TRAFFIC_METRICS, type BenchMode, type BenchPlan, type DataplaneMode, type TrafficMetric,
 } from './plan.js';
-import { percentile, median, summarize, type BenchEnv, type BenchReport, type Sample, type Unavailable } from './results.js';
+import { percentile, median, summarize, type BenchEnv, type BenchReport, type CellFailure, type Sample, type Unavailable } from './results.js';
 
 export class BenchAbortedError extends Error {
   override readonly name = 'BenchAbortedError';
@@ -312,6 +312,7 @@ export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
   const pending: string[] = [];
   const samples: Sample[] = [];
   const placements: BenchReport['placements'] = [];
+  const failures: CellFailure[] = [];
   try {
     for (const mode of benchModes) {
       checkAbort(signal);
@@ -332,11 +333,24 @@ export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
       for (const n of plan.services) {
         for (const lab of labs) {
           checkAbort(signal);
+          // A mode that failed at this count once (a tool timing out at 10,000 services) would
+          // only fail again: it is reported, not retried.
+          if (failures.some((f) => f.mode === lab.mode && f.services === n)) continue;
           const prefix = `[round ${round}/${plan.rounds}] ${n} services, ${lab.mode}:`;
-          await cell({
-            plan, lab, services: n, round, manifestsDir: manifestsDirs.get(n) as string, workDir, signal, samples, placements,
-            progress: (line) => o.onProgress(`${prefix} ${line}`),
-          });
+          const mark = samples.length;
+          try {
+            await cell({
+              plan, lab, services: n, round, manifestsDir: manifestsDirs.get(n) as string, workDir, signal, samples, placements,
+              progress: (line) => o.onProgress(`${prefix} ${line}`),
+            });
+          } catch (err) {
+            if (signal.aborted || lab.mode === 'direct') throw err;
+            // Half a cell would make medians of unlike things: drop what it measured.
+            samples.splice(mark);
+            const reason = (err instanceof Error ? err.message : String(err)).replace(/^.*program-worker: /, '');
+            failures.push({ mode: lab.mode, services: n, round, reason });
+            o.onProgress(`${prefix} FAILED: ${reason}`);
+          }
         }
       }
     }
@@ -355,5 +369,7 @@ export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
   }
   env.wallSeconds = Math.round((Date.now() - started) / 1000);
   env.loadAverage.end = loadavg().map((v) => Math.round(v * 100) / 100);
-  return { env, results: summarize(samples), unavailable, placements };
+  // Figures of earlier rounds of a mode that failed later are dropped too: no partial medians.
+  const kept = samples.filter((s) => !failures.some((f) => f.mode === s.mode && f.services === s.services));
+  return { env, results: summarize(kept), unavailable, failures, placements };
 }

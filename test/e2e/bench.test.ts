@@ -31,6 +31,7 @@ interface Report {
   env: { kernel: string; cpu: string; tools: Record<string, string>; date: string; cpuDmaLatency: string };
   results: Result[];
   unavailable: Array<{ mode: string; reason: string }>;
+  failures: Array<{ mode: string; services: number; reason: string }>;
   placements: Array<{ mode: string; services: number; placement: string; position: number; of: number }>;
 }
 
@@ -128,6 +129,7 @@ describe('vipr bench --quick', () => {
       if (!ok) bad.push(`${what}: ${JSON.stringify(r)}`);
     };
     const modes = [...new Set(report.results.map((r) => r.mode))].filter((m) => m !== 'direct');
+    expect(report.failures).toEqual([]);
     for (const services of [1, 100]) {
       for (const metric of TRAFFIC) has('direct', services, 'none', metric);
       for (const mode of modes) {
