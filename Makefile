@@ -8,21 +8,30 @@ BPF_OBJ := $(BPF_SRC:.c=.o)
 BPF_HDR := $(wildcard bpf/include/*.h bpf/lib/*.h)
 TS_SRC := $(shell find src -name '*.ts')
 APT_PKGS := clang-16 llvm-16 libbpf1 libbpf-dev bpftool iproute2 iptables nftables ipset ipvsadm \
-	ethtool curl socat util-linux kmod
+	ethtool curl socat util-linux kmod shellcheck vagrant
+# Only for the VM lab (make lab-vm): an image from Debian packages, booted with qemu.
+VM_APT_PKGS := debootstrap qemu-system-x86 e2fsprogs
 
-.PHONY: all deps apt-deps npm-deps build bpf ts demo test clean lab-down
+.PHONY: all deps apt-deps npm-deps build bpf ts demo test clean lab-vm lab-vm-deps lab-vm-test
 
 all: build
 
 deps: apt-deps npm-deps
 
 # Installs only what is missing: apt is not touched when every package is present.
-apt-deps:
-	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "apt: installing $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+apt-deps:
+	$(call apt_install,$(APT_PKGS))
+
+lab-vm-deps:
+	$(call apt_install,$(VM_APT_PKGS))
 
 npm-deps: node_modules/.package-lock.json
 
@@ -52,5 +61,12 @@ demo: deps build
 test: deps build
 	node --experimental-vm-modules node_modules/jest/bin/jest.js --runInBand
 
+# Every mode, IPVS included, measured in a qemu VM with Debian's kernel (minutes).
+lab-vm: deps build lab-vm-deps
+	node dist/src/cli/main.js lab vm $(LAB_VM_ARGS)
+
+lab-vm-test: deps build lab-vm-deps
+	VIPR_JEST_VM=1 node --experimental-vm-modules node_modules/jest/bin/jest.js --runInBand test/vm
+
 clean:
-	rm -rf dist bpf/*.o
+	rm -rf dist bpf/*.o bench/bin

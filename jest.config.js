@@ -7,6 +7,8 @@ export default {
     '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: 'tsconfig.test.json' }],
   },
   testMatch: ['<rootDir>/test/**/*.test.ts'],
+  // The VM lab boots qemu for minutes: `make lab-vm-test` runs it (VIPR_JEST_VM=1).
+  testPathIgnorePatterns: process.env.VIPR_JEST_VM === '1' ? ['/node_modules/'] : ['/node_modules/', '<rootDir>/test/vm/'],
   setupFiles: ['<rootDir>/test/setup-env.ts'],
   testTimeout: 60000,
 };

@@ -20,7 +20,7 @@ vipr lab up
 
 echo
 echo "== 10 requests to nginx-service (ClusterIP 10.0.0.213:80) from the client"
-for i in $(seq 1 10); do
+for _ in $(seq 1 10); do
   printf 'curl http://10.0.0.213/  ->  %s\n' "$(vipr lab exec client -- curl -s -m 2 http://10.0.0.213/)"
 done
 

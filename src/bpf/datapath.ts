@@ -286,6 +286,11 @@ export function attachXdp(dp: LoadedDatapath, iface: string): Attachment['how'] 
   return 'tc';
 }
 
+/** Unpins the TCX links of an interface that is gone (the kernel already detached them). */
+export function forgetInterface(pinDir: string, iface: string): void {
+  for (const dir of ['ingress', 'egress'] as const) rmSync(linkPinPath(pinDir, iface, dir), { force: true });
+}
+
 /** The interface's driver as `ethtool -i` reports it, or null. */
 function interfaceDriver(iface: string): string | null {
   try {

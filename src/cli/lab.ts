@@ -4,6 +4,8 @@
  * namespace. See src/lab/ for how it is built.
  */
 import { parseArgs } from 'node:util';
+import { copyFile } from 'node:fs/promises';
+import { formatComparison, labVm, LAB_VM_MODES, type LabVmMode } from '../lab/vm.js';
 import { ConfigError } from '../errors.js';
 import { formatError } from './errors.js';
 import { runInteractive } from '../lab/exec.js';
@@ -45,6 +47,9 @@ commands:
   restart-agent  stop an agent (SIGTERM, or SIGKILL with --kill) and start a new one; it
           takes over the pinned maps and links, so established connections survive
           [--name N] [--node NODE (default: every node's agent)]
+  vm      every mode, IPVS included, measured by 'vipr bench' in a qemu VM booted with Debian's
+          kernel (this machine's kernel has no IPVS): [--modes a,b] [--quick] [--services 1,1000]
+          [--rounds N] [--accel auto|kvm|tcg] [--json FILE] [--rebuild-base]; needs 'make lab-vm-deps'
 
 One node (the default): client 172.30.0.2 -- node eth0 172.30.0.1, pods 10.244.0.11.. behind
 vbe1.. on the node (agent --node-name node). With --nodes N: node<i> eth0 on the underlay
@@ -274,7 +279,48 @@ async function status(argv: string[]): Promise<number> {
   return 0;
 }
 
-const SUBCOMMANDS: Record<string, (argv: string[]) => Promise<number>> = { up, down, exec, status, 'restart-agent': restartAgent };
+async function vm(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      modes: { type: 'string' },
+      quick: { type: 'boolean', default: false },
+      services: { type: 'string' },
+      rounds: { type: 'string' },
+      accel: { type: 'string', default: 'auto' },
+      json: { type: 'string' },
+      'rebuild-base': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    out(USAGE.trimEnd());
+    return 0;
+  }
+  const accel = values.accel;
+  if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw new ConfigError(`--accel ${accel}: expected auto, kvm or tcg`);
+  const modes = values.modes?.split(',');
+  for (const m of modes ?? []) {
+    if (!(LAB_VM_MODES as readonly string[]).includes(m)) throw new ConfigError(`--modes: '${m}' is not one of ${LAB_VM_MODES.join(', ')}`);
+  }
+  const result = await labVm({
+    ...(modes ? { modes: modes as LabVmMode[] } : {}),
+    quick: values.quick,
+    accel,
+    rebuildBase: values['rebuild-base'],
+    ...(values.services ? { services: values.services.split(',').map(Number) } : {}),
+    ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    onLine: (l) => process.stderr.write(`${l}\n`),
+  });
+  process.stdout.write(formatComparison(result.report, result.accel));
+  if (result.kvmProblem) out(`(KVM not used: ${result.kvmProblem})`);
+  if (values.json) await copyFile(`${result.runDir}/bench.json`, values.json);
+  out(`results and serial console: ${result.runDir}`);
+  return result.guestExitCode === 0 ? 0 : 1;
+}
+
+const SUBCOMMANDS: Record<string, (argv: string[]) => Promise<number>> = { up, down, exec, status, 'restart-agent': restartAgent, vm };
 
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;

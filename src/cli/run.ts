@@ -1,7 +1,8 @@
 import { hostname } from 'node:os';
 import type { Server } from 'node:http';
 import type { ParseArgsConfig } from 'node:util';
-import { LoadedDatapath, attachInterface, attachXdp, requireRoot, type AttachMode } from '../bpf/datapath.js';
+import { LoadedDatapath, attachInterface, attachXdp, forgetInterface, requireRoot, type AttachMode } from '../bpf/datapath.js';
+import { listLinks, parseIfaceSpec, watchLinks } from '../bpf/interfaces.js';
 import { ServiceHealthServers } from '../sync/service-health.js';
 import { gcConntrack } from '../bpf/conntrack.js';
 import type { Scheduler } from '../model/types.js';
@@ -50,7 +51,8 @@ sources (one of):
   --kubeconfig FILE          a cluster's API server (also $KUBECONFIG, or in-cluster config)
 dataplane:
   --mode MODE                bpf (default), iptables, nftables or ipvs
-  --iface IF                 interface to attach to (repeat for several)
+  --iface IF                 interface to attach to (repeat for several); IF+ matches every
+                             interface named IF... now and as they appear (e.g. veth+ for pods)
   --pin-dir DIR              where maps and links are pinned (default ${DEFAULT_PIN_DIR})
   --attach auto|tcx|tc       TCX links (kernel >= 6.6) or clsact filters (default auto)
   --xdp IF                   also attach XDP to IF, an interface facing a NIC (NodePort/LB from
@@ -231,8 +233,22 @@ async function runAgent(
   // pinned by a previous agent keeps serving traffic meanwhile.
   await agent.firstSync;
   let gcTimer: NodeJS.Timeout | null = null;
+  let stopWatch: () => void = () => undefined;
   if (loaded !== null) {
-    for (const iface of values.iface) attachInterface(loaded, iface, o.attach);
+    const spec = parseIfaceSpec(values.iface);
+    for (const iface of spec.names) attachInterface(loaded, iface, o.attach);
+    for (const iface of listLinks().filter((n) => spec.prefixes.some((p) => n.startsWith(p)))) attachInterface(loaded, iface, o.attach);
+    stopWatch = watchLinks(
+      spec,
+      (iface) => {
+        try {
+          attachInterface(loaded, iface, o.attach);
+        } catch (err) {
+          log.error({ err, iface }, 'cannot attach to a new interface');
+        }
+      },
+      (iface) => forgetInterface(pinDir, iface),
+    );
     for (const iface of values.xdp) attachXdp(loaded, iface);
     // Conntrack ageing: the datapath only creates and touches entries.
     gcTimer = setInterval(() => {
@@ -264,5 +280,6 @@ async function runAgent(
   for (const s of servers) s.close();
   serviceHealth.close();
   if (gcTimer) clearInterval(gcTimer);
+  stopWatch();
   return 0;
 }

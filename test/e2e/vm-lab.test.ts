@@ -1,10 +1,9 @@
 /*
  * `vipr lab vm`. The pieces that need no VM (qemu's command line, the guest request, reading and
- * printing a bench report) are checked on every run. The VM itself (debootstrap, a qemu boot
- * under TCG, every mode measured inside: minutes) runs only with VIPR_VM_LAB=1 (`make lab-vm-test`);
- * without it that block is reported as skipped, with the reason in its name and on the console.
+ * printing a bench report) are checked here, on every run. The VM itself (debootstrap, a qemu
+ * boot under TCG, every mode measured inside: minutes) is test/vm/vm-run.test.ts, run by
+ * `make lab-vm-test` only.
  */
-import { existsSync, readFileSync } from 'node:fs';
 import {
   formatComparison,
   LAB_VM_MODES,
@@ -117,39 +116,4 @@ describe('lab vm: reading and printing the bench report', () => {
     await expect(labVm({ services: [0] })).rejects.toThrow(/service counts must be positive integers/);
     await expect(labVm({ rounds: 1.5 })).rejects.toThrow(/rounds must be a positive integer/);
   });
-});
-
-const VM_LAB = process.env['VIPR_VM_LAB'] === '1';
-if (!VM_LAB) {
-  process.stdout.write('vm-lab.test.ts: the VM run is skipped; set VIPR_VM_LAB=1 (make lab-vm-test) to boot it\n');
-}
-const describeVm = VM_LAB ? describe : describe.skip;
-
-describeVm(`lab vm: a real VM run${VM_LAB ? '' : ' (skipped: set VIPR_VM_LAB=1)'}`, () => {
-  it(
-    'boots the Debian kernel and measures every mode, IPVS included',
-    async () => {
-      const lines: string[] = [];
-      const result = await labVm({ quick: true, onLine: (l) => lines.push(l) });
-      expect(['kvm', 'tcg']).toContain(result.accel);
-      if (result.accel === 'tcg' && existsSync('/dev/kvm')) expect(result.kvmProblem).not.toBeNull();
-      expect(result.guestExitCode).toBe(0);
-      expect(String(result.report.env['kernel'])).toMatch(/-amd64$/);
-      for (const mode of LAB_VM_MODES) {
-        for (const metric of ['rr', 'crr', 'udp']) {
-          const r = result.report.results.find((x) => x.mode === mode && x.metric === metric);
-          expect(r).toBeDefined();
-          expect(r?.p50).toBeGreaterThan(0);
-          expect(r?.p99).toBeGreaterThanOrEqual(r?.p50 ?? 0);
-        }
-      }
-      expect(result.report.unavailable ?? []).toEqual([]);
-      const serial = readFileSync(result.serialLog, 'utf8');
-      expect(serial).toContain('vipr-vm: init started');
-      // The guest kernel has IPVS: the modules were loaded and in use.
-      expect(serial).toMatch(/^ip_vs +\d+ +\d+ \S*ip_vs_rr/m);
-      expect(lines.some((l) => l.startsWith('lab-vm: booting with'))).toBe(true);
-    },
-    45 * 60_000,
-  );
 });
