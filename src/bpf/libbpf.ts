@@ -13,159 +13,180 @@ import { componentLogger } from '../log.js';
 
 const log = componentLogger('libbpf');
 
-const libbpf = koffi.load('libbpf.so.1');
-const libc = koffi.load('libc.so.6');
-
-const BpfObject = koffi.opaque('bpf_object');
-const BpfProgram = koffi.opaque('bpf_program');
-const BpfMap = koffi.opaque('bpf_map');
-
-const OpenOpts = koffi.struct('bpf_object_open_opts', {
-  sz: 'size_t',
-  object_name: 'const char *',
-  relaxed_maps: 'bool',
-  pin_root_path: 'const char *',
-  attach_prog_fd_removed: 'uint32_t',
-  kconfig: 'const char *',
-  btf_custom_path: 'const char *',
-  kernel_log_buf: 'void *',
-  kernel_log_size: 'size_t',
-  kernel_log_level: 'uint32_t',
-});
-
-const TcHook = koffi.struct('bpf_tc_hook', {
-  sz: 'size_t',
-  ifindex: 'int',
-  attach_point: 'int',
-  parent: 'uint32_t',
-});
-
-const TcOpts = koffi.struct('bpf_tc_opts', {
-  sz: 'size_t',
-  prog_fd: 'int',
-  flags: 'uint32_t',
-  prog_id: 'uint32_t',
-  handle: 'uint32_t',
-  priority: 'uint32_t',
-});
-
-const BatchOpts = koffi.struct('bpf_map_batch_opts', {
-  sz: 'size_t',
-  elem_flags: 'uint64_t',
-  flags: 'uint64_t',
-});
-
-const TestRunOpts = koffi.struct('bpf_test_run_opts', {
-  sz: 'size_t',
-  data_in: 'void *',
-  data_out: 'void *',
-  data_size_in: 'uint32_t',
-  data_size_out: 'uint32_t',
-  ctx_in: 'void *',
-  ctx_out: 'void *',
-  ctx_size_in: 'uint32_t',
-  ctx_size_out: 'uint32_t',
-  retval: 'uint32_t',
-  repeat: 'int',
-  duration: 'uint32_t',
-  flags: 'uint32_t',
-  cpu: 'uint32_t',
-  batch_size: 'uint32_t',
-});
-
-const PrintFn = koffi.proto('int libbpf_print_fn(int level, const char *fmt, void *args)');
-
-const fns = {
-  libbpf_set_print: libbpf.func('void *libbpf_set_print(libbpf_print_fn *fn)'),
-  libbpf_num_possible_cpus: libbpf.func('int libbpf_num_possible_cpus(void)'),
-  bpf_object__open_file: libbpf.func(
-    'bpf_object *bpf_object__open_file(const char *path, const bpf_object_open_opts *opts)',
-  ),
-  bpf_object__load: libbpf.func('int bpf_object__load(bpf_object *obj)'),
-  bpf_object__close: libbpf.func('void bpf_object__close(bpf_object *obj)'),
-  bpf_object__find_program_by_name: libbpf.func(
-    'bpf_program *bpf_object__find_program_by_name(bpf_object *obj, const char *name)',
-  ),
-  bpf_object__find_map_by_name: libbpf.func(
-    'bpf_map *bpf_object__find_map_by_name(bpf_object *obj, const char *name)',
-  ),
-  bpf_object__next_map: libbpf.func('bpf_map *bpf_object__next_map(bpf_object *obj, bpf_map *prev)'),
-  bpf_map__name: libbpf.func('const char *bpf_map__name(bpf_map *map)'),
-  bpf_map__fd: libbpf.func('int bpf_map__fd(bpf_map *map)'),
-  bpf_map__set_max_entries: libbpf.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t n)'),
-  bpf_map__pin_path: libbpf.func('const char *bpf_map__pin_path(bpf_map *map)'),
-  bpf_program__fd: libbpf.func('int bpf_program__fd(bpf_program *prog)'),
-  bpf_map_update_elem: libbpf.func(
-    'int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)',
-  ),
-  bpf_map_lookup_elem: libbpf.func('int bpf_map_lookup_elem(int fd, const void *key, _Out_ void *value)'),
-  bpf_map_delete_elem: libbpf.func('int bpf_map_delete_elem(int fd, const void *key)'),
-  bpf_map_get_next_key: libbpf.func(
-    'int bpf_map_get_next_key(int fd, const void *key, _Out_ void *next_key)',
-  ),
-  bpf_map_update_batch: libbpf.func(
-    'int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
-  ),
-  bpf_map_delete_batch: libbpf.func(
-    'int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
-  ),
-  bpf_map_lookup_batch: libbpf.func(
-    'int bpf_map_lookup_batch(int fd, void *in_batch, _Out_ void *out_batch, _Out_ void *keys, _Out_ void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
-  ),
-  bpf_obj_get: libbpf.func('int bpf_obj_get(const char *path)'),
-  bpf_obj_pin: libbpf.func('int bpf_obj_pin(int fd, const char *path)'),
-  bpf_obj_get_info_by_fd: libbpf.func(
-    'int bpf_obj_get_info_by_fd(int fd, _Out_ void *info, _Inout_ uint32_t *len)',
-  ),
-  bpf_link_create: libbpf.func(
-    'int bpf_link_create(int prog_fd, int target_fd, int attach_type, const void *opts)',
-  ),
-  bpf_link_update: libbpf.func('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
-  bpf_tc_hook_create: libbpf.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
-  bpf_tc_attach: libbpf.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
-  bpf_tc_detach: libbpf.func('int bpf_tc_detach(const bpf_tc_hook *hook, const bpf_tc_opts *opts)'),
-  bpf_tc_query: libbpf.func('int bpf_tc_query(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
-  bpf_xdp_attach: libbpf.func('int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const void *opts)'),
-  bpf_xdp_detach: libbpf.func('int bpf_xdp_detach(int ifindex, uint32_t flags, const void *opts)'),
-  bpf_prog_test_run_opts: libbpf.func(
-    'int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)',
-  ),
-  vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t size, const char *fmt, void *args)'),
-  close: libc.func('int close(int fd)'),
-  if_nametoindex: libc.func('unsigned int if_nametoindex(const char *name)'),
-  geteuid: libc.func('unsigned int geteuid(void)'),
-};
-
 /* libbpf print levels */
 const LIBBPF_WARN = 0;
 const LIBBPF_INFO = 1;
 
-let lastMessage: string | null = null;
-const printBuf = Buffer.alloc(4096);
-
-const printCallback = koffi.register((level: number, fmt: string, args: unknown): number => {
-  const n = fns.vsnprintf(printBuf, printBuf.length, fmt, args) as number;
-  const text = printBuf
-    .subarray(0, Math.max(0, Math.min(n, printBuf.length - 1)))
-    .toString('utf8')
-    .trimEnd();
-  if (level === LIBBPF_WARN) {
-    // The verifier log ends with a marker line; the reason is the line before it.
-    if (!/^-- END|^\s*$/.test(text)) lastMessage = text.replace(/^libbpf: /, '');
-    log.warn(text);
-  } else if (level === LIBBPF_INFO) {
-    log.debug(text);
-  } else {
-    log.trace(text);
+/*
+ * koffi's type registry lives in the native addon, once per process, while this module may be
+ * evaluated more than once in a process (jest gives every test file its own module registry and
+ * global object): a named type that exists already is used by its name.
+ */
+function named<T>(name: string, create: () => T): T | string {
+  try {
+    return create();
+  } catch (err) {
+    // Not `instanceof Error`: koffi's errors may come from another realm.
+    const message = (err as { message?: unknown } | null)?.message;
+    if (typeof message === 'string' && message.includes(`Duplicate type name '${name}'`)) return name;
+    throw err;
   }
-  return 0;
-}, koffi.pointer(PrintFn));
-fns.libbpf_set_print(printCallback);
+}
+
+function bind() {
+  const libbpf = koffi.load('libbpf.so.1');
+  const libc = koffi.load('libc.so.6');
+
+  named('bpf_object', () => koffi.opaque('bpf_object'));
+  named('bpf_program', () => koffi.opaque('bpf_program'));
+  named('bpf_map', () => koffi.opaque('bpf_map'));
+
+  const OpenOpts = named('bpf_object_open_opts', () => koffi.struct('bpf_object_open_opts', {
+    sz: 'size_t',
+    object_name: 'const char *',
+    relaxed_maps: 'bool',
+    pin_root_path: 'const char *',
+    attach_prog_fd_removed: 'uint32_t',
+    kconfig: 'const char *',
+    btf_custom_path: 'const char *',
+    kernel_log_buf: 'void *',
+    kernel_log_size: 'size_t',
+    kernel_log_level: 'uint32_t',
+  }));
+
+  const TcHook = named('bpf_tc_hook', () => koffi.struct('bpf_tc_hook', {
+    sz: 'size_t',
+    ifindex: 'int',
+    attach_point: 'int',
+    parent: 'uint32_t',
+  }));
+
+  const TcOpts = named('bpf_tc_opts', () => koffi.struct('bpf_tc_opts', {
+    sz: 'size_t',
+    prog_fd: 'int',
+    flags: 'uint32_t',
+    prog_id: 'uint32_t',
+    handle: 'uint32_t',
+    priority: 'uint32_t',
+  }));
+
+  const BatchOpts = named('bpf_map_batch_opts', () => koffi.struct('bpf_map_batch_opts', {
+    sz: 'size_t',
+    elem_flags: 'uint64_t',
+    flags: 'uint64_t',
+  }));
+
+  const TestRunOpts = named('bpf_test_run_opts', () => koffi.struct('bpf_test_run_opts', {
+    sz: 'size_t',
+    data_in: 'void *',
+    data_out: 'void *',
+    data_size_in: 'uint32_t',
+    data_size_out: 'uint32_t',
+    ctx_in: 'void *',
+    ctx_out: 'void *',
+    ctx_size_in: 'uint32_t',
+    ctx_size_out: 'uint32_t',
+    retval: 'uint32_t',
+    repeat: 'int',
+    duration: 'uint32_t',
+    flags: 'uint32_t',
+    cpu: 'uint32_t',
+    batch_size: 'uint32_t',
+  }));
+
+  const PrintFn = named('libbpf_print_fn', () => koffi.proto('int libbpf_print_fn(int level, const char *fmt, void *args)'));
+
+  const fns = {
+    libbpf_set_print: libbpf.func('void *libbpf_set_print(libbpf_print_fn *fn)'),
+    libbpf_num_possible_cpus: libbpf.func('int libbpf_num_possible_cpus(void)'),
+    bpf_object__open_file: libbpf.func(
+      'bpf_object *bpf_object__open_file(const char *path, const bpf_object_open_opts *opts)',
+    ),
+    bpf_object__load: libbpf.func('int bpf_object__load(bpf_object *obj)'),
+    bpf_object__close: libbpf.func('void bpf_object__close(bpf_object *obj)'),
+    bpf_object__find_program_by_name: libbpf.func(
+      'bpf_program *bpf_object__find_program_by_name(bpf_object *obj, const char *name)',
+    ),
+    bpf_object__find_map_by_name: libbpf.func(
+      'bpf_map *bpf_object__find_map_by_name(bpf_object *obj, const char *name)',
+    ),
+    bpf_object__next_map: libbpf.func('bpf_map *bpf_object__next_map(bpf_object *obj, bpf_map *prev)'),
+    bpf_map__name: libbpf.func('const char *bpf_map__name(bpf_map *map)'),
+    bpf_map__fd: libbpf.func('int bpf_map__fd(bpf_map *map)'),
+    bpf_map__set_max_entries: libbpf.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t n)'),
+    bpf_map__pin_path: libbpf.func('const char *bpf_map__pin_path(bpf_map *map)'),
+    bpf_program__fd: libbpf.func('int bpf_program__fd(bpf_program *prog)'),
+    bpf_map_update_elem: libbpf.func(
+      'int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)',
+    ),
+    bpf_map_lookup_elem: libbpf.func('int bpf_map_lookup_elem(int fd, const void *key, _Out_ void *value)'),
+    bpf_map_delete_elem: libbpf.func('int bpf_map_delete_elem(int fd, const void *key)'),
+    bpf_map_get_next_key: libbpf.func(
+      'int bpf_map_get_next_key(int fd, const void *key, _Out_ void *next_key)',
+    ),
+    bpf_map_update_batch: libbpf.func(
+      'int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
+    ),
+    bpf_map_delete_batch: libbpf.func(
+      'int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
+    ),
+    bpf_map_lookup_batch: libbpf.func(
+      'int bpf_map_lookup_batch(int fd, void *in_batch, _Out_ void *out_batch, _Out_ void *keys, _Out_ void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
+    ),
+    bpf_obj_get: libbpf.func('int bpf_obj_get(const char *path)'),
+    bpf_obj_pin: libbpf.func('int bpf_obj_pin(int fd, const char *path)'),
+    bpf_obj_get_info_by_fd: libbpf.func(
+      'int bpf_obj_get_info_by_fd(int fd, _Out_ void *info, _Inout_ uint32_t *len)',
+    ),
+    bpf_link_create: libbpf.func(
+      'int bpf_link_create(int prog_fd, int target_fd, int attach_type, const void *opts)',
+    ),
+    bpf_link_update: libbpf.func('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
+    bpf_tc_hook_create: libbpf.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
+    bpf_tc_attach: libbpf.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
+    bpf_tc_detach: libbpf.func('int bpf_tc_detach(const bpf_tc_hook *hook, const bpf_tc_opts *opts)'),
+    bpf_tc_query: libbpf.func('int bpf_tc_query(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
+    bpf_xdp_attach: libbpf.func('int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const void *opts)'),
+    bpf_xdp_detach: libbpf.func('int bpf_xdp_detach(int ifindex, uint32_t flags, const void *opts)'),
+    bpf_prog_test_run_opts: libbpf.func(
+      'int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)',
+    ),
+    vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t size, const char *fmt, void *args)'),
+    close: libc.func('int close(int fd)'),
+    if_nametoindex: libc.func('unsigned int if_nametoindex(const char *name)'),
+    geteuid: libc.func('unsigned int geteuid(void)'),
+  };
+  /** libbpf's last warning (the reason behind the failure that follows it). */
+  const state = { lastMessage: null as string | null };
+  const printBuf = Buffer.alloc(4096);
+  const printCallback = koffi.register((level: number, fmt: string, args: unknown): number => {
+    const n = fns.vsnprintf(printBuf, printBuf.length, fmt, args) as number;
+    const text = printBuf
+      .subarray(0, Math.max(0, Math.min(n, printBuf.length - 1)))
+      .toString('utf8')
+      .trimEnd();
+    if (level === LIBBPF_WARN) {
+      // The verifier log ends with a marker line; the reason is the line before it.
+      if (!/^-- END|^\s*$/.test(text)) state.lastMessage = text.replace(/^libbpf: /, '');
+      log.warn(text);
+    } else if (level === LIBBPF_INFO) {
+      log.debug(text);
+    } else {
+      log.trace(text);
+    }
+    return 0;
+  }, koffi.pointer(PrintFn));
+  fns.libbpf_set_print(printCallback);
+  return { fns, state, OpenOpts, TcHook, TcOpts, BatchOpts, TestRunOpts };
+}
+
+const { fns, state, OpenOpts, TcHook, TcOpts, BatchOpts, TestRunOpts } = bind();
+
 
 /** Takes libbpf's last warning (the reason behind the failure that follows it). */
 function takeMessage(): string | null {
-  const m = lastMessage;
-  lastMessage = null;
+  const m = state.lastMessage;
+  state.lastMessage = null;
   return m;
 }
 
@@ -185,7 +206,7 @@ export type ProgramHandle = { readonly __brand: 'bpf_program' };
 export type MapHandle = { readonly __brand: 'bpf_map' };
 
 export function openObject(path: string, pinRoot: string): ObjectHandle {
-  lastMessage = null;
+  state.lastMessage = null;
   const opts = {
     sz: koffi.sizeof(OpenOpts),
     object_name: null,
@@ -202,7 +223,7 @@ export function openObject(path: string, pinRoot: string): ObjectHandle {
 }
 
 export function loadObject(obj: ObjectHandle, name: string): void {
-  lastMessage = null;
+  state.lastMessage = null;
   check(`bpf_object__load(${name})`, fns.bpf_object__load(obj) as number);
 }
 
@@ -301,7 +322,7 @@ export function mapLookupBatch(
 }
 
 export function objGet(path: string): number {
-  lastMessage = null;
+  state.lastMessage = null;
   return check(`bpf_obj_get(${path})`, fns.bpf_obj_get(path) as number);
 }
 
@@ -342,7 +363,7 @@ export const BPF_TCX_INGRESS = 46;
 export const BPF_TCX_EGRESS = 47;
 
 export function linkCreate(progFd: number, ifindex: number, attachType: number, what: string): number {
-  lastMessage = null;
+  state.lastMessage = null;
   return check(`bpf_link_create(${what})`, fns.bpf_link_create(progFd, ifindex, attachType, null) as number);
 }
 
@@ -382,7 +403,7 @@ export const XDP_FLAGS_DRV_MODE = 1 << 2;
 
 /** Attaches (or replaces) the interface's XDP program in the given mode (netlink, outlives us). */
 export function xdpAttach(ifindex: number, progFd: number, flags: number, what: string): void {
-  lastMessage = null;
+  state.lastMessage = null;
   check(`bpf_xdp_attach(${what})`, fns.bpf_xdp_attach(ifindex, progFd, flags, null) as number);
 }
 

@@ -3,17 +3,15 @@
  * traffic from the client namespace to the service addresses, manifest edits picked up live,
  * agent restarts, and a complete teardown.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { readdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
-import { join, dirname } from 'node:path';
+import { join } from 'node:path';
 import { parseAllDocuments, stringify } from 'yaml';
-import { fileURLToPath } from 'node:url';
 import {
   ensureBuilt, forceCleanLab, labDown, labExec, labLeftovers, labStatus, labUdpRequest, labUp,
   uniqueLabName, vipr, type LabStatusJson,
 } from '../helpers/lab.js';
+import { KeepaliveProbe } from '../helpers/probe.js';
 
-const PROBE = join(dirname(fileURLToPath(import.meta.url)), 'tools', 'keepalive-probe.mjs');
 const VIP = '10.0.0.213';
 const BACKENDS = ['be1', 'be2', 'be3'];
 
@@ -54,45 +52,8 @@ async function csumErrors(host: string): Promise<number> {
   return total;
 }
 
-class Probe {
-  readonly lines: string[] = [];
-  private readonly proc: ChildProcessWithoutNullStreams;
-  readonly exited: Promise<number | null>;
-
-  constructor(interval = 100) {
-    const netns = status.hosts.find((h) => h.name === 'client')?.netns as string;
-    this.proc = spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, PROBE, VIP, '80', String(interval)]);
-    let buf = '';
-    this.proc.stdout.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const parts = buf.split('\n');
-      buf = parts.pop() ?? '';
-      this.lines.push(...parts);
-    });
-    this.exited = new Promise((r) => this.proc.on('exit', (code) => r(code)));
-  }
-
-  /** The backend and client port of every answer so far. */
-  answers(): Array<{ backend: string; client: string }> {
-    return this.lines.filter((l) => !l.startsWith('ERROR')).map((l) => {
-      const [, backend, client] = l.split(' ');
-      return { backend: backend as string, client: client as string };
-    });
-  }
-
-  async waitFor(n: number, timeoutMs = 10_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.answers().length < n) {
-      if (this.lines.some((l) => l.startsWith('ERROR'))) throw new Error(`probe failed: ${this.lines.join('\n')}`);
-      if (Date.now() > deadline) throw new Error(`probe got ${this.answers().length} of ${n} answers`);
-      await sleep(50);
-    }
-  }
-
-  async stop(): Promise<void> {
-    this.proc.kill('SIGTERM');
-    await this.exited;
-  }
+function newProbe(interval = 100): KeepaliveProbe {
+  return new KeepaliveProbe(status.hosts.find((h) => h.name === 'client')?.netns as string, VIP, 80, interval);
 }
 
 /** The lab's manifest holding nginx-service. */
@@ -146,7 +107,7 @@ describe('ClusterIP through BPF in the lab', () => {
   });
 
   test('removing a backend stops new connections to it; an established one keeps working', async () => {
-    const probe = new Probe(100);
+    const probe = newProbe(100);
     try {
       await probe.waitFor(3);
       const first = probe.answers()[0] as { backend: string; client: string };
@@ -185,7 +146,7 @@ describe('ClusterIP through BPF in the lab', () => {
 
   test.each([['SIGTERM', false], ['SIGKILL', true]] as const)('restarting the agent (%s) keeps an established connection and the maps', async (_sig, kill) => {
     const before = (await vipr(['list', '-n', '--pin-dir', pinDir])).stdout;
-    const probe = new Probe(100);
+    const probe = newProbe(100);
     try {
       await probe.waitFor(3);
       const res = await vipr(['lab', 'restart-agent', '--name', name, ...(kill ? ['--kill'] : [])], { timeoutMs: 60_000 });

@@ -13,13 +13,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { FakeApiServer } from '../fake-apiserver/server.js';
 import { kubeconfigFor } from '../fake-apiserver/kubeconfig.js';
 import { ensureBuilt, forceCleanLab, labExec, labLeftovers, labStatus, labUp, uniqueLabName, vipr, VIPR_MAIN } from '../helpers/lab.js';
+import { KeepaliveProbe } from '../helpers/probe.js';
 
-const PROBE = join(dirname(fileURLToPath(import.meta.url)), 'tools', 'keepalive-probe.mjs');
 const VIP = '10.0.0.213';
 const POD = (i: number): string => `10.244.0.${10 + i}`;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -152,36 +151,7 @@ function syncedLines(): Array<{ writes: number; deletes: number; full: boolean }
     .map((l) => JSON.parse(l) as { writes: number; deletes: number; full: boolean });
 }
 
-class Probe {
-  readonly lines: string[] = [];
-  private readonly proc: ChildProcess;
-  constructor() {
-    this.proc = spawn('nsenter', [`--net=/run/netns/${clientNetns}`, process.execPath, PROBE, VIP, '80', '100']);
-    let buf = '';
-    this.proc.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const parts = buf.split('\n');
-      buf = parts.pop() ?? '';
-      this.lines.push(...parts);
-    });
-  }
-  backends(): string[] {
-    return this.lines.filter((l) => !l.startsWith('ERROR')).map((l) => l.split(' ')[1] as string);
-  }
-  errors(): string[] {
-    return this.lines.filter((l) => l.startsWith('ERROR'));
-  }
-  async waitFor(n: number): Promise<void> {
-    const deadline = Date.now() + 10_000;
-    while (this.backends().length < n) {
-      if (this.errors().length > 0 || Date.now() > deadline) throw new Error(`probe: ${this.lines.join('\n')}`);
-      await sleep(50);
-    }
-  }
-  stop(): void {
-    this.proc.kill('SIGTERM');
-  }
-}
+const newProbe = (): KeepaliveProbe => new KeepaliveProbe(clientNetns, VIP, 80, 100);
 
 describe('vipr run --kubeconfig, BPF dataplane, fake API server', () => {
   test('metrics and healthz answer on localhost like kube-proxy\'s', async () => {
@@ -205,7 +175,7 @@ describe('vipr run --kubeconfig, BPF dataplane, fake API server', () => {
   }, 60_000);
 
   test('a terminating endpoint gets no new connections and keeps its established one', async () => {
-    const probe = new Probe();
+    const probe = newProbe();
     try {
       await probe.waitFor(3);
       const pinned = probe.backends()[0] as string;
@@ -218,7 +188,7 @@ describe('vipr run --kubeconfig, BPF dataplane, fake API server', () => {
       expect(new Set(probe.backends())).toEqual(new Set([pinned]));
       expect(probe.errors()).toEqual([]);
     } finally {
-      probe.stop();
+      await probe.stop();
       api.createOrUpdate(slice([[1, 'ready'], [2, 'ready'], [3, 'ready']]) as never);
       await waitForSpread(['be1', 'be2', 'be3']);
     }
@@ -226,7 +196,7 @@ describe('vipr run --kubeconfig, BPF dataplane, fake API server', () => {
 
   test('the API server down for 30 s leaves traffic untouched; the agent then catches up', async () => {
     await api.down();
-    const probe = new Probe();
+    const probe = newProbe();
     try {
       const deadline = Date.now() + 30_000;
       while (Date.now() < deadline) {
@@ -243,7 +213,7 @@ describe('vipr run --kubeconfig, BPF dataplane, fake API server', () => {
       expect(probe.errors()).toEqual([]);
       expect(new Set(probe.backends()).size).toBe(1);
     } finally {
-      probe.stop();
+      await probe.stop();
       if (!(await isUp())) await api.up();
       api.createOrUpdate(slice([[1, 'ready'], [2, 'ready'], [3, 'ready']]) as never);
       await waitForSpread(['be1', 'be2', 'be3'], 20_000);
@@ -275,7 +245,7 @@ describe('vipr run --kubeconfig, BPF dataplane, fake API server', () => {
   }, 60_000);
 
   test('SIGKILL mid-churn, restart: no established connection lost, maps converge to the API', async () => {
-    const probe = new Probe();
+    const probe = newProbe();
     try {
       await probe.waitFor(3);
       // Churn a second service while the agent dies.
@@ -311,7 +281,7 @@ describe('vipr run --kubeconfig, BPF dataplane, fake API server', () => {
       }
       expect(churnBackends).toEqual([POD(1), POD(3)]);
     } finally {
-      probe.stop();
+      await probe.stop();
     }
   }, 90_000);
 
