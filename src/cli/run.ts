@@ -1,8 +1,10 @@
+import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import type { Server } from 'node:http';
 import type { ParseArgsConfig } from 'node:util';
 import { LoadedDatapath, attachInterface, attachXdp, forgetInterface, requireRoot, type AttachMode } from '../bpf/datapath.js';
 import { listLinks, parseIfaceSpec, watchLinks } from '../bpf/interfaces.js';
+import { ifNameToIndex } from '../bpf/libbpf.js';
 import { ServiceHealthServers } from '../sync/service-health.js';
 import { gcConntrack } from '../bpf/conntrack.js';
 import type { Scheduler } from '../model/types.js';
@@ -177,6 +179,13 @@ export async function run(argv: string[]): Promise<number> {
   if (mode !== 'bpf' && (values.xdp.length > 0 || scheduler !== 'random')) {
     throw new ConfigError(`--xdp and --scheduler are for --mode bpf (use --ipvs-scheduler in ipvs mode)`);
   }
+  if (values.manifests !== undefined && !existsSync(values.manifests)) {
+    throw new ConfigError(`--manifests ${values.manifests}: no such directory`);
+  }
+  // Interfaces named exactly must exist before anything is loaded or started.
+  for (const iface of [...parseIfaceSpec(values.iface).names, ...values.xdp]) {
+    if (ifNameToIndex(iface) === 0) throw new ConfigError(`--iface ${iface}: no such interface in this network namespace`);
+  }
   return runAgent(values, { mode, useKube, minSync, fullSync, attach, scheduler: scheduler as Scheduler });
 }
 
@@ -227,38 +236,56 @@ async function runAgent(
       if (report.state !== null) void serviceHealth.update(report.state);
     },
   });
-  await source.start(agent);
-  agent.start();
-  // The programs are attached (or swapped in) only once the maps hold the desired state; state
-  // pinned by a previous agent keeps serving traffic meanwhile.
-  await agent.firstSync;
   let gcTimer: NodeJS.Timeout | null = null;
   let stopWatch: () => void = () => undefined;
-  if (loaded !== null) {
-    const spec = parseIfaceSpec(values.iface);
-    for (const iface of spec.names) attachInterface(loaded, iface, o.attach);
-    for (const iface of listLinks().filter((n) => spec.prefixes.some((p) => n.startsWith(p)))) attachInterface(loaded, iface, o.attach);
-    stopWatch = watchLinks(
-      spec,
-      (iface) => {
+  let agentStarted = false;
+  /** Everything started above and below, stopped on SIGTERM or when starting fails halfway. */
+  const shutdown = async (): Promise<void> => {
+    await source.stop();
+    if (agentStarted) await agent.stop();
+    await dataplane.close();
+    loaded?.close();
+    for (const s of servers) s.close();
+    serviceHealth.close();
+    if (gcTimer) clearInterval(gcTimer);
+    stopWatch();
+  };
+  try {
+    await source.start(agent);
+    agent.start();
+    agentStarted = true;
+    // The programs are attached (or swapped in) only once the maps hold the desired state; state
+    // pinned by a previous agent keeps serving traffic meanwhile.
+    await agent.firstSync;
+    if (loaded !== null) {
+      const spec = parseIfaceSpec(values.iface);
+      for (const iface of spec.names) attachInterface(loaded, iface, o.attach);
+      for (const iface of listLinks().filter((n) => spec.prefixes.some((p) => n.startsWith(p)))) attachInterface(loaded, iface, o.attach);
+      stopWatch = watchLinks(
+        spec,
+        (iface) => {
+          try {
+            attachInterface(loaded, iface, o.attach);
+          } catch (err) {
+            log.error({ err, iface }, 'cannot attach to a new interface');
+          }
+        },
+        (iface) => forgetInterface(pinDir, iface),
+      );
+      for (const iface of values.xdp) attachXdp(loaded, iface);
+      // Conntrack ageing: the datapath only creates and touches entries.
+      gcTimer = setInterval(() => {
         try {
-          attachInterface(loaded, iface, o.attach);
+          const n = gcConntrack(loaded.maps.conntrack, loaded.maps.backendConns);
+          if (n > 0) log.debug({ deleted: n }, 'conntrack garbage collected');
         } catch (err) {
-          log.error({ err, iface }, 'cannot attach to a new interface');
+          log.error({ err }, 'conntrack garbage collection failed');
         }
-      },
-      (iface) => forgetInterface(pinDir, iface),
-    );
-    for (const iface of values.xdp) attachXdp(loaded, iface);
-    // Conntrack ageing: the datapath only creates and touches entries.
-    gcTimer = setInterval(() => {
-      try {
-        const n = gcConntrack(loaded.maps.conntrack, loaded.maps.backendConns);
-        if (n > 0) log.debug({ deleted: n }, 'conntrack garbage collected');
-      } catch (err) {
-        log.error({ err }, 'conntrack garbage collection failed');
-      }
-    }, CT_GC_INTERVAL_MS);
+      }, CT_GC_INTERVAL_MS);
+    }
+  } catch (err) {
+    await shutdown();
+    throw err;
   }
   log.info(
     { mode: dataplane.mode, ifaces: values.iface, pinDir, source: o.useKube ? 'kubernetes' : values.manifests, metrics: values['metrics-bind-address'], healthz: values['healthz-bind-address'] },
@@ -273,13 +300,6 @@ async function runAgent(
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
-  await source.stop();
-  await agent.stop();
-  await dataplane.close();
-  loaded?.close();
-  for (const s of servers) s.close();
-  serviceHealth.close();
-  if (gcTimer) clearInterval(gcTimer);
-  stopWatch();
+  await shutdown();
   return 0;
 }

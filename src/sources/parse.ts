@@ -27,6 +27,8 @@ export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
 
 /** ClientIP affinity timeout when the Service sets none (the API server's default: 3 hours). */
 export const DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800;
+/** kube-apiserver's default --service-node-port-range. */
+export const NODE_PORT_RANGE = [30000, 32767] as const;
 
 const PROTOCOLS: readonly Protocol[] = ['TCP', 'UDP', 'SCTP'];
 const SERVICE_TYPES = ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const;
@@ -319,6 +321,9 @@ function readServicePort(r: FieldReader, value: unknown, i: number, type: string
   const nodePort = r.port(p.nodePort, `${path}.nodePort`, true);
   if (nodePort !== 0 && type !== 'NodePort' && type !== 'LoadBalancer') {
     r.fail(`${path}.nodePort`, `may only be set when spec.type is NodePort or LoadBalancer (it is ${type})`);
+  }
+  if (nodePort !== 0 && (nodePort < NODE_PORT_RANGE[0] || nodePort > NODE_PORT_RANGE[1])) {
+    r.fail(`${path}.nodePort`, `${nodePort} is outside the node port range ${NODE_PORT_RANGE[0]}-${NODE_PORT_RANGE[1]} (kube-apiserver's default --service-node-port-range); pick a port in it or leave it out`);
   }
   return { name, protocol, port, targetPort, nodePort };
 }

@@ -134,6 +134,7 @@ describe('parseService', () => {
     ['clusterIPs disagree', service({ clusterIPs: ['10.0.0.11'] }), 'spec.clusterIPs[0] "10.0.0.11" differs from spec.clusterIP "10.0.0.10"'],
     ['bad protocol', service({ ports: [{ port: 80, protocol: 'HTTP' }] }), 'Service default/web: spec.ports[0].protocol "HTTP" is not supported; use TCP, UDP or SCTP'],
     ['nodePort out of range', service({ type: 'NodePort', ports: [{ port: 80, nodePort: 70000 }] }), 'Service default/web: spec.ports[0].nodePort 70000 is out of range 1-65535'],
+    ['nodePort outside the node port range', service({ type: 'NodePort', ports: [{ port: 80, nodePort: 8080 }] }), 'Service default/web: spec.ports[0].nodePort 8080 is outside the node port range 30000-32767 (kube-apiserver\'s default --service-node-port-range); pick a port in it or leave it out'],
     ['nodePort on ClusterIP', service({ ports: [{ port: 80, nodePort: 30080 }] }), 'spec.ports[0].nodePort may only be set when spec.type is NodePort or LoadBalancer (it is ClusterIP)'],
     ['unknown type', service({ type: 'Magic' }), 'Service default/web: spec.type "Magic" is not a Service type; use ClusterIP, NodePort, LoadBalancer or ExternalName'],
     ['bad source range', service({ loadBalancerSourceRanges: ['10.0.0.0/33'] }), 'Service default/web: spec.loadBalancerSourceRanges[0] "10.0.0.0/33" is not a CIDR; write it as address/prefix, e.g. 203.0.113.0/24'],
