@@ -5,7 +5,7 @@
  */
 import type { ParseArgsConfig } from 'node:util';
 import { ConfigError } from '../errors.js';
-import { parseIpv4, parseIpv4Cidr } from '../render/ipv4.js';
+import { parseIpv4, parseIpv4Cidr } from '../model/ipv4.js';
 import type { IpvsScheduler, RenderOptions } from '../render/options.js';
 import type { Dataplane } from '../sync/dataplane.js';
 import { cleanupOtherModes, createFallbackDataplane, type ProxyMode } from './index.js';
