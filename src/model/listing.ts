@@ -56,7 +56,8 @@ export function sortListing(l: Listing): Listing {
 
 /**
  * ipvsadm -Ln's layout. Without `numeric`, each virtual server line also names its Service
- * (ipvsadm would resolve host names there; a Service name is what a Kubernetes user wants).
+ * (ipvsadm would resolve host names there; a Service name is what a Kubernetes user wants) and
+ * each real server its state (local, terminating); with it, the columns are ipvsadm's alone.
  */
 export function formatListing(l: Listing, opts: { numeric: boolean }): string {
   const lines = [
@@ -73,7 +74,7 @@ export function formatListing(l: Listing, opts: { numeric: boolean }): string {
       let be =
         `  -> ${`${b.address}:${b.port}`.padEnd(28)} ${b.forward.padEnd(7)} ${String(b.weight).padEnd(6)} ` +
         `${String(b.activeConn).padEnd(10)} ${b.inactConn}`;
-      if (b.flags.length > 0) be += ` (${b.flags.join(',')})`;
+      if (!opts.numeric && b.flags.length > 0) be += ` (${b.flags.join(',')})`;
       lines.push(be);
     }
   }
