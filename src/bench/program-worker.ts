@@ -150,7 +150,8 @@ async function main(requestFile: string): Promise<void> {
     for (let i = 0; i < req.repeats; i++) {
       for (const next of [changed, state]) {
         start = process.hrtime.bigint();
-        const res = await dataplane.sync(next, false);
+        // As the agent does: the change trackers name the one Service that changed.
+        const res = await dataplane.sync(next, false, new Set([req.changeService]));
         syncOneMs.push(elapsedMs(start));
         mapOneMs.push(clock.take());
         if (res.failed.length > 0) throw new Error(`sync of one change failed: ${res.failed[0]?.error}`);

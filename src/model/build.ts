@@ -126,9 +126,10 @@ function endpointsFor(port: ServicePortSpec, slices: readonly EndpointSliceObjec
 }
 
 /** IPv4 slices by `namespace/serviceName`, each list in slice-name order (deterministic dedup). */
-function slicesByService(objects: ClusterObjects): Map<string, EndpointSliceObject[]> {
+function slicesByService(objects: ClusterObjects, only: ReadonlySet<string> | null): Map<string, EndpointSliceObject[]> {
   const out = new Map<string, EndpointSliceObject[]>();
-  const slices = [...objects.endpointSlices.values()].sort((a, b) =>
+  const wanted = (s: EndpointSliceObject): boolean => only === null || (s.serviceName !== null && only.has(`${s.namespace}/${s.serviceName}`));
+  const slices = [...objects.endpointSlices.values()].filter(wanted).sort((a, b) =>
     a.namespace === b.namespace ? (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) : a.namespace < b.namespace ? -1 : 1,
   );
   for (const slice of slices) {
@@ -143,16 +144,22 @@ function slicesByService(objects: ClusterObjects): Map<string, EndpointSliceObje
 
 /**
  * Builds the desired state for `node`. Problems that do not stop a Service from working (an
- * invalid scheduler annotation) go to `warn`, by default the `model` logger.
+ * invalid scheduler annotation) go to `warn`, by default the `model` logger. With `only`
+ * (Service names `namespace/name`), just those Services' entries are built: the agent's partial
+ * syncs, as kube-proxy updates only the services its change trackers name.
  */
 export function buildDesiredState(
   objects: ClusterObjects,
   node: NodeInfo,
   warn: BuildWarningSink = logWarning,
+  only: ReadonlySet<string> | null = null,
 ): DesiredState {
-  const slices = slicesByService(objects);
+  const slices = slicesByService(objects, only);
   const services: ServiceEntry[] = [];
-  for (const svc of objects.services.values()) {
+  const selected = only === null
+    ? objects.services.values()
+    : [...only].map((k) => objects.services.get(k)).filter((s): s is ServiceObject => s !== undefined);
+  for (const svc of selected) {
     if (svc.type === 'ExternalName' || svc.clusterIP === null || !selectedByProxy(svc.labels)) continue;
     const clusterIP = svc.clusterIP;
     const scheduler = schedulerOf(svc, warn);

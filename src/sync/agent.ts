@@ -5,7 +5,7 @@
  * sync also happens every `syncPeriodMs`.
  */
 import type { ClusterObjects } from '../model/k8s.js';
-import type { DesiredState, NodeInfo } from '../model/types.js';
+import type { DesiredState, NodeInfo, ServiceEntry } from '../model/types.js';
 import { buildDesiredState } from '../model/build.js';
 import { ClusterChangeTracker } from './tracker.js';
 import { BoundedFrequencyRunner, realClock, type Clock, type RunResult } from './runner.js';
@@ -51,6 +51,9 @@ export class Agent {
   /** First time a still-unsynced change to each Service was seen. */
   private readonly seenAt = new Map<string, number>();
   private lastState: DesiredState | null = null;
+  /** The last built entries, by Service (`namespace/name`). */
+  private entries = new Map<string, ServiceEntry[]>();
+  private nodeChanged = false;
   private resolveFirstSync: (() => void) | null = null;
   /** Resolves after the first successful sync. */
   readonly firstSync: Promise<void> = new Promise((resolve) => {
@@ -100,6 +103,7 @@ export class Agent {
   updateNode(node: NodeInfo): void {
     if (JSON.stringify(node) === JSON.stringify(this.node)) return;
     this.node = node;
+    this.nodeChanged = true;
     this.opts.onQueued?.(this.clock.now());
     this.runner.run();
   }
@@ -115,16 +119,46 @@ export class Agent {
     this.runner.run();
   }
 
+  /**
+   * The desired state after the pending changes, and which Services they touched (null: all).
+   * Only the Services the change trackers name are rebuilt, as kube-proxy's partial syncs; a full
+   * sync, the first one, or a node change rebuilds everything.
+   */
+  private desiredAfter(changed: ReadonlySet<string>, rebuildAll: boolean): { state: DesiredState; changed: ReadonlySet<string> | null } {
+    const objects = this.tracker.current();
+    if (rebuildAll || this.lastState === null) {
+      const state = buildDesiredState(objects, this.node);
+      this.entries = new Map();
+      for (const e of state.services) this.addEntry(e);
+      return { state, changed: null };
+    }
+    const part = buildDesiredState(objects, this.node, undefined, changed);
+    for (const name of changed) this.entries.delete(name);
+    for (const e of part.services) this.addEntry(e);
+    const services = [...this.entries.values()].flat().sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    return { state: { node: part.node, services }, changed };
+  }
+
+  private addEntry(e: ServiceEntry): void {
+    const name = `${e.service.id.namespace}/${e.service.id.name}`;
+    const list = this.entries.get(name);
+    if (list) list.push(e);
+    else this.entries.set(name, [e]);
+  }
+
   private async syncOnce(): Promise<void> {
     const start = this.clock.now();
     const full = this.needFull || start - this.lastFullAt >= this.opts.syncPeriodMs;
-    this.tracker.take();
+    const changes = this.tracker.take();
     const changeSeenAt = new Map(this.seenAt);
     this.seenAt.clear();
+    const rebuildAll = full || this.nodeChanged;
+    this.nodeChanged = false;
     let state: DesiredState | null = null;
     try {
-      state = buildDesiredState(this.tracker.current(), this.node);
-      const result = await this.opts.dataplane.sync(state, full);
+      const desired = this.desiredAfter(changes.affectedServices, rebuildAll);
+      state = desired.state;
+      const result = await this.opts.dataplane.sync(state, full, desired.changed);
       this.lastState = state;
       this.needFull = result.failed.length > 0;
       // Services left unprogrammed (a full map) are retried by a full sync soon, not only on
@@ -140,6 +174,7 @@ export class Agent {
       this.resolveFirstSync?.();
       this.resolveFirstSync = null;
     } catch (err) {
+      // What was taken from the trackers is lost to this sync: the next one rebuilds everything.
       this.needFull = true;
       // The changes are still unsynced: keep their first-seen times for the retry.
       for (const [s, t] of changeSeenAt) if (!this.seenAt.has(s)) this.seenAt.set(s, t);

@@ -87,6 +87,12 @@ export interface Frontend {
 
 const PROTO: Record<string, number | undefined> = { TCP: IPPROTO_TCP, UDP: IPPROTO_UDP };
 
+/** `namespace/name` of a service port key (`namespace/name:port` or `namespace/name`). */
+export function serviceOfKey(key: string): string {
+  const colon = key.indexOf(':');
+  return colon < 0 ? key : key.slice(0, colon);
+}
+
 function frontendId(k: SvcKeyT): string {
   return `${k.vip}:${k.port}/${k.proto}/${k.scope}`;
 }
@@ -249,6 +255,9 @@ export class BpfDataplane implements Dataplane {
   private orphanSched: number[] = [];
   private nodeIps = new Set<string>();
   private config: ConfigT | null = null;
+  /** Slots referencing each backend, over every applied frontend. */
+  private refs = new Map<number, number>();
+  private namesDirty = true;
   private readonly opts: BpfDataplaneOptions;
 
   constructor(
@@ -304,6 +313,9 @@ export class BpfDataplane implements Dataplane {
     }
     this.nodeIps = new Set(this.maps.nodeIps.entries().map(([k]) => k.addr));
     this.config = this.maps.config.lookup(0);
+    this.refs = new Map();
+    for (const a of this.applied.values()) this.addRefs(a.slots, 1);
+    this.namesDirty = true;
     this.svcIds.reset([...this.applied.values()].map((a) => a.svcId));
     this.beIds.reset(this.backendById.keys());
     this.restored = true;
@@ -313,9 +325,19 @@ export class BpfDataplane implements Dataplane {
     );
   }
 
-  async sync(state: DesiredState, full: boolean): Promise<SyncResult> {
+  private addRefs(slots: readonly number[], delta: number): void {
+    for (const id of slots) this.refs.set(id, (this.refs.get(id) ?? 0) + delta);
+  }
+
+  async sync(state: DesiredState, full: boolean, changed: ReadonlySet<string> | null = null): Promise<SyncResult> {
     if (full || !this.restored) this.restore();
-    const { frontends, skipped } = bpfFrontends(state, this.opts.defaultScheduler);
+    // A partial sync looks only at the Services named; the others are as last synced.
+    const scope = full ? null : changed;
+    const inScope = (serviceKey: string): boolean => scope === null || scope.has(serviceOfKey(serviceKey));
+    const { frontends, skipped } = bpfFrontends(
+      scope === null ? state : { node: state.node, services: state.services.filter((e) => inScope(e.key)) },
+      this.opts.defaultScheduler,
+    );
     for (const s of skipped) log.warn(s);
     const result: SyncResult = { services: 0, backends: 0, writes: 0, deletes: 0, failed: [], changed: [] };
     const desired = new Map(frontends.map((f) => [frontendId(f.key), f]));
@@ -331,14 +353,16 @@ export class BpfDataplane implements Dataplane {
     this.orphanRanges = [];
     this.orphanSched = [];
     for (const [fid, a] of [...this.applied]) {
-      if (desired.has(fid)) continue;
+      if (desired.has(fid) || !inScope(a.service)) continue;
       this.tryDelete(this.maps.services, frontendKey(fid), result);
       a.slots.forEach((_, slot) => this.tryDelete(this.maps.slots, { svc_id: a.svcId, slot }, result));
       for (const r of a.ranges) this.tryDelete(this.maps.sourceRanges, rangeKey(a.svcId, r), result);
       if (a.sched) this.tryDelete(this.maps.sched, a.svcId, result);
       for (const id of new Set(a.slots)) gone.push({ svcId: a.svcId, backendId: id });
+      this.addRefs(a.slots, -1);
       this.svcIds.release(a.svcId);
       this.applied.delete(fid);
+      this.namesDirty = true;
       if (a.service) result.changed.push(a.service);
     }
 
@@ -454,6 +478,7 @@ export class BpfDataplane implements Dataplane {
           // Its entry keeps the old count; slots below it may hold new, valid ids: keep those
           // backends out of the sweep. The next (full) sync re-reads the maps.
           p.slotIds.forEach((id) => stillReferenced.add(id));
+          this.addRefs(p.slotIds, 1);
         }
         continue;
       }
@@ -466,22 +491,27 @@ export class BpfDataplane implements Dataplane {
       p.rangeDeletes.forEach((r) => this.tryDelete(this.maps.sourceRanges, rangeKey(p.svcId, r), result));
       const wantSched = p.f.scheduler === 'rr';
       if (prev?.sched && !wantSched) this.tryDelete(this.maps.sched, p.svcId, result);
+      if (prev) this.addRefs(prev.slots, -1);
+      this.addRefs(p.slotIds, 1);
       this.applied.set(p.fid, {
         svcId: p.svcId, value: p.value, slots: p.slotIds, ranges: new Set(p.f.sourceRanges), sched: wantSched, service: p.f.service,
       });
+      if (prev?.service !== p.f.service) this.namesDirty = true;
       result.changed.push(p.f.service);
     }
     // Names may change without any map change (a Service renamed onto the same address).
     for (const [fid, f] of desired) {
       const a = this.applied.get(fid);
-      if (a) a.service = f.service;
+      if (a && a.service !== f.service) {
+        a.service = f.service;
+        this.namesDirty = true;
+      }
     }
 
     // Phase 3b: sweep backends no slot references.
-    const referenced = new Set<number>(stillReferenced);
-    for (const a of this.applied.values()) a.slots.forEach((id) => referenced.add(id));
     for (const [id, b] of [...this.backendById]) {
-      if (referenced.has(id)) continue;
+      if ((this.refs.get(id) ?? 0) > 0 || stillReferenced.has(id)) continue;
+      this.refs.delete(id);
       this.tryDelete(this.maps.backends, { id }, result);
       this.tryDelete(this.maps.backendConns, { id }, result);
       this.backendById.delete(id);
@@ -572,7 +602,8 @@ export class BpfDataplane implements Dataplane {
   }
 
   private writeNames(): void {
-    if (this.pinDir === null) return;
+    if (this.pinDir === null || !this.namesDirty) return;
+    this.namesDirty = false;
     const names: Record<string, string> = {};
     for (const a of this.applied.values()) names[String(a.svcId)] = a.service;
     const path = serviceNamesPath(this.pinDir);

@@ -23,9 +23,12 @@ export interface Dataplane {
   readonly mode: string;
   /**
    * Makes the dataplane match `state`. `full` re-reads what is really installed first (after a
-   * start, a failure, or periodically) instead of trusting what was last written.
+   * start, a failure, or periodically) instead of trusting what was last written. `changed`
+   * names the Services (`namespace/name`) whose entries may differ from the last sync; the
+   * others are as last synced, and a dataplane may skip them (kube-proxy's partial syncs).
+   * null: any may have changed.
    */
-  sync(state: DesiredState, full: boolean): Promise<SyncResult>;
+  sync(state: DesiredState, full: boolean, changed?: ReadonlySet<string> | null): Promise<SyncResult>;
   /** Releases handles; installed state stays so traffic keeps flowing. */
   close(): Promise<void>;
 }
