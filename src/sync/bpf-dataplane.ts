@@ -211,28 +211,29 @@ interface Applied {
   service: string;
 }
 
-/** Ids from 1 up, reusing freed ones lowest first. */
+/** Ids from 1 up, reusing freed ones (most recently freed first: O(1) both ways). */
 class IdAllocator {
   private next = 1;
-  private readonly free: number[] = [];
+  private free: number[] = [];
   constructor(private readonly max: number, private readonly what: string) {}
 
   reset(used: Iterable<number>): void {
     const set = new Set(used);
-    this.next = set.size === 0 ? 1 : Math.max(...set) + 1;
-    this.free.length = 0;
-    for (let i = 1; i < this.next; i++) if (!set.has(i)) this.free.push(i);
+    let max = 0;
+    for (const id of set) if (id > max) max = id;
+    this.next = max + 1;
+    this.free = [];
+    for (let i = this.next - 1; i >= 1; i--) if (!set.has(i)) this.free.push(i);
   }
 
   take(): number {
-    const id = this.free.shift() ?? this.next++;
+    const id = this.free.pop() ?? this.next++;
     if (id > this.max) throw new BpfError(`allocate ${this.what} id`, 28, null, { hint: `more than ${this.max} in use` });
     return id;
   }
 
   release(id: number): void {
     this.free.push(id);
-    this.free.sort((a, b) => a - b);
   }
 }
 
@@ -368,12 +369,14 @@ export class BpfDataplane implements Dataplane {
 
     // Phase 1: backends, slots, source ranges, scheduler state.
     const newBackends: Array<[BackendIdT, BackendT]> = [];
+    const createdIds: number[] = [];
     const backendIdOf = (b: BackendT): number => {
       const k = backendKey(b);
       let id = this.backendIds.get(k);
       if (id === undefined) {
         id = this.beIds.take();
         this.backendIds.set(k, id);
+        createdIds.push(id);
       }
       const cur = this.backendById.get(id);
       if (!cur || cur.flags !== b.flags) {
@@ -432,12 +435,14 @@ export class BpfDataplane implements Dataplane {
       this.backendById.delete(id);
       if (b) this.backendIds.delete(backendKey(b));
     }
-    // lc's open-flow counters: one per backend, created with it.
-    for (const [k] of newBackends) {
-      if (!failedBackends.has(k.id) && this.maps.backendConns.lookup(k) === null) {
-        this.tryWrite(this.maps.backendConns, k, { active: 0 }, result);
-      }
-    }
+    // lc's open-flow counters: one per backend, created with it (a missing one only means lc
+    // counts that backend as idle).
+    this.writeAll(
+      this.maps.backendConns,
+      createdIds.filter((id) => !failedBackends.has(id)).map((id) => [{ id }, { active: 0 }] as [BackendIdT, BackendConnsT]),
+      result,
+      () => undefined,
+    );
     for (const p of pending) if (p.slotIds.some((id) => failedBackends.has(id))) failedSvc.add(p.svcId);
     const ok = (p: Pending): boolean => !failedSvc.has(p.svcId);
     this.writeAll(this.maps.slots, pending.filter(ok).flatMap((p) => p.slotWrites), result, (k) => failedSvc.add(k.svc_id));
