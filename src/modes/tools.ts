@@ -11,6 +11,12 @@ import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { DataplaneError } from '../errors.js';
 
+/**
+ * How long one tool run may take. Loading 10,000 services' rules took iptables-nft-restore close
+ * to a minute of CPU on a loaded 2-core machine (vipr bench): the limit only catches a hung tool.
+ */
+const TOOL_TIMEOUT_MS = 5 * 60_000;
+
 export interface ToolResult {
   stdout: string;
   stderr: string;
@@ -57,7 +63,7 @@ export function runTool(file: string, args: readonly string[], opts: ToolOptions
     const child = execFile(
       file,
       [...args],
-      { timeout: opts.timeoutMs ?? 60_000, maxBuffer: 256 * 1024 * 1024, encoding: 'utf8' },
+      { timeout: opts.timeoutMs ?? TOOL_TIMEOUT_MS, maxBuffer: 256 * 1024 * 1024, encoding: 'utf8' },
       (err, stdout, stderr) => {
         if (!err) {
           resolve({ stdout, stderr, code: 0 });
