@@ -8,11 +8,11 @@ BPF_OBJ := $(BPF_SRC:.c=.o)
 BPF_HDR := $(wildcard bpf/include/*.h bpf/lib/*.h)
 TS_SRC := $(shell find src -name '*.ts')
 APT_PKGS := clang-16 llvm-16 libbpf1 libbpf-dev bpftool iproute2 iptables nftables ipset ipvsadm \
-	ethtool curl socat util-linux kmod shellcheck vagrant
+	ethtool curl socat util-linux kmod shellcheck vagrant gcc libc6-dev
 # Only for the VM lab (make lab-vm): an image from Debian packages, booted with qemu.
 VM_APT_PKGS := debootstrap qemu-system-x86 e2fsprogs
 
-.PHONY: all deps apt-deps npm-deps build bpf ts demo test clean lab-vm lab-vm-deps lab-vm-test
+.PHONY: all deps apt-deps npm-deps build bpf ts bench-bin demo test clean lab-vm lab-vm-deps lab-vm-test
 
 all: build
 
@@ -41,9 +41,18 @@ node_modules/.package-lock.json: package.json package-lock.json
 		|| { echo 'koffi cannot load libbpf.so.1: is libbpf1 installed?'; exit 1; }
 	@touch $@
 
-build: bpf ts
+BENCH_BIN := bench/bin/rr bench/bin/responder
+
+build: bpf ts bench-bin
 
 bpf: $(BPF_OBJ)
+
+# vipr bench's load generator and responder (C, pinned to a core while measuring).
+bench-bin: $(BENCH_BIN)
+
+bench/bin/%: bench/%.c
+	@mkdir -p bench/bin
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
 
 bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDR)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
