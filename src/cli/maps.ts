@@ -10,8 +10,13 @@ export const summary = 'dump vipr\'s BPF maps, every entry decoded';
 const HELP = `usage: vipr maps [NAME] [--json] [--pin-dir DIR]
 
 NAME is a pinned map name (${Object.values(MAPS).map((m) => m.name).join(', ')})
-or its short form (services, slots, backends, revnat, conntrack, affinity, stats).
+or its short form (${Object.values(MAPS).map((m) => shortName(m.name)).join(', ')}).
 `;
+
+/** `vipr_node_ips_v1` → `node_ips`. */
+function shortName(name: string): string {
+  return name.replace(/^vipr_/, '').replace(/_v\d+$/, '');
+}
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseOptions('maps', argv, {
@@ -25,7 +30,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   const only = positionals[0] ?? null;
   if (only !== null && !Object.values(MAPS).some((m) => m.name === only || m.name.startsWith(`vipr_${only}_`))) {
-    throw new ConfigError(`vipr maps: no map named '${only}'; known: ${Object.keys(MAPS).join(', ')}`);
+    throw new ConfigError(`vipr maps: no map named '${only}'; known: ${Object.values(MAPS).map((m) => shortName(m.name)).join(', ')}`);
   }
   const maps = openPinnedMaps(values['pin-dir']);
   try {
