@@ -149,7 +149,7 @@ static __always_inline void plan_identity(struct nat_plan *plan, const struct pa
 static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt, __u32 len,
 						       struct nat_plan *plan)
 {
-	struct vipr_config *cfg = lb_config();
+	struct vipr_config *cfg;
 	struct vipr_ct_key ct_key;
 	struct vipr_ct_value *ct;
 	struct vipr_svc_value *svc;
@@ -158,8 +158,6 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 	__u64 now = bpf_ktime_get_ns();
 	__be16 sport;
 
-	if (!cfg)
-		return LB_PASS;
 	plan_identity(plan, pkt);
 
 	ct4_key_forward(&ct_key, pkt);
@@ -179,7 +177,14 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 
 	ct4_key_reply(&ct_key, pkt);
 	ct = bpf_map_lookup_elem(&vipr_conntrack_v1, &ct_key);
-	if (ct && (ct->flags & VIPR_CT_F_SNAT)) {
+	if (ct) {
+		/* A reply of a tracked flow is never a new flow to a service: its destination is a
+		 * client. Without SNAT it is rewritten on egress towards the client; with SNAT its
+		 * destination is this node, so only ingress sees it. */
+		if (!(ct->flags & VIPR_CT_F_SNAT)) {
+			stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
+			return LB_PASS;
+		}
 		ct4_touch(ct, pkt, now, false);
 		if (!(ct->flags & VIPR_CT_F_SEEN_REPLY))
 			ct->flags |= VIPR_CT_F_SEEN_REPLY;
@@ -192,6 +197,10 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 		return LB_NAT;
 	}
 
+	/* Only new flows need the settings. */
+	cfg = lb_config();
+	if (!cfg)
+		return LB_PASS;
 	svc = lb4_lookup_service(pkt, lb4_is_internal(cfg, pkt->saddr));
 	if (!svc) {
 		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
