@@ -18,7 +18,7 @@ import {
 } from './hash.js';
 import { isLoopback } from '../model/ipv4.js';
 import { resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
-import { endpointString, isChanged, servicePortFacts, sourceRangesAllowNode, type ServicePortFacts } from './service-port.js';
+import { endpointString, isChanged, policyRouting, servicePortFacts, sourceRangesAllowNode, type ServicePortFacts } from './service-port.js';
 
 export const KUBE_SERVICES = 'KUBE-SERVICES';
 export const KUBE_EXTERNAL_SERVICES = 'KUBE-EXTERNAL-SERVICES';
@@ -237,23 +237,10 @@ function writeServicePort(
   const externalTrafficChain = serviceExternalChainName(name, protocol);
   const fwChain = serviceFirewallChainName(name, protocol);
 
-  const usesClusterPolicyChain = clusterEndpoints.length > 0 && facts.usesClusterEndpoints;
-  const usesLocalPolicyChain = localEndpoints.length > 0 && facts.usesLocalEndpoints;
-
-  let internalTrafficChain = clusterPolicyChain;
-  let hasInternalEndpoints = hasEndpoints;
-  if (facts.internalPolicyLocal) {
-    internalTrafficChain = localPolicyChain;
-    if (localEndpoints.length === 0) hasInternalEndpoints = false;
-  }
-  let externalPolicyChain = clusterPolicyChain;
-  let hasExternalEndpoints = hasEndpoints;
-  if (facts.externalPolicyLocal) {
-    externalPolicyChain = localPolicyChain;
-    if (localEndpoints.length === 0) hasExternalEndpoints = false;
-  }
-  // Needed even without externally usable endpoints, for the local short-circuit rules.
-  const usesExternalTrafficChain = hasEndpoints && facts.externallyAccessible;
+  const {
+    usesClusterPolicyChain, usesLocalPolicyChain, internalTrafficChain, hasInternalEndpoints,
+    externalPolicyChain, hasExternalEndpoints, usesExternalTrafficChain,
+  } = policyRouting(facts, clusterPolicyChain, localPolicyChain);
   const usesFWChain = hasEndpoints && svc.loadBalancerIPs.length > 0 && facts.sourceRanges.length > 0;
   const loadBalancerTrafficChain = usesFWChain ? fwChain : externalTrafficChain;
 

@@ -12,7 +12,7 @@ import type { DesiredState, Endpoint } from '../model/types.js';
 import { nftEndpointChainNameBase, nftServicePortChainNameBase } from './hash.js';
 import { isLoopback } from '../model/ipv4.js';
 import { resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
-import { endpointString, servicePortFacts, sourceRangesAllowNode, type ServicePortFacts } from './service-port.js';
+import { endpointString, policyRouting, servicePortFacts, sourceRangesAllowNode, type ServicePortFacts } from './service-port.js';
 
 export const NFT_TABLE = 'kube-proxy';
 const FAMILY = 'ip';
@@ -187,21 +187,10 @@ function writeServicePort(tx: Transaction, facts: ServicePortFacts, opts: Resolv
   const epChain = (ep: Endpoint): string => `endpoint-${epBase(ep)}`;
   const affinitySet = (ep: Endpoint): string => `affinity-${epBase(ep)}`;
 
-  const usesClusterPolicyChain = clusterEndpoints.length > 0 && facts.usesClusterEndpoints;
-  const usesLocalPolicyChain = localEndpoints.length > 0 && facts.usesLocalEndpoints;
-  let internalTrafficChain = clusterPolicyChain;
-  let hasInternalEndpoints = hasEndpoints;
-  if (facts.internalPolicyLocal) {
-    internalTrafficChain = localPolicyChain;
-    if (localEndpoints.length === 0) hasInternalEndpoints = false;
-  }
-  let externalPolicyChain = clusterPolicyChain;
-  let hasExternalEndpoints = hasEndpoints;
-  if (facts.externalPolicyLocal) {
-    externalPolicyChain = localPolicyChain;
-    if (localEndpoints.length === 0) hasExternalEndpoints = false;
-  }
-  const usesExternalTrafficChain = hasEndpoints && facts.externallyAccessible;
+  const {
+    usesClusterPolicyChain, usesLocalPolicyChain, internalTrafficChain, hasInternalEndpoints,
+    externalPolicyChain, hasExternalEndpoints, usesExternalTrafficChain,
+  } = policyRouting(facts, clusterPolicyChain, localPolicyChain);
   const usesFWChain = svc.loadBalancerIPs.length > 0 && facts.sourceRanges.length > 0;
 
   let internalVerdict = '';

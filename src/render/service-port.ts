@@ -69,3 +69,36 @@ export function sourceRangesAllowNode(facts: ServicePortFacts, nodeIP: string | 
 export function isChanged(facts: ServicePortFacts, changed: ReadonlySet<string>): boolean {
   return changed.has(facts.serviceName) || changed.has(facts.name) || changed.has(facts.entry.key);
 }
+
+/** Which policy chains a service port uses and where its internal and external traffic goes. */
+export interface PolicyRouting<C> {
+  usesClusterPolicyChain: boolean;
+  usesLocalPolicyChain: boolean;
+  internalTrafficChain: C;
+  hasInternalEndpoints: boolean;
+  externalPolicyChain: C;
+  hasExternalEndpoints: boolean;
+  /** Needed even without externally usable endpoints, for the local short-circuit rules. */
+  usesExternalTrafficChain: boolean;
+}
+
+/**
+ * kube-proxy's routing of a service port between its cluster- and local-policy chains, shared by
+ * the iptables and nftables renderers (both proxiers compute it the same way).
+ */
+export function policyRouting<C>(facts: ServicePortFacts, clusterPolicyChain: C, localPolicyChain: C): PolicyRouting<C> {
+  const { clusterEndpoints, localEndpoints, hasAnyEndpoints } = facts.entry.selection;
+  const localOr = (local: boolean): { chain: C; has: boolean } =>
+    local ? { chain: localPolicyChain, has: hasAnyEndpoints && localEndpoints.length > 0 } : { chain: clusterPolicyChain, has: hasAnyEndpoints };
+  const internal = localOr(facts.internalPolicyLocal);
+  const external = localOr(facts.externalPolicyLocal);
+  return {
+    usesClusterPolicyChain: clusterEndpoints.length > 0 && facts.usesClusterEndpoints,
+    usesLocalPolicyChain: localEndpoints.length > 0 && facts.usesLocalEndpoints,
+    internalTrafficChain: internal.chain,
+    hasInternalEndpoints: internal.has,
+    externalPolicyChain: external.chain,
+    hasExternalEndpoints: external.has,
+    usesExternalTrafficChain: hasAnyEndpoints && facts.externallyAccessible,
+  };
+}
