@@ -3,27 +3,12 @@ import { buildDesiredState } from '../../src/model/build.js';
 import type { ClusterObjects, EndpointSliceObject, ServiceObject, SliceEndpoint } from '../../src/model/k8s.js';
 import type { NodeInfo } from '../../src/model/types.js';
 import { loadManifestDir } from '../../src/sources/manifest.js';
+import { serviceObject } from '../helpers/objects.js';
 
 const node: NodeInfo = { name: 'node', zone: null, ips: ['192.168.0.10'] };
 
 function service(overrides: Partial<ServiceObject> = {}): ServiceObject {
-  return {
-    namespace: 'default',
-    name: 'web',
-    labels: {},
-    annotations: {},
-    type: 'ClusterIP',
-    clusterIP: '10.0.0.10',
-    ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 0 }],
-    externalIPs: [],
-    loadBalancerIPs: [],
-    loadBalancerSourceRanges: [],
-    affinityTimeoutSeconds: 0,
-    externalTrafficPolicy: 'Cluster',
-    internalTrafficPolicy: 'Cluster',
-    healthCheckNodePort: 0,
-    ...overrides,
-  };
+  return serviceObject(overrides);
 }
 
 function endpoint(ip: string, overrides: Partial<SliceEndpoint> = {}): SliceEndpoint {

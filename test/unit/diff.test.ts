@@ -2,26 +2,12 @@ import { buildDesiredState } from '../../src/model/build.js';
 import { diffDesiredState, plainEqual } from '../../src/model/diff.js';
 import type { ClusterObjects, ServiceObject } from '../../src/model/k8s.js';
 import type { DesiredState, NodeInfo } from '../../src/model/types.js';
+import { serviceObject } from '../helpers/objects.js';
 
 const node: NodeInfo = { name: 'node', zone: null, ips: [] };
 
 function service(name: string, port = 80): ServiceObject {
-  return {
-    namespace: 'default',
-    name,
-    labels: {},
-    annotations: {},
-    type: 'ClusterIP',
-    clusterIP: '10.0.0.10',
-    ports: [{ name: 'http', protocol: 'TCP', port, targetPort: port, nodePort: 0 }],
-    externalIPs: [],
-    loadBalancerIPs: [],
-    loadBalancerSourceRanges: [],
-    affinityTimeoutSeconds: 0,
-    externalTrafficPolicy: 'Cluster',
-    internalTrafficPolicy: 'Cluster',
-    healthCheckNodePort: 0,
-  };
+  return serviceObject({ name, ports: [{ name: 'http', protocol: 'TCP', port, targetPort: port, nodePort: 0 }] });
 }
 
 function state(services: ServiceObject[], endpointIps: Record<string, string[]> = {}): DesiredState {

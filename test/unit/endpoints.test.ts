@@ -6,27 +6,12 @@ import {
   zoneHintsApply,
 } from '../../src/model/endpoints.js';
 import type { Endpoint, NodeInfo, ServicePort } from '../../src/model/types.js';
+import { servicePortOf } from '../helpers/objects.js';
 
 const node: NodeInfo = { name: 'node-a', zone: 'zone-a', ips: ['192.168.0.10'] };
 
 function svc(overrides: Partial<ServicePort> = {}): ServicePort {
-  return {
-    id: { namespace: 'default', name: 'web', port: '', protocol: 'TCP' },
-    type: 'ClusterIP',
-    clusterIP: '10.0.0.10',
-    port: 80,
-    targetPort: 80,
-    nodePort: 0,
-    externalIPs: [],
-    loadBalancerIPs: [],
-    loadBalancerSourceRanges: [],
-    affinityTimeoutSeconds: 0,
-    externalTrafficPolicy: 'Cluster',
-    internalTrafficPolicy: 'Cluster',
-    healthCheckNodePort: 0,
-    scheduler: null,
-    ...overrides,
-  };
+  return servicePortOf(overrides);
 }
 
 /** An endpoint 10.0.0.<n>:80; `local` puts it on node-a. */

@@ -5,24 +5,10 @@ import {
   clusterObjects,
   deepEqual,
 } from '../../src/sync/tracker.js';
+import { serviceObject } from '../helpers/objects.js';
 
 function service(name: string, port = 80, namespace = 'default'): ServiceObject {
-  return {
-    namespace,
-    name,
-    labels: {},
-    annotations: {},
-    type: 'ClusterIP',
-    clusterIP: '10.96.0.10',
-    ports: [{ name: 'http', protocol: 'TCP', port, targetPort: 8080, nodePort: 0 }],
-    externalIPs: [],
-    loadBalancerIPs: [],
-    loadBalancerSourceRanges: [],
-    affinityTimeoutSeconds: 0,
-    externalTrafficPolicy: 'Cluster',
-    internalTrafficPolicy: 'Cluster',
-    healthCheckNodePort: 0,
-  };
+  return serviceObject({ namespace, name, clusterIP: '10.96.0.10', ports: [{ name: 'http', protocol: 'TCP', port, targetPort: 8080, nodePort: 0 }] });
 }
 
 function slice(name: string, serviceName: string | null, ips: string[], namespace = 'default'): EndpointSliceObject {
