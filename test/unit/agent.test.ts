@@ -1,0 +1,75 @@
+/*
+ * The agent's sync loop: the first sync and node changes rebuild everything; later syncs name
+ * only the Services whose objects changed, and keep the others' entries as they were.
+ */
+import { Agent } from '../../src/sync/agent.js';
+import type { Dataplane, SyncResult } from '../../src/sync/dataplane.js';
+import type { DesiredState } from '../../src/model/types.js';
+import type { EndpointSliceObject } from '../../src/model/k8s.js';
+import { clusterObjects } from '../../src/sync/tracker.js';
+import { serviceObject } from '../helpers/objects.js';
+
+interface Call { full: boolean; changed: string[] | null; keys: string[]; endpoints: Record<string, string[]> }
+
+class RecordingDataplane implements Dataplane {
+  readonly mode = 'recording';
+  readonly calls: Call[] = [];
+  private waiters: Array<() => void> = [];
+  async sync(state: DesiredState, full: boolean, changed: ReadonlySet<string> | null = null): Promise<SyncResult> {
+    this.calls.push({
+      full,
+      changed: changed === null ? null : [...changed].sort(),
+      keys: state.services.map((s) => s.key),
+      endpoints: Object.fromEntries(state.services.map((s) => [s.key, s.endpoints.map((e) => e.ip)])),
+    });
+    this.waiters.splice(0).forEach((w) => w());
+    return { services: state.services.length, backends: 0, writes: 0, deletes: 0, failed: [], changed: [] };
+  }
+  next(): Promise<void> {
+    return new Promise((r) => this.waiters.push(r));
+  }
+  async close(): Promise<void> {}
+}
+
+function slice(name: string, ips: string[]): EndpointSliceObject {
+  return {
+    namespace: 'default', name: `${name}-1`, serviceName: name, addressType: 'IPv4',
+    ports: [{ name: 'http', protocol: 'TCP', port: 8080 }],
+    endpoints: ips.map((ip) => ({ addresses: [ip], conditions: { ready: true, serving: true, terminating: false }, nodeName: null, zone: null, zoneHints: null })),
+  };
+}
+
+test('partial syncs name only the changed Services; the first sync and a node change rebuild all', async () => {
+  const plane = new RecordingDataplane();
+  const agent = new Agent({ dataplane: plane, node: { name: 'n', zone: null, ips: [] }, minSyncPeriodMs: 0, syncPeriodMs: 3_600_000 });
+  const a = serviceObject({ name: 'a', clusterIP: '10.0.0.1' });
+  const b = serviceObject({ name: 'b', clusterIP: '10.0.0.2' });
+  let synced = plane.next();
+  agent.updateObjects(clusterObjects([a, b], [slice('a', ['10.1.0.1']), slice('b', ['10.2.0.1'])]));
+  agent.start();
+  await synced;
+  expect(plane.calls[0]).toMatchObject({ full: true, changed: null, keys: ['default/a:http', 'default/b:http'] });
+
+  synced = plane.next();
+  agent.updateObjects(clusterObjects([a, b], [slice('a', ['10.1.0.1']), slice('b', ['10.2.0.1', '10.2.0.2'])]));
+  await synced;
+  expect(plane.calls[1]).toEqual({
+    full: false,
+    changed: ['default/b'],
+    keys: ['default/a:http', 'default/b:http'],
+    endpoints: { 'default/a:http': ['10.1.0.1'], 'default/b:http': ['10.2.0.1', '10.2.0.2'] },
+  });
+
+  // A removed Service is named too, and its entries are gone.
+  synced = plane.next();
+  agent.updateObjects(clusterObjects([b], [slice('b', ['10.2.0.1', '10.2.0.2'])]));
+  await synced;
+  expect(plane.calls[2]).toMatchObject({ full: false, changed: ['default/a'], keys: ['default/b:http'] });
+
+  // The node decides which endpoints are local: everything is rebuilt.
+  synced = plane.next();
+  agent.updateNode({ name: 'n', zone: 'z1', ips: ['192.168.1.1'] });
+  await synced;
+  expect(plane.calls[3]).toMatchObject({ full: false, changed: null, keys: ['default/b:http'] });
+  await agent.stop();
+});
