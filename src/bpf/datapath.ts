@@ -301,19 +301,6 @@ function interfaceDriver(iface: string): string | null {
   }
 }
 
-/** The attachments currently recorded for this pin dir (pinned TCX links and clsact records). */
-export function listAttachments(pinDir: string): Attachment[] {
-  const out: Attachment[] = [];
-  const linksDir = join(pinDir, 'links');
-  if (existsSync(linksDir)) {
-    for (const f of readdirSync(linksDir)) {
-      const m = /^tcx_(.+)_(ingress|egress)$/.exec(f);
-      if (m) out.push({ iface: m[1] as string, direction: m[2] as Direction, how: 'tcx' });
-    }
-  }
-  return out.concat(readClsactRecord(pinDir));
-}
-
 /**
  * Removes everything vipr made under the pin dir: TCX links (unpinning detaches them, since the
  * pin holds the last reference), clsact filters in this network namespace, and pinned maps.

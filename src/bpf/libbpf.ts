@@ -110,11 +110,7 @@ function bind() {
     bpf_object__find_map_by_name: libbpf.func(
       'bpf_map *bpf_object__find_map_by_name(bpf_object *obj, const char *name)',
     ),
-    bpf_object__next_map: libbpf.func('bpf_map *bpf_object__next_map(bpf_object *obj, bpf_map *prev)'),
-    bpf_map__name: libbpf.func('const char *bpf_map__name(bpf_map *map)'),
     bpf_map__fd: libbpf.func('int bpf_map__fd(bpf_map *map)'),
-    bpf_map__set_max_entries: libbpf.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t n)'),
-    bpf_map__pin_path: libbpf.func('const char *bpf_map__pin_path(bpf_map *map)'),
     bpf_program__fd: libbpf.func('int bpf_program__fd(bpf_program *prog)'),
     bpf_map_update_elem: libbpf.func(
       'int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)',
@@ -243,26 +239,8 @@ export function findMap(obj: ObjectHandle, name: string): MapHandle {
   return checkPtr(`find map ${name}`, fns.bpf_object__find_map_by_name(obj, name)) as MapHandle;
 }
 
-export function objectMapNames(obj: ObjectHandle): string[] {
-  const names: string[] = [];
-  let m: MapHandle | null = fns.bpf_object__next_map(obj, null) as MapHandle | null;
-  while (m !== null) {
-    names.push(fns.bpf_map__name(m) as string);
-    m = fns.bpf_object__next_map(obj, m) as MapHandle | null;
-  }
-  return names;
-}
-
 export function mapFd(map: MapHandle, name: string): number {
   return check(`bpf_map__fd(${name})`, fns.bpf_map__fd(map) as number);
-}
-
-export function setMapMaxEntries(map: MapHandle, name: string, n: number): void {
-  check(`bpf_map__set_max_entries(${name}, ${n})`, fns.bpf_map__set_max_entries(map, n) as number);
-}
-
-export function mapPinPath(map: MapHandle): string | null {
-  return fns.bpf_map__pin_path(map) as string | null;
 }
 
 export function mapUpdate(fd: number, key: Buffer, value: Buffer, flags: number, what: string): void {

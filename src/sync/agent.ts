@@ -108,17 +108,6 @@ export class Agent {
     this.runner.run();
   }
 
-  /** The desired state of the last sync. */
-  desiredState(): DesiredState | null {
-    return this.lastState;
-  }
-
-  /** Requests a sync now (e.g. after an external change to the dataplane). */
-  requestSync(full = false): void {
-    if (full) this.needFull = true;
-    this.runner.run();
-  }
-
   /**
    * The desired state after the pending changes, and which Services they touched (null: all).
    * Only the Services the change trackers name are rebuilt, as kube-proxy's partial syncs; a full
