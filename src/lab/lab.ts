@@ -538,17 +538,10 @@ export interface LabProcessStatus {
 
 export type AgentRunState = 'running' | 'stopped' | 'disabled';
 
-export interface LabNodeStatus {
+/** A node as `vipr lab status` shows it: its state (host as `name`) and its agent's. */
+export interface LabNodeStatus extends Omit<LabNodeState, 'host'> {
   /** Host name, as `vipr lab exec` takes it. */
   name: string;
-  nodeName: string;
-  netns: string;
-  /** The node IP on the underlay; null in the one-node lab. */
-  nodeIp: string | null;
-  podCidr: string;
-  pinDir: string;
-  agentIfaces: string[];
-  agentLog: string;
   agent: AgentRunState;
   /** The running agent's pid, null when none runs. */
   agentPid: number | null;
@@ -607,15 +600,10 @@ export async function labStatus(name: string): Promise<LabStatus> {
   }));
   const nodes = state.nodes.map((n): LabNodeStatus => {
     const agent = processes.find((p) => p.kind === 'agent' && p.host === n.host && p.running);
+    const { host, ...rest } = n;
     return {
-      name: n.host,
-      nodeName: n.nodeName,
-      netns: n.netns,
-      nodeIp: n.nodeIp,
-      podCidr: n.podCidr,
-      pinDir: n.pinDir,
-      agentIfaces: n.agentIfaces,
-      agentLog: n.agentLog,
+      name: host,
+      ...rest,
       agent: !state.agentEnabled ? 'disabled' : agent ? 'running' : 'stopped',
       agentPid: agent?.pid ?? null,
     };
