@@ -106,6 +106,7 @@ static __always_inline struct vipr_backend *lb4_select_backend(const struct vipr
 	struct vipr_affinity_key akey = { .svc_id = svc->svc_id, .client = pkt->saddr };
 	struct vipr_affinity_value aval = { .last_seen_ns = now };
 	struct vipr_backend *be;
+	struct sched_in in;
 
 	if (svc->flags & VIPR_SVC_F_AFFINITY) {
 		struct vipr_affinity_value *a = bpf_map_lookup_elem(&vipr_affinity_v1, &akey);
@@ -122,7 +123,8 @@ static __always_inline struct vipr_backend *lb4_select_backend(const struct vipr
 			}
 		}
 	}
-	be = lb4_backend_in_slot(svc->svc_id, sched_pick_slot(svc, pkt), backend_id);
+	sched_in_packet(&in, svc, pkt);
+	be = lb4_backend_in_slot(svc->svc_id, sched_pick_slot(svc, &in), backend_id);
 	if (be && (svc->flags & VIPR_SVC_F_AFFINITY)) {
 		aval.backend_id = *backend_id;
 		bpf_map_update_elem(&vipr_affinity_v1, &akey, &aval, BPF_ANY);

@@ -35,6 +35,25 @@ static __always_inline __u32 hash_flow(const struct packet *pkt)
 	return mix32(h ^ pkt->proto);
 }
 
+/*
+ * What the hashing schedulers hash, filled by the caller from what its hook knows: for a packet
+ * (TC, XDP) the client address (sh) and the 5-tuple (maglev); for a socket, where no source
+ * address or port exists yet, its network namespace (sh) and the socket itself (maglev).
+ */
+struct sched_in {
+	__u32 client_hash; /* sh: who the client is */
+	__u32 flow_hash;   /* maglev: which flow this is */
+};
+
+/* Only the hash the service's scheduler uses is computed. */
+static __always_inline void sched_in_packet(struct sched_in *in, const struct vipr_svc_value *svc,
+					    const struct packet *pkt)
+{
+	/* IPVS's source hashing: the client address alone picks the backend. */
+	in->client_hash = svc->scheduler == VIPR_SCHED_SH ? mix32(pkt->saddr) : 0;
+	in->flow_hash = svc->scheduler == VIPR_SCHED_MAGLEV ? hash_flow(pkt) : 0;
+}
+
 static __always_inline __u32 sched_lc(const struct vipr_svc_value *svc)
 {
 	__u32 best = 0, i, count = svc->backend_count;
@@ -66,7 +85,7 @@ static __always_inline __u32 sched_lc(const struct vipr_svc_value *svc)
 
 /* The slot for a new flow of @svc. */
 static __always_inline __u32 sched_pick_slot(const struct vipr_svc_value *svc,
-					     const struct packet *pkt)
+					     const struct sched_in *in)
 {
 	__u32 count = svc->backend_count;
 
@@ -80,10 +99,9 @@ static __always_inline __u32 sched_pick_slot(const struct vipr_svc_value *svc,
 		return bpf_get_prandom_u32() % count;
 	}
 	case VIPR_SCHED_SH:
-		/* IPVS's source hashing: the client address alone picks the backend. */
-		return mix32(pkt->saddr) % count;
+		return in->client_hash % count;
 	case VIPR_SCHED_MAGLEV:
-		return hash_flow(pkt) % count;
+		return in->flow_hash % count;
 	case VIPR_SCHED_LC:
 		return sched_lc(svc);
 	default:

@@ -138,6 +138,9 @@ function bind() {
       'int bpf_link_create(int prog_fd, int target_fd, int attach_type, const void *opts)',
     ),
     bpf_link_update: libbpf.func('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
+    bpf_iter_create: libbpf.func('int bpf_iter_create(int link_fd)'),
+    bpf_map__set_initial_value: libbpf.func('int bpf_map__set_initial_value(bpf_map *map, const void *data, size_t size)'),
+    bpf_map__value_size: libbpf.func('uint32_t bpf_map__value_size(const bpf_map *map)'),
     bpf_tc_hook_create: libbpf.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
     bpf_tc_attach: libbpf.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
     bpf_tc_detach: libbpf.func('int bpf_tc_detach(const bpf_tc_hook *hook, const bpf_tc_opts *opts)'),
@@ -149,6 +152,8 @@ function bind() {
     ),
     vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t size, const char *fmt, void *args)'),
     close: libc.func('int close(int fd)'),
+    socket: libc.func('int socket(int domain, int type, int protocol)'),
+    getsockopt: libc.func('int getsockopt(int fd, int level, int optname, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)'),
     if_nametoindex: libc.func('unsigned int if_nametoindex(const char *name)'),
     geteuid: libc.func('unsigned int geteuid(void)'),
   };
@@ -347,6 +352,78 @@ export function linkCreate(progFd: number, ifindex: number, attachType: number, 
 
 export function linkUpdate(linkFd: number, progFd: number, what: string): void {
   check(`bpf_link_update(${what})`, fns.bpf_link_update(linkFd, progFd, null) as number);
+}
+
+/** enum bpf_attach_type: the cgroup socket hooks of socket LB, and socket iterators. */
+export const BPF_CGROUP_INET4_CONNECT = 10;
+export const BPF_CGROUP_UDP4_SENDMSG = 14;
+export const BPF_CGROUP_UDP4_RECVMSG = 19;
+export const BPF_TRACE_ITER = 28;
+export const BPF_CGROUP_INET4_GETPEERNAME = 29;
+
+export interface LinkInfo {
+  /** enum bpf_link_type (BPF_LINK_TYPE_CGROUP = 3). */
+  type: number;
+  id: number;
+  progId: number;
+  /** For cgroup links: the cgroup's id (its directory's inode number); 0 once the cgroup is gone. */
+  cgroupId: bigint;
+  attachType: number;
+}
+
+export const BPF_LINK_TYPE_CGROUP = 3;
+
+export function linkInfo(fd: number, what: string): LinkInfo {
+  // struct bpf_link_info: type, id, prog_id (u32), then a union aligned to 8: cgroup { u64 cgroup_id; u32 attach_type }
+  const info = Buffer.alloc(128);
+  const len = [info.length];
+  check(`bpf_obj_get_info_by_fd(${what})`, fns.bpf_obj_get_info_by_fd(fd, info, len) as number);
+  return {
+    type: info.readUInt32LE(0),
+    id: info.readUInt32LE(4),
+    progId: info.readUInt32LE(8),
+    cgroupId: info.readBigUInt64LE(16),
+    attachType: info.readUInt32LE(24),
+  };
+}
+
+/** Creates an iterator from an iterator link: reading the returned fd runs the program. */
+export function iterCreate(linkFd: number, what: string): number {
+  state.lastMessage = null;
+  return check(`bpf_iter_create(${what})`, fns.bpf_iter_create(linkFd) as number);
+}
+
+/**
+ * Sets a map's initial contents before load: for `.rodata`, the `const volatile` settings of an
+ * object. `data` must be the map's whole value.
+ */
+export function mapSetInitialValue(map: MapHandle, data: Buffer, what: string): void {
+  const size = fns.bpf_map__value_size(map) as number;
+  if (size !== data.length) {
+    throw new BpfError(`bpf_map__set_initial_value(${what})`, 22, `${what} is ${size} bytes, the settings ${data.length}: object and loader disagree`);
+  }
+  check(`bpf_map__set_initial_value(${what})`, fns.bpf_map__set_initial_value(map, data, data.length) as number);
+}
+
+const AF_INET = 2;
+const SOCK_DGRAM = 2;
+const SOL_SOCKET = 1;
+const SO_NETNS_COOKIE = 71;
+
+/** The cookie of this process's network namespace (SO_NETNS_COOKIE, kernel >= 5.14). */
+export function netnsCookie(): bigint {
+  const fd = fns.socket(AF_INET, SOCK_DGRAM, 0) as number;
+  if (fd < 0) throw new BpfError('socket(AF_INET, SOCK_DGRAM)', koffi.errno(), null);
+  try {
+    const buf = Buffer.alloc(8);
+    const len = [8];
+    if ((fns.getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, buf, len) as number) < 0) {
+      throw new BpfError('getsockopt(SO_NETNS_COOKIE)', koffi.errno(), null);
+    }
+    return buf.readBigUInt64LE(0);
+  } finally {
+    fns.close(fd);
+  }
 }
 
 export const BPF_TC_INGRESS = 1;
