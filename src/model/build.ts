@@ -5,6 +5,12 @@
  * Services kube-proxy would not proxy are skipped (headless, ExternalName, no IPv4 cluster IP, and
  * those its informer label selector filters out); endpoints come from the IPv4 slices labelled
  * with the Service's name, matched to a Service port by port name and protocol.
+ *
+ * Three steps, each also used on its own by the agent's partial syncs (src/sync/agent.ts):
+ *   admitService: the node's options (--external-ip-cidrs, --nodeport-range) applied;
+ *   FrontendOwners (./ownership.ts): one owner per frontend, the losers' claims left out;
+ *   buildServiceEntries: the entries of one Service. A Service whose build throws is that
+ *   Service's failure alone: it is skipped with a line, the others are built.
  * Pure: the same objects always give the same state, sorted, so states compare by value.
  */
 import type { ClusterObjects, EndpointSliceObject, ServiceObject, ServicePortSpec } from './k8s.js';
@@ -19,6 +25,8 @@ import {
   type ServicePort,
 } from './types.js';
 import { componentLogger } from '../log.js';
+import { cidrContains, parseIpv4Cidr } from './ipv4.js';
+import { FrontendOwners, addressFrontend, describeConflict, nodePortFrontend } from './ownership.js';
 
 /** Services with either label are not kube-proxy's to handle (its informers' label selector). */
 export const SERVICE_PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-name';
@@ -30,10 +38,24 @@ const SCHEDULERS: readonly Scheduler[] = ['random', 'rr', 'sh', 'maglev', 'lc'];
 export type BuildWarningSink = (message: string) => void;
 
 let modelLog: ReturnType<typeof componentLogger> | undefined;
-const logWarning: BuildWarningSink = (message) => {
+function log(): ReturnType<typeof componentLogger> {
   modelLog ??= componentLogger('model');
-  modelLog.warn(message);
-};
+  return modelLog;
+}
+const logWarning: BuildWarningSink = (message) => log().warn(message);
+
+/** What the node's options hold every Service to. */
+export interface BuildOptions {
+  /**
+   * Node ports a Service may use (--nodeport-range), for manifests: the API server enforces its
+   * own range and its allocations are trusted as they are (null), as kube-proxy trusts them.
+   */
+  nodePortRange: readonly [number, number] | null;
+  /** --external-ip-cidrs: externalIPs outside these CIDRs are not programmed; [] = any. */
+  externalIPCIDRs: readonly string[];
+}
+
+export const DEFAULT_BUILD_OPTIONS: BuildOptions = { nodePortRange: null, externalIPCIDRs: [] };
 
 function selectedByProxy(labels: Record<string, string>): boolean {
   return !(SERVICE_PROXY_NAME_LABEL in labels) && !(HEADLESS_LABEL in labels);
@@ -50,7 +72,36 @@ function schedulerOf(svc: ServiceObject, warn: BuildWarningSink): Scheduler | nu
   return null;
 }
 
-function toServicePort(svc: ServiceObject, port: ServicePortSpec, clusterIP: string, scheduler: Scheduler | null): ServicePort {
+/**
+ * The Service as this node proxies it, or null when it does not (headless, ExternalName, no IPv4
+ * cluster IP, another service proxy's): externalIPs outside --external-ip-cidrs and node ports
+ * outside --nodeport-range are dropped, each with a line; the rest of the Service stays.
+ */
+export function admitService(svc: ServiceObject, opts: BuildOptions, warn: BuildWarningSink): ServiceObject | null {
+  if (svc.type === 'ExternalName' || svc.clusterIP === null || !selectedByProxy(svc.labels)) return null;
+  const subject = `Service ${svc.namespace}/${svc.name}`;
+  let externalIPs = svc.externalIPs;
+  if (opts.externalIPCIDRs.length > 0 && externalIPs.length > 0) {
+    const cidrs = opts.externalIPCIDRs.map((c) => parseIpv4Cidr(c));
+    externalIPs = externalIPs.filter((ip) => {
+      if (cidrs.some((c) => cidrContains(c, ip))) return true;
+      warn(`${subject}: spec.externalIPs ${ip} is outside --external-ip-cidrs ${opts.externalIPCIDRs.join(',')}; address not programmed`);
+      return false;
+    });
+  }
+  const range = opts.nodePortRange;
+  let ports = svc.ports;
+  if (range !== null && ports.some((p) => p.nodePort > 0 && (p.nodePort < range[0] || p.nodePort > range[1]))) {
+    ports = ports.map((p, i) => {
+      if (p.nodePort === 0 || (p.nodePort >= range[0] && p.nodePort <= range[1])) return p;
+      warn(`${subject}: spec.ports[${i}].nodePort ${p.nodePort} is outside --nodeport-range ${range[0]}-${range[1]}; that node port is not programmed (pick one in the range)`);
+      return { ...p, nodePort: 0 };
+    });
+  }
+  return externalIPs === svc.externalIPs && ports === svc.ports ? svc : { ...svc, externalIPs, ports };
+}
+
+function toServicePort(svc: ServiceObject, port: ServicePortSpec, clusterIP: string, scheduler: Scheduler | null, owners: FrontendOwners): ServicePort {
   // svc.type is not ExternalName here (filtered by the caller).
   const type = svc.type === 'ExternalName' ? 'ClusterIP' : svc.type;
   const typeIsExternal = type === 'NodePort' || type === 'LoadBalancer';
@@ -60,15 +111,17 @@ function toServicePort(svc: ServiceObject, port: ServicePortSpec, clusterIP: str
     svc.externalTrafficPolicy === 'Local' && (typeIsExternal || svc.externalIPs.length > 0);
   // kube-proxy's NeedsHealthCheck: LoadBalancer with externalTrafficPolicy Local.
   const needsHealthCheck = type === 'LoadBalancer' && externalPolicyLocal;
+  const name = `${svc.namespace}/${svc.name}`;
+  const nodePort = port.nodePort > 0 && owners.owns(name, 'nodePort', nodePortFrontend(port.nodePort, port.protocol)) ? port.nodePort : 0;
   return {
     id: { namespace: svc.namespace, name: svc.name, port: port.name, protocol: port.protocol },
     type,
     clusterIP,
     port: port.port,
     targetPort: port.targetPort,
-    nodePort: port.nodePort,
-    externalIPs: [...svc.externalIPs],
-    loadBalancerIPs: [...svc.loadBalancerIPs],
+    nodePort,
+    externalIPs: svc.externalIPs.filter((ip) => owners.owns(name, 'externalIPs', addressFrontend(ip, port.port, port.protocol))),
+    loadBalancerIPs: svc.loadBalancerIPs.filter((ip) => owners.owns(name, 'loadBalancerIP', addressFrontend(ip, port.port, port.protocol))),
     loadBalancerSourceRanges: [...svc.loadBalancerSourceRanges],
     affinityTimeoutSeconds: svc.affinityTimeoutSeconds,
     externalTrafficPolicy: externalPolicyLocal ? 'Local' : 'Cluster',
@@ -125,16 +178,29 @@ function endpointsFor(port: ServicePortSpec, slices: readonly EndpointSliceObjec
   return [...byAddress.values()].sort(compareEndpoints);
 }
 
-/** IPv4 slices by `namespace/serviceName`, each list in slice-name order (deterministic dedup). */
-function slicesByService(objects: ClusterObjects, only: ReadonlySet<string> | null): Map<string, EndpointSliceObject[]> {
+/**
+ * IPv4 slices by `namespace/serviceName`, each list in slice-name order (deterministic dedup).
+ * With `only`, the slices of those Services alone. Slices vipr does not proxy get a debug line.
+ */
+export function slicesByService(objects: ClusterObjects, only: ReadonlySet<string> | null): Map<string, EndpointSliceObject[]> {
   const out = new Map<string, EndpointSliceObject[]>();
   const wanted = (s: EndpointSliceObject): boolean => only === null || (s.serviceName !== null && only.has(`${s.namespace}/${s.serviceName}`));
   const slices = [...objects.endpointSlices.values()].filter(wanted).sort((a, b) =>
     a.namespace === b.namespace ? (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) : a.namespace < b.namespace ? -1 : 1,
   );
+  const debug = log().isLevelEnabled('debug');
   for (const slice of slices) {
-    if (slice.serviceName === null || slice.addressType !== 'IPv4') continue;
+    const subject = `EndpointSlice ${slice.namespace}/${slice.name}`;
+    if (slice.serviceName === null) {
+      if (debug) log().debug(`${subject}: no kubernetes.io/service-name label; ignored`);
+      continue;
+    }
     const key = `${slice.namespace}/${slice.serviceName}`;
+    if (slice.addressType !== 'IPv4') {
+      if (debug) log().debug(`${subject}: addressType ${slice.addressType} is not proxied (vipr proxies IPv4); ignored`);
+      continue;
+    }
+    if (debug && !objects.services.has(key)) log().debug(`${subject}: its Service ${key} is not known (yet); kept for when it is`);
     const list = out.get(key);
     if (list) list.push(slice);
     else out.set(key, [slice]);
@@ -143,38 +209,75 @@ function slicesByService(objects: ClusterObjects, only: ReadonlySet<string> | nu
 }
 
 /**
- * Builds the desired state for `node`. Problems that do not stop a Service from working (an
- * invalid scheduler annotation) go to `warn`, by default the `model` logger. With `only`
- * (Service names `namespace/name`), just those Services' entries are built: the agent's partial
- * syncs, as kube-proxy updates only the services its change trackers name.
+ * The entries of one admitted Service (see admitService), with the frontends `owners` gives to
+ * other Services left out. A port whose cluster IP frontend another Service owns is left out
+ * whole: only manifests can say that (the API server never allocates one address twice).
+ */
+export function buildServiceEntries(
+  svc: ServiceObject,
+  slices: readonly EndpointSliceObject[],
+  node: NodeInfo,
+  owners: FrontendOwners,
+  warn: BuildWarningSink,
+): ServiceEntry[] {
+  const clusterIP = svc.clusterIP as string;
+  const name = `${svc.namespace}/${svc.name}`;
+  const scheduler = schedulerOf(svc, warn);
+  const out: ServiceEntry[] = [];
+  for (const port of svc.ports) {
+    if (!owners.owns(name, 'clusterIP', addressFrontend(clusterIP, port.port, port.protocol))) continue;
+    const service = toServicePort(svc, port, clusterIP, scheduler, owners);
+    const endpoints = endpointsFor(port, slices, node);
+    out.push({
+      key: servicePortKey(service.id),
+      service,
+      endpoints,
+      selection: selectEndpoints(endpoints, service, node),
+    });
+  }
+  return out;
+}
+
+/** One line for an error thrown while building `service`. */
+export function buildFailure(service: string, err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return `Service ${service}: cannot be built (${message.split('\n')[0]?.slice(0, 200)}); skipped, the other Services are not affected`;
+}
+
+export function compareEntries(a: ServiceEntry, b: ServiceEntry): number {
+  return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+}
+
+/**
+ * Builds the whole desired state for `node`. Problems that do not stop a Service from working
+ * (an invalid scheduler annotation, a frontend another Service owns, an address the node's
+ * options exclude) go to `warn`, by default the `model` logger; a Service that cannot be built
+ * at all is skipped with a line.
  */
 export function buildDesiredState(
   objects: ClusterObjects,
   node: NodeInfo,
   warn: BuildWarningSink = logWarning,
-  only: ReadonlySet<string> | null = null,
+  options: BuildOptions = DEFAULT_BUILD_OPTIONS,
 ): DesiredState {
-  const slices = slicesByService(objects, only);
+  const owners = new FrontendOwners();
+  const admitted = new Map<string, ServiceObject>();
+  for (const [key, svc] of objects.services) {
+    const a = admitService(svc, options, warn);
+    if (a === null) continue;
+    admitted.set(key, a);
+    owners.set(key, a);
+  }
+  const slices = slicesByService(objects, null);
   const services: ServiceEntry[] = [];
-  const selected = only === null
-    ? objects.services.values()
-    : [...only].map((k) => objects.services.get(k)).filter((s): s is ServiceObject => s !== undefined);
-  for (const svc of selected) {
-    if (svc.type === 'ExternalName' || svc.clusterIP === null || !selectedByProxy(svc.labels)) continue;
-    const clusterIP = svc.clusterIP;
-    const scheduler = schedulerOf(svc, warn);
-    const svcSlices = slices.get(`${svc.namespace}/${svc.name}`) ?? [];
-    for (const port of svc.ports) {
-      const service = toServicePort(svc, port, clusterIP, scheduler);
-      const endpoints = endpointsFor(port, svcSlices, node);
-      services.push({
-        key: servicePortKey(service.id),
-        service,
-        endpoints,
-        selection: selectEndpoints(endpoints, service, node),
-      });
+  for (const [key, svc] of admitted) {
+    for (const c of owners.conflicts(key)) warn(describeConflict(c));
+    try {
+      services.push(...buildServiceEntries(svc, slices.get(key) ?? [], node, owners, warn));
+    } catch (err) {
+      warn(buildFailure(key, err));
     }
   }
-  services.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  services.sort(compareEntries);
   return { node: { name: node.name, zone: node.zone, ips: [...node.ips] }, services };
 }

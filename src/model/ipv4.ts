@@ -63,3 +63,23 @@ export function isLoopback(ip: string): boolean {
 export function formatMask(prefix: number): string {
   return formatIpv4(maskOf(prefix));
 }
+
+/**
+ * Ranges no Service frontend or endpoint may use, each with the reason a message gives: the API
+ * server's ValidateNonSpecialIP (unspecified, loopback, link-local unicast and multicast) widened
+ * to what a node must never hand to a Service: all of 0.0.0.0/8 (0.0.0.0 reads as "every local
+ * address" to the kernel and to vipr's NodePort lookup), the whole multicast block, broadcast.
+ */
+const SPECIAL_IPV4_RANGES: ReadonlyArray<readonly [Ipv4Cidr, string]> = [
+  [parseIpv4Cidr('0.0.0.0/8'), 'in 0.0.0.0/8 ("this network"; 0.0.0.0 means every local address)'],
+  [parseIpv4Cidr('127.0.0.0/8'), 'in the loopback range 127.0.0.0/8'],
+  [parseIpv4Cidr('169.254.0.0/16'), 'in the link-local range 169.254.0.0/16 (cloud metadata services live there)'],
+  [parseIpv4Cidr('224.0.0.0/4'), 'in the multicast range 224.0.0.0/4'],
+  [parseIpv4Cidr('255.255.255.255/32'), 'the broadcast address'],
+];
+
+/** Why `ip` (a valid IPv4 address) may not be a Service address or endpoint, or null when it may. */
+export function specialIpv4(ip: string): string | null {
+  for (const [cidr, why] of SPECIAL_IPV4_RANGES) if (cidrContains(cidr, ip)) return why;
+  return null;
+}

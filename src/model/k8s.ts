@@ -19,6 +19,11 @@ export interface ServiceObject {
   name: string;
   labels: Record<string, string>;
   annotations: Record<string, string>;
+  /**
+   * metadata.creationTimestamp in ms since the epoch; null when the object has none (manifests
+   * usually omit it). Decides which Service owns a contested frontend (src/model/ownership.ts).
+   */
+  creationTimestamp: number | null;
   type: ServiceType | 'ExternalName';
   /** IPv4 cluster IP, or null for headless (`None`) / unset / IPv6-only. */
   clusterIP: string | null;

@@ -7,17 +7,26 @@
 import { createHash } from 'node:crypto';
 
 /**
- * Table sizes: primes roughly doubling. Slot positions depend on the size, so changing it moves
- * almost every flow: the BPF dataplane keeps a service's size while it still fits.
+ * Table sizes: primes roughly doubling, Cilium's list (--bpf-lb-maglev-table-size) up to the
+ * largest that the datapath's 16-bit slot count can hold (Cilium's 131071 cannot). Slot positions
+ * depend on the size, so changing it moves almost every flow: the BPF dataplane keeps a
+ * service's size while it still fits.
  */
-export const MAGLEV_SIZES = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071] as const;
+export const MAGLEV_SIZES = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521] as const;
 
-/** The table size for `backends` backends: the first of MAGLEV_SIZES >= 100 × backends. */
-export function maglevTableSize(backends: number): number {
+/** The node's default cap on a table (--maglev-table-size), Cilium's default. */
+export const DEFAULT_MAGLEV_MAX_SIZE = 16381;
+
+/**
+ * The table size for `backends` backends: the first of MAGLEV_SIZES >= 100 × backends (about 1 %
+ * imbalance at most), but never above `maxSize`; with more backends than that allows, fewer slots
+ * per backend. Null when `maxSize` cannot hold the backends at all (Maglev needs more slots than
+ * backends; the caller falls back to another scheduler).
+ */
+export function maglevTableSize(backends: number, maxSize: number = DEFAULT_MAGLEV_MAX_SIZE): number | null {
   const want = 100 * Math.max(1, backends);
-  const size = MAGLEV_SIZES.find((m) => m >= want);
-  if (size === undefined) throw new RangeError(`maglev: ${backends} backends exceed the largest table (${MAGLEV_SIZES.at(-1)} slots)`);
-  return size;
+  const size = Math.min(MAGLEV_SIZES.find((m) => m >= want) ?? maxSize, maxSize);
+  return size > backends ? size : null;
 }
 
 function hash64(text: string, seed: string): bigint {
@@ -28,9 +37,10 @@ function hash64(text: string, seed: string): bigint {
  * The lookup table: for each slot, the index (into `names`) of its backend. `names` identify
  * backends stably (e.g. `ip:port`); their order does not matter.
  */
-export function maglevTable(names: readonly string[], size = maglevTableSize(names.length)): number[] {
+export function maglevTable(names: readonly string[], size: number): number[] {
   const n = names.length;
   if (n === 0) return [];
+  if (n >= size) throw new RangeError(`maglev: ${n} backends need a table larger than ${size} slots`);
   const m = BigInt(size);
   // Sorted so that the table does not depend on the order endpoints were listed in.
   const order = names.map((name, i) => ({ name, i })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));

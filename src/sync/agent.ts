@@ -3,10 +3,19 @@
  * only real changes, a bounded-frequency runner coalesces them into syncs, and each sync builds
  * the desired state and hands it to the dataplane. After a failure the next sync is full; a full
  * sync also happens every `syncPeriodMs`.
+ *
+ * Nothing syncs before the source has completed one full read (`sourceSynced()`, as kube-proxy
+ * waits for its informers): a sync from a partial view would delete what the rest programmed.
+ * Each Service is built on its own: one that throws is skipped and reported, never the sync.
+ * Frontend ownership (src/model/ownership.ts) is kept across syncs, so a partial sync that changes
+ * one Service also rebuilds the Services that gained or lost a frontend by it.
  */
-import type { ClusterObjects } from '../model/k8s.js';
+import type { ClusterObjects, EndpointSliceObject, ServiceObject } from '../model/k8s.js';
 import type { DesiredState, NodeInfo, ServiceEntry } from '../model/types.js';
-import { buildDesiredState } from '../model/build.js';
+import {
+  DEFAULT_BUILD_OPTIONS, admitService, buildFailure, buildServiceEntries, compareEntries, slicesByService, type BuildOptions,
+} from '../model/build.js';
+import { FrontendOwners, describeConflict } from '../model/ownership.js';
 import { ClusterChangeTracker } from './tracker.js';
 import { BoundedFrequencyRunner, realClock, type Clock, type RunResult } from './runner.js';
 import type { Dataplane, SyncResult } from './dataplane.js';
@@ -23,6 +32,8 @@ export interface SyncReport {
   /** When the changes this sync programmed were first seen, per affected Service (ns/name). */
   changeSeenAt: Map<string, number>;
   state: DesiredState | null;
+  /** Frontend claims not programmed because another Service owns the frontend. */
+  frontendConflicts: number;
 }
 
 export interface AgentOptions {
@@ -37,6 +48,10 @@ export interface AgentOptions {
   onSync?: (report: SyncReport) => void;
   /** A change that needs a sync was seen (kube-proxy's "queued" for metrics and healthz). */
   onQueued?: (now: number) => void;
+  /** The node's options for Services (--external-ip-cidrs, --nodeport-range). */
+  build?: BuildOptions;
+  /** Builds one Service's entries; replaced only to inject faults in tests. */
+  buildService?: typeof buildServiceEntries;
 }
 
 export class Agent {
@@ -53,7 +68,15 @@ export class Agent {
   private lastState: DesiredState | null = null;
   /** The last built entries, by Service (`namespace/name`). */
   private entries = new Map<string, ServiceEntry[]>();
-  private nodeChanged = false;
+  /** Services whose last build threw, with the line reported (they are retried on every sync). */
+  private buildFailures = new Map<string, string>();
+  private readonly owners = new FrontendOwners();
+  /** The conflict lines last logged per Service: a conflict is logged once, when it appears. */
+  private readonly reportedConflicts = new Map<string, Set<string>>();
+  /** The next sync rebuilds every entry (the first one, after a node change or a thrown sync). */
+  private rebuildAll = true;
+  private sourceReady = false;
+  private startRequested = false;
   private resolveFirstSync: (() => void) | null = null;
   /** Resolves after the first successful sync. */
   readonly firstSync: Promise<void> = new Promise((resolve) => {
@@ -77,11 +100,22 @@ export class Agent {
     });
   }
 
-  /** Starts the sync loop; the first sync is a full one. */
+  /**
+   * Starts the sync loop; the first sync is a full one, and waits for `sourceSynced()`: until the
+   * source has read everything once, the dataplane keeps what it has.
+   */
   start(): void {
     this.opts.onQueued?.(this.clock.now());
     this.loopDone = this.runner.loop();
-    this.runner.run();
+    this.startRequested = true;
+    if (this.sourceReady) this.runner.run();
+  }
+
+  /** The source has completed one full read: syncing may begin. */
+  sourceSynced(): void {
+    if (this.sourceReady) return;
+    this.sourceReady = true;
+    if (this.startRequested) this.runner.run();
   }
 
   async stop(): Promise<void> {
@@ -96,43 +130,84 @@ export class Agent {
     const now = this.clock.now();
     for (const s of diff.affectedServices) if (!this.seenAt.has(s)) this.seenAt.set(s, now);
     this.opts.onQueued?.(now);
-    this.runner.run();
+    if (this.sourceReady) this.runner.run();
   }
 
   /** The node's addresses or zone changed (they decide local endpoints and NodePort IPs). */
   updateNode(node: NodeInfo): void {
     if (JSON.stringify(node) === JSON.stringify(this.node)) return;
     this.node = node;
-    this.nodeChanged = true;
+    this.rebuildAll = true;
     this.opts.onQueued?.(this.clock.now());
-    this.runner.run();
+    if (this.sourceReady) this.runner.run();
   }
 
   /**
-   * The desired state after the pending changes, and which Services they touched (null: all).
-   * Only the Services the change trackers name are rebuilt, as kube-proxy's partial syncs; a full
-   * sync, the first one, or a node change rebuilds everything.
+   * The desired state after the pending changes, and which Services it may change (null: all).
+   * Only the Services the change trackers name are rebuilt, as kube-proxy's partial syncs, plus
+   * those whose frontends changed owner by it; the first sync, a node change or a sync after a
+   * thrown one rebuilds everything. Services whose last build threw are tried again each time.
    */
-  private desiredAfter(changed: ReadonlySet<string>, rebuildAll: boolean): { state: DesiredState; changed: ReadonlySet<string> | null } {
+  private desiredAfter(changedServices: ReadonlySet<string>): { state: DesiredState; changed: ReadonlySet<string> | null; failed: SyncResult['failed'] } {
     const objects = this.tracker.current();
-    if (rebuildAll || this.lastState === null) {
-      const state = buildDesiredState(objects, this.node);
-      this.entries = new Map();
-      for (const e of state.services) this.addEntry(e);
-      return { state, changed: null };
+    const all = this.rebuildAll || this.lastState === null;
+    const names = new Set<string>(all ? [...objects.services.keys(), ...this.owners.services(), ...this.entries.keys()] : changedServices);
+    for (const name of this.buildFailures.keys()) names.add(name);
+    const buildOpts = this.opts.build ?? DEFAULT_BUILD_OPTIONS;
+    const warn = (message: string): void => this.log.warn(message);
+    const failures = new Map<string, string>();
+    const admit = (name: string): ServiceObject | null => {
+      const svc = objects.services.get(name);
+      if (svc === undefined) return null;
+      try {
+        return admitService(svc, buildOpts, warn);
+      } catch (err) {
+        failures.set(name, buildFailure(name, err));
+        return null;
+      }
+    };
+    const admitted = new Map<string, ServiceObject | null>();
+    const rebuild = new Set(names);
+    for (const name of names) {
+      const a = admit(name);
+      admitted.set(name, a);
+      for (const other of this.owners.set(name, a)) rebuild.add(other);
     }
-    const part = buildDesiredState(objects, this.node, undefined, changed);
-    for (const name of changed) this.entries.delete(name);
-    for (const e of part.services) this.addEntry(e);
-    const services = [...this.entries.values()].flat().sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-    return { state: { node: part.node, services }, changed };
+    const slices = slicesByService(objects, all ? null : rebuild);
+    const build = this.opts.buildService ?? buildServiceEntries;
+    for (const name of rebuild) {
+      this.entries.delete(name);
+      this.reportConflicts(name);
+      const svc = admitted.has(name) ? admitted.get(name) : admit(name);
+      if (svc === undefined || svc === null) continue;
+      try {
+        const built = build(svc, slices.get(name) ?? ([] as EndpointSliceObject[]), this.node, this.owners, warn);
+        if (built.length > 0) this.entries.set(name, built);
+      } catch (err) {
+        failures.set(name, buildFailure(name, err));
+      }
+    }
+    for (const name of rebuild) {
+      const line = failures.get(name);
+      if (line === undefined) {
+        this.buildFailures.delete(name);
+        continue;
+      }
+      if (this.buildFailures.get(name) !== line) this.log.error(line);
+      this.buildFailures.set(name, line);
+    }
+    const services = [...this.entries.values()].flat().sort(compareEntries);
+    const failed = [...this.buildFailures].map(([service, error]) => ({ service, error }));
+    return { state: { node: { ...this.node, ips: [...this.node.ips] }, services }, changed: all ? null : rebuild, failed };
   }
 
-  private addEntry(e: ServiceEntry): void {
-    const name = `${e.service.id.namespace}/${e.service.id.name}`;
-    const list = this.entries.get(name);
-    if (list) list.push(e);
-    else this.entries.set(name, [e]);
+  /** Logs the conflicts of `service` that were not logged before (once per change). */
+  private reportConflicts(service: string): void {
+    const lines = new Set(this.owners.conflicts(service).map(describeConflict));
+    const before = this.reportedConflicts.get(service);
+    for (const line of lines) if (!before?.has(line)) this.log.warn(line);
+    if (lines.size === 0) this.reportedConflicts.delete(service);
+    else this.reportedConflicts.set(service, lines);
   }
 
   private async syncOnce(): Promise<void> {
@@ -141,13 +216,13 @@ export class Agent {
     const changes = this.tracker.take();
     const changeSeenAt = new Map(this.seenAt);
     this.seenAt.clear();
-    const rebuildAll = full || this.nodeChanged;
-    this.nodeChanged = false;
     let state: DesiredState | null = null;
     try {
-      const desired = this.desiredAfter(changes.affectedServices, rebuildAll);
+      const desired = this.desiredAfter(changes.affectedServices);
+      this.rebuildAll = false;
       state = desired.state;
       const result = await this.opts.dataplane.sync(state, full, desired.changed);
+      result.failed.push(...desired.failed);
       this.lastState = state;
       this.needFull = result.failed.length > 0;
       // Services left unprogrammed (a full map) are retried by a full sync soon, not only on
@@ -159,15 +234,16 @@ export class Agent {
         { full, services: result.services, backends: result.backends, writes: result.writes, deletes: result.deletes, failed: result.failed.length, durationMs },
         'synced',
       );
-      this.opts.onSync?.({ result, full, durationMs, error: null, changeSeenAt, state });
+      this.opts.onSync?.({ result, full, durationMs, error: null, changeSeenAt, state, frontendConflicts: this.owners.conflictCount });
       this.resolveFirstSync?.();
       this.resolveFirstSync = null;
     } catch (err) {
       // What was taken from the trackers is lost to this sync: the next one rebuilds everything.
       this.needFull = true;
+      this.rebuildAll = true;
       // The changes are still unsynced: keep their first-seen times for the retry.
       for (const [s, t] of changeSeenAt) if (!this.seenAt.has(s)) this.seenAt.set(s, t);
-      this.opts.onSync?.({ result: null, full, durationMs: this.clock.now() - start, error: err, changeSeenAt, state });
+      this.opts.onSync?.({ result: null, full, durationMs: this.clock.now() - start, error: err, changeSeenAt, state, frontendConflicts: this.owners.conflictCount });
       throw err;
     }
   }

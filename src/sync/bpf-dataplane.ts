@@ -23,7 +23,7 @@ import {
 } from '../bpf/layouts.js';
 import { readServiceNames } from '../bpf/inspect.js';
 import { serviceNamesPath } from '../paths.js';
-import { maglevTable, maglevTableSize } from '../model/maglev.js';
+import { DEFAULT_MAGLEV_MAX_SIZE, maglevTable, maglevTableSize } from '../model/maglev.js';
 import { componentLogger } from '../log.js';
 import { BpfError } from '../errors.js';
 import { cidrContains, formatIpv4, formatMask, normalizeIpv4Cidr, parseIpv4Cidr } from '../model/ipv4.js';
@@ -62,6 +62,8 @@ export interface BpfDataplaneOptions {
   defaultScheduler: Scheduler;
   /** Source ports for SNAT (above Linux's default ephemeral range, so local sockets never clash). */
   snatPorts: [number, number];
+  /** The largest Maglev table (--maglev-table-size), one of MAGLEV_SIZES. */
+  maglevMaxSize: number;
 }
 
 export const DEFAULT_BPF_OPTIONS: BpfDataplaneOptions = {
@@ -69,7 +71,11 @@ export const DEFAULT_BPF_OPTIONS: BpfDataplaneOptions = {
   nodePortAddresses: [],
   defaultScheduler: 'random',
   snatPorts: [61000, 65535],
+  maglevMaxSize: DEFAULT_MAGLEV_MAX_SIZE,
 };
+
+/** The most slots one frontend can have: the datapath's backend_count is 16 bits. */
+const MAX_SLOTS = 0xffff;
 
 /** One frontend as the datapath sees it. */
 export interface Frontend {
@@ -140,41 +146,16 @@ export function bpfFrontends(state: DesiredState, defaultScheduler: Scheduler): 
   const frontends: Frontend[] = [];
   const skipped: string[] = [];
   for (const entry of state.services) {
-    const svc = entry.service;
-    const proto = PROTO[svc.id.protocol];
-    if (proto === undefined) {
-      skipped.push(`${entry.key}: protocol ${svc.id.protocol} is not handled by the BPF dataplane`);
-      continue;
+    try {
+      const own: Frontend[] = [];
+      expandEntry(entry, defaultScheduler, own, skipped);
+      frontends.push(...own);
+    } catch (err) {
+      skipped.push(`${entry.key}: cannot be expanded into frontends (${(err as Error).message}); not programmed`);
     }
-    const sel = entry.selection;
-    const reject = sel.hasAnyEndpoints ? 0 : SVC_F_REJECT;
-    const affinity = svc.affinityTimeoutSeconds > 0 ? SVC_F_AFFINITY : 0;
-    const base = { service: entry.key, affinityTimeout: svc.affinityTimeoutSeconds, scheduler: svc.scheduler ?? defaultScheduler };
-    const add = (vip: string, port: number, scope: number, flags: number, eps: Endpoint[], ranges: string[] = []): void => {
-      frontends.push({
-        ...base,
-        key: { vip, port, proto, scope },
-        flags: flags | affinity | reject | (ranges.length > 0 ? SVC_F_SOURCE_RANGES : 0),
-        backends: eps.map((e) => toBackend(e, proto)),
-        sourceRanges: ranges,
-      });
-    };
-    const itpLocal = svc.internalTrafficPolicy === 'Local';
-    add(svc.clusterIP, svc.port, SCOPE_EXTERNAL, itpLocal ? SVC_F_LOCAL : 0, itpLocal ? sel.localEndpoints : sel.clusterEndpoints);
-
-    const etpLocal = svc.externalTrafficPolicy === 'Local';
-    const externalEps = etpLocal ? sel.localEndpoints : sel.clusterEndpoints;
-    const external = (vip: string, port: number, ranges: string[] = []): void => {
-      add(vip, port, SCOPE_EXTERNAL, SVC_F_EXTERNAL | (etpLocal ? SVC_F_LOCAL : 0), externalEps, ranges);
-      if (etpLocal) add(vip, port, SCOPE_INTERNAL, 0, sel.clusterEndpoints, ranges);
-    };
-    if (svc.nodePort > 0) external(NODEPORT_VIP, svc.nodePort);
-    for (const ip of svc.externalIPs) external(ip, svc.port);
-    const ranges = svc.loadBalancerSourceRanges.map((c) => normalizeIpv4Cidr(c));
-    for (const ip of svc.loadBalancerIPs) external(ip, svc.port, ranges);
   }
-  // Two Services claiming one frontend: the first (by key) wins, as the API server would never
-  // have allowed the second.
+  // Two Services claiming one frontend: the model gave each frontend one owner
+  // (src/model/ownership.ts), so this only guards the maps against a state built without it.
   const seen = new Set<string>();
   const unique = frontends.filter((f) => {
     const id = frontendId(f.key);
@@ -188,17 +169,64 @@ export function bpfFrontends(state: DesiredState, defaultScheduler: Scheduler): 
   return { frontends: unique, skipped };
 }
 
+function expandEntry(entry: ServiceEntry, defaultScheduler: Scheduler, frontends: Frontend[], skipped: string[]): void {
+  const svc = entry.service;
+  const proto = PROTO[svc.id.protocol];
+  if (proto === undefined) {
+    skipped.push(`${entry.key}: protocol ${svc.id.protocol} is not handled by the BPF dataplane`);
+    return;
+  }
+  const sel = entry.selection;
+  const reject = sel.hasAnyEndpoints ? 0 : SVC_F_REJECT;
+  const affinity = svc.affinityTimeoutSeconds > 0 ? SVC_F_AFFINITY : 0;
+  const base = { service: entry.key, affinityTimeout: svc.affinityTimeoutSeconds, scheduler: svc.scheduler ?? defaultScheduler };
+  const add = (vip: string, port: number, scope: number, flags: number, eps: Endpoint[], ranges: string[] = []): void => {
+    frontends.push({
+      ...base,
+      key: { vip, port, proto, scope },
+      flags: flags | affinity | reject | (ranges.length > 0 ? SVC_F_SOURCE_RANGES : 0),
+      backends: eps.map((e) => toBackend(e, proto)),
+      sourceRanges: ranges,
+    });
+  };
+  const itpLocal = svc.internalTrafficPolicy === 'Local';
+  add(svc.clusterIP, svc.port, SCOPE_EXTERNAL, itpLocal ? SVC_F_LOCAL : 0, itpLocal ? sel.localEndpoints : sel.clusterEndpoints);
+
+  const etpLocal = svc.externalTrafficPolicy === 'Local';
+  const externalEps = etpLocal ? sel.localEndpoints : sel.clusterEndpoints;
+  const external = (vip: string, port: number, ranges: string[] = []): void => {
+    add(vip, port, SCOPE_EXTERNAL, SVC_F_EXTERNAL | (etpLocal ? SVC_F_LOCAL : 0), externalEps, ranges);
+    if (etpLocal) add(vip, port, SCOPE_INTERNAL, 0, sel.clusterEndpoints, ranges);
+  };
+  if (svc.nodePort > 0) external(NODEPORT_VIP, svc.nodePort);
+  for (const ip of svc.externalIPs) external(ip, svc.port);
+  const ranges = svc.loadBalancerSourceRanges.map((c) => normalizeIpv4Cidr(c));
+  for (const ip of svc.loadBalancerIPs) external(ip, svc.port, ranges);
+}
+
 /**
- * The slots of a frontend: one per backend, or the Maglev table. Values index `backends`. A
- * Maglev table keeps its current size while that still fits the backends (at least 100 slots
- * each, at most 8 times the size it would get new): slot positions depend on the size, so a new
- * size would move almost every flow.
+ * The slots of a frontend and the scheduler that reads them: one slot per backend, or the Maglev
+ * table. Values index `backends`. A Maglev table keeps its current size while that still fits
+ * the backends (at least 100 slots each, at most 8 times the size it would get new, never above
+ * the node's cap): slot positions depend on the size, so a new size would move almost every
+ * flow. More backends than the largest table can hold fall back to `random`, with a line; more
+ * than the datapath can count fail this frontend alone (thrown, caught by the caller).
  */
-function slotLayout(f: Frontend, currentMaglevSize: number | null): number[] {
-  if (f.scheduler !== 'maglev') return f.backends.map((_, i) => i);
-  const fresh = maglevTableSize(f.backends.length);
-  const keep = currentMaglevSize !== null && currentMaglevSize >= 100 * f.backends.length && currentMaglevSize <= 8 * fresh;
-  return maglevTable(f.backends.map((b) => `${b.addr}:${b.port}`), keep ? currentMaglevSize : fresh);
+function slotLayout(f: Frontend, currentMaglevSize: number | null, maxSize: number): { slots: number[]; scheduler: Scheduler } {
+  if (f.backends.length > MAX_SLOTS) {
+    throw new RangeError(`${f.backends.length} endpoints exceed the ${MAX_SLOTS} a BPF frontend can hold`);
+  }
+  if (f.scheduler !== 'maglev') return { slots: f.backends.map((_, i) => i), scheduler: f.scheduler };
+  const fresh = maglevTableSize(f.backends.length, maxSize);
+  if (fresh === null) {
+    log.warn(
+      { svc: f.service },
+      `${f.service}: ${f.backends.length} endpoints do not fit a Maglev table of at most ${maxSize} slots (--maglev-table-size); using the random scheduler`,
+    );
+    return { slots: f.backends.map((_, i) => i), scheduler: 'random' };
+  }
+  const keep = currentMaglevSize !== null && currentMaglevSize >= 100 * f.backends.length && currentMaglevSize <= 8 * fresh && currentMaglevSize <= maxSize;
+  return { slots: maglevTable(f.backends.map((b) => `${b.addr}:${b.port}`), keep ? currentMaglevSize : fresh), scheduler: 'maglev' };
 }
 
 interface Applied {
@@ -401,18 +429,26 @@ export class BpfDataplane implements Dataplane {
     const pending: Pending[] = [];
     for (const [fid, f] of desired) {
       const prev = this.applied.get(fid);
+      let layout: ReturnType<typeof slotLayout>;
+      try {
+        const currentMaglev = prev && prev.value.scheduler === SCHEDULERS.indexOf('maglev') ? prev.slots.length : null;
+        layout = slotLayout(f, currentMaglev, this.opts.maglevMaxSize);
+      } catch (err) {
+        // This frontend alone: it keeps what it had (or stays absent), the others sync.
+        result.failed.push({ service: f.service, error: `${f.key.vip}:${f.key.port}: ${(err as Error).message}` });
+        continue;
+      }
       const ids = f.backends.map(backendIdOf);
-      const currentMaglev = prev && prev.value.scheduler === SCHEDULERS.indexOf('maglev') ? prev.slots.length : null;
-      const slotIds = slotLayout(f, currentMaglev).map((i) => ids[i] as number);
+      const slotIds = layout.slots.map((i) => ids[i] as number);
       const svcId = prev?.svcId ?? this.svcIds.take();
       const value: SvcValueT = {
         svc_id: svcId,
         backend_count: slotIds.length,
         flags: f.flags,
         affinity_timeout: f.affinityTimeout,
-        scheduler: SCHEDULERS.indexOf(f.scheduler),
+        scheduler: SCHEDULERS.indexOf(layout.scheduler),
       };
-      const wantSched = f.scheduler === 'rr';
+      const wantSched = layout.scheduler === 'rr';
       const rangeWrites = f.sourceRanges.filter((r) => !prev?.ranges.has(r));
       const rangeDeletes = [...(prev?.ranges ?? [])].filter((r) => !f.sourceRanges.includes(r));
       const sameSlots = prev !== undefined && prev.slots.length === slotIds.length && prev.slots.every((id, i) => id === slotIds[i]);

@@ -65,6 +65,7 @@ export class AgentMetrics {
   private readonly servicesProgrammed: Gauge;
   private readonly backendsProgrammed: Gauge;
   private readonly servicesFailed: Gauge;
+  private readonly frontendConflicts: Gauge;
   private readonly syncFailures: Counter;
   private readonly informerRestarts: Counter<'resource'>;
   private readonly manifestProblemsGauge: Gauge;
@@ -117,7 +118,12 @@ export class AgentMetrics {
     });
     this.servicesFailed = new Gauge({
       name: 'vipr_services_failed',
-      help: 'Service ports the last sync could not program (e.g. a full map); their names are logged',
+      help: 'Services or service ports the last sync could not build or program (e.g. a full map); their names are logged',
+      registers,
+    });
+    this.frontendConflicts = new Gauge({
+      name: 'vipr_frontend_conflicts',
+      help: 'Frontends a Service claims but another owns (not programmed for it; both names are logged)',
       registers,
     });
     this.syncFailures = new Counter({
@@ -187,6 +193,7 @@ export class AgentMetrics {
     this.servicesProgrammed.set(result.services);
     this.backendsProgrammed.set(result.backends);
     this.servicesFailed.set(result.failed.length);
+    this.frontendConflicts.set(report.frontendConflicts);
     if (result.failed.length > 0) {
       log.warn({ services: result.failed.map((f) => f.service) }, `${result.failed.length} service port(s) not programmed`);
     }

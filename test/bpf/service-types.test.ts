@@ -216,12 +216,12 @@ describe('schedulers', () => {
   test('maglev table: a prime size of at least 100 per backend, each backend within one slot of its share', () => {
     expect(maglevTableSize(4)).toBe(maglevTableSize(5));
     const names = ['a:1', 'b:1', 'c:1'];
-    const t = maglevTable(names);
+    const t = maglevTable(names, maglevTableSize(names.length) as number);
     expect(t.length).toBe(509);
     const per = [0, 1, 2].map((i) => t.filter((x) => x === i).length);
     for (const n of per) expect(Math.abs(n - 509 / 3)).toBeLessThanOrEqual(1);
     // Independent of the order the backends are listed in.
-    const shuffled = maglevTable(['c:1', 'a:1', 'b:1']);
+    const shuffled = maglevTable(['c:1', 'a:1', 'b:1'], 509);
     expect(shuffled.map((i) => ['c:1', 'a:1', 'b:1'][i])).toEqual(t.map((i) => names[i]));
   });
 });

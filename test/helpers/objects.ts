@@ -11,6 +11,7 @@ export function serviceObject(overrides: Partial<ServiceObject> = {}): ServiceOb
     name: 'web',
     labels: {},
     annotations: {},
+    creationTimestamp: null,
     type: 'ClusterIP',
     clusterIP: '10.0.0.10',
     ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 0 }],

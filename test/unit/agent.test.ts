@@ -47,6 +47,7 @@ test('partial syncs name only the changed Services; the first sync and a node ch
   let synced = plane.next();
   agent.updateObjects(clusterObjects([a, b], [slice('a', ['10.1.0.1']), slice('b', ['10.2.0.1'])]));
   agent.start();
+  agent.sourceSynced();
   await synced;
   expect(plane.calls[0]).toMatchObject({ full: true, changed: null, keys: ['default/a:http', 'default/b:http'] });
 

@@ -217,8 +217,8 @@ describe('buildDesiredState', () => {
     const warnings: string[] = [];
     const state = buildDesiredState(
       objects([
-        service({ name: 'a', annotations: { 'vipr.io/scheduler': 'maglev' } }),
-        service({ name: 'b', annotations: { 'vipr.io/scheduler': 'wrr' } }),
+        service({ name: 'a', clusterIP: '10.0.0.1', annotations: { 'vipr.io/scheduler': 'maglev' } }),
+        service({ name: 'b', clusterIP: '10.0.0.2', annotations: { 'vipr.io/scheduler': 'wrr' } }),
       ]),
       node,
       (m) => warnings.push(m),
@@ -231,7 +231,11 @@ describe('buildDesiredState', () => {
 
   it('sorts entries by key regardless of input order', () => {
     const state = buildDesiredState(
-      objects([service({ namespace: 'z', name: 'a' }), service({ namespace: 'a', name: 'z' }), service({ namespace: 'a', name: 'b' })]),
+      objects([
+        service({ namespace: 'z', name: 'a', clusterIP: '10.0.0.1' }),
+        service({ namespace: 'a', name: 'z', clusterIP: '10.0.0.2' }),
+        service({ namespace: 'a', name: 'b', clusterIP: '10.0.0.3' }),
+      ]),
       node,
       noWarnings,
     );

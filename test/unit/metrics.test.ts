@@ -31,7 +31,7 @@ function result(over: Partial<SyncResult> = {}): SyncResult {
 }
 
 function report(over: Partial<SyncReport> = {}): SyncReport {
-  return { result: result(), full: false, durationMs: 12, error: null, changeSeenAt: new Map(), state: null, ...over };
+  return { result: result(), full: false, durationMs: 12, error: null, changeSeenAt: new Map(), state: null, frontendConflicts: 0, ...over };
 }
 
 describe('AgentMetrics', () => {
