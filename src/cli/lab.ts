@@ -12,7 +12,7 @@ import { runInteractive } from '../lab/exec.js';
 import {
   AgentStartError,
   labDown,
-  labHostNetns,
+  labHostPlacement,
   labRestartAgents,
   labStatus,
   labUp,
@@ -196,8 +196,8 @@ async function exec(argv: string[]): Promise<number> {
   if (host === undefined || command.length === 0) {
     throw new ConfigError('usage: vipr lab exec [--name N] HOST -- CMD [ARGS...]');
   }
-  const netns = await labHostNetns(labName(values.name), host);
-  return runInteractive(netns, command);
+  const { netns, cgroup } = await labHostPlacement(labName(values.name), host);
+  return runInteractive(netns, command, cgroup);
 }
 
 function table(rows: string[][]): string[] {

@@ -6,6 +6,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
+import { inCgroupArgv } from './cgroups.js';
 
 /** A lab command failed; `message` is the one line for the user, the rest is for diagnosis. */
 export class CommandError extends Error {
@@ -117,11 +118,13 @@ export async function tryRun(
 }
 
 /**
- * Runs `argv` inside `netns` with this process's stdio, for `vipr lab exec`. Resolves to the
+ * Runs `argv` inside `netns` (and, for a node's hosts, in the node's cgroup) with this process's
+ * stdio, for `vipr lab exec`. Resolves to the
  * command's exit code (128 + signal number when a signal ended it, as shells report it).
  */
-export function runInteractive(netns: string, argv: readonly string[]): Promise<number> {
-  const [file, args] = nsenterArgv(netns, argv[0] ?? '', argv.slice(1));
+export function runInteractive(netns: string, argv: readonly string[], cgroup: string | null = null): Promise<number> {
+  const [nsFile, nsArgs] = nsenterArgv(netns, argv[0] ?? '', argv.slice(1));
+  const [file, args] = cgroup === null ? [nsFile, nsArgs] : inCgroupArgv(cgroup, nsFile, nsArgs);
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, { stdio: 'inherit' });
     // Ctrl-C reaches the command through the terminal's process group: let it decide, and

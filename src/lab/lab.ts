@@ -9,6 +9,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../errors.js';
 import { run } from './exec.js';
+import { createNodeCgroups, labCgroupPids, removeLabCgroups } from './cgroups.js';
 import { buildNetwork, deleteNetns, listNetns, netnsAddresses, netnsExists, netnsPids } from './network.js';
 import { summarizeManifestDir, writeDefaultManifests, type ServiceSummary } from './manifests.js';
 import {
@@ -146,8 +147,22 @@ export function agentArgv(state: LabState, agentMain: string, node: LabNodeState
     // The underlay stands for the NIC: XDP balances what arrives there from outside.
     argv.push('--node-ip', node.nodeIp, '--xdp', node.agentIfaces[0] as string);
   }
+  // Socket LB serves the node's own processes and pods: they run in this cgroup.
+  if (node.cgroup !== undefined) argv.push('--cgroup-root', node.cgroup);
   argv.push('--log-level', 'info');
   return argv;
+}
+
+/**
+ * The cgroup a host's processes run in: a node's own, for the node, its pods and the one-node
+ * lab's client (the node's only client, as a pod of it); none for `ext`, the underlay and the
+ * two-node lab's client, which stand for machines outside the cluster.
+ */
+export function hostCgroup(state: LabState, host: string): string | null {
+  const h = state.hosts.find((x) => x.name === host);
+  if (!h) return null;
+  const nodeHost = h.role === 'node' ? h.name : h.role === 'backend' || (h.role === 'client' && state.nodes.length === 1) ? h.node : undefined;
+  return state.nodes.find((n) => n.host === nodeHost)?.cgroup ?? null;
 }
 
 function hostStates(plan: LabPlan): LabHostState[] {
@@ -215,6 +230,7 @@ async function startServers(state: LabState, nodes: readonly NodePlan[], save: (
       const p = await startInNetns({
         netns: be.netns,
         argv: [process.execPath, script, '--name', be.name],
+        cgroup: hostCgroup(state, be.name),
         log,
         ready: (text) => text.includes(`backend-server ${be.name}: listening`),
         timeoutMs: 10_000,
@@ -249,6 +265,7 @@ async function startAgent(
     const p = await startInNetns({
       netns: node.netns,
       argv: agentArgv(state, main, node),
+      cgroup: node.cgroup ?? null,
       log,
       ready: agentReady,
       timeoutMs: opts.agentTimeoutMs ?? 30_000,
@@ -385,6 +402,13 @@ export async function labUp(opts: LabUpOptions): Promise<LabUpResult> {
       state.namespaces.push(ns);
       await save();
     });
+    const cgroups = createNodeCgroups(opts.name, state.nodes.map((n) => n.host));
+    for (const n of state.nodes) {
+      const cg = cgroups.get(n.host);
+      if (cg !== undefined) n.cgroup = cg;
+    }
+    await save();
+    progress(cgroups.size > 0 ? `created cgroups ${[...cgroups.values()].join(', ')}` : 'no cgroup v2 mount: the nodes get no cgroup (socket LB off)');
     if (state.defaultManifests) {
       await writeDefaultManifests(manifestsDir, plan.nodes);
       progress(`wrote default manifests to ${manifestsDir}`);
@@ -479,6 +503,10 @@ export async function labDown(name: string): Promise<LabDownResult> {
       if (startTime !== null && !victims.has(pid)) victims.set(pid, { pid, startTime, what: `process in ${ns}` });
     }
   }
+  for (const pid of labCgroupPids(name)) {
+    const startTime = processStartTime(pid);
+    if (startTime !== null && !victims.has(pid)) victims.set(pid, { pid, startTime, what: `process in a cgroup of lab '${name}'` });
+  }
   const stopped = new Set(await stopProcesses([...victims.values()]));
   for (const v of victims.values()) {
     if (isRunning(v.pid, v.startTime)) failures.push(`could not stop ${v.what} (pid ${v.pid})`);
@@ -503,6 +531,10 @@ export async function labDown(name: string): Promise<LabDownResult> {
       failures.push(`rm -rf ${pinDir} failed: ${(err as Error).message}`);
     }
   }
+  // After the pin dirs: unpinning detached the socket LB links from these cgroups.
+  const cgroups = removeLabCgroups(name);
+  removed.push(...cgroups.removed);
+  failures.push(...cgroups.failures);
   const stateDir = labStateDir(name);
   if (existsSync(stateDir)) {
     try {
@@ -623,6 +655,12 @@ export async function labStatus(name: string): Promise<LabStatus> {
     services: summary.services,
     problems: summary.problems,
   };
+}
+
+/** Where `host`'s commands run: its namespace, and its node's cgroup for a node's hosts. */
+export async function labHostPlacement(name: string, host: string): Promise<{ netns: string; cgroup: string | null }> {
+  const netns = await labHostNetns(name, host);
+  return { netns, cgroup: hostCgroup(await loadLabState(name), host) };
 }
 
 /** The namespace of `host` in lab `name`; a ConfigError naming the valid hosts otherwise. */

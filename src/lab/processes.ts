@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { nsenterArgv } from './exec.js';
+import { inCgroupArgv } from './cgroups.js';
 
 export interface StartedProcess {
   pid: number;
@@ -56,6 +57,8 @@ export interface StartOptions {
   ready: (log: string) => boolean;
   timeoutMs: number;
   env?: NodeJS.ProcessEnv;
+  /** Run as a process of this cgroup (a node's: its hosts' processes meet its socket LB). */
+  cgroup?: string | null;
 }
 
 /** Last `n` non-empty lines of a log, for error messages. */
@@ -85,7 +88,8 @@ export class ProcessStartError extends Error {
  * so the caller can record and stop it).
  */
 export async function startInNetns(opts: StartOptions): Promise<StartedProcess> {
-  const [file, args] = nsenterArgv(opts.netns, opts.argv[0] ?? '', opts.argv.slice(1));
+  const [nsFile, nsArgs] = nsenterArgv(opts.netns, opts.argv[0] ?? '', opts.argv.slice(1));
+  const [file, args] = opts.cgroup ? inCgroupArgv(opts.cgroup, nsFile, nsArgs) : [nsFile, nsArgs];
   const fd = openSync(opts.log, 'a');
   const startOffset = fstatSync(fd).size;
   // Filled in by the child's events while the loop below polls.

@@ -63,6 +63,11 @@ export interface LabNodeState {
   /** The node's interfaces the agent attaches to. */
   agentIfaces: string[];
   agentLog: string;
+  /**
+   * The node's cgroup v2 directory, holding the processes of its hosts (absent: a lab made before
+   * labs had cgroups, or a machine without cgroup v2). The agent's --cgroup-root.
+   */
+  cgroup?: string;
 }
 
 export interface LabUnderlayState {
