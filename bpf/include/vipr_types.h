@@ -211,8 +211,15 @@ struct vipr_affinity_value {
 _Static_assert(sizeof(struct vipr_affinity_value) == 16, "vipr_affinity_value layout");
 
 /*
- * Index of vipr_stats_v1 (per-CPU array): events first, then drop reasons. Keep the order:
- * user space names counters by index (src/bpf/stats.ts).
+ * Slots of vipr_stats_v2, more than enum vipr_stat uses: a counter added later takes a free slot
+ * instead of changing max_entries, which would make the pinned map unusable to the new object
+ * ("couldn't reuse pinned map") and force a new map name.
+ */
+#define VIPR_STAT_SLOTS 64
+
+/*
+ * Index of vipr_stats_v2 (per-CPU array): events first, then drop reasons. Keep the order and
+ * append only: user space names counters by index (STAT_NAMES in src/bpf/layouts.ts).
  */
 enum vipr_stat {
 	VIPR_STAT_PACKETS = 0,      /* every packet the programs saw */
@@ -240,8 +247,9 @@ enum vipr_stat {
 	VIPR_STAT_XDP_REDIRECT,     /* XDP: rewritten and redirected to another interface */
 	VIPR_STAT_MAX,
 };
+_Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");
 
-/* Value of vipr_stats_v1. */
+/* Value of vipr_stats_v2. */
 struct vipr_stat_value {
 	__u64 packets;
 	__u64 bytes;

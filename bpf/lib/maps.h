@@ -103,8 +103,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32); /* enum vipr_stat */
 	__type(value, struct vipr_stat_value);
-	__uint(max_entries, VIPR_STAT_MAX);
+	__uint(max_entries, VIPR_STAT_SLOTS);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} vipr_stats_v1 SEC(".maps");
+} vipr_stats_v2 SEC(".maps");
 
 #endif /* __VIPR_MAPS_H */

@@ -7,7 +7,7 @@
 /* Counts one packet of @len bytes under @stat. Per-CPU: no atomics on the fast path. */
 static __always_inline void stats_count(__u32 stat, __u32 len)
 {
-	struct vipr_stat_value *v = bpf_map_lookup_elem(&vipr_stats_v1, &stat);
+	struct vipr_stat_value *v = bpf_map_lookup_elem(&vipr_stats_v2, &stat);
 
 	if (v) {
 		v->packets++;

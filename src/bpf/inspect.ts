@@ -111,11 +111,13 @@ export function dumpMaps(maps: DatapathMaps, only: string | null): Record<string
   const out: Record<string, Array<{ key: unknown; value: unknown }>> = {};
   for (const m of Object.values(maps)) {
     if (only !== null && m.name !== only && !m.name.startsWith(`vipr_${only}_`)) continue;
-    if (m.spec.perCpu) {
-      out[m.name] = m.entriesPerCpu().map(([k, v]) => ({
-        key: STAT_NAMES[k as number] ?? k,
-        value: plain(v),
-      }));
+    if (m.name === maps.stats.name) {
+      // The stats map has spare slots for later counters: list the named ones and any other in use.
+      out[m.name] = maps.stats.entriesPerCpu()
+        .filter(([k, v]) => STAT_NAMES[k] !== undefined || v.some((c) => c.packets > 0n))
+        .map(([k, v]) => ({ key: STAT_NAMES[k] ?? k, value: plain(v) }));
+    } else if (m.spec.perCpu) {
+      out[m.name] = m.entriesPerCpu().map(([k, v]) => ({ key: plain(k), value: plain(v) }));
     } else {
       out[m.name] = (m.entries() as Array<[unknown, unknown]>).map(([k, v]) => ({ key: plain(k), value: plain(v) }));
     }

@@ -147,7 +147,7 @@ export const CT_F_CLOSING = 1 << 1;
 export const CT_F_SNAT = 1 << 2;
 export const CT_F_REDIRECT = 1 << 3;
 
-/** enum vipr_stat, in order: the index of each counter in vipr_stats_v1. */
+/** enum vipr_stat, in order: the index of each counter in vipr_stats_v2 (which has spare slots). */
 export const STAT_NAMES = [
   'packets',
   'pass_non_ipv4',
@@ -199,7 +199,7 @@ export const MAPS = {
   sched: spec('vipr_sched_v1', U32, SchedState),
   backendConns: spec('vipr_backend_conns_v1', BackendId, BackendConns),
   config: spec('vipr_config_v1', U32, Config),
-  stats: spec('vipr_stats_v1', U32, StatValue, true),
+  stats: spec('vipr_stats_v2', U32, StatValue, true),
 } as const;
 
 export type MapRole = keyof typeof MAPS;
