@@ -239,12 +239,13 @@ enum vipr_stat {
 	VIPR_STAT_SNAT,             /* new flows SNATed to the node (remote backend, hairpin) */
 	VIPR_STAT_AFFINITY_HIT,     /* new flows sent to the client's affinity backend */
 	VIPR_STAT_DROP_SOURCE_RANGE,/* drop: source outside loadBalancerSourceRanges */
-	VIPR_STAT_REJECT,           /* no endpoints: ICMP port unreachable sent back */
+	VIPR_STAT_REJECT,           /* no endpoints: to be rejected (ICMP port unreachable, within the rate limit) */
 	VIPR_STAT_DROP_NO_SNAT_PORT,/* drop: no free SNAT port for the flow */
 	VIPR_STAT_DROP_FIB,         /* drop: no route for a redirected packet */
 	VIPR_STAT_XDP_PASS,         /* XDP: handed to the stack (not a service, or TC handles it) */
 	VIPR_STAT_XDP_TX,           /* XDP: rewritten and sent back out the same interface */
 	VIPR_STAT_XDP_REDIRECT,     /* XDP: rewritten and redirected to another interface */
+	VIPR_STAT_DROP_ICMP_RATE_LIMIT, /* drop: reject without its ICMP, this CPU's ICMP budget is spent (vipr_icmp_bucket_v1) */
 	VIPR_STAT_MAX,
 };
 _Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");
@@ -255,5 +256,17 @@ struct vipr_stat_value {
 	__u64 bytes;
 };
 _Static_assert(sizeof(struct vipr_stat_value) == 16, "vipr_stat_value layout");
+
+/*
+ * Value of vipr_icmp_bucket_v1 (per-CPU array of one, key 0): the token bucket limiting the ICMP
+ * rejects one CPU sends, as net.ipv4.icmp_msgs_per_sec / icmp_msgs_burst limit the kernel's own
+ * ICMP. All zero (a new map) reads as empty and refilled long ago, so the first reject fills it.
+ */
+struct vipr_icmp_bucket {
+	__u64 refilled_ns; /* bpf_ktime_get_ns() of the last refill */
+	__u32 tokens;      /* rejects this CPU may still send, at most the burst */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct vipr_icmp_bucket) == 16, "vipr_icmp_bucket layout");
 
 #endif /* __VIPR_TYPES_H */

@@ -3,6 +3,10 @@
  * kube-proxy REJECTs traffic to a service without endpoints (icmp-port-unreachable) so clients
  * fail at once instead of timing out. vipr does the same in TC: the packet is turned into the
  * ICMP error in place and sent back out of the interface it came in on.
+ *
+ * Every reject answers a packet whose source anyone can forge, so rejects are rate-limited like
+ * the kernel's own ICMP (which would limit REJECT's replies the same way): a token bucket per CPU
+ * with the kernel's defaults, a packet over the limit is dropped without reply and counted.
  */
 #ifndef __VIPR_ICMP_H
 #define __VIPR_ICMP_H
@@ -14,6 +18,19 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "parse.h"
+#include "maps.h"
+#include "stats.h"
+
+/*
+ * Rejects per second and burst per CPU: net.ipv4.icmp_msgs_per_sec and icmp_msgs_burst's
+ * defaults. The loader may set them before load.
+ */
+const volatile __u32 vipr_icmp_msgs_per_sec = 1000;
+const volatile __u32 vipr_icmp_msgs_burst = 50;
+
+#define ICMP_NSEC_PER_SEC 1000000000ULL
+/* Refill at most every 20 ms, as the kernel's icmp_global_allow (HZ / 50). */
+#define ICMP_REFILL_MIN_NS (20 * 1000 * 1000ULL)
 
 /* linux/icmp.h drags in libc headers that do not exist for the BPF target. */
 #define ICMP_DEST_UNREACH 3
@@ -46,9 +63,43 @@ static __always_inline __u16 csum16(const void *buf, __u32 len, __u32 seed)
 }
 
 /*
+ * Takes a token from this CPU's bucket; false when it is empty. Plain reads and writes suffice:
+ * the bucket is per-CPU and TC programs run in softirq or with bottom halves disabled, so two of
+ * them never interleave on one CPU.
+ */
+static __always_inline bool icmp_reject_allowed(void)
+{
+	__u32 zero = 0;
+	struct vipr_icmp_bucket *b = bpf_map_lookup_elem(&vipr_icmp_bucket_v1, &zero);
+	__u64 now, elapsed, tokens;
+
+	/* Cannot fail for an array's key 0; without a bucket, send nothing (fail closed). */
+	if (!b)
+		return false;
+	now = bpf_ktime_get_ns();
+	elapsed = now - b->refilled_ns;
+	if (elapsed >= ICMP_REFILL_MIN_NS) {
+		/* A second's worth fills any burst the settings allow, and keeps the product in 64 bits. */
+		if (elapsed > ICMP_NSEC_PER_SEC)
+			elapsed = ICMP_NSEC_PER_SEC;
+		tokens = elapsed * vipr_icmp_msgs_per_sec / ICMP_NSEC_PER_SEC;
+		/* Under one token so far: keep the stamp, so slow rates still accumulate. */
+		if (tokens) {
+			tokens += b->tokens;
+			b->tokens = tokens < vipr_icmp_msgs_burst ? tokens : vipr_icmp_msgs_burst;
+			b->refilled_ns = now;
+		}
+	}
+	if (!b->tokens)
+		return false;
+	b->tokens--;
+	return true;
+}
+
+/*
  * Rewrites @skb into "destination port unreachable" from the service address to the client and
  * redirects it back out of its ingress device. Returns a TC verdict; TC_ACT_SHOT when the
- * packet cannot be turned around (IP options, helper failure).
+ * packet cannot be turned around (IP options, helper failure) or the rate limit says no.
  */
 static __always_inline int tc_icmp_reject(struct __sk_buff *skb, const struct packet *pkt)
 {
@@ -58,6 +109,10 @@ static __always_inline int tc_icmp_reject(struct __sk_buff *skb, const struct pa
 
 	if (pkt->l4_off != sizeof(struct ethhdr) + sizeof(struct iphdr))
 		return TC_ACT_SHOT;
+	if (!icmp_reject_allowed()) {
+		stats_count(VIPR_STAT_DROP_ICMP_RATE_LIMIT, skb->len);
+		return TC_ACT_SHOT;
+	}
 	if (bpf_skb_load_bytes(skb, pkt->l3_off, r.quote, ICMP_QUOTE_LEN))
 		return TC_ACT_SHOT;
 	data = (void *)(long)skb->data;

@@ -107,4 +107,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_stats_v2 SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32); /* 0 */
+	__type(value, struct vipr_icmp_bucket);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_icmp_bucket_v1 SEC(".maps");
+
 #endif /* __VIPR_MAPS_H */

@@ -104,6 +104,12 @@ export const StatValue = defineStruct('vipr_stat_value', [
   ['bytes', 'u64'],
 ] as const);
 
+export const IcmpBucket = defineStruct('vipr_icmp_bucket', [
+  ['refilled_ns', 'u64'],
+  ['tokens', 'u32'],
+  ['pad', 'pad', 4],
+] as const);
+
 export const U32 = new U32Codec();
 
 export type SvcKeyT = ReturnType<typeof SvcKey.decode>;
@@ -116,6 +122,7 @@ export type CtValueT = ReturnType<typeof CtValue.decode>;
 export type AffinityKeyT = ReturnType<typeof AffinityKey.decode>;
 export type AffinityValueT = ReturnType<typeof AffinityValue.decode>;
 export type StatValueT = ReturnType<typeof StatValue.decode>;
+export type IcmpBucketT = ReturnType<typeof IcmpBucket.decode>;
 export type NodeIpT = ReturnType<typeof NodeIp.decode>;
 export type SourceRangeT = ReturnType<typeof SourceRange.decode>;
 export type SchedStateT = ReturnType<typeof SchedState.decode>;
@@ -172,6 +179,7 @@ export const STAT_NAMES = [
   'xdp_pass',
   'xdp_tx',
   'xdp_redirect',
+  'drop_icmp_rate_limit',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 
@@ -200,6 +208,7 @@ export const MAPS = {
   backendConns: spec('vipr_backend_conns_v1', BackendId, BackendConns),
   config: spec('vipr_config_v1', U32, Config),
   stats: spec('vipr_stats_v2', U32, StatValue, true),
+  icmpBucket: spec('vipr_icmp_bucket_v1', U32, IcmpBucket, true),
 } as const;
 
 export type MapRole = keyof typeof MAPS;

@@ -183,3 +183,21 @@ export function parseIcmp(f: Buffer): ParsedIcmp {
     quote: Buffer.from(icmp.subarray(8)),
   };
 }
+
+/**
+ * A deterministic PRNG (`rand(n)` in 0..n-1), so a fuzz failure reproduces from its seed:
+ * mulberry32, whose every output bit is mixed. (A plain LCG taken modulo a small n uses only its
+ * low bits, which cycle with a period of n: a fuzzer drawing a fixed number of values per packet
+ * then mangles every packet the same way.)
+ */
+export function prng(seed: number): (n: number) => number {
+  let state = seed >>> 0;
+  return (n: number): number => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
+  };
+}
+
