@@ -201,3 +201,38 @@ export function prng(seed: number): (n: number) => number {
   };
 }
 
+/**
+ * What a fuzzer makes of a well-formed frame: half are kept intact, a quarter truncated inside L4
+ * or the IP options (BPF_PROG_TEST_RUN itself refuses IPv4 frames shorter than a basic IP header,
+ * so shorter ones cannot reach a program this way), a quarter get three header bytes overwritten.
+ */
+export function mangleFrame(frame: Buffer, rand: (n: number) => number): { frame: Buffer; intact: boolean } {
+  const mode = rand(4);
+  if (mode === 1) return { frame: frame.subarray(0, 34 + rand(frame.length - 34)), intact: false };
+  if (mode === 2) {
+    const f = Buffer.from(frame);
+    for (let k = 0; k < 3; k++) f[14 + rand(f.length - 14)] = rand(256);
+    return { frame: f, intact: false };
+  }
+  return { frame, intact: true };
+}
+
+/**
+ * Offsets of the bytes NAT may change in an Ethernet/IPv4 TCP/UDP frame: addresses, ports, TTL,
+ * IP and L4 checksums, and with `forwarded` the Ethernet addresses (a frame sent back out).
+ */
+export function natFieldOffsets(f: Buffer, forwarded = false): Set<number> {
+  const ihl = ((f[14] as number) & 0x0f) * 4;
+  const l4 = 14 + ihl;
+  const l4Check = f[23] === 6 ? l4 + 16 : l4 + 6;
+  const offsets = [22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, l4, l4 + 1, l4 + 2, l4 + 3, l4Check, l4Check + 1];
+  if (forwarded) for (let i = 0; i < 12; i++) offsets.push(i);
+  return new Set(offsets);
+}
+
+/** Offsets where two frames differ, and a length difference as offset -1. */
+export function changedOffsets(a: Buffer, b: Buffer): number[] {
+  const out: number[] = a.length === b.length ? [] : [-1];
+  for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) out.push(i);
+  return out;
+}

@@ -4,7 +4,7 @@
  */
 import { DatapathFixture, TC_ACT_OK, TC_ACT_REDIRECT, type SvcDef } from './fixture.js';
 import {
-  ETH_P_ARP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_SYN, ethernet, ipv4Frame, parseFrame, parseIcmp,
+  ETH_P_ARP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_SYN, ethernet, ipv4Frame, mangleFrame, parseFrame, parseIcmp, prng,
 } from './packets.js';
 
 const CLIENT = '172.30.0.2';
@@ -205,12 +205,7 @@ describe('a service without endpoints', () => {
 });
 
 describe('random and truncated packets', () => {
-  // A deterministic PRNG, so a failure reproduces.
-  let seed = 12345;
-  const rand = (n: number): number => {
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-    return seed % n;
-  };
+  const rand = prng(12345);
 
   test('none is rewritten unless it matches a service, and every rewrite is valid', () => {
     const vips = [WEB.vip, DNS.vip, '10.0.0.1'];
@@ -219,15 +214,10 @@ describe('random and truncated packets', () => {
       const proto = (['tcp', 'udp', 'icmp'] as const)[rand(3)] as 'tcp' | 'udp' | 'icmp';
       const dst = vips[rand(vips.length)] as string;
       const dport = [80, 53, 443][rand(3)] as number;
-      let frame = ipv4Frame({ src: `172.30.${rand(4)}.${1 + rand(250)}`, dst, proto, sport: 1024 + rand(60000), dport, payload: Buffer.alloc(rand(40), rand(256)) });
-      const mode = rand(4);
-      // Truncated inside L4 or the IP options (BPF_PROG_TEST_RUN itself refuses IPv4 frames
-      // shorter than a basic IP header, so shorter ones cannot reach the program this way).
-      if (mode === 1) frame = frame.subarray(0, 34 + rand(frame.length - 34));
-      else if (mode === 2) {
-        frame = Buffer.from(frame);
-        for (let k = 0; k < 3; k++) frame[14 + rand(frame.length - 14)] = rand(256); // corrupted header bytes
-      }
+      const { frame } = mangleFrame(
+        ipv4Frame({ src: `172.30.${rand(4)}.${1 + rand(250)}`, dst, proto, sport: 1024 + rand(60000), dport, payload: Buffer.alloc(rand(40), rand(256)) }),
+        rand,
+      );
       const { verdict, out } = fx.ingress(frame);
       if (out.equals(frame)) continue;
       // Rewritten: it must have been a well-formed packet for a service, and valid afterwards.
