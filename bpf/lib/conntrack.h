@@ -46,8 +46,47 @@ static __always_inline void lc_account(__u32 backend_id, int delta)
 }
 
 /*
+ * Which fields of a conntrack value race, and how they are written. A flow's packets can be
+ * processed on several CPUs at once (RSS queues, the two directions, XDP and TC), all writing
+ * the same value in place:
+ *  - flags: VIPR_CT_F_CLOSING decides the flow's one lc decrement, so it is set with an atomic
+ *    fetch-or and only the CPU whose fetch-or set it decrements. Every later bit goes through the
+ *    same atomic (ct4_set_flags), so no plain read-modify-write of the byte can erase another.
+ *    BPF atomics are 32 or 64 bits wide: the fetch-or targets the aligned word holding nat_port,
+ *    flags and tcp_flags, with zero bits outside flags, so the other two bytes are unchanged.
+ *  - tcp_flags, last_seen_ns: plain writes. A race loses at most one flag bit or timestamp, which
+ *    only changes which timeout the agent's GC applies.
+ *  - everything else: written once, when the entry is created (a whole-value map update).
+ */
+#define CT_FLAGS_WORD_OFF __builtin_offsetof(struct vipr_ct_value, nat_port)
+_Static_assert(CT_FLAGS_WORD_OFF % 4 == 0, "the word holding vipr_ct_value.flags is aligned");
+_Static_assert(__builtin_offsetof(struct vipr_ct_value, flags) - CT_FLAGS_WORD_OFF < 4,
+	       "vipr_ct_value.flags lies in the word at CT_FLAGS_WORD_OFF");
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define CT_FLAGS_SHIFT ((__builtin_offsetof(struct vipr_ct_value, flags) - CT_FLAGS_WORD_OFF) * 8)
+#else
+#define CT_FLAGS_SHIFT ((3 - (__builtin_offsetof(struct vipr_ct_value, flags) - CT_FLAGS_WORD_OFF)) * 8)
+#endif
+
+/* Sets @bits in ct->flags atomically; returns the bits of @bits that were clear (set by us). */
+static __always_inline __u8 ct4_set_flags(struct vipr_ct_value *ct, __u8 bits)
+{
+	__u32 *word = (__u32 *)((void *)ct + CT_FLAGS_WORD_OFF);
+	__u32 old = __sync_fetch_and_or(word, (__u32)bits << CT_FLAGS_SHIFT);
+
+	return bits & ~(__u8)(old >> CT_FLAGS_SHIFT);
+}
+
+/* A reply was rewritten: the flow is established. */
+static __always_inline void ct4_mark_replied(struct vipr_ct_value *ct)
+{
+	if (!(ct->flags & VIPR_CT_F_SEEN_REPLY))
+		ct4_set_flags(ct, VIPR_CT_F_SEEN_REPLY);
+}
+
+/*
  * Updates a tracked flow with one more packet. The first FIN or RST marks it closing: a new SYN
- * on the same 5-tuple is then balanced afresh, and the backend's open-flow count drops.
+ * on the same 5-tuple is then balanced afresh, and the backend's open-flow count drops, once.
  */
 static __always_inline void ct4_touch(struct vipr_ct_value *ct, const struct packet *pkt,
 				      __u64 now, bool forward)
@@ -57,11 +96,10 @@ static __always_inline void ct4_touch(struct vipr_ct_value *ct, const struct pac
 		ct->last_seen_ns = now;
 	if (pkt->tcp_flags & ~ct->tcp_flags)
 		ct->tcp_flags |= pkt->tcp_flags;
-	if ((pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) && !(ct->flags & VIPR_CT_F_CLOSING)) {
-		ct->flags |= VIPR_CT_F_CLOSING;
-		if (forward)
-			lc_account(ct->backend_id, -1);
-	}
+	/* The plain read only skips the atomic for flows already closing; the atomic decides. */
+	if ((pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) && !(ct->flags & VIPR_CT_F_CLOSING) &&
+	    ct4_set_flags(ct, VIPR_CT_F_CLOSING) && forward)
+		lc_account(ct->backend_id, -1);
 }
 
 /* A bare SYN on a flow that was closing is a new connection reusing the 5-tuple. */

@@ -188,8 +188,7 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 			return LB_PASS;
 		}
 		ct4_touch(ct, pkt, now, false);
-		if (!(ct->flags & VIPR_CT_F_SEEN_REPLY))
-			ct->flags |= VIPR_CT_F_SEEN_REPLY;
+		ct4_mark_replied(ct);
 		plan->saddr = ct->nat_addr;
 		plan->sport = ct->nat_port;
 		plan->daddr = ct->snat_addr;
@@ -277,8 +276,7 @@ static __always_inline enum lb_action lb4_plan_egress(const struct packet *pkt, 
 		return LB_PASS;
 	}
 	ct4_touch(ct, pkt, bpf_ktime_get_ns(), false);
-	if (!(ct->flags & VIPR_CT_F_SEEN_REPLY))
-		ct->flags |= VIPR_CT_F_SEEN_REPLY;
+	ct4_mark_replied(ct);
 	plan->saddr = ct->nat_addr;
 	plan->sport = ct->nat_port;
 	stats_count(VIPR_STAT_REV_NAT, len);
