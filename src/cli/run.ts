@@ -17,7 +17,7 @@ import { AgentMetrics, startMetricsServer } from '../sync/metrics.js';
 import { ProxyHealth, startHealthServer } from '../sync/health.js';
 import { ManifestSource } from '../sources/manifest.js';
 import { KubeSource } from '../sources/kube.js';
-import { loadKubeConfig } from '../sources/kubeconfig.js';
+import { loadKubeConfig, type LoadedKubeConfig } from '../sources/kubeconfig.js';
 import type { NodeInfo } from '../model/types.js';
 import { ConfigError } from '../errors.js';
 import { componentLogger, setLogLevel, type Logger } from '../log.js';
@@ -124,8 +124,7 @@ function manifestSource(dir: string, metrics: AgentMetrics): AgentSource {
   };
 }
 
-function kubeSource(kubeconfig: string | undefined, nodeName: string, metrics: AgentMetrics, log: Logger): AgentSource {
-  const { config, origin } = loadKubeConfig(kubeconfig === undefined ? {} : { kubeconfig });
+function kubeSource({ config, origin }: LoadedKubeConfig, nodeName: string, metrics: AgentMetrics, log: Logger): AgentSource {
   log.info({ origin }, 'following the Kubernetes API');
   const source = new KubeSource({
     kubeConfig: config,
@@ -164,6 +163,9 @@ export async function run(argv: string[]): Promise<number> {
   if (useKube && values.kubeconfig === undefined && !process.env.KUBECONFIG && !process.env.KUBERNETES_SERVICE_HOST) {
     throw new ConfigError('vipr run: no source: give --manifests DIR, --kubeconfig FILE, or set $KUBECONFIG');
   }
+  // A kubeconfig no wait can fix (malformed, unknown scheme, missing certificate) stops us here,
+  // before anything is loaded or started.
+  const kube = useKube ? loadKubeConfig(values.kubeconfig === undefined ? {} : { kubeconfig: values.kubeconfig }) : null;
   if (mode === 'bpf' && values.iface.length === 0) throw new ConfigError('vipr run: at least one --iface IF is required (the interfaces carrying client traffic)');
   const attach = values.attach;
   if (attach !== 'auto' && attach !== 'tcx' && attach !== 'tc') throw new ConfigError(`--attach ${attach}: expected auto, tcx or tc`);
@@ -186,12 +188,12 @@ export async function run(argv: string[]): Promise<number> {
   for (const iface of [...parseIfaceSpec(values.iface).names, ...values.xdp]) {
     if (ifNameToIndex(iface) === 0) throw new ConfigError(`--iface ${iface}: no such interface in this network namespace`);
   }
-  return runAgent(values, { mode, useKube, minSync, fullSync, attach, scheduler: scheduler as Scheduler });
+  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler });
 }
 
 async function runAgent(
   values: RunValues,
-  o: { mode: ProxyMode; useKube: boolean; minSync: number; fullSync: number; attach: AttachMode; scheduler: Scheduler },
+  o: { mode: ProxyMode; kube: LoadedKubeConfig | null; minSync: number; fullSync: number; attach: AttachMode; scheduler: Scheduler },
 ): Promise<number> {
   const log = componentLogger('run');
   const nodeName = values['node-name'] ?? hostname();
@@ -214,12 +216,12 @@ async function runAgent(
   const metrics = new AgentMetrics(loaded === null ? {} : { datapathCounters: () => readCounters(loaded.maps) });
   // kube-proxy's rule: unhealthy when a queued change waits longer than 2 × the sync period.
   const health = new ProxyHealth({ healthTimeoutMs: 2 * o.fullSync });
-  const serviceHealth = new ServiceHealthServers('0.0.0.0', () => health.status().healthy);
+  const serviceHealth = new ServiceHealthServers({ nodePortAddresses: values['nodeport-addresses'], proxyHealthy: () => health.status().healthy });
   const servers: Server[] = [];
   servers.push(await startMetricsServer(values['metrics-bind-address'], metrics));
   servers.push(await startHealthServer(values['healthz-bind-address'], health));
 
-  const source = o.useKube ? kubeSource(values.kubeconfig, nodeName, metrics, log) : manifestSource(values.manifests as string, metrics);
+  const source = o.kube !== null ? kubeSource(o.kube, nodeName, metrics, log) : manifestSource(values.manifests as string, metrics);
   const agent = new Agent({
     dataplane,
     node: { name: nodeName, zone: null, ips: values['node-ip'] },
@@ -288,7 +290,7 @@ async function runAgent(
     throw err;
   }
   log.info(
-    { mode: dataplane.mode, ifaces: values.iface, pinDir, source: o.useKube ? 'kubernetes' : values.manifests, metrics: values['metrics-bind-address'], healthz: values['healthz-bind-address'] },
+    { mode: dataplane.mode, ifaces: values.iface, pinDir, source: o.kube !== null ? 'kubernetes' : values.manifests, metrics: values['metrics-bind-address'], healthz: values['healthz-bind-address'] },
     'agent running',
   );
 

@@ -110,6 +110,29 @@ export function describeKubeError(err: unknown): string {
   return status === undefined ? first : `${first} (${String(status)})`;
 }
 
+/** The HTTP status of a failed list (ApiException `code`) or watch (`statusCode`), else null. */
+export function kubeErrorStatus(err: unknown): number | null {
+  if (!(err instanceof Error)) return null;
+  const e = err as Error & { code?: unknown; statusCode?: unknown };
+  const status = e.statusCode ?? e.code;
+  return typeof status === 'number' ? status : null;
+}
+
+/**
+ * What to do about an error no retry heals by itself: the API server refused vipr's credentials
+ * (401) or its permissions (403). Null for everything else.
+ */
+export function kubeAccessHint(err: unknown, resource: string): string | null {
+  const status = kubeErrorStatus(err);
+  if (status === 401) {
+    return "the API server rejected vipr's credentials (401 Unauthorized, before any RBAC check): check the kubeconfig user or the service account token";
+  }
+  if (status === 403) {
+    return `vipr may not list/watch ${resource} (403): grant its service account get, list and watch on services, endpointslices (discovery.k8s.io) and nodes with a ClusterRole and ClusterRoleBinding (RBAC)`;
+  }
+  return null;
+}
+
 function keyOf(obj: KubernetesObject): string | null {
   const name = obj.metadata?.name;
   if (!name) return null;
@@ -246,10 +269,16 @@ class Follower<T extends KubernetesObject> {
     this.attempt += 1;
     const delayMs = Math.min(this.backoff.initial * 2 ** (this.attempt - 1), this.backoff.max);
     const error = describeKubeError(err);
-    this.log.warn(
-      { resource: this.resource, attempt: this.attempt, retryInMs: delayMs, error },
-      'informer stopped on error; restarting',
-    );
+    const hint = kubeAccessHint(err, this.resource);
+    // Denied access lasts until someone fixes RBAC or the credentials: an error, not a blip.
+    if (hint !== null) {
+      this.log.error({ resource: this.resource, attempt: this.attempt, retryInMs: delayMs, error, hint }, `informer denied access: ${hint}`);
+    } else {
+      this.log.warn(
+        { resource: this.resource, attempt: this.attempt, retryInMs: delayMs, error },
+        'informer stopped on error; restarting',
+      );
+    }
     this.onRestart({ resource: this.resource, attempt: this.attempt, delayMs, error });
     this.restartTimer = this.clock.setTimeout(() => {
       this.restartTimer = null;

@@ -3,10 +3,20 @@
  * `--kubeconfig FILE`, then `$KUBECONFIG` (a path list, merged as kubectl does), then the
  * in-cluster service account when running in a Pod (KUBERNETES_SERVICE_HOST is set). Every failure
  * is one ConfigError line saying what was tried.
+ *
+ * What waiting cannot fix is checked here, before the agent starts anything: the server URL and
+ * its scheme, and the certificate files (they must exist and hold PEM that TLS accepts). Left to
+ * the client library, each of these fails every request and the informers retry forever.
+ *
+ * Plain `http://` servers (kubectl proxy, a local test API) work as with kubectl: client-node
+ * refuses them unless the cluster has insecure-skip-tls-verify, a setting that means nothing
+ * without TLS, so it is set on http clusters here.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { delimiter } from 'node:path';
-import { KubeConfig } from '@kubernetes/client-node';
+import { X509Certificate } from 'node:crypto';
+import { createSecureContext } from 'node:tls';
+import { KubeConfig, type Cluster, type User } from '@kubernetes/client-node';
 import { ConfigError } from '../errors.js';
 
 /** The service-account token path inside a Pod (client-node's SERVICEACCOUNT_TOKEN_PATH). */
@@ -56,6 +66,67 @@ function checkUsable(kc: KubeConfig, origin: string): void {
     );
   }
   if (!cluster.server) throw new ConfigError(`${origin}: cluster '${cluster.name}' has no server URL`);
+  let url: URL;
+  try {
+    url = new URL(cluster.server);
+  } catch (err) {
+    throw new ConfigError(
+      `${origin}: cluster '${cluster.name}' server '${cluster.server}' is not a URL; expected https://HOST[:PORT] (or http:// for kubectl proxy)`,
+      { cause: err },
+    );
+  }
+  if (url.protocol === 'http:') {
+    allowPlainHttp(kc, cluster);
+    return;
+  }
+  if (url.protocol !== 'https:') {
+    throw new ConfigError(
+      `${origin}: cluster '${cluster.name}' server ${cluster.server}: scheme '${url.protocol.replace(/:$/, '')}' is not supported; use https:// (or http:// for kubectl proxy)`,
+    );
+  }
+  checkTlsMaterial(cluster, kc.getCurrentUser(), origin);
+}
+
+/** kubectl talks plain HTTP to an http:// server; client-node does only with skipTLSVerify. */
+function allowPlainHttp(kc: KubeConfig, cluster: Cluster): void {
+  if (cluster.skipTLSVerify) return;
+  kc.clusters = kc.clusters.map((c) => (c === cluster ? { ...c, skipTLSVerify: true } : c));
+}
+
+/** Reads a certificate or key file named in the kubeconfig; one line when it cannot. */
+function readPem(path: string, field: string, origin: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new ConfigError(`${origin}: ${field} ${path}: ${reason(err)}`, { cause: err });
+  }
+}
+
+/**
+ * The CA, client certificate and key must exist and be usable by TLS (PEM that parses, a key that
+ * matches its certificate): client-node would otherwise read them on every request and fail each.
+ */
+function checkTlsMaterial(cluster: Cluster, user: User | null, origin: string): void {
+  const files: Array<{ field: string; path: string | undefined; role: 'ca' | 'cert' | 'key' }> = [
+    { field: 'certificate-authority', path: cluster.caFile, role: 'ca' },
+    { field: 'client-certificate', path: user?.certFile, role: 'cert' },
+    { field: 'client-key', path: user?.keyFile, role: 'key' },
+  ];
+  const material: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
+  for (const f of files) if (f.path) material[f.role] = readPem(f.path, f.field, origin);
+  if (!material.ca && cluster.caData) material.ca = Buffer.from(cluster.caData, 'base64');
+  if (!material.cert && user?.certData) material.cert = Buffer.from(user.certData, 'base64');
+  if (!material.key && user?.keyData) material.key = Buffer.from(user.keyData, 'base64');
+  if (!material.ca && !material.cert && !material.key) return;
+  try {
+    // TLS skips a CA bundle it cannot parse without a word; X509Certificate does not.
+    if (material.ca) new X509Certificate(material.ca);
+    createSecureContext(material);
+  } catch (err) {
+    const named = files.filter((f) => f.path).map((f) => `${f.field} ${f.path}`);
+    const what = named.length > 0 ? named.join(', ') : 'certificate data';
+    throw new ConfigError(`${origin}: cluster '${cluster.name}': TLS cannot use ${what}: ${reason(err)}`, { cause: err });
+  }
 }
 
 /** Builds the KubeConfig the agent talks to the API server with. Throws ConfigError. */
@@ -101,7 +172,9 @@ export function loadKubeConfig(options: KubeConfigOptions = {}): LoadedKubeConfi
       restoreEnv('KUBERNETES_SERVICE_HOST', saved.host);
       restoreEnv('KUBERNETES_SERVICE_PORT', saved.port);
     }
-    return { config: kc, origin: 'in-cluster service account' };
+    const origin = 'in-cluster service account';
+    checkUsable(kc, origin);
+    return { config: kc, origin };
   }
 
   throw new ConfigError(

@@ -117,6 +117,8 @@ export class FakeApiServer {
   private uidCounter = 0;
   /** Every request received, in order. */
   readonly requestLog: RequestLogEntry[] = [];
+  /** When set, every request is refused with this status (401 Unauthorized, 403 Forbidden). */
+  private denyStatus: 401 | 403 | null = null;
 
   constructor(private readonly options: FakeApiServerOptions = {}) {
     for (const r of RESOURCES) this.store.set(r.kind, new Map());
@@ -192,6 +194,11 @@ export class FakeApiServer {
   /** Sends a BOOKMARK with the current resourceVersion to every watch that allows bookmarks. */
   bookmark(): void {
     for (const w of this.watchers) if (w.bookmarks) this.sendBookmark(w);
+  }
+
+  /** Refuses every request from now on as the real server does without credentials (401) or RBAC (403); null to serve again. */
+  deny(status: 401 | 403 | null): void {
+    this.denyStatus = status;
   }
 
   /** Number of open watch streams. */
@@ -321,6 +328,15 @@ export class FakeApiServer {
     const watch = query.watch === 'true' || query.watch === '1';
     this.requestLog.push({ method: req.method ?? 'GET', path: url.pathname, query, watch });
 
+    if (this.denyStatus === 401) {
+      this.sendJson(res, 401, statusBody(401, 'Unauthorized', 'Unauthorized'));
+      return;
+    }
+    if (this.denyStatus === 403) {
+      const resource = url.pathname.split('/').pop() ?? '';
+      this.sendJson(res, 403, statusBody(403, 'Forbidden', `${resource} is forbidden: User "system:anonymous" cannot list resource "${resource}" at the cluster scope`));
+      return;
+    }
     if (req.method !== 'GET') {
       this.sendJson(res, 405, statusBody(405, 'MethodNotAllowed', `${req.method} is not supported here`));
       return;

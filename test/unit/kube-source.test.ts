@@ -3,6 +3,7 @@
  * initial lists, propagation, kube-proxy's label selector, and the failure modes the 1.x informer
  * does not handle by itself (dropped connections, API down, 410 after compaction).
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -381,6 +382,8 @@ describe('loadKubeConfig', () => {
     const root = mkdtempSync(join(dir, 'sa-'));
     mkdirSync(join(root, 'var/run/secrets/kubernetes.io/serviceaccount'), { recursive: true });
     writeFileSync(join(root, 'var/run/secrets/kubernetes.io/serviceaccount/token'), 'token');
+    // The cluster CA, as the kubelet mounts it next to the token (loading checks it is a certificate).
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(root, 'ca.key'), '-out', join(root, 'var/run/secrets/kubernetes.io/serviceaccount/ca.crt'), '-days', '1', '-subj', '/CN=cluster-ca'], { stdio: 'ignore' });
     const loaded = loadKubeConfig({
       env: { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' },
       serviceAccountRoot: root,
