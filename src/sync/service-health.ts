@@ -4,12 +4,31 @@
  * healthCheckNodePort tells the cloud load balancer whether this node has local endpoints:
  * 200 with the count when it has, 503 when it has none, so the load balancer only sends
  * traffic to nodes that can serve it without a second hop.
+ *
+ * As kube-proxy: the servers listen on 0.0.0.0 unless --nodeport-addresses narrows NodePorts to
+ * some CIDRs; then on each local address in them (looked up once, when the agent starts), and on
+ * none when no address matches. One Service owns one port: a port out of range, taken by another
+ * Service (the first by namespace/name keeps it) or by another program is that Service's problem
+ * alone, logged once as one line until it changes; every other Service keeps its server.
  */
 import { createServer, type Server } from 'node:http';
+import { networkInterfaces } from 'node:os';
 import type { DesiredState } from '../model/types.js';
+import { cidrContains, parseIpv4Cidr } from '../model/ipv4.js';
 import { componentLogger } from '../log.js';
 
 const log = componentLogger('service-health');
+
+const ALL_ADDRESSES = '0.0.0.0';
+
+export interface ServiceHealthOptions {
+  /** kube-proxy's --nodeport-addresses (IPv4 CIDRs); empty or 0.0.0.0/0 = every address. */
+  nodePortAddresses?: string[];
+  /** The proxy's own health: kube-proxy answers 503 when it is unhealthy. */
+  proxyHealthy?: () => boolean;
+  /** This node's IPv4 addresses; default: every interface's, from the kernel. */
+  localAddresses?: () => string[];
+}
 
 interface Served {
   namespace: string;
@@ -17,43 +36,127 @@ interface Served {
   localEndpoints: number;
 }
 
+interface Instance {
+  port: number;
+  served: Served;
+  servers: Server[];
+}
+
+function interfaceAddresses(): string[] {
+  return Object.values(networkInterfaces())
+    .flatMap((list) => list ?? [])
+    .filter((a) => a.family === 'IPv4')
+    .map((a) => a.address);
+}
+
+/** Where the health check servers listen: kube-proxy's nodeIPs for its service health server. */
+export function healthCheckAddresses(nodePortAddresses: string[], localAddresses: string[]): string[] {
+  const cidrs = nodePortAddresses.map(parseIpv4Cidr);
+  if (cidrs.length === 0 || cidrs.some((c) => c.prefix === 0)) return [ALL_ADDRESSES];
+  return [...new Set(localAddresses.filter((ip) => cidrs.some((c) => cidrContains(c, ip))))].sort();
+}
+
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
 export class ServiceHealthServers {
-  private readonly servers = new Map<number, { server: Server; served: Served }>();
+  /** By Service (`namespace/name`). */
+  private readonly instances = new Map<string, Instance>();
+  /** Why a Service has no server, as last logged (logged again only when it changes). */
+  private readonly problems = new Map<string, string>();
+  private readonly addresses: string[];
+  private readonly proxyHealthy: () => boolean;
+  private queue: Promise<void> = Promise.resolve();
 
-  constructor(
-    private readonly bindHost = '0.0.0.0',
-    /** The proxy's own health: kube-proxy answers 503 when it is unhealthy. */
-    private readonly proxyHealthy: () => boolean = () => true,
-  ) {}
+  constructor(options: ServiceHealthOptions = {}) {
+    this.proxyHealthy = options.proxyHealthy ?? (() => true);
+    const cidrs = options.nodePortAddresses ?? [];
+    this.addresses = healthCheckAddresses(cidrs, (options.localAddresses ?? interfaceAddresses)());
+    if (this.addresses.length === 0) {
+      log.warn({ nodePortAddresses: cidrs }, 'no local address is in --nodeport-addresses: health check node ports are not opened');
+    }
+  }
 
-  /** Opens, updates and closes servers to match the desired state. */
-  async update(state: DesiredState): Promise<void> {
-    const want = new Map<number, Served>();
+  /** The addresses every health check server listens on. */
+  get bindAddresses(): string[] {
+    return [...this.addresses];
+  }
+
+  /** Opens, updates and closes servers to match the desired state, one update at a time. */
+  update(state: DesiredState): Promise<void> {
+    const next = this.queue.then(() => this.apply(state));
+    this.queue = next.catch((err: unknown) => log.error({ err }, 'health check servers update failed'));
+    return next;
+  }
+
+  private async apply(state: DesiredState): Promise<void> {
+    const want = new Map<string, { port: number; served: Served }>();
     for (const e of state.services) {
       const port = e.service.healthCheckNodePort;
       if (port === 0) continue;
-      const cur = want.get(port) ?? { namespace: e.service.id.namespace, name: e.service.id.name, localEndpoints: 0 };
+      const key = `${e.service.id.namespace}/${e.service.id.name}`;
+      const cur = want.get(key) ?? { port, served: { namespace: e.service.id.namespace, name: e.service.id.name, localEndpoints: 0 } };
       // Ports of one Service share the check: count each local, ready endpoint address once.
       const ready = new Set(e.selection.localEndpoints.filter((ep) => ep.ready).map((ep) => ep.ip));
-      cur.localEndpoints = Math.max(cur.localEndpoints, ready.size);
-      want.set(port, cur);
+      cur.served.localEndpoints = Math.max(cur.served.localEndpoints, ready.size);
+      want.set(key, cur);
     }
-    for (const [port, s] of this.servers) {
-      if (!want.has(port)) {
-        s.server.close();
-        this.servers.delete(port);
+
+    for (const [key, inst] of this.instances) {
+      if (want.get(key)?.port !== inst.port) {
+        this.closeInstance(inst);
+        this.instances.delete(key);
       }
     }
-    for (const [port, served] of want) {
-      const cur = this.servers.get(port);
-      if (cur) {
-        cur.served = served;
+    for (const key of this.problems.keys()) if (!want.has(key)) this.problems.delete(key);
+
+    // The first Service by namespace/name keeps a contested port, whoever asked first.
+    const owner = new Map<number, string>();
+    for (const key of [...want.keys()].sort()) {
+      const { port } = want.get(key) as { port: number };
+      if (!owner.has(port)) owner.set(port, key);
+    }
+    for (const key of [...want.keys()].sort()) {
+      const { port, served } = want.get(key) as { port: number; served: Served };
+      const inst = this.instances.get(key);
+      if (inst) {
+        inst.served = served;
         continue;
       }
-      const entry = { server: createServer(), served };
-      entry.server.on('request', (_req, res) => {
+      if (!Number.isInteger(port) || port < 1 || port > 65535) {
+        this.problem(key, port, `healthCheckNodePort ${port} is out of range 1-65535`);
+        continue;
+      }
+      const holder = owner.get(port);
+      if (holder !== key) {
+        this.problem(key, port, `healthCheckNodePort ${port} is also Service ${holder}'s; give each Service its own port`);
+        continue;
+      }
+      const error = await this.open(key, port, served);
+      if (error !== null) this.problem(key, port, `cannot listen on the health check node port ${port}: ${error}`);
+      else this.problems.delete(key);
+    }
+  }
+
+  close(): void {
+    for (const inst of this.instances.values()) this.closeInstance(inst);
+    this.instances.clear();
+  }
+
+  /** Listens on every address, or on none: a half-open check would mislead the load balancer. */
+  private async open(key: string, port: number, served: Served): Promise<string | null> {
+    const inst: Instance = { port, served, servers: [] };
+    for (const host of this.addresses) {
+      const server = createServer((_req, res) => {
         const healthy = this.proxyHealthy();
-        const { namespace, name, localEndpoints } = entry.served;
+        const { namespace, name, localEndpoints } = inst.served;
         res.setHeader('Content-Type', 'application/json');
         res.setHeader('X-Content-Type-Options', 'nosniff');
         res.setHeader('X-Load-Balancing-Endpoint-Weight', String(localEndpoints));
@@ -61,19 +164,26 @@ export class ServiceHealthServers {
         res.end(JSON.stringify({ service: { namespace, name }, localEndpoints, serviceProxyHealthy: healthy }));
       });
       try {
-        await new Promise<void>((resolve, reject) => {
-          entry.server.once('error', reject);
-          entry.server.listen(port, this.bindHost, () => resolve());
-        });
-        this.servers.set(port, entry);
+        await listen(server, port, host);
+        inst.servers.push(server);
       } catch (err) {
-        log.error({ err: (err as Error).message, port, svc: `${served.namespace}/${served.name}` }, 'cannot open the health check node port');
+        this.closeInstance(inst);
+        return `${host}: ${(err as Error).message}`;
       }
     }
+    this.instances.set(key, inst);
+    log.info({ svc: key, port, addresses: this.addresses }, 'health check node port open');
+    return null;
   }
 
-  close(): void {
-    for (const s of this.servers.values()) s.server.close();
-    this.servers.clear();
+  private closeInstance(inst: Instance): void {
+    for (const s of inst.servers) s.close();
+    inst.servers = [];
+  }
+
+  private problem(key: string, port: number, message: string): void {
+    if (this.problems.get(key) === message) return;
+    this.problems.set(key, message);
+    log.error({ svc: key, port }, `Service ${key}: ${message}`);
   }
 }
