@@ -4,14 +4,15 @@
  * pinned maps for the CLI, and remove everything on cleanup.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync, writeFileSync, unlinkSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, writeFileSync, unlinkSync, type Stats } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import * as libbpf from './libbpf.js';
 import { BpfMap } from './map.js';
 import { MAPS, type MapRole } from './layouts.js';
+import { socketLbRecordPath } from './socket-lb.js';
 import { BpfError, ConfigError } from '../errors.js';
 import { componentLogger } from '../log.js';
-import { STATE_DIR, serviceNamesPath, tcObjectPath, xdpObjectPath } from '../paths.js';
+import { DEFAULT_PIN_DIR, STATE_DIR, serviceNamesPath, tcObjectPath, xdpObjectPath } from '../paths.js';
 
 const log = componentLogger('datapath');
 
@@ -64,6 +65,83 @@ export function ensureBpffs(pinDir: string): void {
   }
 }
 
+/* What vipr pins, and so all that cleanup may remove: its maps in any layout, its TCX links. */
+const MAP_PIN = /^vipr_[a-z0-9_]+_v\d+$/;
+const LINKS_DIR = 'links';
+const LINK_PIN = /^(tcx_.+_(ingress|egress)|cgroup_(connect4|sendmsg4|recvmsg4|getpeername4))$/;
+
+const ROOT_UID = 0;
+const GROUP_OTHER_WRITE = 0o022;
+const GROUP_OTHER_ANY = 0o077;
+const STICKY = 0o1000;
+
+function lstatOrNull(path: string): Stats | null {
+  try {
+    return lstatSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+}
+
+function octal(mode: number): string {
+  return `0${(mode & 0o7777).toString(8)}`;
+}
+
+/**
+ * vipr trusts what its pin dir holds: the loader reuses pinned maps by name. bpffs is usually
+ * world-writable with the sticky bit (1777), so anyone could make the directory first and plant
+ * maps in it. Hence: never the bpffs root itself (shared with every BPF user, and what cleanup
+ * would then touch), only a directory owned by root that no one else may write to, under
+ * ancestors no one else may rename; `create` makes it root-owned 0700. A root-owned directory
+ * others may only read (what vipr made before 0700) is tightened to 0700. Throws ConfigError.
+ */
+export function preparePinDir(pinDir: string, opts: { create: boolean }): void {
+  const dir = resolve(pinDir);
+  const root = bpffsRootOf(dir);
+  if (root === '') {
+    throw new ConfigError(`--pin-dir ${dir} is not on a bpffs mount: use a directory under /sys/fs/bpf such as ${DEFAULT_PIN_DIR}`);
+  }
+  if (dir === root) {
+    throw new ConfigError(
+      `--pin-dir ${dir} is the root of the BPF filesystem, shared with every other BPF user: give vipr a directory of its own such as ${DEFAULT_PIN_DIR}`,
+    );
+  }
+  for (let up = dirname(dir); up !== root && up.startsWith(`${root}/`); up = dirname(up)) {
+    const st = lstatOrNull(up);
+    if (st === null) continue;
+    if (!st.isDirectory() || st.uid !== ROOT_UID || ((st.mode & GROUP_OTHER_WRITE) !== 0 && (st.mode & STICKY) === 0)) {
+      throw new ConfigError(
+        `--pin-dir ${dir}: ${up} is not a directory only root may change (uid ${st.uid}, mode ${octal(st.mode)}): use a pin dir directly under ${root} such as ${DEFAULT_PIN_DIR}`,
+      );
+    }
+  }
+  const st = lstatOrNull(dir);
+  if (st === null) {
+    if (!opts.create) return;
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chmodSync(dir, 0o700);
+    return;
+  }
+  if (!st.isDirectory()) {
+    throw new ConfigError(`--pin-dir ${dir} is not a directory${st.isSymbolicLink() ? ' (a symbolic link)' : ''}: remove it or choose another pin dir`);
+  }
+  if (st.uid !== ROOT_UID) {
+    throw new ConfigError(
+      `--pin-dir ${dir} is owned by uid ${st.uid}, not root, so anyone could have planted maps there: remove it ('rm -r ${dir}') or, if you know its contents, 'chown root:root ${dir} && chmod 0700 ${dir}'`,
+    );
+  }
+  if ((st.mode & GROUP_OTHER_WRITE) !== 0) {
+    throw new ConfigError(
+      `--pin-dir ${dir} has mode ${octal(st.mode)}, so others may write there: remove it ('rm -r ${dir}') or, if you know its contents, 'chmod 0700 ${dir}'`,
+    );
+  }
+  if (opts.create && (st.mode & GROUP_OTHER_ANY) !== 0) {
+    chmodSync(dir, 0o700);
+    log.info({ pinDir: dir, was: octal(st.mode) }, 'pin dir tightened to mode 0700');
+  }
+}
+
 /** A loaded datapath object: programs ready to attach, maps pinned. */
 export class LoadedDatapath {
   private constructor(
@@ -79,7 +157,7 @@ export class LoadedDatapath {
       throw new ConfigError(`BPF object ${objectPath} is missing: run 'make build'`);
     }
     ensureBpffs(pinDir);
-    mkdirSync(pinDir, { recursive: true });
+    preparePinDir(pinDir, { create: true });
     const obj = libbpf.openObject(objectPath, pinDir);
     try {
       try {
@@ -175,7 +253,7 @@ const TC_HANDLE = 0x7669; // "vi"
 const TC_PRIORITY = 1;
 
 function linkPinPath(pinDir: string, iface: string, dir: Direction): string {
-  return join(pinDir, 'links', `tcx_${iface}_${dir}`);
+  return join(pinDir, LINKS_DIR, `tcx_${iface}_${dir}`);
 }
 
 function clsactRecordPath(pinDir: string): string {
@@ -229,7 +307,7 @@ export function attachInterface(dp: LoadedDatapath, iface: string, mode: AttachM
         try {
           const type = direction === 'ingress' ? libbpf.BPF_TCX_INGRESS : libbpf.BPF_TCX_EGRESS;
           const linkFd = libbpf.linkCreate(progFd, ifindex, type, what);
-          mkdirSync(join(dp.pinDir, 'links'), { recursive: true });
+          mkdirSync(join(dp.pinDir, LINKS_DIR), { recursive: true, mode: 0o700 });
           libbpf.objPin(linkFd, pin);
           libbpf.closeFd(linkFd);
           how = 'tcx';
@@ -302,13 +380,16 @@ function interfaceDriver(iface: string): string | null {
 }
 
 /**
- * Removes everything vipr made under the pin dir: TCX links (unpinning detaches them, since the
- * pin holds the last reference), clsact filters in this network namespace, and pinned maps.
- * Returns what it removed.
+ * Removes what vipr made: clsact filters and XDP programs it recorded (in this network namespace),
+ * its state files, and under the pin dir only its own pins: maps named `vipr_<what>_v<layout>`
+ * and TCX links in links/ (unpinning a link detaches it, since the pin holds the last reference).
+ * Anything else in the pin dir is left alone, and so is the directory then. Returns what it removed.
  */
 export function cleanupDatapath(pinDir: string): string[] {
+  preparePinDir(pinDir, { create: false });
+  const dir = resolve(pinDir);
   const removed: string[] = [];
-  for (const a of readClsactRecord(pinDir)) {
+  for (const a of readClsactRecord(dir)) {
     const ifindex = libbpf.ifNameToIndex(a.iface);
     if (a.direction === 'xdp') {
       const flags = a.how === 'xdp-native' ? libbpf.XDP_FLAGS_DRV_MODE : libbpf.XDP_FLAGS_SKB_MODE;
@@ -320,23 +401,26 @@ export function cleanupDatapath(pinDir: string): string[] {
       removed.push(`clsact filter ${a.iface} ${a.direction}`);
     }
   }
-  rmSync(clsactRecordPath(pinDir), { force: true });
-  rmSync(serviceNamesPath(pinDir), { force: true });
-  if (existsSync(pinDir)) {
-    const walk = (dir: string): void => {
-      for (const f of readdirSync(dir)) {
-        const p = join(dir, f);
-        if (statSync(p).isDirectory()) {
-          walk(p);
-          rmdirSync(p);
-        } else {
-          unlinkSync(p);
-          removed.push(p);
-        }
-      }
-    };
-    walk(pinDir);
-    rmdirSync(pinDir);
+  rmSync(clsactRecordPath(dir), { force: true });
+  rmSync(serviceNamesPath(dir), { force: true });
+  rmSync(socketLbRecordPath(dir), { force: true });
+  if (lstatOrNull(dir) === null) return removed;
+  const removePins = (where: string, pattern: RegExp): void => {
+    for (const f of readdirSync(where)) {
+      const p = join(where, f);
+      if (!pattern.test(f) || lstatSync(p).isDirectory()) continue;
+      unlinkSync(p);
+      removed.push(p);
+    }
+  };
+  removePins(dir, MAP_PIN);
+  const links = join(dir, LINKS_DIR);
+  if (lstatOrNull(links)?.isDirectory()) {
+    removePins(links, LINK_PIN);
+    if (readdirSync(links).length === 0) rmdirSync(links);
   }
+  const left = readdirSync(dir);
+  if (left.length === 0) rmdirSync(dir);
+  else log.warn({ pinDir: dir, left }, 'pin dir kept: it holds objects vipr did not make');
   return removed;
 }
