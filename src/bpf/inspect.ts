@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { DatapathMaps } from './datapath.js';
+import { describeSocketLb, socketLbStatus } from './socket-lb.js';
 import {
   BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_FORWARD, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, SCHEDULERS, SCOPE_EXTERNAL,
   STAT_NAMES, SVC_F_AFFINITY, type StatName,
@@ -80,7 +81,7 @@ export function readBpfListing(maps: DatapathMaps, pinDir: string): Listing {
       services.push(listed);
     }
   }
-  return { source: `bpf (${pinDir})`, services };
+  return { source: `bpf (${pinDir}), socket LB ${describeSocketLb(socketLbStatus(pinDir))}`, services };
 }
 
 export type Counters = Record<StatName, { packets: number; bytes: number }>;

@@ -14,7 +14,7 @@
  */
 import { spawn, execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { rm, rmdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -291,9 +291,17 @@ export async function labLeftovers(name: string, knownPids: number[] = []): Prom
   for (const pid of processesUsingStateDir(name)) if (!knownPids.includes(pid)) left.push(`process ${pid} (holds a file in the state dir)`);
   if (existsSync(`${LAB_STATE_ROOT}/${name}`)) left.push(`state dir ${LAB_STATE_ROOT}/${name}`);
   for (const dir of labPinDirsOf(name)) if (existsSync(dir)) left.push(`pin dir ${dir}`);
+  const cgroup = labCgroupDirOf(name);
+  if (cgroup !== null && existsSync(cgroup)) left.push(`cgroup ${cgroup}`);
   const { stdout: links } = await execFileP('ip', ['-o', 'link', 'show']);
   for (const line of links.split('\n')) if (line.includes(name)) left.push(`root-namespace link: ${line.trim()}`);
   return left;
+}
+
+/** The cgroup v2 directory holding lab `name`'s node cgroups (see src/lab/cgroups.ts), or null. */
+export function labCgroupDirOf(name: string): string | null {
+  const mount = readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')).find((f) => f[2] === 'cgroup2')?.[1];
+  return mount === undefined ? null : `${mount}/vipr-lab-${name}`;
 }
 
 /** Routes of the root namespace towards the lab's address ranges (there must never be any). */
@@ -318,6 +326,10 @@ export async function forceCleanLab(name: string): Promise<void> {
   try {
     const namespaces = await labNamespaces(name);
     const pids = new Set(processesUsingStateDir(name));
+    const cgroup = labCgroupDirOf(name);
+    for (const dir of cgroup !== null && existsSync(cgroup) ? [cgroup, ...readdirSync(cgroup, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => `${cgroup}/${e.name}`)] : []) {
+      for (const l of readFileSync(`${dir}/cgroup.procs`, 'utf8').split('\n')) if (/^\d+$/.test(l.trim())) pids.add(Number(l.trim()));
+    }
     for (const ns of namespaces) {
       try {
         const { stdout } = await execFileP('ip', ['netns', 'pids', ns]);
@@ -339,6 +351,14 @@ export async function forceCleanLab(name: string): Promise<void> {
   }
   await rm(`${LAB_STATE_ROOT}/${name}`, { recursive: true, force: true }).catch(() => undefined);
   for (const dir of labPinDirsOf(name)) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+  const cgroup = labCgroupDirOf(name);
+  if (cgroup !== null && existsSync(cgroup)) {
+    // Node cgroups first, then the lab's; a cgroup is removed with rmdir once its processes are gone.
+    for (let i = 0; i < 20 && existsSync(cgroup); i++) {
+      for (const e of readdirSync(cgroup, { withFileTypes: true })) if (e.isDirectory()) await rmdir(`${cgroup}/${e.name}`).catch(() => undefined);
+      await rmdir(cgroup).catch(() => new Promise((r) => setTimeout(r, 100)));
+    }
+  }
 }
 
 /**

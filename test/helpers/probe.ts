@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { inCgroupArgv } from '../../src/lab/cgroups.js';
 
 const PROBE = join(dirname(fileURLToPath(import.meta.url)), '..', 'e2e', 'tools', 'keepalive-probe.mjs');
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -15,8 +16,12 @@ export class KeepaliveProbe {
   private readonly proc: ChildProcess;
   readonly exited: Promise<number | null>;
 
-  constructor(netns: string, ip: string, port = 80, intervalMs = 100) {
-    this.proc = spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, PROBE, ip, String(port), String(intervalMs)]);
+  /** `cgroup`: run as a process of it (a lab node's, to go through its socket LB). */
+  constructor(netns: string, ip: string, port = 80, intervalMs = 100, cgroup: string | null = null) {
+    const [file, args] = cgroup === null
+      ? ['nsenter', [`--net=/run/netns/${netns}`, process.execPath, PROBE, ip, String(port), String(intervalMs)]] as const
+      : inCgroupArgv(cgroup, 'nsenter', [`--net=/run/netns/${netns}`, process.execPath, PROBE, ip, String(port), String(intervalMs)]);
+    this.proc = spawn(file, args);
     let buf = '';
     this.proc.stdout?.on('data', (d: Buffer) => {
       buf += d.toString();
