@@ -24,6 +24,7 @@
 #define VIPR_MAX_AFFINITY 65536
 #define VIPR_MAX_NODE_IPS 64
 #define VIPR_MAX_SOURCE_RANGES 16384
+#define VIPR_MAX_SOCK_REV 262144
 
 /*
  * Frontend scope. An external frontend (NodePort, LoadBalancer IP, external IP) whose Service
@@ -246,6 +247,10 @@ enum vipr_stat {
 	VIPR_STAT_XDP_TX,           /* XDP: rewritten and sent back out the same interface */
 	VIPR_STAT_XDP_REDIRECT,     /* XDP: rewritten and redirected to another interface */
 	VIPR_STAT_DROP_ICMP_RATE_LIMIT, /* drop: reject without its ICMP, this CPU's ICMP budget is spent (vipr_icmp_bucket_v1) */
+	VIPR_STAT_SOCK_XLATE,       /* socket LB: connect()/sendmsg() to a frontend sent to a backend (packets = calls, bytes 0) */
+	VIPR_STAT_SOCK_REV_NAT,     /* socket LB: recvmsg()/getpeername() given the frontend back instead of the backend */
+	VIPR_STAT_SOCK_REJECT,      /* socket LB: connect()/sendmsg() to a Service without endpoints failed (ECONNREFUSED) */
+	VIPR_STAT_SOCK_DESTROYED,   /* socket LB: connected UDP sockets destroyed, their backend was removed */
 	VIPR_STAT_MAX,
 };
 _Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");
@@ -268,5 +273,50 @@ struct vipr_icmp_bucket {
 	__u32 pad;
 };
 _Static_assert(sizeof(struct vipr_icmp_bucket) == 16, "vipr_icmp_bucket layout");
+
+/*
+ * Key of vipr_sock_rev_v1 (LRU): a socket the socket hooks translated, and the backend it was sent
+ * to. recvmsg()/getpeername() find here the frontend the application used, so a DNS client sees
+ * its answers come from the Service address. Per socket, not per backend: two applications may
+ * reach one backend through different frontends (ClusterIP, NodePort on 127.0.0.1).
+ */
+struct vipr_sock_rev_key {
+	__u64 cookie; /* bpf_get_socket_cookie() of the socket */
+	__be32 addr;  /* backend address */
+	__be16 port;  /* backend port */
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct vipr_sock_rev_key) == 16, "vipr_sock_rev_key layout");
+
+/* Value of vipr_sock_rev_v1. */
+struct vipr_sock_rev_value {
+	__be32 addr;     /* the frontend address the application connected or sent to */
+	__be16 port;     /* the frontend port */
+	__u8 pad[2];
+	__u32 backend_id; /* the backend chosen: a connected UDP socket whose backend id no longer maps
+			   * to this address and port is destroyed (its backend is gone) */
+};
+_Static_assert(sizeof(struct vipr_sock_rev_value) == 12, "vipr_sock_rev_value layout");
+
+/*
+ * Key of vipr_sock_affinity_v1 (LRU): sessionAffinity ClientIP at the socket, where no source
+ * address exists yet. The client is its network namespace (one per pod, one for the host), as
+ * Cilium's socket LB keys it; the value is a vipr_affinity_value.
+ */
+struct vipr_sock_affinity_key {
+	__u64 netns_cookie; /* bpf_get_netns_cookie() of the socket */
+	__u32 svc_id;
+	__u32 pad;
+};
+_Static_assert(sizeof(struct vipr_sock_affinity_key) == 16, "vipr_sock_affinity_key layout");
+
+/* Settings of the socket-LB object, its `const volatile` .rodata (set by the loader before load). */
+struct vipr_sock_config {
+	__u64 host_netns_cookie; /* the agent's network namespace (the host's) */
+	__u8 host_ns_only;       /* 1: translate only sockets of host_netns_cookie (service meshes in pods) */
+	__u8 nodeport_loopback;  /* 1: NodePorts also answer on 127.0.0.0/8 (kube-proxy's localhost NodePorts) */
+	__u8 pad[6];
+};
+_Static_assert(sizeof(struct vipr_sock_config) == 16, "vipr_sock_config layout");
 
 #endif /* __VIPR_TYPES_H */

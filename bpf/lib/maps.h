@@ -115,4 +115,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_icmp_bucket_v1 SEC(".maps");
 
+/* Socket LB: the frontend each translated socket used (LRU: closed sockets age out). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_sock_rev_key);
+	__type(value, struct vipr_sock_rev_value);
+	__uint(max_entries, VIPR_MAX_SOCK_REV);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_sock_rev_v1 SEC(".maps");
+
+/* Socket LB: sessionAffinity by network namespace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_sock_affinity_key);
+	__type(value, struct vipr_affinity_value);
+	__uint(max_entries, VIPR_MAX_AFFINITY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_sock_affinity_v1 SEC(".maps");
+
 #endif /* __VIPR_MAPS_H */

@@ -110,6 +110,34 @@ export const IcmpBucket = defineStruct('vipr_icmp_bucket', [
   ['pad', 'pad', 4],
 ] as const);
 
+export const SockRevKey = defineStruct('vipr_sock_rev_key', [
+  ['cookie', 'u64'],
+  ['addr', 'ipv4'],
+  ['port', 'be16'],
+  ['pad', 'pad', 2],
+] as const);
+
+export const SockRevValue = defineStruct('vipr_sock_rev_value', [
+  ['addr', 'ipv4'],
+  ['port', 'be16'],
+  ['pad', 'pad', 2],
+  ['backend_id', 'u32'],
+] as const);
+
+export const SockAffinityKey = defineStruct('vipr_sock_affinity_key', [
+  ['netns_cookie', 'u64'],
+  ['svc_id', 'u32'],
+  ['pad', 'pad', 4],
+] as const);
+
+/** The socket-LB object's `.rodata` (its `const volatile` settings), written before load. */
+export const SockConfig = defineStruct('vipr_sock_config', [
+  ['host_netns_cookie', 'u64'],
+  ['host_ns_only', 'u8'],
+  ['nodeport_loopback', 'u8'],
+  ['pad', 'pad', 6],
+] as const);
+
 export const U32 = new U32Codec();
 
 export type SvcKeyT = ReturnType<typeof SvcKey.decode>;
@@ -123,6 +151,10 @@ export type AffinityKeyT = ReturnType<typeof AffinityKey.decode>;
 export type AffinityValueT = ReturnType<typeof AffinityValue.decode>;
 export type StatValueT = ReturnType<typeof StatValue.decode>;
 export type IcmpBucketT = ReturnType<typeof IcmpBucket.decode>;
+export type SockRevKeyT = ReturnType<typeof SockRevKey.decode>;
+export type SockRevValueT = ReturnType<typeof SockRevValue.decode>;
+export type SockAffinityKeyT = ReturnType<typeof SockAffinityKey.decode>;
+export type SockConfigT = ReturnType<typeof SockConfig.decode>;
 export type NodeIpT = ReturnType<typeof NodeIp.decode>;
 export type SourceRangeT = ReturnType<typeof SourceRange.decode>;
 export type SchedStateT = ReturnType<typeof SchedState.decode>;
@@ -180,6 +212,10 @@ export const STAT_NAMES = [
   'xdp_tx',
   'xdp_redirect',
   'drop_icmp_rate_limit',
+  'sock_xlate',
+  'sock_rev_nat',
+  'sock_reject',
+  'sock_destroyed',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 
@@ -209,6 +245,8 @@ export const MAPS = {
   config: spec('vipr_config_v1', U32, Config),
   stats: spec('vipr_stats_v2', U32, StatValue, true),
   icmpBucket: spec('vipr_icmp_bucket_v1', U32, IcmpBucket, true),
+  sockRev: spec('vipr_sock_rev_v1', SockRevKey, SockRevValue),
+  sockAffinity: spec('vipr_sock_affinity_v1', SockAffinityKey, AffinityValue),
 } as const;
 
 export type MapRole = keyof typeof MAPS;
