@@ -13,6 +13,7 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { ConfigError } from '../errors.js';
+import { clip, oneLine, quote } from './excerpt.js';
 import type {
   EndpointSliceObject,
   EndpointSlicePort,
@@ -50,13 +51,13 @@ function isDict(value: unknown): value is Dict {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-/** A value as a message shows it: strings quoted, containers by shape. */
+/** A value as a message shows it: strings quoted (a short excerpt of a long one), containers by shape. */
 function show(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return 'a list';
   if (typeof value === 'object') return 'a mapping';
-  if (typeof value === 'string') return JSON.stringify(value);
-  return String(value);
+  if (typeof value === 'string') return quote(value);
+  return clip(String(value));
 }
 
 function oneOf(values: readonly string[]): string {
@@ -77,7 +78,7 @@ class FieldReader {
   }
 
   fail(path: string, problem: string): never {
-    throw new ConfigError(`${this.subject}: ${path} ${problem}`);
+    throw new ConfigError(oneLine(`${this.subject}: ${path} ${problem}`));
   }
 
   /** A mapping, or undefined when absent/null. */
@@ -146,7 +147,7 @@ class FieldReader {
     if (!d) return out;
     for (const [k, v] of Object.entries(d)) {
       if (typeof v !== 'string') {
-        this.fail(`${path}[${JSON.stringify(k)}]`, `must be a string, got ${show(v)}; quote it in YAML`);
+        this.fail(`${path}[${quote(k)}]`, `must be a string, got ${show(v)}; quote it in YAML`);
       }
       out[k] = v;
     }
@@ -169,7 +170,8 @@ function readMeta(r: FieldReader, raw: Dict, kind: string, rule: NameRule): Obje
   const name = r.string(meta.name, 'metadata.name');
   if (name === undefined || name === '') r.fail('metadata.name', `is missing; give the ${kind} a name`);
   const namespace = r.string(meta.namespace, 'metadata.namespace') || 'default';
-  r.identify(`${kind} ${namespace}/${name}`);
+  // Checked just below; until then the identity quotes only the start of a huge name.
+  r.identify(`${kind} ${clip(namespace)}/${clip(name)}`);
   if (namespace.length > 63 || !DNS1123_LABEL.test(namespace)) {
     r.fail('metadata.namespace', `${show(namespace)} is not a valid namespace; use lowercase letters, digits and '-' (at most 63 characters)`);
   }
@@ -474,7 +476,7 @@ export function parseEndpointSlice(raw: unknown, warn: WarningSink = ignoreWarni
       endpoints.push(readSliceEndpoint(new FieldReader(subject), v, `endpoints[${i}]`, addressType));
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
-      warn(`${err.message}; endpoint dropped`);
+      warn(oneLine(`${err.message}; endpoint dropped`));
     }
   });
 
@@ -525,7 +527,7 @@ function readLegacyAddresses(
       });
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
-      warn(`${err.message}; address dropped`);
+      warn(oneLine(`${err.message}; address dropped`));
     }
   });
   return out;
@@ -607,6 +609,12 @@ const SUPPORTED: Record<string, string> = {
   EndpointSlice: 'discovery.k8s.io/v1',
 };
 
+/**
+ * How deep Lists may nest inside one document. Real manifests nest one or two; the bound keeps a
+ * hostile document (a List inside a List, 20,000 times) from exhausting the stack.
+ */
+export const MAX_LIST_NESTING = 10;
+
 /** Best-effort identity of a raw object, for failures and for ignored objects. */
 function refOf(kind: string, raw: Dict): ObjectRef | null {
   const meta = isDict(raw.metadata) ? raw.metadata : undefined;
@@ -616,11 +624,33 @@ function refOf(kind: string, raw: Dict): ObjectRef | null {
   return `${kind} ${ns}/${name}`;
 }
 
-function at(path: string, message: string): string {
-  return path === '' ? message : `${path}: ${message}`;
+/** The identity of an object as a message shows it: `Deployment default/web`, names clipped. */
+function showRef(kind: string, raw: Dict): string {
+  const meta = isDict(raw.metadata) ? raw.metadata : undefined;
+  const name = meta?.name;
+  if (typeof name !== 'string' || name === '') return clip(kind);
+  const ns = typeof meta?.namespace === 'string' && meta.namespace !== '' ? meta.namespace : 'default';
+  return `${clip(kind)} ${clip(ns)}/${clip(name)}`;
 }
 
-function parseInto(raw: unknown, path: string, inherited: { apiVersion: string; kind: string } | null, out: ParseOutcome): void {
+/** A message about the object at `path`, on one capped line. */
+function at(path: string, message: string): string {
+  return oneLine(path === '' ? message : `${path}: ${message}`);
+}
+
+function typeField(raw: Dict, field: 'apiVersion' | 'kind'): string | undefined | { invalid: unknown } {
+  const value = raw[field];
+  if (value === undefined || value === null || typeof value === 'string') return value ?? undefined;
+  return { invalid: value };
+}
+
+function parseInto(
+  raw: unknown,
+  path: string,
+  inherited: { apiVersion: string; kind: string } | null,
+  listDepth: number,
+  out: ParseOutcome,
+): void {
   if (!isDict(raw)) {
     out.failures.push({
       ref: null,
@@ -629,8 +659,27 @@ function parseInto(raw: unknown, path: string, inherited: { apiVersion: string; 
     });
     return;
   }
-  const apiVersion = typeof raw.apiVersion === 'string' ? raw.apiVersion : inherited?.apiVersion;
-  const kind = typeof raw.kind === 'string' ? raw.kind : inherited?.kind;
+  const rawKind = typeField(raw, 'kind');
+  if (typeof rawKind === 'object') {
+    out.failures.push({
+      ref: null,
+      path,
+      error: new ConfigError(at(path, `kind must be a string, got ${show(rawKind.invalid)}; write the kind by name, e.g. "kind: Service"`)),
+    });
+    return;
+  }
+  const rawApiVersion = typeField(raw, 'apiVersion');
+  if (typeof rawApiVersion === 'object') {
+    const kindNow = rawKind ?? inherited?.kind;
+    out.failures.push({
+      ref: kindNow ? refOf(kindNow, raw) : null,
+      path,
+      error: new ConfigError(at(path, `apiVersion must be a string, got ${show(rawApiVersion.invalid)}; write it as text, e.g. "apiVersion: v1"`)),
+    });
+    return;
+  }
+  const apiVersion = rawApiVersion ?? inherited?.apiVersion;
+  const kind = rawKind ?? inherited?.kind;
   if (!apiVersion || !kind) {
     const missing = !apiVersion && !kind ? 'apiVersion and kind are' : !apiVersion ? 'apiVersion is' : 'kind is';
     out.failures.push({
@@ -645,19 +694,27 @@ function parseInto(raw: unknown, path: string, inherited: { apiVersion: string; 
     // Items of a typed list (ServiceList) may omit apiVersion/kind, as API responses do.
     const itemType = kind === 'List' ? null : { apiVersion, kind: kind.slice(0, -'List'.length) };
     if (raw.items !== undefined && raw.items !== null && !Array.isArray(raw.items)) {
-      out.failures.push({ ref: null, path, error: new ConfigError(at(path, `${kind}: items must be a list`)) });
+      out.failures.push({ ref: null, path, error: new ConfigError(at(path, `${clip(kind)}: items must be a list`)) });
+      return;
+    }
+    if (listDepth >= MAX_LIST_NESTING) {
+      out.failures.push({
+        ref: null,
+        path,
+        error: new ConfigError(at(path, `Lists nested more than ${MAX_LIST_NESTING} deep; flatten them into one List`)),
+      });
       return;
     }
     const items: unknown[] = Array.isArray(raw.items) ? raw.items : [];
     items.forEach((item, i) => {
       const itemPath = path === '' ? `items[${i}]` : `${path}.items[${i}]`;
-      parseInto(item, itemPath, itemType, out);
+      parseInto(item, itemPath, itemType, listDepth + 1, out);
     });
     return;
   }
 
-  if (SUPPORTED[kind] !== apiVersion) {
-    out.ignored.push(at(path, `${apiVersion} ${refOf(kind, raw) ?? kind}`));
+  if (!Object.hasOwn(SUPPORTED, kind) || SUPPORTED[kind] !== apiVersion) {
+    out.ignored.push(at(path, `${clip(apiVersion)} ${showRef(kind, raw)}`));
     return;
   }
   const typed = { ...raw, apiVersion, kind };
@@ -688,6 +745,6 @@ function parseInto(raw: unknown, path: string, inherited: { apiVersion: string; 
 export function parseObject(raw: unknown): ParseOutcome {
   const out: ParseOutcome = { sources: [], failures: [], warnings: [], ignored: [] };
   if (raw === null || raw === undefined) return out;
-  parseInto(raw, '', null, out);
+  parseInto(raw, '', null, 0, out);
   return out;
 }

@@ -376,3 +376,50 @@ describe('parseObject', () => {
     ]);
   });
 });
+
+describe('hostile input', () => {
+  /** Every message a user sees from the parser: one line of at most ~300 characters. */
+  function expectOneLine(message: string | undefined): void {
+    expect(message).toBeDefined();
+    expect(message).not.toMatch(/[\n\r\u2028\u2029]/);
+    expect(message?.length ?? 0).toBeLessThanOrEqual(300);
+  }
+
+  it('says the kind and apiVersion must be strings when they are not', () => {
+    const kind = parseObject({ apiVersion: 'v1', kind: 123, metadata: { name: 'x' } });
+    expect(kind.failures.map((f) => f.error.message)).toEqual(['kind must be a string, got 123; write the kind by name, e.g. "kind: Service"']);
+    const apiVersion = parseObject({ apiVersion: 1, kind: 'Service', metadata: { name: 'x' } });
+    expect(apiVersion.failures.map((f) => f.error.message)).toEqual([
+      'apiVersion must be a string, got 1; write it as text, e.g. "apiVersion: v1"',
+    ]);
+    expect(apiVersion.failures[0]?.ref).toBe('Service default/x');
+  });
+
+  it('quotes only a short excerpt of a huge or multi-line value', () => {
+    const huge = 'a'.repeat(100_000);
+    const messages = [
+      errorOf(() => parseService(service({}, { name: huge }))).message,
+      errorOf(() => parseService(service({ clusterIP: `10.0.0.1\n${huge}` }))).message,
+      errorOf(() => parseService(service({}, { labels: { [huge]: 1 } }))).message,
+      errorOf(() => parseService({ ...service(), kind: `Service\nkind: ${huge}` })).message,
+      ...parseObject({ apiVersion: `apps/v1\n${huge}`, kind: huge, metadata: { name: huge, namespace: huge } }).ignored,
+      ...parseObject({ apiVersion: 'v1', kind: `${huge}List`, items: 5 }).ignored,
+    ];
+    expect(messages).toHaveLength(6);
+    for (const message of messages) {
+      expectOneLine(message);
+      expect(message).not.toContain('a'.repeat(100));
+    }
+    expect(messages[0]).toMatch(/^Service default\/a+… \(100000 characters\): metadata\.name "a+"… \(100000 characters\) is not a valid Service name/);
+  });
+
+  it('reports Lists nested too deeply instead of recursing without bound', () => {
+    let deep: unknown = service();
+    for (let i = 0; i < 20_000; i++) deep = { apiVersion: 'v1', kind: 'List', items: [deep] };
+    const out = parseObject(deep);
+    expect(out.sources).toEqual([]);
+    expect(out.failures).toHaveLength(1);
+    expectOneLine(out.failures[0]?.error.message);
+    expect(out.failures[0]?.error.message).toMatch(/Lists nested more than 10 deep; flatten them into one List$/);
+  });
+});
