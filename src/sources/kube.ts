@@ -383,6 +383,11 @@ export class KubeSource implements ClusterSource {
     await Promise.all(this.followers.map((f) => f.stop()));
   }
 
+  /** Whether services, slices and the node have all been listed (start() has resolved). */
+  hasSynced(): boolean {
+    return this.started;
+  }
+
   current(): ClusterObjects {
     return this.tracker.current();
   }

@@ -7,32 +7,57 @@
  * when it cannot even be told which object that was (broken YAML), every object the file used to
  * define is kept. Objects disappear only when a file that is fully understood no longer defines
  * them, or when the file is deleted.
+ *
+ * Every file is hostile until read: errors are caught per file and per document, so one bad file
+ * costs only its own objects (which keep their last good version) and never the read of the
+ * others. YAML is expanded with a bound on aliases (a 700-byte "billion laughs" would otherwise
+ * expand to gigabytes), documents with a bound on nesting, files with a bound on size; FIFOs,
+ * devices and directories named like manifests are reported and never opened; every problem is
+ * one line of at most MAX_LINE_CHARS, quoting only excerpts of the input.
+ *
+ * ManifestSource.start() resolves only after one complete read of the directory (every file
+ * parsed or reported as bad); hasSynced() says the same afterwards. A ConfigMap-mounted directory
+ * (kubelet swaps a `..data` symlink; the file names never change) is re-read on every swap.
  */
-import { watch, type FSWatcher } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { parseAllDocuments } from 'yaml';
+import { constants, watch, type FSWatcher, type Stats } from 'node:fs';
+import { open, readdir, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { Composer, isAlias, isCollection, isPair, LineCounter, Parser, type CST, type Document } from 'yaml';
 import { ConfigError } from '../errors.js';
 import { componentLogger, type Logger } from '../log.js';
 import { objectKey, type ClusterObjects } from '../model/k8s.js';
 import { plainEqual } from '../model/diff.js';
+import { oneLine } from './excerpt.js';
 import { parseObject, type ObjectRef, type ParsedItem, type ParseOutcome } from './parse.js';
+
+/** Deepest nesting of mappings and lists in one document; Kubernetes objects stay far below. */
+export const MAX_DOCUMENT_DEPTH = 100;
+/** YAML alias expansions allowed per document (the yaml library's own default, made explicit). */
+export const MAX_ALIAS_COUNT = 100;
+/** Largest manifest file read, in bytes. */
+export const MAX_FILE_BYTES = 64 * 1024 * 1024;
 
 /** One thing wrong with (or worth knowing about) a manifest file. */
 export class ManifestProblem {
+  /** One line, capped. */
+  readonly message: string;
+
   constructor(
     readonly file: string,
     /** 1-based document number inside the file; null for the whole file. */
     readonly document: number | null,
-    readonly message: string,
+    message: string,
     /** `error`: something was not applied; `warning`: applied, with a part dropped. */
     readonly severity: 'error' | 'warning' = 'error',
-  ) {}
+  ) {
+    this.message = oneLine(message);
+  }
 
+  /** `file: document N: what is wrong`, one line of at most MAX_LINE_CHARS. */
   toString(): string {
-    return this.document === null
-      ? `${this.file}: ${this.message}`
-      : `${this.file}: document ${this.document}: ${this.message}`;
+    return oneLine(
+      this.document === null ? `${this.file}: ${this.message}` : `${this.file}: document ${this.document}: ${this.message}`,
+    );
   }
 }
 
@@ -77,19 +102,131 @@ function firstLine(message: string): string {
   return message.split('\n')[0] ?? message;
 }
 
-function decode(file: string, text: string): DecodedDocument[] {
-  if (/\.json$/i.test(file)) {
-    try {
-      return [{ document: 1, value: JSON.parse(text) as unknown, syntaxError: null }];
-    } catch (err) {
-      return [{ document: 1, value: null, syntaxError: `invalid JSON: ${messageOf(err)}` }];
+function broken(document: number, syntaxError: string): DecodedDocument {
+  return { document, value: null, syntaxError };
+}
+
+const TOO_DEEP = `nested deeper than ${MAX_DOCUMENT_DEPTH} levels; a Kubernetes object is never that deep`;
+
+/** Whether a tree has a node with children at depth `max` or more; iterative, so any depth is safe. */
+function nestedDeeperThan(root: unknown, max: number, children: (node: unknown) => readonly unknown[] | null): boolean {
+  const stack: Array<{ node: unknown; depth: number }> = [{ node: root, depth: 0 }];
+  for (let next = stack.pop(); next !== undefined; next = stack.pop()) {
+    const kids = children(next.node);
+    if (kids === null) continue;
+    if (next.depth >= max) return true;
+    for (const node of kids) stack.push({ node, depth: next.depth + 1 });
+  }
+  return false;
+}
+
+/** Children of a node of the yaml library's concrete syntax tree (a key and a value per item). */
+function cstChildren(token: unknown): readonly unknown[] | null {
+  const t = token as CST.Token | null | undefined;
+  if (t?.type !== 'block-map' && t?.type !== 'block-seq' && t?.type !== 'flow-collection') return null;
+  return (t.items as CST.CollectionItem[]).flatMap((item) => [item.key, item.value]);
+}
+
+function jsonChildren(node: unknown): readonly unknown[] | null {
+  if (Array.isArray(node)) return node;
+  return typeof node === 'object' && node !== null ? Object.values(node) : null;
+}
+
+/**
+ * Whether a document expands (aliases followed, as toJS() will) deeper than `max` collections,
+ * or into a cycle. Iterative with a memo per node, so its cost is the document's size.
+ */
+function expansionTooDeep(doc: Document, max: number): 'deep' | 'cycle' | null {
+  type Frame = { node: object; children: readonly unknown[]; next: number; deepest: number };
+  const depths = new Map<object, number>();
+  const stack: Frame[] = [];
+  const open = new Set<object>();
+  /** The depth of `raw` when known; undefined after pushing it to be computed. */
+  const enter = (raw: unknown): number | 'cycle' | undefined => {
+    const node: unknown = isAlias(raw) ? raw.resolve(doc) : raw;
+    if (!isCollection(node)) return 0;
+    const known = depths.get(node);
+    if (known !== undefined) return known;
+    if (open.has(node)) return 'cycle';
+    open.add(node);
+    stack.push({ node, children: (node.items as unknown[]).flatMap((i) => (isPair(i) ? [i.key, i.value] : [i])), next: 0, deepest: 0 });
+    return undefined;
+  };
+  const first = enter(doc.contents);
+  if (first === 'cycle') return 'cycle';
+  while (stack.length > 0) {
+    if (stack.length > max) return 'deep';
+    const top = stack[stack.length - 1] as Frame;
+    if (top.next < top.children.length) {
+      const depth = enter(top.children[top.next++]);
+      if (depth === 'cycle') return 'cycle';
+      if (depth !== undefined) top.deepest = Math.max(top.deepest, depth);
+      continue;
+    }
+    stack.pop();
+    open.delete(top.node);
+    const depth = top.deepest + 1;
+    if (depth > max) return 'deep';
+    depths.set(top.node, depth);
+    const parent = stack[stack.length - 1];
+    if (parent) parent.deepest = Math.max(parent.deepest, depth);
+  }
+  return null;
+}
+
+function decodeYamlDocument(doc: Document, document: number, lines: LineCounter): DecodedDocument {
+  const first = doc.errors[0];
+  if (first) {
+    const { line, col } = lines.linePos(first.pos[0]);
+    return broken(document, `invalid YAML: ${firstLine(first.message)} at line ${line}, column ${col}`);
+  }
+  const expansion = expansionTooDeep(doc, MAX_DOCUMENT_DEPTH);
+  if (expansion === 'deep') return broken(document, `aliases expand it: ${TOO_DEEP}`);
+  if (expansion === 'cycle') return broken(document, 'an alias refers to a node that contains it; a Kubernetes object has no cycles');
+  try {
+    return { document, value: doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as unknown, syntaxError: null };
+  } catch (err) {
+    // Aliases expanding to more than MAX_ALIAS_COUNT copies (a "billion laughs").
+    return broken(document, `invalid YAML: ${firstLine(messageOf(err))}`);
+  }
+}
+
+/**
+ * The yaml library's parseAllDocuments() in its three steps, with the depth checked in between:
+ * its Parser (concrete syntax) is iterative, but its Composer and toJS() recurse, and a stack
+ * overflow inside them can leave V8 unable to compile a regular expression afterwards (the next
+ * parse aborts the process). So no document deeper than MAX_DOCUMENT_DEPTH is ever composed.
+ */
+function decodeYaml(text: string): DecodedDocument[] {
+  const lines = new LineCounter();
+  const tokens = Array.from(new Parser(lines.addNewLine).parse(text));
+  const tooDeep = new Set<number>();
+  let count = 0;
+  for (const token of tokens) {
+    if (token.type !== 'document') continue;
+    count += 1;
+    if (nestedDeeperThan(token.value, MAX_DOCUMENT_DEPTH, cstChildren)) {
+      tooDeep.add(count);
+      token.value = undefined; // composed as an empty document, reported below
     }
   }
-  return parseAllDocuments(text).map((doc, i) => {
-    const first = doc.errors[0];
-    if (first) return { document: i + 1, value: null, syntaxError: `invalid YAML: ${firstLine(first.message)}` };
-    return { document: i + 1, value: doc.toJS() as unknown, syntaxError: null };
-  });
+  return Array.from(new Composer().compose(tokens)).map((doc, i) =>
+    tooDeep.has(i + 1) ? broken(i + 1, TOO_DEEP) : decodeYamlDocument(doc, i + 1, lines),
+  );
+}
+
+function decode(file: string, text: string): DecodedDocument[] {
+  if (/\.json$/i.test(file)) {
+    let value: unknown;
+    try {
+      value = JSON.parse(text) as unknown;
+    } catch (err) {
+      return [broken(1, `invalid JSON: ${firstLine(messageOf(err))}`)];
+    }
+    if (nestedDeeperThan(value, MAX_DOCUMENT_DEPTH, jsonChildren)) return [broken(1, TOO_DEEP)];
+    return [{ document: 1, value, syntaxError: null }];
+  }
+  return decodeYaml(text);
 }
 
 /**
@@ -102,13 +239,28 @@ function parseFile(file: string, text: string, previous: FileState): FileState {
   const keep = new Set<ObjectRef>();
   let keepAll = false;
 
-  for (const doc of decode(file, text)) {
+  let documents: DecodedDocument[];
+  try {
+    documents = decode(file, text);
+  } catch (err) {
+    // Not expected from the guarded decoder above; if it happens, it costs this file only.
+    documents = [broken(1, `cannot be decoded: ${firstLine(messageOf(err))}`)];
+  }
+  for (const doc of documents) {
     if (doc.syntaxError !== null) {
       state.problems.push(new ManifestProblem(file, doc.document, doc.syntaxError));
       keepAll = true;
       continue;
     }
-    const outcome: ParseOutcome = parseObject(doc.value);
+    let outcome: ParseOutcome;
+    try {
+      outcome = parseObject(doc.value);
+    } catch (err) {
+      // parseObject reports invalid input as failures; a throw is a bug, kept to this document.
+      state.problems.push(new ManifestProblem(file, doc.document, `cannot be parsed: ${firstLine(messageOf(err))}`));
+      keepAll = true;
+      continue;
+    }
     for (const source of outcome.sources) {
       const items = state.bySource.get(source.ref) ?? [];
       items.push(...source.items.map((item) => ({ document: doc.document, item })));
@@ -125,7 +277,7 @@ function parseFile(file: string, text: string, previous: FileState): FileState {
     for (const warning of outcome.warnings) {
       state.problems.push(new ManifestProblem(file, doc.document, warning, 'warning'));
     }
-    for (const ignored of outcome.ignored) state.ignored.push(`${file}: document ${doc.document}: ${ignored}`);
+    for (const ignored of outcome.ignored) state.ignored.push(oneLine(`${file}: document ${doc.document}: ${ignored}`));
   }
 
   for (const [ref, items] of previous.bySource) {
@@ -182,32 +334,72 @@ function messageOf(err: unknown): string {
   return typeof err === 'object' && err !== null && 'message' in err && typeof err.message === 'string' ? err.message : String(err);
 }
 
-/** Reads one file into `states`; a vanished file is dropped, an unreadable one keeps its objects. */
+/** What a directory entry that is not a regular file is, for the line that reports it. */
+function entryType(info: Stats): string {
+  if (info.isDirectory()) return 'a directory';
+  if (info.isFIFO()) return 'a FIFO';
+  if (info.isCharacterDevice()) return 'a character device';
+  if (info.isBlockDevice()) return 'a block device';
+  if (info.isSocket()) return 'a socket';
+  return 'not a regular file';
+}
+
+type FileRead =
+  | { kind: 'text'; text: string }
+  | { kind: 'gone' }
+  /** Not read, for the reason given (the file's previous objects stay). */
+  | { kind: 'refused'; reason: string };
+
+function refusal(info: Stats): FileRead | null {
+  if (!info.isFile()) return { kind: 'refused', reason: `is ${entryType(info)}, not a regular file; skipped (rename or remove it)` };
+  if (info.size > MAX_FILE_BYTES) {
+    return { kind: 'refused', reason: `is ${info.size} bytes, more than the ${MAX_FILE_BYTES} vipr reads from one manifest file; split it` };
+  }
+  return null;
+}
+
+/**
+ * Reads a manifest file (following symlinks, as a ConfigMap mount needs). Anything but a regular
+ * file is refused before it is opened: opening a FIFO blocks, opening a device may act. The file
+ * is opened non-blocking and checked again, in case it was swapped in between.
+ */
+async function readManifestFile(file: string): Promise<FileRead> {
+  try {
+    const refused = refusal(await stat(file));
+    if (refused) return refused;
+    const handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK);
+    try {
+      return refusal(await handle.stat()) ?? { kind: 'text', text: await handle.readFile({ encoding: 'utf8' }) };
+    } finally {
+      await handle.close();
+    }
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return { kind: 'gone' };
+    return { kind: 'refused', reason: `cannot be read (${firstLine(messageOf(err))})` };
+  }
+}
+
+/**
+ * Reads one file into `states`; a vanished file is dropped, one that cannot be read keeps its
+ * objects. Never throws: whatever goes wrong costs this file only.
+ */
 async function refreshFile(dir: string, name: string, states: Map<string, FileState>): Promise<void> {
   const file = join(dir, name);
   const previous = states.get(name) ?? emptyState();
-  let text: string;
-  try {
-    const info = await stat(file);
-    if (!info.isFile()) {
-      states.delete(name);
-      return;
+  const keepPrevious = (reason: string): void => {
+    const kept = previous.bySource.size > 0 ? '; keeping what it defined before' : '';
+    states.set(name, { bySource: previous.bySource, ignored: previous.ignored, problems: [new ManifestProblem(file, null, reason + kept)] });
+  };
+  const read = await readManifestFile(file);
+  if (read.kind === 'gone') states.delete(name);
+  else if (read.kind === 'refused') keepPrevious(read.reason);
+  else {
+    try {
+      states.set(name, parseFile(file, read.text, previous));
+    } catch (err) {
+      keepPrevious(`cannot be parsed (${firstLine(messageOf(err))})`);
     }
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    if (errnoCode(err) === 'ENOENT') {
-      states.delete(name);
-      return;
-    }
-    const reason = messageOf(err);
-    states.set(name, {
-      bySource: previous.bySource,
-      ignored: previous.ignored,
-      problems: [new ManifestProblem(file, null, `cannot be read (${reason}); keeping what it defined before`)],
-    });
-    return;
   }
-  states.set(name, parseFile(file, text, previous));
 }
 
 async function listManifests(dir: string): Promise<string[]> {
@@ -221,6 +413,14 @@ async function listManifests(dir: string): Promise<string[]> {
   }
 }
 
+/**
+ * Parses the text of one manifest file on its own, as loadManifestDir would (for tools and tests):
+ * never throws; problems and ignored objects come back one line each.
+ */
+export function parseManifestText(file: string, text: string): ManifestLoad {
+  return merge(dirname(file), new Map([[basename(file), parseFile(file, text, emptyState())]]));
+}
+
 /** Reads every manifest in `dir` once. */
 export async function loadManifestDir(dir: string): Promise<ManifestLoad> {
   const states = new Map<string, FileState>();
@@ -228,8 +428,18 @@ export async function loadManifestDir(dir: string): Promise<ManifestLoad> {
   return merge(dir, states);
 }
 
+/**
+ * kubelet's AtomicWriter (ConfigMap, Secret and projected volumes) publishes an update by writing
+ * a new timestamped directory and renaming a `..data_tmp` symlink over `..data`; every file is a
+ * symlink through `..data`, so the files themselves raise no event.
+ */
+const ATOMIC_WRITER_DATA = '..data';
+
 export interface ManifestSourceOptions {
-  /** Called after start() and after every reload that changed the objects or the problems. */
+  /**
+   * Called once the first complete read is done (before start() resolves, with hasSynced() true)
+   * and after every reload that changed the objects or the problems.
+   */
   onChange: (objects: ClusterObjects, problems: ManifestProblem[]) => void;
   /** Quiet time after the last file event before re-reading (editors write in several steps). */
   debounceMs?: number;
@@ -248,6 +458,7 @@ export class ManifestSource {
   private reloading: Promise<void> = Promise.resolve();
   private last: ManifestLoad = { objects: { services: new Map(), endpointSlices: new Map() }, problems: [], ignored: [] };
   private stopped = false;
+  private synced = false;
 
   constructor(
     readonly dir: string,
@@ -257,7 +468,11 @@ export class ManifestSource {
     this.debounceMs = options.debounceMs ?? 100;
   }
 
-  /** Loads the directory, reports it through onChange, then watches for changes. */
+  /**
+   * Reads the whole directory once, reports it through onChange, then watches for changes.
+   * Resolves only after that complete read, in which every file was parsed or reported as bad;
+   * rejects (ConfigError) when the directory cannot be listed, or when stop() came first.
+   */
   async start(): Promise<void> {
     this.stopped = false;
     await listManifests(this.dir); // a missing directory is the user's to fix: throw ConfigError
@@ -265,8 +480,20 @@ export class ManifestSource {
     this.watcher = watch(this.dir, { persistent: false }, (_event, name) => this.noteEvent(name));
     this.watcher.on('error', (err) => this.log.error({ err }, 'watching the manifest directory failed'));
     this.pending = null;
-    this.reloading = this.reload(true);
-    await this.reloading;
+    const firstRead = this.reload(true);
+    this.reloading = firstRead.catch(() => undefined);
+    try {
+      await firstRead;
+    } catch (err) {
+      this.stop();
+      throw err;
+    }
+    if (!this.synced) throw new ConfigError(`manifest source ${this.dir} was stopped before its first read completed`);
+  }
+
+  /** Whether one complete read of the directory is done (kube-proxy's informer HasSynced). */
+  hasSynced(): boolean {
+    return this.synced;
   }
 
   stop(): void {
@@ -285,31 +512,41 @@ export class ManifestSource {
   private noteEvent(name: string | Buffer | null): void {
     if (this.stopped) return;
     const fileName = name === null ? null : name.toString();
-    if (fileName === null) this.pending = null;
+    // Unnamed events and ConfigMap updates (a new ..data) may change any file: re-read them all.
+    if (fileName === null || fileName === ATOMIC_WRITER_DATA) this.pending = null;
     else if (isManifestFile(fileName)) this.pending?.add(fileName);
     else return;
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = null;
-      this.reloading = this.reloading.then(() => this.reload(false));
+      // A failed reload must not end the chain: later changes still get read.
+      this.reloading = this.reloading
+        .then(() => this.reload(false))
+        .catch((err: unknown) => this.log.error({ err }, 'reloading the manifests failed; keeping the current services'));
     }, this.debounceMs);
   }
 
+  /** Re-reads what changed; the initial read (all files) throws when the directory cannot be listed. */
   private async reload(initial: boolean): Promise<void> {
     if (this.stopped) return;
     const named = this.pending;
     this.pending = new Set();
+    let present: string[];
     try {
-      const present = await listManifests(this.dir);
-      const toRead = new Set<string>(named ?? present);
-      // Files that appeared or vanished without an event naming them (e.g. a rename).
-      for (const name of present) if (!this.states.has(name)) toRead.add(name);
-      for (const name of this.states.keys()) if (!present.includes(name)) toRead.add(name);
-      for (const name of [...toRead].sort()) await refreshFile(this.dir, name, this.states);
+      present = await listManifests(this.dir);
     } catch (err) {
+      if (initial) throw err;
       // The directory itself is gone or unreadable: keep serving what we had.
       this.log.error({ err }, 'cannot list the manifest directory; keeping the current services');
       return;
+    }
+    const toRead = new Set<string>(named ?? present);
+    // Files that appeared or vanished without an event naming them (e.g. a rename).
+    for (const name of present) if (!this.states.has(name)) toRead.add(name);
+    for (const name of this.states.keys()) if (!present.includes(name)) toRead.add(name);
+    for (const name of [...toRead].sort()) {
+      if (this.stopped) return;
+      await refreshFile(this.dir, name, this.states);
     }
     if (this.stopped) return;
     const next = merge(this.dir, this.states);
@@ -325,11 +562,16 @@ export class ManifestSource {
       plainEqual([...this.last.objects.endpointSlices], [...next.objects.endpointSlices]) &&
       plainEqual(this.last.problems.map(String), next.problems.map(String));
     this.last = next;
+    this.synced = true;
     if (unchanged) return;
     this.log.info(
       { services: next.objects.services.size, endpointSlices: next.objects.endpointSlices.size, problems: next.problems.length },
       'manifests loaded',
     );
-    this.options.onChange(next.objects, next.problems);
+    try {
+      this.options.onChange(next.objects, next.problems);
+    } catch (err) {
+      this.log.error({ err }, 'change listener threw');
+    }
   }
 }

@@ -1,4 +1,5 @@
-import { mkdtemp, rm, unlink, writeFile, rename } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, unlink, writeFile, rename, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -40,6 +41,46 @@ function sliceYaml(service: string, ips: string[]): string {
 }
 
 const docs = (...parts: string[]): string => parts.join('---\n');
+
+/** ~700 bytes of YAML whose aliases expand to 9^14 strings (a "billion laughs"). */
+function aliasBomb(): string {
+  const names = 'abcdefghijklmn';
+  const lines = ['apiVersion: v1', 'kind: Service', 'metadata: { name: bomb }', 'spec:', '  a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'];
+  for (let i = 1; i < names.length; i++) {
+    const prev = names[i - 1] ?? '';
+    lines.push(`  ${names[i]}: &${names[i]} [${Array(9).fill(`*${prev}`).join(',')}]`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+/** A `kind: List` whose only item is a List, `depth` times, around one Service. */
+function deepListJson(depth: number): string {
+  return '{"apiVersion":"v1","kind":"List","items":['.repeat(depth) + JSON.stringify({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'deep' } }) + ']}'.repeat(depth);
+}
+
+/** The same in YAML flow style. */
+function deepListYaml(depth: number): string {
+  return '{apiVersion: v1, kind: List, items: ['.repeat(depth) + '{apiVersion: v1, kind: Service, metadata: {name: deep}}' + ']}'.repeat(depth);
+}
+
+/** One line, at most ~300 characters: what every problem line must be. */
+function expectOneLine(line: string): void {
+  expect(line).not.toMatch(/[\n\r\u2028\u2029]/);
+  expect(line.length).toBeLessThanOrEqual(300);
+}
+
+/** Fails when `promise` takes longer than `ms` (a read that blocks on a FIFO never settles). */
+async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`not settled within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 function clusterIPs(objects: ClusterObjects): Record<string, string | null> {
   return Object.fromEntries([...objects.services].map(([k, s]) => [k, s.clusterIP]));
@@ -133,6 +174,67 @@ describe('loadManifestDir', () => {
   it('throws a ConfigError for a missing directory', async () => {
     await expect(loadManifestDir(join(dir, 'nope'))).rejects.toThrow(ConfigError);
     await expect(loadManifestDir(join(dir, 'nope'))).rejects.toThrow(/does not exist; create it/);
+  });
+
+  it('costs an alias bomb or a List nested 20,000 deep only its own file, with one short line each', async () => {
+    await writeFile(join(dir, 'a-web.yaml'), serviceYaml('web', '10.0.0.10'));
+    await writeFile(join(dir, 'bomb.yaml'), aliasBomb());
+    await writeFile(join(dir, 'deep.json'), deepListJson(20_000));
+    await writeFile(join(dir, 'deep.yaml'), deepListYaml(20_000));
+    await writeFile(join(dir, 'z-api.yaml'), serviceYaml('api', '10.0.0.20'));
+    expect(Buffer.byteLength(aliasBomb())).toBeLessThan(800);
+
+    const load = await loadManifestDir(dir);
+    expect(clusterIPs(load.objects)).toEqual({ 'default/web': '10.0.0.10', 'default/api': '10.0.0.20' });
+    const lines = load.problems.map(String);
+    expect(lines.map((line) => line.slice(0, line.indexOf(': document 1: ')))).toEqual(
+      ['bomb.yaml', 'deep.json', 'deep.yaml'].map((name) => join(dir, name)),
+    );
+    for (const line of lines) expectOneLine(line);
+    expect(lines[0]).toContain('invalid YAML: ');
+    expect(lines[1]).toMatch(/: nested deeper than 100 levels; a Kubernetes object is never that deep$/);
+  });
+
+  it('survives YAML nested 20,000 deep in several shapes, read one after the other', async () => {
+    // The yaml library composes documents recursively; after it overflowed the stack once, the
+    // next parse aborted the whole process (V8: "RegExpCompiler Allocation failed").
+    await writeFile(join(dir, 'deep-1.yaml'), `${'- '.repeat(20_000)}x\n`);
+    await writeFile(join(dir, 'deep-2.yaml'), '['.repeat(20_000) + ']'.repeat(20_000));
+    await writeFile(join(dir, 'deep-3.yaml'), '{a: '.repeat(20_000) + 'x' + '}'.repeat(20_000));
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    const load = await loadManifestDir(dir);
+    expect(clusterIPs(load.objects)).toEqual({ 'default/web': '10.0.0.10' });
+    expect(load.problems.map(String)).toEqual(
+      [1, 2, 3].map((n) => `${join(dir, `deep-${n}.yaml`)}: document 1: nested deeper than 100 levels; a Kubernetes object is never that deep`),
+    );
+  });
+
+  it('keeps every problem on one line of at most ~300 characters, whatever the file name and content', async () => {
+    const name = `bad\nname-${'x'.repeat(150)}.yaml`;
+    const huge = 'a'.repeat(100_000);
+    await writeFile(join(dir, name), docs(serviceYaml(huge, '10.0.0.1'), `apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ${huge}}\n`, `key: [${huge}\n`));
+    const load = await loadManifestDir(dir);
+    expect(load.problems).toHaveLength(2);
+    expect(load.ignored).toHaveLength(1);
+    for (const line of [...load.problems.map(String), ...load.ignored]) {
+      expectOneLine(line);
+      expect(line).not.toContain('a'.repeat(100));
+      expect(line).toContain('bad\\nname-xxx');
+    }
+  });
+
+  it('skips a FIFO, a device and a directory named like manifests without blocking, one line each', async () => {
+    execFileSync('mkfifo', [join(dir, 'fifo.yaml')]);
+    await mkdir(join(dir, 'dir.yaml'));
+    await symlink('/dev/null', join(dir, 'null.yaml'));
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    const load = await within(5000, loadManifestDir(dir));
+    expect(clusterIPs(load.objects)).toEqual({ 'default/web': '10.0.0.10' });
+    expect(load.problems.map(String)).toEqual([
+      `${join(dir, 'dir.yaml')}: is a directory, not a regular file; skipped (rename or remove it)`,
+      `${join(dir, 'fifo.yaml')}: is a FIFO, not a regular file; skipped (rename or remove it)`,
+      `${join(dir, 'null.yaml')}: is a character device, not a regular file; skipped (rename or remove it)`,
+    ]);
   });
 });
 
@@ -282,8 +384,84 @@ describe('ManifestSource', () => {
     expect(changes).toHaveLength(1);
   });
 
-  it('fails to start on a missing directory with a ConfigError', async () => {
+  it('fails to start on a missing directory with a ConfigError, not synced', async () => {
     const s = new ManifestSource(join(dir, 'missing'), { onChange: () => undefined, logger: silent });
     await expect(s.start()).rejects.toThrow(ConfigError);
+    expect(s.hasSynced()).toBe(false);
+  });
+
+  it('has synced once start() resolves, with the good files when another one is hostile', async () => {
+    await writeFile(join(dir, 'a-web.yaml'), serviceYaml('web', '10.0.0.10'));
+    await writeFile(join(dir, 'bomb.yaml'), aliasBomb());
+    await writeFile(join(dir, 'deep.json'), deepListJson(20_000));
+    await writeFile(join(dir, 'z-api.yaml'), serviceYaml('api', '10.0.0.20'));
+    changes = [];
+    const s = new ManifestSource(dir, {
+      debounceMs: 30,
+      logger: silent,
+      onChange: (objects, problems) => changes.push({ objects, problems }),
+    });
+    source = s;
+    expect(s.hasSynced()).toBe(false);
+    await s.start();
+    expect(s.hasSynced()).toBe(true);
+    expect(changes).toHaveLength(1);
+    expect(clusterIPs(changes[0]?.objects ?? s.current().objects)).toEqual({ 'default/web': '10.0.0.10', 'default/api': '10.0.0.20' });
+    expect(changes[0]?.problems.map((p) => p.file)).toEqual([join(dir, 'bomb.yaml'), join(dir, 'deep.json')]);
+  });
+
+  it('keeps the last good objects of a file that turns hostile, and follows the other files meanwhile', async () => {
+    await writeFile(join(dir, 'web.yaml'), docs(serviceYaml('web', '10.0.0.10'), sliceYaml('web', ['10.244.0.1'])));
+    await writeFile(join(dir, 'api.yaml'), serviceYaml('api', '10.0.0.20'));
+    await startSource();
+
+    const bombed = await change(() => writeFile(join(dir, 'web.yaml'), aliasBomb()));
+    expect(clusterIPs(bombed.objects)).toEqual({ 'default/web': '10.0.0.10', 'default/api': '10.0.0.20' });
+    expect(bombed.objects.endpointSlices.get('default/web-abc')?.endpoints).toHaveLength(1);
+    expect(bombed.problems).toHaveLength(1);
+    expect(String(bombed.problems[0])).toContain(`${join(dir, 'web.yaml')}: document 1: invalid YAML: `);
+    expectOneLine(String(bombed.problems[0]));
+
+    const edited = await change(() => writeFile(join(dir, 'api.yaml'), serviceYaml('api', '10.0.0.21')));
+    expect(clusterIPs(edited.objects)).toEqual({ 'default/web': '10.0.0.10', 'default/api': '10.0.0.21' });
+
+    const deepened = await change(() => writeFile(join(dir, 'web.yaml'), deepListJson(20_000)));
+    expect(clusterIPs(deepened.objects)).toEqual({ 'default/web': '10.0.0.10', 'default/api': '10.0.0.21' });
+  });
+
+  it('does not hang on a FIFO named x.yaml, and reports it', async () => {
+    execFileSync('mkfifo', [join(dir, 'x.yaml')]);
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    changes = [];
+    source = new ManifestSource(dir, { logger: silent, onChange: (objects, problems) => changes.push({ objects, problems }) });
+    await within(5000, source.start());
+    expect(clusterIPs(source.current().objects)).toEqual({ 'default/web': '10.0.0.10' });
+    expect(source.current().problems.map(String)).toEqual([
+      `${join(dir, 'x.yaml')}: is a FIFO, not a regular file; skipped (rename or remove it)`,
+    ]);
+  });
+
+  it("reloads a ConfigMap-mounted directory when kubelet swaps its ..data symlink", async () => {
+    // kubelet's AtomicWriter layout: each key a symlink through ..data to a timestamped directory.
+    const first = '..2026_11_30_01_02_03.123';
+    await mkdir(join(dir, first));
+    await writeFile(join(dir, first, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    await symlink(first, join(dir, '..data'));
+    await symlink('..data/web.yaml', join(dir, 'web.yaml'));
+    await startSource();
+    expect(clusterIPs(changes[0]?.objects ?? { services: new Map(), endpointSlices: new Map() })).toEqual({ 'default/web': '10.0.0.10' });
+
+    // An update: a new timestamped directory, a ..data_tmp symlink renamed over ..data, the old
+    // directory removed. The key's own symlink never changes.
+    const updated = await change(async () => {
+      const second = '..2026_11_30_01_05_00.456';
+      await mkdir(join(dir, second));
+      await writeFile(join(dir, second, 'web.yaml'), serviceYaml('web', '10.0.0.11'));
+      await symlink(second, join(dir, '..data_tmp'));
+      await rename(join(dir, '..data_tmp'), join(dir, '..data'));
+      await rm(join(dir, first), { recursive: true });
+    });
+    expect(clusterIPs(updated.objects)).toEqual({ 'default/web': '10.0.0.11' });
+    expect(updated.problems).toEqual([]);
   });
 });
