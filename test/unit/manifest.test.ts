@@ -1,11 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, unlink, writeFile, rename, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, truncate, unlink, writeFile, rename, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { ConfigError } from '../../src/errors.js';
 import type { ClusterObjects } from '../../src/model/k8s.js';
-import { loadManifestDir, ManifestProblem, ManifestSource } from '../../src/sources/manifest.js';
+import { loadManifestDir, MAX_FILE_BYTES, ManifestProblem, ManifestSource } from '../../src/sources/manifest.js';
 
 const silent = pino({ level: 'silent' });
 
@@ -221,6 +221,17 @@ describe('loadManifestDir', () => {
       expect(line).not.toContain('a'.repeat(100));
       expect(line).toContain('bad\\nname-xxx');
     }
+  });
+
+  it('does not read a file larger than the manifest size limit', async () => {
+    await writeFile(join(dir, 'huge.yaml'), '');
+    await truncate(join(dir, 'huge.yaml'), MAX_FILE_BYTES + 1); // sparse: nothing is written
+    await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
+    const load = await loadManifestDir(dir);
+    expect(clusterIPs(load.objects)).toEqual({ 'default/web': '10.0.0.10' });
+    expect(load.problems.map(String)).toEqual([
+      `${join(dir, 'huge.yaml')}: is ${MAX_FILE_BYTES + 1} bytes, more than the ${MAX_FILE_BYTES} vipr reads from one manifest file; split it`,
+    ]);
   });
 
   it('skips a FIFO, a device and a directory named like manifests without blocking, one line each', async () => {
