@@ -1,3 +1,4 @@
+import { SERVICE_CLI_OPTIONS, buildOptionsFromCli } from './service-options.js';
 import { hostname } from 'node:os';
 import { formatListing, sortListing, type ListedService, type Listing } from '../model/listing.js';
 import { buildDesiredState } from '../model/build.js';
@@ -65,6 +66,7 @@ export async function run(argv: string[]): Promise<number> {
     manifests: { type: 'string' },
     kubeconfig: { type: 'string' },
     'node-name': { type: 'string', default: hostname() },
+    ...SERVICE_CLI_OPTIONS,
     help: { type: 'boolean', short: 'h', default: false },
   });
   if (values.help) {
@@ -74,7 +76,13 @@ export async function run(argv: string[]): Promise<number> {
   if (values.manifests !== undefined || values.kubeconfig !== undefined) {
     const snap = await loadSnapshot({ manifests: values.manifests, kubeconfig: values.kubeconfig, nodeName: values['node-name'] });
     for (const p of snap.problems) process.stderr.write(`vipr list: ${p}\n`);
-    const state = buildDesiredState(snap.objects, snap.node ?? { name: values['node-name'], zone: null, ips: [] });
+    const buildOpts = buildOptionsFromCli(values, values.manifests === undefined);
+    const state = buildDesiredState(
+      snap.objects,
+      snap.node ?? { name: values['node-name'], zone: null, ips: [] },
+      (message) => process.stderr.write(`vipr list: ${message}\n`),
+      buildOpts,
+    );
     const listing = sortListing(desiredListing(state));
     process.stdout.write(values.json ? `${JSON.stringify(listing, null, 2)}\n` : formatListing(listing, { numeric: values.numeric }));
     return 0;

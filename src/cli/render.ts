@@ -4,6 +4,7 @@ import { buildDesiredState } from '../model/build.js';
 import { render, RENDER_MODES, type RenderMode } from '../render/index.js';
 import { RENDER_CLI_HELP, RENDER_CLI_OPTIONS, renderOptionsFromCli } from '../modes/cli.js';
 import { parseOptions } from './options.js';
+import { SERVICE_CLI_HELP, SERVICE_CLI_OPTIONS, buildOptionsFromCli } from './service-options.js';
 
 export const summary = "print the rules kube-proxy's iptables, nftables or IPVS mode would apply";
 
@@ -19,7 +20,7 @@ applied; 'vipr run --mode MODE' applies it.
   --manifests DIR            Kubernetes YAML/JSON files
   --kubeconfig FILE          a cluster's API server (also $KUBECONFIG)
   --node-name NAME           this node's name, for local endpoints (default: node)
-${RENDER_CLI_HELP}`;
+${RENDER_CLI_HELP}${SERVICE_CLI_HELP}`;
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseOptions('render', argv, {
@@ -29,6 +30,7 @@ export async function run(argv: string[]): Promise<number> {
     'node-name': { type: 'string', default: 'node' },
     'node-ip': { type: 'string', multiple: true, default: [] as string[] },
     ...RENDER_CLI_OPTIONS,
+    ...SERVICE_CLI_OPTIONS,
     help: { type: 'boolean', short: 'h', default: false },
   });
   if (values.help) {
@@ -40,12 +42,16 @@ export async function run(argv: string[]): Promise<number> {
     throw new ConfigError(`vipr render: --mode ${mode ?? '(missing)'}: expected iptables, nftables or ipvs`);
   }
   const opts = renderOptionsFromCli(values);
+  const buildOpts = buildOptionsFromCli(values, values.manifests === undefined);
   const snap = await loadSnapshot({ manifests: values.manifests, kubeconfig: values.kubeconfig, nodeName: values['node-name'] });
   for (const p of snap.problems) process.stderr.write(`vipr render: ${p}\n`);
   const node = snap.node ?? { name: values['node-name'], zone: null, ips: [] };
   if (opts.nodeIPs.length === 0) opts.nodeIPs = node.ips;
-  const state = buildDesiredState(snap.objects, { ...node, ips: opts.nodeIPs }, (message) =>
-    process.stderr.write(`vipr render: ${message}\n`),
+  const state = buildDesiredState(
+    snap.objects,
+    { ...node, ips: opts.nodeIPs },
+    (message) => process.stderr.write(`vipr render: ${message}\n`),
+    buildOpts,
   );
   process.stdout.write(render(mode as RenderMode, state, opts));
   return 0;

@@ -409,7 +409,7 @@ export class KubeSource implements ClusterSource {
     const key = keyOf(raw);
     if (!key) return;
     try {
-      if (this.tracker.setService(key, parseService(raw)).changed) this.scheduleFlush();
+      if (this.tracker.setService(key, parseService(raw, (message) => this.log.warn({ service: key }, message))).changed) this.scheduleFlush();
     } catch (err) {
       this.log.warn({ service: key, err: describeKubeError(err) }, 'invalid Service skipped; keeping its previous version');
     }

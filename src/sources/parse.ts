@@ -14,6 +14,7 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import { ConfigError } from '../errors.js';
 import { clip, oneLine, quote } from './excerpt.js';
+import { specialIpv4 } from '../model/ipv4.js';
 import type {
   EndpointSliceObject,
   EndpointSlicePort,
@@ -28,8 +29,6 @@ export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
 
 /** ClientIP affinity timeout when the Service sets none (the API server's default: 3 hours). */
 export const DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800;
-/** kube-apiserver's default --service-node-port-range. */
-export const NODE_PORT_RANGE = [30000, 32767] as const;
 
 const PROTOCOLS: readonly Protocol[] = ['TCP', 'UDP', 'SCTP'];
 const SERVICE_TYPES = ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const;
@@ -160,7 +159,11 @@ interface ObjectMeta {
   name: string;
   labels: Record<string, string>;
   annotations: Record<string, string>;
+  creationTimestamp: number | null;
 }
+
+/** RFC 3339, as the API server writes metadata.creationTimestamp (`2026-11-30T01:02:03Z`). */
+const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/;
 
 type NameRule = 'dns1035-label' | 'dns1123-subdomain';
 
@@ -181,11 +184,22 @@ function readMeta(r: FieldReader, raw: Dict, kind: string, rule: NameRule): Obje
   if (rule === 'dns1123-subdomain' && (name.length > 253 || !DNS1123_SUBDOMAIN.test(name))) {
     r.fail('metadata.name', `${show(name)} is not a valid ${kind} name; use lowercase letters, digits, '-' and '.' (at most 253 characters)`);
   }
+  // The client library decodes the API's timestamps into Date objects; manifests hold text.
+  const rawCreated = meta.creationTimestamp;
+  const created = rawCreated instanceof Date ? rawCreated.toISOString() : r.string(rawCreated, 'metadata.creationTimestamp');
+  let creationTimestamp: number | null = null;
+  if (created !== undefined && created !== '') {
+    creationTimestamp = RFC3339.test(created) ? Date.parse(created) : NaN;
+    if (Number.isNaN(creationTimestamp)) {
+      r.fail('metadata.creationTimestamp', `${show(created)} is not an RFC 3339 time; write it as 2026-11-30T01:02:03Z or leave it out`);
+    }
+  }
   return {
     namespace,
     name,
     labels: r.stringMap(meta.labels, 'metadata.labels'),
     annotations: r.stringMap(meta.annotations, 'metadata.annotations'),
+    creationTimestamp,
   };
 }
 
@@ -239,18 +253,32 @@ function readClusterIP(r: FieldReader, spec: Dict): string | null {
       return null;
     }
     const cls = ipClass(r, ip, path, 'use an address like 10.96.0.10, "None" for a headless Service, or leave it out to have one allocated');
+    const special = cls === 'ipv4' ? specialIpv4(ip) : null;
+    // The API server allocates cluster IPs from the service CIDR; one of these never is.
+    if (special !== null) r.fail(path, `${show(ip)} is ${special}; a cluster IP must come from the service CIDR`);
     // IPv6 cluster IPs of a dual-stack Service are skipped: vipr proxies IPv4 only.
     if (cls === 'ipv4' && ipv4 === null) ipv4 = ip;
   }
   return ipv4;
 }
 
-function readIPv4List(r: FieldReader, value: unknown, path: string, hint: string): string[] {
+/**
+ * A frontend address outside the special ranges; a special one is dropped with a warning (the rest
+ * of the Service stays valid), as one address the API server would have refused.
+ */
+function usableFrontend(ip: string, path: string, subject: string, warn: WarningSink): boolean {
+  const special = specialIpv4(ip);
+  if (special === null) return true;
+  warn(`${subject}: ${path} ${show(ip)} is ${special} and cannot be a Service address; address ignored`);
+  return false;
+}
+
+function readIPv4List(r: FieldReader, value: unknown, path: string, hint: string, subject: string, warn: WarningSink): string[] {
   const out: string[] = [];
   r.list(value, path).forEach((v, i) => {
     const s = r.string(v, `${path}[${i}]`);
     if (s === undefined) r.fail(`${path}[${i}]`, 'must be a string, got null');
-    if (ipClass(r, s, `${path}[${i}]`, hint) === 'ipv4') out.push(s);
+    if (ipClass(r, s, `${path}[${i}]`, hint) === 'ipv4' && usableFrontend(s, `${path}[${i}]`, subject, warn)) out.push(s);
   });
   return out;
 }
@@ -280,7 +308,7 @@ function readSourceRanges(r: FieldReader, spec: Dict): string[] {
   return out;
 }
 
-function readLoadBalancerIPs(r: FieldReader, raw: Dict): string[] {
+function readLoadBalancerIPs(r: FieldReader, raw: Dict, subject: string, warn: WarningSink): string[] {
   const status = r.dict(raw.status, 'status');
   const lb = r.dict(status?.loadBalancer, 'status.loadBalancer');
   const out: string[] = [];
@@ -293,7 +321,7 @@ function readLoadBalancerIPs(r: FieldReader, raw: Dict): string[] {
     // program their addresses, and neither do we.
     const ipMode = r.string(ingress.ipMode, `${path}.ipMode`);
     if (ip === undefined || ip === '' || ipMode === 'Proxy') return;
-    if (ipClass(r, ip, `${path}.ip`, 'the load balancer controller wrote an invalid status') === 'ipv4') {
+    if (ipClass(r, ip, `${path}.ip`, 'the load balancer controller wrote an invalid status') === 'ipv4' && usableFrontend(ip, `${path}.ip`, subject, warn)) {
       out.push(ip);
     }
   });
@@ -324,18 +352,21 @@ function readServicePort(r: FieldReader, value: unknown, i: number, type: string
   if (nodePort !== 0 && type !== 'NodePort' && type !== 'LoadBalancer') {
     r.fail(`${path}.nodePort`, `may only be set when spec.type is NodePort or LoadBalancer (it is ${type})`);
   }
-  if (nodePort !== 0 && (nodePort < NODE_PORT_RANGE[0] || nodePort > NODE_PORT_RANGE[1])) {
-    r.fail(`${path}.nodePort`, `${nodePort} is outside the node port range ${NODE_PORT_RANGE[0]}-${NODE_PORT_RANGE[1]} (kube-apiserver's default --service-node-port-range); pick a port in it or leave it out`);
-  }
   return { name, protocol, port, targetPort, nodePort };
 }
 
-/** Parses a v1 Service. Throws ConfigError naming the field on any invalid value. */
-export function parseService(raw: unknown): ServiceObject {
+/**
+ * Parses a v1 Service. Throws ConfigError naming the field on any invalid value; an external or
+ * load-balancer address in a special range is dropped and reported through `warn` instead. The
+ * node port range is not checked here: the API server allocated what it holds, and manifests
+ * are held to the node's --nodeport-range by the model (src/model/build.ts).
+ */
+export function parseService(raw: unknown, warn: WarningSink = ignoreWarning): ServiceObject {
   const r: FieldReader = new FieldReader('Service');
   const obj = root(r, raw);
   checkType(r, obj, 'v1', 'Service');
   const meta = readMeta(r, obj, 'Service', 'dns1035-label');
+  const subject = `Service ${meta.namespace}/${meta.name}`;
   const spec = r.dict(obj.spec, 'spec') ?? {};
 
   const type = r.enumValue(spec.type, 'spec.type', SERVICE_TYPES, 'ClusterIP', 'a Service type');
@@ -376,11 +407,12 @@ export function parseService(raw: unknown): ServiceObject {
     name: meta.name,
     labels: meta.labels,
     annotations: meta.annotations,
+    creationTimestamp: meta.creationTimestamp,
     type,
     clusterIP,
     ports,
-    externalIPs: readIPv4List(r, spec.externalIPs, 'spec.externalIPs', 'list the addresses this Service should also answer on, e.g. 192.0.2.10'),
-    loadBalancerIPs: readLoadBalancerIPs(r, obj),
+    externalIPs: readIPv4List(r, spec.externalIPs, 'spec.externalIPs', 'list the addresses this Service should also answer on, e.g. 192.0.2.10', subject, warn),
+    loadBalancerIPs: readLoadBalancerIPs(r, obj, subject, warn),
     loadBalancerSourceRanges: readSourceRanges(r, spec),
     affinityTimeoutSeconds,
     externalTrafficPolicy: r.enumValue(spec.externalTrafficPolicy, 'spec.externalTrafficPolicy', TRAFFIC_POLICIES, 'Cluster', 'a traffic policy'),
@@ -428,6 +460,8 @@ function readSliceEndpoint(r: FieldReader, value: unknown, path: string, address
   addresses.forEach((a, j) => {
     const valid = addressType === 'IPv4' ? isIPv4(a) : addressType === 'IPv6' ? isIPv6(a) : a !== '';
     if (!valid) r.fail(`${path}.addresses[${j}]`, `${show(a)} is not an ${addressType} address`);
+    const special = addressType === 'IPv4' ? specialIpv4(a) : null;
+    if (special !== null) r.fail(`${path}.addresses[${j}]`, `${show(a)} is ${special} and cannot be an endpoint`);
   });
   const conditions = r.dict(e.conditions, `${path}.conditions`);
   const hints = r.dict(e.hints, `${path}.hints`);
@@ -516,6 +550,8 @@ function readLegacyAddresses(
       if (ip === undefined || ip === '') reader.fail(`${apath}.ip`, 'is missing');
       if (isIPv6(ip)) return; // IPv4-only: skipped, not wrong.
       if (!isIPv4(ip)) reader.fail(`${apath}.ip`, `${show(ip)} is not an IPv4 address`);
+      const special = specialIpv4(ip);
+      if (special !== null) reader.fail(`${apath}.ip`, `${show(ip)} is ${special} and cannot be an endpoint`);
       out.push({
         addresses: [ip],
         // What the EndpointSlice mirroring controller writes: notReadyAddresses are neither
@@ -722,7 +758,7 @@ function parseInto(
   try {
     let items: ParsedItem[];
     if (kind === 'Service') {
-      items = [{ kind: 'Service', object: parseService(typed) }];
+      items = [{ kind: 'Service', object: parseService(typed, warn) }];
     } else if (kind === 'EndpointSlice') {
       items = [{ kind: 'EndpointSlice', object: parseEndpointSlice(typed, warn) }];
     } else {

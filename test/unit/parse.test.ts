@@ -46,6 +46,7 @@ describe('parseService', () => {
       name: 'web',
       labels: {},
       annotations: {},
+      creationTimestamp: null,
       type: 'ClusterIP',
       clusterIP: '10.0.0.10',
       ports: [{ name: '', protocol: 'TCP', port: 80, targetPort: 80, nodePort: 0 }],
@@ -134,7 +135,9 @@ describe('parseService', () => {
     ['clusterIPs disagree', service({ clusterIPs: ['10.0.0.11'] }), 'spec.clusterIPs[0] "10.0.0.11" differs from spec.clusterIP "10.0.0.10"'],
     ['bad protocol', service({ ports: [{ port: 80, protocol: 'HTTP' }] }), 'Service default/web: spec.ports[0].protocol "HTTP" is not supported; use TCP, UDP or SCTP'],
     ['nodePort out of range', service({ type: 'NodePort', ports: [{ port: 80, nodePort: 70000 }] }), 'Service default/web: spec.ports[0].nodePort 70000 is out of range 1-65535'],
-    ['nodePort outside the node port range', service({ type: 'NodePort', ports: [{ port: 80, nodePort: 8080 }] }), 'Service default/web: spec.ports[0].nodePort 8080 is outside the node port range 30000-32767 (kube-apiserver\'s default --service-node-port-range); pick a port in it or leave it out'],
+    ['a cluster IP of 0.0.0.0', service({ clusterIP: '0.0.0.0' }), 'Service default/web: spec.clusterIP "0.0.0.0" is in 0.0.0.0/8 ("this network"; 0.0.0.0 means every local address); a cluster IP must come from the service CIDR'],
+    ['a loopback cluster IP', service({ clusterIP: '127.0.0.1' }), 'Service default/web: spec.clusterIP "127.0.0.1" is in the loopback range 127.0.0.0/8'],
+    ['a bad creation time', service({}, { creationTimestamp: 'yesterday' }), 'Service default/web: metadata.creationTimestamp "yesterday" is not an RFC 3339 time'],
     ['nodePort on ClusterIP', service({ ports: [{ port: 80, nodePort: 30080 }] }), 'spec.ports[0].nodePort may only be set when spec.type is NodePort or LoadBalancer (it is ClusterIP)'],
     ['unknown type', service({ type: 'Magic' }), 'Service default/web: spec.type "Magic" is not a Service type; use ClusterIP, NodePort, LoadBalancer or ExternalName'],
     ['bad source range', service({ loadBalancerSourceRanges: ['10.0.0.0/33'] }), 'Service default/web: spec.loadBalancerSourceRanges[0] "10.0.0.0/33" is not a CIDR; write it as address/prefix, e.g. 203.0.113.0/24'],
@@ -159,9 +162,53 @@ describe('parseService', () => {
     const err = errorOf(() => parseService(raw));
     expect(err.message).toContain(message);
   });
+
+  it('accepts any node port the API server allocated (the node\'s --nodeport-range applies later, to manifests)', () => {
+    expect(parseService(service({ type: 'NodePort', ports: [{ port: 80, nodePort: 40000 }] })).ports[0]?.nodePort).toBe(40000);
+  });
+
+  it('reads the creation time, which decides frontend ownership', () => {
+    expect(parseService(service({}, { creationTimestamp: '2026-11-30T01:02:03Z' })).creationTimestamp).toBe(Date.UTC(2026, 10, 30, 1, 2, 3));
+    // As the client library hands it over from the API: a Date.
+    expect(parseService(service({}, { creationTimestamp: new Date(Date.UTC(2026, 10, 30)) })).creationTimestamp).toBe(Date.UTC(2026, 10, 30));
+  });
+
+  it('drops special external and load-balancer addresses with one line each, keeping the rest of the Service', () => {
+    const warnings: string[] = [];
+    const svc = parseService(
+      {
+        ...service({ type: 'LoadBalancer', externalIPs: ['0.0.0.0', '169.254.169.254', '192.0.2.10', '255.255.255.255'] }),
+        status: { loadBalancer: { ingress: [{ ip: '224.0.0.1' }, { ip: '127.0.0.53' }, { ip: '203.0.113.7' }] } },
+      },
+      (m) => warnings.push(m),
+    );
+    expect(svc.externalIPs).toEqual(['192.0.2.10']);
+    expect(svc.loadBalancerIPs).toEqual(['203.0.113.7']);
+    expect(svc.clusterIP).toBe('10.0.0.10');
+    expect(warnings).toEqual([
+      'Service default/web: spec.externalIPs[0] "0.0.0.0" is in 0.0.0.0/8 ("this network"; 0.0.0.0 means every local address) and cannot be a Service address; address ignored',
+      'Service default/web: spec.externalIPs[1] "169.254.169.254" is in the link-local range 169.254.0.0/16 (cloud metadata services live there) and cannot be a Service address; address ignored',
+      'Service default/web: spec.externalIPs[3] "255.255.255.255" is the broadcast address and cannot be a Service address; address ignored',
+      'Service default/web: status.loadBalancer.ingress[0].ip "224.0.0.1" is in the multicast range 224.0.0.0/4 and cannot be a Service address; address ignored',
+      'Service default/web: status.loadBalancer.ingress[1].ip "127.0.0.53" is in the loopback range 127.0.0.0/8 and cannot be a Service address; address ignored',
+    ]);
+    for (const w of warnings) expect(w).not.toContain('\n');
+  });
 });
 
 describe('parseEndpointSlice', () => {
+  it('drops endpoints at special addresses (loopback, link-local, 0.0.0.0/8, multicast, broadcast) with a line each', () => {
+    const warnings: string[] = [];
+    const bad = ['127.0.0.1', '169.254.169.254', '0.0.0.0', '239.1.1.1', '255.255.255.255'];
+    const s = parseEndpointSlice(
+      slice({ endpoints: [...bad, '10.244.0.9'].map((ip) => ({ addresses: [ip], conditions: { ready: true } })) }),
+      (m) => warnings.push(m),
+    );
+    expect(s.endpoints.map((e) => e.addresses[0])).toEqual(['10.244.0.9']);
+    expect(warnings).toHaveLength(bad.length);
+    expect(warnings[0]).toBe('EndpointSlice default/web-abc: endpoints[0].addresses[0] "127.0.0.1" is in the loopback range 127.0.0.0/8 and cannot be an endpoint; endpoint dropped');
+  });
+
   it('reads conditions, topology and the service name', () => {
     const s = parseEndpointSlice(
       slice({
