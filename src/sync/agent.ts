@@ -221,12 +221,15 @@ export class Agent {
       const desired = this.desiredAfter(changes.affectedServices);
       this.rebuildAll = false;
       state = desired.state;
-      const result = await this.opts.dataplane.sync(state, full, desired.changed);
-      result.failed.push(...desired.failed);
+      // Re-read what is installed only on start and after a failure; a periodic full sync
+      // compares everything against what this agent wrote.
+      const result = await this.opts.dataplane.sync(state, full, desired.changed, this.needFull);
       this.lastState = state;
+      // Entries the dataplane refused (a full map) may fit later: they are retried by a full
+      // sync soon, not only on the next change. A Service whose build failed is rebuilt on
+      // every sync anyway: no map re-read for it.
       this.needFull = result.failed.length > 0;
-      // Services left unprogrammed (a full map) are retried by a full sync soon, not only on
-      // the next change.
+      result.failed.push(...desired.failed);
       if (this.needFull) this.runner.retryAfter(Math.min(this.opts.syncPeriodMs, Math.max(this.opts.minSyncPeriodMs, PARTIAL_FAILURE_RETRY_MS)));
       if (full) this.lastFullAt = start;
       const durationMs = this.clock.now() - start;

@@ -358,8 +358,8 @@ export class BpfDataplane implements Dataplane {
     for (const id of slots) this.refs.set(id, (this.refs.get(id) ?? 0) + delta);
   }
 
-  async sync(state: DesiredState, full: boolean, changed: ReadonlySet<string> | null = null): Promise<SyncResult> {
-    if (full || !this.restored) this.restore();
+  async sync(state: DesiredState, full: boolean, changed: ReadonlySet<string> | null = null, reread = full): Promise<SyncResult> {
+    if (reread || !this.restored) this.restore();
     // A partial sync looks only at the Services named; the others are as last synced.
     const scope = full ? null : changed;
     const inScope = (serviceKey: string): boolean => scope === null || scope.has(serviceOfKey(serviceKey));

@@ -26,9 +26,11 @@ export interface Dataplane {
    * start, a failure, or periodically) instead of trusting what was last written. `changed`
    * names the Services (`namespace/name`) whose entries may differ from the last sync; the
    * others are as last synced, and a dataplane may skip them (kube-proxy's partial syncs).
-   * null: any may have changed.
+   * null: any may have changed. `reread` (default: `full`) asks a dataplane that can trust what
+   * it wrote (BPF maps) to re-read the kernel's state first: the agent asks on start and after a
+   * failure only, so the periodic full sync costs no map walk.
    */
-  sync(state: DesiredState, full: boolean, changed?: ReadonlySet<string> | null): Promise<SyncResult>;
+  sync(state: DesiredState, full: boolean, changed?: ReadonlySet<string> | null, reread?: boolean): Promise<SyncResult>;
   /** Releases handles; installed state stays so traffic keeps flowing. */
   close(): Promise<void>;
 }
