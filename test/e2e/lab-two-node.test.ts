@@ -15,6 +15,7 @@ import {
   ensureBuilt,
   forceCleanLab,
   labDown,
+  labCgroupDirOf,
   labExec,
   labLeftovers,
   labStatus,
@@ -149,6 +150,7 @@ describe('vipr lab --nodes 2 (no agent)', () => {
         pinDir: `/sys/fs/bpf/vipr-${lab}-node1`,
         agentIfaces: ['eth0', 'eth1', 'vbe1', 'vbe2'],
         agentLog: `/run/vipr/lab/${lab}/agent-node1.log`,
+        cgroup: `${labCgroupDirOf(lab)}/node1`,
         agent: 'disabled',
         agentPid: null,
       },
@@ -161,6 +163,7 @@ describe('vipr lab --nodes 2 (no agent)', () => {
         pinDir: `/sys/fs/bpf/vipr-${lab}-node2`,
         agentIfaces: ['eth0', 'vbe3', 'vbe4'],
         agentLog: `/run/vipr/lab/${lab}/agent-node2.log`,
+        cgroup: `${labCgroupDirOf(lab)}/node2`,
         agent: 'disabled',
         agentPid: null,
       },
@@ -306,11 +309,13 @@ process.on('SIGTERM', () => { clearInterval(keep); process.exit(0); });
     const manifests = `/run/vipr/lab/${lab}/manifests`;
     expect(node1.argv).toEqual([
       'run', '--manifests', manifests, '--iface', 'eth0', '--iface', 'eth1', '--iface', 'vbe1',
-      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node1`, '--node-name', 'node1', '--cluster-cidr', '10.244.0.0/16', '--node-ip', '192.168.60.11', '--xdp', 'eth0', '--log-level', 'info',
+      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node1`, '--node-name', 'node1', '--cluster-cidr', '10.244.0.0/16', '--node-ip', '192.168.60.11', '--xdp', 'eth0',
+      '--cgroup-root', `${labCgroupDirOf(lab)}/node1`, '--log-level', 'info',
     ]);
     expect(node2.argv).toEqual([
       'run', '--manifests', manifests, '--iface', 'eth0', '--iface', 'vbe2',
-      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node2`, '--node-name', 'node2', '--cluster-cidr', '10.244.0.0/16', '--node-ip', '192.168.60.12', '--xdp', 'eth0', '--log-level', 'info',
+      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node2`, '--node-name', 'node2', '--cluster-cidr', '10.244.0.0/16', '--node-ip', '192.168.60.12', '--xdp', 'eth0',
+      '--cgroup-root', `${labCgroupDirOf(lab)}/node2`, '--log-level', 'info',
     ]);
     expect(node1.netns).toBe(`net:[${statSync(`/run/netns/${lab}-node1`).ino}]`);
     expect(node2.netns).toBe(`net:[${statSync(`/run/netns/${lab}-node2`).ino}]`);

@@ -13,6 +13,7 @@ import {
   FAKE_AGENT,
   forceCleanLab,
   labDown,
+  labCgroupDirOf,
   labExec,
   labLeftovers,
   labNamespaces,
@@ -112,6 +113,7 @@ describe('vipr lab (no agent)', () => {
         pinDir: `/sys/fs/bpf/vipr-${lab}`,
         agentIfaces: ['eth0', 'vbe1', 'vbe2', 'vbe3'],
         agentLog: `/run/vipr/lab/${lab}/agent.log`,
+        cgroup: `${labCgroupDirOf(lab)}/node`,
         agent: 'disabled',
         agentPid: null,
       },
@@ -272,6 +274,7 @@ describe('vipr lab with a stand-in agent', () => {
       '--iface', 'vbe2',
       '--pin-dir', `/sys/fs/bpf/vipr-${lab}`,
       '--node-name', 'node', '--cluster-cidr', '10.244.0.0/16',
+      '--cgroup-root', `${labCgroupDirOf(lab)}/node`,
       '--log-level', 'info',
     ]);
     expect(seen.netns).toBe(`net:[${statSync(`/run/netns/${lab}-node`).ino}]`);

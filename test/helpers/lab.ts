@@ -145,6 +145,8 @@ export interface LabNodeStatusJson {
   pinDir: string;
   agentIfaces: string[];
   agentLog: string;
+  /** The node's cgroup v2 directory (its hosts' processes; the agent's --cgroup-root). */
+  cgroup?: string;
   agent: string;
   agentPid: number | null;
 }
