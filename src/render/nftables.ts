@@ -1,18 +1,20 @@
 /*
- * kube-proxy's nftables mode, rendered as one `nft -f` transaction for `table ip kube-proxy`
- * following pkg/proxy/nftables/proxier.go (setupNFTables + syncProxyRules, as of Kubernetes
- * v1.34: base chains filter-prerouting-pre-dnat / filter-output-pre-dnat at -110, filter
- * chains at 0).
+ * kube-proxy's nftables mode for `table ip kube-proxy`, following pkg/proxy/nftables/proxier.go
+ * (setupNFTables + syncProxyRules, as of Kubernetes v1.34: base chains
+ * filter-prerouting-pre-dnat / filter-output-pre-dnat at -110, filter chains at 0).
  *
- * kube-proxy keeps the table and patches it; we always write the whole table. The text begins
- * with `add table` + `delete table` (the add makes the delete valid when the table does not
- * exist yet) and then re-adds everything, so one `nft -f` atomically replaces the table.
+ * One model, two printers. buildNftTable turns the desired state into commands: the fixed setup
+ * part and, per ServicePort, its chains, dispatch elements, affinity sets and rules. Printed by
+ * printNftReplace it is one transaction that replaces the whole table (`vipr render`, the golden
+ * tests: it begins with `add table` + `delete table`, the add making the delete valid when the
+ * table does not exist yet). The agent's dataplane prints the same commands incrementally
+ * (nftables-transaction.ts): only changed ServicePorts' chains, elements by difference.
  */
-import type { DesiredState, Endpoint } from '../model/types.js';
+import type { DesiredState, Endpoint, ServiceEntry } from '../model/types.js';
 import { nftEndpointChainNameBase, nftServicePortChainNameBase } from './hash.js';
 import { isLoopback } from '../model/ipv4.js';
 import { resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
-import { endpointString, policyRouting, servicePortFacts, sourceRangesAllowNode, type ServicePortFacts } from './service-port.js';
+import { endpointString, policyRouting, servicePortFacts, sourceRangesAllowNode } from './service-port.js';
 
 export const NFT_TABLE = 'kube-proxy';
 const FAMILY = 'ip';
@@ -68,47 +70,144 @@ const JUMP_CHAINS: Array<[string, string, string]> = [
   [CLUSTER_IPS_CHECK, 'filter-output', 'ct state new'],
 ];
 
-class Transaction {
-  readonly lines: string[] = [];
-  line(text: string): void {
-    this.lines.push(text);
-  }
+/** A base chain's hook, as `add chain` declares it. */
+export interface NftHook {
+  type: 'filter' | 'nat';
+  hook: string;
+  priority: number;
+}
+
+/**
+ * One command of the model. Printed, each is one `add` line of an `nft -f` transaction; the
+ * incremental printer (nftables-transaction.ts) adds the flushes and deletes around them.
+ */
+export type NftCommand =
+  | { kind: 'table'; comment: string }
+  | { kind: 'chain'; name: string; comment?: string; hook?: NftHook }
+  | { kind: 'rule'; chain: string; rule: string; comment?: string }
+  | { kind: 'set'; name: string; map: boolean; spec: string }
+  | { kind: 'element'; container: string; key: string; value?: string; comment?: string };
+
+export type NftElement = Extract<NftCommand, { kind: 'element' }>;
+export type NftSetDeclaration = Extract<NftCommand, { kind: 'set' }>;
+export type NftRule = Extract<NftCommand, { kind: 'rule' }>;
+
+/** Everything one ServicePort puts in the table: its chains, affinity sets, rules, and elements. */
+export interface NftServicePort {
+  /** ServicePortName.String(). */
+  key: string;
+  /** `namespace/name`: what the change trackers name. */
+  serviceName: string;
+  /** Chains declared, endpoint chains first (nft resolves jump targets as it reads). */
+  chains: string[];
+  /** Elements of the shared dispatch sets and maps (cluster-ips, service-ips, ...). */
+  elements: NftElement[];
+  /** Per-endpoint affinity sets (ClientIP affinity only). */
+  sets: NftSetDeclaration[];
+  /** Rules of the chains above, in order. */
+  rules: NftRule[];
+}
+
+/** The whole `table ip kube-proxy`: the fixed part (setupNFTables) and one part per ServicePort. */
+export interface NftTable {
+  setup: NftCommand[];
+  servicePorts: NftServicePort[];
+}
+
+/** The sets and maps every ServicePort adds elements to: kube-proxy rebuilds them on a full sync. */
+export const NFT_SERVICE_CONTAINERS: ReadonlyArray<{ name: string; map: boolean }> = [
+  { name: CLUSTER_IPS, map: false },
+  { name: SERVICE_IPS, map: true },
+  { name: SERVICE_NODEPORTS, map: true },
+  { name: NO_ENDPOINT_SERVICES, map: true },
+  { name: NO_ENDPOINT_NODEPORTS, map: true },
+  { name: FIREWALL_IPS, map: true },
+];
+
+/** The set of node addresses NodePorts listen on, written by the setup part. */
+export const NFT_NODEPORT_IPS = NODEPORT_IPS;
+
+/** Collects commands in the order they are declared. */
+class Commands {
+  readonly list: NftCommand[] = [];
   chain(name: string, comment?: string): void {
-    this.line(`add chain ${T} ${name}${comment === undefined ? '' : ` { comment ${q(comment)} ; }`}`);
+    this.list.push(comment === undefined ? { kind: 'chain', name } : { kind: 'chain', name, comment });
   }
   rule(chain: string, rule: string, comment?: string): void {
-    this.line(`add rule ${T} ${chain} ${rule}${comment === undefined ? '' : ` comment ${q(comment)}`}`);
+    this.list.push(comment === undefined ? { kind: 'rule', chain, rule } : { kind: 'rule', chain, rule, comment });
+  }
+  set(name: string, spec: string, map = false): void {
+    this.list.push({ kind: 'set', name, map, spec });
   }
   element(container: string, key: string, value?: string, comment?: string): void {
-    const c = comment === undefined ? '' : ` comment ${q(comment)}`;
-    this.line(`add element ${T} ${container} { ${key}${c}${value === undefined ? '' : ` : ${value}`} }`);
+    const e: NftElement = { kind: 'element', container, key };
+    if (value !== undefined) e.value = value;
+    if (comment !== undefined) e.comment = comment;
+    this.list.push(e);
   }
 }
 
 const q = (text: string): string => `"${text}"`;
 
-export function renderNftables(state: DesiredState, options: RenderOptions): string {
-  const opts = resolveOptions(options);
-  const tx = new Transaction();
-  tx.line(`add table ${T}`);
-  tx.line(`delete table ${T}`);
-  setupTable(tx, opts);
-  for (const entry of state.services) {
-    const facts = servicePortFacts(entry);
-    tx.line('');
-    tx.line(`# ${facts.name}`);
-    writeServicePort(tx, facts, opts);
+/** The `nft -f` line adding what `cmd` describes. */
+export function nftAddLine(cmd: NftCommand): string {
+  switch (cmd.kind) {
+    case 'table':
+      return `add table ${T} { comment ${q(cmd.comment)} ; }`;
+    case 'chain':
+      if (cmd.hook !== undefined) {
+        return `add chain ${T} ${cmd.name} { type ${cmd.hook.type} hook ${cmd.hook.hook} priority ${cmd.hook.priority} ; }`;
+      }
+      return `add chain ${T} ${cmd.name}${cmd.comment === undefined ? '' : ` { comment ${q(cmd.comment)} ; }`}`;
+    case 'rule':
+      return `add rule ${T} ${cmd.chain} ${cmd.rule}${cmd.comment === undefined ? '' : ` comment ${q(cmd.comment)}`}`;
+    case 'set':
+      return `add ${cmd.map ? 'map' : 'set'} ${T} ${cmd.name} { ${cmd.spec} }`;
+    case 'element': {
+      const c = cmd.comment === undefined ? '' : ` comment ${q(cmd.comment)}`;
+      return `add element ${T} ${cmd.container} { ${cmd.key}${c}${cmd.value === undefined ? '' : ` : ${cmd.value}`} }`;
+    }
   }
-  return `${tx.lines.join('\n')}\n`;
 }
 
-function setupTable(tx: Transaction, opts: ResolvedOptions): void {
+/** The ServicePort's commands in the order the full text declares them. */
+export function servicePortCommands(sp: NftServicePort): NftCommand[] {
+  return [...sp.chains.map((name): NftCommand => ({ kind: 'chain', name })), ...sp.elements, ...sp.sets, ...sp.rules];
+}
+
+/** The model of the whole table for `state`. */
+export function buildNftTable(state: DesiredState, options: RenderOptions): NftTable {
+  const opts = resolveOptions(options);
+  return { setup: nftSetup(opts), servicePorts: state.services.map((e) => nftServicePort(e, opts)) };
+}
+
+/**
+ * The whole table as one transaction that replaces it: `add table` + `delete table` (the add
+ * makes the delete valid when the table does not exist yet), then everything re-added. This is
+ * what `vipr render` prints and the golden tests compare with kube-proxy's outputs.
+ */
+export function printNftReplace(table: NftTable): string {
+  const lines = [`add table ${T}`, `delete table ${T}`, ...table.setup.map(nftAddLine)];
+  for (const sp of table.servicePorts) {
+    lines.push('', `# ${sp.key}`);
+    for (const cmd of servicePortCommands(sp)) lines.push(nftAddLine(cmd));
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export function renderNftables(state: DesiredState, options: RenderOptions): string {
+  return printNftReplace(buildNftTable(state, options));
+}
+
+/** kube-proxy's setupNFTables: the base chains, the jumps into ours, the dispatch sets and maps. */
+export function nftSetup(opts: ResolvedOptions): NftCommand[] {
+  const tx = new Commands();
   const mark = opts.masqueradeMark;
   const noLocalhost = 'ip daddr != 127.0.0.0/8';
-  tx.line(`add table ${T} { comment ${q('rules for kube-proxy')} ; }`);
+  tx.list.push({ kind: 'table', comment: 'rules for kube-proxy' });
 
   for (const bc of BASE_CHAINS) {
-    tx.line(`add chain ${T} ${bc.name} { type ${bc.type} hook ${bc.hook} priority ${bc.priority} ; }`);
+    tx.list.push({ kind: 'chain', name: bc.name, hook: { type: bc.type, hook: bc.hook, priority: bc.priority } });
   }
   const created = new Set<string>();
   const ensureChain = (name: string): void => {
@@ -127,24 +226,20 @@ function setupTable(tx: Transaction, opts: ResolvedOptions): void {
   tx.rule(MASQUERADING, `mark set mark xor ${mark}`);
   tx.rule(MASQUERADING, 'masquerade fully-random');
 
-  tx.line(`add set ${T} ${CLUSTER_IPS} { type ipv4_addr ; comment ${q('Active ClusterIPs')} ; }`);
+  tx.set(CLUSTER_IPS, `type ipv4_addr ; comment ${q('Active ClusterIPs')} ;`);
   tx.rule(CLUSTER_IPS_CHECK, `ip daddr @${CLUSTER_IPS} reject`, 'Reject traffic to invalid ports of ClusterIPs');
   if (opts.serviceCIDRs.length > 0) {
     tx.rule(CLUSTER_IPS_CHECK, `ip daddr { ${opts.serviceCIDRs.join(',')} } drop`, 'Drop traffic to unallocated ClusterIPs');
   }
 
   if (!opts.nodePortAddressesMatchAll) {
-    tx.line(`add set ${T} ${NODEPORT_IPS} { type ipv4_addr ; comment ${q('IPs that accept NodePort traffic')} ; }`);
+    tx.set(NODEPORT_IPS, `type ipv4_addr ; comment ${q('IPs that accept NodePort traffic')} ;`);
     // Localhost NodePorts are not supported in nftables mode.
     for (const ip of opts.nodePortIPs) if (!isLoopback(ip)) tx.element(NODEPORT_IPS, ip);
   }
 
-  tx.line(
-    `add map ${T} ${NO_ENDPOINT_SERVICES} { type ipv4_addr . inet_proto . inet_service : verdict ; comment ${q('vmap to drop or reject packets to services with no endpoints')} ; }`,
-  );
-  tx.line(
-    `add map ${T} ${NO_ENDPOINT_NODEPORTS} { type inet_proto . inet_service : verdict ; comment ${q('vmap to drop or reject packets to service nodeports with no endpoints')} ; }`,
-  );
+  tx.set(NO_ENDPOINT_SERVICES, `type ipv4_addr . inet_proto . inet_service : verdict ; comment ${q('vmap to drop or reject packets to services with no endpoints')} ;`, true);
+  tx.set(NO_ENDPOINT_NODEPORTS, `type inet_proto . inet_service : verdict ; comment ${q('vmap to drop or reject packets to service nodeports with no endpoints')} ;`, true);
   tx.chain(REJECT_CHAIN, 'helper for @no-endpoint-services / @no-endpoint-nodeports');
   tx.rule(REJECT_CHAIN, 'reject');
   tx.rule(SERVICE_ENDPOINTS_CHECK, `ip daddr . meta l4proto . th dport vmap @${NO_ENDPOINT_SERVICES}`);
@@ -155,16 +250,12 @@ function setupTable(tx: Transaction, opts: ResolvedOptions): void {
       : `ip daddr @${NODEPORT_IPS} meta l4proto . th dport vmap @${NO_ENDPOINT_NODEPORTS}`,
   );
 
-  tx.line(
-    `add map ${T} ${FIREWALL_IPS} { type ipv4_addr . inet_proto . inet_service : verdict ; comment ${q('destinations that are subject to LoadBalancerSourceRanges')} ; }`,
-  );
+  tx.set(FIREWALL_IPS, `type ipv4_addr . inet_proto . inet_service : verdict ; comment ${q('destinations that are subject to LoadBalancerSourceRanges')} ;`, true);
   ensureChain(FIREWALL_CHECK);
   tx.rule(FIREWALL_CHECK, `ip daddr . meta l4proto . th dport vmap @${FIREWALL_IPS}`);
 
-  tx.line(
-    `add map ${T} ${SERVICE_IPS} { type ipv4_addr . inet_proto . inet_service : verdict ; comment ${q('ClusterIP, ExternalIP and LoadBalancer IP traffic')} ; }`,
-  );
-  tx.line(`add map ${T} ${SERVICE_NODEPORTS} { type inet_proto . inet_service : verdict ; comment ${q('NodePort traffic')} ; }`);
+  tx.set(SERVICE_IPS, `type ipv4_addr . inet_proto . inet_service : verdict ; comment ${q('ClusterIP, ExternalIP and LoadBalancer IP traffic')} ;`, true);
+  tx.set(SERVICE_NODEPORTS, `type inet_proto . inet_service : verdict ; comment ${q('NodePort traffic')} ;`, true);
   tx.rule(SERVICES, `ip daddr . meta l4proto . th dport vmap @${SERVICE_IPS}`);
   tx.rule(
     SERVICES,
@@ -172,10 +263,17 @@ function setupTable(tx: Transaction, opts: ResolvedOptions): void {
       ? `fib daddr type local ${noLocalhost} meta l4proto . th dport vmap @${SERVICE_NODEPORTS}`
       : `ip daddr @${NODEPORT_IPS} meta l4proto . th dport vmap @${SERVICE_NODEPORTS}`,
   );
+  return tx.list;
 }
 
-function writeServicePort(tx: Transaction, facts: ServicePortFacts, opts: ResolvedOptions): void {
-  const { entry, name, protocol } = facts;
+/** One ServicePort's part of the table (the per-service loop of kube-proxy's syncProxyRules). */
+export function nftServicePort(entry: ServiceEntry, opts: ResolvedOptions): NftServicePort {
+  const facts = servicePortFacts(entry);
+  const { name, protocol } = facts;
+  const chains: string[] = [];
+  const dispatch = new Commands();
+  const affinitySets = new Commands();
+  const tx = new Commands();
   const svc = entry.service;
   const { clusterEndpoints, localEndpoints, allReachableEndpoints, hasAnyEndpoints: hasEndpoints } = entry.selection;
   const base = nftServicePortChainNameBase(svc.id, protocol);
@@ -204,43 +302,41 @@ function writeServicePort(tx: Transaction, facts: ServicePortFacts, opts: Resolv
   const port = svc.port;
 
   // Chains first: nft resolves jump/goto targets and map verdicts as it reads.
-  for (const ep of allReachableEndpoints) tx.chain(epChain(ep));
-  if (usesClusterPolicyChain) tx.chain(clusterPolicyChain);
-  if (usesLocalPolicyChain) tx.chain(localPolicyChain);
-  if (usesExternalTrafficChain) tx.chain(externalTrafficChain);
-  if (usesFWChain) tx.chain(fwChain);
+  for (const ep of allReachableEndpoints) chains.push(epChain(ep));
+  if (usesClusterPolicyChain) chains.push(clusterPolicyChain);
+  if (usesLocalPolicyChain) chains.push(localPolicyChain);
+  if (usesExternalTrafficChain) chains.push(externalTrafficChain);
+  if (usesFWChain) chains.push(fwChain);
 
   // Dispatch elements.
-  tx.element(CLUSTER_IPS, svc.clusterIP);
+  dispatch.element(CLUSTER_IPS, svc.clusterIP);
   if (hasInternalEndpoints) {
-    tx.element(SERVICE_IPS, `${svc.clusterIP} . ${protocol} . ${port}`, `goto ${internalTrafficChain}`);
+    dispatch.element(SERVICE_IPS, `${svc.clusterIP} . ${protocol} . ${port}`, `goto ${internalTrafficChain}`);
   } else {
-    tx.element(NO_ENDPOINT_SERVICES, `${svc.clusterIP} . ${protocol} . ${port}`, internalVerdict, name);
+    dispatch.element(NO_ENDPOINT_SERVICES, `${svc.clusterIP} . ${protocol} . ${port}`, internalVerdict, name);
   }
   for (const ip of svc.externalIPs) {
-    if (hasEndpoints) tx.element(SERVICE_IPS, `${ip} . ${protocol} . ${port}`, `goto ${externalTrafficChain}`);
-    if (!hasExternalEndpoints) tx.element(NO_ENDPOINT_SERVICES, `${ip} . ${protocol} . ${port}`, externalVerdict, name);
+    if (hasEndpoints) dispatch.element(SERVICE_IPS, `${ip} . ${protocol} . ${port}`, `goto ${externalTrafficChain}`);
+    if (!hasExternalEndpoints) dispatch.element(NO_ENDPOINT_SERVICES, `${ip} . ${protocol} . ${port}`, externalVerdict, name);
   }
   for (const lbip of svc.loadBalancerIPs) {
-    if (hasEndpoints) tx.element(SERVICE_IPS, `${lbip} . ${protocol} . ${port}`, `goto ${externalTrafficChain}`);
-    if (usesFWChain) tx.element(FIREWALL_IPS, `${lbip} . ${protocol} . ${port}`, `goto ${fwChain}`);
+    if (hasEndpoints) dispatch.element(SERVICE_IPS, `${lbip} . ${protocol} . ${port}`, `goto ${externalTrafficChain}`);
+    if (usesFWChain) dispatch.element(FIREWALL_IPS, `${lbip} . ${protocol} . ${port}`, `goto ${fwChain}`);
   }
   if (!hasExternalEndpoints) {
     for (const lbip of svc.loadBalancerIPs) {
-      tx.element(NO_ENDPOINT_SERVICES, `${lbip} . ${protocol} . ${port}`, externalVerdict, name);
+      dispatch.element(NO_ENDPOINT_SERVICES, `${lbip} . ${protocol} . ${port}`, externalVerdict, name);
     }
   }
   if (svc.nodePort !== 0) {
-    if (hasEndpoints) tx.element(SERVICE_NODEPORTS, `${protocol} . ${svc.nodePort}`, `goto ${externalTrafficChain}`);
-    if (!hasExternalEndpoints) tx.element(NO_ENDPOINT_NODEPORTS, `${protocol} . ${svc.nodePort}`, externalVerdict, name);
+    if (hasEndpoints) dispatch.element(SERVICE_NODEPORTS, `${protocol} . ${svc.nodePort}`, `goto ${externalTrafficChain}`);
+    if (!hasExternalEndpoints) dispatch.element(NO_ENDPOINT_NODEPORTS, `${protocol} . ${svc.nodePort}`, externalVerdict, name);
   }
 
   // Affinity sets: one per endpoint, remembering client IPs for the affinity timeout.
   if (facts.affinity) {
     for (const ep of allReachableEndpoints) {
-      tx.line(
-        `add set ${T} ${affinitySet(ep)} { type ipv4_addr ; flags dynamic,timeout ; timeout ${svc.affinityTimeoutSeconds}s ; }`,
-      );
+      affinitySets.set(affinitySet(ep), `type ipv4_addr ; flags dynamic,timeout ; timeout ${svc.affinityTimeoutSeconds}s ;`);
     }
   }
 
@@ -288,4 +384,12 @@ function writeServicePort(tx: Transaction, facts: ServicePortFacts, opts: Resolv
     if (sourceRangesAllowNode(facts, opts.primaryNodeIP)) sources.push(...svc.loadBalancerIPs);
     tx.rule(fwChain, `ip saddr != { ${sources.join(' , ')} } drop`);
   }
+  return {
+    key: name,
+    serviceName: facts.serviceName,
+    chains,
+    elements: dispatch.list as NftElement[],
+    sets: affinitySets.list as NftSetDeclaration[],
+    rules: tx.list as NftRule[],
+  };
 }
