@@ -3,6 +3,8 @@ import { hostname } from 'node:os';
 import type { Server } from 'node:http';
 import type { ParseArgsConfig } from 'node:util';
 import { LoadedDatapath, attachInterface, attachXdp, forgetInterface, requireRoot, type AttachMode } from '../bpf/datapath.js';
+import { SocketLb, decideSocketLb, describeSocketLb, detachSocketLb, parseSocketLbChoice, socketLbStatus, type SocketLbDecision } from '../bpf/socket-lb.js';
+import { cidrContains, parseIpv4Cidr } from '../model/ipv4.js';
 import { listLinks, parseIfaceSpec, watchLinks } from '../bpf/interfaces.js';
 import { ifNameToIndex } from '../bpf/libbpf.js';
 import { ServiceHealthServers } from '../sync/service-health.js';
@@ -19,7 +21,7 @@ import { ManifestSource } from '../sources/manifest.js';
 import { KubeSource } from '../sources/kube.js';
 import { loadKubeConfig, type LoadedKubeConfig } from '../sources/kubeconfig.js';
 import type { NodeInfo } from '../model/types.js';
-import { ConfigError } from '../errors.js';
+import { BpfError, ConfigError } from '../errors.js';
 import { componentLogger, setLogLevel, type Logger } from '../log.js';
 import { DEFAULT_PIN_DIR } from '../paths.js';
 import { isIpv4 } from '../bpf/codec.js';
@@ -61,6 +63,13 @@ dataplane:
                              outside); native mode where the driver has it, else generic
   --scheduler S              random (default, as kube-proxy), rr, sh, maglev or lc; a Service
                              overrides it with the annotation vipr.io/scheduler
+  --socket-lb on|off         socket-level load balancing for the node's own processes and pods:
+                             connect()/sendmsg() to a Service go straight to a backend (cgroup v2
+                             hooks). Default on where the kernel and a cgroup v2 mount allow it
+  --socket-lb-host-ns-only   socket LB only for the host network namespace; pods keep the
+                             Service address on the wire (service meshes), TC balances them
+  --cgroup-root DIR          the cgroup v2 directory whose processes socket LB serves (default:
+                             the cgroup v2 root, when the agent runs in the host's namespace)
   --iptables-backend B       auto|legacy|nft (iptables and ipvs modes; auto as kube-proxy's image)
 node:
   --node-name NAME           this node's name, for local endpoints (default: the hostname)
@@ -90,6 +99,9 @@ const OPTIONS = {
   'metrics-bind-address': { type: 'string', default: '127.0.0.1:10249' },
   'healthz-bind-address': { type: 'string', default: '127.0.0.1:10256' },
   'log-level': { type: 'string', default: 'info' },
+  'socket-lb': { type: 'string' },
+  'socket-lb-host-ns-only': { type: 'boolean', default: false },
+  'cgroup-root': { type: 'string' },
   mode: { type: 'string', default: 'bpf' },
   ...RENDER_CLI_OPTIONS,
   help: { type: 'boolean', short: 'h', default: false },
@@ -188,12 +200,44 @@ export async function run(argv: string[]): Promise<number> {
   for (const iface of [...parseIfaceSpec(values.iface).names, ...values.xdp]) {
     if (ifNameToIndex(iface) === 0) throw new ConfigError(`--iface ${iface}: no such interface in this network namespace`);
   }
-  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler });
+  if (mode !== 'bpf' && (values['socket-lb'] !== undefined || values['socket-lb-host-ns-only'] || values['cgroup-root'] !== undefined)) {
+    throw new ConfigError('--socket-lb, --socket-lb-host-ns-only and --cgroup-root are for --mode bpf (the other modes serve the node through their OUTPUT chains)');
+  }
+  const socketLb = mode === 'bpf' ? decideSocketLb(parseSocketLbChoice(values['socket-lb']), values['cgroup-root']) : null;
+  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler, socketLb });
+}
+
+/** kube-proxy's localhost NodePorts: on unless --nodeport-addresses leaves 127.0.0.1 out. */
+function nodePortLoopback(nodePortAddresses: string[]): boolean {
+  return nodePortAddresses.length === 0 || nodePortAddresses.some((c) => cidrContains(parseIpv4Cidr(c), '127.0.0.1'));
+}
+
+/**
+ * Attaches socket LB as decided, or removes what a previous agent attached when it is off. A
+ * default (not asked for) socket LB the kernel refuses is logged and left off.
+ */
+function startSocketLb(decision: SocketLbDecision, explicit: boolean, pinDir: string, settings: { hostNsOnly: boolean; nodePortLoopback: boolean }, log: Logger): SocketLb | null {
+  if (!decision.on) {
+    const removed = detachSocketLb(pinDir);
+    log.info({ reason: decision.reason, ...(removed.length > 0 ? { detached: removed } : {}) }, 'socket LB off');
+    return null;
+  }
+  let lb: SocketLb | null = null;
+  try {
+    lb = SocketLb.load(pinDir, settings);
+    lb.attach(decision.cgroup);
+    return lb;
+  } catch (err) {
+    lb?.close();
+    if (explicit || !(err instanceof BpfError)) throw err;
+    log.warn({ err: err.message }, 'socket LB off: this kernel refused the cgroup socket programs');
+    return null;
+  }
 }
 
 async function runAgent(
   values: RunValues,
-  o: { mode: ProxyMode; kube: LoadedKubeConfig | null; minSync: number; fullSync: number; attach: AttachMode; scheduler: Scheduler },
+  o: { mode: ProxyMode; kube: LoadedKubeConfig | null; minSync: number; fullSync: number; attach: AttachMode; scheduler: Scheduler; socketLb: SocketLbDecision | null },
 ): Promise<number> {
   const log = componentLogger('run');
   const nodeName = values['node-name'] ?? hostname();
@@ -251,8 +295,16 @@ async function runAgent(
     serviceHealth.close();
     if (gcTimer) clearInterval(gcTimer);
     stopWatch();
+      if (report.error === null && sockLb !== null) {
+        try {
+          sockLb.destroyStaleUdp();
+        } catch (err) {
+          log.error({ err }, 'destroying UDP sockets of removed backends failed');
+        }
+      }
   };
   try {
+  let sockLb: SocketLb | null = null;
     await source.start(agent);
     agent.start();
     agentStarted = true;
@@ -261,6 +313,7 @@ async function runAgent(
     await agent.firstSync;
     if (loaded !== null) {
       const spec = parseIfaceSpec(values.iface);
+    sockLb?.close();
       for (const iface of spec.names) attachInterface(loaded, iface, o.attach);
       for (const iface of listLinks().filter((n) => spec.prefixes.some((p) => n.startsWith(p)))) attachInterface(loaded, iface, o.attach);
       stopWatch = watchLinks(
@@ -290,9 +343,15 @@ async function runAgent(
     throw err;
   }
   log.info(
-    { mode: dataplane.mode, ifaces: values.iface, pinDir, source: o.kube !== null ? 'kubernetes' : values.manifests, metrics: values['metrics-bind-address'], healthz: values['healthz-bind-address'] },
+    { mode: dataplane.mode, ifaces: values.iface, pinDir, ...(loaded !== null ? { socketLb: describeSocketLb(socketLbStatus(pinDir)) } : {}), source: o.kube !== null ? 'kubernetes' : values.manifests, metrics: values['metrics-bind-address'], healthz: values['healthz-bind-address'] },
     'agent running',
   );
+      if (o.socketLb !== null) {
+        sockLb = startSocketLb(o.socketLb, values['socket-lb'] === 'on', pinDir, {
+          hostNsOnly: values['socket-lb-host-ns-only'],
+          nodePortLoopback: nodePortLoopback(values['nodeport-addresses']),
+        }, log);
+      }
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
