@@ -11,7 +11,9 @@
  *
  * Raw objects are validated once with parseService / parseEndpointSlice; an invalid object is
  * logged and skipped, keeping its previous valid version. Listeners hear about a change only when
- * the validated objects really differ (a relist that finds everything as it was is silent).
+ * the validated objects really differ (a relist that finds everything as it was is silent), and
+ * hear only the objects that changed, once per burst of events, with their previous and current
+ * versions: never the whole cluster.
  */
 import {
   ADD,
@@ -38,7 +40,7 @@ import type { NodeInfo } from '../model/types.js';
 import { realClock, type Clock, type TimerHandle } from '../sync/runner.js';
 import { ClusterChangeTracker, deepEqual } from '../sync/tracker.js';
 import { parseEndpointSlice, parseService } from './parse.js';
-import type { ClusterSource } from './types.js';
+import type { ClusterSource, ObjectDeltas } from './types.js';
 
 /**
  * kube-proxy's selector (cmd/kube-proxy/app/server.go), applied to both Services and
@@ -290,7 +292,7 @@ class Follower<T extends KubernetesObject> {
 export class KubeSource implements ClusterSource {
   private readonly log: Logger;
   private readonly tracker = new ClusterChangeTracker();
-  private readonly listeners: Array<(objects: ClusterObjects) => void> = [];
+  private readonly listeners: Array<(deltas: ObjectDeltas) => void> = [];
   private readonly nodeListeners: Array<(node: NodeInfo) => void> = [];
   private readonly followers: Follower<KubernetesObject>[];
   private nodeInfo: NodeInfo;
@@ -392,7 +394,8 @@ export class KubeSource implements ClusterSource {
     return this.tracker.current();
   }
 
-  onChange(listener: (objects: ClusterObjects) => void): void {
+  /** Each burst of changes after start(): only the objects that changed, (previous, current). */
+  onChange(listener: (deltas: ObjectDeltas) => void): void {
     this.listeners.push(listener);
   }
 
@@ -460,9 +463,8 @@ export class KubeSource implements ClusterSource {
         for (const l of this.nodeListeners) this.call(() => l(node));
       }
       if (this.tracker.hasPending()) {
-        this.tracker.take();
-        const objects = this.current();
-        for (const l of this.listeners) this.call(() => l(objects));
+        const { services, endpointSlices } = this.tracker.take();
+        for (const l of this.listeners) this.call(() => l({ services, endpointSlices }));
       }
     });
   }

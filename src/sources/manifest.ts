@@ -25,7 +25,9 @@ import { basename, dirname, join } from 'node:path';
 import { Composer, isAlias, isCollection, isPair, LineCounter, Parser, type CST, type Document } from 'yaml';
 import { ConfigError } from '../errors.js';
 import { componentLogger, type Logger } from '../log.js';
-import { objectKey, type ClusterObjects } from '../model/k8s.js';
+import { objectKey, type ClusterObjects, type EndpointSliceObject, type ServiceObject } from '../model/k8s.js';
+import type { Change } from '../sync/tracker.js';
+import type { ObjectDeltas } from './types.js';
 import { plainEqual } from '../model/diff.js';
 import { oneLine } from './excerpt.js';
 import { parseObject, type ObjectRef, type ParsedItem, type ParseOutcome } from './parse.js';
@@ -295,34 +297,111 @@ function where(file: string, document: number): string {
   return `${file} document ${document}`;
 }
 
+/** A file's items by object (`Kind namespace/name`), each list in document order. */
+function itemsByKey(state: FileState | undefined): Map<string, SourcedItem[]> {
+  const out = new Map<string, SourcedItem[]>();
+  if (!state) return out;
+  for (const sourced of [...state.bySource.values()].flat().sort((x, y) => x.document - y.document)) {
+    const key = itemKey(sourced.item);
+    const list = out.get(key);
+    if (list) list.push(sourced);
+    else out.set(key, [sourced]);
+  }
+  return out;
+}
+
+/**
+ * The files' objects merged, kept up to date file by file: the first definition of an object (by
+ * file name, then document) wins, the others are reported. A reload touches only the objects the
+ * re-read files define, before or after, and says which of them changed: (previous, current).
+ */
+class MergedObjects {
+  readonly objects: ClusterObjects = { services: new Map(), endpointSlices: new Map() };
+  /** The files defining each object. */
+  private readonly definers = new Map<string, Set<string>>();
+  /** Ignored second definitions, by the file that holds them. */
+  private readonly duplicates = new Map<string, Map<string, ManifestProblem[]>>();
+
+  constructor(private readonly dir: string) {}
+
+  /**
+   * Takes in the files named in `changed` (their state now in `files`, before in `before`);
+   * returns the objects whose merged version changed.
+   */
+  update(files: ReadonlyMap<string, FileState>, changed: Iterable<string>, before: ReadonlyMap<string, FileState | undefined>): ObjectDeltas {
+    const affected = new Set<string>();
+    for (const name of changed) {
+      for (const key of itemsByKey(before.get(name)).keys()) {
+        affected.add(key);
+        const set = this.definers.get(key);
+        set?.delete(name);
+        if (set?.size === 0) this.definers.delete(key);
+      }
+      for (const key of itemsByKey(files.get(name)).keys()) {
+        affected.add(key);
+        const set = this.definers.get(key) ?? new Set<string>();
+        this.definers.set(key, set.add(name));
+      }
+    }
+    const services = new Map<string, Change<ServiceObject>>();
+    const endpointSlices = new Map<string, Change<EndpointSliceObject>>();
+    const fileItems = new Map<string, Map<string, SourcedItem[]>>();
+    const itemsOf = (name: string): Map<string, SourcedItem[]> => {
+      let m = fileItems.get(name);
+      if (!m) fileItems.set(name, (m = itemsByKey(files.get(name))));
+      return m;
+    };
+    for (const key of affected) {
+      for (const byKey of this.duplicates.values()) byKey.delete(key);
+      const definitions = [...(this.definers.get(key) ?? [])].sort().flatMap((name) => (itemsOf(name).get(key) ?? []).map((d) => ({ name, ...d })));
+      const [first, ...rest] = definitions;
+      for (const d of rest) {
+        const file = join(this.dir, d.name);
+        const problem = new ManifestProblem(file, d.document, `${key} is already defined in ${where(join(this.dir, first!.name), first!.document)}; this definition is ignored (remove one of them)`);
+        const byKey = this.duplicates.get(d.name) ?? new Map<string, ManifestProblem[]>();
+        this.duplicates.set(d.name, byKey.set(key, [...(byKey.get(key) ?? []), problem]));
+      }
+      const item = first?.item ?? null;
+      const objectName = key.slice(key.indexOf(' ') + 1);
+      if (key.startsWith('Service ')) {
+        const previous = this.objects.services.get(objectName) ?? null;
+        const current = item?.kind === 'Service' ? item.object : null;
+        if (current) this.objects.services.set(objectName, current);
+        else this.objects.services.delete(objectName);
+        if (!(previous === null ? current === null : current !== null && plainEqual(previous, current))) services.set(objectName, { previous, current });
+      } else {
+        const previous = this.objects.endpointSlices.get(objectName) ?? null;
+        const current = item?.kind === 'EndpointSlice' ? item.object : null;
+        if (current) this.objects.endpointSlices.set(objectName, current);
+        else this.objects.endpointSlices.delete(objectName);
+        if (!(previous === null ? current === null : current !== null && plainEqual(previous, current))) endpointSlices.set(objectName, { previous, current });
+      }
+    }
+    return { services, endpointSlices };
+  }
+
+  /** Every problem and ignored object, in file order (a file's own lines, then its duplicates). */
+  report(files: ReadonlyMap<string, FileState>): Pick<ManifestLoad, 'problems' | 'ignored'> {
+    const problems: ManifestProblem[] = [];
+    const ignored: string[] = [];
+    for (const name of [...new Set([...files.keys(), ...this.duplicates.keys()])].sort()) {
+      const state = files.get(name);
+      if (state) {
+        problems.push(...state.problems);
+        ignored.push(...state.ignored);
+      }
+      const dups = [...(this.duplicates.get(name)?.values() ?? [])].flat().sort((x, y) => (x.document ?? 0) - (y.document ?? 0));
+      problems.push(...dups);
+    }
+    return { problems, ignored };
+  }
+}
+
 /** Combines file states (keyed by file name) in name order; the first definition of an object wins. */
 function merge(dir: string, files: ReadonlyMap<string, FileState>): ManifestLoad {
-  const objects: ClusterObjects = { services: new Map(), endpointSlices: new Map() };
-  const problems: ManifestProblem[] = [];
-  const ignored: string[] = [];
-  const definedAt = new Map<string, string>();
-  for (const name of [...files.keys()].sort()) {
-    const state = files.get(name);
-    if (!state) continue;
-    const file = join(dir, name);
-    problems.push(...state.problems);
-    ignored.push(...state.ignored);
-    const items = [...state.bySource.values()].flat().sort((a, b) => a.document - b.document);
-    for (const { document, item } of items) {
-      const key = itemKey(item);
-      const first = definedAt.get(key);
-      if (first !== undefined) {
-        problems.push(
-          new ManifestProblem(file, document, `${key} is already defined in ${first}; this definition is ignored (remove one of them)`),
-        );
-        continue;
-      }
-      definedAt.set(key, where(file, document));
-      if (item.kind === 'Service') objects.services.set(objectKey(item.object), item.object);
-      else objects.endpointSlices.set(objectKey(item.object), item.object);
-    }
-  }
-  return { objects, problems, ignored };
+  const merged = new MergedObjects(dir);
+  merged.update(files, files.keys(), new Map());
+  return { objects: merged.objects, ...merged.report(files) };
 }
 
 /* Duck-typed rather than `instanceof Error`: errors from node:fs may come from another realm (vm, jest). */
@@ -437,16 +516,17 @@ const ATOMIC_WRITER_DATA = '..data';
 
 export interface ManifestSourceOptions {
   /**
-   * Called once the first complete read is done (before start() resolves, with hasSynced() true)
-   * and after every reload that changed the objects or the problems.
+   * Called once the first complete read is done (before start() resolves, with hasSynced() true;
+   * every object comes as added) and after every reload that changed objects or problems, with
+   * only the objects of the re-read files that changed.
    */
-  onChange: (objects: ClusterObjects, problems: ManifestProblem[]) => void;
+  onChange: (deltas: ObjectDeltas, problems: ManifestProblem[]) => void;
   /** Quiet time after the last file event before re-reading (editors write in several steps). */
   debounceMs?: number;
   logger?: Logger;
 }
 
-/** Watches a manifest directory and reports the full current set of objects on every change. */
+/** Watches a manifest directory and reports what each change to its files changed. */
 export class ManifestSource {
   private readonly states = new Map<string, FileState>();
   private readonly log: Logger;
@@ -456,7 +536,9 @@ export class ManifestSource {
   /** Names from file events since the last reload; null = something unnamed, re-read all. */
   private pending: Set<string> | null = new Set();
   private reloading: Promise<void> = Promise.resolve();
-  private last: ManifestLoad = { objects: { services: new Map(), endpointSlices: new Map() }, problems: [], ignored: [] };
+  private readonly merged: MergedObjects;
+  private problems: ManifestProblem[] = [];
+  private ignored: string[] = [];
   private stopped = false;
   private synced = false;
 
@@ -466,6 +548,7 @@ export class ManifestSource {
   ) {
     this.log = (options.logger ?? componentLogger('manifest')).child({ dir });
     this.debounceMs = options.debounceMs ?? 100;
+    this.merged = new MergedObjects(dir);
   }
 
   /**
@@ -504,9 +587,10 @@ export class ManifestSource {
     this.timer = null;
   }
 
-  /** The objects and problems as of the last reload. */
+  /** The objects and problems as of the last reload (a copy the caller may keep). */
   current(): ManifestLoad {
-    return this.last;
+    const { services, endpointSlices } = this.merged.objects;
+    return { objects: { services: new Map(services), endpointSlices: new Map(endpointSlices) }, problems: [...this.problems], ignored: [...this.ignored] };
   }
 
   private noteEvent(name: string | Buffer | null): void {
@@ -544,32 +628,38 @@ export class ManifestSource {
     // Files that appeared or vanished without an event naming them (e.g. a rename).
     for (const name of present) if (!this.states.has(name)) toRead.add(name);
     for (const name of this.states.keys()) if (!present.includes(name)) toRead.add(name);
+    const before = new Map<string, FileState | undefined>();
     for (const name of [...toRead].sort()) {
       if (this.stopped) return;
+      before.set(name, this.states.get(name));
       await refreshFile(this.dir, name, this.states);
     }
     if (this.stopped) return;
-    const next = merge(this.dir, this.states);
-    const before = new Set(this.last.problems.map(String));
-    for (const problem of next.problems) {
-      if (before.has(String(problem))) continue;
+    const deltas = this.merged.update(this.states, before.keys(), before);
+    const { problems, ignored } = this.merged.report(this.states);
+    const seen = new Set(this.problems.map(String));
+    for (const problem of problems) {
+      if (seen.has(String(problem))) continue;
       if (problem.severity === 'error') this.log.warn({ file: problem.file, document: problem.document }, String(problem));
       else this.log.info({ file: problem.file, document: problem.document }, String(problem));
     }
     const unchanged =
-      !initial &&
-      plainEqual([...this.last.objects.services], [...next.objects.services]) &&
-      plainEqual([...this.last.objects.endpointSlices], [...next.objects.endpointSlices]) &&
-      plainEqual(this.last.problems.map(String), next.problems.map(String));
-    this.last = next;
+      !initial && deltas.services.size === 0 && deltas.endpointSlices.size === 0 && plainEqual(this.problems.map(String), problems.map(String));
+    this.problems = problems;
+    this.ignored = ignored;
     this.synced = true;
     if (unchanged) return;
     this.log.info(
-      { services: next.objects.services.size, endpointSlices: next.objects.endpointSlices.size, problems: next.problems.length },
+      {
+        services: this.merged.objects.services.size,
+        endpointSlices: this.merged.objects.endpointSlices.size,
+        changed: deltas.services.size + deltas.endpointSlices.size,
+        problems: problems.length,
+      },
       'manifests loaded',
     );
     try {
-      this.options.onChange(next.objects, next.problems);
+      this.options.onChange(deltas, problems);
     } catch (err) {
       this.log.error({ err }, 'change listener threw');
     }

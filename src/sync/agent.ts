@@ -16,7 +16,8 @@ import {
   DEFAULT_BUILD_OPTIONS, admitService, buildFailure, buildServiceEntries, compareEntries, slicesByService, type BuildOptions,
 } from '../model/build.js';
 import { FrontendOwners, describeConflict } from '../model/ownership.js';
-import { ClusterChangeTracker } from './tracker.js';
+import { ClusterChangeTracker, type ClusterDiff } from './tracker.js';
+import type { ObjectDeltas } from '../sources/types.js';
 import { BoundedFrequencyRunner, realClock, type Clock, type RunResult } from './runner.js';
 import type { Dataplane, SyncResult } from './dataplane.js';
 import { componentLogger, type Logger } from '../log.js';
@@ -123,9 +124,27 @@ export class Agent {
     await this.loopDone;
   }
 
-  /** A source's complete current set of objects (snapshot sources: manifest files, informers). */
+  /** A source's complete current set of objects: its first view, or a manifest reload. */
   updateObjects(objects: ClusterObjects): void {
-    const diff = this.tracker.applySnapshot(objects);
+    this.noteChanges(this.tracker.applySnapshot(objects));
+  }
+
+  /**
+   * Only what changed (informer events, one manifest file): each object's current version goes
+   * to the change tracker, which keeps the version the last sync saw and drops no-ops.
+   */
+  applyDeltas(deltas: ObjectDeltas): void {
+    const diff: ClusterDiff = { changed: false, affectedServices: new Set() };
+    const merge = (d: ClusterDiff): void => {
+      diff.changed ||= d.changed;
+      for (const s of d.affectedServices) diff.affectedServices.add(s);
+    };
+    for (const [key, change] of deltas.services) merge(this.tracker.setService(key, change.current));
+    for (const [key, change] of deltas.endpointSlices) merge(this.tracker.setEndpointSlice(key, change.current));
+    this.noteChanges(diff);
+  }
+
+  private noteChanges(diff: ClusterDiff): void {
     if (!diff.changed) return;
     const now = this.clock.now();
     for (const s of diff.affectedServices) if (!this.seenAt.has(s)) this.seenAt.set(s, now);

@@ -74,3 +74,30 @@ test('partial syncs name only the changed Services; the first sync and a node ch
   expect(plane.calls[3]).toMatchObject({ full: false, changed: null, keys: ['default/b:http'] });
   await agent.stop();
 });
+
+test('deltas from a source reach the tracker directly: the sync names only their Services', async () => {
+  const plane = new RecordingDataplane();
+  const agent = new Agent({ dataplane: plane, node: { name: 'n', zone: null, ips: [] }, minSyncPeriodMs: 0, syncPeriodMs: 3_600_000 });
+  const a = serviceObject({ name: 'a', clusterIP: '10.0.0.1' });
+  const b = serviceObject({ name: 'b', clusterIP: '10.0.0.2' });
+  let synced = plane.next();
+  agent.updateObjects(clusterObjects([a, b], [slice('a', ['10.1.0.1']), slice('b', ['10.2.0.1'])]));
+  agent.start();
+  agent.sourceSynced();
+  await synced;
+
+  synced = plane.next();
+  const previous = slice('b', ['10.2.0.1']);
+  agent.applyDeltas({
+    services: new Map(),
+    endpointSlices: new Map([['default/b-1', { previous, current: slice('b', ['10.2.0.1', '10.2.0.9']) }]]),
+  });
+  await synced;
+  expect(plane.calls[1]).toMatchObject({ full: false, changed: ['default/b'], endpoints: { 'default/a:http': ['10.1.0.1'], 'default/b:http': ['10.2.0.1', '10.2.0.9'] } });
+
+  // A delta that changes nothing (the same object again) queues no sync.
+  agent.applyDeltas({ services: new Map([['default/a', { previous: a, current: { ...a } }]]), endpointSlices: new Map() });
+  await new Promise((r) => setTimeout(r, 50));
+  expect(plane.calls).toHaveLength(2);
+  await agent.stop();
+});

@@ -3,6 +3,7 @@
  * initial lists, propagation, kube-proxy's label selector, and the failure modes the 1.x informer
  * does not handle by itself (dropped connections, API down, 410 after compaction).
  */
+import type { ObjectDeltas } from '../../src/sources/types.js';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -47,7 +48,9 @@ function sliceIPs(o: ClusterObjects, key: string): string[] {
 describe('KubeSource against the fake API server', () => {
   let server: FakeApiServer;
   let source: KubeSource | null = null;
+  /** The source's whole view at each announcement, and the deltas announced. */
   let changes: ClusterObjects[];
+  let deltas: ObjectDeltas[];
   let nodeChanges: NodeInfo[];
   let restarts: InformerRestart[];
 
@@ -59,7 +62,10 @@ describe('KubeSource against the fake API server', () => {
       restartBackoff: { initial: 20, max: 160 },
       onRestart: (r) => restarts.push(r),
     });
-    s.onChange((o) => changes.push(o));
+    s.onChange((d) => {
+      deltas.push(d);
+      changes.push(s.current());
+    });
     s.onNodeChange((n) => nodeChanges.push(n));
     source = s;
     return s;
@@ -67,6 +73,7 @@ describe('KubeSource against the fake API server', () => {
 
   beforeEach(async () => {
     changes = [];
+    deltas = [];
     nodeChanges = [];
     restarts = [];
     server = new FakeApiServer();
@@ -114,6 +121,9 @@ describe('KubeSource against the fake API server', () => {
     server.createOrUpdate(rawService('api', { clusterIP: '10.96.0.50' }));
     await waitFor(() => changes.length === 1, 'add');
     expect(serviceNames(changes[0]!)).toEqual(['default/api', 'default/web', 'prod/db']);
+    // Only the object that changed is announced, with what it was before.
+    expect([...deltas[0]!.services].map(([k, c]) => [k, c.previous, c.current?.clusterIP])).toEqual([['default/api', null, '10.96.0.50']]);
+    expect(deltas[0]!.endpointSlices.size).toBe(0);
 
     server.createOrUpdate(rawEndpointSlice('web-1', 'web', ['10.0.0.1', '10.0.0.3']));
     await waitFor(() => changes.length === 2, 'slice update');
@@ -139,6 +149,7 @@ describe('KubeSource against the fake API server', () => {
     server.delete('Service', 'default', 'api');
     await waitFor(() => changes.length === 4, 'delete');
     expect(serviceNames(changes[3]!)).toEqual(['default/web', 'prod/db']);
+    expect([...deltas[3]!.services].map(([k, c]) => [k, c.previous?.ports[0]?.port, c.current])).toEqual([['default/api', 8443, null]]);
     expect(restarts).toEqual([]);
   });
 

@@ -1,3 +1,4 @@
+import type { ObjectDeltas } from '../../src/sources/types.js';
 import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, truncate, unlink, writeFile, rename, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -251,7 +252,8 @@ describe('loadManifestDir', () => {
 
 describe('ManifestSource', () => {
   let source: ManifestSource | null = null;
-  let changes: Array<{ objects: ClusterObjects; problems: ManifestProblem[] }> = [];
+  /** Each onChange: its deltas, and the whole view the source holds at that moment. */
+  let changes: Array<{ objects: ClusterObjects; problems: ManifestProblem[]; deltas: ObjectDeltas }> = [];
   let waiting: (() => void) | null = null;
 
   afterEach(() => {
@@ -264,8 +266,8 @@ describe('ManifestSource', () => {
     source = new ManifestSource(dir, {
       debounceMs: 30,
       logger: silent,
-      onChange: (objects, problems) => {
-        changes.push({ objects, problems });
+      onChange: (deltas, problems) => {
+        changes.push({ objects: source!.current().objects, problems, deltas });
         waiting?.();
       },
     });
@@ -274,7 +276,7 @@ describe('ManifestSource', () => {
   }
 
   /** Runs `act`, then waits for the onChange it causes. */
-  async function change(act: () => Promise<void>): Promise<{ objects: ClusterObjects; problems: ManifestProblem[] }> {
+  async function change(act: () => Promise<void>): Promise<{ objects: ClusterObjects; problems: ManifestProblem[]; deltas: ObjectDeltas }> {
     const seen = changes.length;
     const arrived = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('no onChange within 5 s')), 5000);
@@ -301,10 +303,31 @@ describe('ManifestSource', () => {
 
     const added = await change(() => writeFile(join(dir, 'api.yaml'), serviceYaml('api', '10.0.0.20')));
     expect(clusterIPs(added.objects)).toEqual({ 'default/web': '10.0.0.10', 'default/api': '10.0.0.20' });
+    // Only the changed file's objects are reported, as (previous, current).
+    expect([...added.deltas.services.keys()]).toEqual(['default/api']);
+    expect(added.deltas.services.get('default/api')?.previous).toBeNull();
+    expect(added.deltas.endpointSlices.size).toBe(0);
 
     const edited = await change(() => writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.11')));
     expect(clusterIPs(edited.objects)).toEqual({ 'default/web': '10.0.0.11', 'default/api': '10.0.0.20' });
-    expect(s.current().objects).toBe(edited.objects);
+    expect([...edited.deltas.services].map(([k, c]) => [k, c.previous?.clusterIP, c.current?.clusterIP])).toEqual([['default/web', '10.0.0.10', '10.0.0.11']]);
+    expect(s.current().objects).toEqual(edited.objects);
+
+    const removed = await change(() => rm(join(dir, 'api.yaml')));
+    expect([...removed.deltas.services].map(([k, c]) => [k, c.current])).toEqual([['default/api', null]]);
+  });
+
+  it('an object defined in two files: the first file wins, and removing it hands the object to the second', async () => {
+    await writeFile(join(dir, 'a.yaml'), serviceYaml('web', '10.0.0.10'));
+    await writeFile(join(dir, 'b.yaml'), serviceYaml('web', '10.0.0.99'));
+    const s = await startSource();
+    expect(clusterIPs(s.current().objects)).toEqual({ 'default/web': '10.0.0.10' });
+    expect(s.current().problems.map(String)).toEqual([
+      `${join(dir, 'b.yaml')}: document 1: Service default/web is already defined in ${join(dir, 'a.yaml')} document 1; this definition is ignored (remove one of them)`,
+    ]);
+    const handed = await change(() => rm(join(dir, 'a.yaml')));
+    expect([...handed.deltas.services].map(([k, c]) => [k, c.previous?.clusterIP, c.current?.clusterIP])).toEqual([['default/web', '10.0.0.10', '10.0.0.99']]);
+    expect(handed.problems).toEqual([]);
   });
 
   it('keeps the last valid version of an object whose document became invalid', async () => {
@@ -410,7 +433,7 @@ describe('ManifestSource', () => {
     const s = new ManifestSource(dir, {
       debounceMs: 30,
       logger: silent,
-      onChange: (objects, problems) => changes.push({ objects, problems }),
+      onChange: (deltas, problems) => changes.push({ objects: s.current().objects, problems, deltas }),
     });
     source = s;
     expect(s.hasSynced()).toBe(false);
@@ -444,7 +467,7 @@ describe('ManifestSource', () => {
     execFileSync('mkfifo', [join(dir, 'x.yaml')]);
     await writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.10'));
     changes = [];
-    source = new ManifestSource(dir, { logger: silent, onChange: (objects, problems) => changes.push({ objects, problems }) });
+    source = new ManifestSource(dir, { logger: silent, onChange: (deltas, problems) => changes.push({ objects: source!.current().objects, problems, deltas }) });
     await within(5000, source.start());
     expect(clusterIPs(source.current().objects)).toEqual({ 'default/web': '10.0.0.10' });
     expect(source.current().problems.map(String)).toEqual([
