@@ -27,6 +27,8 @@ import { DEFAULT_PIN_DIR } from '../paths.js';
 import { isIpv4 } from '../bpf/codec.js';
 import { parseOptions } from './options.js';
 import { parseDuration } from './duration.js';
+import { DEFAULT_MAGLEV_MAX_SIZE, MAGLEV_SIZES } from '../model/maglev.js';
+import { SERVICE_CLI_HELP, SERVICE_CLI_OPTIONS, buildOptionsFromCli } from './service-options.js';
 import { RENDER_CLI_HELP, RENDER_CLI_OPTIONS, renderOptionsFromCli, startProxyMode } from '../modes/cli.js';
 import { cleanupOtherModes, parseProxyMode, type ProxyMode } from '../modes/index.js';
 
@@ -61,8 +63,6 @@ dataplane:
   --attach auto|tcx|tc       TCX links (kernel >= 6.6) or clsact filters (default auto)
   --xdp IF                   also attach XDP to IF, an interface facing a NIC (NodePort/LB from
                              outside); native mode where the driver has it, else generic
-  --scheduler S              random (default, as kube-proxy), rr, sh, maglev or lc; a Service
-                             overrides it with the annotation vipr.io/scheduler
   --socket-lb on|off         socket-level load balancing for the node's own processes and pods:
                              connect()/sendmsg() to a Service go straight to a backend (cgroup v2
                              hooks). Default on where the kernel and a cgroup v2 mount allow it
@@ -70,12 +70,18 @@ dataplane:
                              Service address on the wire (service meshes), TC balances them
   --cgroup-root DIR          the cgroup v2 directory whose processes socket LB serves (default:
                              the cgroup v2 root, when the agent runs in the host's namespace)
+  --scheduler S              random (default, as kube-proxy), rr, sh, maglev or lc; a Service
+                             overrides it with the annotation vipr.io/scheduler
+  --maglev-table-size M      largest Maglev table, one of ${MAGLEV_SIZES.join(', ')}
+                             (default ${DEFAULT_MAGLEV_MAX_SIZE}); a Service with more endpoints than M/100
+                             gets fewer slots each, one with M or more uses random
   --iptables-backend B       auto|legacy|nft (iptables and ipvs modes; auto as kube-proxy's image)
 node:
   --node-name NAME           this node's name, for local endpoints (default: the hostname)
   --node-ip IP               this node's IPv4 address (repeat; from the Node object with --kubeconfig)
 kube-proxy rules (iptables, nftables, ipvs modes):
-${RENDER_CLI_HELP.split('\n').filter((l) => !l.includes('--node-ip')).join('\n')}sync (as kube-proxy):
+${RENDER_CLI_HELP.split('\n').filter((l) => !l.includes('--node-ip')).join('\n')}services (every mode):
+${SERVICE_CLI_HELP}sync (as kube-proxy):
   --min-sync-period DUR      coalesce changes: at most one sync per DUR (default 1s)
   --sync-period DUR          full resync at least this often (default 30s)
 observability:
@@ -93,17 +99,19 @@ const OPTIONS = {
   'node-name': { type: 'string' },
   'node-ip': { type: 'string', multiple: true, default: [] as string[] },
   xdp: { type: 'string', multiple: true, default: [] as string[] },
+  'socket-lb': { type: 'string' },
+  'socket-lb-host-ns-only': { type: 'boolean', default: false },
+  'cgroup-root': { type: 'string' },
   scheduler: { type: 'string', default: 'random' },
+  'maglev-table-size': { type: 'string', default: String(DEFAULT_MAGLEV_MAX_SIZE) },
   'min-sync-period': { type: 'string', default: '1s' },
   'sync-period': { type: 'string', default: '30s' },
   'metrics-bind-address': { type: 'string', default: '127.0.0.1:10249' },
   'healthz-bind-address': { type: 'string', default: '127.0.0.1:10256' },
   'log-level': { type: 'string', default: 'info' },
-  'socket-lb': { type: 'string' },
-  'socket-lb-host-ns-only': { type: 'boolean', default: false },
-  'cgroup-root': { type: 'string' },
   mode: { type: 'string', default: 'bpf' },
   ...RENDER_CLI_OPTIONS,
+  ...SERVICE_CLI_OPTIONS,
   help: { type: 'boolean', short: 'h', default: false },
 } satisfies NonNullable<ParseArgsConfig['options']>;
 
@@ -122,9 +130,9 @@ function manifestSource(dir: string, metrics: AgentMetrics): AgentSource {
   return {
     async start(agent) {
       source = new ManifestSource(dir, {
-        onChange: (objects, problems) => {
+        onChange: (deltas, problems) => {
           metrics.manifestProblems(problems.filter((p) => p.severity === 'error').length);
-          agent.updateObjects(objects);
+          agent.applyDeltas(deltas);
         },
       });
       await source.start();
@@ -145,7 +153,7 @@ function kubeSource({ config, origin }: LoadedKubeConfig, nodeName: string, metr
   });
   return {
     async start(agent) {
-      source.onChange((objects) => agent.updateObjects(objects));
+      source.onChange((deltas) => agent.applyDeltas(deltas));
       source.onNodeChange((node) => agent.updateNode(node));
       await source.start();
       agent.updateObjects(source.current());
@@ -184,11 +192,16 @@ export async function run(argv: string[]): Promise<number> {
   for (const ip of values['node-ip']) if (!isIpv4(ip)) throw new ConfigError(`--node-ip ${ip}: not an IPv4 address`);
   const minSync = parseDuration('min-sync-period', values['min-sync-period']);
   const fullSync = parseDuration('sync-period', values['sync-period']);
+  buildOptionsFromCli(values, useKube);
   if (fullSync < minSync) throw new ConfigError(`--sync-period must not be shorter than --min-sync-period`);
   requireRoot('vipr run');
   const scheduler = values.scheduler;
   if (!(SCHEDULERS as readonly string[]).includes(scheduler)) {
     throw new ConfigError(`--scheduler ${scheduler}: expected one of ${SCHEDULERS.join(', ')}`);
+  }
+  const maglevMaxSize = Number(values['maglev-table-size']);
+  if (!(MAGLEV_SIZES as readonly number[]).includes(maglevMaxSize)) {
+    throw new ConfigError(`--maglev-table-size ${values['maglev-table-size']}: expected one of ${MAGLEV_SIZES.join(', ')} (primes; the datapath counts slots in 16 bits)`);
   }
   if (mode !== 'bpf' && (values.xdp.length > 0 || scheduler !== 'random')) {
     throw new ConfigError(`--xdp and --scheduler are for --mode bpf (use --ipvs-scheduler in ipvs mode)`);
@@ -252,6 +265,7 @@ async function runAgent(
       clusterCIDR: values['cluster-cidr'] ?? null,
       nodePortAddresses: values['nodeport-addresses'],
       defaultScheduler: o.scheduler,
+      maglevMaxSize: Number(values['maglev-table-size']),
     });
   } else {
     dataplane = await startProxyMode(o.mode, { render: renderOptionsFromCli(values), iptablesBackend: values['iptables-backend'], pinDir });
@@ -271,6 +285,7 @@ async function runAgent(
     node: { name: nodeName, zone: null, ips: values['node-ip'] },
     minSyncPeriodMs: o.minSync,
     syncPeriodMs: o.fullSync,
+    build: buildOptionsFromCli(values, o.kube !== null),
     onQueued: (now) => {
       metrics.queued(now);
       health.queued(now);
@@ -280,8 +295,16 @@ async function runAgent(
       metrics.observeSync(report, now);
       if (report.error === null) health.updated(now);
       if (report.state !== null) void serviceHealth.update(report.state);
+      if (report.error === null && sockLb !== null) {
+        try {
+          sockLb.destroyStaleUdp();
+        } catch (err) {
+          log.error({ err }, 'destroying UDP sockets of removed backends failed');
+        }
+      }
     },
   });
+  let sockLb: SocketLb | null = null;
   let gcTimer: NodeJS.Timeout | null = null;
   let stopWatch: () => void = () => undefined;
   let agentStarted = false;
@@ -290,30 +313,25 @@ async function runAgent(
     await source.stop();
     if (agentStarted) await agent.stop();
     await dataplane.close();
+    sockLb?.close();
     loaded?.close();
     for (const s of servers) s.close();
     serviceHealth.close();
     if (gcTimer) clearInterval(gcTimer);
     stopWatch();
-      if (report.error === null && sockLb !== null) {
-        try {
-          sockLb.destroyStaleUdp();
-        } catch (err) {
-          log.error({ err }, 'destroying UDP sockets of removed backends failed');
-        }
-      }
   };
   try {
-  let sockLb: SocketLb | null = null;
+    // start() resolves once the source has read everything (informers listed, every manifest
+    // file parsed or reported): only then may a sync delete what is not in the source.
     await source.start(agent);
     agent.start();
+    agent.sourceSynced();
     agentStarted = true;
     // The programs are attached (or swapped in) only once the maps hold the desired state; state
     // pinned by a previous agent keeps serving traffic meanwhile.
     await agent.firstSync;
     if (loaded !== null) {
       const spec = parseIfaceSpec(values.iface);
-    sockLb?.close();
       for (const iface of spec.names) attachInterface(loaded, iface, o.attach);
       for (const iface of listLinks().filter((n) => spec.prefixes.some((p) => n.startsWith(p)))) attachInterface(loaded, iface, o.attach);
       stopWatch = watchLinks(
@@ -328,6 +346,12 @@ async function runAgent(
         (iface) => forgetInterface(pinDir, iface),
       );
       for (const iface of values.xdp) attachXdp(loaded, iface);
+      if (o.socketLb !== null) {
+        sockLb = startSocketLb(o.socketLb, values['socket-lb'] === 'on', pinDir, {
+          hostNsOnly: values['socket-lb-host-ns-only'],
+          nodePortLoopback: nodePortLoopback(values['nodeport-addresses']),
+        }, log);
+      }
       // Conntrack ageing: the datapath only creates and touches entries.
       gcTimer = setInterval(() => {
         try {
@@ -346,12 +370,6 @@ async function runAgent(
     { mode: dataplane.mode, ifaces: values.iface, pinDir, ...(loaded !== null ? { socketLb: describeSocketLb(socketLbStatus(pinDir)) } : {}), source: o.kube !== null ? 'kubernetes' : values.manifests, metrics: values['metrics-bind-address'], healthz: values['healthz-bind-address'] },
     'agent running',
   );
-      if (o.socketLb !== null) {
-        sockLb = startSocketLb(o.socketLb, values['socket-lb'] === 'on', pinDir, {
-          hostNsOnly: values['socket-lb-host-ns-only'],
-          nodePortLoopback: nodePortLoopback(values['nodeport-addresses']),
-        }, log);
-      }
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
