@@ -172,3 +172,24 @@ export function nftListing(jsonText: string, source: string): Listing {
   }
   return { source, services: [...services.values()] };
 }
+
+/**
+ * The names of `table`'s chains or sets in `nft -j -t list chains|sets ip` (every table of the
+ * family is listed; `-t` leaves set elements out, which at 10,000 services is 5 s against 0.1 s).
+ */
+export function nftObjectNames(jsonText: string, kind: 'chain' | 'set', table: string): string[] {
+  let doc: Json;
+  try {
+    doc = JSON.parse(jsonText) as Json;
+  } catch (err) {
+    throw new DataplaneError(`nft -j list ${kind}s: output is not JSON: ${(err as Error).message}`, { cause: err });
+  }
+  const items = isObject(doc) && Array.isArray(doc.nftables) ? doc.nftables : [];
+  const names: string[] = [];
+  for (const item of items) {
+    if (!isObject(item)) continue;
+    const obj = item[kind];
+    if (isObject(obj) && obj.table === table && typeof obj.name === 'string') names.push(obj.name);
+  }
+  return names;
+}

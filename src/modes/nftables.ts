@@ -1,19 +1,25 @@
 /*
- * kube-proxy's nftables mode, applied for real: the renderer's text is one transaction
- * (add table, delete table, re-add everything), so one `nft -f -` replaces `table ip kube-proxy`
- * atomically. A sync whose rendering equals the last applied one writes nothing; a full sync
- * always applies, which also repairs a table someone else edited.
- *
- * Replacing the table resets the affinity sets: a ClientIP service's clients may move to
- * another backend when any service changes (kube-proxy patches the table and keeps them).
+ * kube-proxy's nftables mode, applied for real with `nft -f -`, incrementally as kube-proxy's
+ * nftables proxier does (the plan and its reasons: src/render/nftables-transaction.ts):
+ *   - a partial sync rewrites the chains of the Services the agent names as changed, and only
+ *     those whose rules differ, and writes the dispatch sets and maps by difference, in one
+ *     transaction; a sync where nothing differs runs nothing;
+ *   - a full sync also re-asserts the fixed part, refills the dispatch sets and maps, and lists
+ *     the kernel's chains and sets to remove service chains and affinity sets nothing uses;
+ *   - the first sync, and the one after a failure, rewrite every chain (no table delete);
+ *   - chains nothing uses are flushed, then deleted in a sync at least a second later.
+ * Affinity sets are never re-created, so ClientIP clients keep their backend across syncs.
  */
 import type { DesiredState } from '../model/types.js';
-import { diffDesiredState } from '../model/diff.js';
 import type { Dataplane, SyncResult } from '../sync/dataplane.js';
-import { renderNftables } from '../render/nftables.js';
+import { NftTableWriter, type NftInstalled } from '../render/nftables-transaction.js';
 import type { RenderOptions } from '../render/options.js';
+import { componentLogger } from '../log.js';
+import { nftObjectNames } from './nft-listing.js';
 import { runTool } from './tools.js';
 import { countBackends } from './iptables.js';
+
+const log = componentLogger('nftables');
 
 export const NFT_TABLE_FAMILY = 'ip';
 export const NFT_TABLE_NAME = 'kube-proxy';
@@ -25,40 +31,60 @@ export function countNftObjects(text: string): number {
   return n;
 }
 
+/** The service chains and affinity sets `table ip kube-proxy` holds now (none without the table). */
+async function listInstalled(): Promise<NftInstalled> {
+  const chains = await runTool('nft', ['-j', '-t', 'list', 'chains', NFT_TABLE_FAMILY]);
+  const sets = await runTool('nft', ['-j', '-t', 'list', 'sets', NFT_TABLE_FAMILY]);
+  return {
+    chains: nftObjectNames(chains.stdout, 'chain', NFT_TABLE_NAME),
+    sets: nftObjectNames(sets.stdout, 'set', NFT_TABLE_NAME),
+  };
+}
+
+export interface NftablesDataplaneOptions {
+  /** Monotonic milliseconds (tests move it to age stale chains). */
+  now?: () => number;
+  /** ServicePorts per transaction when many are rewritten (REWRITE_CHUNK). */
+  rewriteChunk?: number;
+}
+
 export class NftablesDataplane implements Dataplane {
   readonly mode = 'nftables';
-  private appliedText: string | null = null;
-  private appliedState: DesiredState | null = null;
+  private readonly writer: NftTableWriter;
+  private readonly now: () => number;
 
-  constructor(private readonly render: RenderOptions) {}
+  constructor(render: RenderOptions, opts: NftablesDataplaneOptions = {}) {
+    this.writer = new NftTableWriter(render, opts.rewriteChunk);
+    this.now = opts.now ?? (() => performance.now());
+  }
 
-  async sync(state: DesiredState, full: boolean): Promise<SyncResult> {
-    const text = renderNftables(state, this.render);
-    const previous = this.appliedState;
-    const result: SyncResult = {
+  async sync(state: DesiredState, full: boolean, changed: ReadonlySet<string> | null = null): Promise<SyncResult> {
+    const installed = full || !this.writer.knowsInstalled ? await listInstalled() : null;
+    const plan = this.writer.plan({ state, full, changed, installed, now: this.now() });
+    if (plan.cleanup !== null) {
+      try {
+        await runTool('nft', ['-f', '-'], { input: plan.cleanup });
+      } catch (err) {
+        // They stay flushed; the next full sync lists them again.
+        log.warn({ err: (err as Error).message }, 'deleting stale nftables chains failed; retried after the next full sync');
+      }
+    }
+    try {
+      for (const tx of plan.transactions) await runTool('nft', ['-f', '-'], { input: tx });
+    } catch (err) {
+      this.writer.forget();
+      log.error({ err: (err as Error).message, full }, 'nft -f failed; the next sync rewrites every chain');
+      throw err;
+    }
+    plan.commit();
+    return {
       services: state.services.length,
       backends: countBackends(state),
-      writes: 0,
-      deletes: 0,
+      writes: plan.writes,
+      deletes: plan.deletes,
       failed: [],
-      changed: [],
+      changed: plan.changed,
     };
-    if (!full && text === this.appliedText) return result;
-    const replaced = this.appliedText === null ? 0 : countNftObjects(this.appliedText);
-    this.appliedText = null;
-    this.appliedState = null;
-    await runTool('nft', ['-f', '-'], { input: text });
-    this.appliedText = text;
-    this.appliedState = state;
-    result.writes = countNftObjects(text);
-    result.deletes = replaced;
-    if (previous === null) {
-      result.changed = state.services.map((e) => e.key);
-    } else {
-      const diff = diffDesiredState(previous, state);
-      result.changed = [...diff.added, ...diff.changed, ...diff.removed].sort();
-    }
-    return result;
   }
 
   async close(): Promise<void> {}
