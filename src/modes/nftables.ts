@@ -16,7 +16,7 @@ import { NftTableWriter, type NftInstalled } from '../render/nftables-transactio
 import type { RenderOptions } from '../render/options.js';
 import { componentLogger } from '../log.js';
 import { nftObjectNames } from './nft-listing.js';
-import { runTool } from './tools.js';
+import { run } from '../process/run.js';
 import { countBackends } from './iptables.js';
 
 const log = componentLogger('nftables');
@@ -33,8 +33,8 @@ export function countNftObjects(text: string): number {
 
 /** The service chains and affinity sets `table ip kube-proxy` holds now (none without the table). */
 async function listInstalled(): Promise<NftInstalled> {
-  const chains = await runTool('nft', ['-j', '-t', 'list', 'chains', NFT_TABLE_FAMILY]);
-  const sets = await runTool('nft', ['-j', '-t', 'list', 'sets', NFT_TABLE_FAMILY]);
+  const chains = await run('nft', ['-j', '-t', 'list', 'chains', NFT_TABLE_FAMILY]);
+  const sets = await run('nft', ['-j', '-t', 'list', 'sets', NFT_TABLE_FAMILY]);
   return {
     chains: nftObjectNames(chains.stdout, 'chain', NFT_TABLE_NAME),
     sets: nftObjectNames(sets.stdout, 'set', NFT_TABLE_NAME),
@@ -63,14 +63,14 @@ export class NftablesDataplane implements Dataplane {
     const plan = this.writer.plan({ state, full, changed, installed, now: this.now() });
     if (plan.cleanup !== null) {
       try {
-        await runTool('nft', ['-f', '-'], { input: plan.cleanup });
+        await run('nft', ['-f', '-'], { input: plan.cleanup });
       } catch (err) {
         // They stay flushed; the next full sync lists them again.
         log.warn({ err: (err as Error).message }, 'deleting stale nftables chains failed; retried after the next full sync');
       }
     }
     try {
-      for (const tx of plan.transactions) await runTool('nft', ['-f', '-'], { input: tx });
+      for (const tx of plan.transactions) await run('nft', ['-f', '-'], { input: tx });
     } catch (err) {
       this.writer.forget();
       log.error({ err: (err as Error).message, full }, 'nft -f failed; the next sync rewrites every chain');
