@@ -105,7 +105,10 @@ export interface LabPlan {
   routes: RouteSpec[];
   /** Namespaces that forward packets (net.ipv4.ip_forward=1). */
   forwarding: string[];
-  /** Service VIPs live here; nothing routes them, the agent's TC program DNATs them. */
+  /**
+   * Service VIPs live here. Nodes route them as a default route would (to a host that does not
+   * forward): only vipr (socket LB, TC) or the fallback modes' rules make them reach a backend.
+   */
   serviceCidr: string;
   /** LoadBalancer / external IPs: the external host routes them to the first node. */
   loadBalancerCidr: string;
@@ -280,6 +283,10 @@ export function planLab(opts: LabPlanOptions): LabPlan {
   ];
   if (count === 1) {
     podLinksAndRoutes(first, links, routes);
+    // A real node's default route covers Service addresses; without one, a connect() from the
+    // node fails before kube-proxy's OUTPUT chain (fallback modes) could DNAT it. Towards the
+    // client, which does not forward: untranslated traffic goes no further.
+    routes.push({ netns: first.netns, dest: SERVICE_CIDR, dev: firstClientIfname, via: client.ip, onlink: false });
     return {
       name: opts.name,
       client,
@@ -322,6 +329,9 @@ export function planLab(opts: LabPlanOptions): LabPlan {
     }
     // Replies to the client (behind the first node) from pods on the other nodes.
     if (node !== first) routes.push({ netns: node.netns, dest: CLIENT_SUBNET, dev: ifname, via: first.nodeIp, onlink: false });
+    // Service addresses as a real node's default route takes them (see the one-node lab): towards
+    // the external host, which does not forward.
+    routes.push({ netns: node.netns, dest: SERVICE_CIDR, dev: ifname, via: EXTERNAL_IP, onlink: false });
   }
   links.push({
     local: { host: external.name, netns: external.netns, ifname: external.ifname, addresses: [`${external.ip}/${prefixLen}`] },

@@ -61,12 +61,14 @@ describe('two-node lab plan', () => {
       '10.244.1.11/32 via - dev vbe1',
       '10.244.1.12/32 via - dev vbe2',
       '10.244.2.0/24 via 192.168.60.12 dev eth0',
+      '10.0.0.0/24 via 192.168.60.100 dev eth0',
     ]);
     expect(routesOf('vipr-node2')).toEqual([
       '10.244.2.11/32 via - dev vbe3',
       '10.244.2.12/32 via - dev vbe4',
       '10.244.1.0/24 via 192.168.60.11 dev eth0',
       '172.30.0.0/24 via 192.168.60.11 dev eth0',
+      '10.0.0.0/24 via 192.168.60.100 dev eth0',
     ]);
     expect(routesOf('vipr-ext')).toEqual(['10.250.0.0/24 via 192.168.60.11 dev eth0']);
     expect(routesOf('vipr-client')).toEqual(['default via 172.30.0.1 dev eth0']);

@@ -50,6 +50,7 @@ describe('lab plan', () => {
     expect(plan.routes).toContainEqual({ netns: 'vipr-be2', dest: 'default', dev: 'eth0', via: '10.244.0.1', onlink: true });
     expect(plan.routes).toContainEqual({ netns: 'vipr-node', dest: '10.244.0.12/32', dev: 'vbe2', via: null, onlink: false });
     expect(plan.routes).toContainEqual({ netns: 'vipr-client', dest: 'default', dev: 'eth0', via: '172.30.0.1', onlink: false });
+    expect(plan.routes).toContainEqual({ netns: 'vipr-node', dest: '10.0.0.0/24', dev: 'eth0', via: '172.30.0.2', onlink: false });
     expect(plan.forwarding).toEqual(['vipr-node']);
   });
 

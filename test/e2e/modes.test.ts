@@ -185,6 +185,18 @@ describe.each(CASES)('vipr run --mode $title in the lab', (c) => {
     for (const b of BACKENDS) expect(answers.filter((a) => a === b).length).toBeGreaterThanOrEqual(5);
   }, 120_000);
 
+  test('the node itself reaches the ClusterIP and the NodePort (OUTPUT chain; 127.0.0.1 in iptables mode, as kube-proxy)', async () => {
+    const urls = [`http://${VIP}/`, `http://${NODE_IP}:${NODE_PORT}/`];
+    // kube-proxy's localhost NodePorts (route_localnet) exist in iptables mode only.
+    if (c.args.includes('iptables')) urls.push(`http://127.0.0.1:${NODE_PORT}/`);
+    for (const url of urls) {
+      const res = await labExec(lab, 'node', ['sh', '-c', `for i in 1 2 3 4 5 6; do curl -s -m 2 ${url} || echo FAILED; done`]);
+      const answers = res.stdout.trim().split('\n');
+      expect(answers).toHaveLength(6);
+      expect(answers.filter((a) => !BACKENDS.includes(a))).toEqual([]);
+    }
+  }, 60_000);
+
   test('ClientIP affinity keeps the client on one backend for 20 connections', async () => {
     const answers = await curl(`http://${STICKY_VIP}/`, 20);
     expect(answers).toHaveLength(20);
