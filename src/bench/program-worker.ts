@@ -12,7 +12,7 @@
  *
  *   node program-worker.js REQUEST.json      (writes the result to request.resultFile)
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { loadManifestDir } from '../sources/manifest.js';
 import { buildDesiredState } from '../model/build.js';
 import type { ClusterObjects } from '../model/k8s.js';
@@ -21,31 +21,8 @@ import type { Dataplane } from '../sync/dataplane.js';
 import { cleanupMode, createFallbackDataplane } from '../modes/index.js';
 import { renderOptionsFromCli } from '../modes/cli.js';
 import { IptablesTools } from '../modes/tools.js';
-import type { DataplaneMode } from './plan.js';
-
-export interface ProgramRequest {
-  mode: DataplaneMode;
-  manifestsDir: string;
-  pinDir: string;
-  nodeName: string;
-  /** `namespace/name` of the Service whose endpoints change for sync_one. */
-  changeService: string;
-  repeats: number;
-  /** VIPs of the measured Services, by placement, to locate in KUBE-SERVICES. */
-  measuredVips: Record<string, string>;
-  resultFile: string;
-}
-
-export interface ProgramResult {
-  services: number;
-  syncAllMs: number;
-  syncOneMs: number[];
-  /** BPF only: the part of each sync spent in map calls (bpf(2) through libbpf), same order. */
-  mapAllMs: number | null;
-  mapOneMs: number[] | null;
-  /** iptables modes: 1-based position of each measured Service's TCP rule among KUBE-SERVICES' service rules. */
-  positions: Record<string, { position: number; of: number }> | null;
-}
+import { readJsonFile } from '../json-file.js';
+import { PROGRAM_REQUEST, type ProgramRequest, type ProgramResult } from './program-records.js';
 
 function elapsedMs(start: bigint): number {
   return Number(process.hrtime.bigint() - start) / 1e6;
@@ -127,7 +104,7 @@ async function kubeServicesPositions(req: ProgramRequest): Promise<ProgramResult
 }
 
 async function main(requestFile: string): Promise<void> {
-  const req = JSON.parse(readFileSync(requestFile, 'utf8')) as ProgramRequest;
+  const req = readJsonFile(requestFile, PROGRAM_REQUEST);
   await cleanupMode(req.mode === 'iptables-nft' ? 'iptables' : req.mode, { pinDir: req.pinDir });
   const load = await loadManifestDir(req.manifestsDir);
   if (load.problems.length > 0) throw new Error(`bench manifests have problems: ${String(load.problems[0])}`);

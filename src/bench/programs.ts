@@ -3,12 +3,12 @@
  * `make build` has not (same flags as the Makefile rule), and running the load generator pinned
  * to a CPU inside a namespace.
  */
-import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../paths.js';
 import { nsenterArgv } from '../lab/exec.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, ToolError } from '../errors.js';
+import { run } from '../process/run.js';
 import type { TrafficMetric } from './plan.js';
 
 export const BENCH_PROGRAMS = ['rr', 'responder'] as const;
@@ -24,25 +24,6 @@ export function benchBinary(program: BenchProgram): string {
 
 export const BENCH_CFLAGS = ['-O2', '-Wall', '-Wextra', '-Werror'];
 
-function execFileText(file: string, args: readonly string[], opts: { timeoutMs: number; signal?: AbortSignal }): Promise<{ stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(
-      file,
-      [...args],
-      { timeout: opts.timeoutMs, maxBuffer: 16 * 1024 * 1024, encoding: 'utf8', ...(opts.signal ? { signal: opts.signal } : {}) },
-      (err, stdout, stderr) => {
-        if (err) {
-          const e = err as NodeJS.ErrnoException;
-          const reason = stderr.trim().split('\n').pop() || e.message;
-          reject(Object.assign(new Error(`${[file, ...args].join(' ')}: ${reason}`, { cause: err }), { stderr }));
-          return;
-        }
-        resolve({ stdout, stderr });
-      },
-    );
-  });
-}
-
 /** Compiles a program into bench/bin/ when its binary is missing or older than its source. */
 export async function ensureBenchProgram(program: BenchProgram): Promise<string> {
   const src = benchSource(program);
@@ -55,11 +36,12 @@ export async function ensureBenchProgram(program: BenchProgram): Promise<string>
   let lastError: unknown = null;
   for (const cc of compilers) {
     try {
-      await execFileText(cc, [...BENCH_CFLAGS, '-o', bin, src], { timeoutMs: 120_000 });
+      await run(cc, [...BENCH_CFLAGS, '-o', bin, src], { timeoutMs: 120_000 });
       return bin;
     } catch (err) {
       lastError = err;
-      if ((err as { cause?: NodeJS.ErrnoException }).cause?.code !== 'ENOENT') break;
+      // Only a missing compiler moves on to the next one; a failed build is the answer.
+      if (!(err instanceof ToolError && err.notFound)) break;
     }
   }
   throw new ConfigError(`building ${bin} failed (run 'make build'; needs a C compiler): ${(lastError as Error).message}`, { cause: lastError });
@@ -118,8 +100,9 @@ export async function runLoad(o: LoadOptions): Promise<RrOutput> {
     '--duration-ms', String(o.durationMs), '--warmup-ms', String(o.warmupMs),
   ];
   const [file, argv] = nsenterArgv(o.netns, 'taskset', args);
-  const { stdout } = await execFileText(file, argv, {
+  const { stdout } = await run(file, argv, {
     timeoutMs: o.durationMs + o.warmupMs + 30_000,
+    maxBuffer: 16 * 1024 * 1024,
     ...(o.signal ? { signal: o.signal } : {}),
   });
   return parseRrOutput(stdout);

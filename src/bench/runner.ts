@@ -9,7 +9,6 @@
  * /dev/cpu_dma_latency is held at 0 throughout; labs are removed at the end, also on failure
  * and on abort (SIGINT).
  */
-import { execFile } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,11 +16,13 @@ import { requireRoot } from '../bpf/datapath.js';
 import { nsenterArgv } from '../lab/exec.js';
 import { defaultAgentMain, AGENT_READY_MSG } from '../lab/lab.js';
 import { startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
-import { DataplaneError, ConfigError } from '../errors.js';
+import { ConfigError } from '../errors.js';
 import { packageRoot } from '../paths.js';
-import { detectIpvs } from '../modes/ipvs.js';
-import { toolExists } from '../modes/tools.js';
-import type { ProgramRequest, ProgramResult } from './program-worker.js';
+import { NoIpvsError, detectIpvs } from '../modes/ipvs.js';
+import { run, toolExists } from '../process/run.js';
+import { PROGRAM_RESULT, type ProgramRequest } from './program-records.js';
+import { readJsonFile } from '../json-file.js';
+import { z } from 'zod';
 import { backendIps, benchLabDown, benchLabUp, nodeNetns, type BenchLab } from './labs.js';
 import { ensureBenchProgram, runLoad } from './programs.js';
 import {
@@ -53,19 +54,6 @@ function workerScript(): string {
   return join(packageRoot(), 'dist', 'src', 'bench', 'program-worker.js');
 }
 
-function execText(file: string, args: string[], timeoutMs: number, signal?: AbortSignal): Promise<{ stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(file, args, { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024, encoding: 'utf8', ...(signal ? { signal } : {}) }, (err, stdout, stderr) => {
-      if (err) {
-        const tail = stderr.trim().split('\n').filter((l) => !l.startsWith('{')).pop();
-        reject(new Error(`${[file, ...args].join(' ')} failed: ${tail || err.message}`, { cause: err }));
-        return;
-      }
-      resolve({ stdout, stderr });
-    });
-  });
-}
-
 /** Why a mode cannot run here, or null when it can. */
 async function unavailableReason(mode: DataplaneMode): Promise<string | null> {
   switch (mode) {
@@ -82,7 +70,7 @@ async function unavailableReason(mode: DataplaneMode): Promise<string | null> {
         await detectIpvs();
         return null;
       } catch (err) {
-        if (err instanceof DataplaneError && /has no IPVS/.test(err.message)) return 'kernel without IPVS';
+        if (err instanceof NoIpvsError && err.missing === 'kernel') return 'kernel without IPVS';
         return err instanceof Error ? err.message : String(err);
       }
   }
@@ -101,16 +89,23 @@ function holdCpuDmaLatency(): { fd: number | null; status: string } {
 
 async function toolVersion(file: string, args: string[]): Promise<string> {
   try {
-    const { stdout, stderr } = await execText(file, args, 10_000);
+    const { stdout, stderr } = await run(file, args, { timeoutMs: 10_000 });
     return (stdout.trim() || stderr.trim()).split('\n')[0] ?? '';
   } catch {
     return 'not installed';
   }
 }
 
+/** vipr's own package.json, for the version recorded with the results. */
+const PACKAGE_JSON = {
+  what: 'package manifest',
+  schema: z.object({ version: z.string().optional() }),
+  fix: 'reinstall vipr',
+};
+
 async function environment(plan: BenchPlan, command: string, dma: string): Promise<BenchEnv> {
   const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model ?? 'unknown';
-  const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version?: string };
+  const pkg = readJsonFile(join(packageRoot(), 'package.json'), PACKAGE_JSON);
   return {
     kernel: release(),
     cpu: model.trim(),
@@ -203,8 +198,8 @@ async function programNode(c: CellContext, mode: DataplaneMode): Promise<void> {
   writeFileSync(reqFile, JSON.stringify(req));
   const [file, args] = nsenterArgv(nodeNetns(c.lab), process.execPath, [workerScript(), reqFile]);
   // The worker's own logging is not wanted here: its figures come back in the result file.
-  await execText('env', ['VIPR_LOG_LEVEL=error', file, ...args], 600_000, c.signal);
-  const res = JSON.parse(readFileSync(resultFile, 'utf8')) as ProgramResult;
+  await run(file, args, { timeoutMs: 600_000, signal: c.signal, env: { ...process.env, VIPR_LOG_LEVEL: 'error' } });
+  const res = readJsonFile(resultFile, PROGRAM_RESULT);
   const base = { mode, services: c.services, placement: 'none' as const, round: c.round };
   c.samples.push({ ...base, metric: 'sync_all', p50: res.syncAllMs, p99: null, rate: null, ...(res.mapAllMs === null ? {} : { mapWork: res.mapAllMs }) });
   c.samples.push({

@@ -11,7 +11,8 @@ import type { Listing } from '../model/listing.js';
 import type { RenderOptions } from '../render/options.js';
 import { KUBE_IPVS_DUMMY_DEVICE } from '../render/ipvs.js';
 import { MAPS } from '../bpf/layouts.js';
-import { DataplaneError } from '../errors.js';
+import { DataplaneError, ToolError } from '../errors.js';
+import { run } from '../process/run.js';
 import { componentLogger } from '../log.js';
 import { IptablesDataplane } from './iptables.js';
 import { NftablesDataplane, NFT_TABLE_FAMILY, NFT_TABLE_NAME } from './nftables.js';
@@ -20,7 +21,7 @@ import { iptablesListing, parseIptablesSave, type SavedTable } from './iptables-
 import { nftListing } from './nft-listing.js';
 import { ipvsListing } from './ipvsadm.js';
 import {
-  IPTABLES_BACKENDS, IptablesTools, detectIptablesBackend, runTool, type IptablesBackend, type IptablesBackendChoice,
+  IPTABLES_BACKENDS, IptablesTools, detectIptablesBackend, type IptablesBackend, type IptablesBackendChoice,
 } from './tools.js';
 
 const log = componentLogger('modes');
@@ -128,13 +129,13 @@ async function cleanupNftables(): Promise<string[]> {
   const table = [NFT_TABLE_FAMILY, NFT_TABLE_NAME];
   let listed;
   try {
-    listed = await runTool('nft', ['list', 'table', ...table], { check: false });
+    listed = await run('nft', ['list', 'table', ...table], { check: false });
   } catch (err) {
-    if (err instanceof DataplaneError && /not found/.test(err.message)) return [];
+    if (err instanceof ToolError && err.notFound) return [];
     throw err;
   }
-  if (listed.code !== 0) return [];
-  await runTool('nft', ['delete', 'table', ...table]);
+  if (listed.exitCode !== 0) return [];
+  await run('nft', ['delete', 'table', ...table]);
   return [`nftables: table ${table.join(' ')}`];
 }
 
@@ -142,21 +143,21 @@ async function cleanupNftables(): Promise<string[]> {
 async function cleanupIpvsObjects(): Promise<string[]> {
   const removed: string[] = [];
   if (existsSync(PROC_IP_VS)) {
-    const saved = await runTool('ipvsadm', ['-Sn'], { check: false }).catch(() => null);
-    if (saved !== null && saved.code === 0 && saved.stdout.trim() !== '') {
-      await runTool('ipvsadm', ['-C']);
+    const saved = await run('ipvsadm', ['-Sn'], { check: false }).catch(() => null);
+    if (saved !== null && saved.exitCode === 0 && saved.stdout.trim() !== '') {
+      await run('ipvsadm', ['-C']);
       removed.push('ipvs: virtual servers');
     }
   }
-  const sets = await runTool('ipset', ['list', '-n'], { check: false }).catch(() => null);
-  if (sets !== null && sets.code === 0) {
+  const sets = await run('ipset', ['list', '-n'], { check: false }).catch(() => null);
+  if (sets !== null && sets.exitCode === 0) {
     const kube = sets.stdout.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('KUBE-'));
-    for (const set of kube) await runTool('ipset', ['destroy', set]);
+    for (const set of kube) await run('ipset', ['destroy', set]);
     if (kube.length > 0) removed.push(`ipset: ${kube.length} KUBE- sets`);
   }
-  const link = await runTool('ip', ['link', 'show', KUBE_IPVS_DUMMY_DEVICE], { check: false }).catch(() => null);
-  if (link !== null && link.code === 0) {
-    await runTool('ip', ['link', 'del', KUBE_IPVS_DUMMY_DEVICE]);
+  const link = await run('ip', ['link', 'show', KUBE_IPVS_DUMMY_DEVICE], { check: false }).catch(() => null);
+  if (link !== null && link.exitCode === 0) {
+    await run('ip', ['link', 'del', KUBE_IPVS_DUMMY_DEVICE]);
     removed.push(`link ${KUBE_IPVS_DUMMY_DEVICE}`);
   }
   return removed;
@@ -246,15 +247,15 @@ export async function readListing(mode: ProxyMode, opts: ListOptions): Promise<L
       return iptablesListing(await new IptablesTools(backend).save(), `iptables (${backend})`);
     }
     case 'nftables': {
-      const res = await runTool('nft', ['-j', 'list', 'table', NFT_TABLE_FAMILY, NFT_TABLE_NAME], { check: false });
-      if (res.code !== 0) {
+      const res = await run('nft', ['-j', 'list', 'table', NFT_TABLE_FAMILY, NFT_TABLE_NAME], { check: false });
+      if (res.exitCode !== 0) {
         throw new DataplaneError(`nothing installed: no nftables table ${NFT_TABLE_FAMILY} ${NFT_TABLE_NAME}; start 'vipr run --mode nftables'`);
       }
       return nftListing(res.stdout, `nftables (table ${NFT_TABLE_FAMILY} ${NFT_TABLE_NAME})`);
     }
     case 'ipvs': {
       await detectIpvs();
-      return ipvsListing((await runTool('ipvsadm', ['-Sn'])).stdout, 'ipvs');
+      return ipvsListing((await run('ipvsadm', ['-Sn'])).stdout, 'ipvs');
     }
   }
 }
@@ -265,10 +266,10 @@ export async function readListing(mode: ProxyMode, opts: ListOptions): Promise<L
  */
 export async function detectInstalledMode(pinDir: string): Promise<ProxyMode | null> {
   if (existsSync(join(pinDir, MAPS.services.name))) return 'bpf';
-  const nft = await runTool('nft', ['list', 'table', NFT_TABLE_FAMILY, NFT_TABLE_NAME], { check: false }).catch(() => null);
-  if (nft !== null && nft.code === 0) return 'nftables';
-  const link = await runTool('ip', ['link', 'show', KUBE_IPVS_DUMMY_DEVICE], { check: false }).catch(() => null);
-  if (link !== null && link.code === 0) return 'ipvs';
+  const nft = await run('nft', ['list', 'table', NFT_TABLE_FAMILY, NFT_TABLE_NAME], { check: false }).catch(() => null);
+  if (nft !== null && nft.exitCode === 0) return 'nftables';
+  const link = await run('ip', ['link', 'show', KUBE_IPVS_DUMMY_DEVICE], { check: false }).catch(() => null);
+  if (link !== null && link.exitCode === 0) return 'ipvs';
   for (const backend of IPTABLES_BACKENDS) {
     const tools = new IptablesTools(backend);
     if (!(await tools.exists())) continue;

@@ -54,13 +54,13 @@ export async function ensureJumpRules(tools: IptablesTools, rules: ReadonlyArray
     const chainKey = `${rule.table}/${rule.target}`;
     if (!made.has(chainKey)) {
       const created = await tools.run(['-t', rule.table, '-N', rule.target], false);
-      if (created.code !== 0 && !/already exists/i.test(created.stderr)) {
-        throw new DataplaneError(`${tools.iptables} -t ${rule.table} -N ${rule.target} failed: ${created.stderr.trim().split('\n')[0] ?? `exit ${created.code}`}`);
+      if (created.exitCode !== 0 && !/already exists/i.test(created.stderr)) {
+        throw new DataplaneError(`${tools.iptables} -t ${rule.table} -N ${rule.target} failed: ${created.stderr.trim().split('\n')[0] ?? `exit ${created.exitCode}`}`);
       }
       made.add(chainKey);
     }
     const check = await tools.run(['-t', rule.table, '-C', rule.chain, ...rule.args], false);
-    if (check.code === 0) continue;
+    if (check.exitCode === 0) continue;
     await tools.run(['-t', rule.table, '-I', rule.chain, ...rule.args]);
     inserted++;
   }

@@ -13,11 +13,12 @@ import { diffDesiredState } from '../model/diff.js';
 import type { Dataplane, SyncResult } from '../sync/dataplane.js';
 import { KUBE_IPVS_DUMMY_DEVICE, ipvsIptablesJumpRules, renderIpvs } from '../render/ipvs.js';
 import { resolveOptions, type RenderOptions } from '../render/options.js';
-import { DataplaneError } from '../errors.js';
+import { DataplaneError, ToolError } from '../errors.js';
 import { componentLogger } from '../log.js';
 import { ipvsadmChanges, parseIpvsadmSave } from './ipvsadm.js';
 import { ensureJumpRules, countBackends } from './iptables.js';
-import { runTool, setSysctl, type IptablesTools } from './tools.js';
+import { setSysctl, type IptablesTools } from './tools.js';
+import { run } from '../process/run.js';
 
 const log = componentLogger('ipvs');
 
@@ -25,32 +26,44 @@ export const PROC_IP_VS = '/proc/net/ip_vs';
 
 const NO_IPVS_HINT = 'use --mode bpf, iptables or nftables, or a kernel with CONFIG_IP_VS';
 
-function reasonOf(err: unknown, tool: string): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return message.startsWith(`${tool} failed: `) ? message.slice(tool.length + 9) : message;
+/** Why IPVS cannot be used here: the kernel has none, or ipvsadm cannot talk to it. */
+export class NoIpvsError extends DataplaneError {
+  constructor(
+    readonly missing: 'kernel' | 'ipvsadm',
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** What a tool said: its own complaint, or (not installed) the line naming the package. */
+function reasonOf(err: unknown): string {
+  if (err instanceof ToolError) return err.notFound ? err.message : err.reason;
+  return err instanceof Error ? err.message : String(err);
 }
 
 /**
- * Fails with one line unless IPVS can be used: /proc/net/ip_vs exists (after trying to load
- * the module, as kube-proxy does) and ipvsadm can talk to it.
+ * Fails with one line (a NoIpvsError) unless IPVS can be used: /proc/net/ip_vs exists (after
+ * trying to load the module, as kube-proxy does) and ipvsadm can talk to it.
  */
 export async function detectIpvs(procPath = PROC_IP_VS): Promise<void> {
   if (!existsSync(procPath)) {
     let loadError: string | null = null;
     try {
-      await runTool('modprobe', ['ip_vs'], { timeoutMs: 20_000 });
+      await run('modprobe', ['ip_vs'], { timeoutMs: 20_000 });
     } catch (err) {
-      loadError = reasonOf(err, 'modprobe');
+      loadError = reasonOf(err);
     }
     if (!existsSync(procPath)) {
       const why = loadError === null ? "'modprobe ip_vs' succeeded but it is still missing" : `'modprobe ip_vs' failed: ${loadError}`;
-      throw new DataplaneError(`--mode ipvs: this kernel has no IPVS (${procPath} missing, ${why}); ${NO_IPVS_HINT}`);
+      throw new NoIpvsError('kernel', `--mode ipvs: this kernel has no IPVS (${procPath} missing, ${why}); ${NO_IPVS_HINT}`);
     }
   }
   try {
-    await runTool('ipvsadm', ['-Ln'], { timeoutMs: 20_000 });
+    await run('ipvsadm', ['-Ln'], { timeoutMs: 20_000 });
   } catch (err) {
-    throw new DataplaneError(`--mode ipvs: ipvsadm cannot use IPVS (${reasonOf(err, 'ipvsadm')}); ${NO_IPVS_HINT}`, { cause: err });
+    throw new NoIpvsError('ipvsadm', `--mode ipvs: ipvsadm cannot use IPVS (${reasonOf(err)}); ${NO_IPVS_HINT}`, { cause: err });
   }
 }
 
@@ -73,8 +86,8 @@ export class IpvsDataplane implements Dataplane {
 
   /** The dummy link, the sysctls IPVS + iptables need, and the jump rules. */
   private async prepare(): Promise<number> {
-    const link = await runTool('ip', ['link', 'show', KUBE_IPVS_DUMMY_DEVICE], { check: false });
-    if (link.code !== 0) await runTool('ip', ['link', 'add', KUBE_IPVS_DUMMY_DEVICE, 'type', 'dummy']);
+    const link = await run('ip', ['link', 'show', KUBE_IPVS_DUMMY_DEVICE], { check: false });
+    if (link.exitCode !== 0) await run('ip', ['link', 'add', KUBE_IPVS_DUMMY_DEVICE, 'type', 'dummy']);
     // IPVS connections must be tracked for the masquerade rules; expire connections to removed
     // real servers instead of black-holing them.
     await setSysctl('net.ipv4.vs.conntrack', '1');
@@ -96,28 +109,28 @@ export class IpvsDataplane implements Dataplane {
     }
     const rendering = renderIpvs(state, this.render);
     // Sets before the rules that match them.
-    await runTool('ipset', ['restore', '-exist'], { input: rendering.ipset });
+    await run('ipset', ['restore', '-exist'], { input: rendering.ipset });
     await this.tools.restore(rendering.iptables, { noflush: true });
 
-    const bound = parseLinkAddresses((await runTool('ip', ['-4', '-o', 'addr', 'show', 'dev', KUBE_IPVS_DUMMY_DEVICE])).stdout);
+    const bound = parseLinkAddresses((await run('ip', ['-4', '-o', 'addr', 'show', 'dev', KUBE_IPVS_DUMMY_DEVICE])).stdout);
     const wanted = new Set(rendering.addresses);
     // Bind before the virtual servers appear, unbind after they are gone.
     for (const ip of rendering.addresses) {
       if (bound.includes(ip)) continue;
-      await runTool('ip', ['addr', 'add', `${ip}/32`, 'dev', KUBE_IPVS_DUMMY_DEVICE]);
+      await run('ip', ['addr', 'add', `${ip}/32`, 'dev', KUBE_IPVS_DUMMY_DEVICE]);
       writes++;
     }
     const owned = new Set([...bound, ...rendering.addresses, ...resolveOptions(this.render).nodePortIPs]);
-    const current = parseIpvsadmSave((await runTool('ipvsadm', ['-Sn'])).stdout);
+    const current = parseIpvsadmSave((await run('ipvsadm', ['-Sn'])).stdout);
     const changes = ipvsadmChanges(current, parseIpvsadmSave(rendering.ipvsadm), owned);
-    if (changes.length > 0) await runTool('ipvsadm', ['-R'], { input: `${changes.join('\n')}\n` });
+    if (changes.length > 0) await run('ipvsadm', ['-R'], { input: `${changes.join('\n')}\n` });
     for (const line of changes) {
       if (/^-[AEae] /.test(line)) writes++;
       else deletes++;
     }
     for (const ip of bound) {
       if (wanted.has(ip)) continue;
-      await runTool('ip', ['addr', 'del', `${ip}/32`, 'dev', KUBE_IPVS_DUMMY_DEVICE]);
+      await run('ip', ['addr', 'del', `${ip}/32`, 'dev', KUBE_IPVS_DUMMY_DEVICE]);
       deletes++;
     }
     log.debug({ changes: changes.length }, 'ipvs synced');

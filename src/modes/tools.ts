@@ -1,109 +1,12 @@
 /*
- * Running the tools kube-proxy's modes are applied with (iptables-restore, iptables-save,
- * iptables, nft, ipvsadm, ipset, ip), and choosing the iptables backend as kube-proxy's image
- * does (the iptables-wrapper script): whichever of legacy and nf_tables already holds more
- * Kubernetes rules, else what `iptables --version` says the system default is.
- *
- * Arguments are always an argv array (execFile, no shell); rule text goes through stdin. A
- * failure becomes one DataplaneError line naming the tool and what it said first on stderr.
+ * The iptables backends kube-proxy's modes are applied with, chosen as kube-proxy's image does
+ * (the iptables-wrapper script): whichever of legacy and nf_tables already holds more Kubernetes
+ * rules, else what `iptables --version` says the system default is. The tools themselves run
+ * through src/process/run.ts (argv arrays, rule text on stdin, a ToolError on failure).
  */
-import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
-import { DataplaneError } from '../errors.js';
-
-/**
- * How long one tool run may take. Loading 10,000 services' rules took iptables-nft-restore close
- * to a minute of CPU on a loaded 2-core machine (vipr bench): the limit only catches a hung tool.
- */
-const TOOL_TIMEOUT_MS = 5 * 60_000;
-
-export interface ToolResult {
-  stdout: string;
-  stderr: string;
-  /** Exit code; 0 unless the call was made with `check: false`. */
-  code: number;
-}
-
-export interface ToolOptions {
-  /** Written to the tool's stdin (rule sets for `-restore`, `nft -f -`, `ipset restore`). */
-  input?: string;
-  timeoutMs?: number;
-  /** false: a non-zero exit is returned in `code` instead of thrown. */
-  check?: boolean;
-}
-
-/** Debian packages providing each tool, for the "not found" hint. */
-const TOOL_PACKAGES: Record<string, string> = {
-  iptables: 'iptables',
-  nft: 'nftables',
-  ipvsadm: 'ipvsadm',
-  ipset: 'ipset',
-  ip: 'iproute2',
-  modprobe: 'kmod',
-};
-
-function packageOf(file: string): string | undefined {
-  return TOOL_PACKAGES[file.startsWith('iptables') ? 'iptables' : file];
-}
-
-/** The first meaningful line of a tool's stderr (iptables-restore puts the cause there). */
-export function firstStderrLine(stderr: string): string | null {
-  const line = stderr
-    .split('\n')
-    .map((l) => l.trim())
-    // iptables-nft-save warns about the other backend's tables: not a reason for anything.
-    .find((l) => l.length > 0 && !l.startsWith('# Warning:'));
-  return line ?? null;
-}
-
-/** Runs a tool to completion; throws a one-line DataplaneError unless it exits 0 (or check is false). */
-export function runTool(file: string, args: readonly string[], opts: ToolOptions = {}): Promise<ToolResult> {
-  const shown = [file, ...args].join(' ');
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      file,
-      [...args],
-      { timeout: opts.timeoutMs ?? TOOL_TIMEOUT_MS, maxBuffer: 256 * 1024 * 1024, encoding: 'utf8' },
-      (err, stdout, stderr) => {
-        if (!err) {
-          resolve({ stdout, stderr, code: 0 });
-          return;
-        }
-        const e = err as NodeJS.ErrnoException & { code?: number | string; killed?: boolean; signal?: string | null };
-        if (e.code === 'ENOENT') {
-          const pkg = packageOf(file);
-          reject(new DataplaneError(`${file} not found${pkg ? ` (install the ${pkg} package)` : ''}`, { cause: err }));
-          return;
-        }
-        if (e.killed || (typeof e.signal === 'string' && e.signal.length > 0)) {
-          reject(new DataplaneError(`${shown} was killed by ${e.signal ?? 'a signal'} (timeout?)`, { cause: err }));
-          return;
-        }
-        const code = typeof e.code === 'number' ? e.code : 1;
-        if (opts.check === false) {
-          resolve({ stdout, stderr, code });
-          return;
-        }
-        const reason = firstStderrLine(stderr) ?? `exit code ${code}`;
-        reject(new DataplaneError(`${file} failed: ${reason}`, { cause: err }));
-      },
-    );
-    // A tool that exits before reading all of stdin (a usage error) must not crash us with EPIPE.
-    child.stdin?.on('error', () => undefined);
-    child.stdin?.end(opts.input ?? '');
-  });
-}
-
-/** Whether `file` can be run at all (found on PATH). */
-export async function toolExists(file: string): Promise<boolean> {
-  try {
-    await runTool(file, ['--version'], { check: false, timeoutMs: 10_000 });
-    return true;
-  } catch (err) {
-    if (err instanceof DataplaneError && /not found/.test(err.message)) return false;
-    throw err;
-  }
-}
+import { DataplaneError, ToolError } from '../errors.js';
+import { run, toolExists, type RunResult } from '../process/run.js';
 
 export type IptablesBackend = 'legacy' | 'nft';
 export type IptablesBackendChoice = IptablesBackend | 'auto';
@@ -125,18 +28,18 @@ export class IptablesTools {
 
   /** `iptables-restore` input applied atomically per table; `noflush` keeps chains not declared. */
   async restore(text: string, opts: { noflush: boolean } = { noflush: true }): Promise<void> {
-    await runTool(`iptables-${this.backend}-restore`, opts.noflush ? ['--noflush'] : [], { input: text });
+    await run(`iptables-${this.backend}-restore`, opts.noflush ? ['--noflush'] : [], { input: text });
   }
 
   /** `iptables-save [-t table]`. */
   async save(table?: 'nat' | 'filter'): Promise<string> {
-    const { stdout } = await runTool(`iptables-${this.backend}-save`, table === undefined ? [] : ['-t', table]);
+    const { stdout } = await run(`iptables-${this.backend}-save`, table === undefined ? [] : ['-t', table]);
     return stdout;
   }
 
   /** `iptables -w ARGS`; with check false, the exit code tells (e.g. `-C` finding no rule). */
-  run(args: readonly string[], check = true): Promise<ToolResult> {
-    return runTool(this.iptables, ['-w', ...args], { check });
+  run(args: readonly string[], check = true): Promise<RunResult> {
+    return run(this.iptables, ['-w', ...args], { check });
   }
 
   /** Whether this backend's binaries are installed. */
@@ -160,7 +63,7 @@ async function kubeRulesIn(backend: IptablesBackend): Promise<number | null> {
     return countKubeRules(await tools.save());
   } catch (err) {
     // A backend whose binaries are missing (or whose kernel side cannot load) holds nothing.
-    if (err instanceof DataplaneError) return null;
+    if (err instanceof ToolError) return null;
     throw err;
   }
 }
@@ -174,19 +77,19 @@ async function kubeRulesIn(backend: IptablesBackend): Promise<number | null> {
 export async function detectIptablesBackend(choice: IptablesBackendChoice): Promise<IptablesBackend> {
   if (choice !== 'auto') {
     if (!(await new IptablesTools(choice).exists())) {
-      throw new DataplaneError(`--iptables-backend ${choice}: iptables-${choice}-save not found (install the iptables package)`);
+      throw new DataplaneError(`--iptables-backend ${choice}: iptables-${choice}-save not found: apt-get install iptables`);
     }
     return choice;
   }
   const [legacy, nft] = await Promise.all([kubeRulesIn('legacy'), kubeRulesIn('nft')]);
   if (legacy === null && nft === null) {
-    throw new DataplaneError('no iptables backend found: neither iptables-legacy-save nor iptables-nft-save runs (install the iptables package)');
+    throw new DataplaneError('no iptables backend found: neither iptables-legacy-save nor iptables-nft-save runs; apt-get install iptables');
   }
   if (legacy === null) return 'nft';
   if (nft === null) return 'legacy';
   if (legacy > nft) return 'legacy';
   if (nft > legacy) return 'nft';
-  const version = await runTool('iptables', ['--version'], { check: false }).catch(() => null);
+  const version = await run('iptables', ['--version'], { check: false }).catch(() => null);
   return version !== null && /nf_tables/.test(version.stdout) ? 'nft' : 'legacy';
 }
 

@@ -1,0 +1,82 @@
+/*
+ * The one way vipr reads JSON it finds on disk (its own records under /run/vipr, lab state, bench
+ * results): parsed, then validated with a zod schema, at the edge (renovate's `Result.parse`). A
+ * file that is not what it should be is one ConfigError line naming the file, what it is, the
+ * first bad field and the fix, never a TypeError somewhere later:
+ *
+ *   /run/vipr/vipr.services.json: bad service-names record at ["7"]: Expected string, received
+ *   number; delete it: the agent writes it again on its next sync
+ *
+ * Every layer may import this module: it imports nothing of vipr's but errors.ts.
+ */
+import { readFileSync } from 'node:fs';
+import type { z } from 'zod';
+import { ConfigError } from './errors.js';
+
+/** A kind of JSON file vipr reads: its schema and what to tell people about a bad one. */
+export interface JsonRecordKind<T> {
+  /** What the file is, for people: `lab state`, `service-names record`. */
+  what: string;
+  schema: z.ZodType<T, z.ZodTypeDef, unknown>;
+  /** What to do about a bad one: `delete it: the agent writes it again on its next sync`. */
+  fix: string;
+}
+
+const MESSAGE_MAX = 400;
+
+function oneLine(text: string): string {
+  const line = text.replace(/\s*\n\s*/g, ' ').trim();
+  return line.length <= MESSAGE_MAX ? line : `${line.slice(0, MESSAGE_MAX - 1)}…`;
+}
+
+/** A zod issue path as code would name the field: `nodes[0].pinDir`, `["7"]`. */
+export function fieldPath(path: ReadonlyArray<string | number>): string {
+  let out = '';
+  for (const p of path) {
+    if (typeof p === 'number') out += `[${p}]`;
+    else if (/^[A-Za-z_$][\w$]*$/.test(p)) out += out === '' ? p : `.${p}`;
+    else out += `[${JSON.stringify(p)}]`;
+  }
+  return out;
+}
+
+/** `text` (read from `source`) as a `kind`, or a one-line ConfigError. */
+export function parseJson<T>(text: string, source: string, kind: JsonRecordKind<T>): T {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(oneLine(`${source}: ${kind.what} is not JSON (${(err as Error).message}); ${kind.fix}`), { cause: err });
+  }
+  const parsed = kind.schema.safeParse(raw);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  const at = issue === undefined || issue.path.length === 0 ? '' : ` at ${fieldPath(issue.path)}`;
+  throw new ConfigError(oneLine(`${source}: bad ${kind.what}${at}: ${issue?.message ?? 'invalid'}; ${kind.fix}`), { cause: parsed.error });
+}
+
+/** The file at `path` as a `kind`; a missing, unreadable or bad file is a one-line ConfigError. */
+export function readJsonFile<T>(path: string, kind: JsonRecordKind<T>): T {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'ENOENT' ? 'missing' : `unreadable (${e.code ?? e.message})`;
+    throw new ConfigError(oneLine(`${path}: ${kind.what} ${why}`), { cause: err });
+  }
+  return parseJson(text, path, kind);
+}
+
+/** As readJsonFile, but a file that does not exist is null (nothing recorded yet). */
+export function readJsonFileIfExists<T>(path: string, kind: JsonRecordKind<T>): T | null {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ENOENT') return null;
+    throw new ConfigError(oneLine(`${path}: ${kind.what} unreadable (${e.code ?? e.message}); ${kind.fix}`), { cause: err });
+  }
+  return parseJson(text, path, kind);
+}
