@@ -13,6 +13,28 @@ import { readFileSync } from 'node:fs';
 import type { z } from 'zod';
 import { ConfigError } from './errors.js';
 
+/** A JSON file on disk is not what it should be; `message` is the one line for people. */
+export class JsonFileError extends ConfigError {
+  constructor(
+    readonly file: string,
+    readonly what: string,
+    /** The first bad field (`nodes[0].pinDir`); null when the file is not JSON at all. */
+    readonly field: string | null,
+    /** What is wrong there: `Expected string, received number`, `not JSON (Unexpected token...)`. */
+    readonly problem: string,
+    fix: string,
+    options?: { cause?: unknown },
+  ) {
+    const at = field === null ? '' : field === '' ? ': ' : ` at ${field}: `;
+    super(oneLine(field === null ? `${file}: ${what} is ${problem}; ${fix}` : `${file}: bad ${what}${at}${problem}; ${fix}`), options);
+  }
+
+  /** The problem without the file and the fix: `bad field nodes[0].pinDir: Required`. */
+  get short(): string {
+    return oneLine(this.field === null ? this.problem : this.field === '' ? this.problem : `bad field ${this.field}: ${this.problem}`);
+  }
+}
+
 /** A kind of JSON file vipr reads: its schema and what to tell people about a bad one. */
 export interface JsonRecordKind<T> {
   /** What the file is, for people: `lab state`, `service-names record`. */
@@ -40,22 +62,21 @@ export function fieldPath(path: ReadonlyArray<string | number>): string {
   return out;
 }
 
-/** `text` (read from `source`) as a `kind`, or a one-line ConfigError. */
+/** `text` (read from `source`) as a `kind`, or a one-line JsonFileError. */
 export function parseJson<T>(text: string, source: string, kind: JsonRecordKind<T>): T {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch (err) {
-    throw new ConfigError(oneLine(`${source}: ${kind.what} is not JSON (${(err as Error).message}); ${kind.fix}`), { cause: err });
+    throw new JsonFileError(source, kind.what, null, `not JSON (${(err as Error).message})`, kind.fix, { cause: err });
   }
   const parsed = kind.schema.safeParse(raw);
   if (parsed.success) return parsed.data;
   const issue = parsed.error.issues[0];
-  const at = issue === undefined || issue.path.length === 0 ? '' : ` at ${fieldPath(issue.path)}`;
-  throw new ConfigError(oneLine(`${source}: bad ${kind.what}${at}: ${issue?.message ?? 'invalid'}; ${kind.fix}`), { cause: parsed.error });
+  throw new JsonFileError(source, kind.what, fieldPath(issue?.path ?? []), issue?.message ?? 'invalid', kind.fix, { cause: parsed.error });
 }
 
-/** The file at `path` as a `kind`; a missing, unreadable or bad file is a one-line ConfigError. */
+/** The file at `path` as a `kind`; a missing, unreadable or bad file is a one-line JsonFileError. */
 export function readJsonFile<T>(path: string, kind: JsonRecordKind<T>): T {
   let text: string;
   try {
@@ -63,7 +84,7 @@ export function readJsonFile<T>(path: string, kind: JsonRecordKind<T>): T {
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     const why = e.code === 'ENOENT' ? 'missing' : `unreadable (${e.code ?? e.message})`;
-    throw new ConfigError(oneLine(`${path}: ${kind.what} ${why}`), { cause: err });
+    throw new JsonFileError(path, kind.what, null, why, kind.fix, { cause: err });
   }
   return parseJson(text, path, kind);
 }
@@ -76,7 +97,7 @@ export function readJsonFileIfExists<T>(path: string, kind: JsonRecordKind<T>): 
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'ENOENT') return null;
-    throw new ConfigError(oneLine(`${path}: ${kind.what} unreadable (${e.code ?? e.message}); ${kind.fix}`), { cause: err });
+    throw new JsonFileError(path, kind.what, null, `unreadable (${e.code ?? e.message})`, kind.fix, { cause: err });
   }
   return parseJson(text, path, kind);
 }

@@ -76,7 +76,7 @@ class MapClock {
 }
 
 async function openDataplane(req: ProgramRequest, clock: MapClock): Promise<{ dataplane: Dataplane; close: () => void }> {
-  if (req.mode === 'bpf') {
+  if (req.mode === 'bpf' || req.mode === 'bpf-tc') {
     const { LoadedDatapath } = await import('../bpf/datapath.js');
     const { BpfDataplane } = await import('../sync/bpf-dataplane.js');
     const loaded = LoadedDatapath.load(req.pinDir);
@@ -105,7 +105,7 @@ async function kubeServicesPositions(req: ProgramRequest): Promise<ProgramResult
 
 async function main(requestFile: string): Promise<void> {
   const req = readJsonFile(requestFile, PROGRAM_REQUEST);
-  await cleanupMode(req.mode === 'iptables-nft' ? 'iptables' : req.mode, { pinDir: req.pinDir });
+  await cleanupMode(req.mode === 'iptables-nft' ? 'iptables' : req.mode === 'bpf-tc' ? 'bpf' : req.mode, { pinDir: req.pinDir });
   const load = await loadManifestDir(req.manifestsDir);
   if (load.problems.length > 0) throw new Error(`bench manifests have problems: ${String(load.problems[0])}`);
   const node: NodeInfo = { name: req.nodeName, zone: null, ips: [] };
@@ -114,7 +114,7 @@ async function main(requestFile: string): Promise<void> {
 
   const clock = new MapClock();
   const { dataplane, close } = await openDataplane(req, clock);
-  const bpf = req.mode === 'bpf';
+  const bpf = req.mode === 'bpf' || req.mode === 'bpf-tc';
   try {
     clock.take();
     let start = process.hrtime.bigint();

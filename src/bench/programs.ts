@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../paths.js';
 import { nsenterArgv } from '../lab/exec.js';
+import { inCgroupArgv } from '../lab/cgroups.js';
 import { ConfigError, ToolError } from '../errors.js';
 import { run } from '../process/run.js';
 import type { TrafficMetric } from './plan.js';
@@ -90,6 +91,8 @@ export interface LoadOptions {
   durationMs: number;
   warmupMs: number;
   signal?: AbortSignal;
+  /** Run as a process of this cgroup (the lab node's: where socket LB applies), or not. */
+  cgroup?: string | null;
 }
 
 /** Runs bench/bin/rr in `netns`, pinned to `cpu` with taskset. */
@@ -99,7 +102,8 @@ export async function runLoad(o: LoadOptions): Promise<RrOutput> {
     '--mode', o.metric, '--target', o.target,
     '--duration-ms', String(o.durationMs), '--warmup-ms', String(o.warmupMs),
   ];
-  const [file, argv] = nsenterArgv(o.netns, 'taskset', args);
+  const [nsFile, nsArgv] = nsenterArgv(o.netns, 'taskset', args);
+  const [file, argv] = o.cgroup ? inCgroupArgv(o.cgroup, nsFile, nsArgv) : [nsFile, nsArgv];
   const { stdout } = await run(file, argv, {
     timeoutMs: o.durationMs + o.warmupMs + 30_000,
     maxBuffer: 16 * 1024 * 1024,

@@ -58,6 +58,7 @@ function workerScript(): string {
 async function unavailableReason(mode: DataplaneMode): Promise<string | null> {
   switch (mode) {
     case 'bpf':
+    case 'bpf-tc':
       return null;
     case 'iptables':
       return (await toolExists('iptables-legacy-restore')) ? null : 'iptables-legacy not installed';
@@ -132,8 +133,13 @@ async function environment(plan: BenchPlan, command: string, dma: string): Promi
 
 function agentModeArgs(mode: DataplaneMode, lab: BenchLab): string[] {
   switch (mode) {
-    case 'bpf':
-      return lab.state.agentIfaces.flatMap((i) => ['--iface', i]);
+    case 'bpf': {
+      // Socket LB on the lab node's cgroup, where the client runs; its pinned links stay after the agent.
+      const cgroup = lab.state.nodes[0]?.cgroup;
+      return [...lab.state.agentIfaces.flatMap((i) => ['--iface', i]), ...(cgroup === undefined ? [] : ['--cgroup-root', cgroup])];
+    }
+    case 'bpf-tc':
+      return [...lab.state.agentIfaces.flatMap((i) => ['--iface', i]), '--socket-lb', 'off'];
     case 'iptables':
       return ['--mode', 'iptables', '--iptables-backend', 'legacy'];
     case 'iptables-nft':
@@ -255,6 +261,8 @@ async function traffic(c: CellContext, mode: BenchMode): Promise<void> {
         durationMs: durationMs[metric],
         warmupMs: d.warmupMs,
         signal: c.signal,
+        // The one-node lab's client is a process of the node (socket LB applies in mode bpf).
+        cgroup: c.lab.state.nodes[0]?.cgroup ?? null,
       });
       if (out.errors > 0.01 * (out.samples + out.errors)) {
         throw new Error(`${mode} ${metric} to ${out.target}: ${out.errors} of ${out.samples + out.errors} transactions failed (${out.first_error ?? '?'})`);

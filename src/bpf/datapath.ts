@@ -3,7 +3,6 @@
  * its programs to interfaces (TCX links where the kernel has them, clsact otherwise), open the
  * pinned maps for the CLI, and remove everything on cleanup.
  */
-import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, writeFileSync, unlinkSync, type Stats } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import * as libbpf from './libbpf.js';
@@ -11,7 +10,10 @@ import { BpfMap } from './map.js';
 import { MAPS, type MapRole } from './layouts.js';
 import { socketLbRecordPath } from './socket-lb.js';
 import { BpfError, ConfigError } from '../errors.js';
+import { runSync } from '../process/run.js';
 import { componentLogger } from '../log.js';
+import { readJsonFileIfExists, type JsonRecordKind } from '../json-file.js';
+import { z } from 'zod';
 import { DEFAULT_PIN_DIR, STATE_DIR, serviceNamesPath, tcObjectPath, xdpObjectPath } from '../paths.js';
 
 const log = componentLogger('datapath');
@@ -58,7 +60,7 @@ export function ensureBpffs(pinDir: string): void {
   if (!isBpffs(root)) {
     log.info({ root }, 'mounting bpffs');
     try {
-      execFileSync('mount', ['-t', 'bpf', 'bpf', root], { stdio: 'pipe' });
+      runSync('mount', ['-t', 'bpf', 'bpf', root], { timeoutMs: 10_000 });
     } catch (err) {
       throw new ConfigError(`bpffs is not mounted at ${root} and mounting it failed: run 'mount -t bpf bpf ${root}'`, { cause: err });
     }
@@ -267,12 +269,21 @@ function writeRecord(pinDir: string, a: Attachment): void {
   writeFileSync(clsactRecordPath(pinDir), JSON.stringify(rec));
 }
 
+/** What vipr attached outside pinned links (clsact filters, XDP programs), for cleanup to remove. */
+const CLSACT_RECORD: JsonRecordKind<Attachment[]> = {
+  what: 'attachment record',
+  schema: z.array(
+    z.object({
+      iface: z.string().min(1),
+      direction: z.enum(['ingress', 'egress', 'xdp']),
+      how: z.enum(['tcx', 'tc', 'xdp-native', 'xdp-generic']),
+    }),
+  ),
+  fix: "delete it, then remove vipr's clsact filters and XDP programs it listed by hand (tc filter del dev IFACE ..., ip link set dev IFACE xdp off)",
+};
+
 function readClsactRecord(pinDir: string): Attachment[] {
-  try {
-    return JSON.parse(readFileSync(clsactRecordPath(pinDir), 'utf8')) as Attachment[];
-  } catch {
-    return [];
-  }
+  return readJsonFileIfExists(clsactRecordPath(pinDir), CLSACT_RECORD) ?? [];
 }
 
 /**
@@ -372,7 +383,7 @@ export function forgetInterface(pinDir: string, iface: string): void {
 /** The interface's driver as `ethtool -i` reports it, or null. */
 function interfaceDriver(iface: string): string | null {
   try {
-    const out = execFileSync('ethtool', ['-i', iface], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const out = runSync('ethtool', ['-i', iface], { timeoutMs: 10_000 }).stdout;
     return /^driver: (\S+)/m.exec(out)?.[1] ?? null;
   } catch {
     return null;

@@ -2,7 +2,7 @@
  * Reads the pinned maps back into user-facing shapes: the `vipr list` table, decoded map dumps,
  * summed counters. Read-only: nothing here writes a map.
  */
-import { readFileSync } from 'node:fs';
+import { z } from 'zod';
 import type { DatapathMaps } from './datapath.js';
 import { describeSocketLb, socketLbStatus } from './socket-lb.js';
 import {
@@ -11,18 +11,23 @@ import {
 } from './layouts.js';
 import type { Listing, ListedService } from '../model/listing.js';
 import { serviceNamesPath } from '../paths.js';
+import { readJsonFileIfExists, type JsonRecordKind } from '../json-file.js';
 
 export function protoName(p: number): 'TCP' | 'UDP' | 'SCTP' {
   return p === IPPROTO_TCP ? 'TCP' : p === IPPROTO_UDP ? 'UDP' : 'SCTP';
 }
 
+/** The agent's record of svc_id → `namespace/name:port` (the maps carry no names). */
+export const SERVICE_NAMES_RECORD: JsonRecordKind<Record<string, string>> = {
+  what: 'service-names record',
+  schema: z.record(z.string().regex(/^\d+$/, 'expected a service id'), z.string()),
+  fix: 'delete it: the agent writes it again on its next sync',
+};
+
+/** svc_id → `namespace/name:port`; empty before the agent wrote any. A bad record is a JsonFileError. */
 export function readServiceNames(pinDir: string): Map<number, string> {
-  try {
-    const raw = JSON.parse(readFileSync(serviceNamesPath(pinDir), 'utf8')) as Record<string, string>;
-    return new Map(Object.entries(raw).map(([id, name]) => [Number(id), name]));
-  } catch {
-    return new Map();
-  }
+  const raw = readJsonFileIfExists(serviceNamesPath(pinDir), SERVICE_NAMES_RECORD) ?? {};
+  return new Map(Object.entries(raw).map(([id, name]) => [Number(id), name]));
 }
 
 /** Connection counts per (svc_id, backend_id), IPVS style: active = TCP not closing. */

@@ -5,7 +5,8 @@
  * went away. Links are read over netlink with `ip`, which sees the agent's network namespace
  * (/sys/class/net would show the namespace /sys was mounted in).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { runSync } from '../process/run.js';
 import { componentLogger } from '../log.js';
 
 const log = componentLogger('interfaces');
@@ -33,7 +34,7 @@ export function matchesSpec(spec: IfaceSpec, name: string): boolean {
 
 /** Link names in this network namespace (`ip -o link show`; `name@peer` shortened to name). */
 export function listLinks(): string[] {
-  const out = execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' });
+  const out = runSync('ip', ['-o', 'link', 'show'], { timeoutMs: 10_000 }).stdout;
   return out
     .split('\n')
     .map((l) => /^\d+: ([^:@\s]+)/.exec(l)?.[1])

@@ -18,6 +18,8 @@ import { SockConfig } from './layouts.js';
 import { BpfError, ConfigError } from '../errors.js';
 import { componentLogger } from '../log.js';
 import { packageRoot, STATE_DIR } from '../paths.js';
+import { readJsonFileIfExists, type JsonRecordKind } from '../json-file.js';
+import { z } from 'zod';
 
 const log = componentLogger('socket-lb');
 
@@ -314,15 +316,18 @@ export function detachSocketLb(pinDir: string): string[] {
 export type SocketLbStatus = { on: false } | { on: true; cgroup: string | null; hostNsOnly: boolean | null; hooks: SockHook[] };
 
 /** Whether socket LB is attached for this pin dir (its pinned links), and where. */
+/** Where the agent attached socket LB (written on attach). */
+const SOCKET_LB_RECORD: JsonRecordKind<Partial<SocketLbRecord>> = {
+  what: 'socket LB record',
+  schema: z.object({ cgroup: z.string().min(1), hostNsOnly: z.boolean() }).partial(),
+  fix: 'delete it: the agent writes it again when it attaches socket LB',
+};
+
 export function socketLbStatus(pinDir: string): SocketLbStatus {
   const hooks = SOCK_HOOKS.map((h) => h.hook).filter((h) => existsSync(sockLinkPinPath(pinDir, h)));
   if (hooks.length === 0) return { on: false };
-  let record: Partial<SocketLbRecord> = {};
-  try {
-    record = JSON.parse(readFileSync(socketLbRecordPath(pinDir), 'utf8')) as Partial<SocketLbRecord>;
-  } catch {
-    // Links pinned by hand or the record lost: on, somewhere.
-  }
+  // Links pinned by hand or the record lost: on, somewhere.
+  const record = readJsonFileIfExists(socketLbRecordPath(pinDir), SOCKET_LB_RECORD) ?? {};
   return { on: true, cgroup: record.cgroup ?? null, hostNsOnly: record.hostNsOnly ?? null, hooks };
 }
 

@@ -17,7 +17,7 @@ import { formatError } from './errors.js';
 
 export const summary = 'benchmark BPF against iptables, nftables and IPVS: latency, conn/s, sync time, memory';
 
-const HELP = `usage: vipr bench [--modes bpf,iptables,iptables-nft,nftables,ipvs] [--services 1,1000,10000]
+const HELP = `usage: vipr bench [--modes bpf,bpf-tc,iptables,iptables-nft,nftables,ipvs] [--services 1,1000,10000]
                   [--backends 3] [--rounds 3] [--json FILE] [--chart FILE.svg] [--quick]
 
 Builds one lab per mode (named <prefix>-bpf, <prefix>-ipt, ...; see 'vipr lab'), plus one with
@@ -35,7 +35,9 @@ responders (bench/rr.c, bench/responder.c) run pinned to one CPU, with /dev/cpu_
 held at 0. Labs are removed at the end, also on failure or Ctrl-C. Must run as root.
 
 options:
-  --modes LIST        dataplanes to compare (default all; unavailable ones are reported as such)
+  --modes LIST        dataplanes to compare (default all; unavailable ones are reported as such);
+                      bpf is the default agent (socket LB for the client, a process of the
+                      node, and TC), bpf-tc the same with --socket-lb off (every packet via TC)
   --services LIST     service counts (default 1,1000,10000; --quick: 1,100)
   --backends N        backends per service (default 3)
   --rounds N          rounds (default 3; --quick: 1)

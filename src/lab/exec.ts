@@ -1,47 +1,20 @@
 /*
- * Running the system tools the lab is made with (ip, ethtool, sysctl, nsenter). Arguments are
- * always passed as an argv array (execFile, no shell), so lab names and user commands are never
- * parsed by a shell. A failure becomes one line naming the command and what the tool said:
+ * Running the system tools the lab is made with (ip, ethtool, sysctl, nsenter), through the one
+ * runner (src/process/run.ts): argv arrays, no shell, so lab names and user commands are never
+ * parsed by a shell. A failure is a ToolError, one line naming the command and what the tool said:
  * `ip netns add vipr-client failed: Cannot create namespace file "/run/netns/vipr-client": File exists`.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
+import { ToolError } from '../errors.js';
+import { run as runTool, spawnError, commandLine, type RunResult } from '../process/run.js';
 import { inCgroupArgv } from './cgroups.js';
-
-/** A lab command failed; `message` is the one line for the user, the rest is for diagnosis. */
-export class CommandError extends Error {
-  override readonly name = 'CommandError';
-  constructor(
-    /** What was run, as the user would type it (namespace entry shown as `in <netns>`). */
-    readonly command: string,
-    /** Exit code, or null when the process could not start or died from a signal. */
-    readonly exitCode: number | null,
-    readonly stderr: string,
-    reason: string,
-    options?: { cause?: unknown },
-  ) {
-    super(`${command} failed: ${reason}`, options);
-  }
-}
-
-export interface CommandResult {
-  stdout: string;
-  stderr: string;
-}
 
 export interface RunOptions {
   /** Run inside this named network namespace (through `nsenter --net=`, never `ip netns exec`). */
   netns?: string;
   timeoutMs?: number;
 }
-
-/** Packages that provide the tools the lab needs, for the "not found" hint. */
-const TOOL_PACKAGES: Record<string, string> = {
-  ip: 'iproute2',
-  ethtool: 'ethtool',
-  nsenter: 'util-linux',
-  sysctl: 'procps',
-};
 
 export function netnsPath(netns: string): string {
   return `/run/netns/${netns}`;
@@ -55,64 +28,19 @@ export function nsenterArgv(netns: string, cmd: string, args: readonly string[])
   return ['nsenter', [`--net=${netnsPath(netns)}`, cmd, ...args]];
 }
 
-/** The last meaningful line of a tool's stderr, without the prefixes tools put in front. */
-export function toolReason(stderr: string): string | null {
-  const lines = stderr
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l.length > 0);
-  const last = lines[lines.length - 1];
-  if (last === undefined) return null;
-  return last.replace(/^(RTNETLINK answers|Error|nsenter|sysctl|ethtool): /, '');
-}
-
-function describe(cmd: string, args: readonly string[], netns: string | undefined): string {
-  const line = [cmd, ...args].join(' ');
-  return netns === undefined ? line : `${line} (in ${netns})`;
-}
-
-/** Runs a tool to completion; rejects with a CommandError on a non-zero exit. */
-export function run(cmd: string, args: readonly string[], opts: RunOptions = {}): Promise<CommandResult> {
-  const shown = describe(cmd, args, opts.netns);
+/** Runs a tool to completion (in `netns` when given); rejects with a ToolError unless it exits 0. */
+export function run(cmd: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const [file, argv] = opts.netns === undefined ? [cmd, [...args]] : nsenterArgv(opts.netns, cmd, args);
-  return new Promise((resolve, reject) => {
-    execFile(
-      file,
-      argv,
-      { timeout: opts.timeoutMs ?? 30_000, maxBuffer: 16 * 1024 * 1024, encoding: 'utf8' },
-      (err, stdout, stderr) => {
-        if (!err) {
-          resolve({ stdout, stderr });
-          return;
-        }
-        const e = err as NodeJS.ErrnoException & { code?: number | string; killed?: boolean; signal?: string };
-        if (e.code === 'ENOENT') {
-          const pkg = TOOL_PACKAGES[file];
-          reject(new CommandError(shown, null, '', `${file} not found${pkg ? ` (install ${pkg})` : ''}`, { cause: err }));
-          return;
-        }
-        if (e.killed || (typeof e.signal === 'string' && e.signal.length > 0)) {
-          reject(new CommandError(shown, null, stderr, `killed by ${e.signal ?? 'signal'} (timeout?)`, { cause: err }));
-          return;
-        }
-        const code = typeof e.code === 'number' ? e.code : null;
-        const reason = toolReason(stderr) ?? `exit code ${code ?? 'unknown'}`;
-        reject(new CommandError(shown, code, stderr, reason, { cause: err }));
-      },
-    );
-  });
+  const display = opts.netns === undefined ? undefined : `${commandLine(cmd, args)} (in ${opts.netns})`;
+  return runTool(file, argv, { timeoutMs: opts.timeoutMs ?? 30_000, maxBuffer: 16 * 1024 * 1024, ...(display === undefined ? {} : { display }) });
 }
 
 /** Runs a tool, returning its error instead of throwing: for best-effort teardown. */
-export async function tryRun(
-  cmd: string,
-  args: readonly string[],
-  opts: RunOptions = {},
-): Promise<CommandResult | CommandError> {
+export async function tryRun(cmd: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult | ToolError> {
   try {
     return await run(cmd, args, opts);
   } catch (err) {
-    if (err instanceof CommandError) return err;
+    if (err instanceof ToolError) return err;
     throw err;
   }
 }
@@ -139,9 +67,9 @@ export function runInteractive(netns: string, argv: readonly string[], cgroup: s
       process.off('SIGINT', ignore);
       process.off('SIGTERM', forward);
     };
-    child.on('error', (err) => {
+    child.on('error', (err: NodeJS.ErrnoException) => {
       done();
-      reject(new CommandError(argv.join(' '), null, '', err.message, { cause: err }));
+      reject(spawnError(file, args, err, argv.join(' ')));
     });
     child.on('exit', (code, signal) => {
       done();

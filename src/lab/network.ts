@@ -5,7 +5,8 @@
  * in the root namespace, even for a moment, and deleting the namespaces deletes every link.
  */
 import { existsSync } from 'node:fs';
-import { run, tryRun, CommandError, netnsPath } from './exec.js';
+import { ToolError } from '../errors.js';
+import { run, tryRun, netnsPath } from './exec.js';
 import { planHosts, type LabPlan, type RouteSpec, type VethEnd } from './topology.js';
 
 /** Names of every named network namespace (`ip netns list`), without the `(id: N)` suffix. */
@@ -24,7 +25,7 @@ export function netnsExists(netns: string): boolean {
 /** Pids of the processes whose network namespace is `netns` (`ip netns pids`). */
 export async function netnsPids(netns: string): Promise<number[]> {
   const res = await tryRun('ip', ['netns', 'pids', netns]);
-  if (res instanceof CommandError) return [];
+  if (res instanceof ToolError) return [];
   return res.stdout
     .split('\n')
     .map((l) => Number.parseInt(l.trim(), 10))
@@ -121,7 +122,7 @@ export async function buildNetwork(plan: LabPlan, onNetnsCreated: (netns: string
 export async function deleteNetns(netns: string): Promise<boolean> {
   if (!netnsExists(netns)) return false;
   const res = await tryRun('ip', ['netns', 'del', netns]);
-  if (res instanceof CommandError) {
+  if (res instanceof ToolError) {
     if (!netnsExists(netns)) return false;
     throw res;
   }

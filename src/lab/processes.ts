@@ -9,6 +9,7 @@ import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { nsenterArgv } from './exec.js';
 import { inCgroupArgv } from './cgroups.js';
+import { spawnError } from '../process/run.js';
 
 export interface StartedProcess {
   pid: number;
@@ -93,7 +94,7 @@ export async function startInNetns(opts: StartOptions): Promise<StartedProcess> 
   const fd = openSync(opts.log, 'a');
   const startOffset = fstatSync(fd).size;
   // Filled in by the child's events while the loop below polls.
-  const events: { exit: { code: number | null; signal: string | null } | null; error: Error | null } = {
+  const events: { exit: { code: number | null; signal: string | null } | null; error: NodeJS.ErrnoException | null } = {
     exit: null,
     error: null,
   };
@@ -109,7 +110,7 @@ export async function startInNetns(opts: StartOptions): Promise<StartedProcess> 
   const deadline = Date.now() + opts.timeoutMs;
   try {
     for (;;) {
-      if (events.error !== null) throw new ProcessStartError(`${shown}: ${events.error.message}`, null);
+      if (events.error !== null) throw new ProcessStartError(spawnError(file, args, events.error, shown).message, null);
       if (events.exit !== null) {
         const { code, signal } = events.exit;
         const tail = (await logTail(opts.log, 3)).join(' | ');

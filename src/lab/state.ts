@@ -6,6 +6,8 @@
  */
 import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { z } from 'zod';
+import { JsonFileError, parseJson, type JsonRecordKind } from '../json-file.js';
 import { DEFAULT_LAB_NAME, hostNetns, type HostRole } from './topology.js';
 
 export const LAB_STATE_ROOT = '/run/vipr/lab';
@@ -112,30 +114,86 @@ export async function writeLabState(state: LabState): Promise<void> {
   await rename(tmp, file);
 }
 
-function isLabState(v: unknown): v is LabState {
-  if (typeof v !== 'object' || v === null) return false;
-  const o = v as Record<string, unknown>;
-  return (
-    o.version === 1 &&
-    typeof o.name === 'string' &&
-    typeof o.stateDir === 'string' &&
-    typeof o.pinDir === 'string' &&
-    typeof o.manifestsDir === 'string' &&
-    Array.isArray(o.namespaces) &&
-    Array.isArray(o.hosts) &&
-    Array.isArray(o.processes)
-  );
+const HOST_ROLES = ['client', 'node', 'backend', 'external'] as const satisfies readonly HostRole[];
+
+/*
+ * The state file as stored. Fields added after the first labs (nodes, underlay, agentIfaces,
+ * agentMain, cgroup) may be absent: withNodes() fills in what a one-node lab had. Fields this
+ * schema does not know pass through untouched, so a newer vipr's state survives a rewrite.
+ */
+const LabInterfaceSchema = z.object({ ifname: z.string().min(1), addresses: z.array(z.string()) }).passthrough();
+const LabHostSchema = z
+  .object({
+    name: z.string().min(1),
+    role: z.enum(HOST_ROLES),
+    netns: z.string().min(1),
+    node: z.string().optional(),
+    interfaces: z.array(LabInterfaceSchema),
+  })
+  .passthrough();
+const LabProcessSchema = z
+  .object({
+    kind: z.enum(['server', 'agent']),
+    host: z.string(),
+    pid: z.number().int().positive(),
+    startTime: z.number().int().nonnegative(),
+    argv: z.array(z.string()),
+    log: z.string(),
+  })
+  .passthrough();
+const LabNodeSchema = z
+  .object({
+    host: z.string().min(1),
+    nodeName: z.string().min(1),
+    netns: z.string().min(1),
+    nodeIp: z.string().nullable(),
+    podCidr: z.string(),
+    pinDir: z.string().min(1),
+    agentIfaces: z.array(z.string()),
+    agentLog: z.string(),
+    cgroup: z.string().optional(),
+  })
+  .passthrough();
+const StoredLabStateSchema = z
+  .object({
+    version: z.literal(1),
+    name: z.string().min(1),
+    phase: z.enum(['creating', 'up']),
+    createdAt: z.string(),
+    backends: z.number().int().nonnegative(),
+    stateDir: z.string().min(1),
+    pinDir: z.string().min(1),
+    manifestsDir: z.string().min(1),
+    defaultManifests: z.boolean(),
+    agentEnabled: z.boolean(),
+    agentMain: z.string().optional(),
+    namespaces: z.array(z.string()),
+    hosts: z.array(LabHostSchema),
+    agentIfaces: z.array(z.string()).optional(),
+    nodes: z.array(LabNodeSchema).optional(),
+    underlay: z.object({ netns: z.string(), bridge: z.string(), cidr: z.string() }).passthrough().nullable().optional(),
+    processes: z.array(LabProcessSchema),
+  })
+  .passthrough();
+type StoredLabState = z.infer<typeof StoredLabStateSchema>;
+
+function labStateKind(name: string): JsonRecordKind<StoredLabState> {
+  return {
+    what: 'lab state',
+    schema: StoredLabStateSchema,
+    fix: `'vipr lab down --name ${name}' cleans up by name`,
+  };
 }
 
 /**
  * A state written before labs had several nodes has no `nodes`/`underlay`: it was a one-node lab,
  * whose node, pin dir and interfaces the old fields describe.
  */
-function withNodes(state: LabState): LabState {
-  if (Array.isArray(state.nodes)) return state;
+function withNodes(state: StoredLabState): LabState {
+  if (state.nodes !== undefined) return { ...state, agentIfaces: state.agentIfaces ?? [], nodes: state.nodes, underlay: state.underlay ?? null };
   return {
     ...state,
-    agentIfaces: Array.isArray(state.agentIfaces) ? state.agentIfaces : [],
+    agentIfaces: state.agentIfaces ?? [],
     nodes: [
       {
         host: 'node',
@@ -144,7 +202,7 @@ function withNodes(state: LabState): LabState {
         nodeIp: null,
         podCidr: '10.244.0.0/24',
         pinDir: state.pinDir,
-        agentIfaces: Array.isArray(state.agentIfaces) ? state.agentIfaces : [],
+        agentIfaces: state.agentIfaces ?? [],
         agentLog: join(state.stateDir, 'agent.log'),
       },
     ],
@@ -193,10 +251,9 @@ export async function readLabState(name: string): Promise<LabStateRead> {
     return { kind: 'unreadable', reason: (err as Error).message };
   }
   try {
-    const parsed: unknown = JSON.parse(text);
-    if (!isLabState(parsed)) return { kind: 'unreadable', reason: 'not a vipr lab state file (version 1)' };
-    return { kind: 'ok', state: withNodes(parsed) };
+    return { kind: 'ok', state: withNodes(parseJson(text, labStateFile(name), labStateKind(name))) };
   } catch (err) {
-    return { kind: 'unreadable', reason: (err as Error).message };
+    if (err instanceof JsonFileError) return { kind: 'unreadable', reason: err.short };
+    throw err;
   }
 }

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { parseJson, type JsonRecordKind } from '../json-file.js';
 import { BENCH_PROGRAMS, ensureBenchProgram } from '../bench/programs.js';
 import { repoRoot } from './lab.js';
 
@@ -152,19 +153,16 @@ export function requestEnv(
   ].join('\n');
 }
 
+/** The bench report the VM writes (`vipr bench --json` inside it). */
+const BENCH_REPORT: JsonRecordKind<BenchReport> = {
+  what: 'bench report',
+  schema: BenchReport,
+  fix: "the VM's bench wrote something else: see the VM's serial log",
+};
+
+/** `text` (read from `source`) as a bench report, or a one-line JsonFileError. */
 export function parseBenchReport(text: string, source: string): BenchReport {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new LabVmError(`${source} is not JSON: ${(err as Error).message}`, { cause: err });
-  }
-  const parsed = BenchReport.safeParse(raw);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new LabVmError(`${source} is not a bench report: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'invalid'}`);
-  }
-  return parsed.data;
+  return parseJson(text, source, BENCH_REPORT);
 }
 
 const EMULATION_NOTE = 'emulated CPU (TCG): absolute times are meaningless, compare ratios between modes only';

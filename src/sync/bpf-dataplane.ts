@@ -26,6 +26,7 @@ import { serviceNamesPath } from '../paths.js';
 import { DEFAULT_MAGLEV_MAX_SIZE, maglevTable, maglevTableSize } from '../model/maglev.js';
 import { componentLogger } from '../log.js';
 import { BpfError } from '../errors.js';
+import { JsonFileError } from '../json-file.js';
 import { cidrContains, formatIpv4, formatMask, normalizeIpv4Cidr, parseIpv4Cidr } from '../model/ipv4.js';
 
 const log = componentLogger('bpf-sync');
@@ -313,7 +314,14 @@ export class BpfDataplane implements Dataplane {
       this.backendIds.set(backendKey(v), k.id);
       this.backendById.set(k.id, v);
     }
-    const names = this.pinDir === null ? new Map<number, string>() : readServiceNames(this.pinDir);
+    let names = new Map<number, string>();
+    try {
+      if (this.pinDir !== null) names = readServiceNames(this.pinDir);
+    } catch (err) {
+      // Only the CLI's copy of the names: rewritten from what is programmed after this restore.
+      if (!(err instanceof JsonFileError)) throw err;
+      log.warn({ err: err.message }, 'service-names record unreadable; it is rewritten');
+    }
     const services = this.maps.services.entries();
     const countOf = new Map(services.map(([, v]) => [v.svc_id, v.backend_count]));
     const slots = new Map<string, number>();

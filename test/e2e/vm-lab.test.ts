@@ -8,12 +8,12 @@ import {
   formatComparison,
   LAB_VM_MODES,
   labVm,
-  LabVmError,
   parseBenchReport,
   qemuArgv,
   requestEnv,
   type BenchReport,
 } from '../../src/lab/vm.js';
+import { JsonFileError } from '../../src/json-file.js';
 
 const FILES = { kernel: '/c/vmlinuz', initrd: '/c/initrd.img', rootfs: '/c/rootfs.img', outDir: '/c/runs/1' };
 
@@ -71,9 +71,9 @@ const REPORT: BenchReport = {
 describe('lab vm: reading and printing the bench report', () => {
   it('reads a bench JSON report and rejects what is not one', () => {
     expect(parseBenchReport(JSON.stringify(REPORT), 'bench.json')).toEqual(REPORT);
-    expect(() => parseBenchReport('{"env":{},"results":[{"mode":"bpf"}]}', 'bench.json')).toThrow(LabVmError);
-    expect(() => parseBenchReport('{"env":{},"results":[{"mode":"bpf"}]}', 'bench.json')).toThrow(/results\.0\.services/);
-    expect(() => parseBenchReport('not json', 'x.json')).toThrow(/x\.json is not JSON/);
+    expect(() => parseBenchReport('{"env":{},"results":[{"mode":"bpf"}]}', 'bench.json')).toThrow(JsonFileError);
+    expect(() => parseBenchReport('{"env":{},"results":[{"mode":"bpf"}]}', 'bench.json')).toThrow(/^bench\.json: bad bench report at results\[0\]\.services: Required; /);
+    expect(() => parseBenchReport('not json', 'x.json')).toThrow(/^x\.json: bench report is not JSON \(/);
   });
 
   it('prints each metric with p50 ratios against bpf, and says emulated times mean nothing', () => {
