@@ -11,10 +11,15 @@
  * index ⌊(N-1)/2⌋ (`middle`). Backends run the bench's echo responder on TCP 9000 / UDP 9053.
  */
 
-export type BenchMode = 'direct' | 'bpf' | 'iptables' | 'iptables-nft' | 'nftables' | 'ipvs';
+/**
+ * `bpf` is the agent as it runs by default: socket LB for the node's processes (the lab's client
+ * runs in the node's cgroup) and TC for the rest; `bpf-tc` is the same agent with
+ * `--socket-lb off`, every packet through TC, so the two can be compared side by side.
+ */
+export type BenchMode = 'direct' | 'bpf' | 'bpf-tc' | 'iptables' | 'iptables-nft' | 'nftables' | 'ipvs';
 /** The dataplanes compared (everything but the `direct` floor). */
 export type DataplaneMode = Exclude<BenchMode, 'direct'>;
-export const DATAPLANE_MODES: readonly DataplaneMode[] = ['bpf', 'iptables', 'iptables-nft', 'nftables', 'ipvs'];
+export const DATAPLANE_MODES: readonly DataplaneMode[] = ['bpf', 'bpf-tc', 'iptables', 'iptables-nft', 'nftables', 'ipvs'];
 
 export type Placement = 'last' | 'middle';
 export type TrafficMetric = 'rr' | 'crr' | 'udp';
@@ -36,6 +41,7 @@ export const MAX_SERVICES = 60_000;
 const LAB_TAG: Record<BenchMode, string> = {
   direct: 'direct',
   bpf: 'bpf',
+  'bpf-tc': 'bpftc',
   iptables: 'ipt',
   'iptables-nft': 'iptnft',
   nftables: 'nft',

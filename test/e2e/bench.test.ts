@@ -11,8 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VIPR_MAIN, ensureBuilt, forceCleanLab, labLeftovers, uniqueLabName } from '../helpers/lab.js';
 
-const LAB_TAGS = ['direct', 'bpf', 'ipt', 'iptnft', 'nft', 'ipvs'];
-const DATAPLANES = ['bpf', 'iptables', 'iptables-nft', 'nftables', 'ipvs'];
+const LAB_TAGS = ['direct', 'bpf', 'bpftc', 'ipt', 'iptnft', 'nft', 'ipvs'];
+const DATAPLANES = ['bpf', 'bpf-tc', 'iptables', 'iptables-nft', 'nftables', 'ipvs'];
 const TRAFFIC = ['rr', 'crr', 'udp'];
 const CONTROL = ['sync_all', 'sync_one', 'rss'];
 
