@@ -225,6 +225,8 @@ describe('NftTableWriter', () => {
       const s3 = desiredState(s2.services.filter((e) => !e.key.startsWith('ns/svc-011')));
       run(writer.plan(request(s3, { changed: new Set(['ns/svc-011']), now: 100 })));
       run(writer.plan(request(s3, { changed: new Set(), now: 5_000 })));
+      // A periodic full sync on the live table: the fixed part re-asserted in place, maps refilled.
+      run(writer.plan(request(s3, { full: true, now: 6_000 })));
 
       const env: Record<string, string> = {};
       txs.forEach((t, i) => (env[`T${i}`] = t));
