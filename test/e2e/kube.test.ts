@@ -14,8 +14,8 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FakeApiServer } from '../fake-apiserver/server.js';
-import { kubeconfigFor } from '../fake-apiserver/kubeconfig.js';
+import { FakeApiServer } from '../../src/lab/fake-apiserver/server.js';
+import { kubeconfigFor } from '../../src/lab/fake-apiserver/kubeconfig.js';
 import { ensureBuilt, forceCleanLab, labExec, labLeftovers, labStatus, labUp, uniqueLabName, vipr, VIPR_MAIN } from '../helpers/lab.js';
 import { KeepaliveProbe } from '../helpers/probe.js';
 

@@ -12,7 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FakeApiServer } from '../fake-apiserver/server.js';
+import { FakeApiServer } from '../../src/lab/fake-apiserver/server.js';
 import { rawEndpointSlice, rawNode, rawService } from '../fake-apiserver/fixtures.js';
 import { ensureBuilt, runProgram, vipr, VIPR_MAIN, type CliResult } from '../helpers/lab.js';
 

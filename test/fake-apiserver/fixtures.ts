@@ -1,5 +1,5 @@
 /* Raw (wire-format) objects for tests against the fake API server. */
-import type { KubeObject } from './server.js';
+import type { KubeObject } from '../../src/lab/fake-apiserver/server.js';
 
 export function rawService(
   name: string,

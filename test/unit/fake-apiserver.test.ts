@@ -1,8 +1,8 @@
 /* The fake API server on the wire, with raw HTTP: what the real client library will see. */
 import { request, type IncomingMessage } from 'node:http';
-import { FakeApiServer } from '../fake-apiserver/server.js';
+import { FakeApiServer } from '../../src/lab/fake-apiserver/server.js';
 import { rawEndpointSlice, rawNode, rawService } from '../fake-apiserver/fixtures.js';
-import { parseFieldSelector, parseLabelSelector, SelectorError } from '../fake-apiserver/selectors.js';
+import { parseFieldSelector, parseLabelSelector, SelectorError } from '../../src/lab/fake-apiserver/selectors.js';
 
 interface JsonResponse {
   status: number;

@@ -14,8 +14,8 @@ import { ConfigError } from '../../src/errors.js';
 import { KubeSource, type InformerRestart } from '../../src/sources/kube.js';
 import { loadKubeConfig } from '../../src/sources/kubeconfig.js';
 import { rawEndpointSlice, rawNode, rawService } from '../fake-apiserver/fixtures.js';
-import { kubeconfigFor } from '../fake-apiserver/kubeconfig.js';
-import { FakeApiServer } from '../fake-apiserver/server.js';
+import { kubeconfigFor } from '../../src/lab/fake-apiserver/kubeconfig.js';
+import { FakeApiServer } from '../../src/lab/fake-apiserver/server.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vipr-kube-access-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

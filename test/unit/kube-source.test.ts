@@ -21,8 +21,8 @@ import {
 } from '../../src/sources/kube.js';
 import { loadKubeConfig } from '../../src/sources/kubeconfig.js';
 import { rawEndpointSlice, rawNode, rawService } from '../fake-apiserver/fixtures.js';
-import { kubeconfigFor, writeKubeconfig } from '../fake-apiserver/kubeconfig.js';
-import { FakeApiServer } from '../fake-apiserver/server.js';
+import { kubeconfigFor, writeKubeconfig } from '../../src/lab/fake-apiserver/kubeconfig.js';
+import { FakeApiServer } from '../../src/lab/fake-apiserver/server.js';
 
 const HEADLESS = { 'service.kubernetes.io/headless': '' };
 const OTHER_PROXY = { 'service.kubernetes.io/service-proxy-name': 'someone-else' };

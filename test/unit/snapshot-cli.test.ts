@@ -5,8 +5,8 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FakeApiServer } from '../fake-apiserver/server.js';
-import { kubeconfigFor } from '../fake-apiserver/kubeconfig.js';
+import { FakeApiServer } from '../../src/lab/fake-apiserver/server.js';
+import { kubeconfigFor } from '../../src/lab/fake-apiserver/kubeconfig.js';
 import { ensureBuilt, vipr } from '../helpers/lab.js';
 
 const api = new FakeApiServer();
