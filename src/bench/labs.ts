@@ -26,7 +26,7 @@ export interface BenchLab {
 }
 
 /** Whether anything of lab `name` exists (a state file or namespaces). */
-async function labExists(name: string): Promise<boolean> {
+export async function labExists(name: string): Promise<boolean> {
   if ((await readLabState(name)).kind !== 'missing') return true;
   const pattern = labNetnsPattern(name);
   return (await listNetns()).some((ns) => pattern.test(ns));

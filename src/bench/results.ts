@@ -4,6 +4,7 @@
  * `{env, results: [{mode, services, placement, metric, p50, p99, rate, unit}]}`.
  */
 import type { BenchMode, Metric } from './plan.js';
+import type { DisruptionSummary } from './disruption-report.js';
 
 /** `none` for figures that do not depend on where the service sits (direct, control plane). */
 export type ResultPlacement = 'last' | 'middle' | 'none';
@@ -83,6 +84,8 @@ export interface BenchReport {
   failures: CellFailure[];
   /** iptables modes: where the measured Services' TCP rules sat in KUBE-SERVICES (last round). */
   placements: Array<{ mode: BenchMode; services: number; placement: string; position: number; of: number }>;
+  /** `--disruption`: the soak's counts per mode (results is then empty). */
+  disruption?: DisruptionSummary;
 }
 
 export function median(values: readonly number[]): number {

@@ -55,7 +55,7 @@ function workerScript(): string {
 }
 
 /** Why a mode cannot run here, or null when it can. */
-async function unavailableReason(mode: DataplaneMode): Promise<string | null> {
+export async function unavailableReason(mode: DataplaneMode): Promise<string | null> {
   switch (mode) {
     case 'bpf':
     case 'bpf-tc':
@@ -78,7 +78,7 @@ async function unavailableReason(mode: DataplaneMode): Promise<string | null> {
 }
 
 /** Holds /dev/cpu_dma_latency at 0 while the returned fd stays open (PM QoS: no deep idle states). */
-function holdCpuDmaLatency(): { fd: number | null; status: string } {
+export function holdCpuDmaLatency(): { fd: number | null; status: string } {
   try {
     const fd = openSync('/dev/cpu_dma_latency', 'r+');
     writeSync(fd, Buffer.alloc(4));
@@ -104,7 +104,7 @@ const PACKAGE_JSON = {
   fix: 'reinstall vipr',
 };
 
-async function environment(plan: BenchPlan, command: string, dma: string): Promise<BenchEnv> {
+export async function environment(plan: Pick<BenchPlan, 'cpu' | 'backends' | 'rounds'>, command: string, dma: string): Promise<BenchEnv> {
   const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model ?? 'unknown';
   const pkg = readJsonFile(join(packageRoot(), 'package.json'), PACKAGE_JSON);
   return {

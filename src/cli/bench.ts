@@ -7,6 +7,9 @@ import { ConfigError } from '../errors.js';
 import { labNameProblem } from '../lab/topology.js';
 import { BenchAbortedError, runBench } from '../bench/runner.js';
 import { formatReport } from '../bench/report.js';
+import { formatDisruption } from '../bench/disruption-report.js';
+import { FULL_DISRUPTION, QUICK_DISRUPTION, runDisruption, type DisruptionPlan } from '../bench/disruption.js';
+import type { BenchReport } from '../bench/results.js';
 import { renderChartSvg } from '../bench/chart.js';
 import {
   DATAPLANE_MODES, FULL_DURATIONS, MAX_SERVICES, QUICK_DURATIONS, labNameFor, type BenchPlan, type DataplaneMode,
@@ -45,7 +48,18 @@ options:
   --chart FILE.svg    write a chart of crr latency and conn/s against services (vega-lite)
   --quick             short runs and small counts: a smoke test of a few minutes at most
   --cpu N             CPU for the load generator and responders (default: the last one)
-  --lab-prefix P      lab name prefix (default 'bench')
+  --lab-prefix P      lab name prefix (default 'bench'; 'soak' with --disruption)
+
+disruption soak (--disruption; with --quick: 30 churns, 2 restarts, 3 watch drops):
+  Every mode (default bpf,iptables) in a lab of its own, all following one fake Kubernetes API
+  server, under steady new connections (100/s) and 8 keep-alive connections (a request every
+  100 ms) to one ClusterIP Service while its endpoints roll (ready → not ready → terminating →
+  gone, a new one ready), the agents are SIGKILLed and restarted and the API drops its watches.
+  Reports failed requests, reset connections and requests that reached an endpoint after the
+  sync that removed it had completed.
+  --churns N          endpoint churns (default 1000)
+  --restarts N        agent SIGKILL + restarts, spread over the churns (default 10)
+  --watch-drops N     times the API server drops every connection (default 20)
 `;
 
 const OPTIONS = {
@@ -57,7 +71,11 @@ const OPTIONS = {
   chart: { type: 'string' },
   quick: { type: 'boolean', default: false },
   cpu: { type: 'string' },
-  'lab-prefix': { type: 'string', default: 'bench' },
+  'lab-prefix': { type: 'string' },
+  disruption: { type: 'boolean', default: false },
+  churns: { type: 'string' },
+  restarts: { type: 'string' },
+  'watch-drops': { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
@@ -91,10 +109,31 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const quick = values.quick;
-  const prefix = values['lab-prefix'];
+  const prefix = values['lab-prefix'] ?? (values.disruption ? 'soak' : 'bench');
   const longest = labNameFor(prefix, 'iptables-nft');
   const problem = labNameProblem(longest);
   if (problem) throw new ConfigError(`--lab-prefix ${prefix}: lab names such as '${longest}' must be valid: ${problem}`);
+  if (!values.disruption) {
+    for (const flag of ['churns', 'restarts', 'watch-drops'] as const) {
+      if (values[flag] !== undefined) throw new ConfigError(`--${flag} is an option of --disruption; add --disruption or drop it`);
+    }
+  }
+  if (values.disruption) {
+    for (const flag of ['services', 'backends', 'rounds', 'chart', 'cpu'] as const) {
+      if (values[flag] !== undefined) throw new ConfigError(`--${flag} is not an option of --disruption; drop it`);
+    }
+    const base = quick ? QUICK_DISRUPTION : FULL_DISRUPTION;
+    const soak: DisruptionPlan = {
+      ...base,
+      modes: values.modes === undefined ? ['bpf', 'iptables'] : parseModes(values.modes),
+      churns: intOption('churns', values.churns, base.churns, 1, 100_000),
+      restarts: intOption('restarts', values.restarts, base.restarts, 0, 1000),
+      watchDrops: intOption('watch-drops', values['watch-drops'], base.watchDrops, 0, 1000),
+      labPrefix: prefix,
+    };
+    return runCommand(argv, values.json, (signal, onProgress, command) => runDisruption({ plan: soak, signal, onProgress, command }), (r) =>
+      r.disruption === undefined ? '' : formatDisruption(r.disruption));
+  }
   const plan: BenchPlan = {
     modes: parseModes(values.modes),
     services: parseServiceCounts(values.services, quick),
@@ -105,6 +144,17 @@ export async function run(argv: string[]): Promise<number> {
     cpu: intOption('cpu', values.cpu, cpus().length - 1, 0, cpus().length - 1),
   };
 
+  return runCommand(argv, values.json, (signal, onProgress, command) => runBench({ plan, signal, onProgress, command }), formatReport, values.chart);
+}
+
+/** Runs a benchmark with Ctrl-C handling, prints its report and writes --json / --chart. */
+async function runCommand(
+  argv: string[],
+  json: string | undefined,
+  measure: (signal: AbortSignal, onProgress: (line: string) => void, command: string) => Promise<BenchReport>,
+  format: (report: BenchReport) => string,
+  chart?: string,
+): Promise<number> {
   const controller = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void => {
     if (controller.signal.aborted) return;
@@ -114,20 +164,15 @@ export async function run(argv: string[]): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    const report = await runBench({
-      plan,
-      signal: controller.signal,
-      onProgress: (line) => process.stderr.write(`- ${line}\n`),
-      command: ['vipr', 'bench', ...argv].join(' '),
-    });
-    process.stdout.write(formatReport(report));
-    if (values.json !== undefined) {
-      writeFileSync(values.json, `${JSON.stringify(report, null, 2)}\n`);
-      process.stdout.write(`wrote ${values.json}\n`);
+    const report = await measure(controller.signal, (line) => process.stderr.write(`- ${line}\n`), ['vipr', 'bench', ...argv].join(' '));
+    process.stdout.write(format(report));
+    if (json !== undefined) {
+      writeFileSync(json, `${JSON.stringify(report, null, 2)}\n`);
+      process.stdout.write(`wrote ${json}\n`);
     }
-    if (values.chart !== undefined) {
-      writeFileSync(values.chart, await renderChartSvg(report));
-      process.stdout.write(`wrote ${values.chart}\n`);
+    if (chart !== undefined) {
+      writeFileSync(chart, await renderChartSvg(report));
+      process.stdout.write(`wrote ${chart}\n`);
     }
     return 0;
   } catch (err) {

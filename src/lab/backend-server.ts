@@ -6,6 +6,11 @@
  * Keep-alive is allowed, so one client connection may carry many requests. Nothing is logged per
  * request (benchmarks run through these); the one `listening` line is what `up` waits for.
  *
+ * SIGUSR1 makes the server drain, as a pod leaving service does: it still answers, but every
+ * answer carries `Connection: close`, so keep-alive clients finish their request and reconnect
+ * (through the Service, to another endpoint) instead of being cut off. SIGUSR2 ends draining.
+ * The disruption soak (src/bench/disruption.ts) sends these as it rolls endpoints.
+ *
  * usage: node backend-server.js --name be1 [--http-port 80] [--udp-port 5353]
  */
 import { createServer } from 'node:http';
@@ -38,10 +43,19 @@ if (!name) {
 const httpPort = portOption(values['http-port'], 80, '--http-port');
 const udpPort = portOption(values['udp-port'], 5353, '--udp-port');
 
+let draining = false;
+process.on('SIGUSR1', () => {
+  draining = true;
+});
+process.on('SIGUSR2', () => {
+  draining = false;
+});
+
 const http = createServer((req, res) => {
   const path = (req.url ?? '/').split('?')[0];
   const body =
     path === '/whoami' ? `${name} ${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}\n` : `${name}\n`;
+  if (draining) res.setHeader('connection', 'close');
   res.writeHead(200, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
   res.end(req.method === 'HEAD' ? undefined : body);
 });
