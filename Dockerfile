@@ -10,8 +10,11 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY . .
+# The agent's image: no dev or optional packages (the bench's chart renderer) and no bench or lab
+# code; `vipr bench` and `vipr lab` run from a source checkout.
 RUN make build \
- && npm prune --omit=dev --no-audit --no-fund
+ && npm prune --omit=dev --omit=optional --no-audit --no-fund \
+ && rm -rf dist/src/bench dist/src/lab
 
 # Runtime: Node 20 and the tools each mode drives. libbpf1 is loaded by koffi at run time.
 FROM node:20-bookworm-slim

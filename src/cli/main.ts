@@ -30,14 +30,28 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`vipr: unknown command '${name}'; run 'vipr --help' for the list\n`);
     return 2;
   }
-  const mod = await load();
+  let mod: CommandModule;
+  try {
+    mod = await load();
+  } catch (err) {
+    // The node image ships the agent only: no bench or lab code, no chart renderer.
+    if ((err as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND' && (name === 'bench' || name === 'lab')) {
+      process.stderr.write(`vipr: '${name}' is not part of this install (the node image ships the agent only); run it from a source checkout: make demo\n`);
+      return 2;
+    }
+    throw err;
+  }
   return mod.run(rest);
 }
 
 async function usage(): Promise<string> {
   const lines = ['usage: vipr <command> [options]', '', 'commands:'];
   for (const [name, load] of Object.entries(COMMANDS)) {
-    lines.push(`  ${name.padEnd(10)} ${(await load()).summary}`);
+    const summary = await load().then(
+      (m) => m.summary,
+      () => 'not part of this install (run it from a source checkout)',
+    );
+    lines.push(`  ${name.padEnd(10)} ${summary}`);
   }
   lines.push('', "Run 'vipr <command> --help' for a command's options.", '');
   return lines.join('\n');
