@@ -10,7 +10,6 @@ import { formatReport } from '../bench/report.js';
 import { formatDisruption } from '../bench/disruption-report.js';
 import { FULL_DISRUPTION, QUICK_DISRUPTION, runDisruption, type DisruptionPlan } from '../bench/disruption.js';
 import type { BenchReport } from '../bench/results.js';
-import { renderChartSvg } from '../bench/chart.js';
 import {
   DATAPLANE_MODES, FULL_DURATIONS, MAX_SERVICES, QUICK_DURATIONS, labNameFor, type BenchPlan, type DataplaneMode,
 } from '../bench/plan.js';
@@ -171,6 +170,8 @@ async function runCommand(
       process.stdout.write(`wrote ${json}\n`);
     }
     if (chart !== undefined) {
+      // The chart renderer (vega) is an optional dependency, loaded only here.
+      const { renderChartSvg } = await import('../bench/chart.js');
       writeFileSync(chart, await renderChartSvg(report));
       process.stdout.write(`wrote ${chart}\n`);
     }
