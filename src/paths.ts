@@ -35,3 +35,8 @@ export const STATE_DIR = '/run/vipr';
 export function serviceNamesPath(pinDir: string): string {
   return join(STATE_DIR, `${basename(pinDir)}.services.json`);
 }
+
+/** The conntrack GC iterators (same maps, pinned by name). */
+export function ctGcObjectPath(): string {
+  return join(packageRoot(), 'bpf', 'ct_gc.bpf.o');
+}

@@ -20,7 +20,10 @@
 #define VIPR_MAX_SERVICES 65536
 #define VIPR_MAX_BACKENDS 65536
 #define VIPR_MAX_SLOTS 262144
-#define VIPR_MAX_CONNTRACK 262144
+/* Conntrack sizes compiled in; the agent sizes them to the node (--ct-max-tcp, --ct-max-udp). */
+#define VIPR_MAX_CT_TCP 524288
+#define VIPR_MAX_CT_TCP_SYN 131072
+#define VIPR_MAX_CT_UDP 262144
 #define VIPR_MAX_AFFINITY 65536
 #define VIPR_MAX_NODE_IPS 64
 #define VIPR_MAX_SOURCE_RANGES 16384
@@ -113,7 +116,15 @@ enum vipr_ct_dir {
 	VIPR_CT_REPLY = 1,   /* backend -> client: key is the reply as the backend sends it */
 };
 
-/* Key of vipr_conntrack_v1: a 5-tuple and a direction. */
+/*
+ * Key of the conntrack maps: a 5-tuple and a direction. Three maps share this layout, so that no
+ * flood of new flows can push out an established one:
+ *   vipr_ct_tcp_v1      (hash, no LRU) established TCP flows: the client acknowledged the
+ *                       backend's answer. Entries leave only by GC (idle or closed), never by
+ *                       eviction; when it is full, new flows stay half-open (still served).
+ *   vipr_ct_tcp_syn_v1  (LRU) TCP flows not yet established: a SYN flood evicts only these.
+ *   vipr_ct_udp_v1      (LRU) UDP flows: sized apart, so UDP floods never touch TCP.
+ */
 struct vipr_ct_key {
 	__be32 saddr;
 	__be32 daddr;
@@ -134,7 +145,7 @@ enum vipr_ct_flags {
 };
 
 /*
- * Value of vipr_conntrack_v1. The two entries of a flow mirror each other:
+ * Value of the conntrack maps. The two entries of a flow mirror each other:
  *   forward: nat = the backend (new destination), snat = the new source (0: unchanged)
  *   reply:   nat = the frontend the client used (new source), snat = the client (new
  *            destination; 0: unchanged). A NodePort frontend's address is the node IP the client
@@ -174,8 +185,8 @@ struct vipr_config {
 	__be32 snat_addr;     /* node address external flows to remote backends are SNATed to; 0 = none */
 	__be32 cluster_cidr;  /* --cluster-cidr network: sources inside are "internal"; 0/0 = none */
 	__be32 cluster_mask;  /* its netmask (network order) */
-	__u16 snat_port_min;  /* SNAT source ports, host order */
-	__u16 snat_port_max;
+	__u16 snat_port_min;  /* SNAT source ports, host order, min <= max: every one is tried before */
+	__u16 snat_port_max;  /* a flow is dropped (VIPR_STAT_DROP_NO_SNAT_PORT) */
 };
 _Static_assert(sizeof(struct vipr_config) == 16, "vipr_config layout");
 
@@ -251,6 +262,8 @@ enum vipr_stat {
 	VIPR_STAT_SOCK_REV_NAT,     /* socket LB: recvmsg()/getpeername() given the frontend back instead of the backend */
 	VIPR_STAT_SOCK_REJECT,      /* socket LB: connect()/sendmsg() to a Service without endpoints failed (ECONNREFUSED) */
 	VIPR_STAT_SOCK_DESTROYED,   /* socket LB: connected UDP sockets destroyed, their backend was removed */
+	VIPR_STAT_CT_PROMOTED,      /* TCP flows moved from vipr_ct_tcp_syn_v1 to vipr_ct_tcp_v1 (handshake done) */
+	VIPR_STAT_CT_TCP_FULL,      /* vipr_ct_tcp_v1 full: an established flow stayed in the half-open map */
 	VIPR_STAT_MAX,
 };
 _Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");
@@ -318,5 +331,30 @@ struct vipr_sock_config {
 	__u8 pad[6];
 };
 _Static_assert(sizeof(struct vipr_sock_config) == 16, "vipr_sock_config layout");
+
+/*
+ * Settings of the conntrack GC object (bpf/ct_gc.bpf.c), its `const volatile` .rodata: how long a
+ * flow may stay idle, by state (Cilium's defaults unless the agent says otherwise).
+ */
+struct vipr_ct_timeouts {
+	__u64 syn_ns;         /* half-open TCP (vipr_ct_tcp_syn_v1) */
+	__u64 established_ns; /* established TCP (vipr_ct_tcp_v1) */
+	__u64 closing_ns;     /* TCP after FIN or RST, in either map */
+	__u64 udp_ns;         /* UDP (vipr_ct_udp_v1) */
+};
+_Static_assert(sizeof(struct vipr_ct_timeouts) == 32, "vipr_ct_timeouts layout");
+
+/*
+ * What one GC pass over a conntrack map reports: the GC iterator writes this record every
+ * VIPR_CT_GC_REPORT_EVERY entries (so a read() returns often) and once at the end; the last one
+ * read is the pass's result.
+ */
+struct vipr_ct_gc_report {
+	__u64 seen;    /* entries visited (a reply entry deleted with its flow before its turn is not) */
+	__u64 deleted; /* entries deleted (expired flows, both directions; orphaned reply entries) */
+	__u64 kept;    /* entries left: kept flows' two entries, kept orphaned replies */
+};
+_Static_assert(sizeof(struct vipr_ct_gc_report) == 24, "vipr_ct_gc_report layout");
+#define VIPR_CT_GC_REPORT_EVERY 64
 
 #endif /* __VIPR_TYPES_H */

@@ -1,11 +1,18 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Connection tracking: one LRU map holds two entries per flow, the forward one (client ->
- * frontend, as the client sends it) and the reply one (backend -> client or -> the SNAT address,
- * as the backend sends it). The forward entry pins the backend for the flow's life, also after
+ * Connection tracking: every flow has two entries, the forward one (client -> frontend, as the
+ * client sends it) and the reply one (backend -> client or -> the SNAT address, as the backend
+ * sends it), in the same map. The forward entry pins the backend for the flow's life, also after
  * the backend left the service: established connections drain instead of breaking. The reply
  * entry carries the frontend address the client used (for NodePorts that is the node address the
  * client chose), so replies are rewritten without any per-service state.
+ *
+ * Which map a flow lives in (struct vipr_ct_key explains the three): a new TCP flow starts in
+ * vipr_ct_tcp_syn_v1 and is promoted to vipr_ct_tcp_v1 when the client acknowledges an answer of
+ * the backend (a forward ACK after a reply was rewritten). A spoofed SYN flood never gets there:
+ * its sources never see the backend's SYN-ACK, so it can only evict other half-open flows.
+ * vipr_ct_tcp_v1 is no LRU: established entries leave only by closing and the agent's GC
+ * (bpf/ct_gc.bpf.c). Lookups try vipr_ct_tcp_v1 first, so established flows pay one lookup.
  */
 #ifndef __VIPR_CONNTRACK_H
 #define __VIPR_CONNTRACK_H
@@ -14,9 +21,10 @@
 #include <bpf/bpf_endian.h>
 #include "maps.h"
 #include "parse.h"
+#include "stats.h"
 
-/* Tries at a free SNAT port before the flow is dropped. */
-#define SNAT_PORT_TRIES 16
+/* Random tries at a free SNAT port before the range is searched in order, from a random start. */
+#define SNAT_PORT_RANDOM_TRIES 8
 
 static __always_inline void ct4_key_forward(struct vipr_ct_key *key, const struct packet *pkt)
 {
@@ -34,6 +42,45 @@ static __always_inline void ct4_key_reply(struct vipr_ct_key *key, const struct 
 {
 	ct4_key_forward(key, pkt);
 	key->dir = VIPR_CT_REPLY;
+}
+
+/* The map new flows of @proto start in. */
+static __always_inline void *ct4_new_map(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? (void *)&vipr_ct_tcp_syn_v1 : (void *)&vipr_ct_udp_v1;
+}
+
+/*
+ * Finds a tracked entry: established TCP first, then half-open TCP; UDP in its own map.
+ * *@established tells which TCP map answered.
+ */
+static __always_inline struct vipr_ct_value *ct4_lookup(const struct vipr_ct_key *key, bool *established)
+{
+	struct vipr_ct_value *ct;
+
+	*established = false;
+	if (key->proto != IPPROTO_TCP)
+		return bpf_map_lookup_elem(&vipr_ct_udp_v1, key);
+	ct = bpf_map_lookup_elem(&vipr_ct_tcp_v1, key);
+	if (ct) {
+		*established = true;
+		return ct;
+	}
+	return bpf_map_lookup_elem(&vipr_ct_tcp_syn_v1, key);
+}
+
+/* The reply key of a flow, from its forward key and value (replyKeyOf in src/sync/bpf-dataplane.ts). */
+static __always_inline void ct4_reply_key_of(struct vipr_ct_key *rep, const struct vipr_ct_key *fwd,
+					     const struct vipr_ct_value *ct)
+{
+	rep->saddr = ct->nat_addr;
+	rep->sport = ct->nat_port;
+	rep->daddr = ct->snat_addr ? ct->snat_addr : fwd->saddr;
+	rep->dport = ct->snat_addr ? ct->snat_port : fwd->sport;
+	rep->proto = fwd->proto;
+	rep->dir = VIPR_CT_REPLY;
+	rep->pad[0] = 0;
+	rep->pad[1] = 0;
 }
 
 static __always_inline void lc_account(__u32 backend_id, int delta)
@@ -111,6 +158,72 @@ static __always_inline bool ct4_is_reusable(const struct vipr_ct_value *ct,
 	return !(bare_syn && (ct->flags & VIPR_CT_F_CLOSING));
 }
 
+/* A half-open flow may be promoted by a plain ACK of the client (FIN|ACK included). */
+static __always_inline bool ct4_may_promote(const struct vipr_ct_value *ct, const struct packet *pkt)
+{
+	return (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_ACK &&
+	       !(ct->flags & VIPR_CT_F_CLOSING);
+}
+
+#define CT_EEXIST 17
+
+/*
+ * Moves a half-open flow to vipr_ct_tcp_v1 once the backend has answered (its reply entry was
+ * used: VIPR_CT_F_SEEN_REPLY) and the client acknowledges. The reply entry goes first, so a reply
+ * always finds its flow; the forward entry is claimed with BPF_NOEXIST, so of two CPUs promoting
+ * the same flow exactly one moves it; then the half-open entries go. Returns the established
+ * forward entry, or NULL when the flow stays half-open (not answered yet, or vipr_ct_tcp_v1 full:
+ * counted, and the flow is still served from the half-open map).
+ */
+static __always_inline struct vipr_ct_value *ct4_promote(const struct vipr_ct_key *fwd_key,
+							 struct vipr_ct_value *ct, __u32 len)
+{
+	struct vipr_ct_value fwd_val, rep_val, *rep, *est;
+	struct vipr_ct_key rep_key;
+	long err;
+
+	ct4_reply_key_of(&rep_key, fwd_key, ct);
+	rep = bpf_map_lookup_elem(&vipr_ct_tcp_syn_v1, &rep_key);
+	if (!rep || !(rep->flags & VIPR_CT_F_SEEN_REPLY))
+		return NULL;
+	rep_val = *rep;
+	fwd_val = *ct;
+	if (bpf_map_update_elem(&vipr_ct_tcp_v1, &rep_key, &rep_val, BPF_ANY)) {
+		stats_count(VIPR_STAT_CT_TCP_FULL, len);
+		return NULL;
+	}
+	err = bpf_map_update_elem(&vipr_ct_tcp_v1, fwd_key, &fwd_val, BPF_NOEXIST);
+	if (err && err != -CT_EEXIST) {
+		bpf_map_delete_elem(&vipr_ct_tcp_v1, &rep_key);
+		stats_count(VIPR_STAT_CT_TCP_FULL, len);
+		return NULL;
+	}
+	est = bpf_map_lookup_elem(&vipr_ct_tcp_v1, fwd_key);
+	if (err)
+		return est; /* another CPU promoted it */
+	/* A FIN or RST another CPU saw on the half-open entry since the copy: it counted the close. */
+	if (est && (ct->flags & VIPR_CT_F_CLOSING))
+		ct4_set_flags(est, VIPR_CT_F_CLOSING);
+	bpf_map_delete_elem(&vipr_ct_tcp_syn_v1, fwd_key);
+	bpf_map_delete_elem(&vipr_ct_tcp_syn_v1, &rep_key);
+	stats_count(VIPR_STAT_CT_PROMOTED, len);
+	return est;
+}
+
+/*
+ * Drops both entries of an established flow that closed and whose 5-tuple a new SYN reuses: the
+ * new flow starts half-open, and the old entries, looked up first, must not shadow it.
+ */
+static __always_inline void ct4_forget_established(const struct vipr_ct_key *fwd_key,
+						   const struct vipr_ct_value *ct)
+{
+	struct vipr_ct_key rep_key;
+
+	ct4_reply_key_of(&rep_key, fwd_key, ct);
+	bpf_map_delete_elem(&vipr_ct_tcp_v1, &rep_key);
+	bpf_map_delete_elem(&vipr_ct_tcp_v1, fwd_key);
+}
+
 struct ct_new {
 	__u32 svc_id;
 	__u32 backend_id;
@@ -119,65 +232,124 @@ struct ct_new {
 };
 
 /*
- * Creates both entries of a new flow, the reply entry first, so that by the time a packet can
- * have reached the backend its answer is recognised. With SNAT, the source port is chosen at
- * random in the configured range until a reply key is free (BPF_NOEXIST makes the claim atomic).
- * Returns the source port the flow leaves with (network order), or 0 when none was free.
+ * Claims @rep_key for a new flow: free in the flow's map (BPF_NOEXIST makes the claim atomic)
+ * and, for TCP, not held by an established flow either. A promotion writes vipr_ct_tcp_v1 before
+ * it deletes its half-open entry, so the check after the claim catches one that ran between the
+ * first check and the claim.
+ */
+static __always_inline bool ct4_claim_reply(const struct vipr_ct_key *rep_key,
+					    const struct vipr_ct_value *val)
+{
+	bool tcp = rep_key->proto == IPPROTO_TCP;
+
+	if (tcp && bpf_map_lookup_elem(&vipr_ct_tcp_v1, rep_key))
+		return false;
+	if (bpf_map_update_elem(ct4_new_map(rep_key->proto), rep_key, val, BPF_NOEXIST))
+		return false;
+	if (tcp && bpf_map_lookup_elem(&vipr_ct_tcp_v1, rep_key)) {
+		bpf_map_delete_elem(&vipr_ct_tcp_syn_v1, rep_key);
+		return false;
+	}
+	return true;
+}
+
+/* The ordered search over the SNAT port range (a bpf_loop callback: one port per call). */
+struct snat_search {
+	struct vipr_ct_key rep_key;
+	struct vipr_ct_value val;
+	__u32 lo;
+	__u32 span;
+	__u32 start;
+	__be16 port; /* the port claimed, network order; 0 while none */
+};
+
+static long snat_try_port(__u32 i, void *data)
+{
+	struct snat_search *s = data;
+	__u32 off = s->start + i;
+
+	if (off >= s->span)
+		off -= s->span;
+	s->rep_key.dport = bpf_htons(s->lo + off);
+	if (!ct4_claim_reply(&s->rep_key, &s->val))
+		return 0;
+	s->port = s->rep_key.dport;
+	return 1;
+}
+
+/*
+ * Picks a free SNAT source port for @s->rep_key: a few random tries (cheap while the range is
+ * mostly free), then every port of the range in order from a random start, so a flow is dropped
+ * only when the whole range is taken for this backend. Returns the port (network order) or 0.
+ */
+static __always_inline __be16 ct4_snat_port(struct snat_search *s, const struct vipr_config *cfg)
+{
+	int i;
+
+	s->lo = cfg->snat_port_min;
+	s->span = cfg->snat_port_max >= cfg->snat_port_min ? cfg->snat_port_max - cfg->snat_port_min + 1 : 1;
+	s->port = 0;
+	for (i = 0; i < SNAT_PORT_RANDOM_TRIES; i++) {
+		s->rep_key.dport = bpf_htons(s->lo + bpf_get_prandom_u32() % s->span);
+		if (ct4_claim_reply(&s->rep_key, &s->val))
+			return s->rep_key.dport;
+	}
+	s->start = bpf_get_prandom_u32() % s->span;
+	bpf_loop(s->span, snat_try_port, s, 0);
+	return s->port;
+}
+
+/*
+ * Creates both entries of a new flow in the map new flows of its protocol start in, the reply
+ * entry first, so that by the time a packet can have reached the backend its answer is
+ * recognised. Returns the source port the flow leaves with (network order), or 0 when no SNAT
+ * port was free or an entry could not be written.
  */
 static __always_inline __be16 ct4_create(const struct packet *pkt, const struct vipr_backend *be,
 					 const struct ct_new *n, const struct vipr_config *cfg,
 					 __u64 now)
 {
-	struct vipr_ct_key fwd_key, rep_key = {};
-	struct vipr_ct_value val = {
-		.created_ns = now,
-		.last_seen_ns = now,
-		.nat_addr = pkt->daddr,
-		.nat_port = pkt->dport,
-		.flags = n->flags,
-		.svc_id = n->svc_id,
-		.backend_id = n->backend_id,
+	struct snat_search s = {
+		.val = {
+			.created_ns = now,
+			.last_seen_ns = now,
+			.nat_addr = pkt->daddr,
+			.nat_port = pkt->dport,
+			.flags = n->flags,
+			.svc_id = n->svc_id,
+			.backend_id = n->backend_id,
+		},
 	};
+	void *map = ct4_new_map(pkt->proto);
+	struct vipr_ct_key fwd_key;
 	__be16 sport = pkt->sport;
-	int i;
 
-	rep_key.saddr = be->addr;
-	rep_key.sport = be->port;
-	rep_key.proto = pkt->proto;
-	rep_key.dir = VIPR_CT_REPLY;
+	s.rep_key.saddr = be->addr;
+	s.rep_key.sport = be->port;
+	s.rep_key.proto = pkt->proto;
+	s.rep_key.dir = VIPR_CT_REPLY;
 	if (n->snat_addr) {
-		__u32 lo = cfg->snat_port_min, span = cfg->snat_port_max - cfg->snat_port_min + 1;
-
-		val.snat_addr = pkt->saddr;
-		val.snat_port = pkt->sport;
-		rep_key.daddr = n->snat_addr;
-		sport = 0;
-		for (i = 0; i < SNAT_PORT_TRIES; i++) {
-			__be16 port = bpf_htons(lo + bpf_get_prandom_u32() % span);
-
-			rep_key.dport = port;
-			if (bpf_map_update_elem(&vipr_conntrack_v1, &rep_key, &val, BPF_NOEXIST) == 0) {
-				sport = port;
-				break;
-			}
-		}
+		s.val.snat_addr = pkt->saddr;
+		s.val.snat_port = pkt->sport;
+		s.rep_key.daddr = n->snat_addr;
+		sport = ct4_snat_port(&s, cfg);
 		if (!sport)
 			return 0;
 	} else {
-		rep_key.daddr = pkt->saddr;
-		rep_key.dport = pkt->sport;
-		if (bpf_map_update_elem(&vipr_conntrack_v1, &rep_key, &val, BPF_ANY))
+		s.rep_key.daddr = pkt->saddr;
+		s.rep_key.dport = pkt->sport;
+		if (bpf_map_update_elem(map, &s.rep_key, &s.val, BPF_ANY))
 			return 0;
 	}
 
 	ct4_key_forward(&fwd_key, pkt);
-	val.nat_addr = be->addr;
-	val.nat_port = be->port;
-	val.snat_addr = n->snat_addr;
-	val.snat_port = n->snat_addr ? sport : 0;
-	val.tcp_flags = pkt->tcp_flags;
-	if (bpf_map_update_elem(&vipr_conntrack_v1, &fwd_key, &val, BPF_ANY)) {
-		bpf_map_delete_elem(&vipr_conntrack_v1, &rep_key);
+	s.val.nat_addr = be->addr;
+	s.val.nat_port = be->port;
+	s.val.snat_addr = n->snat_addr;
+	s.val.snat_port = n->snat_addr ? sport : 0;
+	s.val.tcp_flags = pkt->tcp_flags;
+	if (bpf_map_update_elem(map, &fwd_key, &s.val, BPF_ANY)) {
+		bpf_map_delete_elem(map, &s.rep_key);
 		return 0;
 	}
 	lc_account(n->backend_id, 1);

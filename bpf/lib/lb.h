@@ -158,13 +158,20 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 	struct vipr_backend *be;
 	struct ct_new n = {};
 	__u64 now = bpf_ktime_get_ns();
+	bool established;
 	__be16 sport;
 
 	plan_identity(plan, pkt);
 
 	ct4_key_forward(&ct_key, pkt);
-	ct = bpf_map_lookup_elem(&vipr_conntrack_v1, &ct_key);
+	ct = ct4_lookup(&ct_key, &established);
 	if (ct && ct4_is_reusable(ct, pkt)) {
+		if (!established && pkt->proto == IPPROTO_TCP && ct4_may_promote(ct, pkt)) {
+			struct vipr_ct_value *est = ct4_promote(&ct_key, ct, len);
+
+			if (est)
+				ct = est;
+		}
 		ct4_touch(ct, pkt, now, true);
 		plan->daddr = ct->nat_addr;
 		plan->dport = ct->nat_port;
@@ -177,8 +184,11 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 		return LB_NAT;
 	}
 
+	if (ct && established)
+		ct4_forget_established(&ct_key, ct);
+
 	ct4_key_reply(&ct_key, pkt);
-	ct = bpf_map_lookup_elem(&vipr_conntrack_v1, &ct_key);
+	ct = ct4_lookup(&ct_key, &established);
 	if (ct) {
 		/* A reply of a tracked flow is never a new flow to a service: its destination is a
 		 * client. Without SNAT it is rewritten on egress towards the client; with SNAT its
@@ -267,10 +277,11 @@ static __always_inline enum lb_action lb4_plan_egress(const struct packet *pkt, 
 {
 	struct vipr_ct_key ct_key;
 	struct vipr_ct_value *ct;
+	bool established;
 
 	plan_identity(plan, pkt);
 	ct4_key_reply(&ct_key, pkt);
-	ct = bpf_map_lookup_elem(&vipr_conntrack_v1, &ct_key);
+	ct = ct4_lookup(&ct_key, &established);
 	if (!ct || (ct->flags & VIPR_CT_F_SNAT)) {
 		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
 		return LB_PASS;

@@ -38,14 +38,34 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_backends_v1 SEC(".maps");
 
-/* LRU: under pressure the least recently used flows go first, never new ones. */
+/*
+ * Conntrack, in three maps (see struct vipr_ct_key): established TCP flows in a plain hash that
+ * nothing evicts, half-open TCP flows and UDP flows in LRUs of their own. The agent sets the
+ * sizes before load (bpf_map__set_max_entries); a pinned map keeps its size.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_ct_key);
+	__type(value, struct vipr_ct_value);
+	__uint(max_entries, VIPR_MAX_CT_TCP);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_ct_tcp_v1 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct vipr_ct_key);
 	__type(value, struct vipr_ct_value);
-	__uint(max_entries, VIPR_MAX_CONNTRACK);
+	__uint(max_entries, VIPR_MAX_CT_TCP_SYN);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} vipr_conntrack_v1 SEC(".maps");
+} vipr_ct_tcp_syn_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_ct_key);
+	__type(value, struct vipr_ct_value);
+	__uint(max_entries, VIPR_MAX_CT_UDP);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_ct_udp_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -1,13 +1,14 @@
 /*
- * vipr's conntrack seen from user space: flows (a forward entry with its reply entry), their
- * state, garbage collection by per-state timeouts, and flushing. The datapath only creates and
- * touches entries; ageing them out is the agent's job, as in Cilium.
+ * vipr's conntrack seen from user space: flows (a forward entry with its reply entry, in one of the
+ * three conntrack maps), their state, the maps' sizes, and flushing. The datapath creates,
+ * promotes and touches entries; the GC iterator (src/bpf/ct-gc.ts) ages them out in the kernel.
  */
+import { totalmem } from 'node:os';
 import type { MapLike } from '../sync/bpf-dataplane.js';
 import { replyKeyOf } from '../sync/bpf-dataplane.js';
 import {
-  CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SNAT, CT_FORWARD, IPPROTO_TCP,
-  type BackendConnsT, type BackendIdT, type CtKeyT, type CtValueT,
+  CT_F_CLOSING, CT_F_SNAT, CT_FORWARD, CT_ROLES, CtKey, CtValue,
+  type BackendConnsT, type BackendIdT, type CtKeyT, type CtRole, type CtValueT,
 } from './layouts.js';
 import { protoName } from './inspect.js';
 
@@ -21,6 +22,8 @@ export interface Flow {
   /** The source the flow leaves the node with, when SNATed (remote backend, hairpin). */
   snat: string | null;
   state: FlowState;
+  /** The map holding the flow: established TCP, half-open TCP, or UDP. */
+  table: CtRole;
   svcId: number;
   backendId: number;
   /** Seconds since the flow's last packet (either direction) and since it started. */
@@ -47,33 +50,34 @@ export function monotonicNs(): bigint {
 }
 
 type CtMap = MapLike<CtKeyT, CtValueT>;
+export type CtMaps = Record<CtRole, CtMap>;
 
 function keyId(k: CtKeyT): string {
   return `${k.saddr}:${k.sport}>${k.daddr}:${k.dport}/${k.proto}/${k.dir}`;
 }
 
-export function readFlows(conntrack: CtMap, now: bigint = monotonicNs()): Flow[] {
+function flowState(table: CtRole, flags: number): FlowState {
+  if (table === 'ctUdp') return 'udp';
+  if (flags & CT_F_CLOSING) return 'closing';
+  return table === 'ctTcp' ? 'established' : 'syn';
+}
+
+function readTable(table: CtRole, conntrack: CtMap, now: bigint, flows: Flow[]): void {
   const entries = conntrack.entries();
   const byKey = new Map(entries.map(([k, v]) => [keyId(k), v]));
-  const flows: Flow[] = [];
   for (const [k, v] of entries) {
     if (k.dir !== CT_FORWARD) continue;
     const rk = replyKeyOf(k, v);
     const rv = byKey.get(keyId(rk));
-    const flags = v.flags | (rv?.flags ?? 0);
     const last = rv && rv.last_seen_ns > v.last_seen_ns ? rv.last_seen_ns : v.last_seen_ns;
-    let state: FlowState;
-    if (k.proto !== IPPROTO_TCP) state = 'udp';
-    else if (flags & CT_F_CLOSING) state = 'closing';
-    else if (rv && rv.flags & CT_F_SEEN_REPLY) state = 'established';
-    else state = 'syn';
     flows.push({
       protocol: protoName(k.proto),
       client: `${k.saddr}:${k.sport}`,
       frontend: `${k.daddr}:${k.dport}`,
       backend: `${v.nat_addr}:${v.nat_port}`,
       snat: v.flags & CT_F_SNAT ? `${v.snat_addr}:${v.snat_port}` : null,
-      state,
+      state: flowState(table, v.flags | (rv?.flags ?? 0)),
+      table,
       svcId: v.svc_id,
       backendId: v.backend_id,
       idleSeconds: Number(now > last ? now - last : 0n) / 1e9,
@@ -83,48 +87,72 @@ export function readFlows(conntrack: CtMap, now: bigint = monotonicNs()): Flow[]
       hasReply: rv !== undefined,
     });
   }
+}
+
+/** Every flow of the three maps (a full read: for the CLI, not for the agent's loop). */
+export function readFlows(maps: CtMaps, now: bigint = monotonicNs()): Flow[] {
+  const flows: Flow[] = [];
+  for (const table of CT_ROLES) readTable(table, maps[table], now, flows);
   return flows;
 }
 
-function deleteFlow(conntrack: CtMap, conns: MapLike<BackendIdT, BackendConnsT> | null, f: Flow): number {
-  let n = 0;
-  if (conntrack.delete(f.forward)) n++;
-  if (conntrack.delete(f.reply)) n++;
-  // lc counts open flows: one that never reached closing leaves the count here.
-  if (conns && f.state !== 'closing') {
-    const c = conns.lookup({ id: f.backendId });
-    if (c && c.active > 0) conns.update({ id: f.backendId }, { active: c.active - 1 });
-  }
-  return n;
-}
-
-/** Deletes flows idle for longer than their state's timeout; returns the entries deleted. */
-export function gcConntrack(
-  conntrack: CtMap,
-  conns: MapLike<BackendIdT, BackendConnsT> | null,
-  timeouts: CtTimeouts = DEFAULT_CT_TIMEOUTS,
-  now: bigint = monotonicNs(),
-): number {
-  let deleted = 0;
-  const flows = readFlows(conntrack, now);
-  for (const f of flows) if (f.idleSeconds > timeouts[f.state]) deleted += deleteFlow(conntrack, conns, f);
-  // Reply entries whose forward entry is gone (LRU eviction, a crash between the two writes).
-  const replies = new Set(flows.map((f) => keyId(f.reply)));
-  for (const [k, v] of conntrack.entries()) {
-    if (k.dir === CT_FORWARD || replies.has(keyId(k))) continue;
-    const idle = Number(now > v.last_seen_ns ? now - v.last_seen_ns : 0n) / 1e9;
-    if (idle > Math.max(timeouts.syn, timeouts.udp) && conntrack.delete(k)) deleted++;
-  }
-  return deleted;
-}
-
 /** Deletes every flow, or those of the given services; returns the flows deleted. */
-export function flushConntrack(conntrack: CtMap, conns: MapLike<BackendIdT, BackendConnsT> | null, svcIds: Set<number> | null): number {
+export function flushConntrack(maps: CtMaps, conns: MapLike<BackendIdT, BackendConnsT> | null, svcIds: Set<number> | null): number {
   let n = 0;
-  for (const f of readFlows(conntrack)) {
+  for (const f of readFlows(maps)) {
     if (svcIds !== null && !svcIds.has(f.svcId)) continue;
-    deleteFlow(conntrack, conns, f);
+    maps[f.table].delete(f.forward);
+    maps[f.table].delete(f.reply);
+    // lc counts open flows: one that never reached closing leaves the count here.
+    if (conns && f.state !== 'closing') {
+      const c = conns.lookup({ id: f.backendId });
+      if (c && c.active > 0) conns.update({ id: f.backendId }, { active: c.active - 1 });
+    }
     n++;
   }
   return n;
 }
+
+/** Entries of each conntrack map (max_entries): `--ct-max-tcp` and `--ct-max-udp`, or sized to the node. */
+export interface CtSizes {
+  /** vipr_ct_tcp_v1: established TCP flows, two entries each. */
+  tcp: number;
+  /** vipr_ct_tcp_syn_v1: half-open TCP flows; a quarter of `tcp`. */
+  tcpSyn: number;
+  /** vipr_ct_udp_v1. */
+  udp: number;
+}
+
+/* Cilium's bounds (pkg/maps/mapsize): defaults at full ratio, the floors of dynamic sizing, limits. */
+const CT_TCP_DEFAULT = 524288;
+const CT_UDP_DEFAULT = 262144;
+const CT_TCP_AUTO_MIN = 131072;
+const CT_UDP_AUTO_MIN = 65536;
+export const CT_LIMIT_MIN = 1024;
+export const CT_LIMIT_MAX = 1 << 24;
+/** --bpf-map-dynamic-size-ratio's default: the share of the node's memory conntrack may take. */
+export const CT_DYNAMIC_SIZE_RATIO = 0.0025;
+/** Bytes one entry costs the kernel: key, value and the hash table's element header. */
+export const CT_ENTRY_BYTES = CtKey.size + CtValue.size + 48;
+
+/** The half-open map's size for an established-TCP size. */
+export function synMapSize(tcp: number): number {
+  return Math.max(CT_LIMIT_MIN, Math.floor(tcp / 4));
+}
+
+/**
+ * Cilium's dynamic sizing: CT_DYNAMIC_SIZE_RATIO of the node's memory, shared between the maps in
+ * the proportion of their defaults, each at least its floor and at most CT_LIMIT_MAX. An explicit
+ * size replaces the computed one for that map.
+ */
+export function ctSizes(explicit: { tcp?: number; udp?: number } = {}, memoryBytes: number = totalmem()): CtSizes {
+  const budget = memoryBytes * CT_DYNAMIC_SIZE_RATIO;
+  const defaultBytes = (CT_TCP_DEFAULT + synMapSize(CT_TCP_DEFAULT) + CT_UDP_DEFAULT) * CT_ENTRY_BYTES;
+  const scaled = (def: number, min: number): number => Math.min(CT_LIMIT_MAX, Math.max(min, Math.floor((def * budget) / defaultBytes)));
+  const tcp = explicit.tcp ?? scaled(CT_TCP_DEFAULT, CT_TCP_AUTO_MIN);
+  const udp = explicit.udp ?? scaled(CT_UDP_DEFAULT, CT_UDP_AUTO_MIN);
+  return { tcp, tcpSyn: synMapSize(tcp), udp };
+}
+
+/** The pinned map name of each conntrack role, as CtSizes names them. */
+export const CT_SIZE_OF: Record<CtRole, keyof CtSizes> = { ctTcp: 'tcp', ctTcpSyn: 'tcpSyn', ctUdp: 'udp' };

@@ -7,7 +7,8 @@ import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync,
 import { basename, dirname, join, resolve } from 'node:path';
 import * as libbpf from './libbpf.js';
 import { BpfMap } from './map.js';
-import { MAPS, type MapRole } from './layouts.js';
+import { CT_ROLES, MAPS, type CtRole, type MapRole } from './layouts.js';
+import { CT_SIZE_OF, type CtSizes } from './conntrack.js';
 import { socketLbRecordPath } from './socket-lb.js';
 import { BpfError, ConfigError } from '../errors.js';
 import { runSync } from '../process/run.js';
@@ -144,6 +145,27 @@ export function preparePinDir(pinDir: string, opts: { create: boolean }): void {
   }
 }
 
+/**
+ * Sizes the conntrack maps of an opened object. A map pinned already keeps its size (openObject
+ * adopted it: libbpf would refuse the pin otherwise); a different size asked for is logged, and
+ * takes effect once the pinned map is gone (migrated, or 'vipr cleanup').
+ */
+function sizeConntrack(obj: libbpf.ObjectHandle, pinDir: string, sizes: CtSizes | null): Record<CtRole, number> {
+  const out = {} as Record<CtRole, number>;
+  for (const role of CT_ROLES) {
+    const name = MAPS[role].name;
+    const map = libbpf.findMap(obj, name);
+    const want = sizes?.[CT_SIZE_OF[role]];
+    const pinned = libbpf.pinnedMaxEntries(join(pinDir, name));
+    if (want !== undefined && pinned === null) libbpf.mapSetMaxEntries(map, want, name);
+    if (want !== undefined && pinned !== null && pinned !== want) {
+      log.warn({ map: name, pinned, asked: want }, `${name} keeps its pinned size of ${pinned} entries; ${want} takes effect once the pinned map is replaced ('vipr cleanup' drops its flows)`);
+    }
+    out[role] = libbpf.mapMaxEntries(map);
+  }
+  return out;
+}
+
 /** A loaded datapath object: programs ready to attach, maps pinned. */
 export class LoadedDatapath {
   private constructor(
@@ -151,9 +173,12 @@ export class LoadedDatapath {
     readonly pinDir: string,
     readonly maps: DatapathMaps,
     readonly programs: { ingress: number; egress: number },
+    /** max_entries of each conntrack map as loaded (a pinned map keeps its size). */
+    readonly ctMaxEntries: Record<CtRole, number>,
   ) {}
 
-  static load(pinDir: string, objectPath = tcObjectPath()): LoadedDatapath {
+  /** `ctSizes`: conntrack map sizes for maps not pinned yet (default: the compiled-in sizes). */
+  static load(pinDir: string, objectPath = tcObjectPath(), opts: { ctSizes?: CtSizes } = {}): LoadedDatapath {
     requireRoot('loading the BPF datapath');
     if (!existsSync(objectPath)) {
       throw new ConfigError(`BPF object ${objectPath} is missing: run 'make build'`);
@@ -162,6 +187,7 @@ export class LoadedDatapath {
     preparePinDir(pinDir, { create: true });
     const obj = libbpf.openObject(objectPath, pinDir);
     try {
+      const ctMaxEntries = sizeConntrack(obj, pinDir, opts.ctSizes ?? null);
       try {
         libbpf.loadObject(obj, basename(objectPath));
       } catch (err) {
@@ -186,7 +212,7 @@ export class LoadedDatapath {
         egress: libbpf.programFd(libbpf.findProgram(obj, PROG_EGRESS), PROG_EGRESS),
       };
       log.info({ object: objectPath, pinDir }, 'datapath loaded');
-      return new LoadedDatapath(obj, pinDir, maps as unknown as DatapathMaps, programs);
+      return new LoadedDatapath(obj, pinDir, maps as unknown as DatapathMaps, programs, ctMaxEntries);
     } catch (err) {
       libbpf.closeObject(obj);
       throw err;

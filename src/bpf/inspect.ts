@@ -6,7 +6,7 @@ import { z } from 'zod';
 import type { DatapathMaps } from './datapath.js';
 import { describeSocketLb, socketLbStatus } from './socket-lb.js';
 import {
-  BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_FORWARD, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, SCHEDULERS, SCOPE_EXTERNAL,
+  BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_FORWARD, CT_ROLES, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, SCHEDULERS, SCOPE_EXTERNAL,
   STAT_NAMES, SVC_F_AFFINITY, type StatName,
 } from './layouts.js';
 import type { Listing, ListedService } from '../model/listing.js';
@@ -30,16 +30,21 @@ export function readServiceNames(pinDir: string): Map<number, string> {
   return new Map(Object.entries(raw).map(([id, name]) => [Number(id), name]));
 }
 
-/** Connection counts per (svc_id, backend_id), IPVS style: active = TCP not closing. */
+/**
+ * Connection counts per (svc_id, backend_id), IPVS style: active = established TCP not closing;
+ * inactive = half-open or closing TCP, and UDP.
+ */
 function connectionCounts(maps: DatapathMaps): Map<string, { active: number; inactive: number }> {
   const counts = new Map<string, { active: number; inactive: number }>();
-  for (const [k, v] of maps.conntrack.entries()) {
-    if (k.dir !== CT_FORWARD) continue;
-    const id = `${v.svc_id}/${v.backend_id}`;
-    const c = counts.get(id) ?? { active: 0, inactive: 0 };
-    if (k.proto === IPPROTO_TCP && !(v.flags & CT_F_CLOSING)) c.active++;
-    else c.inactive++;
-    counts.set(id, c);
+  for (const role of CT_ROLES) {
+    for (const [k, v] of maps[role].entries()) {
+      if (k.dir !== CT_FORWARD) continue;
+      const id = `${v.svc_id}/${v.backend_id}`;
+      const c = counts.get(id) ?? { active: 0, inactive: 0 };
+      if (role === 'ctTcp' && k.proto === IPPROTO_TCP && !(v.flags & CT_F_CLOSING)) c.active++;
+      else c.inactive++;
+      counts.set(id, c);
+    }
   }
   return counts;
 }

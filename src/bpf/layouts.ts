@@ -138,6 +138,21 @@ export const SockConfig = defineStruct('vipr_sock_config', [
   ['pad', 'pad', 6],
 ] as const);
 
+/** The conntrack GC object's `.rodata` (its `const volatile` timeouts), written before load. */
+export const CtTimeoutsLayout = defineStruct('vipr_ct_timeouts', [
+  ['syn_ns', 'u64'],
+  ['established_ns', 'u64'],
+  ['closing_ns', 'u64'],
+  ['udp_ns', 'u64'],
+] as const);
+
+/** What the conntrack GC iterator writes as it goes, the last one being the pass's result. */
+export const CtGcReport = defineStruct('vipr_ct_gc_report', [
+  ['seen', 'u64'],
+  ['deleted', 'u64'],
+  ['kept', 'u64'],
+] as const);
+
 export const U32 = new U32Codec();
 
 export type SvcKeyT = ReturnType<typeof SvcKey.decode>;
@@ -216,6 +231,8 @@ export const STAT_NAMES = [
   'sock_rev_nat',
   'sock_reject',
   'sock_destroyed',
+  'ct_promoted',
+  'ct_tcp_full',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 
@@ -236,7 +253,9 @@ export const MAPS = {
   services: spec('vipr_services_v1', SvcKey, SvcValue),
   slots: spec('vipr_slots_v1', SlotKey, BackendId),
   backends: spec('vipr_backends_v1', BackendId, Backend),
-  conntrack: spec('vipr_conntrack_v1', CtKey, CtValue),
+  ctTcp: spec('vipr_ct_tcp_v1', CtKey, CtValue),
+  ctTcpSyn: spec('vipr_ct_tcp_syn_v1', CtKey, CtValue),
+  ctUdp: spec('vipr_ct_udp_v1', CtKey, CtValue),
   affinity: spec('vipr_affinity_v1', AffinityKey, AffinityValue),
   nodeIps: spec('vipr_node_ips_v1', NodeIp, U32),
   sourceRanges: spec('vipr_source_ranges_v1', SourceRange, U32),
@@ -250,3 +269,7 @@ export const MAPS = {
 } as const;
 
 export type MapRole = keyof typeof MAPS;
+
+/** The conntrack maps (struct vipr_ct_key in vipr_types.h says why three). */
+export const CT_ROLES = ['ctTcp', 'ctTcpSyn', 'ctUdp'] as const;
+export type CtRole = (typeof CT_ROLES)[number];

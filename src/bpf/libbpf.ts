@@ -94,6 +94,15 @@ function bind() {
     batch_size: 'uint32_t',
   }));
 
+  /* libbpf 1.1's struct bpf_link_create_opts up to target_btf_id (sz says how much we pass). */
+  const LinkCreateOpts = named('bpf_link_create_opts', () => koffi.struct('bpf_link_create_opts', {
+    sz: 'size_t',
+    flags: 'uint32_t',
+    iter_info: 'void *',
+    iter_info_len: 'uint32_t',
+    target_btf_id: 'uint32_t',
+  }));
+
   const PrintFn = named('libbpf_print_fn', () => koffi.proto('int libbpf_print_fn(int level, const char *fmt, void *args)'));
 
   const fns = {
@@ -111,6 +120,11 @@ function bind() {
       'bpf_map *bpf_object__find_map_by_name(bpf_object *obj, const char *name)',
     ),
     bpf_map__fd: libbpf.func('int bpf_map__fd(bpf_map *map)'),
+    bpf_object__next_map: libbpf.func('bpf_map *bpf_object__next_map(const bpf_object *obj, const bpf_map *map)'),
+    bpf_map__name: libbpf.func('const char *bpf_map__name(const bpf_map *map)'),
+    bpf_map__max_entries: libbpf.func('uint32_t bpf_map__max_entries(const bpf_map *map)'),
+    bpf_map__set_max_entries: libbpf.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t max_entries)'),
+    bpf_link_create_iter: libbpf.func('bpf_link_create', 'int', ['int', 'int', 'int', koffi.pointer(LinkCreateOpts)]),
     bpf_program__fd: libbpf.func('int bpf_program__fd(bpf_program *prog)'),
     bpf_map_update_elem: libbpf.func(
       'int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)',
@@ -178,10 +192,10 @@ function bind() {
     return 0;
   }, koffi.pointer(PrintFn));
   fns.libbpf_set_print(printCallback);
-  return { fns, state, OpenOpts, TcHook, TcOpts, BatchOpts, TestRunOpts };
+  return { fns, state, OpenOpts, TcHook, TcOpts, BatchOpts, TestRunOpts, LinkCreateOpts };
 }
 
-const { fns, state, OpenOpts, TcHook, TcOpts, BatchOpts, TestRunOpts } = bind();
+const { fns, state, OpenOpts, TcHook, TcOpts, BatchOpts, TestRunOpts, LinkCreateOpts } = bind();
 
 
 /** Takes libbpf's last warning (the reason behind the failure that follows it). */
@@ -220,7 +234,48 @@ export function openObject(path: string, pinRoot: string): ObjectHandle {
     kernel_log_size: 0,
     kernel_log_level: 0,
   };
-  return checkPtr(`bpf_object__open_file(${path})`, fns.bpf_object__open_file(path, opts)) as ObjectHandle;
+  const obj = checkPtr(`bpf_object__open_file(${path})`, fns.bpf_object__open_file(path, opts)) as ObjectHandle;
+  try {
+    adoptPinnedSizes(obj, pinRoot);
+  } catch (err) {
+    fns.bpf_object__close(obj);
+    throw err;
+  }
+  return obj;
+}
+
+/**
+ * A map the loader sized (conntrack, to the node's memory) is pinned with that size, which every
+ * other object sharing it must declare too, or libbpf refuses to reuse the pin: each map of the
+ * object that is pinned already takes the pinned map's max_entries.
+ */
+function adoptPinnedSizes(obj: ObjectHandle, pinRoot: string): void {
+  for (let map = fns.bpf_object__next_map(obj, null) as MapHandle | null; map !== null; map = fns.bpf_object__next_map(obj, map) as MapHandle | null) {
+    const name = fns.bpf_map__name(map) as string;
+    if (name.includes('.')) continue; // <obj>.rodata, <obj>.bss: the object's own, never pinned
+    const pinned = pinnedMaxEntries(`${pinRoot}/${name}`);
+    if (pinned !== null && pinned !== (fns.bpf_map__max_entries(map) as number)) mapSetMaxEntries(map, pinned, name);
+  }
+}
+
+/** The max_entries of the map pinned at `path`, or null when nothing (usable) is pinned there. */
+export function pinnedMaxEntries(path: string): number | null {
+  const fd = fns.bpf_obj_get(path) as number;
+  if (fd < 0) return null;
+  try {
+    return mapInfo(fd, path).maxEntries;
+  } finally {
+    fns.close(fd);
+  }
+}
+
+export function mapMaxEntries(map: MapHandle): number {
+  return fns.bpf_map__max_entries(map) as number;
+}
+
+/** Sizes a map before load (the object must be opened, not loaded). */
+export function mapSetMaxEntries(map: MapHandle, maxEntries: number, what: string): void {
+  check(`bpf_map__set_max_entries(${what}, ${maxEntries})`, fns.bpf_map__set_max_entries(map, maxEntries) as number);
 }
 
 export function loadObject(obj: ObjectHandle, name: string): void {
@@ -385,6 +440,22 @@ export function linkInfo(fd: number, what: string): LinkInfo {
     cgroupId: info.readBigUInt64LE(16),
     attachType: info.readUInt32LE(24),
   };
+}
+
+/** Attaches a map-element iterator program (SEC("iter/bpf_map_elem")) to one map; returns the link fd. */
+export function linkCreateMapIter(progFd: number, mapFd: number, what: string): number {
+  state.lastMessage = null;
+  // union bpf_iter_link_info { struct { __u32 map_fd; } map; ... }: the map is all we pass.
+  const info = koffi.alloc('uint8_t', 8);
+  try {
+    const view = Buffer.from(koffi.view(info, 8)); // shares the allocation
+    view.fill(0);
+    view.writeUInt32LE(mapFd, 0);
+    const opts = { sz: koffi.sizeof(LinkCreateOpts), flags: 0, iter_info: info, iter_info_len: 8, target_btf_id: 0 };
+    return check(`bpf_link_create(${what})`, fns.bpf_link_create_iter(progFd, 0, BPF_TRACE_ITER, opts) as number);
+  } finally {
+    koffi.free(info);
+  }
 }
 
 /** Creates an iterator from an iterator link: reading the returned fd runs the program. */

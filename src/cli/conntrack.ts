@@ -12,6 +12,8 @@ const HELP = `usage: vipr conntrack [--json] [--pin-dir DIR]
 
 Lists the flows vipr balanced: client -> frontend => backend (and the SNAT source the flow
 leaves the node with, for NodePort traffic to other nodes and hairpin), state and idle time.
+TCP flows are 'syn' until the client acknowledges the backend's answer (half-open map), then
+'established' (a map no flood of new flows can evict), 'closing' after FIN or RST.
 'flush' forgets flows (all, or those of one Service): their next packets are balanced again.
 `;
 
@@ -42,11 +44,11 @@ export async function run(argv: string[]): Promise<number> {
         ids = new Set([...names].filter(([, n]) => n === svc || n.startsWith(`${svc}:`)).map(([id]) => id));
         if (ids.size === 0) throw new ConfigError(`--service ${svc}: no such service is programmed; see 'vipr list'`);
       }
-      const n = flushConntrack(maps.conntrack, maps.backendConns, ids);
+      const n = flushConntrack(maps, maps.backendConns, ids);
       process.stdout.write(`flushed ${n} flows\n`);
       return 0;
     }
-    const flows = readFlows(maps.conntrack).map((f) => ({
+    const flows = readFlows(maps).map((f) => ({
       protocol: f.protocol, client: f.client, frontend: f.frontend, backend: f.backend, snat: f.snat,
       state: f.state, idleSeconds: Math.round(f.idleSeconds), ageSeconds: Math.round(f.ageSeconds),
       service: names.get(f.svcId) ?? null,

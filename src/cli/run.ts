@@ -8,7 +8,9 @@ import { cidrContains, parseIpv4Cidr } from '../model/ipv4.js';
 import { listLinks, parseIfaceSpec, watchLinks } from '../bpf/interfaces.js';
 import { ifNameToIndex } from '../bpf/libbpf.js';
 import { ServiceHealthServers } from '../sync/service-health.js';
-import { gcConntrack } from '../bpf/conntrack.js';
+import { CT_LIMIT_MAX, CT_LIMIT_MIN, ctSizes, type CtSizes } from '../bpf/conntrack.js';
+import { CtGc, CtPressure } from '../bpf/ct-gc.js';
+import { CT_ROLES, MAPS } from '../bpf/layouts.js';
 import type { Scheduler } from '../model/types.js';
 import { SCHEDULERS } from '../bpf/layouts.js';
 import { readCounters } from '../bpf/inspect.js';
@@ -72,6 +74,12 @@ dataplane:
                              the cgroup v2 root, when the agent runs in the host's namespace)
   --scheduler S              random (default, as kube-proxy), rr, sh, maglev or lc; a Service
                              overrides it with the annotation vipr.io/scheduler
+  --ct-max-tcp N             entries of the established-TCP conntrack map (two per flow; the
+                             half-open map gets N/4); default: sized to the node's memory
+                             (0.25 %, Cilium's dynamic sizing), at least 131072
+  --ct-max-udp N             entries of the UDP conntrack map; default: sized likewise, >= 65536
+  --snat-port-range LO-HI    source ports for flows SNATed to the node (default 61000-65535);
+                             each is used before a flow to the same backend is dropped
   --maglev-table-size M      largest Maglev table, one of ${MAGLEV_SIZES.join(', ')}
                              (default ${DEFAULT_MAGLEV_MAX_SIZE}); a Service with more endpoints than M/100
                              gets fewer slots each, one with M or more uses random
@@ -104,6 +112,9 @@ const OPTIONS = {
   'cgroup-root': { type: 'string' },
   scheduler: { type: 'string', default: 'random' },
   'maglev-table-size': { type: 'string', default: String(DEFAULT_MAGLEV_MAX_SIZE) },
+  'ct-max-tcp': { type: 'string' },
+  'ct-max-udp': { type: 'string' },
+  'snat-port-range': { type: 'string', default: '61000-65535' },
   'min-sync-period': { type: 'string', default: '1s' },
   'sync-period': { type: 'string', default: '30s' },
   'metrics-bind-address': { type: 'string', default: '127.0.0.1:10249' },
@@ -203,6 +214,11 @@ export async function run(argv: string[]): Promise<number> {
   if (!(MAGLEV_SIZES as readonly number[]).includes(maglevMaxSize)) {
     throw new ConfigError(`--maglev-table-size ${values['maglev-table-size']}: expected one of ${MAGLEV_SIZES.join(', ')} (primes; the datapath counts slots in 16 bits)`);
   }
+  const ct = parseCtSizes(values['ct-max-tcp'], values['ct-max-udp']);
+  const snatPorts = parseSnatPortRange(values['snat-port-range']);
+  if (mode !== 'bpf' && (values['ct-max-tcp'] !== undefined || values['ct-max-udp'] !== undefined || values['snat-port-range'] !== OPTIONS['snat-port-range'].default)) {
+    throw new ConfigError('--ct-max-tcp, --ct-max-udp and --snat-port-range are for --mode bpf (the other modes use the kernel\'s conntrack)');
+  }
   if (mode !== 'bpf' && (values.xdp.length > 0 || scheduler !== 'random')) {
     throw new ConfigError(`--xdp and --scheduler are for --mode bpf (use --ipvs-scheduler in ipvs mode)`);
   }
@@ -217,7 +233,37 @@ export async function run(argv: string[]): Promise<number> {
     throw new ConfigError('--socket-lb, --socket-lb-host-ns-only and --cgroup-root are for --mode bpf (the other modes serve the node through their OUTPUT chains)');
   }
   const socketLb = mode === 'bpf' ? decideSocketLb(parseSocketLbChoice(values['socket-lb']), values['cgroup-root']) : null;
-  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler, socketLb });
+  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler, socketLb, ct, snatPorts });
+}
+
+function parseCtMax(option: string, raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || n < CT_LIMIT_MIN || n > CT_LIMIT_MAX) {
+    throw new ConfigError(`--${option} ${raw}: expected a whole number of entries from ${CT_LIMIT_MIN} to ${CT_LIMIT_MAX}`);
+  }
+  return n;
+}
+
+/** --ct-max-tcp / --ct-max-udp, the other sized to the node's memory when not given. */
+export function parseCtSizes(tcp: string | undefined, udp: string | undefined): CtSizes {
+  const explicit: { tcp?: number; udp?: number } = {};
+  const t = parseCtMax('ct-max-tcp', tcp);
+  const u = parseCtMax('ct-max-udp', udp);
+  if (t !== undefined) explicit.tcp = t;
+  if (u !== undefined) explicit.udp = u;
+  return ctSizes(explicit);
+}
+
+/** --snat-port-range LO-HI: 1 <= LO <= HI <= 65535. */
+export function parseSnatPortRange(raw: string): [number, number] {
+  const m = /^(\d{1,5})-(\d{1,5})$/.exec(raw);
+  const lo = Number(m?.[1]);
+  const hi = Number(m?.[2]);
+  if (!m || lo < 1 || hi > 65535 || lo > hi) {
+    throw new ConfigError(`--snat-port-range ${raw}: expected LO-HI with 1 <= LO <= HI <= 65535, e.g. 61000-65535`);
+  }
+  return [lo, hi];
 }
 
 /** kube-proxy's localhost NodePorts: on unless --nodeport-addresses leaves 127.0.0.1 out. */
@@ -250,7 +296,7 @@ function startSocketLb(decision: SocketLbDecision, explicit: boolean, pinDir: st
 
 async function runAgent(
   values: RunValues,
-  o: { mode: ProxyMode; kube: LoadedKubeConfig | null; minSync: number; fullSync: number; attach: AttachMode; scheduler: Scheduler; socketLb: SocketLbDecision | null },
+  o: { mode: ProxyMode; kube: LoadedKubeConfig | null; minSync: number; fullSync: number; attach: AttachMode; scheduler: Scheduler; socketLb: SocketLbDecision | null; ct: CtSizes; snatPorts: [number, number] },
 ): Promise<number> {
   const log = componentLogger('run');
   const nodeName = values['node-name'] ?? hostname();
@@ -259,12 +305,14 @@ async function runAgent(
   let dataplane: Dataplane;
   if (o.mode === 'bpf') {
     await cleanupOtherModes('bpf', { pinDir, iptablesBackend: null });
-    const loaded = LoadedDatapath.load(pinDir);
+    const loaded = LoadedDatapath.load(pinDir, undefined, { ctSizes: o.ct });
     datapath = loaded;
+    log.info({ ...loaded.ctMaxEntries }, 'conntrack map sizes');
     dataplane = new BpfDataplane(loaded.maps, pinDir, {
       clusterCIDR: values['cluster-cidr'] ?? null,
       nodePortAddresses: values['nodeport-addresses'],
       defaultScheduler: o.scheduler,
+      snatPorts: o.snatPorts,
       maglevMaxSize: Number(values['maglev-table-size']),
     });
   } else {
@@ -306,6 +354,7 @@ async function runAgent(
   });
   let sockLb: SocketLb | null = null;
   let gcTimer: NodeJS.Timeout | null = null;
+  let ctGc: CtGc | null = null;
   let stopWatch: () => void = () => undefined;
   let agentStarted = false;
   /** Everything started above and below, stopped on SIGTERM or when starting fails halfway. */
@@ -318,6 +367,7 @@ async function runAgent(
     for (const s of servers) s.close();
     serviceHealth.close();
     if (gcTimer) clearInterval(gcTimer);
+    ctGc?.close();
     stopWatch();
   };
   try {
@@ -352,14 +402,25 @@ async function runAgent(
           nodePortLoopback: nodePortLoopback(values['nodeport-addresses']),
         }, log);
       }
-      // Conntrack ageing: the datapath only creates and touches entries.
+      // Conntrack ageing: the datapath only creates and touches entries; the GC iterators delete
+      // expired ones in the kernel, read from libuv's thread pool (src/bpf/ct-gc.ts).
+      const gc = CtGc.load(pinDir);
+      ctGc = gc;
+      const pressure = new CtPressure();
       gcTimer = setInterval(() => {
-        try {
-          const n = gcConntrack(loaded.maps.conntrack, loaded.maps.backendConns);
-          if (n > 0) log.debug({ deleted: n }, 'conntrack garbage collected');
-        } catch (err) {
-          log.error({ err }, 'conntrack garbage collection failed');
-        }
+        const started = performance.now();
+        gc.pass().then(
+          (pass) => {
+            metrics.conntrackGc(CT_ROLES.map((role) => ({
+              map: MAPS[role].name, entries: pass[role].kept, maxEntries: loaded.ctMaxEntries[role], deleted: pass[role].deleted,
+            })), (performance.now() - started) / 1000);
+            for (const c of pressure.update(pass, loaded.ctMaxEntries)) {
+              if (c.over) log.warn({ map: c.map, entries: c.entries, maxEntries: c.maxEntries }, `${c.map} is over 90 % full: raise its size (--ct-max-tcp / --ct-max-udp)`);
+              else log.info({ map: c.map, entries: c.entries, maxEntries: c.maxEntries }, `${c.map} is back under 80 %`);
+            }
+          },
+          (err: unknown) => log.error({ err }, 'conntrack garbage collection failed'),
+        );
       }, CT_GC_INTERVAL_MS);
     }
   } catch (err) {

@@ -50,7 +50,8 @@ export interface ServiceMaps {
   backendConns: MapLike<BackendIdT, BackendConnsT>;
   nodeIps: MapLike<NodeIpT, number>;
   config: MapLike<number, ConfigT>;
-  conntrack: MapLike<CtKeyT, CtValueT>;
+  /** UDP conntrack (vipr_ct_udp_v1): the flows cut when their backend goes. */
+  ctUdp: MapLike<CtKeyT, CtValueT>;
   affinity: MapLike<AffinityKeyT, AffinityValueT>;
 }
 
@@ -580,15 +581,16 @@ export class BpfDataplane implements Dataplane {
    * A backend left a service: its UDP flows through that service move at once (their next
    * datagram is balanced again; kube-proxy instead leaves them to the kernel's conntrack, which
    * blackholes them until it expires), and affinity to it ends. TCP flows drain: they keep their
-   * backend until they close. Costs one conntrack walk, only on syncs that removed a backend.
+   * backend until they close. Costs one walk of the UDP conntrack map, only on syncs that removed
+   * a backend.
    */
   private cutGoneFlows(gone: Array<{ svcId: number; backendId: number }>, result: SyncResult): void {
     const pairs = new Set(gone.map((g) => `${g.svcId}/${g.backendId}`));
-    for (const [k, v] of this.maps.conntrack.entries()) {
+    for (const [k, v] of this.maps.ctUdp.entries()) {
       if (k.dir !== CT_FORWARD || !pairs.has(`${v.svc_id}/${v.backend_id}`)) continue;
       if (k.proto !== IPPROTO_UDP) continue;
-      this.tryDelete(this.maps.conntrack, k, result);
-      this.tryDelete(this.maps.conntrack, replyKeyOf(k, v), result);
+      this.tryDelete(this.maps.ctUdp, k, result);
+      this.tryDelete(this.maps.ctUdp, replyKeyOf(k, v), result);
     }
     for (const [k, v] of this.maps.affinity.entries()) {
       if (pairs.has(`${k.svc_id}/${v.backend_id}`)) this.tryDelete(this.maps.affinity, k, result);

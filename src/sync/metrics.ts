@@ -219,6 +219,33 @@ export class AgentMetrics {
     this.manifestProblemsGauge.set(n);
   }
 
+  private conntrackGauges: { entries: Gauge<'map'>; max: Gauge<'map'>; pressure: Gauge<'map'>; deleted: Counter<'map'>; gcSeconds: Gauge } | null = null;
+
+  /**
+   * One conntrack GC pass: per map (by pinned name) the entries it left, the map's size, their
+   * ratio (pressure), and what it deleted; and how long the pass took.
+   */
+  conntrackGc(maps: Array<{ map: string; entries: number; maxEntries: number; deleted: number }>, seconds: number): void {
+    if (this.conntrackGauges === null) {
+      const registers = [this.registry];
+      this.conntrackGauges = {
+        entries: new Gauge({ name: 'vipr_conntrack_entries', help: 'Entries in each conntrack map after the last GC pass', labelNames: ['map'] as const, registers }),
+        max: new Gauge({ name: 'vipr_conntrack_max_entries', help: 'Size (max_entries) of each conntrack map', labelNames: ['map'] as const, registers }),
+        pressure: new Gauge({ name: 'vipr_conntrack_pressure', help: 'Entries over max_entries of each conntrack map after the last GC pass (0..1)', labelNames: ['map'] as const, registers }),
+        deleted: new Counter({ name: 'vipr_conntrack_gc_deleted_total', help: 'Conntrack entries deleted by GC (expired flows, orphaned replies)', labelNames: ['map'] as const, registers }),
+        gcSeconds: new Gauge({ name: 'vipr_conntrack_gc_duration_seconds', help: 'Duration of the last conntrack GC pass (in the kernel, off the event loop)', registers }),
+      };
+    }
+    const g = this.conntrackGauges;
+    for (const m of maps) {
+      g.entries.set({ map: m.map }, m.entries);
+      g.max.set({ map: m.map }, m.maxEntries);
+      g.pressure.set({ map: m.map }, m.maxEntries > 0 ? m.entries / m.maxEntries : 0);
+      g.deleted.inc({ map: m.map }, m.deleted);
+    }
+    g.gcSeconds.set(seconds);
+  }
+
   /** The Prometheus text exposition of every metric. */
   scrape(): Promise<string> {
     return this.registry.metrics();

@@ -9,7 +9,8 @@ import { parseEndpointSlice, parseService } from '../../src/sources/parse.js';
 import { clusterObjects } from '../../src/sync/tracker.js';
 import { progTestRun } from '../../src/bpf/libbpf.js';
 import { readCounters } from '../../src/bpf/inspect.js';
-import type { StatName } from '../../src/bpf/layouts.js';
+import { CT_ROLES, type StatName } from '../../src/bpf/layouts.js';
+import type { CtSizes } from '../../src/bpf/conntrack.js';
 
 export const TC_ACT_OK = 0;
 export const TC_ACT_SHOT = 2;
@@ -76,9 +77,9 @@ export class DatapathFixture {
   readonly dp: LoadedDatapath;
   readonly plane: BpfDataplane;
 
-  constructor(readonly pinDir: string, opts: Partial<BpfDataplaneOptions> = {}) {
+  constructor(readonly pinDir: string, opts: Partial<BpfDataplaneOptions> = {}, ctSizes?: CtSizes) {
     cleanupDatapath(pinDir);
-    this.dp = LoadedDatapath.load(pinDir);
+    this.dp = LoadedDatapath.load(pinDir, undefined, ctSizes ? { ctSizes } : {});
     this.plane = new BpfDataplane(this.dp.maps, null, opts);
   }
 
@@ -110,7 +111,7 @@ export class DatapathFixture {
 
   /** Forgets every tracked flow and affinity (as `vipr conntrack flush`). */
   flushFlows(): void {
-    for (const k of this.dp.maps.conntrack.keys()) this.dp.maps.conntrack.delete(k);
+    for (const role of CT_ROLES) for (const k of this.dp.maps[role].keys()) this.dp.maps[role].delete(k);
     for (const k of this.dp.maps.affinity.keys()) this.dp.maps.affinity.delete(k);
   }
 

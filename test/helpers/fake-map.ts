@@ -152,7 +152,7 @@ export class FakeMaps {
   readonly backendConns: FakeMap<BackendIdT, BackendConnsT>;
   readonly nodeIps: FakeMap<NodeIpT, number>;
   readonly config: FakeMap<number, ConfigT>;
-  readonly conntrack: FakeMap<CtKeyT, CtValueT>;
+  readonly ctUdp: FakeMap<CtKeyT, CtValueT>;
   readonly affinity: FakeMap<AffinityKeyT, AffinityValueT>;
 
   constructor(capacity: Partial<Record<keyof ServiceMaps, number>> = {}) {
@@ -165,7 +165,7 @@ export class FakeMaps {
     this.backendConns = new FakeMap(MAPS.backendConns, cap('backendConns'), this.ops);
     this.nodeIps = new FakeMap(MAPS.nodeIps, cap('nodeIps'), this.ops);
     this.config = new FakeMap(MAPS.config, cap('config'), this.ops);
-    this.conntrack = new FakeMap(MAPS.conntrack, cap('conntrack'), this.ops);
+    this.ctUdp = new FakeMap(MAPS.ctUdp, cap('ctUdp'), this.ops);
     this.affinity = new FakeMap(MAPS.affinity, cap('affinity'), this.ops);
   }
 
@@ -173,7 +173,7 @@ export class FakeMaps {
   get maps(): ServiceMaps {
     return {
       services: this.services, slots: this.slots, backends: this.backends, sourceRanges: this.sourceRanges, sched: this.sched,
-      backendConns: this.backendConns, nodeIps: this.nodeIps, config: this.config, conntrack: this.conntrack, affinity: this.affinity,
+      backendConns: this.backendConns, nodeIps: this.nodeIps, config: this.config, ctUdp: this.ctUdp, affinity: this.affinity,
     };
   }
 

@@ -1,74 +1,116 @@
 /*
- * Conntrack ageing and flushing from user space, against kernel-like fake maps: each state has
- * its own timeout, a flow's two entries go together, lc's open-flow counters follow.
+ * Conntrack from user space, against kernel-like fake maps: flows read from the three maps with
+ * their states, flushing (a flow's two entries together, lc's counters following), the maps' sizes
+ * (Cilium's dynamic sizing), the pressure warnings, and the options that set them. Ageing runs in
+ * the kernel and is tested there (test/bpf/ct-gc.test.ts).
  */
-import { FakeMaps } from '../helpers/fake-map.js';
-import { DEFAULT_CT_TIMEOUTS, flushConntrack, gcConntrack, readFlows } from '../../src/bpf/conntrack.js';
-import { CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SNAT, CT_FORWARD, CT_REPLY, IPPROTO_TCP, IPPROTO_UDP } from '../../src/bpf/layouts.js';
+import { FakeMap, type MapOp } from '../helpers/fake-map.js';
+import { CT_ENTRY_BYTES, CT_LIMIT_MAX, ctSizes, flushConntrack, readFlows, type CtMaps } from '../../src/bpf/conntrack.js';
+import { CtPressure, type CtGcPass } from '../../src/bpf/ct-gc.js';
+import { parseCtSizes, parseSnatPortRange } from '../../src/cli/run.js';
+import { CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SNAT, CT_FORWARD, CT_REPLY, IPPROTO_TCP, IPPROTO_UDP, MAPS, type BackendConnsT, type BackendIdT, type CtRole } from '../../src/bpf/layouts.js';
+import { ConfigError } from '../../src/errors.js';
 
 const S = 1_000_000_000n;
 const NOW = 100_000n * S;
+const GiB = 1024 ** 3;
 
-function flow(fake: FakeMaps, o: { sport: number; proto: number; idle: number; fwdFlags?: number; repFlags?: number; svc?: number; backend?: number; snat?: boolean }): void {
+function fakeCt(): CtMaps & { ops: MapOp[] } {
+  const ops: MapOp[] = [];
+  return { ops, ctTcp: new FakeMap(MAPS.ctTcp, 65536, ops), ctTcpSyn: new FakeMap(MAPS.ctTcpSyn, 65536, ops), ctUdp: new FakeMap(MAPS.ctUdp, 65536, ops) };
+}
+
+function flow(ct: CtMaps, table: CtRole, o: { sport: number; idle: number; fwdFlags?: number; repFlags?: number; svc?: number; backend?: number; snat?: boolean }): void {
+  const proto = table === 'ctUdp' ? IPPROTO_UDP : IPPROTO_TCP;
   const last = NOW - BigInt(o.idle) * S;
   const base = { created_ns: last, last_seen_ns: last, tcp_flags: 0, svc_id: o.svc ?? 1, backend_id: o.backend ?? 7 };
-  fake.conntrack.update(
-    { saddr: '172.30.0.2', daddr: '10.0.0.1', sport: o.sport, dport: 80, proto: o.proto, dir: CT_FORWARD },
+  ct[table].update(
+    { saddr: '172.30.0.2', daddr: '10.0.0.1', sport: o.sport, dport: 80, proto, dir: CT_FORWARD },
     { ...base, nat_addr: '10.244.0.11', nat_port: 80, flags: (o.fwdFlags ?? 0) | (o.snat ? CT_F_SNAT : 0), snat_addr: o.snat ? '192.168.60.11' : '0.0.0.0', snat_port: o.snat ? 62000 + o.sport % 1000 : 0 },
   );
-  fake.conntrack.update(
-    { saddr: '10.244.0.11', daddr: o.snat ? '192.168.60.11' : '172.30.0.2', sport: 80, dport: o.snat ? 62000 + o.sport % 1000 : o.sport, proto: o.proto, dir: CT_REPLY },
+  ct[table].update(
+    { saddr: '10.244.0.11', daddr: o.snat ? '192.168.60.11' : '172.30.0.2', sport: 80, dport: o.snat ? 62000 + o.sport % 1000 : o.sport, proto, dir: CT_REPLY },
     { ...base, nat_addr: '10.0.0.1', nat_port: 80, flags: (o.repFlags ?? 0) | (o.snat ? CT_F_SNAT : 0), snat_addr: o.snat ? '172.30.0.2' : '0.0.0.0', snat_port: o.snat ? o.sport : 0 },
   );
 }
 
-test('each state ages out after its own timeout; both entries of a flow go together', () => {
-  const fake = new FakeMaps();
-  flow(fake, { sport: 1000, proto: IPPROTO_TCP, idle: 30, repFlags: CT_F_SEEN_REPLY }); // established, fresh
-  flow(fake, { sport: 1001, proto: IPPROTO_TCP, idle: DEFAULT_CT_TIMEOUTS.established + 1, repFlags: CT_F_SEEN_REPLY }); // established, expired
-  flow(fake, { sport: 1002, proto: IPPROTO_TCP, idle: DEFAULT_CT_TIMEOUTS.syn + 1 }); // never answered
-  flow(fake, { sport: 1003, proto: IPPROTO_TCP, idle: DEFAULT_CT_TIMEOUTS.closing + 1, fwdFlags: CT_F_CLOSING }); // closed
-  flow(fake, { sport: 1004, proto: IPPROTO_TCP, idle: 5, fwdFlags: CT_F_CLOSING }); // closing, fresh
-  flow(fake, { sport: 1005, proto: IPPROTO_UDP, idle: DEFAULT_CT_TIMEOUTS.udp + 1 });
-  flow(fake, { sport: 1006, proto: IPPROTO_UDP, idle: 10, snat: true });
-  expect(readFlows(fake.conntrack, NOW).map((f) => `${f.client} ${f.state}`).sort()).toEqual([
-    '172.30.0.2:1000 established', '172.30.0.2:1001 established', '172.30.0.2:1002 syn', '172.30.0.2:1003 closing',
-    '172.30.0.2:1004 closing', '172.30.0.2:1005 udp', '172.30.0.2:1006 udp',
+test('flows are read from all three maps, their state from the map and the flags of both entries', () => {
+  const ct = fakeCt();
+  flow(ct, 'ctTcp', { sport: 1000, idle: 30, repFlags: CT_F_SEEN_REPLY });
+  flow(ct, 'ctTcp', { sport: 1001, idle: 3, repFlags: CT_F_CLOSING });
+  flow(ct, 'ctTcpSyn', { sport: 1002, idle: 1 });
+  flow(ct, 'ctTcpSyn', { sport: 1003, idle: 1, fwdFlags: CT_F_CLOSING });
+  flow(ct, 'ctUdp', { sport: 1004, idle: 10, snat: true });
+  const flows = readFlows(ct, NOW);
+  expect(flows.map((f) => `${f.client} ${f.state} ${f.table}`).sort()).toEqual([
+    '172.30.0.2:1000 established ctTcp', '172.30.0.2:1001 closing ctTcp', '172.30.0.2:1002 syn ctTcpSyn',
+    '172.30.0.2:1003 closing ctTcpSyn', '172.30.0.2:1004 udp ctUdp',
   ]);
-  const deleted = gcConntrack(fake.conntrack, fake.backendConns, DEFAULT_CT_TIMEOUTS, NOW);
-  expect(deleted).toBe(8);
-  const left = readFlows(fake.conntrack, NOW);
-  expect(left.map((f) => f.client).sort()).toEqual(['172.30.0.2:1000', '172.30.0.2:1004', '172.30.0.2:1006']);
-  expect(left.every((f) => f.hasReply)).toBe(true);
-  expect(left.find((f) => f.client.endsWith(':1006'))?.snat).toBe('192.168.60.11:62006');
-  expect(fake.conntrack.size).toBe(6);
+  expect(flows.every((f) => f.hasReply)).toBe(true);
+  expect(flows.find((f) => f.client.endsWith(':1004'))).toMatchObject({ snat: '192.168.60.11:62004', idleSeconds: 10, protocol: 'UDP' });
 });
 
-test('a flow that ages out while open gives its backend\'s lc count back', () => {
-  const fake = new FakeMaps();
-  fake.backendConns.update({ id: 7 }, { active: 2 });
-  flow(fake, { sport: 2000, proto: IPPROTO_TCP, idle: DEFAULT_CT_TIMEOUTS.syn + 1 });
-  flow(fake, { sport: 2001, proto: IPPROTO_TCP, idle: DEFAULT_CT_TIMEOUTS.closing + 1, fwdFlags: CT_F_CLOSING });
-  gcConntrack(fake.conntrack, fake.backendConns, DEFAULT_CT_TIMEOUTS, NOW);
-  // The closing flow was already counted down by the datapath when it saw FIN/RST.
-  expect(fake.backendConns.lookup({ id: 7 })).toEqual({ active: 1 });
+test('flush: every flow, or only one service\'s; both entries go, and open flows give their lc count back', () => {
+  const ct = fakeCt();
+  const conns = new FakeMap<BackendIdT, BackendConnsT>(MAPS.backendConns, 16, ct.ops);
+  conns.update({ id: 7 }, { active: 3 });
+  flow(ct, 'ctTcp', { sport: 4000, idle: 1, svc: 1 });
+  flow(ct, 'ctTcpSyn', { sport: 4001, idle: 1, svc: 2, fwdFlags: CT_F_CLOSING });
+  flow(ct, 'ctUdp', { sport: 4002, idle: 1, svc: 2 });
+  expect(flushConntrack(ct, conns, new Set([2]))).toBe(2);
+  expect(readFlows(ct, NOW).map((f) => f.svcId)).toEqual([1]);
+  expect(ct.ctTcpSyn.size + ct.ctUdp.size).toBe(0);
+  // The closing flow was counted down by the datapath already (when it saw FIN or RST).
+  expect(conns.lookup({ id: 7 })).toEqual({ active: 2 });
+  expect(flushConntrack(ct, conns, null)).toBe(1);
+  expect(ct.ctTcp.size).toBe(0);
+  expect(conns.lookup({ id: 7 })).toEqual({ active: 1 });
 });
 
-test('a reply entry whose forward entry is gone is collected', () => {
-  const fake = new FakeMaps();
-  flow(fake, { sport: 3000, proto: IPPROTO_UDP, idle: 120 });
-  fake.conntrack.delete({ saddr: '172.30.0.2', daddr: '10.0.0.1', sport: 3000, dport: 80, proto: IPPROTO_UDP, dir: CT_FORWARD });
-  expect(gcConntrack(fake.conntrack, null, DEFAULT_CT_TIMEOUTS, NOW)).toBe(1);
-  expect(fake.conntrack.size).toBe(0);
+describe('map sizes (Cilium\'s dynamic sizing: 0.25 % of memory, at least 128Ki TCP / 64Ki UDP)', () => {
+  test('small nodes get the floors, the half-open map a quarter of the TCP one', () => {
+    expect(ctSizes({}, 1 * GiB)).toEqual({ tcp: 131072, tcpSyn: 32768, udp: 65536 });
+  });
+
+  test('sizes grow with memory in the proportion of the defaults, within the memory share', () => {
+    const s = ctSizes({}, 64 * GiB);
+    expect(s.tcp).toBeGreaterThan(524288);
+    expect(s.udp * 2).toBeGreaterThanOrEqual(s.tcp - 2);
+    expect(s.udp * 2).toBeLessThanOrEqual(s.tcp + 2);
+    expect((s.tcp + s.tcpSyn + s.udp) * CT_ENTRY_BYTES).toBeLessThanOrEqual(64 * GiB * 0.0025);
+    expect(ctSizes({}, 65536 * GiB).tcp).toBe(CT_LIMIT_MAX);
+  });
+
+  test('an explicit size replaces the computed one for that map only', () => {
+    expect(ctSizes({ tcp: 4096 }, 1 * GiB)).toEqual({ tcp: 4096, tcpSyn: 1024, udp: 65536 });
+    expect(ctSizes({ udp: 2048 }, 1 * GiB)).toEqual({ tcp: 131072, tcpSyn: 32768, udp: 2048 });
+  });
+
+  test('--ct-max-tcp / --ct-max-udp: whole numbers within the limits, else one line naming the option', () => {
+    expect(parseCtSizes('4096', '2048')).toMatchObject({ tcp: 4096, tcpSyn: 1024, udp: 2048 });
+    for (const [tcp, udp, name] of [['12.5', undefined, 'ct-max-tcp'], [undefined, '100', 'ct-max-udp'], [String(2 ** 25), undefined, 'ct-max-tcp'], ['lots', undefined, 'ct-max-tcp']] as const) {
+      expect(() => parseCtSizes(tcp, udp)).toThrow(ConfigError);
+      expect(() => parseCtSizes(tcp, udp)).toThrow(new RegExp(`^--${name} .*: expected a whole number of entries from 1024 to 16777216$`));
+    }
+  });
 });
 
-test('flush: every flow, or only one service\'s', () => {
-  const fake = new FakeMaps();
-  flow(fake, { sport: 4000, proto: IPPROTO_TCP, idle: 1, svc: 1 });
-  flow(fake, { sport: 4001, proto: IPPROTO_TCP, idle: 1, svc: 2 });
-  flow(fake, { sport: 4002, proto: IPPROTO_UDP, idle: 1, svc: 2 });
-  expect(flushConntrack(fake.conntrack, null, new Set([2]))).toBe(2);
-  expect(readFlows(fake.conntrack, NOW).map((f) => f.svcId)).toEqual([1]);
-  expect(flushConntrack(fake.conntrack, null, null)).toBe(1);
-  expect(fake.conntrack.size).toBe(0);
+test('--snat-port-range LO-HI', () => {
+  expect(parseSnatPortRange('61000-65535')).toEqual([61000, 65535]);
+  expect(parseSnatPortRange('40000-40000')).toEqual([40000, 40000]);
+  for (const bad of ['65535-61000', '0-100', '61000-70000', '61000', 'a-b', '61000:65535']) {
+    expect(() => parseSnatPortRange(bad)).toThrow(/^--snat-port-range .*: expected LO-HI with 1 <= LO <= HI <= 65535/);
+  }
+});
+
+test('pressure: a map passing 90 % is reported once, again only after it fell under 80 %', () => {
+  const max: Record<CtRole, number> = { ctTcp: 1000, ctTcpSyn: 100, ctUdp: 100 };
+  const pass = (tcp: number, deleted = 0): CtGcPass => ({ ctTcp: { seen: tcp + deleted, deleted, kept: tcp }, ctTcpSyn: { seen: 10, deleted: 0, kept: 10 }, ctUdp: { seen: 0, deleted: 0, kept: 0 } });
+  const p = new CtPressure();
+  expect(p.update(pass(899), max)).toEqual([]);
+  expect(p.update(pass(910, 40), max)).toEqual([{ map: 'vipr_ct_tcp_v1', entries: 910, maxEntries: 1000, over: true }]);
+  expect(p.update(pass(990), max)).toEqual([]);
+  expect(p.update(pass(850), max)).toEqual([]);
+  expect(p.update(pass(799), max)).toEqual([{ map: 'vipr_ct_tcp_v1', entries: 799, maxEntries: 1000, over: false }]);
+  expect(p.update(pass(901), max)).toHaveLength(1);
 });
