@@ -17,7 +17,7 @@ import { loadManifestDir } from '../sources/manifest.js';
 import { buildDesiredState } from '../model/build.js';
 import type { ClusterObjects } from '../model/k8s.js';
 import type { DesiredState, NodeInfo } from '../model/types.js';
-import type { Dataplane } from '../sync/dataplane.js';
+import type { Dataplane } from '../model/dataplane.js';
 import { cleanupMode, createFallbackDataplane } from '../modes/index.js';
 import { renderOptionsFromCli } from '../modes/cli.js';
 import { IptablesTools } from '../modes/tools.js';

@@ -16,7 +16,7 @@ import { SCHEDULERS } from '../bpf/layouts.js';
 import { readCounters } from '../bpf/inspect.js';
 import { BpfDataplane } from '../sync/bpf-dataplane.js';
 import { Agent } from '../sync/agent.js';
-import type { Dataplane } from '../sync/dataplane.js';
+import type { Dataplane } from '../model/dataplane.js';
 import { AgentMetrics, startMetricsServer } from '../sync/metrics.js';
 import { ProxyHealth, startHealthServer } from '../sync/health.js';
 import { ManifestSource } from '../sources/manifest.js';

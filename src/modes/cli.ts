@@ -7,7 +7,7 @@ import type { ParseArgsConfig } from 'node:util';
 import { ConfigError } from '../errors.js';
 import { parseIpv4, parseIpv4Cidr } from '../model/ipv4.js';
 import type { IpvsScheduler, RenderOptions } from '../render/options.js';
-import type { Dataplane } from '../sync/dataplane.js';
+import type { Dataplane } from '../model/dataplane.js';
 import { cleanupOtherModes, createFallbackDataplane, type ProxyMode } from './index.js';
 import { detectIptablesBackend, parseIptablesBackendChoice, type IptablesBackend } from './tools.js';
 

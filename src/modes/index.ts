@@ -6,7 +6,7 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Dataplane } from '../sync/dataplane.js';
+import type { Dataplane } from '../model/dataplane.js';
 import type { Listing } from '../model/listing.js';
 import type { RenderOptions } from '../render/options.js';
 import { KUBE_IPVS_DUMMY_DEVICE } from '../render/ipvs.js';

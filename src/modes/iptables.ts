@@ -13,7 +13,7 @@
  */
 import type { DesiredState } from '../model/types.js';
 import { diffDesiredState } from '../model/diff.js';
-import type { Dataplane, SyncResult } from '../sync/dataplane.js';
+import type { Dataplane, SyncResult } from '../model/dataplane.js';
 import { iptablesJumpRules, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, renderIptables, type IptablesJumpRule } from '../render/iptables.js';
 import { resolveOptions, type RenderOptions } from '../render/options.js';
 import { DataplaneError } from '../errors.js';

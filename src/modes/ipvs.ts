@@ -10,7 +10,7 @@
 import { existsSync } from 'node:fs';
 import type { DesiredState } from '../model/types.js';
 import { diffDesiredState } from '../model/diff.js';
-import type { Dataplane, SyncResult } from '../sync/dataplane.js';
+import type { Dataplane, SyncResult } from '../model/dataplane.js';
 import { KUBE_IPVS_DUMMY_DEVICE, ipvsIptablesJumpRules, renderIpvs } from '../render/ipvs.js';
 import { resolveOptions, type RenderOptions } from '../render/options.js';
 import { DataplaneError, ToolError } from '../errors.js';

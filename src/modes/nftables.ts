@@ -11,7 +11,7 @@
  * Affinity sets are never re-created, so ClientIP clients keep their backend across syncs.
  */
 import type { DesiredState } from '../model/types.js';
-import type { Dataplane, SyncResult } from '../sync/dataplane.js';
+import type { Dataplane, SyncResult } from '../model/dataplane.js';
 import { NftTableWriter, type NftInstalled } from '../render/nftables-transaction.js';
 import type { RenderOptions } from '../render/options.js';
 import { componentLogger } from '../log.js';

@@ -19,7 +19,7 @@ import { FrontendOwners, describeConflict } from '../model/ownership.js';
 import { ClusterChangeTracker, type ClusterDiff } from './tracker.js';
 import type { ObjectDeltas } from '../sources/types.js';
 import { BoundedFrequencyRunner, realClock, type Clock, type RunResult } from './runner.js';
-import type { Dataplane, SyncResult } from './dataplane.js';
+import type { Dataplane, SyncResult } from '../model/dataplane.js';
 import { componentLogger, type Logger } from '../log.js';
 
 /** How soon services that could not be programmed are tried again. */

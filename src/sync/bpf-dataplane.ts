@@ -13,7 +13,7 @@
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { DesiredState, Endpoint, Scheduler, ServiceEntry } from '../model/types.js';
-import type { Dataplane, SyncResult } from './dataplane.js';
+import type { Dataplane, SyncResult } from '../model/dataplane.js';
 import {
   BE_F_LOCAL, BE_F_TERMINATING, CT_FORWARD, CT_REPLY, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, SCOPE_EXTERNAL,
   SCOPE_INTERNAL, SCHEDULERS, SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES,

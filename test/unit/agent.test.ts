@@ -3,7 +3,7 @@
  * only the Services whose objects changed, and keep the others' entries as they were.
  */
 import { Agent } from '../../src/sync/agent.js';
-import type { Dataplane, SyncResult } from '../../src/sync/dataplane.js';
+import type { Dataplane, SyncResult } from '../../src/model/dataplane.js';
 import type { DesiredState } from '../../src/model/types.js';
 import type { EndpointSliceObject } from '../../src/model/k8s.js';
 import { clusterObjects } from '../../src/sync/tracker.js';

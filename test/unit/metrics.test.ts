@@ -6,7 +6,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { AgentMetrics, startMetricsServer, type DatapathCounters } from '../../src/sync/metrics.js';
 import type { SyncReport } from '../../src/sync/agent.js';
-import type { SyncResult } from '../../src/sync/dataplane.js';
+import type { SyncResult } from '../../src/model/dataplane.js';
 import { ConfigError } from '../../src/errors.js';
 
 const NOW = Date.UTC(2024, 4, 1, 12, 0, 0);

@@ -3,7 +3,7 @@
  * IPVS rules), fed the complete desired state on every sync. Each dataplane writes only what
  * differs from what it knows it has written, and re-reads the kernel's state on a full sync.
  */
-import type { DesiredState } from '../model/types.js';
+import type { DesiredState } from './types.js';
 
 export interface SyncResult {
   /** Services (frontends) programmed after this sync. */
