@@ -16,6 +16,7 @@ import {
 import { cpus } from 'node:os';
 import { intOption, parseOptions } from './options.js';
 import { formatError } from './errors.js';
+import { requireRoot } from '../bpf/datapath.js';
 
 export const summary = 'benchmark BPF against iptables, nftables and IPVS: latency, conn/s, sync time, memory';
 
@@ -59,6 +60,11 @@ disruption soak (--disruption; with --quick: 30 churns, 2 restarts, 3 watch drop
   --churns N          endpoint churns (default 1000)
   --restarts N        agent SIGKILL + restarts, spread over the churns (default 10)
   --watch-drops N     times the API server drops every connection (default 20)
+
+conntrack GC (--ct-gc, alone, no lab):
+  ct_gc               one GC pass over a conntrack map of 262,144 and of 1,000,000 expired
+                      entries: pass time and the largest event-loop stall (perf_hooks'
+                      monitorEventLoopDelay), beside the same table read in JavaScript
 `;
 
 const OPTIONS = {
@@ -72,6 +78,7 @@ const OPTIONS = {
   cpu: { type: 'string' },
   'lab-prefix': { type: 'string' },
   disruption: { type: 'boolean', default: false },
+  'ct-gc': { type: 'boolean', default: false },
   churns: { type: 'string' },
   restarts: { type: 'string' },
   'watch-drops': { type: 'string' },
@@ -101,12 +108,24 @@ export function parseServiceCounts(value: string | undefined, quick: boolean): n
   return [...new Set(counts)].sort((a, b) => a - b);
 }
 
+/** `vipr bench --ct-gc`: the ct_gc metric at both sizes, in a pin dir of its own. */
+async function runCtGc(json: string | undefined): Promise<number> {
+  requireRoot('vipr bench --ct-gc');
+  const { CT_GC_SIZES, formatCtGc, measureCtGc } = await import('../bench/ct-gc.js');
+  const samples = [];
+  for (const entries of CT_GC_SIZES) samples.push(await measureCtGc(entries, `/sys/fs/bpf/vipr-bench-ctgc-${process.pid}`));
+  process.stdout.write(formatCtGc(samples));
+  if (json !== undefined) writeFileSync(json, `${JSON.stringify({ results: samples }, null, 2)}\n`);
+  return 0;
+}
+
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseOptions('bench', argv, OPTIONS);
   if (values.help) {
     process.stdout.write(HELP);
     return 0;
   }
+  if (values['ct-gc']) return runCtGc(values.json);
   const quick = values.quick;
   const prefix = values['lab-prefix'] ?? (values.disruption ? 'soak' : 'bench');
   const longest = labNameFor(prefix, 'iptables-nft');
