@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 import { ToolError } from '../errors.js';
-import { run as runTool, spawnError, commandLine, type RunResult } from '../process/run.js';
+import { run as runToCompletion, spawnError, commandLine, type RunResult } from '../process/run.js';
 import { inCgroupArgv } from './cgroups.js';
 
 export interface RunOptions {
@@ -32,7 +32,7 @@ export function nsenterArgv(netns: string, cmd: string, args: readonly string[])
 export function run(cmd: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const [file, argv] = opts.netns === undefined ? [cmd, [...args]] : nsenterArgv(opts.netns, cmd, args);
   const display = opts.netns === undefined ? undefined : `${commandLine(cmd, args)} (in ${opts.netns})`;
-  return runTool(file, argv, { timeoutMs: opts.timeoutMs ?? 30_000, maxBuffer: 16 * 1024 * 1024, ...(display === undefined ? {} : { display }) });
+  return runToCompletion(file, argv, { timeoutMs: opts.timeoutMs ?? 30_000, maxBuffer: 16 * 1024 * 1024, ...(display === undefined ? {} : { display }) });
 }
 
 /** Runs a tool, returning its error instead of throwing: for best-effort teardown. */
