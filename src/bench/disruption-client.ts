@@ -35,6 +35,8 @@ class RequestError extends Error {
 /** One HTTP/1.1 client connection, one request at a time. */
 class HttpConnection {
   readonly connStart = now();
+  /** The client's port, once connected (0 before). */
+  localPort = 0;
   private readonly socket: Socket;
   private buf = Buffer.alloc(0);
   private pending: { resolve: (a: Answer) => void; reject: (e: RequestError) => void; timer: NodeJS.Timeout } | null = null;
@@ -45,6 +47,9 @@ class HttpConnection {
   constructor(host: string, port: number) {
     this.socket = connect({ host, port });
     this.socket.setNoDelay(true);
+    this.socket.on('connect', () => {
+      this.localPort = this.socket.localPort ?? 0;
+    });
     this.socket.on('data', (d: Buffer) => this.onData(d));
     this.socket.on('error', (err: NodeJS.ErrnoException) => this.end(err.code ?? 'ERROR'));
     this.socket.on('close', () => this.end('EOF'));
@@ -162,9 +167,9 @@ async function main(): Promise<void> {
     const reqStart = c.connStart;
     try {
       const a = await c.request(host, false, timeoutMs);
-      records.push({ kind: 'new', connStart: c.connStart, reqStart, backend: a.status === 200 ? a.body : null, error: a.status === 200 ? null : `HTTP_${a.status}` });
+      records.push({ kind: 'new', connStart: c.connStart, reqStart, port: c.localPort, backend: a.status === 200 ? a.body : null, error: a.status === 200 ? null : `HTTP_${a.status}` });
     } catch (err) {
-      records.push({ kind: 'new', connStart: c.connStart, reqStart, backend: null, error: codeOf(err) });
+      records.push({ kind: 'new', connStart: c.connStart, reqStart, port: c.localPort, backend: null, error: codeOf(err) });
     } finally {
       c.close();
     }
@@ -176,7 +181,7 @@ async function main(): Promise<void> {
       let c: HttpConnection;
       if (open === null || open.ended !== null) {
         const fresh: HttpConnection = new HttpConnection(host, port);
-        fresh.onIdleError = (code) => records.push({ kind: 'idle', connStart: fresh.connStart, reqStart: now(), backend: null, error: code });
+        fresh.onIdleError = (code) => records.push({ kind: 'idle', connStart: fresh.connStart, reqStart: now(), port: fresh.localPort, backend: null, error: code });
         c = fresh;
       } else {
         c = open;
@@ -185,13 +190,13 @@ async function main(): Promise<void> {
       const reqStart = now();
       try {
         const a = await c.request(host, true, timeoutMs);
-        records.push({ kind: 'long', connStart: c.connStart, reqStart, backend: a.status === 200 ? a.body : null, error: a.status === 200 ? null : `HTTP_${a.status}` });
+        records.push({ kind: 'long', connStart: c.connStart, reqStart, port: c.localPort, backend: a.status === 200 ? a.body : null, error: a.status === 200 ? null : `HTTP_${a.status}` });
         if (a.close || a.status !== 200) {
           c.close();
           open = null;
         }
       } catch (err) {
-        records.push({ kind: 'long', connStart: c.connStart, reqStart, backend: null, error: codeOf(err) });
+        records.push({ kind: 'long', connStart: c.connStart, reqStart, port: c.localPort, backend: null, error: codeOf(err) });
         c.close();
         open = null;
       }

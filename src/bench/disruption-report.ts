@@ -8,8 +8,9 @@
  *
  * "Reached a not-ready endpoint": a request answered by backend X on a connection opened after the
  * sync that took X out of the ready set had completed on that node (the agent's `synced` log line
- * of the first sync that wrote something and started at or after the API change), and before X
- * was made ready again. Connections opened before that moment were balanced while X was still
+ * of the first sync that wrote something and started at or after the API change; its timestamp has
+ * millisecond resolution, so the sync counts as complete 1 ms after it), and before X was made
+ * ready again. Connections opened before that moment were balanced while X was still
  * programmed: they keep X (conntrack), as with kube-proxy, and X's server ends them gracefully.
  */
 import { percentile } from './results.js';
@@ -21,6 +22,8 @@ export interface ClientRecord {
   connStart: number;
   /** When the request was sent (for `idle`: when the reset was seen). */
   reqStart: number;
+  /** The client's port (0 when the connection never connected). */
+  port: number;
   /** The backend that answered, null when none did. */
   backend: string | null;
   /** Why no answer came: an errno code (ECONNRESET, ECONNREFUSED, ...), EOF, TIMEOUT or HTTP_<status>. */
@@ -97,9 +100,12 @@ export interface NotReadyWindow {
  * moment it was written back as ready (open-ended for one never brought back), plus, for backends
  * not in the slice at the start, from the agent's first sync.
  */
+/** pino's ISO timestamps: the sync ended before its line's time, which is at most this much later than written. */
+export const LOG_TIME_RESOLUTION_MS = 1;
+
 export function notReadyWindows(mode: string, steps: readonly StepRecord[], initiallyOut: readonly string[], firstSync: number): NotReadyWindow[] {
   const open = new Map<string, number>();
-  for (const b of initiallyOut) open.set(b, firstSync);
+  for (const b of initiallyOut) open.set(b, firstSync + LOG_TIME_RESOLUTION_MS);
   const windows: NotReadyWindow[] = [];
   for (const step of steps) {
     if (step.joining !== null) {
@@ -109,7 +115,7 @@ export function notReadyWindows(mode: string, steps: readonly StepRecord[], init
     }
     const synced = step.synced[mode];
     if (synced === undefined) throw new RangeError(`step at ${step.t0} has no sync time for ${mode}`);
-    open.set(step.leaving, synced);
+    open.set(step.leaving, synced + LOG_TIME_RESOLUTION_MS);
   }
   for (const [backend, from] of open) windows.push({ backend, from, until: Infinity });
   return windows;
@@ -121,7 +127,7 @@ export function notReadyWindows(mode: string, steps: readonly StepRecord[], init
  * shows the measure sees a stale datapath when there is one.
  */
 export function pendingWindows(mode: string, steps: readonly StepRecord[]): NotReadyWindow[] {
-  return steps.map((s) => ({ backend: s.leaving, from: s.t0, until: s.synced[mode] ?? s.t0 }));
+  return steps.map((s) => ({ backend: s.leaving, from: s.t0, until: (s.synced[mode] ?? s.t0) + LOG_TIME_RESOLUTION_MS }));
 }
 
 export interface DisruptionCounts {
@@ -140,7 +146,14 @@ export interface DisruptionCounts {
   /** Failed requests and idle resets by error code. */
   errors: Record<string, number>;
   /** The first few not-ready hits, for the report. */
-  notReadyExamples: Array<{ backend: string; kind: string; connStartAfterSyncMs: number }>;
+  notReadyExamples: Array<{
+    backend: string;
+    kind: string;
+    connStartAfterSyncMs: number;
+    port: number;
+    /** The last earlier connection from the same client port: how long before, and who answered it. */
+    portLastUsed: { msBefore: number; backend: string | null } | null;
+  }>;
 }
 
 function byBackend(windows: readonly NotReadyWindow[]): Map<string, NotReadyWindow[]> {
@@ -165,7 +178,10 @@ export function countDisruption(
   const c: DisruptionCounts = {
     requests: 0, newConnections: 0, longLivedRequests: 0, failed: 0, resets: 0, notReadyHits: 0, answeredBeforeSync: 0, errors: {}, notReadyExamples: [],
   };
-  for (const r of records) {
+  const lastByPort = new Map<number, ClientRecord>();
+  for (const r of [...records].sort((a, b) => a.connStart - b.connStart)) {
+    const previous = r.port === 0 ? undefined : lastByPort.get(r.port);
+    if (r.port !== 0 && r.kind !== 'idle') lastByPort.set(r.port, r);
     if (r.error !== null) {
       c.errors[r.error] = (c.errors[r.error] ?? 0) + 1;
       if (RESET_ERRORS.has(r.error)) c.resets++;
@@ -183,7 +199,14 @@ export function countDisruption(
     if (hit !== undefined) {
       c.notReadyHits++;
       if (c.notReadyExamples.length < 5) {
-        c.notReadyExamples.push({ backend: r.backend, kind: r.kind, connStartAfterSyncMs: Math.round((r.connStart - hit.from) * 1000) / 1000 });
+        const before = previous !== undefined && previous.connStart < r.connStart ? previous : undefined;
+        c.notReadyExamples.push({
+          backend: r.backend,
+          kind: r.kind,
+          connStartAfterSyncMs: Math.round((r.connStart - hit.from + LOG_TIME_RESOLUTION_MS) * 1000) / 1000,
+          port: r.port,
+          portLastUsed: before === undefined ? null : { msBefore: Math.round(r.connStart - before.connStart), backend: before.backend },
+        });
       }
     }
   }
@@ -239,7 +262,10 @@ export function formatDisruption(d: DisruptionSummary): string {
     const errs = Object.entries(r.errors).map(([k, v]) => `${k} ${v}`).join(', ');
     if (errs) lines.push(`  ${r.mode}: errors ${errs}`);
     lines.push(`  ${r.mode}: ${num(r.answeredBeforeSync)} requests reached an endpoint between the API write that removed it and the sync (allowed; the race the soak sees)`);
-    for (const e of r.notReadyExamples) lines.push(`  ${r.mode}: ${e.kind} connection to ${e.backend} opened ${e.connStartAfterSyncMs} ms after the sync that removed it`);
+    for (const e of r.notReadyExamples) {
+      const reuse = e.portLastUsed === null ? '' : `; its port ${e.port} was last used ${e.portLastUsed.msBefore} ms before (answered by ${e.portLastUsed.backend ?? 'nobody'})`;
+      lines.push(`  ${r.mode}: ${e.kind} connection to ${e.backend} opened ${e.connStartAfterSyncMs} ms after the sync that removed it${reuse}`);
+    }
   }
   return `${lines.join('\n')}\n`;
 }

@@ -53,26 +53,34 @@ describe('counting', () => {
   ];
   const windows = notReadyWindows('bpf', steps, ['be4'], 500);
   const pending = pendingWindows('bpf', steps);
-  const rec = (over: Partial<ClientRecord>): ClientRecord => ({ kind: 'new', connStart: 0, reqStart: 0, backend: 'be3', error: null, ...over });
+  const rec = (over: Partial<ClientRecord>): ClientRecord => ({ kind: 'new', connStart: 0, reqStart: 0, port: 40000, backend: 'be3', error: null, ...over });
 
-  test('windows run from the removing sync to the write that brings the backend back', () => {
+  test('windows run from the removing sync (its log line\'s millisecond over) to the write that brings the backend back', () => {
     expect(windows).toEqual(expect.arrayContaining([
-      { backend: 'be4', from: 500, until: 1000 },
-      { backend: 'be1', from: 1050, until: 5000 },
-      { backend: 'be2', from: 5040, until: Infinity },
+      { backend: 'be4', from: 501, until: 1000 },
+      { backend: 'be1', from: 1051, until: 5000 },
+      { backend: 'be2', from: 5041, until: Infinity },
     ]));
     expect(windows).toHaveLength(3);
   });
 
   test('a connection opened after the removing sync and answered by the removed backend is a not-ready hit', () => {
-    const c = countDisruption([rec({ connStart: 1051, reqStart: 1051, backend: 'be1' })], windows, pending);
-    expect(c).toEqual(expect.objectContaining({ requests: 1, notReadyHits: 1, failed: 0, answeredBeforeSync: 0 }));
-    expect(c.notReadyExamples).toEqual([{ backend: 'be1', kind: 'new', connStartAfterSyncMs: 1 }]);
+    const c = countDisruption([
+      rec({ connStart: 700, port: 41000, backend: 'be1' }),
+      rec({ connStart: 1052, reqStart: 1052, port: 41000, backend: 'be1' }),
+    ], windows, pending);
+    expect(c).toEqual(expect.objectContaining({ requests: 2, notReadyHits: 1, failed: 0, answeredBeforeSync: 0 }));
+    expect(c.notReadyExamples).toEqual([
+      { backend: 'be1', kind: 'new', connStartAfterSyncMs: 2, port: 41000, portLastUsed: { msBefore: 352, backend: 'be1' } },
+    ]);
   });
 
-  test('the race is no hit: opened after the API write but before the sync completed', () => {
-    const c = countDisruption([rec({ connStart: 1049, reqStart: 1049, backend: 'be1' })], windows, pending);
-    expect(c).toEqual(expect.objectContaining({ notReadyHits: 0, answeredBeforeSync: 1 }));
+  test('the race is no hit: opened after the API write but before the sync completed, or within its log line\'s millisecond', () => {
+    const c = countDisruption([
+      rec({ connStart: 1049, reqStart: 1049, backend: 'be1' }),
+      rec({ connStart: 1050.9, reqStart: 1050.9, backend: 'be1' }),
+    ], windows, pending);
+    expect(c).toEqual(expect.objectContaining({ notReadyHits: 0, answeredBeforeSync: 2 }));
   });
 
   test('a long-lived connection opened before the removal keeps its backend without a hit', () => {
@@ -99,7 +107,7 @@ describe('counting', () => {
   });
 
   test('the table names every mode with its counts', () => {
-    const counts = countDisruption([rec({ connStart: 1051, backend: 'be1' }), rec({ backend: null, error: 'ECONNRESET' })], windows, pending);
+    const counts = countDisruption([rec({ connStart: 1052, backend: 'be1' }), rec({ backend: null, error: 'ECONNRESET' })], windows, pending);
     const text = formatDisruption({
       churns: 2, agentRestarts: 0, watchDrops: 0, newConnectionsPerSecond: 100, longLivedConnections: 8, longLivedIntervalMs: 100,
       backends: 6, minSyncPeriod: '100ms', seconds: 1,
@@ -107,7 +115,7 @@ describe('counting', () => {
     });
     expect(text).toMatch(/^ {2}mode +requests +failed +resets +not-ready hits +sync p50\/p99 ms$/m);
     expect(text).toMatch(/^ {2}bpf +2 +1 +1 +1 +40\/50$/m);
-    expect(text).toMatch(/bpf: new connection to be1 opened 1 ms after the sync that removed it/);
+    expect(text).toMatch(/bpf: new connection to be1 opened 2 ms after the sync that removed it; its port 40000 was last used 1052 ms before \(answered by nobody\)$/m);
   });
 });
 
