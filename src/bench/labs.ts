@@ -14,7 +14,7 @@ import { readLabState } from '../lab/state.js';
 import { labNetnsPattern, planLab, type LabPlan } from '../lab/topology.js';
 import { startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
 import type { LabState } from '../lab/state.js';
-import { benchBinary } from './programs.js';
+import { benchBinary } from '../lab/traffic-programs.js';
 import { labNameFor, RESPONDER_TCP_PORT, RESPONDER_UDP_PORT, type BenchMode } from './plan.js';
 
 export interface BenchLab {

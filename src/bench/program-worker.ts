@@ -78,7 +78,7 @@ class MapClock {
 async function openDataplane(req: ProgramRequest, clock: MapClock): Promise<{ dataplane: Dataplane; close: () => void }> {
   if (req.mode === 'bpf' || req.mode === 'bpf-tc') {
     const { LoadedDatapath } = await import('../bpf/datapath.js');
-    const { BpfDataplane } = await import('../sync/bpf-dataplane.js');
+    const { BpfDataplane } = await import('../bpf/reconciler/reconciler.js');
     const loaded = LoadedDatapath.load(req.pinDir);
     return { dataplane: new BpfDataplane(clock.wrap(loaded.maps), req.pinDir), close: () => loaded.close() };
   }

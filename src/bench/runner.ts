@@ -24,7 +24,8 @@ import { PROGRAM_RESULT, type ProgramRequest } from './program-records.js';
 import { readJsonFile } from '../json-file.js';
 import { z } from 'zod';
 import { backendIps, benchLabDown, benchLabUp, nodeNetns, type BenchLab } from './labs.js';
-import { ensureBenchProgram, runLoad } from './programs.js';
+import { ensureBenchProgram } from '../lab/traffic-programs.js';
+import { runLoad } from './programs.js';
 import {
   BENCH_NAMESPACE, benchManifests, labNameFor, changedServiceIndex, placementIndex, placementsFor, serviceName, serviceVip, targetFor,
   TRAFFIC_METRICS, type BenchMode, type BenchPlan, type DataplaneMode, type TrafficMetric,

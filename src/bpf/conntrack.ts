@@ -4,10 +4,9 @@
  * promotes and touches entries; the GC iterator (src/bpf/ct-gc.ts) ages them out in the kernel.
  */
 import { totalmem } from 'node:os';
-import type { MapLike } from '../sync/bpf-dataplane.js';
-import { replyKeyOf } from '../sync/bpf-dataplane.js';
+import type { MapLike } from './map.js';
 import {
-  CT_F_CLOSING, CT_F_SNAT, CT_FORWARD, CT_ROLES, CtKey, CtValue,
+  CT_F_CLOSING, CT_F_SNAT, CT_FORWARD, CT_REPLY, CT_ROLES, CtKey, CtValue,
   type BackendConnsT, type BackendIdT, type CtKeyT, type CtRole, type CtValueT,
 } from './layouts.js';
 import { protoName } from './inspect.js';
@@ -156,3 +155,16 @@ export function ctSizes(explicit: { tcp?: number; udp?: number } = {}, memoryByt
 
 /** The pinned map name of each conntrack role, as CtSizes names them. */
 export const CT_SIZE_OF: Record<CtRole, keyof CtSizes> = { ctTcp: 'tcp', ctTcpSyn: 'tcpSyn', ctUdp: 'udp' };
+
+/** The reply entry that belongs to a forward entry. */
+export function replyKeyOf(k: CtKeyT, v: CtValueT): CtKeyT {
+  const snat = v.snat_addr !== '0.0.0.0';
+  return {
+    saddr: v.nat_addr,
+    daddr: snat ? v.snat_addr : k.saddr,
+    sport: v.nat_port,
+    dport: snat ? v.snat_port : k.sport,
+    proto: k.proto,
+    dir: CT_REPLY,
+  };
+}

@@ -10,6 +10,17 @@ export const BPF_ANY = 0;
 export const BPF_NOEXIST = 1;
 export const BPF_EXIST = 2;
 
+/** What the reconciler needs of a map: BpfMap, or a fake or fault-injecting one in tests. */
+export interface MapLike<K, V> {
+  readonly name: string;
+  lookup(key: K): V | null;
+  update(key: K, value: V): void;
+  delete(key: K): boolean;
+  entries(): Array<[K, V]>;
+  updateBatch(entries: ReadonlyArray<readonly [K, V]>): void;
+}
+
+
 /** Batch sizes: large enough to amortise the syscall, small enough for modest buffers. */
 const BATCH = 4096;
 

@@ -4,7 +4,7 @@ import { formatListing, sortListing, type ListedService, type Listing } from '..
 import { buildDesiredState } from '../model/build.js';
 import type { DesiredState } from '../model/types.js';
 import { loadSnapshot } from '../sources/snapshot.js';
-import { bpfFrontends } from '../sync/bpf-dataplane.js';
+import { bpfFrontends } from '../bpf/reconciler/frontends.js';
 import { NODEPORT_VIP, SCOPE_EXTERNAL } from '../bpf/layouts.js';
 import { protoName } from '../bpf/inspect.js';
 import { ConfigError } from '../errors.js';

@@ -14,7 +14,7 @@ import { CT_ROLES, MAPS } from '../bpf/layouts.js';
 import type { Scheduler } from '../model/types.js';
 import { SCHEDULERS } from '../bpf/layouts.js';
 import { readCounters } from '../bpf/inspect.js';
-import { BpfDataplane } from '../sync/bpf-dataplane.js';
+import { BpfDataplane } from '../bpf/reconciler/reconciler.js';
 import { Agent } from '../sync/agent.js';
 import type { Dataplane } from '../model/dataplane.js';
 import { AgentMetrics, startMetricsServer } from '../sync/metrics.js';

@@ -19,7 +19,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { parseJson, type JsonRecordKind } from '../json-file.js';
-import { BENCH_PROGRAMS, ensureBenchProgram } from '../bench/programs.js';
+import { BENCH_PROGRAMS, ensureBenchProgram } from './traffic-programs.js';
 import { repoRoot } from './lab.js';
 
 /** vipr bench's dataplanes; `iptables` is iptables-legacy, `iptables-nft` the nft backend. */

@@ -3,7 +3,7 @@
  * Kubernetes objects, for BPF_PROG_TEST_RUN fixtures.
  */
 import { LoadedDatapath, cleanupDatapath } from '../../src/bpf/datapath.js';
-import { BpfDataplane, type BpfDataplaneOptions } from '../../src/sync/bpf-dataplane.js';
+import { BpfDataplane, type BpfDataplaneOptions } from '../../src/bpf/reconciler/reconciler.js';
 import { buildDesiredState } from '../../src/model/build.js';
 import { parseEndpointSlice, parseService } from '../../src/sources/parse.js';
 import { clusterObjects } from '../../src/sync/tracker.js';

@@ -11,7 +11,8 @@ import {
   type CtValueT, type MapSpec, type NodeIpT, type SchedStateT, type SlotKeyT, type SourceRangeT, type SvcKeyT, type SvcValueT,
 } from '../../src/bpf/layouts.js';
 import { BpfError } from '../../src/errors.js';
-import type { MapLike, ServiceMaps } from '../../src/sync/bpf-dataplane.js';
+import type { MapLike } from '../../src/bpf/map.js';
+import type { ServiceMaps } from '../../src/bpf/reconciler/reconciler.js';
 
 export const E2BIG = 7;
 export const EIO = 5;

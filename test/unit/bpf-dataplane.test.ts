@@ -4,7 +4,7 @@
  * Beyond the outcome of each sync, these tests check the order of map operations, which is what
  * keeps the datapath from ever seeing a half-written service.
  */
-import { BpfDataplane } from '../../src/sync/bpf-dataplane.js';
+import { BpfDataplane } from '../../src/bpf/reconciler/reconciler.js';
 import { buildDesiredState } from '../../src/model/build.js';
 import { parseEndpointSlice, parseService } from '../../src/sources/parse.js';
 import { clusterObjects } from '../../src/sync/tracker.js';

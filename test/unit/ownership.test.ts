@@ -6,7 +6,7 @@
 import { get } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Agent, type SyncReport } from '../../src/sync/agent.js';
-import { BpfDataplane } from '../../src/sync/bpf-dataplane.js';
+import { BpfDataplane } from '../../src/bpf/reconciler/reconciler.js';
 import { buildServiceEntries, buildDesiredState } from '../../src/model/build.js';
 import { FrontendOwners, describeConflict } from '../../src/model/ownership.js';
 import { ProxyHealth, startHealthServer } from '../../src/sync/health.js';
