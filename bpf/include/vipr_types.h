@@ -16,10 +16,16 @@
 
 #include <linux/types.h>
 
-/* Map sizes. The loader may lower or raise them before load (bpf_map__set_max_entries). */
-#define VIPR_MAX_SERVICES 65536
+/*
+ * Map sizes. The loader may lower or raise them before load (bpf_map__set_max_entries). The
+ * service, slot and backend maps are BPF_F_NO_PREALLOC hashes: an entry costs kernel memory only
+ * while it exists, so the limits sit above the largest cluster vipr is benchmarked at (100,000
+ * Services of one port, 3 endpoints each: 100,000 frontends and 300,000 slots). A map pinned by
+ * an older agent keeps its size (the loader adopts it) until 'vipr cleanup' replaces it.
+ */
+#define VIPR_MAX_SERVICES 262144
 #define VIPR_MAX_BACKENDS 65536
-#define VIPR_MAX_SLOTS 262144
+#define VIPR_MAX_SLOTS 1048576
 /* Conntrack sizes compiled in; the agent sizes them to the node (--ct-max-tcp, --ct-max-udp). */
 #define VIPR_MAX_CT_TCP 524288
 #define VIPR_MAX_CT_TCP_SYN 131072
