@@ -20,7 +20,7 @@
  * connections reach the agents as they would over a network. Labs are removed at the end, also on
  * failure and on abort.
  */
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, openSync, readSync, closeSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,6 +34,7 @@ import { planLab, type LabPlan } from '../lab/topology.js';
 import type { LabState } from '../lab/state.js';
 import { FakeApiServer, type KubeObject } from '../lab/fake-apiserver/server.js';
 import { kubeconfigFor } from '../lab/fake-apiserver/kubeconfig.js';
+import { startBridge } from '../lab/fake-apiserver/unix-bridge.js';
 import { labExists } from './labs.js';
 import { labNameFor, type DataplaneMode } from './plan.js';
 import { BenchAbortedError, environment, holdCpuDmaLatency, unavailableReason } from './runner.js';
@@ -206,24 +207,6 @@ function sliceObject(rollout: RolloutState, ipOf: ReadonlyMap<string, string>): 
     ports: [{ name: 'http', protocol: 'TCP', port: PORT }],
     endpoints: sliceEndpoints(rollout).map((e) => ({ addresses: [ipOf.get(e.name) as string], conditions: CONDITIONS[e.state], nodeName: 'node' })),
   };
-}
-
-/** Unix socket → the API server's TCP port; returns the server to close. */
-function startBridge(sockPath: string, apiPort: number): Promise<{ server: Server; sockets: Set<Socket> }> {
-  const sockets = new Set<Socket>();
-  const server = createServer((s) => {
-    const up = connect(apiPort, '127.0.0.1');
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.pipe(up).pipe(s);
-    up.on('error', () => s.destroy());
-    s.on('error', () => up.destroy());
-    up.on('close', () => s.destroy());
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(sockPath, () => resolve({ server, sockets }));
-  });
 }
 
 /** Evenly spread step numbers (1-based) for `count` events among `churns`, at `phase` of each stretch. */

@@ -23,19 +23,30 @@ export const DATAPLANE_MODES: readonly DataplaneMode[] = ['bpf', 'bpf-tc', 'ipta
 
 export type Placement = 'last' | 'middle';
 export type TrafficMetric = 'rr' | 'crr' | 'udp';
-export type ControlMetric = 'sync_all' | 'sync_one' | 'rss';
+export type ControlMetric = 'sync_all' | 'sync_one' | 'rss' | 'heap' | 'churn';
 export type Metric = TrafficMetric | ControlMetric;
 export const TRAFFIC_METRICS: readonly TrafficMetric[] = ['rr', 'crr', 'udp'];
-export const CONTROL_METRICS: readonly ControlMetric[] = ['sync_all', 'sync_one', 'rss'];
+export const CONTROL_METRICS: readonly ControlMetric[] = ['sync_all', 'sync_one', 'rss', 'heap', 'churn'];
 
 export const RESPONDER_TCP_PORT = 9000;
 export const RESPONDER_UDP_PORT = 9053;
 export const SERVICE_TCP_PORT = 80;
 export const SERVICE_UDP_PORT = 53;
 export const BENCH_NAMESPACE = 'default';
-/** Service VIPs: 10.100.0.1 up; nothing routes them, so any /16 outside the lab's nets does. */
+/** Service VIPs: 10.100.0.1 up (10.101.134.160 at 100,000); nothing routes them, so any /15 outside the lab's nets does. */
 const VIP_BASE = (10 << 24) | (100 << 16);
-export const MAX_SERVICES = 60_000;
+export const MAX_SERVICES = 100_000;
+/**
+ * Services per manifest file: the manifest source reads files of at most 64 MiB, and 10,000
+ * Services with their EndpointSlices are ~7 MB of JSON.
+ */
+export const SERVICES_PER_MANIFEST_FILE = 10_000;
+/**
+ * The churn metric runs at service counts up to this one (kube-proxy's network programming SLI
+ * is stated for clusters of this size); above it the fake API server's initial list alone would
+ * dominate the cell's time.
+ */
+export const CHURN_MAX_SERVICES = 10_000;
 
 /** Lab name suffix of each mode (lab names are at most 24 characters). */
 const LAB_TAG: Record<BenchMode, string> = {
@@ -60,10 +71,13 @@ export interface Durations {
   warmupMs: number;
   /** sync_one is timed this many times per round (change, then revert: 2 syncs each). */
   changeRepeats: number;
+  /** churn: endpoint changes per second, for this long. */
+  churnPerSecond: number;
+  churnMs: number;
 }
 
-export const FULL_DURATIONS: Durations = { rrMs: 1000, crrMs: 2000, udpMs: 1000, warmupMs: 250, changeRepeats: 5 };
-export const QUICK_DURATIONS: Durations = { rrMs: 200, crrMs: 300, udpMs: 200, warmupMs: 100, changeRepeats: 2 };
+export const FULL_DURATIONS: Durations = { rrMs: 1000, crrMs: 2000, udpMs: 1000, warmupMs: 250, changeRepeats: 5, churnPerSecond: 100, churnMs: 20_000 };
+export const QUICK_DURATIONS: Durations = { rrMs: 200, crrMs: 300, udpMs: 200, warmupMs: 100, changeRepeats: 2, churnPerSecond: 20, churnMs: 1000 };
 
 export interface BenchPlan {
   modes: DataplaneMode[];
@@ -120,6 +134,19 @@ export function targetFor(mode: BenchMode, services: number, placement: Placemen
   return { tcp: `${vip}:${SERVICE_TCP_PORT}`, udp: `${vip}:${SERVICE_UDP_PORT}` };
 }
 
+/**
+ * The Services whose endpoints the churn metric changes: every one but the measured ones (their
+ * traffic is measured after the churn), or none when N holds nothing else or is above
+ * CHURN_MAX_SERVICES.
+ */
+export function churnPool(services: number): number[] {
+  if (services > CHURN_MAX_SERVICES) return [];
+  const measured = new Set(placementsFor(services).map((p) => placementIndex(services, p)));
+  const pool: number[] = [];
+  for (let i = 0; i < services; i++) if (!measured.has(i)) pool.push(i);
+  return pool;
+}
+
 type Json = Record<string, unknown>;
 
 /**
@@ -127,6 +154,49 @@ type Json = Record<string, unknown>;
  * faster than YAML at 10,000 Services, and the agent reads it through the same source).
  */
 export function benchManifests(services: number, backendIps: readonly string[], nodeName: string): Json {
+  return { apiVersion: 'v1', kind: 'List', items: benchObjects(services, backendIps, nodeName) };
+}
+
+/**
+ * The same manifests as files of at most SERVICES_PER_MANIFEST_FILE Services each (name → `kind:
+ * List`), in service order: `services-00.json`, `services-01.json`, ...
+ */
+export function benchManifestFiles(services: number, backendIps: readonly string[], nodeName: string): Map<string, Json> {
+  const items = benchObjects(services, backendIps, nodeName);
+  const files = new Map<string, Json>();
+  // Two objects (the Service and its EndpointSlice) per Service.
+  const perFile = 2 * SERVICES_PER_MANIFEST_FILE;
+  for (let start = 0, n = 0; start < items.length; start += perFile, n++) {
+    files.set(`services-${String(n).padStart(2, '0')}.json`, { apiVersion: 'v1', kind: 'List', items: items.slice(start, start + perFile) });
+  }
+  return files;
+}
+
+/** The EndpointSlice of bench Service `index` with `backendIps` as its endpoints. */
+export function benchEndpointSlice(index: number, services: number, backendIps: readonly string[], nodeName: string): Json {
+  const name = serviceName(index);
+  const both = placementsFor(services).some((p) => placementIndex(services, p) === index);
+  return {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: {
+      namespace: BENCH_NAMESPACE,
+      name: `${name}-bench`,
+      labels: { 'kubernetes.io/service-name': name, 'endpointslice.kubernetes.io/managed-by': 'vipr-bench' },
+    },
+    addressType: 'IPv4',
+    ports: both
+      ? [
+          { name: 'dns', protocol: 'UDP', port: RESPONDER_UDP_PORT },
+          { name: 'web', protocol: 'TCP', port: RESPONDER_TCP_PORT },
+        ]
+      : [{ name: '', protocol: 'TCP', port: RESPONDER_TCP_PORT }],
+    endpoints: backendIps.map((ip) => ({ addresses: [ip], conditions: { ready: true, serving: true, terminating: false }, nodeName })),
+  };
+}
+
+/** Every Service and EndpointSlice of a run with `services` Services, each Service before its slice. */
+export function benchObjects(services: number, backendIps: readonly string[], nodeName: string): Json[] {
   if (!Number.isInteger(services) || services < 1 || services > MAX_SERVICES) {
     throw new RangeError(`services must be a whole number from 1 to ${MAX_SERVICES}, got ${services}`);
   }
@@ -147,23 +217,7 @@ export function benchManifests(services: number, backendIps: readonly string[], 
       metadata: { namespace: BENCH_NAMESPACE, name },
       spec: { type: 'ClusterIP', clusterIP: serviceVip(i), clusterIPs: [serviceVip(i)], ports },
     });
-    items.push({
-      apiVersion: 'discovery.k8s.io/v1',
-      kind: 'EndpointSlice',
-      metadata: {
-        namespace: BENCH_NAMESPACE,
-        name: `${name}-bench`,
-        labels: { 'kubernetes.io/service-name': name, 'endpointslice.kubernetes.io/managed-by': 'vipr-bench' },
-      },
-      addressType: 'IPv4',
-      ports: both
-        ? [
-            { name: 'dns', protocol: 'UDP', port: RESPONDER_UDP_PORT },
-            { name: 'web', protocol: 'TCP', port: RESPONDER_TCP_PORT },
-          ]
-        : [{ name: '', protocol: 'TCP', port: RESPONDER_TCP_PORT }],
-      endpoints: backendIps.map((ip) => ({ addresses: [ip], conditions: { ready: true, serving: true, terminating: false }, nodeName })),
-    });
+    items.push(benchEndpointSlice(i, services, backendIps, nodeName));
   }
-  return { apiVersion: 'v1', kind: 'List', items };
+  return items;
 }

@@ -12,10 +12,14 @@ const TRAFFIC_TITLES: Record<TrafficMetric, { title: string; rate: string }> = {
   udp: { title: 'UDP request/response, new source port per query (udp)', rate: 'q/s' },
 };
 
-const CONTROL_TITLES: Record<'sync_all' | 'sync_one' | 'rss', string> = {
+type ControlTable = 'sync_all' | 'sync_one' | 'rss' | 'heap' | 'churn';
+
+const CONTROL_TITLES: Record<ControlTable, string> = {
   sync_all: 'programming all N services from nothing (sync_all), ms',
   sync_one: 'one changed service on top of N (sync_one), ms',
   rss: 'agent memory with N services (VmRSS), MiB',
+  heap: 'agent V8 heap in use with N services (nodejs_heap_size_used_bytes), MiB',
+  churn: 'endpoint change to dataplane under a stream of changes (churn), p50/p99 ms',
 };
 
 function fmtNum(v: number, digits: number): string {
@@ -97,7 +101,7 @@ function trafficTable(report: BenchReport, metric: TrafficMetric, placement: Exc
   ];
 }
 
-function controlTable(report: BenchReport, metric: 'sync_all' | 'sync_one' | 'rss'): string[] {
+function controlTable(report: BenchReport, metric: ControlTable): string[] {
   const services = servicesOf(report);
   const rows: string[][] = [['mode', ...services.map(servicesLabel)]];
   for (const mode of modesOf(report)) {
@@ -110,17 +114,23 @@ function controlTable(report: BenchReport, metric: 'sync_all' | 'sync_one' | 'rs
         continue;
       }
       const bpf = findResult(report.results, { mode: 'bpf', services: n, placement: 'none', metric });
-      let text = metric === 'rss' ? fmtNum(r.p50, 1) : fmtMs(r.p50);
+      let text = metric === 'rss' || metric === 'heap' ? fmtNum(r.p50, 1) : fmtMs(r.p50);
       if (metric === 'sync_one' && r.p99 !== null) text += ` (p99 ${fmtMs(r.p99)})`;
+      if (metric === 'churn') text += `/${fmtMs(r.p99 ?? r.p50)} at ${fmtNum(r.rate ?? 0, 0)}/s (looks ${fmtMs(r.resolutionMs ?? 0)})`;
       if (r.mapWork !== undefined) text += ` [maps ${fmtMs(r.mapWork)}]`;
       if (mode !== 'bpf' && bpf && bpf.p50 > 0) text += ` ${ratio(r.p50, bpf.p50)} bpf`;
       row.push(text);
     }
     rows.push(row);
   }
+  // Metrics a report has none of (churn above CHURN_MAX_SERVICES, heap in older files): no table.
+  if (!report.results.some((r) => r.metric === metric)) return [];
   rows.push(...unavailableRows(report, services.length));
   const note = metric !== 'rss' && rows.some((r) => r.some((c) => c.includes('[maps '))) ? ['  [maps X]: the part of it spent in BPF map calls'] : [];
-  return [CONTROL_TITLES[metric], ...table(rows).map((l) => `  ${l}`), ...note, ''];
+  const churnNote = metric === 'churn'
+    ? ['  from the API update to the first look at the dataplane that shows it (an upper bound by one look); agents at --min-sync-period 0']
+    : [];
+  return [CONTROL_TITLES[metric], ...table(rows).map((l) => `  ${l}`), ...note, ...churnNote, ''];
 }
 
 /** BPF's headline comparisons, one line each. */
@@ -157,7 +167,7 @@ export function formatReport(report: BenchReport): string {
   ];
   for (const metric of ['crr', 'rr', 'udp'] as const) out.push(...trafficTable(report, metric, 'last'));
   for (const metric of ['crr', 'udp'] as const) out.push(...trafficTable(report, metric, 'middle'));
-  for (const metric of ['sync_all', 'sync_one', 'rss'] as const) out.push(...controlTable(report, metric));
+  for (const metric of ['sync_all', 'sync_one', 'churn', 'rss', 'heap'] as const) out.push(...controlTable(report, metric));
   out.push(...bpfSummary(report));
   if (report.failures.length > 0) {
     out.push('Not measured:');

@@ -1,7 +1,9 @@
 /*
  * Measurements of every round, and what is reported from them: per (mode, services, placement,
  * metric) the median over rounds of each figure, in the `--json` shape
- * `{env, results: [{mode, services, placement, metric, p50, p99, rate, unit}]}`.
+ * `{env, results: [{mode, services, placement, metric, p50, p99, rate, unit}]}`. Fields added
+ * later (heap and churn results, resolutionMs) are extra rows and optional fields: files written
+ * before them read the same.
  */
 import type { BenchMode, Metric } from './plan.js';
 import type { DisruptionSummary } from './disruption-report.js';
@@ -11,7 +13,9 @@ export type ResultPlacement = 'last' | 'middle' | 'none';
 
 export type Unit = 'us' | 'ms' | 'MiB';
 
-export const METRIC_UNITS: Record<Metric, Unit> = { rr: 'us', crr: 'us', udp: 'us', sync_all: 'ms', sync_one: 'ms', rss: 'MiB' };
+export const METRIC_UNITS: Record<Metric, Unit> = {
+  rr: 'us', crr: 'us', udp: 'us', sync_all: 'ms', sync_one: 'ms', rss: 'MiB', heap: 'MiB', churn: 'ms',
+};
 
 /** One figure of one round. */
 export interface Sample {
@@ -22,12 +26,14 @@ export interface Sample {
   round: number;
   p50: number;
   p99: number | null;
-  /** Transactions, connections or queries per second; null for control-plane metrics. */
+  /** Transactions, connections or queries per second; churn: endpoint changes per second made; null for other control-plane metrics. */
   rate: number | null;
   /** Failed transactions (traffic metrics). */
   errors?: number;
   /** BPF sync metrics: the part spent in map calls, ms. */
   mapWork?: number;
+  /** churn: the median time one look at the dataplane took, ms (how finely a change is seen landing). */
+  resolutionMs?: number;
 }
 
 export interface BenchResult {
@@ -44,6 +50,8 @@ export interface BenchResult {
   errors?: number;
   /** BPF sync_all / sync_one: median over rounds of the time spent in map calls, ms. */
   mapWork?: number;
+  /** churn: median over rounds of the time one look at the dataplane took, ms. */
+  resolutionMs?: number;
 }
 
 export interface BenchEnv {
@@ -125,6 +133,7 @@ export function summarize(samples: readonly Sample[]): BenchResult[] {
     const rates = g.map((s) => s.rate).filter((v): v is number => v !== null);
     const errors = g.reduce((n, s) => n + (s.errors ?? 0), 0);
     const mapWork = g.map((s) => s.mapWork).filter((v): v is number => v !== undefined);
+    const resolution = g.map((s) => s.resolutionMs).filter((v): v is number => v !== undefined);
     out.push({
       mode: first.mode,
       services: first.services,
@@ -137,6 +146,7 @@ export function summarize(samples: readonly Sample[]): BenchResult[] {
       rounds: g.length,
       ...(first.errors === undefined ? {} : { errors }),
       ...(mapWork.length === 0 ? {} : { mapWork: round3(median(mapWork)) }),
+      ...(resolution.length === 0 ? {} : { resolutionMs: round3(median(resolution)) }),
     });
   }
   return out;

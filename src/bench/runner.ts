@@ -3,7 +3,10 @@
  * mode in turn (direct, bpf, iptables, ... then again next round: modes interleaved, so a slow
  * minute of the VM spreads over all of them), on a node programmed afresh:
  *   control plane: sync_all and sync_one timed by the mode's own Dataplane (program-worker.ts);
- *   memory: the real agent (`vipr run`) started on the N Services, its VmRSS once ready;
+ *   memory: the real agent (`vipr run`) started on the N Services, its VmRSS once ready and its
+ *     V8 heap in use (nodejs_heap_size_used_bytes from its /metrics);
+ *   churn (N up to CHURN_MAX_SERVICES, churn.ts): the agent following a fake API server while
+ *     endpoints change, each change timed from the API update until the dataplane shows it;
  *   traffic: rr, crr, udp to the measured Service at each placement (the agent stopped first:
  *     what it installed stays, and an idle agent's periodic resync cannot land in a run).
  * /dev/cpu_dma_latency is held at 0 throughout; labs are removed at the end, also on failure
@@ -13,7 +16,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireRoot } from '../bpf/datapath.js';
-import { nsenterArgv } from '../lab/exec.js';
+import { nsenterArgv, run as runIn } from '../lab/exec.js';
 import { defaultAgentMain, AGENT_READY_MSG } from '../lab/lab.js';
 import { startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
 import { ConfigError } from '../errors.js';
@@ -27,9 +30,10 @@ import { backendIps, benchLabDown, benchLabUp, nodeNetns, type BenchLab } from '
 import { ensureBenchProgram } from '../lab/traffic-programs.js';
 import { runLoad } from './programs.js';
 import {
-  BENCH_NAMESPACE, benchManifests, labNameFor, changedServiceIndex, placementIndex, placementsFor, serviceName, serviceVip, targetFor,
+  BENCH_NAMESPACE, benchManifestFiles, churnPool, labNameFor, changedServiceIndex, placementIndex, placementsFor, serviceName, serviceVip, targetFor,
   TRAFFIC_METRICS, type BenchMode, type BenchPlan, type DataplaneMode, type TrafficMetric,
 } from './plan.js';
+import { measureChurn } from './churn.js';
 import { percentile, median, summarize, type BenchEnv, type BenchReport, type CellFailure, type Sample, type Unavailable } from './results.js';
 
 export class BenchAbortedError extends Error {
@@ -172,6 +176,9 @@ function agentIsReady(log: string): boolean {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** `vipr run`'s default --metrics-bind-address, inside the node's namespace. */
+const AGENT_METRICS_ADDRESS = '127.0.0.1:10249';
+
 interface CellContext {
   plan: BenchPlan;
   lab: BenchLab;
@@ -223,7 +230,22 @@ async function programNode(c: CellContext, mode: DataplaneMode): Promise<void> {
   c.progress(`sync_all ${res.syncAllMs.toFixed(2)} ms${maps(res.mapAllMs)}, sync_one ${median(res.syncOneMs).toFixed(3)} ms${maps(res.mapOneMs === null ? null : median(res.mapOneMs))}`);
 }
 
-/** Starts the real agent on the N Services, reads its RSS once it is running, stops it. */
+/** The agent's Prometheus metrics, fetched inside the node's namespace (where it listens). */
+async function scrapeAgentMetrics(netns: string): Promise<string> {
+  const script = `fetch('http://${AGENT_METRICS_ADDRESS}/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))`;
+  const { stdout } = await runIn(process.execPath, ['-e', script], { netns, timeoutMs: 30_000 });
+  return stdout;
+}
+
+/** The value of an unlabelled metric in a Prometheus text exposition. */
+export function metricValue(exposition: string, name: string): number | null {
+  const line = exposition.split('\n').find((l) => l.startsWith(`${name} `));
+  if (line === undefined) return null;
+  const v = Number(line.slice(name.length + 1).trim().split(' ')[0]);
+  return Number.isFinite(v) ? v : null;
+}
+
+/** Starts the real agent on the N Services, reads its RSS and heap once it is running, stops it. */
 async function agentRss(c: CellContext, mode: DataplaneMode): Promise<void> {
   const argv = [
     process.execPath, defaultAgentMain(), 'run', ...agentModeArgs(mode, c.lab),
@@ -236,8 +258,12 @@ async function agentRss(c: CellContext, mode: DataplaneMode): Promise<void> {
     // Let the first sync's garbage settle into what the agent keeps while it runs.
     await sleep(500);
     const rss = vmRssMiB(agent.pid);
+    const heapBytes = metricValue(await scrapeAgentMetrics(nodeNetns(c.lab)), 'nodejs_heap_size_used_bytes');
+    if (heapBytes === null) throw new Error(`the agent's /metrics on ${AGENT_METRICS_ADDRESS} has no nodejs_heap_size_used_bytes`);
+    const heap = heapBytes / 2 ** 20;
     c.samples.push({ mode, services: c.services, placement: 'none', metric: 'rss', round: c.round, p50: rss, p99: null, rate: null });
-    c.progress(`agent RSS ${rss.toFixed(1)} MiB`);
+    c.samples.push({ mode, services: c.services, placement: 'none', metric: 'heap', round: c.round, p50: heap, p99: null, rate: null });
+    c.progress(`agent RSS ${rss.toFixed(1)} MiB, heap in use ${heap.toFixed(1)} MiB`);
   } finally {
     if (agent !== null) await stopProcesses([agent], 10_000);
   }
@@ -275,6 +301,29 @@ async function traffic(c: CellContext, mode: BenchMode): Promise<void> {
   c.progress(parts.join(', '));
 }
 
+/** Endpoint changes streamed through a fake API server to the agent, each timed into the dataplane. */
+async function churn(c: CellContext, mode: DataplaneMode): Promise<void> {
+  const d = c.plan.durations;
+  const res = await measureChurn({
+    mode,
+    services: c.services,
+    backendIps: backendIps(c.lab),
+    perSecond: d.churnPerSecond,
+    durationMs: d.churnMs,
+    nodeNetns: nodeNetns(c.lab),
+    pinDir: c.lab.state.pinDir,
+    agentArgs: agentModeArgs(mode, c.lab),
+    logDir: c.lab.state.stateDir,
+    signal: c.signal,
+  });
+  c.samples.push({
+    mode, services: c.services, placement: 'none', metric: 'churn', round: c.round, p50: res.p50, p99: res.p99, rate: res.rate, resolutionMs: res.resolutionMs,
+  });
+  c.progress(
+    `churn ${res.latenciesMs.length} changes at ${res.rate.toFixed(0)}/s: ${res.p50.toFixed(1)}/${res.p99.toFixed(1)} ms p50/p99 (looks ${res.resolutionMs.toFixed(2)} ms)`,
+  );
+}
+
 /** Everything measured for one mode at one service count in one round. */
 async function cell(c: CellContext): Promise<void> {
   const mode = c.lab.mode;
@@ -283,6 +332,10 @@ async function cell(c: CellContext): Promise<void> {
     checkAbort(c.signal);
     await agentRss(c, mode);
     checkAbort(c.signal);
+    if (churnPool(c.services).length > 0) {
+      await churn(c, mode);
+      checkAbort(c.signal);
+    }
   }
   await traffic(c, mode);
 }
@@ -330,7 +383,7 @@ export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
       const dir = join(workDir, `manifests-${n}`);
       rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { recursive: true });
-      writeFileSync(join(dir, 'services.json'), JSON.stringify(benchManifests(n, ips, 'node')));
+      for (const [file, list] of benchManifestFiles(n, ips, 'node')) writeFileSync(join(dir, file), JSON.stringify(list));
       manifestsDirs.set(n, dir);
     }
     for (let round = 1; round <= plan.rounds; round++) {

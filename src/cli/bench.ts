@@ -11,14 +11,14 @@ import { formatDisruption } from '../bench/disruption-report.js';
 import { FULL_DISRUPTION, QUICK_DISRUPTION, runDisruption, type DisruptionPlan } from '../bench/disruption.js';
 import type { BenchReport } from '../bench/results.js';
 import {
-  DATAPLANE_MODES, FULL_DURATIONS, MAX_SERVICES, QUICK_DURATIONS, labNameFor, type BenchPlan, type DataplaneMode,
+  CHURN_MAX_SERVICES, DATAPLANE_MODES, FULL_DURATIONS, MAX_SERVICES, QUICK_DURATIONS, labNameFor, type BenchPlan, type DataplaneMode,
 } from '../bench/plan.js';
 import { cpus } from 'node:os';
 import { intOption, parseOptions } from './options.js';
 import { formatError } from './errors.js';
 import { requireRoot } from '../bpf/datapath.js';
 
-export const summary = 'benchmark BPF against iptables, nftables and IPVS: latency, conn/s, sync time, memory';
+export const summary = 'benchmark BPF against iptables, nftables and IPVS: latency, conn/s, sync time, churn, memory';
 
 const HELP = `usage: vipr bench [--modes bpf,bpf-tc,iptables,iptables-nft,nftables,ipvs] [--services 1,1000,10000]
                   [--backends 3] [--rounds 3] [--json FILE] [--chart FILE.svg] [--quick]
@@ -31,7 +31,11 @@ and number of services, on a freshly programmed node, measures:
   udp       UDP request/response, a new source port per query (p50, p99, q/s)
   sync_all  programming all N services from nothing (the mode's own sync)
   sync_one  one changed service on top of N
-  rss       the agent's ('vipr run') memory with N services
+  churn     (N from 2 to ${CHURN_MAX_SERVICES.toLocaleString('en-US')}) the agent following a fake API server while 100
+            EndpointSlices a second each lose or regain an endpoint, for 20 s (--quick: 20/s for
+            1 s); per change, the time from the API update until the dataplane shows it (p50,
+            p99: kube-proxy's network programming latency SLI)
+  rss       the agent's ('vipr run') memory with N services, and its V8 heap in use (heap)
 The measured service is the last one iptables walks; a second one sits in the middle. Modes
 are interleaved in rounds; figures are medians over rounds. The load generator and the echo
 responders (bench/rr.c, bench/responder.c) run pinned to one CPU, with /dev/cpu_dma_latency
@@ -41,7 +45,7 @@ options:
   --modes LIST        dataplanes to compare (default all; unavailable ones are reported as such);
                       bpf is the default agent (socket LB for the client, a process of the
                       node, and TC), bpf-tc the same with --socket-lb off (every packet via TC)
-  --services LIST     service counts (default 1,1000,10000; --quick: 1,100)
+  --services LIST     service counts, up to ${MAX_SERVICES.toLocaleString('en-US')} (default 1,1000,10000; --quick: 1,100)
   --backends N        backends per service (default 3)
   --rounds N          rounds (default 3; --quick: 1)
   --json FILE         write {env, results: [{mode, services, placement, metric, p50, p99, rate, unit}]}

@@ -8,7 +8,7 @@
  * from the pinned stats map when Prometheus scrapes, so nothing polls in the background.
  */
 import type { Server } from 'node:http';
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { SyncReport } from './agent.js';
 import { listenOn } from './health.js';
 import { componentLogger } from '../log.js';
@@ -72,6 +72,9 @@ export class AgentMetrics {
 
   constructor(opts: AgentMetricsOptions = {}) {
     const registers = [this.registry];
+    // The process and Node.js runtime metrics (RSS, V8 heap, event loop lag), as kube-proxy
+    // exposes Go's: where the agent's memory goes, read at scrape time.
+    collectDefaultMetrics({ register: this.registry });
     this.syncDuration = new Histogram({
       name: 'vipr_sync_proxy_rules_duration_seconds',
       help: 'SyncProxyRules latency in seconds',

@@ -1,9 +1,10 @@
 /*
  * `vipr bench --quick` as a smoke test: the real labs, agents, rule tools and C load generator,
  * end to end. Checks the shape of what it reports (every metric for every available mode, at
- * every service count and placement), never how fast anything was; that the measured service
- * really sits last in iptables' KUBE-SERVICES; that the chart is an SVG; and that its labs are
- * gone afterwards, also when it is interrupted with SIGINT.
+ * every service count and placement), never how fast anything was; that the churn metric timed
+ * every change it made through a fake API server into each dataplane (at 100 Services, none at
+ * 1); that the measured service really sits last in iptables' KUBE-SERVICES; that the chart is
+ * an SVG; and that its labs are gone afterwards, also when it is interrupted with SIGINT.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -14,7 +15,7 @@ import { VIPR_MAIN, ensureBuilt, forceCleanLab, labLeftovers, uniqueLabName } fr
 const LAB_TAGS = ['direct', 'bpf', 'bpftc', 'ipt', 'iptnft', 'nft', 'ipvs'];
 const DATAPLANES = ['bpf', 'bpf-tc', 'iptables', 'iptables-nft', 'nftables', 'ipvs'];
 const TRAFFIC = ['rr', 'crr', 'udp'];
-const CONTROL = ['sync_all', 'sync_one', 'rss'];
+const CONTROL = ['sync_all', 'sync_one', 'rss', 'heap'];
 
 interface Result {
   mode: string;
@@ -25,6 +26,7 @@ interface Result {
   p99: number | null;
   rate: number | null;
   unit: string;
+  resolutionMs?: number;
 }
 
 interface Report {
@@ -124,7 +126,7 @@ describe('vipr bench --quick', () => {
       const traffic = TRAFFIC.includes(metric);
       const ok =
         Number.isFinite(r.p50) && r.p50 > 0 &&
-        r.unit === (traffic ? 'us' : metric === 'rss' ? 'MiB' : 'ms') &&
+        r.unit === (traffic ? 'us' : metric === 'rss' || metric === 'heap' ? 'MiB' : 'ms') &&
         (!traffic || (r.p99 !== null && r.p99 >= r.p50 && r.rate !== null && r.rate > 0));
       if (!ok) bad.push(`${what}: ${JSON.stringify(r)}`);
     };
@@ -139,6 +141,29 @@ describe('vipr bench --quick', () => {
       }
     }
     expect({ missing, bad }).toEqual({ missing: [], bad: [] });
+  });
+
+  test('churn: every dataplane timed the changes streamed at 100 services (p50 <= p99, at about the asked rate), none at 1', () => {
+    const modes = [...new Set(report.results.map((r) => r.mode))].filter((m) => m !== 'direct');
+    const churn = report.results.filter((r) => r.metric === 'churn');
+    expect(churn.map((r) => `${r.mode} ${r.services}`).sort()).toEqual(modes.map((m) => `${m} 100`).sort());
+    const bad = churn.filter(
+      (r) =>
+        !(r.unit === 'ms' && r.placement === 'none' && r.p50 > 0 && r.p99 !== null && r.p99 >= r.p50 &&
+          // --quick streams 20 changes a second for 1 s; timers on a busy machine may lag.
+          r.rate !== null && r.rate > 5 && r.rate <= 21 &&
+          r.resolutionMs !== undefined && r.resolutionMs >= 0 && r.resolutionMs < 5000),
+    );
+    expect(bad).toEqual([]);
+    expect(run.stdout).toMatch(/^endpoint change to dataplane under a stream of changes \(churn\), p50\/p99 ms$/m);
+    expect(run.stdout).toMatch(/^ {2}bpf +[\d.,]+\/[\d.,]+ at \d+\/s \(looks [\d.,]+\)/m);
+  });
+
+  test("the agent's heap is reported beside its RSS and is smaller", () => {
+    for (const heap of report.results.filter((r) => r.metric === 'heap')) {
+      const rss = report.results.find((r) => r.metric === 'rss' && r.mode === heap.mode && r.services === heap.services);
+      expect([heap.mode, heap.services, rss !== undefined && heap.p50 < rss.p50]).toEqual([heap.mode, heap.services, true]);
+    }
   });
 
   test("the measured service's rule is the last service rule of KUBE-SERVICES, the middle one in the middle", () => {

@@ -1,0 +1,363 @@
+/*
+ * The churn metric: kube-proxy's network programming latency SLI, end to end. The agent of a mode
+ * (`vipr run`) follows a fake Kubernetes API server (src/lab/fake-apiserver/) holding the bench's
+ * N Services through the real client library; `perSecond` times a second for `durationMs` one
+ * Service's EndpointSlice loses an endpoint (or gets it back), and for each change the bench
+ * measures the time from the API update until the change is in the dataplane, read from the
+ * dataplane itself:
+ *   bpf, bpf-tc       the Service's entry in the pinned services map (backend_count), looked up
+ *                     directly (a few µs per Service);
+ *   iptables(-nft)    one `iptables-save -t nat` per look: the `-j KUBE-SEP-` rules of the
+ *                     Service's KUBE-SVC chain;
+ *   nftables          one `nft -f` of `list chain` commands per look: the `goto endpoint-`
+ *                     verdicts of each pending Service's service chain;
+ *   ipvs              one `ipvsadm -Ln` per look: the real servers of the virtual server.
+ * A change counts as landed at the end of the first look that shows it, so each figure is an upper
+ * bound, by at most one look (`resolutionMs`, reported beside p50/p99). This is the path the
+ * agent's own `vipr_network_programming_duration_seconds` leaves out (the watch and the informer)
+ * plus the part it cannot see (a rule tool's commit), at ms resolution instead of its 250 ms
+ * buckets.
+ *
+ * The agents run with --min-sync-period 0: the figure is what the dataplane takes to follow 100
+ * changes a second, not the coalescing delay a user may choose on top (default 1 s). The measured
+ * Services are never changed; the changed ones are left changed (the next cell programs afresh).
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import type { Server, Socket } from 'node:net';
+import { closeMaps, openPinnedMaps, type DatapathMaps } from '../bpf/datapath.js';
+import { IPPROTO_TCP, SCOPE_EXTERNAL } from '../bpf/layouts.js';
+import { run, tryRun } from '../lab/exec.js';
+import { ToolError } from '../errors.js';
+import { AGENT_READY_MSG, defaultAgentMain } from '../lab/lab.js';
+import { startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
+import { FakeApiServer, type KubeObject } from '../lab/fake-apiserver/server.js';
+import { kubeconfigFor } from '../lab/fake-apiserver/kubeconfig.js';
+import { nftServicePortChainNameBase, servicePortChainName } from '../render/hash.js';
+import { startBridge } from '../lab/fake-apiserver/unix-bridge.js';
+import {
+  BENCH_NAMESPACE, SERVICE_TCP_PORT, benchEndpointSlice, benchObjects, churnPool, serviceName, serviceVip, type DataplaneMode,
+} from './plan.js';
+import { percentile, median } from './results.js';
+
+/** Where the agent in the node's namespace finds the API server (socat to the bench's bridge). */
+const API_PORT_IN_NODE = 6443;
+/** How long the last changes may take to land after the stream ends. */
+export const CHURN_SETTLE_TIMEOUT_MS = 120_000;
+/** The agent's start at 10,000 Services (list, first full sync) on a busy 2-CPU machine. */
+const AGENT_START_TIMEOUT_MS = 300_000;
+
+export interface ChurnOptions {
+  mode: DataplaneMode;
+  services: number;
+  backendIps: readonly string[];
+  perSecond: number;
+  durationMs: number;
+  nodeNetns: string;
+  pinDir: string;
+  /** `vipr run` options of the mode (interfaces, socket LB, rule backend). */
+  agentArgs: string[];
+  /** Directory for the agent's log and the socat log (the lab's state dir). */
+  logDir: string;
+  signal: AbortSignal;
+}
+
+export interface ChurnResult {
+  /** Per change, ms from the API update to the first look that showed it in the dataplane. */
+  latenciesMs: number[];
+  p50: number;
+  p99: number;
+  /** Changes made per second, as achieved. */
+  rate: number;
+  /** Median duration of one look at the dataplane, ms. */
+  resolutionMs: number;
+}
+
+/** Reads how many endpoints each bench Service (by index) has in a mode's dataplane now. */
+export interface DataplaneProbe {
+  endpoints(indices: readonly number[]): Promise<Map<number, number>>;
+  close(): void;
+}
+
+/** The bench Service's single TCP port as kube-proxy names it (`ns/name`, the port is unnamed). */
+function servicePortName(index: number): string {
+  return `${BENCH_NAMESPACE}/${serviceName(index)}`;
+}
+
+/** The pinned services map: the Service's cluster-IP entry and its backend_count. */
+export function bpfProbe(pinDir: string): DataplaneProbe {
+  const maps: DatapathMaps = openPinnedMaps(pinDir);
+  return {
+    endpoints: (indices) => {
+      const out = new Map<number, number>();
+      for (const i of indices) {
+        const v = maps.services.lookup({ vip: serviceVip(i), port: SERVICE_TCP_PORT, proto: IPPROTO_TCP, scope: SCOPE_EXTERNAL });
+        out.set(i, v === null ? 0 : v.backend_count);
+      }
+      return Promise.resolve(out);
+    },
+    close: () => closeMaps(maps),
+  };
+}
+
+/** Counts the `-j KUBE-SEP-` rules of each Service's KUBE-SVC chain in `iptables-save` output. */
+export function iptablesEndpointCounts(save: string, indices: readonly number[]): Map<number, number> {
+  const chainOf = new Map(indices.map((i) => [`-A ${servicePortChainName(servicePortName(i), 'tcp')} `, i]));
+  const out = new Map<number, number>(indices.map((i) => [i, 0]));
+  for (const line of save.split('\n')) {
+    if (!line.startsWith('-A KUBE-SVC-') || !line.includes(' -j KUBE-SEP-')) continue;
+    const i = chainOf.get(line.slice(0, line.indexOf(' ', 3) + 1));
+    if (i !== undefined) out.set(i, (out.get(i) ?? 0) + 1);
+  }
+  return out;
+}
+
+function iptablesProbe(netns: string, backend: 'legacy' | 'nft'): DataplaneProbe {
+  return {
+    endpoints: async (indices) => {
+      const { stdout } = await run(`iptables-${backend}-save`, ['-t', 'nat'], { netns, timeoutMs: 60_000 });
+      return iptablesEndpointCounts(stdout, indices);
+    },
+    close: () => undefined,
+  };
+}
+
+/** kube-proxy's nftables service chain of the bench Service's TCP port. */
+function nftServiceChain(index: number): string {
+  return `service-${nftServicePortChainNameBase({ namespace: BENCH_NAMESPACE, name: serviceName(index), port: '' }, 'tcp')}`;
+}
+
+/** Counts the `goto endpoint-` verdicts of each Service's chain in `nft list chain` output. */
+export function nftEndpointCounts(listing: string, indices: readonly number[]): Map<number, number> {
+  const indexOf = new Map(indices.map((i) => [nftServiceChain(i), i]));
+  const out = new Map<number, number>(indices.map((i) => [i, 0]));
+  let current: number | undefined;
+  for (const line of listing.split('\n')) {
+    const chain = /^\s*chain (\S+) \{/.exec(line);
+    if (chain) {
+      current = indexOf.get(chain[1] as string);
+      continue;
+    }
+    if (current !== undefined) out.set(current, (out.get(current) ?? 0) + (line.match(/goto endpoint-/g)?.length ?? 0));
+  }
+  return out;
+}
+
+/**
+ * One `nft -f` of `list chain` commands for the pending Services; when one of the chains does not
+ * exist (nft then lists none), the whole table instead, where a missing chain counts 0 endpoints.
+ */
+function nftProbe(netns: string, workDir: string): DataplaneProbe {
+  const script = join(workDir, 'list-chains.nft');
+  return {
+    endpoints: async (indices) => {
+      writeFileSync(script, indices.map((i) => `list chain ip kube-proxy ${nftServiceChain(i)}\n`).join(''));
+      const listed = await tryRun('nft', ['-f', script], { netns, timeoutMs: 60_000 });
+      if (!(listed instanceof ToolError)) return nftEndpointCounts(listed.stdout, indices);
+      if (listed.exitCode !== 1) throw listed;
+      const { stdout } = await run('nft', ['list', 'table', 'ip', 'kube-proxy'], { netns, timeoutMs: 60_000 });
+      return nftEndpointCounts(stdout, indices);
+    },
+    close: () => undefined,
+  };
+}
+
+/** Counts the real servers (`  -> ip:port`) of each Service's TCP virtual server in `ipvsadm -Ln`. */
+export function ipvsEndpointCounts(listing: string, indices: readonly number[]): Map<number, number> {
+  const indexOf = new Map(indices.map((i) => [`${serviceVip(i)}:${SERVICE_TCP_PORT}`, i]));
+  const out = new Map<number, number>(indices.map((i) => [i, 0]));
+  let current: number | undefined;
+  for (const line of listing.split('\n')) {
+    const vs = /^(TCP|UDP|SCTP)\s+(\S+)/.exec(line);
+    if (vs) {
+      current = vs[1] === 'TCP' ? indexOf.get(vs[2] as string) : undefined;
+      continue;
+    }
+    if (current !== undefined && /^\s+->\s+\d/.test(line)) out.set(current, (out.get(current) ?? 0) + 1);
+  }
+  return out;
+}
+
+function ipvsProbe(netns: string): DataplaneProbe {
+  return {
+    endpoints: async (indices) => {
+      const { stdout } = await run('ipvsadm', ['-Ln'], { netns, timeoutMs: 60_000 });
+      return ipvsEndpointCounts(stdout, indices);
+    },
+    close: () => undefined,
+  };
+}
+
+export function probeFor(mode: DataplaneMode, o: { pinDir: string; netns: string; workDir: string }): DataplaneProbe {
+  switch (mode) {
+    case 'bpf':
+    case 'bpf-tc':
+      return bpfProbe(o.pinDir);
+    case 'iptables':
+      return iptablesProbe(o.netns, 'legacy');
+    case 'iptables-nft':
+      return iptablesProbe(o.netns, 'nft');
+    case 'nftables':
+      return nftProbe(o.netns, o.workDir);
+    case 'ipvs':
+      return ipvsProbe(o.netns);
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function logHasReady(text: string): boolean {
+  return text.split('\n').some((l) => l.startsWith('{') && l.includes(`"msg":"${AGENT_READY_MSG}"`));
+}
+
+/** One change of the stream: which Service, when it was written, the endpoint count it leaves. */
+interface Change {
+  index: number;
+  writtenAt: number;
+  endpoints: number;
+}
+
+/**
+ * Runs the churn for one mode at one service count: API server and agent up, the stream of
+ * changes with the dataplane watched, everything stopped again. Throws when a change never lands.
+ */
+export async function measureChurn(o: ChurnOptions): Promise<ChurnResult> {
+  const pool = churnPool(o.services);
+  if (pool.length === 0) throw new RangeError(`no Service to churn among ${o.services}`);
+  const total = Math.max(1, Math.round((o.perSecond * o.durationMs) / 1000));
+  const workDir = mkdtempSync(join(tmpdir(), 'vipr-churn-'));
+  const sockPath = join(workDir, 'api.sock');
+  const kubeconfig = join(workDir, 'kubeconfig');
+  writeFileSync(kubeconfig, kubeconfigFor(`http://127.0.0.1:${API_PORT_IN_NODE}`));
+  const api = new FakeApiServer();
+  let bridge: { server: Server; sockets: Set<Socket> } | null = null;
+  const procs: StartedProcess[] = [];
+  let probe: DataplaneProbe | null = null;
+  try {
+    await api.start();
+    bridge = await startBridge(sockPath, Number(new URL(api.url).port));
+    api.createOrUpdate({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node', labels: {} }, status: { addresses: [] } });
+    for (const obj of benchObjects(o.services, o.backendIps, 'node')) api.createOrUpdate(obj as unknown as KubeObject);
+    procs.push(await startInNetns({
+      netns: o.nodeNetns,
+      argv: ['socat', '-d', '-d', `TCP-LISTEN:${API_PORT_IN_NODE},bind=127.0.0.1,fork,reuseaddr`, `UNIX-CONNECT:${sockPath}`],
+      log: join(o.logDir, 'churn-socat.log'),
+      ready: (text) => text.includes('listening on'),
+      timeoutMs: 10_000,
+    }));
+    procs.push(await startInNetns({
+      netns: o.nodeNetns,
+      argv: [
+        process.execPath, defaultAgentMain(), 'run', '--kubeconfig', kubeconfig, ...o.agentArgs,
+        '--pin-dir', o.pinDir, '--node-name', 'node', '--min-sync-period', '0s', '--log-level', 'info',
+      ],
+      log: join(o.logDir, `agent-churn-${o.services}.log`),
+      ready: logHasReady,
+      timeoutMs: AGENT_START_TIMEOUT_MS,
+    }));
+    probe = probeFor(o.mode, { pinDir: o.pinDir, netns: o.nodeNetns, workDir });
+    return await stream(o, api, probe, pool, total);
+  } finally {
+    probe?.close();
+    await stopProcesses(procs.reverse(), 10_000);
+    if (bridge !== null) {
+      for (const s of bridge.sockets) s.destroy();
+      await new Promise<void>((r) => bridge?.server.close(() => r()));
+    }
+    await api.stop();
+    rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+async function stream(o: ChurnOptions, api: FakeApiServer, probe: DataplaneProbe, pool: readonly number[], total: number): Promise<ChurnResult> {
+  const endpointsNow = new Map<number, number>();
+  const pending = new Map<number, Change>();
+  const latencies: number[] = [];
+  const looks: number[] = [];
+  let written = 0;
+  let firstWrite = 0;
+  let lastWrite = 0;
+  let next = 0;
+  const interval = 1000 / o.perSecond;
+
+  const writing = { done: false, failed: false };
+  const writer = async (): Promise<void> => {
+    const start = performance.now();
+    for (let k = 0; k < total; k++) {
+      if (o.signal.aborted || writing.failed) return;
+      const due = start + k * interval;
+      const wait = due - performance.now();
+      if (wait > 0) await sleep(wait);
+      // The next Service of the pool with no change still in flight.
+      let index = pool[next % pool.length] as number;
+      for (let tries = 0; pending.has(index) && tries < pool.length; tries++) index = pool[++next % pool.length] as number;
+      next++;
+      const now = endpointsNow.get(index) ?? o.backendIps.length;
+      const endpoints = now === o.backendIps.length ? now - 1 : o.backendIps.length;
+      api.createOrUpdate(benchEndpointSlice(index, o.services, o.backendIps.slice(0, endpoints), 'node') as unknown as KubeObject);
+      const writtenAt = performance.now();
+      endpointsNow.set(index, endpoints);
+      pending.set(index, { index, writtenAt, endpoints });
+      if (written === 0) firstWrite = writtenAt;
+      lastWrite = writtenAt;
+      written++;
+    }
+  };
+
+  const watcher = async (): Promise<void> => {
+    let deadline = Number.POSITIVE_INFINITY;
+    while (!writing.done || pending.size > 0) {
+      if (o.signal.aborted) return;
+      if (writing.done && deadline === Number.POSITIVE_INFINITY) deadline = performance.now() + CHURN_SETTLE_TIMEOUT_MS;
+      if (performance.now() > deadline) {
+        const late = [...pending.values()].slice(0, 3).map((c) => `${serviceName(c.index)} → ${c.endpoints} endpoints`);
+        throw new Error(
+          `${o.mode}: ${pending.size} of ${written} endpoint changes were not in the dataplane ${CHURN_SETTLE_TIMEOUT_MS / 1000} s after the last one (${late.join(', ')})`,
+        );
+      }
+      if (pending.size === 0) {
+        await sleep(1);
+        continue;
+      }
+      const asked = [...pending.values()];
+      const lookStart = performance.now();
+      const counts = await probe.endpoints(asked.map((c) => c.index));
+      const lookEnd = performance.now();
+      looks.push(lookEnd - lookStart);
+      for (const c of asked) {
+        if (counts.get(c.index) !== c.endpoints || pending.get(c.index) !== c) continue;
+        latencies.push(lookEnd - c.writtenAt);
+        pending.delete(c.index);
+      }
+      // A map lookup takes microseconds: leave the CPUs to the agent between looks.
+      if (lookEnd - lookStart < 1) await sleep(1);
+    }
+  };
+
+  // A failed look stops the writer too; its error is the cell's.
+  const watching = watcher().then(
+    () => null,
+    (err: unknown) => {
+      writing.failed = true;
+      return err;
+    },
+  );
+  try {
+    await writer();
+  } finally {
+    writing.done = true;
+  }
+  const failure = await watching;
+  if (failure !== null) throw failure;
+  if (o.signal.aborted) throw new Error('aborted');
+  const spanS = (lastWrite - firstWrite + interval) / 1000;
+  return {
+    latenciesMs: latencies,
+    p50: percentile(latencies, 50),
+    p99: percentile(latencies, 99),
+    rate: written / spanS,
+    resolutionMs: looks.length === 0 ? 0 : median(looks),
+  };
+}
