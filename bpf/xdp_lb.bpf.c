@@ -25,8 +25,15 @@ int vipr_xdp_ingress(struct xdp_md *ctx)
 	struct nat_plan plan;
 	struct packet pkt;
 
-	if (!lb4_parse(data, data_end, len, &pkt))
+	switch (lb4_parse(data, data_end, len, &pkt)) {
+	case LB_PACKET_FLOW:
+		break;
+	case LB_PACKET_DROP:
+		return XDP_DROP;
+	default:
+		/* ICMP errors of translated flows too: TC rewrites them. */
 		return XDP_PASS;
+	}
 	switch (lb4_plan_ingress(&pkt, len, &plan)) {
 	case LB_DROP:
 		return XDP_DROP;

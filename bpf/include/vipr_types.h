@@ -34,6 +34,7 @@
 #define VIPR_MAX_NODE_IPS 64
 #define VIPR_MAX_SOURCE_RANGES 16384
 #define VIPR_MAX_SOCK_REV 262144
+#define VIPR_MAX_FRAGMENTS 8192
 
 /*
  * Frontend scope. An external frontend (NodePort, LoadBalancer IP, external IP) whose Service
@@ -243,7 +244,7 @@ enum vipr_stat {
 	VIPR_STAT_PACKETS = 0,      /* every packet the programs saw */
 	VIPR_STAT_PASS_NON_IPV4,    /* ARP, IPv6, other ethertypes: passed untouched */
 	VIPR_STAT_PASS_NOT_SERVICE, /* IPv4 not addressed to a service: passed untouched */
-	VIPR_STAT_FRAGMENT,         /* IPv4 fragments: passed untouched (no L4 header to match) */
+	VIPR_STAT_FRAGMENT,         /* IPv4 fragments seen (first and later ones), translated as their datagram's flow */
 	VIPR_STAT_SERVICE_HIT,      /* new flow matched a service */
 	VIPR_STAT_CT_HIT,           /* packet of a tracked flow */
 	VIPR_STAT_CT_NEW,           /* conntrack entries created */
@@ -270,6 +271,9 @@ enum vipr_stat {
 	VIPR_STAT_SOCK_DESTROYED,   /* socket LB: connected UDP sockets destroyed, their backend was removed */
 	VIPR_STAT_CT_PROMOTED,      /* TCP flows moved from vipr_ct_tcp_syn_v1 to vipr_ct_tcp_v1 (handshake done) */
 	VIPR_STAT_CT_TCP_FULL,      /* vipr_ct_tcp_v1 full: an established flow stayed in the half-open map */
+	VIPR_STAT_DROP_FRAG_NOT_FOUND, /* drop: a later IPv4 fragment whose first fragment was not seen (vipr_fragments_v1) */
+	VIPR_STAT_ICMP_ERROR_NAT,   /* ICMP errors about a translated flow rewritten to what their receiver sent */
+	VIPR_STAT_PULLED,           /* TC: headers outside the skb's linear data, pulled in (bpf_skb_pull_data) */
 	VIPR_STAT_MAX,
 };
 _Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");
@@ -362,5 +366,27 @@ struct vipr_ct_gc_report {
 };
 _Static_assert(sizeof(struct vipr_ct_gc_report) == 24, "vipr_ct_gc_report layout");
 #define VIPR_CT_GC_REPORT_EVERY 64
+
+/*
+ * Key of vipr_fragments_v1 (LRU): one IPv4 datagram, as RFC 791 identifies it for reassembly.
+ * Only its first fragment carries the L4 header; later fragments find the ports here (Cilium's
+ * ipv4_frag_id). The TC and XDP programs record every first fragment they see, in both
+ * directions, and never delete: a datagram's entry ages out by LRU.
+ */
+struct vipr_frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;   /* IPv4 identification */
+	__u8 proto;  /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;
+};
+_Static_assert(sizeof(struct vipr_frag_key) == 12, "vipr_frag_key layout");
+
+/* Value of vipr_fragments_v1: the L4 ports of the datagram's first fragment. */
+struct vipr_frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+_Static_assert(sizeof(struct vipr_frag_ports) == 4, "vipr_frag_ports layout");
 
 #endif /* __VIPR_TYPES_H */

@@ -32,8 +32,7 @@ const volatile __u32 vipr_icmp_msgs_burst = 50;
 /* Refill at most every 20 ms, as the kernel's icmp_global_allow (HZ / 50). */
 #define ICMP_REFILL_MIN_NS (20 * 1000 * 1000ULL)
 
-/* linux/icmp.h drags in libc headers that do not exist for the BPF target. */
-#define ICMP_DEST_UNREACH 3
+/* ICMP_DEST_UNREACH's code (parse.h has the types). */
 #define ICMP_PORT_UNREACH 3
 
 struct icmp4_hdr {
@@ -107,7 +106,8 @@ static __always_inline int tc_icmp_reject(struct __sk_buff *skb, const struct pa
 	void *data, *data_end;
 	struct ethhdr *eth;
 
-	if (pkt->l4_off != sizeof(struct ethhdr) + sizeof(struct iphdr))
+	/* The kernel answers only a datagram's first fragment, the one with the ports to quote. */
+	if (pkt->l4_off != sizeof(struct ethhdr) + sizeof(struct iphdr) || pkt->frag == FRAG_LATER)
 		return TC_ACT_SHOT;
 	if (!icmp_reject_allowed()) {
 		stats_count(VIPR_STAT_DROP_ICMP_RATE_LIMIT, skb->len);

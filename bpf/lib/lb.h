@@ -16,6 +16,7 @@
 #include "conntrack.h"
 #include "sched.h"
 #include "stats.h"
+#include "frag.h"
 
 enum lb_action {
 	LB_PASS = 0, /* not ours: leave untouched */
@@ -294,26 +295,52 @@ static __always_inline enum lb_action lb4_plan_egress(const struct packet *pkt, 
 	return LB_NAT;
 }
 
-/* Parses and counts; returns true when the packet is IPv4 TCP/UDP worth looking at. */
-static __always_inline bool lb4_parse(void *data, void *data_end, __u32 len, struct packet *pkt)
+/* What a parsed packet is to the programs. */
+enum lb_packet {
+	LB_PACKET_PASS = 0,   /* not ours (counted): leave it */
+	LB_PACKET_FLOW,       /* TCP/UDP with ports (a later fragment's from its first) */
+	LB_PACKET_ICMP_ERROR, /* an ICMP error quoting a TCP/UDP packet */
+	LB_PACKET_DROP,       /* a later fragment whose first was not seen (counted) */
+};
+
+/*
+ * Counts a packet by what its parse found. Fragments: a first fragment's ports are recorded for
+ * the later ones, which take them over (bpf/lib/frag.h).
+ */
+static __always_inline enum lb_packet lb4_classify(enum parse_result r, struct packet *pkt, __u32 len)
 {
 	stats_count(VIPR_STAT_PACKETS, len);
-	switch (parse_ipv4_l4(data, data_end, pkt)) {
+	switch (r) {
 	case PARSE_OK:
-		return true;
-	case PARSE_NOT_IPV4:
-		stats_count(VIPR_STAT_PASS_NON_IPV4, len);
-		return false;
+		if (pkt->frag == FRAG_FIRST) {
+			stats_count(VIPR_STAT_FRAGMENT, len);
+			frag4_record(pkt);
+		}
+		return LB_PACKET_FLOW;
 	case PARSE_FRAGMENT:
 		stats_count(VIPR_STAT_FRAGMENT, len);
-		return false;
+		if (frag4_lookup_ports(pkt))
+			return LB_PACKET_FLOW;
+		stats_count(VIPR_STAT_DROP_FRAG_NOT_FOUND, len);
+		return LB_PACKET_DROP;
+	case PARSE_ICMP_ERROR:
+		return LB_PACKET_ICMP_ERROR;
+	case PARSE_NOT_IPV4:
+		stats_count(VIPR_STAT_PASS_NON_IPV4, len);
+		return LB_PACKET_PASS;
 	case PARSE_OTHER_L4:
 		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
-		return false;
+		return LB_PACKET_PASS;
 	default:
 		stats_count(VIPR_STAT_MALFORMED, len);
-		return false;
+		return LB_PACKET_PASS;
 	}
+}
+
+/* Parses and counts a frame whose bytes are all in [data, data_end) (XDP). */
+static __always_inline enum lb_packet lb4_parse(void *data, void *data_end, __u32 len, struct packet *pkt)
+{
+	return lb4_classify(parse_ipv4_l4(data, data_end, pkt), pkt, len);
 }
 
 #endif /* __VIPR_LB_H */

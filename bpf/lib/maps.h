@@ -153,4 +153,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_sock_affinity_v1 SEC(".maps");
 
+/* The ports of IPv4 datagrams whose first fragment passed, for their later fragments. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_frag_key);
+	__type(value, struct vipr_frag_ports);
+	__uint(max_entries, VIPR_MAX_FRAGMENTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_fragments_v1 SEC(".maps");
+
 #endif /* __VIPR_MAPS_H */

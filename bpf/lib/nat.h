@@ -33,17 +33,29 @@ static __always_inline __u32 l4_csum_off(const struct packet *pkt)
 						    : __builtin_offsetof(struct udphdr, check));
 }
 
+/* A later fragment has no L4 header: only its addresses are rewritten. */
+static __always_inline bool has_l4(const struct packet *pkt)
+{
+	return pkt->frag != FRAG_LATER;
+}
+
+/*
+ * An IPv4 address and the checksums covering it: the IP header's, and with @l4 the L4 one (its
+ * pseudo-header). An ICMP checksum has no pseudo-header: its packets pass @l4 false.
+ */
 static __always_inline int tc_rewrite_addr(struct __sk_buff *skb, const struct packet *pkt,
-					   __u32 field_off, __be32 from, __be32 to)
+					   __u32 field_off, __be32 from, __be32 to, bool l4)
 {
 	__u64 l4_flags = pkt->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	int ret;
 
 	if (from == to)
 		return 0;
-	ret = bpf_l4_csum_replace(skb, l4_csum_off(pkt), from, to, l4_flags | BPF_F_PSEUDO_HDR | sizeof(to));
-	if (ret)
-		return ret;
+	if (l4) {
+		ret = bpf_l4_csum_replace(skb, l4_csum_off(pkt), from, to, l4_flags | BPF_F_PSEUDO_HDR | sizeof(to));
+		if (ret)
+			return ret;
+	}
 	ret = bpf_l3_csum_replace(skb, pkt->l3_off + __builtin_offsetof(struct iphdr, check), from, to, sizeof(to));
 	if (ret)
 		return ret;
@@ -64,19 +76,26 @@ static __always_inline int tc_rewrite_port(struct __sk_buff *skb, const struct p
 	return bpf_skb_store_bytes(skb, pkt->l4_off + field_off, &to, sizeof(to), 0);
 }
 
-/* Returns 0, or a negative errno from a helper (the packet may then be half-written: drop it). */
+/*
+ * Returns 0, or a negative errno from a helper (the packet may then be half-written: drop it).
+ * A first fragment's L4 checksum covers the whole datagram; updating it for the new addresses and
+ * ports is as right as for an unfragmented packet.
+ */
 static __always_inline int tc_apply_plan(struct __sk_buff *skb, const struct packet *pkt,
 					 const struct nat_plan *plan)
 {
-	/* source/dest sit at the same offsets in TCP and UDP headers */
-	int ret = tc_rewrite_port(skb, pkt, __builtin_offsetof(struct udphdr, dest), pkt->dport, plan->dport);
+	bool l4 = has_l4(pkt);
+	int ret = 0;
 
-	if (!ret)
+	/* source/dest sit at the same offsets in TCP and UDP headers */
+	if (l4)
+		ret = tc_rewrite_port(skb, pkt, __builtin_offsetof(struct udphdr, dest), pkt->dport, plan->dport);
+	if (!ret && l4)
 		ret = tc_rewrite_port(skb, pkt, __builtin_offsetof(struct udphdr, source), pkt->sport, plan->sport);
 	if (!ret)
-		ret = tc_rewrite_addr(skb, pkt, __builtin_offsetof(struct iphdr, daddr), pkt->daddr, plan->daddr);
+		ret = tc_rewrite_addr(skb, pkt, __builtin_offsetof(struct iphdr, daddr), pkt->daddr, plan->daddr, l4);
 	if (!ret)
-		ret = tc_rewrite_addr(skb, pkt, __builtin_offsetof(struct iphdr, saddr), pkt->saddr, plan->saddr);
+		ret = tc_rewrite_addr(skb, pkt, __builtin_offsetof(struct iphdr, saddr), pkt->saddr, plan->saddr, l4);
 	return ret;
 }
 
@@ -94,6 +113,16 @@ static __always_inline __u16 csum_update32(__u16 check, __u32 from, __u32 to)
 	return csum_fold_complement(bpf_csum_diff(&from, sizeof(from), &to, sizeof(to), (__u16)~check));
 }
 
+static __always_inline int xdp_rewrite_addrs(struct iphdr *ip, const struct packet *pkt,
+					     const struct nat_plan *plan)
+{
+	ip->check = csum_update32(ip->check, pkt->saddr, plan->saddr);
+	ip->check = csum_update32(ip->check, pkt->daddr, plan->daddr);
+	ip->saddr = plan->saddr;
+	ip->daddr = plan->daddr;
+	return 0;
+}
+
 /*
  * XDP: rewrites the frame in place. The headers are re-checked against data_end because the
  * verifier does not carry the parse's bounds across the call. Returns 0 or -1 (malformed).
@@ -109,6 +138,8 @@ static __always_inline int xdp_apply_plan(struct xdp_md *ctx, const struct packe
 
 	if ((void *)(ip + 1) > data_end)
 		return -1;
+	if (!has_l4(pkt))
+		return xdp_rewrite_addrs(ip, pkt, plan);
 	/* l4_off is at most 14 + 60: mask it so the verifier sees the bound. */
 	ports = data + (pkt->l4_off & 0x7f);
 	if ((void *)ports + sizeof(struct tcphdr) > data_end && pkt->proto == IPPROTO_TCP)
@@ -130,13 +161,9 @@ static __always_inline int xdp_apply_plan(struct xdp_md *ctx, const struct packe
 			c = 0xffff;
 		*check = c;
 	}
-	ip->check = csum_update32(ip->check, pkt->saddr, plan->saddr);
-	ip->check = csum_update32(ip->check, pkt->daddr, plan->daddr);
-	ip->saddr = plan->saddr;
-	ip->daddr = plan->daddr;
 	ports[0] = plan->sport;
 	ports[1] = plan->dport;
-	return 0;
+	return xdp_rewrite_addrs(ip, pkt, plan);
 }
 
 #endif /* __VIPR_NAT_H */

@@ -153,6 +153,19 @@ export const CtGcReport = defineStruct('vipr_ct_gc_report', [
   ['kept', 'u64'],
 ] as const);
 
+export const FragKey = defineStruct('vipr_frag_key', [
+  ['saddr', 'ipv4'],
+  ['daddr', 'ipv4'],
+  ['id', 'be16'],
+  ['proto', 'u8'],
+  ['pad', 'pad', 1],
+] as const);
+
+export const FragPorts = defineStruct('vipr_frag_ports', [
+  ['sport', 'be16'],
+  ['dport', 'be16'],
+] as const);
+
 export const U32 = new U32Codec();
 
 export type SvcKeyT = ReturnType<typeof SvcKey.decode>;
@@ -233,6 +246,9 @@ export const STAT_NAMES = [
   'sock_destroyed',
   'ct_promoted',
   'ct_tcp_full',
+  'drop_frag_not_found',
+  'icmp_error_nat',
+  'pulled',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 
@@ -266,6 +282,7 @@ export const MAPS = {
   icmpBucket: spec('vipr_icmp_bucket_v1', U32, IcmpBucket, true),
   sockRev: spec('vipr_sock_rev_v1', SockRevKey, SockRevValue),
   sockAffinity: spec('vipr_sock_affinity_v1', SockAffinityKey, AffinityValue),
+  fragments: spec('vipr_fragments_v1', FragKey, FragPorts),
 } as const;
 
 export type MapRole = keyof typeof MAPS;

@@ -6,8 +6,11 @@
  * exactly as valid as it was. The generators mix intact packets of real flows, near misses (one
  * field off) and noise; a deterministic PRNG makes a failure reproducible.
  */
-import { DatapathFixture, NODE_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS, XDP_REDIRECT, XDP_TX, type SvcDef } from './fixture.js';
-import { TCP_ACK, TCP_SYN, changedOffsets, ipv4Frame, mangleFrame, natFieldOffsets, parseFrame, prng, type Ipv4Packet } from './packets.js';
+import { DatapathFixture, NODE_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, type SvcDef } from './fixture.js';
+import {
+  TCP_ACK, TCP_SYN, changedOffsets, ipv4Frame, isLaterFragment, laterFragmentNatOffsets, mangleFrame, natFieldOffsets, parseFrame, prng,
+  type Ipv4Packet,
+} from './packets.js';
 
 const WEB: SvcDef = { name: 'web', vip: '10.0.0.213', port: 80, targetPort: 8080, backends: ['10.244.0.11', '10.244.0.12'] };
 const DNS: SvcDef = { name: 'dns', vip: '10.0.0.53', port: 53, protocol: 'UDP', targetPort: 5353, backends: ['10.244.0.21', '10.244.0.22'] };
@@ -119,6 +122,13 @@ describe('TC egress: random, truncated and corrupted packets', () => {
       const packet = kind === 0 ? replyOf(flow, payload) : kind === 1 ? nearMiss(replyOf(flow, payload), rand) : noise(rand, payload);
       const { frame, intact } = mangleFrame(ipv4Frame(packet), rand);
       const { verdict, out } = fx.egress(frame);
+      if (isLaterFragment(frame)) {
+        // Corrupted into a later fragment: dropped unless a first fragment of its datagram passed,
+        // and then at most its addresses are rewritten (it has no ports).
+        expect([TC_ACT_OK, TC_ACT_SHOT]).toContain(verdict);
+        expect(changedOffsets(frame, out).filter((o) => !laterFragmentNatOffsets().has(o))).toEqual([]);
+        continue;
+      }
       // Egress never drops or redirects: at worst it leaves a packet alone.
       expect(verdict).toBe(TC_ACT_OK);
       if (out.equals(frame)) {
@@ -160,6 +170,12 @@ describe('XDP: random, truncated and corrupted packets', () => {
       const packet = kind === 0 ? toService : kind === 1 ? reply : kind === 2 ? nearMiss(rand(2) ? toService : reply, rand) : noise(rand, payload);
       const { frame, intact } = mangleFrame(ipv4Frame(packet), rand);
       const { verdict, out } = fx.xdp(frame);
+      if (isLaterFragment(frame)) {
+        // As on TC egress: dropped without its first fragment, else only addresses rewritten.
+        expect([XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT]).toContain(verdict);
+        expect(changedOffsets(frame, out).filter((o) => !laterFragmentNatOffsets(verdict !== XDP_PASS).has(o))).toEqual([]);
+        continue;
+      }
       // No policy in this fixture drops: a packet is passed, or rewritten and passed or sent.
       expect([XDP_PASS, XDP_TX, XDP_REDIRECT]).toContain(verdict);
       if (out.equals(frame)) {

@@ -29,6 +29,8 @@ export interface Ipv4Packet {
   /** UDP: send with checksum 0 (none). */
   udpNoChecksum?: boolean;
   ttl?: number;
+  /** IPv4 identification (default 0x1234): fragments of one datagram share it. */
+  id?: number;
 }
 
 function ipBytes(ip: string): Buffer {
@@ -112,7 +114,7 @@ export function ipv4Frame(p: Ipv4Packet): Buffer {
   const ip = Buffer.alloc(20);
   ip[0] = 0x40 | ihl;
   ip.writeUInt16BE(ihl * 4 + l4.length, 2);
-  ip.writeUInt16BE(0x1234, 4);
+  ip.writeUInt16BE(p.id ?? 0x1234, 4);
   ip.writeUInt16BE(p.fragOff ?? 0x4000, 6);
   ip[8] = p.ttl ?? 64;
   ip[9] = proto;
@@ -185,6 +187,99 @@ export function parseIcmp(f: Buffer): ParsedIcmp {
 }
 
 /**
+ * The fragments of an IPv4 frame (no options) as a sender's stack cuts it for `mtu`: the same id,
+ * offsets in 8-byte units, MF on all but the last, each IP header checksum recomputed.
+ */
+export function fragmentFrame(frame: Buffer, mtu: number): Buffer[] {
+  const header = frame.subarray(14, 34);
+  const data = frame.subarray(34, 14 + frame.readUInt16BE(16));
+  const chunk = Math.floor((mtu - 20) / 8) * 8;
+  const out: Buffer[] = [];
+  for (let off = 0; off < data.length; off += chunk) {
+    const part = data.subarray(off, off + chunk);
+    const ip = Buffer.from(header);
+    ip.writeUInt16BE(20 + part.length, 2);
+    ip.writeUInt16BE((off + chunk < data.length ? 0x2000 : 0) | (off / 8), 6);
+    ip.writeUInt16BE(0, 10);
+    ip.writeUInt16BE(checksum(ip), 10);
+    out.push(Buffer.concat([frame.subarray(0, 14), ip, part]));
+  }
+  return out;
+}
+
+/**
+ * Reassembles fragments (any order) into one frame, as the receiver's stack would: the headers
+ * must agree on addresses, id and protocol; the first fragment's header, MF cleared, fronts it.
+ */
+export function reassemble(frags: Buffer[]): Buffer {
+  const sorted = [...frags].sort((a, b) => (a.readUInt16BE(20) & 0x1fff) - (b.readUInt16BE(20) & 0x1fff));
+  const first = sorted[0] as Buffer;
+  for (const f of sorted) {
+    if (!f.subarray(26, 34).equals(first.subarray(26, 34)) || f.readUInt16BE(18) !== first.readUInt16BE(18) || f[23] !== first[23]) {
+      throw new Error('fragments of different datagrams');
+    }
+  }
+  const data = Buffer.concat(sorted.map((f) => f.subarray(34, 14 + f.readUInt16BE(16))));
+  const ip = Buffer.from(first.subarray(14, 34));
+  ip.writeUInt16BE(20 + data.length, 2);
+  ip.writeUInt16BE(0, 6);
+  ip.writeUInt16BE(0, 10);
+  ip.writeUInt16BE(checksum(ip), 10);
+  return Buffer.concat([first.subarray(0, 14), ip, data]);
+}
+
+export interface IcmpError {
+  src: string;
+  dst: string;
+  type: number;
+  code: number;
+  /** Destination unreachable, fragmentation needed (code 4): the next hop's MTU. */
+  mtu?: number;
+  /** The frame of the packet the error is about: its IP packet is quoted. */
+  about: Buffer;
+  /** Bytes of the L4 header quoted; default all of the packet, as Linux quotes up to 576 bytes. */
+  quoteL4?: number;
+}
+
+/** An ICMP error frame quoting `about`'s IP header and L4 bytes, with a valid checksum. */
+export function icmpErrorFrame(e: IcmpError): Buffer {
+  const ip = e.about.subarray(14, 14 + e.about.readUInt16BE(16));
+  const ihl = ((ip[0] as number) & 0x0f) * 4;
+  const quote = e.quoteL4 === undefined ? ip : ip.subarray(0, ihl + e.quoteL4);
+  const icmp = Buffer.concat([Buffer.alloc(8), quote]);
+  icmp[0] = e.type;
+  icmp[1] = e.code;
+  if (e.mtu !== undefined) icmp.writeUInt16BE(e.mtu, 6);
+  icmp.writeUInt16BE(checksum(icmp), 2);
+  const header = Buffer.alloc(20);
+  header[0] = 0x45;
+  header.writeUInt16BE(20 + icmp.length, 2);
+  header.writeUInt16BE(0x4321, 4);
+  header[8] = 64;
+  header[9] = 1;
+  ipBytes(e.src).copy(header, 12);
+  ipBytes(e.dst).copy(header, 16);
+  header.writeUInt16BE(checksum(header), 10);
+  return ethernet(ETH_P_IP, Buffer.concat([header, icmp]));
+}
+
+/**
+ * The packet an ICMP error quotes, parsed as a frame: addresses, ports, its IP checksum, and its
+ * L4 checksum when the whole L4 segment is quoted (`l4Complete`).
+ */
+export function parseQuote(quote: Buffer): ParsedFrame & { l4Complete: boolean } {
+  const complete = quote.length >= quote.readUInt16BE(2);
+  const frame = ethernet(ETH_P_IP, quote);
+  const ihl = ((quote[0] as number) & 0x0f) * 4;
+  return {
+    ...parseFrame(frame),
+    ...(complete ? {} : { l4ChecksumOk: false, sport: quote.readUInt16BE(ihl), dport: quote.readUInt16BE(ihl + 2) }),
+    ipChecksumOk: fold(sum16(quote.subarray(0, ihl))) === 0xffff,
+    l4Complete: complete,
+  };
+}
+
+/**
  * A deterministic PRNG (`rand(n)` in 0..n-1), so a fuzz failure reproduces from its seed:
  * mulberry32, whose every output bit is mixed. (A plain LCG taken modulo a small n uses only its
  * low bits, which cycle with a period of n: a fuzzer drawing a fixed number of values per packet
@@ -227,6 +322,22 @@ export function natFieldOffsets(f: Buffer, forwarded = false): Set<number> {
   const l4Check = f[23] === 6 ? l4 + 16 : l4 + 6;
   const offsets = [22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, l4, l4 + 1, l4 + 2, l4 + 3, l4Check, l4Check + 1];
   if (forwarded) for (let i = 0; i < 12; i++) offsets.push(i);
+  return new Set(offsets);
+}
+
+/** A later IPv4 fragment (offset > 0) of TCP or UDP: it has no L4 header, its ports are its first fragment's. */
+export function isLaterFragment(f: Buffer): boolean {
+  return f.length >= 34 && f.readUInt16BE(12) === ETH_P_IP && (f[14] as number) >> 4 === 4 &&
+    (f.readUInt16BE(20) & 0x1fff) !== 0 && (f[23] === 6 || f[23] === 17);
+}
+
+/**
+ * Offsets of the bytes NAT may change in a later fragment: the addresses and the IP checksum (no
+ * L4 header to touch), and with `forwarded` TTL and the Ethernet addresses.
+ */
+export function laterFragmentNatOffsets(forwarded = false): Set<number> {
+  const offsets = [24, 25, 26, 27, 28, 29, 30, 31, 32, 33];
+  if (forwarded) offsets.push(22, ...Array.from({ length: 12 }, (_, i) => i));
   return new Set(offsets);
 }
 
