@@ -91,6 +91,8 @@ export interface StepRecord {
 /** A stretch of time in which connections opened must not reach `backend`. */
 export interface NotReadyWindow {
   backend: string;
+  /** The churn (1-based) that opened it; 0 for a backend out of the slice from the start. */
+  step: number;
   from: number;
   until: number;
 }
@@ -104,20 +106,20 @@ export interface NotReadyWindow {
 export const LOG_TIME_RESOLUTION_MS = 1;
 
 export function notReadyWindows(mode: string, steps: readonly StepRecord[], initiallyOut: readonly string[], firstSync: number): NotReadyWindow[] {
-  const open = new Map<string, number>();
-  for (const b of initiallyOut) open.set(b, firstSync + LOG_TIME_RESOLUTION_MS);
+  const open = new Map<string, { from: number; step: number }>();
+  for (const b of initiallyOut) open.set(b, { from: firstSync + LOG_TIME_RESOLUTION_MS, step: 0 });
   const windows: NotReadyWindow[] = [];
-  for (const step of steps) {
+  steps.forEach((step, i) => {
     if (step.joining !== null) {
-      const from = open.get(step.joining);
-      if (from !== undefined) windows.push({ backend: step.joining, from, until: step.t0 });
+      const o = open.get(step.joining);
+      if (o !== undefined) windows.push({ backend: step.joining, step: o.step, from: o.from, until: step.t0 });
       open.delete(step.joining);
     }
     const synced = step.synced[mode];
     if (synced === undefined) throw new RangeError(`step at ${step.t0} has no sync time for ${mode}`);
-    open.set(step.leaving, synced + LOG_TIME_RESOLUTION_MS);
-  }
-  for (const [backend, from] of open) windows.push({ backend, from, until: Infinity });
+    open.set(step.leaving, { from: synced + LOG_TIME_RESOLUTION_MS, step: i + 1 });
+  });
+  for (const [backend, o] of open) windows.push({ backend, step: o.step, from: o.from, until: Infinity });
   return windows;
 }
 
@@ -127,7 +129,7 @@ export function notReadyWindows(mode: string, steps: readonly StepRecord[], init
  * shows the measure sees a stale datapath when there is one.
  */
 export function pendingWindows(mode: string, steps: readonly StepRecord[]): NotReadyWindow[] {
-  return steps.map((s) => ({ backend: s.leaving, from: s.t0, until: (s.synced[mode] ?? s.t0) + LOG_TIME_RESOLUTION_MS }));
+  return steps.map((s, i) => ({ backend: s.leaving, step: i + 1, from: s.t0, until: (s.synced[mode] ?? s.t0) + LOG_TIME_RESOLUTION_MS }));
 }
 
 export interface DisruptionCounts {
@@ -149,6 +151,8 @@ export interface DisruptionCounts {
   notReadyExamples: Array<{
     backend: string;
     kind: string;
+    /** The churn that took the backend out. */
+    step: number;
     connStartAfterSyncMs: number;
     port: number;
     /** The last earlier connection from the same client port: how long before, and who answered it. */
@@ -203,6 +207,7 @@ export function countDisruption(
         c.notReadyExamples.push({
           backend: r.backend,
           kind: r.kind,
+          step: hit.step,
           connStartAfterSyncMs: Math.round((r.connStart - hit.from + LOG_TIME_RESOLUTION_MS) * 1000) / 1000,
           port: r.port,
           portLastUsed: before === undefined ? null : { msBefore: Math.round(r.connStart - before.connStart), backend: before.backend },
@@ -216,6 +221,11 @@ export function countDisruption(
 /** One mode's line of the table, as written to the JSON. */
 export interface DisruptionResult extends DisruptionCounts {
   mode: string;
+  /**
+   * Churns during whose stretch (API write to the next churn's) the agent logged more than one
+   * sync that wrote something: there the sync taken for the churn's may not be the one that carried it.
+   */
+  stepsWithExtraSyncs: number[];
   /** From the API write to the end of the sync that carried it, over every churn (ms). */
   syncLatencyMs: { p50: number; p99: number; max: number };
 }
@@ -231,7 +241,20 @@ export interface DisruptionSummary {
   minSyncPeriod: string;
   /** Soak time, from the first churn to the last answer (s). */
   seconds: number;
+  /** The churns at which the agents were SIGKILLed and restarted, and after which the API dropped every connection. */
+  restartSteps: number[];
+  watchDropSteps: number[];
   results: DisruptionResult[];
+}
+
+/** Churns (1-based) whose stretch saw more than one sync that wrote something (`syncs`: start, writes + deletes). */
+export function stepsWithExtraSyncs(steps: readonly StepRecord[], syncs: ReadonlyArray<{ start: number; changes: number }>): number[] {
+  const out: number[] = [];
+  steps.forEach((s, i) => {
+    const until = steps[i + 1]?.t0 ?? Infinity;
+    if (syncs.filter((x) => x.changes > 0 && x.start >= s.t0 && x.start < until).length > 1) out.push(i + 1);
+  });
+  return out;
 }
 
 export function syncLatency(mode: string, steps: readonly StepRecord[]): DisruptionResult['syncLatencyMs'] {
@@ -259,12 +282,13 @@ export function formatDisruption(d: DisruptionSummary): string {
   const fmt = (cells: string[]): string => `  ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] as number) : c.padStart(widths[i] as number))).join('  ')}`;
   lines.push(fmt(head), ...rows.map(fmt));
   for (const r of d.results) {
+    if (r.stepsWithExtraSyncs.length > 0) lines.push(`  ${r.mode}: churns with more than one sync that wrote something: ${r.stepsWithExtraSyncs.join(', ')}`);
     const errs = Object.entries(r.errors).map(([k, v]) => `${k} ${v}`).join(', ');
     if (errs) lines.push(`  ${r.mode}: errors ${errs}`);
     lines.push(`  ${r.mode}: ${num(r.answeredBeforeSync)} requests reached an endpoint between the API write that removed it and the sync (allowed; the race the soak sees)`);
     for (const e of r.notReadyExamples) {
       const reuse = e.portLastUsed === null ? '' : `; its port ${e.port} was last used ${e.portLastUsed.msBefore} ms before (answered by ${e.portLastUsed.backend ?? 'nobody'})`;
-      lines.push(`  ${r.mode}: ${e.kind} connection to ${e.backend} opened ${e.connStartAfterSyncMs} ms after the sync that removed it${reuse}`);
+      lines.push(`  ${r.mode}: ${e.kind} connection to ${e.backend} opened ${e.connStartAfterSyncMs} ms after the sync that removed it (churn ${e.step})${reuse}`);
     }
   }
   return `${lines.join('\n')}\n`;

@@ -40,7 +40,7 @@ import { labNameFor, type DataplaneMode } from './plan.js';
 import { BenchAbortedError, environment, holdCpuDmaLatency, unavailableReason } from './runner.js';
 import type { BenchReport, Unavailable } from './results.js';
 import {
-  countDisruption, initialRollout, notReadyWindows, pendingWindows, rolloutStep, sliceEndpoints, syncLatency,
+  countDisruption, initialRollout, stepsWithExtraSyncs, notReadyWindows, pendingWindows, rolloutStep, sliceEndpoints, syncLatency,
   type ClientRecord, type DisruptionResult, type DisruptionSummary, type RolloutState, type StepRecord,
 } from './disruption-report.js';
 
@@ -147,6 +147,8 @@ interface SoakLab {
   agent: StartedProcess | null;
   agentLog: string;
   syncLog: SyncLog | null;
+  /** Syncs logged by earlier agent processes of this lab. */
+  pastSyncs: SyncLine[];
   client: StartedProcess | null;
   clientOut: string;
 }
@@ -227,7 +229,7 @@ async function soakLabUp(prefix: string, mode: DataplaneMode, backends: number, 
   for (const p of state.processes) if (p.kind === 'server') servers.set(p.host, { pid: p.pid, startTime: p.startTime });
   const lab: SoakLab = {
     mode, name, plan, state, nodeNetns: node.netns, servers, socat: null, agent: null,
-    agentLog: join(state.stateDir, 'agent-soak.log'), syncLog: null, client: null, clientOut: join(state.stateDir, 'client-records.jsonl'),
+    agentLog: join(state.stateDir, 'agent-soak.log'), syncLog: null, pastSyncs: [], client: null, clientOut: join(state.stateDir, 'client-records.jsonl'),
   };
   await run('sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65535'], { netns: plan.client.netns });
   lab.socat = await startInNetns({
@@ -245,6 +247,10 @@ async function startAgent(lab: SoakLab, kubeconfig: string, plan: DisruptionPlan
     process.execPath, defaultAgentMain(), 'run', '--kubeconfig', kubeconfig, ...modeArgs(lab.mode, lab),
     '--pin-dir', lab.state.pinDir, '--node-name', 'node', '--min-sync-period', plan.minSyncPeriod, '--log-level', 'info',
   ];
+  if (lab.syncLog !== null) {
+    lab.syncLog.poll();
+    lab.pastSyncs.push(...lab.syncLog.syncs);
+  }
   lab.syncLog = new SyncLog(lab.agentLog);
   lab.agent = await startInNetns({ netns: lab.nodeNetns, argv, log: lab.agentLog, ready: logHasReady, timeoutMs: 60_000 });
 }
@@ -392,7 +398,9 @@ export async function runDisruption(o: RunDisruptionOptions): Promise<BenchRepor
     const results: DisruptionResult[] = labs.map((lab) => {
       const windows = notReadyWindows(lab.mode, steps, initiallyOut, firstSync[lab.mode] as number);
       const counts = countDisruption(readRecords(lab.clientOut), windows, pendingWindows(lab.mode, steps));
-      return { mode: lab.mode, ...counts, syncLatencyMs: syncLatency(lab.mode, steps) };
+      lab.syncLog?.poll();
+      const syncs = [...lab.pastSyncs, ...(lab.syncLog?.syncs ?? [])].map((x) => ({ start: x.start, changes: x.writes + x.deletes }));
+      return { mode: lab.mode, ...counts, syncLatencyMs: syncLatency(lab.mode, steps), stepsWithExtraSyncs: stepsWithExtraSyncs(steps, syncs) };
     });
     const disruption: DisruptionSummary = {
       churns: plan.churns,
@@ -404,6 +412,8 @@ export async function runDisruption(o: RunDisruptionOptions): Promise<BenchRepor
       backends: plan.backends,
       minSyncPeriod: plan.minSyncPeriod,
       seconds,
+      restartSteps: [...restartAt].sort((a, b) => a - b),
+      watchDropSteps: [...dropAt].sort((a, b) => a - b),
       results,
     };
     env.wallSeconds = Math.round((Date.now() - started) / 1000);

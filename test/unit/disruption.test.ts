@@ -5,7 +5,7 @@
  * the sync excluded).
  */
 import {
-  countDisruption, formatDisruption, initialRollout, notReadyWindows, pendingWindows, rolloutStep, sliceEndpoints,
+  countDisruption, formatDisruption, initialRollout, stepsWithExtraSyncs, notReadyWindows, pendingWindows, rolloutStep, sliceEndpoints,
   type ClientRecord, type RolloutState, type StepRecord,
 } from '../../src/bench/disruption-report.js';
 import { spreadSteps } from '../../src/bench/disruption.js';
@@ -57,9 +57,9 @@ describe('counting', () => {
 
   test('windows run from the removing sync (its log line\'s millisecond over) to the write that brings the backend back', () => {
     expect(windows).toEqual(expect.arrayContaining([
-      { backend: 'be4', from: 501, until: 1000 },
-      { backend: 'be1', from: 1051, until: 5000 },
-      { backend: 'be2', from: 5041, until: Infinity },
+      { backend: 'be4', step: 0, from: 501, until: 1000 },
+      { backend: 'be1', step: 1, from: 1051, until: 5000 },
+      { backend: 'be2', step: 2, from: 5041, until: Infinity },
     ]));
     expect(windows).toHaveLength(3);
   });
@@ -71,7 +71,7 @@ describe('counting', () => {
     ], windows, pending);
     expect(c).toEqual(expect.objectContaining({ requests: 2, notReadyHits: 1, failed: 0, answeredBeforeSync: 0 }));
     expect(c.notReadyExamples).toEqual([
-      { backend: 'be1', kind: 'new', connStartAfterSyncMs: 2, port: 41000, portLastUsed: { msBefore: 352, backend: 'be1' } },
+      { backend: 'be1', kind: 'new', step: 1, connStartAfterSyncMs: 2, port: 41000, portLastUsed: { msBefore: 352, backend: 'be1' } },
     ]);
   });
 
@@ -110,12 +110,23 @@ describe('counting', () => {
     const counts = countDisruption([rec({ connStart: 1052, backend: 'be1' }), rec({ backend: null, error: 'ECONNRESET' })], windows, pending);
     const text = formatDisruption({
       churns: 2, agentRestarts: 0, watchDrops: 0, newConnectionsPerSecond: 100, longLivedConnections: 8, longLivedIntervalMs: 100,
-      backends: 6, minSyncPeriod: '100ms', seconds: 1,
-      results: [{ mode: 'bpf', ...counts, syncLatencyMs: { p50: 40, p99: 50, max: 50 } }],
+      backends: 6, minSyncPeriod: '100ms', seconds: 1, restartSteps: [], watchDropSteps: [],
+      results: [{ mode: 'bpf', ...counts, syncLatencyMs: { p50: 40, p99: 50, max: 50 }, stepsWithExtraSyncs: [] }],
     });
     expect(text).toMatch(/^ {2}mode +requests +failed +resets +not-ready hits +sync p50\/p99 ms$/m);
     expect(text).toMatch(/^ {2}bpf +2 +1 +1 +1 +40\/50$/m);
-    expect(text).toMatch(/bpf: new connection to be1 opened 2 ms after the sync that removed it; its port 40000 was last used 1052 ms before \(answered by nobody\)$/m);
+    expect(text).toMatch(/bpf: new connection to be1 opened 2 ms after the sync that removed it \(churn 1\); its port 40000 was last used 1052 ms before \(answered by nobody\)$/m);
+  });
+});
+
+describe('sync attribution', () => {
+  test('churns whose stretch holds more than one sync that wrote something are named', () => {
+    const steps: StepRecord[] = [
+      { t0: 1000, leaving: 'be1', joining: 'be4', synced: { bpf: 1010 } },
+      { t0: 2000, leaving: 'be2', joining: 'be5', synced: { bpf: 2010 } },
+    ];
+    const syncs = [{ start: 1002, changes: 3 }, { start: 1500, changes: 0 }, { start: 2001, changes: 3 }, { start: 2600, changes: 1 }];
+    expect(stepsWithExtraSyncs(steps, syncs)).toEqual([2]);
   });
 });
 
