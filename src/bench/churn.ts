@@ -9,11 +9,13 @@
  *                     directly (a few µs per Service);
  *   iptables(-nft)    one `iptables-save -t nat` per look: the `-j KUBE-SEP-` rules of the
  *                     Service's KUBE-SVC chain;
- *   nftables          one `nft -f` of `list chain` commands per look: the `goto endpoint-`
- *                     verdicts of each pending Service's service chain;
+ *   nftables          `nft monitor rules` from before the first change: the `goto endpoint-`
+ *                     verdicts of each service chain rule as its transaction commits (timed
+ *                     when the bench reads the event, not at the next look);
  *   ipvs              one `ipvsadm -Ln` per look: the real servers of the virtual server.
- * A change counts as landed at the end of the first look that shows it, so each figure is an upper
- * bound, by at most one look (`resolutionMs`, reported beside p50/p99). This is the path the
+ * A change counts as landed at the end of the first look that shows it (nftables: when its event
+ * is read), so each figure is an upper bound, by at most one look (`resolutionMs`, reported
+ * beside p50/p99). This is the path the
  * agent's own `vipr_network_programming_duration_seconds` leaves out (the watch and the informer)
  * plus the part it cannot see (a rule tool's commit), at ms resolution instead of its 250 ms
  * buckets.
@@ -29,8 +31,8 @@ import { performance } from 'node:perf_hooks';
 import type { Server, Socket } from 'node:net';
 import { closeMaps, openPinnedMaps, type DatapathMaps } from '../bpf/datapath.js';
 import { IPPROTO_TCP, SCOPE_EXTERNAL } from '../bpf/layouts.js';
-import { run, tryRun } from '../lab/exec.js';
-import { ToolError } from '../errors.js';
+import { spawn } from 'node:child_process';
+import { nsenterArgv, run } from '../lab/exec.js';
 import { AGENT_READY_MSG, defaultAgentMain } from '../lab/lab.js';
 import { startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
 import { FakeApiServer, type KubeObject } from '../lab/fake-apiserver/server.js';
@@ -78,6 +80,8 @@ export interface ChurnResult {
 /** Reads how many endpoints each bench Service (by index) has in a mode's dataplane now. */
 export interface DataplaneProbe {
   endpoints(indices: readonly number[]): Promise<Map<number, number>>;
+  /** When the dataplane reported the count last returned for `index` (event-driven probes); else the look's end counts. */
+  landedAt?(index: number): number | undefined;
   close(): void;
 }
 
@@ -129,38 +133,46 @@ function nftServiceChain(index: number): string {
   return `service-${nftServicePortChainNameBase({ namespace: BENCH_NAMESPACE, name: serviceName(index), port: '' }, 'tcp')}`;
 }
 
-/** Counts the `goto endpoint-` verdicts of each Service's chain in `nft list chain` output. */
-export function nftEndpointCounts(listing: string, indices: readonly number[]): Map<number, number> {
-  const indexOf = new Map(indices.map((i) => [nftServiceChain(i), i]));
-  const out = new Map<number, number>(indices.map((i) => [i, 0]));
-  let current: number | undefined;
-  for (const line of listing.split('\n')) {
-    const chain = /^\s*chain (\S+) \{/.exec(line);
-    if (chain) {
-      current = indexOf.get(chain[1] as string);
-      continue;
-    }
-    if (current !== undefined) out.set(current, (out.get(current) ?? 0) + (line.match(/goto endpoint-/g)?.length ?? 0));
-  }
-  return out;
+/** A service chain's dispatch rule in `nft monitor` output: the chain and its endpoints, else null. */
+export function nftMonitorDispatch(line: string): { chain: string; endpoints: number } | null {
+  const m = /^add rule ip kube-proxy (service-\S+) .*\bvmap \{/.exec(line);
+  return m ? { chain: m[1] as string, endpoints: line.match(/goto endpoint-/g)?.length ?? 0 } : null;
 }
 
 /**
- * One `nft -f` of `list chain` commands for the pending Services; when one of the chains does not
- * exist (nft then lists none), the whole table instead, where a missing chain counts 0 endpoints.
+ * `nft monitor rules` in the node's namespace, from before the first change: every rule a
+ * transaction adds is printed when it commits, so a service chain's `numgen ... vmap { ... }`
+ * rule is seen as it lands, with its endpoints (listing chains is no use here: nft 1.0.6 finds
+ * only the last of several `list chain` commands of one batch, and one `nft list chain` of a
+ * 10,000-Service table takes seconds).
  */
-function nftProbe(netns: string, workDir: string): DataplaneProbe {
-  const script = join(workDir, 'list-chains.nft');
+async function nftMonitorProbe(netns: string, initial: number): Promise<DataplaneProbe> {
+  const [file, args] = nsenterArgv(netns, 'nft', ['monitor', 'rules']);
+  const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const latest = new Map<string, { endpoints: number; at: number }>();
+  let partial = '';
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    const at = performance.now();
+    const lines = (partial + d).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      const rule = nftMonitorDispatch(line);
+      if (rule) latest.set(rule.chain, { endpoints: rule.endpoints, at });
+    }
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  // nft says nothing once it listens: give it a moment, then make sure it did not die.
+  const early = await Promise.race([exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 300))]);
+  if (early !== 'running') throw new Error(`nft monitor rules in ${netns} exited (${String(early)}): ${stderr.trim()}`);
+  const seen = (index: number): { endpoints: number; at: number } | undefined => latest.get(nftServiceChain(index));
   return {
-    endpoints: async (indices) => {
-      writeFileSync(script, indices.map((i) => `list chain ip kube-proxy ${nftServiceChain(i)}\n`).join(''));
-      const listed = await tryRun('nft', ['-f', script], { netns, timeoutMs: 60_000 });
-      if (!(listed instanceof ToolError)) return nftEndpointCounts(listed.stdout, indices);
-      if (listed.exitCode !== 1) throw listed;
-      const { stdout } = await run('nft', ['list', 'table', 'ip', 'kube-proxy'], { netns, timeoutMs: 60_000 });
-      return nftEndpointCounts(stdout, indices);
+    endpoints: (indices) => Promise.resolve(new Map(indices.map((i) => [i, seen(i)?.endpoints ?? initial]))),
+    landedAt: (index) => seen(index)?.at,
+    close: () => {
+      child.kill('SIGTERM');
     },
-    close: () => undefined,
   };
 }
 
@@ -190,7 +202,7 @@ function ipvsProbe(netns: string): DataplaneProbe {
   };
 }
 
-export function probeFor(mode: DataplaneMode, o: { pinDir: string; netns: string; workDir: string }): DataplaneProbe {
+export async function probeFor(mode: DataplaneMode, o: { pinDir: string; netns: string; initial: number }): Promise<DataplaneProbe> {
   switch (mode) {
     case 'bpf':
     case 'bpf-tc':
@@ -200,7 +212,7 @@ export function probeFor(mode: DataplaneMode, o: { pinDir: string; netns: string
     case 'iptables-nft':
       return iptablesProbe(o.netns, 'nft');
     case 'nftables':
-      return nftProbe(o.netns, o.workDir);
+      return nftMonitorProbe(o.netns, o.initial);
     case 'ipvs':
       return ipvsProbe(o.netns);
   }
@@ -257,7 +269,7 @@ export async function measureChurn(o: ChurnOptions): Promise<ChurnResult> {
       ready: logHasReady,
       timeoutMs: AGENT_START_TIMEOUT_MS,
     }));
-    probe = probeFor(o.mode, { pinDir: o.pinDir, netns: o.nodeNetns, workDir });
+    probe = await probeFor(o.mode, { pinDir: o.pinDir, netns: o.nodeNetns, initial: o.backendIps.length });
     return await stream(o, api, probe, pool, total);
   } finally {
     probe?.close();
@@ -328,7 +340,9 @@ async function stream(o: ChurnOptions, api: FakeApiServer, probe: DataplaneProbe
       looks.push(lookEnd - lookStart);
       for (const c of asked) {
         if (counts.get(c.index) !== c.endpoints || pending.get(c.index) !== c) continue;
-        latencies.push(lookEnd - c.writtenAt);
+        const landed = probe.landedAt?.(c.index) ?? lookEnd;
+        if (landed < c.writtenAt) continue;
+        latencies.push(landed - c.writtenAt);
         pending.delete(c.index);
       }
       // A map lookup takes microseconds: leave the CPUs to the agent between looks.

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import {
   CHURN_MAX_SERVICES, MAX_SERVICES, benchEndpointSlice, benchManifestFiles, benchObjects, churnPool, placementIndex, serviceName,
 } from '../../src/bench/plan.js';
-import { iptablesEndpointCounts, ipvsEndpointCounts, nftEndpointCounts } from '../../src/bench/churn.js';
+import { iptablesEndpointCounts, ipvsEndpointCounts, nftMonitorDispatch } from '../../src/bench/churn.js';
 import { metricValue } from '../../src/bench/runner.js';
 import { parseServiceCounts } from '../../src/cli/bench.js';
 import { loadManifestDir, MAX_FILE_BYTES } from '../../src/sources/manifest.js';
@@ -90,16 +90,12 @@ describe('churn', () => {
     }
   });
 
-  test("the nftables reader counts the goto endpoint- verdicts of each Service's chain in nft's listing", () => {
-    const listing = [
-      'table ip kube-proxy {',
-      '\tchain service-2RXCLLJS-default/svc-000000/tcp/ {',
-      '\t\tip daddr 10.100.0.1 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade',
-      '\t\tnumgen random mod 2 vmap { 0 : goto endpoint-APSAPFVT-default/svc-000000/tcp/__10.244.0.11/9000, 1 : goto endpoint-3OLEITBI-default/svc-000000/tcp/__10.244.0.12/9000 }',
-      '\t}',
-      '}',
-    ].join('\n');
-    expect([...nftEndpointCounts(listing, [0, 1])]).toEqual([[0, 2], [1, 0]]);
+  test("the nftables reader takes a service chain's endpoints from the rule nft monitor prints as it commits", () => {
+    // Lines as `nft monitor rules` (nftables 1.0.6) printed them while vipr's nftables mode dropped an endpoint.
+    const added = 'add rule ip kube-proxy service-7XTNV6ID-default/svc-000001/tcp/ numgen random mod 2 vmap { 0 : goto endpoint-UNDQSIWG-default/svc-000001/tcp/__10.244.0.11/9000, 1 : goto endpoint-ITIDD4G4-default/svc-000001/tcp/__10.244.0.12/9000 }';
+    expect(nftMonitorDispatch(added)).toEqual({ chain: 'service-7XTNV6ID-default/svc-000001/tcp/', endpoints: 2 });
+    expect(nftMonitorDispatch('delete rule ip kube-proxy service-7XTNV6ID-default/svc-000001/tcp/ handle 438')).toBeNull();
+    expect(nftMonitorDispatch('add rule ip kube-proxy endpoint-UNDQSIWG-default/svc-000001/tcp/__10.244.0.11/9000 meta l4proto tcp dnat to 10.244.0.11:9000')).toBeNull();
   });
 
   test('the IPVS reader counts the real servers of each TCP virtual server', () => {
