@@ -6,6 +6,9 @@ BPF_CFLAGS := -O2 -g -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror \
 BPF_SRC := $(wildcard bpf/*.bpf.c)
 BPF_OBJ := $(BPF_SRC:.c=.o)
 BPF_HDR := $(wildcard bpf/include/*.h bpf/lib/*.h)
+# Test-only objects: the TC datapath with the previous map layout (one conntrack LRU,
+# vipr_conntrack_v1), which test/e2e/upgrade.test.ts runs an agent of and upgrades.
+BPF_TEST_OBJ := dist/bpf-test/tc_lb_previous.bpf.o
 TS_SRC := $(shell find src -name '*.ts')
 APT_PKGS := clang-16 llvm-16 libbpf1 libbpf-dev bpftool iproute2 iptables nftables ipset ipvsadm \
 	ethtool curl socat util-linux kmod shellcheck vagrant gcc libc6-dev
@@ -45,7 +48,7 @@ BENCH_BIN := bench/bin/rr bench/bin/responder
 
 build: bpf ts bench-bin
 
-bpf: $(BPF_OBJ)
+bpf: $(BPF_OBJ) $(BPF_TEST_OBJ)
 
 # vipr bench's load generator and responder (C, pinned to a core while measuring).
 bench-bin: $(BENCH_BIN)
@@ -56,6 +59,10 @@ bench/bin/%: bench/%.c
 
 bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDR)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+dist/bpf-test/tc_lb_previous.bpf.o: bpf/tc_lb.bpf.c $(BPF_HDR)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -DVIPR_LAYOUT_PREVIOUS -c $< -o $@
 
 ts: dist/.built
 

@@ -38,10 +38,30 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_backends_v1 SEC(".maps");
 
+#ifdef VIPR_LAYOUT_PREVIOUS
+/*
+ * Test builds only (make: dist/bpf-test/tc_lb_previous.bpf.o): the conntrack of the layout before
+ * the three maps, one LRU for every flow, so test/e2e/upgrade.test.ts can run an agent of that
+ * layout and upgrade it. The three names below all reach it; VIPR_CT_ONE_MAP tells conntrack.h.
+ */
+#define VIPR_CT_ONE_MAP 1
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_ct_key);
+	__type(value, struct vipr_ct_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_conntrack_v1 SEC(".maps");
+#define vipr_ct_tcp_v1 vipr_conntrack_v1
+#define vipr_ct_tcp_syn_v1 vipr_conntrack_v1
+#define vipr_ct_udp_v1 vipr_conntrack_v1
+#else
+#define VIPR_CT_ONE_MAP 0
 /*
  * Conntrack, in three maps (see struct vipr_ct_key): established TCP flows in a plain hash that
  * nothing evicts, half-open TCP flows and UDP flows in LRUs of their own. The agent sets the
- * sizes before load (bpf_map__set_max_entries); a pinned map keeps its size.
+ * sizes before load (bpf_map__set_max_entries); a pinned map of another size is migrated into a
+ * new one (src/bpf/migrate.ts).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -66,6 +86,7 @@ struct {
 	__uint(max_entries, VIPR_MAX_CT_UDP);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_ct_udp_v1 SEC(".maps");
+#endif /* VIPR_LAYOUT_PREVIOUS */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

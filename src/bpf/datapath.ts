@@ -10,6 +10,7 @@ import { BpfMap } from './map.js';
 import { CT_ROLES, MAPS, type CtRole, type MapRole } from './layouts.js';
 import { CT_SIZE_OF, type CtSizes } from './conntrack.js';
 import { socketLbRecordPath } from './socket-lb.js';
+import { LAYOUT_MIGRATIONS, Migration } from './migrate.js';
 import { BpfError, ConfigError } from '../errors.js';
 import { runSync } from '../process/run.js';
 import { componentLogger } from '../log.js';
@@ -146,24 +147,40 @@ export function preparePinDir(pinDir: string, opts: { create: boolean }): void {
 }
 
 /**
- * Sizes the conntrack maps of an opened object. A map pinned already keeps its size (openObject
- * adopted it: libbpf would refuse the pin otherwise); a different size asked for is logged, and
- * takes effect once the pinned map is gone (migrated, or 'vipr cleanup').
+ * Sizes the conntrack maps of an opened object. A map pinned already has the size asked for
+ * (Migration.plan moved one of another size aside, to be copied into the new one) or, when none
+ * was asked, keeps its size (openObject adopted it: libbpf would refuse the pin otherwise).
  */
-function sizeConntrack(obj: libbpf.ObjectHandle, pinDir: string, sizes: CtSizes | null): Record<CtRole, number> {
+function sizeConntrack(obj: libbpf.ObjectHandle, pinDir: string, sizes: CtSizes | null, names: Record<MapRole, string>): Record<CtRole, number> {
   const out = {} as Record<CtRole, number>;
   for (const role of CT_ROLES) {
-    const name = MAPS[role].name;
+    const name = names[role];
     const map = libbpf.findMap(obj, name);
-    const want = sizes?.[CT_SIZE_OF[role]];
-    const pinned = libbpf.pinnedMaxEntries(join(pinDir, name));
-    if (want !== undefined && pinned === null) libbpf.mapSetMaxEntries(map, want, name);
-    if (want !== undefined && pinned !== null && pinned !== want) {
-      log.warn({ map: name, pinned, asked: want }, `${name} keeps its pinned size of ${pinned} entries; ${want} takes effect once the pinned map is replaced ('vipr cleanup' drops its flows)`);
-    }
+    const want = name === MAPS[role].name ? sizes?.[CT_SIZE_OF[role]] : undefined;
+    if (want !== undefined && libbpf.pinnedMaxEntries(join(pinDir, name)) === null) libbpf.mapSetMaxEntries(map, want, name);
     out[role] = libbpf.mapMaxEntries(map);
   }
   return out;
+}
+
+/**
+ * The pinned name each role has in the object: the current one, or, in an object of the previous
+ * layout (a test build, see LAYOUT_MIGRATIONS), the map of that layout feeding the role.
+ */
+function mapNamesOf(objectPath: string): { names: Record<MapRole, string>; layout: 'current' | 'previous' } {
+  const declared = new Set(libbpf.declaredMaps(objectPath).map((m) => m.name));
+  const names = {} as Record<MapRole, string>;
+  let layout: 'current' | 'previous' = 'current';
+  for (const role of Object.keys(MAPS) as MapRole[]) {
+    const previous = LAYOUT_MIGRATIONS.find((m) => m.roles.includes(role) && declared.has(m.from));
+    if (!declared.has(MAPS[role].name) && previous !== undefined) {
+      names[role] = previous.from;
+      layout = 'previous';
+    } else {
+      names[role] = MAPS[role].name;
+    }
+  }
+  return { names, layout };
 }
 
 /** A loaded datapath object: programs ready to attach, maps pinned. */
@@ -175,6 +192,14 @@ export class LoadedDatapath {
     readonly programs: { ingress: number; egress: number },
     /** max_entries of each conntrack map as loaded (a pinned map keeps its size). */
     readonly ctMaxEntries: Record<CtRole, number>,
+    /**
+     * Pinned state of another layout or size being carried into this object's maps: call
+     * `refresh()` right before the programs are swapped in and `finish()` right after
+     * (src/bpf/migrate.ts). Null when nothing needed migrating.
+     */
+    readonly migration: Migration | null,
+    /** 'previous': a test build of the previous map layout (no conntrack GC for it). */
+    readonly layout: 'current' | 'previous',
   ) {}
 
   /** `ctSizes`: conntrack map sizes for maps not pinned yet (default: the compiled-in sizes). */
@@ -185,9 +210,25 @@ export class LoadedDatapath {
     }
     ensureBpffs(pinDir);
     preparePinDir(pinDir, { create: true });
-    const obj = libbpf.openObject(objectPath, pinDir);
+    const { names, layout } = mapNamesOf(objectPath);
+    const ctNames = new Set(CT_ROLES.map((r) => MAPS[r].name));
+    const asked = new Map<string, number>();
+    for (const role of CT_ROLES) {
+      const want = opts.ctSizes?.[CT_SIZE_OF[role]];
+      if (want !== undefined) asked.set(MAPS[role].name, want);
+    }
+    // Pins of another layout or size: planned (resized maps' pins moved aside) before libbpf
+    // opens the object, so it creates the new maps instead of adopting or refusing the old.
+    const migration = Migration.plan(pinDir, objectPath, { sizes: asked, adopt: ctNames });
+    let obj: libbpf.ObjectHandle;
     try {
-      const ctMaxEntries = sizeConntrack(obj, pinDir, opts.ctSizes ?? null);
+      obj = libbpf.openObject(objectPath, pinDir);
+    } catch (err) {
+      migration?.abort();
+      throw err;
+    }
+    try {
+      const ctMaxEntries = sizeConntrack(obj, pinDir, opts.ctSizes ?? null, names);
       try {
         libbpf.loadObject(obj, basename(objectPath));
       } catch (err) {
@@ -204,16 +245,20 @@ export class LoadedDatapath {
       }
       const maps = {} as Record<MapRole, BpfMap<unknown, unknown>>;
       for (const [role, spec] of Object.entries(MAPS) as Array<[MapRole, (typeof MAPS)[MapRole]]>) {
-        const fd = libbpf.mapFd(libbpf.findMap(obj, spec.name), spec.name);
-        maps[role] = new BpfMap(spec as never, fd);
+        const name = names[role];
+        const fd = libbpf.mapFd(libbpf.findMap(obj, name), name);
+        maps[role] = new BpfMap({ ...spec, name } as never, fd);
       }
       const programs = {
         ingress: libbpf.programFd(libbpf.findProgram(obj, PROG_INGRESS), PROG_INGRESS),
         egress: libbpf.programFd(libbpf.findProgram(obj, PROG_EGRESS), PROG_EGRESS),
       };
-      log.info({ object: objectPath, pinDir }, 'datapath loaded');
-      return new LoadedDatapath(obj, pinDir, maps as unknown as DatapathMaps, programs, ctMaxEntries);
+      // Before anything reads the maps (the reconciler restores its ids from them).
+      migration?.copyAll((name) => libbpf.mapFd(libbpf.findMap(obj, name), name));
+      log.info({ object: objectPath, pinDir, ...(layout === 'current' ? {} : { layout }) }, 'datapath loaded');
+      return new LoadedDatapath(obj, pinDir, maps as unknown as DatapathMaps, programs, ctMaxEntries, migration, layout);
     } catch (err) {
+      migration?.abort();
       libbpf.closeObject(obj);
       throw err;
     }

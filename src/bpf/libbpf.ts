@@ -258,6 +258,29 @@ function adoptPinnedSizes(obj: ObjectHandle, pinRoot: string): void {
   }
 }
 
+/**
+ * The maps an object file declares (its own `.rodata`/`.bss` left out) with the sizes compiled in,
+ * read without pinning, sizing or loading anything.
+ */
+export function declaredMaps(path: string): Array<{ name: string; maxEntries: number }> {
+  state.lastMessage = null;
+  const opts = {
+    sz: koffi.sizeof(OpenOpts), object_name: null, relaxed_maps: false, pin_root_path: null, attach_prog_fd_removed: 0,
+    kconfig: null, btf_custom_path: null, kernel_log_buf: null, kernel_log_size: 0, kernel_log_level: 0,
+  };
+  const obj = checkPtr(`bpf_object__open_file(${path})`, fns.bpf_object__open_file(path, opts)) as ObjectHandle;
+  try {
+    const out: Array<{ name: string; maxEntries: number }> = [];
+    for (let map = fns.bpf_object__next_map(obj, null) as MapHandle | null; map !== null; map = fns.bpf_object__next_map(obj, map) as MapHandle | null) {
+      const name = fns.bpf_map__name(map) as string;
+      if (!name.includes('.')) out.push({ name, maxEntries: fns.bpf_map__max_entries(map) as number });
+    }
+    return out;
+  } finally {
+    fns.bpf_object__close(obj);
+  }
+}
+
 /** The max_entries of the map pinned at `path`, or null when nothing (usable) is pinned there. */
 export function pinnedMaxEntries(path: string): number | null {
   const fd = fns.bpf_obj_get(path) as number;

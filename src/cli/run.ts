@@ -305,7 +305,9 @@ async function runAgent(
   let dataplane: Dataplane;
   if (o.mode === 'bpf') {
     await cleanupOtherModes('bpf', { pinDir, iptablesBackend: null });
-    const loaded = LoadedDatapath.load(pinDir, undefined, { ctSizes: o.ct });
+    // VIPR_TC_OBJECT (hidden, for tests): another build of the TC object, e.g. the previous map
+    // layout's (dist/bpf-test/tc_lb_previous.bpf.o) that test/e2e/upgrade.test.ts upgrades from.
+    const loaded = LoadedDatapath.load(pinDir, process.env.VIPR_TC_OBJECT || undefined, { ctSizes: o.ct });
     datapath = loaded;
     log.info({ ...loaded.ctMaxEntries }, 'conntrack map sizes');
     dataplane = new BpfDataplane(loaded.maps, pinDir, {
@@ -381,6 +383,9 @@ async function runAgent(
     // pinned by a previous agent keeps serving traffic meanwhile.
     await agent.firstSync;
     if (loaded !== null) {
+      // Pinned state of another layout or size: what the old programs wrote since the load,
+      // copied last before the swap (src/bpf/migrate.ts).
+      loaded.migration?.refresh();
       const spec = parseIfaceSpec(values.iface);
       for (const iface of spec.names) attachInterface(loaded, iface, o.attach);
       for (const iface of listLinks().filter((n) => spec.prefixes.some((p) => n.startsWith(p)))) attachInterface(loaded, iface, o.attach);
@@ -402,26 +407,32 @@ async function runAgent(
           nodePortLoopback: nodePortLoopback(values['nodeport-addresses']),
         }, log);
       }
-      // Conntrack ageing: the datapath only creates and touches entries; the GC iterators delete
-      // expired ones in the kernel, read from libuv's thread pool (src/bpf/ct-gc.ts).
-      const gc = CtGc.load(pinDir);
-      ctGc = gc;
-      const pressure = new CtPressure();
-      gcTimer = setInterval(() => {
-        const started = performance.now();
-        gc.pass().then(
-          (pass) => {
-            metrics.conntrackGc(CT_ROLES.map((role) => ({
-              map: MAPS[role].name, entries: pass[role].kept, maxEntries: loaded.ctMaxEntries[role], deleted: pass[role].deleted,
-            })), (performance.now() - started) / 1000);
-            for (const c of pressure.update(pass, loaded.ctMaxEntries)) {
-              if (c.over) log.warn({ map: c.map, entries: c.entries, maxEntries: c.maxEntries }, `${c.map} is over 90 % full: raise its size (--ct-max-tcp / --ct-max-udp)`);
-              else log.info({ map: c.map, entries: c.entries, maxEntries: c.maxEntries }, `${c.map} is back under 80 %`);
-            }
-          },
-          (err: unknown) => log.error({ err }, 'conntrack garbage collection failed'),
-        );
-      }, CT_GC_INTERVAL_MS);
+      // Every program is swapped in: the delta the old ones wrote, then the old pins go.
+      loaded.migration?.finish();
+      if (loaded.layout !== 'current') {
+        log.warn({ object: process.env.VIPR_TC_OBJECT }, 'the TC object has the previous map layout (a test build): conntrack GC off');
+      } else {
+        // Conntrack ageing: the datapath only creates and touches entries; the GC iterators delete
+        // expired ones in the kernel, read from libuv's thread pool (src/bpf/ct-gc.ts).
+        const gc = CtGc.load(pinDir);
+        ctGc = gc;
+        const pressure = new CtPressure();
+        gcTimer = setInterval(() => {
+          const started = performance.now();
+          gc.pass().then(
+            (pass) => {
+              metrics.conntrackGc(CT_ROLES.map((role) => ({
+                map: MAPS[role].name, entries: pass[role].kept, maxEntries: loaded.ctMaxEntries[role], deleted: pass[role].deleted,
+              })), (performance.now() - started) / 1000);
+              for (const c of pressure.update(pass, loaded.ctMaxEntries)) {
+                if (c.over) log.warn({ map: c.map, entries: c.entries, maxEntries: c.maxEntries }, `${c.map} is over 90 % full: raise its size (--ct-max-tcp / --ct-max-udp)`);
+                else log.info({ map: c.map, entries: c.entries, maxEntries: c.maxEntries }, `${c.map} is back under 80 %`);
+              }
+            },
+            (err: unknown) => log.error({ err }, 'conntrack garbage collection failed'),
+          );
+        }, CT_GC_INTERVAL_MS);
+      }
     }
   } catch (err) {
     await shutdown();
