@@ -27,6 +27,7 @@ import {
 import { componentLogger } from '../log.js';
 import { cidrContains, parseIpv4Cidr } from './ipv4.js';
 import { FrontendOwners, addressFrontend, describeConflict, nodePortFrontend } from './ownership.js';
+import { compareEntries } from './sorted-entries.js';
 
 /** Services with either label are not kube-proxy's to handle (its informers' label selector). */
 export const SERVICE_PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-name';
@@ -178,18 +179,22 @@ function endpointsFor(port: ServicePortSpec, slices: readonly EndpointSliceObjec
   return [...byAddress.values()].sort(compareEndpoints);
 }
 
+/** Objects as the builder reads them (the tracker's live view or a snapshot). */
+export interface ObjectsView {
+  services: ReadonlyMap<string, ServiceObject>;
+  endpointSlices: ReadonlyMap<string, EndpointSliceObject>;
+}
+
+const byName = (a: EndpointSliceObject, b: EndpointSliceObject): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
 /**
  * IPv4 slices by `namespace/serviceName`, each list in slice-name order (deterministic dedup).
- * With `only`, the slices of those Services alone. Slices vipr does not proxy get a debug line.
+ * Slices vipr does not proxy get a debug line.
  */
-export function slicesByService(objects: ClusterObjects, only: ReadonlySet<string> | null): Map<string, EndpointSliceObject[]> {
+export function slicesByService(objects: ObjectsView): Map<string, EndpointSliceObject[]> {
   const out = new Map<string, EndpointSliceObject[]>();
-  const wanted = (s: EndpointSliceObject): boolean => only === null || (s.serviceName !== null && only.has(`${s.namespace}/${s.serviceName}`));
-  const slices = [...objects.endpointSlices.values()].filter(wanted).sort((a, b) =>
-    a.namespace === b.namespace ? (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) : a.namespace < b.namespace ? -1 : 1,
-  );
   const debug = log().isLevelEnabled('debug');
-  for (const slice of slices) {
+  for (const slice of objects.endpointSlices.values()) {
     const subject = `EndpointSlice ${slice.namespace}/${slice.name}`;
     if (slice.serviceName === null) {
       if (debug) log().debug(`${subject}: no kubernetes.io/service-name label; ignored`);
@@ -205,6 +210,7 @@ export function slicesByService(objects: ClusterObjects, only: ReadonlySet<strin
     if (list) list.push(slice);
     else out.set(key, [slice]);
   }
+  for (const list of out.values()) if (list.length > 1) list.sort(byName);
   return out;
 }
 
@@ -224,10 +230,12 @@ export function buildServiceEntries(
   const name = `${svc.namespace}/${svc.name}`;
   const scheduler = schedulerOf(svc, warn);
   const out: ServiceEntry[] = [];
+  // IPv4 slices only (the caller may hand over all of a Service's slices).
+  const ipv4 = slices.every((s) => s.addressType === 'IPv4') ? slices : slices.filter((s) => s.addressType === 'IPv4');
   for (const port of svc.ports) {
     if (!owners.owns(name, 'clusterIP', addressFrontend(clusterIP, port.port, port.protocol))) continue;
     const service = toServicePort(svc, port, clusterIP, scheduler, owners);
-    const endpoints = endpointsFor(port, slices, node);
+    const endpoints = endpointsFor(port, ipv4, node);
     out.push({
       key: servicePortKey(service.id),
       service,
@@ -244,9 +252,6 @@ export function buildFailure(service: string, err: unknown): string {
   return `Service ${service}: cannot be built (${message.split('\n')[0]?.slice(0, 200)}); skipped, the other Services are not affected`;
 }
 
-export function compareEntries(a: ServiceEntry, b: ServiceEntry): number {
-  return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
-}
 
 /**
  * Builds the whole desired state for `node`. Problems that do not stop a Service from working
@@ -255,7 +260,7 @@ export function compareEntries(a: ServiceEntry, b: ServiceEntry): number {
  * at all is skipped with a line.
  */
 export function buildDesiredState(
-  objects: ClusterObjects,
+  objects: ObjectsView,
   node: NodeInfo,
   warn: BuildWarningSink = logWarning,
   options: BuildOptions = DEFAULT_BUILD_OPTIONS,
@@ -268,7 +273,7 @@ export function buildDesiredState(
     admitted.set(key, a);
     owners.set(key, a);
   }
-  const slices = slicesByService(objects, null);
+  const slices = slicesByService(objects);
   const services: ServiceEntry[] = [];
   for (const [key, svc] of admitted) {
     for (const c of owners.conflicts(key)) warn(describeConflict(c));

@@ -104,6 +104,12 @@ export interface NodeInfo {
 export interface DesiredState {
   node: NodeInfo;
   services: ServiceEntry[];
+  /**
+   * The same entries by Service (`namespace/name`), when the producer keeps such an index (the
+   * agent): a dataplane syncing a few changed Services reads them here instead of scanning
+   * `services`. Read-only, and valid only during the sync it came with.
+   */
+  byService?: ReadonlyMap<string, readonly ServiceEntry[]>;
 }
 
 /**

@@ -13,14 +13,19 @@
 import type { ClusterObjects, EndpointSliceObject, ServiceObject } from '../model/k8s.js';
 import type { DesiredState, NodeInfo, ServiceEntry } from '../model/types.js';
 import {
-  DEFAULT_BUILD_OPTIONS, admitService, buildFailure, buildServiceEntries, compareEntries, slicesByService, type BuildOptions,
+  DEFAULT_BUILD_OPTIONS, admitService, buildFailure, buildServiceEntries, slicesByService, type BuildOptions,
 } from '../model/build.js';
+import { SortedEntries } from '../model/sorted-entries.js';
+import { TimeSlice } from '../time-slice.js';
 import { FrontendOwners, describeConflict } from '../model/ownership.js';
 import { ClusterChangeTracker, type ClusterDiff } from './tracker.js';
 import type { ObjectDeltas } from '../sources/types.js';
 import { BoundedFrequencyRunner, realClock, type Clock, type RunResult } from './runner.js';
 import type { Dataplane, SyncResult } from '../model/dataplane.js';
 import { componentLogger, type Logger } from '../log.js';
+
+/** The longest a sync runs before letting the event loop serve others (health, watches). */
+const SLICE_MS = 20;
 
 /** How soon services that could not be programmed are tried again. */
 const PARTIAL_FAILURE_RETRY_MS = 5000;
@@ -67,8 +72,11 @@ export class Agent {
   /** First time a still-unsynced change to each Service was seen. */
   private readonly seenAt = new Map<string, number>();
   private lastState: DesiredState | null = null;
-  /** The last built entries, by Service (`namespace/name`). */
+  /** The last built entries, by Service (`namespace/name`), and all of them in key order. */
   private entries = new Map<string, ServiceEntry[]>();
+  private readonly sorted = new SortedEntries();
+  /** Yields to the event loop during long syncs, so /healthz and watch events are served. */
+  private readonly slice = new TimeSlice(SLICE_MS);
   /** Services whose last build threw, with the line reported (they are retried on every sync). */
   private buildFailures = new Map<string, string>();
   private readonly owners = new FrontendOwners();
@@ -167,8 +175,8 @@ export class Agent {
    * those whose frontends changed owner by it; the first sync, a node change or a sync after a
    * thrown one rebuilds everything. Services whose last build threw are tried again each time.
    */
-  private desiredAfter(changedServices: ReadonlySet<string>): { state: DesiredState; changed: ReadonlySet<string> | null; failed: SyncResult['failed'] } {
-    const objects = this.tracker.current();
+  private async desiredAfter(changedServices: ReadonlySet<string>): Promise<{ state: DesiredState; changed: ReadonlySet<string> | null; failed: SyncResult['failed'] }> {
+    const objects = this.tracker.view();
     const all = this.rebuildAll || this.lastState === null;
     const names = new Set<string>(all ? [...objects.services.keys(), ...this.owners.services(), ...this.entries.keys()] : changedServices);
     for (const name of this.buildFailures.keys()) names.add(name);
@@ -191,20 +199,28 @@ export class Agent {
       const a = admit(name);
       admitted.set(name, a);
       for (const other of this.owners.set(name, a)) rebuild.add(other);
+      if (this.slice.due()) await this.slice.yield();
     }
-    const slices = slicesByService(objects, all ? null : rebuild);
+    // A full rebuild groups every slice once; a partial one asks the tracker's index.
+    const grouped = all ? slicesByService(objects) : null;
+    const slicesOf = (name: string): EndpointSliceObject[] => (grouped ? grouped.get(name) ?? [] : this.tracker.slicesOf(name));
     const build = this.opts.buildService ?? buildServiceEntries;
+    const before: ServiceEntry[] = [];
+    const after: ServiceEntry[] = [];
     for (const name of rebuild) {
+      before.push(...(this.entries.get(name) ?? []));
       this.entries.delete(name);
       this.reportConflicts(name);
       const svc = admitted.has(name) ? admitted.get(name) : admit(name);
       if (svc === undefined || svc === null) continue;
       try {
-        const built = build(svc, slices.get(name) ?? ([] as EndpointSliceObject[]), this.node, this.owners, warn);
+        const built = build(svc, slicesOf(name), this.node, this.owners, warn);
         if (built.length > 0) this.entries.set(name, built);
+        after.push(...built);
       } catch (err) {
         failures.set(name, buildFailure(name, err));
       }
+      if (this.slice.due()) await this.slice.yield();
     }
     for (const name of rebuild) {
       const line = failures.get(name);
@@ -215,9 +231,14 @@ export class Agent {
       if (this.buildFailures.get(name) !== line) this.log.error(line);
       this.buildFailures.set(name, line);
     }
-    const services = [...this.entries.values()].flat().sort(compareEntries);
+    if (all) this.sorted.reset([...this.entries.values()].flat());
+    else this.sorted.replace(before, after);
     const failed = [...this.buildFailures].map(([service, error]) => ({ service, error }));
-    return { state: { node: { ...this.node, ips: [...this.node.ips] }, services }, changed: all ? null : rebuild, failed };
+    return {
+      state: { node: { ...this.node, ips: [...this.node.ips] }, services: this.sorted.snapshot(), byService: this.entries },
+      changed: all ? null : rebuild,
+      failed,
+    };
   }
 
   /** Logs the conflicts of `service` that were not logged before (once per change). */
@@ -237,7 +258,8 @@ export class Agent {
     this.seenAt.clear();
     let state: DesiredState | null = null;
     try {
-      const desired = this.desiredAfter(changes.affectedServices);
+      this.slice.begin();
+      const desired = await this.desiredAfter(changes.affectedServices);
       this.rebuildAll = false;
       state = desired.state;
       // Re-read what is installed only on start and after a failure; a periodic full sync

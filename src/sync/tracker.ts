@@ -122,6 +122,8 @@ export class ClusterChangeTracker {
   readonly endpointSlices = new ObjectChangeTracker<EndpointSliceObject>();
   private seenServices = new Map<string, ServiceObject>();
   private seenSlices = new Map<string, EndpointSliceObject>();
+  /** Slice keys by the Service (`namespace/name`) they belong to. */
+  private slicesByService = new Map<string, Set<string>>();
 
   /** Records the current state of one Service (null = deleted); returns what that changed. */
   setService(key: string, current: ServiceObject | null): ClusterDiff {
@@ -140,6 +142,16 @@ export class ClusterChangeTracker {
     const previous = this.seenSlices.get(key) ?? null;
     if (current) this.seenSlices.set(key, current);
     else this.seenSlices.delete(key);
+    const before = sliceService(previous);
+    const after = sliceService(current);
+    if (before !== after) {
+      if (before !== null) {
+        const set = this.slicesByService.get(before);
+        set?.delete(key);
+        if (set?.size === 0) this.slicesByService.delete(before);
+      }
+      if (after !== null) this.slicesByService.set(after, (this.slicesByService.get(after) ?? new Set()).add(key));
+    }
     if (previous === null ? current === null : current !== null && deepEqual(previous, current)) {
       return { changed: false, affectedServices: new Set() };
     }
@@ -189,6 +201,23 @@ export class ClusterChangeTracker {
   /** The tracker's view of the cluster: a copy the caller may keep. */
   current(): ClusterObjects {
     return { services: new Map(this.seenServices), endpointSlices: new Map(this.seenSlices) };
+  }
+
+  /** The same view, live: to read now, never to keep or change (no copy of the cluster per sync). */
+  view(): { services: ReadonlyMap<string, ServiceObject>; endpointSlices: ReadonlyMap<string, EndpointSliceObject> } {
+    return { services: this.seenServices, endpointSlices: this.seenSlices };
+  }
+
+  /** The endpoint slices of one Service (`namespace/name`), in slice-name order. */
+  slicesOf(service: string): EndpointSliceObject[] {
+    const keys = this.slicesByService.get(service);
+    if (keys === undefined) return [];
+    const out: EndpointSliceObject[] = [];
+    for (const k of keys) {
+      const slice = this.seenSlices.get(k);
+      if (slice) out.push(slice);
+    }
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 }
 

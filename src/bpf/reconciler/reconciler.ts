@@ -13,7 +13,8 @@
  */
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { DesiredState, Scheduler } from '../../model/types.js';
+import type { DesiredState, Scheduler, ServiceEntry } from '../../model/types.js';
+import { TimeSlice } from '../../time-slice.js';
 import type { Dataplane, SyncResult } from '../../model/dataplane.js';
 import {
   CT_FORWARD, IPPROTO_UDP, SCHEDULERS,
@@ -35,6 +36,17 @@ import {
 } from './frontends.js';
 
 const log = componentLogger('bpf-sync');
+
+/** Entries per batch call: one call's worth of work stays well under a time slice. */
+const WRITE_CHUNK = 8192;
+/** The longest the reconciler runs before letting the event loop serve others. */
+const SLICE_MS = 20;
+
+/** The entries of the Services in `scope`, from the state's index when it has one. */
+function entriesIn(state: DesiredState, scope: ReadonlySet<string>): ServiceEntry[] {
+  if (state.byService) return [...scope].flatMap((name) => state.byService?.get(name) ?? []);
+  return state.services.filter((e) => scope.has(serviceOfKey(e.key)));
+}
 
 export interface ServiceMaps {
   services: MapLike<SvcKeyT, SvcValueT>;
@@ -138,6 +150,7 @@ export class BpfDataplane implements Dataplane {
   private refs = new Map<number, number>();
   private namesDirty = true;
   private readonly opts: BpfDataplaneOptions;
+  private readonly slice = new TimeSlice(SLICE_MS);
 
   constructor(
     private readonly maps: ServiceMaps,
@@ -221,7 +234,7 @@ export class BpfDataplane implements Dataplane {
     const scope = full ? null : changed;
     const inScope = (serviceKey: string): boolean => scope === null || scope.has(serviceOfKey(serviceKey));
     const { frontends, skipped } = bpfFrontends(
-      scope === null ? state : { node: state.node, services: state.services.filter((e) => inScope(e.key)) },
+      scope === null ? state : { node: state.node, services: entriesIn(state, scope) },
       this.opts.defaultScheduler,
     );
     for (const s of skipped) log.warn(s);
@@ -230,14 +243,15 @@ export class BpfDataplane implements Dataplane {
     const desired = new Map(frontends.map((f) => [frontendId(f.key), f]));
     this.syncNode(state, result);
 
+    this.slice.begin();
     this.removeLeftovers(result);
-    this.removeStale(desired, inScope, run);
-    const plan = this.plan(desired, run);
-    this.writeBackends(plan, run);
-    this.writeServiceState(plan, run);
-    this.exposeServices(plan, run);
+    await this.removeStale(desired, inScope, run);
+    const plan = await this.plan(desired, run);
+    await this.writeBackends(plan, run);
+    await this.writeServiceState(plan, run);
+    await this.exposeServices(plan, run);
     this.settle(plan, desired, run);
-    this.sweepBackends(run);
+    await this.sweepBackends(run);
     if (run.gone.length > 0) this.cutGoneFlows(run.gone, result);
 
     result.services = this.applied.size;
@@ -258,9 +272,10 @@ export class BpfDataplane implements Dataplane {
   }
 
   /** Phase 0b: frontends no longer desired (among those in scope): entry first, then its state. */
-  private removeStale(desired: ReadonlyMap<string, Frontend>, inScope: (serviceKey: string) => boolean, run: SyncRun): void {
+  private async removeStale(desired: ReadonlyMap<string, Frontend>, inScope: (serviceKey: string) => boolean, run: SyncRun): Promise<void> {
     const { result } = run;
     for (const [fid, a] of [...this.applied]) {
+      if (this.slice.due()) await this.slice.yield();
       if (desired.has(fid) || !inScope(a.service)) continue;
       this.tryDelete(this.maps.services, frontendKey(fid), result);
       a.slots.forEach((_, slot) => this.tryDelete(this.maps.slots, { svc_id: a.svcId, slot }, result));
@@ -280,7 +295,7 @@ export class BpfDataplane implements Dataplane {
    * for new ones), slots, source ranges and scheduler state. Unchanged frontends plan nothing; a
    * frontend whose slot layout cannot be built fails alone and keeps what it had.
    */
-  private plan(desired: ReadonlyMap<string, Frontend>, run: SyncRun): Plan {
+  private async plan(desired: ReadonlyMap<string, Frontend>, run: SyncRun): Promise<Plan> {
     const plan: Plan = { pending: [], newBackends: [], createdIds: [] };
     const backendIdOf = (b: BackendT): number => {
       const k = backendKey(b);
@@ -298,6 +313,7 @@ export class BpfDataplane implements Dataplane {
       return id;
     };
     for (const [fid, f] of desired) {
+      if (this.slice.due()) await this.slice.yield();
       const prev = this.applied.get(fid);
       let layout: ReturnType<typeof slotLayout>;
       try {
@@ -335,16 +351,16 @@ export class BpfDataplane implements Dataplane {
   }
 
   /** Phase 1a: new or changed backends, and lc's open-flow counter of each new one. */
-  private writeBackends(plan: Plan, run: SyncRun): void {
+  private async writeBackends(plan: Plan, run: SyncRun): Promise<void> {
     const failedBackends = new Set<number>();
-    this.writeAll(this.maps.backends, plan.newBackends, run.result, (k) => failedBackends.add(k.id));
+    await this.writeAll(this.maps.backends, plan.newBackends, run.result, (k) => failedBackends.add(k.id));
     for (const id of failedBackends) {
       const b = this.backendById.get(id);
       this.backendById.delete(id);
       if (b) this.backendIds.delete(backendKey(b));
     }
     // A missing counter only means lc counts that backend as idle: its failure fails nothing.
-    this.writeAll(
+    await this.writeAll(
       this.maps.backendConns,
       plan.createdIds.filter((id) => !failedBackends.has(id)).map((id) => [{ id }, { active: 0 }] as [BackendIdT, BackendConnsT]),
       run.result,
@@ -354,10 +370,10 @@ export class BpfDataplane implements Dataplane {
   }
 
   /** Phase 1b: slots, source ranges and scheduler state; nothing reads them before phase 2. */
-  private writeServiceState(plan: Plan, run: SyncRun): void {
+  private async writeServiceState(plan: Plan, run: SyncRun): Promise<void> {
     const ok = plan.pending.filter((p) => !run.failedSvc.has(p.svcId));
-    this.writeAll(this.maps.slots, ok.flatMap((p) => p.slotWrites), run.result, (k) => run.failedSvc.add(k.svc_id));
-    this.writeAll(
+    await this.writeAll(this.maps.slots, ok.flatMap((p) => p.slotWrites), run.result, (k) => run.failedSvc.add(k.svc_id));
+    await this.writeAll(
       this.maps.sourceRanges,
       ok.flatMap((p) => p.rangeWrites.map((r) => [rangeKey(p.svcId, r), 0] as [SourceRangeT, number])),
       run.result,
@@ -369,9 +385,9 @@ export class BpfDataplane implements Dataplane {
   }
 
   /** Phase 2: the service entries, with their new slot counts: from here the datapath uses them. */
-  private exposeServices(plan: Plan, run: SyncRun): void {
+  private async exposeServices(plan: Plan, run: SyncRun): Promise<void> {
     const byFid = new Map(plan.pending.map((p) => [p.fid, p]));
-    this.writeAll(
+    await this.writeAll(
       this.maps.services,
       plan.pending.filter((p) => !run.failedSvc.has(p.svcId)).map((p) => [p.f.key, p.value] as [SvcKeyT, SvcValueT]),
       run.result,
@@ -433,8 +449,9 @@ export class BpfDataplane implements Dataplane {
   }
 
   /** Phase 3b: backends no slot references any more, with their lc counters. */
-  private sweepBackends(run: SyncRun): void {
+  private async sweepBackends(run: SyncRun): Promise<void> {
     for (const [id, b] of [...this.backendById]) {
+      if (this.slice.due()) await this.slice.yield();
       if ((this.refs.get(id) ?? 0) > 0 || run.stillReferenced.has(id)) continue;
       this.refs.delete(id);
       this.tryDelete(this.maps.backends, { id }, run.result);
@@ -483,12 +500,19 @@ export class BpfDataplane implements Dataplane {
     if (JSON.stringify(config) !== JSON.stringify(this.config) && this.tryWrite(this.maps.config, 0, config, result)) this.config = config;
   }
 
+  /** Writes entries in chunks, letting the event loop run between them on a long sync. */
+  private async writeAll<K, V>(map: MapLike<K, V>, entries: Array<[K, V]>, result: SyncResult, onFail: (k: K) => void): Promise<void> {
+    for (let i = 0; i < entries.length; i += WRITE_CHUNK) {
+      if (this.slice.due()) await this.slice.yield();
+      this.writeChunk(map, entries.length <= WRITE_CHUNK ? entries : entries.slice(i, i + WRITE_CHUNK), result, onFail);
+    }
+  }
+
   /**
-   * Writes entries, in one batch when there are many. A failing batch is retried entry by entry
-   * so that one full map or bad entry costs only the services it belongs to.
+   * Writes entries, in one batch call when there are many. A failing batch is retried entry by
+   * entry so that one full map or bad entry costs only the services it belongs to.
    */
-  private writeAll<K, V>(map: MapLike<K, V>, entries: Array<[K, V]>, result: SyncResult, onFail: (k: K) => void): void {
-    if (entries.length === 0) return;
+  private writeChunk<K, V>(map: MapLike<K, V>, entries: Array<[K, V]>, result: SyncResult, onFail: (k: K) => void): void {
     if (entries.length >= 64) {
       try {
         map.updateBatch(entries);
