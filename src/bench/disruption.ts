@@ -37,7 +37,7 @@ import { kubeconfigFor } from '../lab/fake-apiserver/kubeconfig.js';
 import { startBridge } from '../lab/fake-apiserver/unix-bridge.js';
 import { labExists } from './labs.js';
 import { labNameFor, type DataplaneMode } from './plan.js';
-import { BenchAbortedError, environment, holdCpuDmaLatency, unavailableReason } from './runner.js';
+import { BenchAbortedError, availableModes, environment, holdCpuDmaLatency } from './runner.js';
 import type { BenchReport, Unavailable } from './results.js';
 import {
   countDisruption, initialRollout, stepsWithExtraSyncs, notReadyWindows, pendingWindows, rolloutStep, sliceEndpoints, syncLatency,
@@ -298,16 +298,7 @@ export async function runDisruption(o: RunDisruptionOptions): Promise<BenchRepor
   for (const f of [defaultAgentMain(), clientScript(), backendServerScript()]) {
     if (!existsSync(f)) throw new ConfigError(`${f} is missing: run 'make build' first`);
   }
-  const unavailable: Unavailable[] = [];
-  const modes: DataplaneMode[] = [];
-  for (const m of plan.modes) {
-    const reason = await unavailableReason(m);
-    if (reason === null) modes.push(m);
-    else {
-      unavailable.push({ mode: m, reason });
-      o.onProgress(`${m}: unavailable: ${reason}`);
-    }
-  }
+  const { modes, unavailable } = await availableModes(plan.modes, o.onProgress);
   if (modes.length === 0) throw new ConfigError('--disruption: none of the modes can run here');
   const dma = holdCpuDmaLatency();
   const env = await environment({ cpu: -1, backends: plan.backends, rounds: 1 }, o.command, dma.status);

@@ -59,6 +59,24 @@ function workerScript(): string {
   return join(packageRoot(), 'dist', 'src', 'bench', 'program-worker.js');
 }
 
+/** The modes this machine can run, and why each other one cannot (said through `onProgress`). */
+export async function availableModes(
+  wanted: readonly DataplaneMode[],
+  onProgress: (line: string) => void,
+): Promise<{ modes: DataplaneMode[]; unavailable: Unavailable[] }> {
+  const unavailable: Unavailable[] = [];
+  const modes: DataplaneMode[] = [];
+  for (const m of wanted) {
+    const reason = await unavailableReason(m);
+    if (reason === null) modes.push(m);
+    else {
+      unavailable.push({ mode: m, reason });
+      onProgress(`${m}: unavailable: ${reason}`);
+    }
+  }
+  return { modes, unavailable };
+}
+
 /** Why a mode cannot run here, or null when it can. */
 export async function unavailableReason(mode: DataplaneMode): Promise<string | null> {
   switch (mode) {
@@ -350,16 +368,7 @@ export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
   await ensureBenchProgram('rr');
   await ensureBenchProgram('responder');
 
-  const unavailable: Unavailable[] = [];
-  const modes: DataplaneMode[] = [];
-  for (const m of plan.modes) {
-    const reason = await unavailableReason(m);
-    if (reason === null) modes.push(m);
-    else {
-      unavailable.push({ mode: m, reason });
-      o.onProgress(`${m}: unavailable: ${reason}`);
-    }
-  }
+  const { modes, unavailable } = await availableModes(plan.modes, o.onProgress);
   const benchModes: BenchMode[] = ['direct', ...modes];
   const dma = holdCpuDmaLatency();
   if (dma.fd === null) o.onProgress(`warning: /dev/cpu_dma_latency ${dma.status}; latencies will include idle-state exits`);

@@ -5,7 +5,7 @@
 import { Agent } from '../../src/sync/agent.js';
 import type { Dataplane, SyncResult } from '../../src/model/dataplane.js';
 import type { DesiredState } from '../../src/model/types.js';
-import type { EndpointSliceObject } from '../../src/model/k8s.js';
+import type { EndpointSliceObject, ServiceObject } from '../../src/model/k8s.js';
 import { clusterObjects } from '../../src/sync/tracker.js';
 import { serviceObject } from '../helpers/objects.js';
 
@@ -39,16 +39,23 @@ function slice(name: string, ips: string[]): EndpointSliceObject {
   };
 }
 
-test('partial syncs name only the changed Services; the first sync and a node change rebuild all', async () => {
+/** An agent whose first sync of Services a and b (one endpoint each) is done. */
+async function startedWithTwoServices(): Promise<{ plane: RecordingDataplane; agent: Agent; a: ServiceObject; b: ServiceObject }> {
   const plane = new RecordingDataplane();
   const agent = new Agent({ dataplane: plane, node: { name: 'n', zone: null, ips: [] }, minSyncPeriodMs: 0, syncPeriodMs: 3_600_000 });
   const a = serviceObject({ name: 'a', clusterIP: '10.0.0.1' });
   const b = serviceObject({ name: 'b', clusterIP: '10.0.0.2' });
-  let synced = plane.next();
+  const synced = plane.next();
   agent.updateObjects(clusterObjects([a, b], [slice('a', ['10.1.0.1']), slice('b', ['10.2.0.1'])]));
   agent.start();
   agent.sourceSynced();
   await synced;
+  return { plane, agent, a, b };
+}
+
+test('partial syncs name only the changed Services; the first sync and a node change rebuild all', async () => {
+  const { plane, agent, a, b } = await startedWithTwoServices();
+  let synced: Promise<void>;
   expect(plane.calls[0]).toMatchObject({ full: true, changed: null, keys: ['default/a:http', 'default/b:http'] });
 
   synced = plane.next();
@@ -76,15 +83,8 @@ test('partial syncs name only the changed Services; the first sync and a node ch
 });
 
 test('deltas from a source reach the tracker directly: the sync names only their Services', async () => {
-  const plane = new RecordingDataplane();
-  const agent = new Agent({ dataplane: plane, node: { name: 'n', zone: null, ips: [] }, minSyncPeriodMs: 0, syncPeriodMs: 3_600_000 });
-  const a = serviceObject({ name: 'a', clusterIP: '10.0.0.1' });
-  const b = serviceObject({ name: 'b', clusterIP: '10.0.0.2' });
-  let synced = plane.next();
-  agent.updateObjects(clusterObjects([a, b], [slice('a', ['10.1.0.1']), slice('b', ['10.2.0.1'])]));
-  agent.start();
-  agent.sourceSynced();
-  await synced;
+  const { plane, agent, a, b } = await startedWithTwoServices();
+  let synced: Promise<void>;
 
   synced = plane.next();
   const previous = slice('b', ['10.2.0.1']);

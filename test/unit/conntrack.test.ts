@@ -8,14 +8,16 @@ import { FakeMap, type MapOp } from '../helpers/fake-map.js';
 import { CT_ENTRY_BYTES, CT_LIMIT_MAX, ctSizes, flushConntrack, readFlows, type CtMaps } from '../../src/bpf/conntrack.js';
 import { CtPressure, type CtGcPass } from '../../src/bpf/ct-gc.js';
 import { parseCtSizes, parseSnatPortRange } from '../../src/cli/run.js';
-import { CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SNAT, CT_FORWARD, CT_REPLY, IPPROTO_TCP, IPPROTO_UDP, MAPS, type BackendConnsT, type BackendIdT, type CtRole } from '../../src/bpf/layouts.js';
+import { CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SNAT, CT_FORWARD, CT_REPLY, IPPROTO_TCP, IPPROTO_UDP, MAPS, type BackendConnsT, type BackendIdT, type CtKeyT, type CtRole, type CtValueT } from '../../src/bpf/layouts.js';
 import { ConfigError } from '../../src/errors.js';
 
 const S = 1_000_000_000n;
 const NOW = 100_000n * S;
 const GiB = 1024 ** 3;
 
-function fakeCt(): CtMaps & { ops: MapOp[] } {
+type FakeCt = { [R in keyof CtMaps]: FakeMap<CtKeyT, CtValueT> } & { ops: MapOp[] };
+
+function fakeCt(): FakeCt {
   const ops: MapOp[] = [];
   return { ops, ctTcp: new FakeMap(MAPS.ctTcp, 65536, ops), ctTcpSyn: new FakeMap(MAPS.ctTcpSyn, 65536, ops), ctUdp: new FakeMap(MAPS.ctUdp, 65536, ops) };
 }
