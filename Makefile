@@ -74,7 +74,9 @@ dist/.built: $(TS_SRC) tsconfig.json node_modules/.package-lock.json
 demo: deps build
 	./scripts/demo.sh
 
+# ts-jest transpiles test files one by one (isolatedModules): the tests are type-checked here.
 test: deps build
+	npx tsc -p tsconfig.test.json
 	node --experimental-vm-modules node_modules/jest/bin/jest.js --runInBand
 
 # Every mode, IPVS included, measured in a qemu VM with Debian's kernel (minutes).
