@@ -69,20 +69,6 @@ static __always_inline __u64 ct_gc_timeout(enum ct_gc_table t, __u8 flags)
 	return t == CT_GC_TCP ? ct_timeouts.established_ns : ct_timeouts.syn_ns;
 }
 
-/* The forward key of a reply entry (the inverse of ct4_reply_key_of). */
-static __always_inline void ct_gc_forward_key_of(struct vipr_ct_key *fwd, const struct vipr_ct_key *rep,
-						 const struct vipr_ct_value *ct)
-{
-	fwd->saddr = ct->snat_addr ? ct->snat_addr : rep->daddr;
-	fwd->sport = ct->snat_addr ? ct->snat_port : rep->dport;
-	fwd->daddr = ct->nat_addr;
-	fwd->dport = ct->nat_port;
-	fwd->proto = rep->proto;
-	fwd->dir = VIPR_CT_FORWARD;
-	fwd->pad[0] = 0;
-	fwd->pad[1] = 0;
-}
-
 static __always_inline int ct_gc_visit(struct bpf_iter__bpf_map_elem *ctx, enum ct_gc_table t)
 {
 	struct bpf_iter_meta *meta = ctx->meta;
@@ -116,7 +102,7 @@ static __always_inline int ct_gc_visit(struct bpf_iter__bpf_map_elem *ctx, enum 
 	last = ct->last_seen_ns;
 	flags = ct->flags;
 	if (key.dir == VIPR_CT_REPLY) {
-		ct_gc_forward_key_of(&other, &key, ct);
+		ct4_forward_key_of(&other, &key, ct);
 		if (bpf_map_lookup_elem(map, &other))
 			return 0; /* judged with its forward entry */
 		if (now > last && now - last > ct_gc_timeout(t, flags) && bpf_map_delete_elem(map, &key) == 0)

@@ -274,6 +274,7 @@ enum vipr_stat {
 	VIPR_STAT_DROP_FRAG_NOT_FOUND, /* drop: a later IPv4 fragment whose first fragment was not seen (vipr_fragments_v1) */
 	VIPR_STAT_ICMP_ERROR_NAT,   /* ICMP errors about a translated flow rewritten to what their receiver sent */
 	VIPR_STAT_PULLED,           /* TC: headers outside the skb's linear data, pulled in (bpf_skb_pull_data) */
+	VIPR_STAT_DROP_CT_TUPLE_TAKEN, /* drop: a new TCP flow's backend -> client address:port is an open flow's, through another frontend */
 	VIPR_STAT_MAX,
 };
 _Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");

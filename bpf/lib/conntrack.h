@@ -83,6 +83,26 @@ static __always_inline void ct4_reply_key_of(struct vipr_ct_key *rep, const stru
 	rep->pad[1] = 0;
 }
 
+/* The forward key of a flow, from its reply key and value (the inverse of ct4_reply_key_of). */
+static __always_inline void ct4_forward_key_of(struct vipr_ct_key *fwd, const struct vipr_ct_key *rep,
+					       const struct vipr_ct_value *ct)
+{
+	fwd->saddr = ct->snat_addr ? ct->snat_addr : rep->daddr;
+	fwd->sport = ct->snat_addr ? ct->snat_port : rep->dport;
+	fwd->daddr = ct->nat_addr;
+	fwd->dport = ct->nat_port;
+	fwd->proto = rep->proto;
+	fwd->dir = VIPR_CT_FORWARD;
+	fwd->pad[0] = 0;
+	fwd->pad[1] = 0;
+}
+
+static __always_inline bool ct4_key_equal(const struct vipr_ct_key *a, const struct vipr_ct_key *b)
+{
+	return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
+	       a->dport == b->dport && a->proto == b->proto && a->dir == b->dir;
+}
+
 static __always_inline void lc_account(__u32 backend_id, int delta)
 {
 	struct vipr_backend_id id = { .id = backend_id };
@@ -222,6 +242,54 @@ static __always_inline void ct4_forget_established(const struct vipr_ct_key *fwd
 	ct4_reply_key_of(&rep_key, fwd_key, ct);
 	bpf_map_delete_elem(&vipr_ct_tcp_v1, &rep_key);
 	bpf_map_delete_elem(&vipr_ct_tcp_v1, fwd_key);
+}
+
+/*
+ * Frees the reply tuple of a new TCP flow without SNAT (backend -> client address and port) in
+ * vipr_ct_tcp_v1. A client that reuses a source port towards another frontend with the same
+ * backend (TIME_WAIT reuse under a connection-per-request load) makes the same reply tuple as
+ * the earlier flow; that flow's entry, looked up before the half-open one, would catch the new
+ * flow's answers and rewrite them to the old frontend, so the handshake would never complete.
+ * A closed flow (a FIN each way, or a reset) leaves with both its entries, and so does a reply
+ * entry whose forward entry is gone or belongs to another flow now. A flow still open, also one
+ * closed in one direction only (the other side may still send), keeps its tuple and the new flow
+ * is refused (returns false): its backend could not tell the two connections apart.
+ */
+static __always_inline bool ct4_take_reply_tuple(const struct packet *pkt, const struct vipr_backend *be)
+{
+	struct vipr_ct_key rep_key = {
+		.saddr = be->addr,
+		.daddr = pkt->saddr,
+		.sport = be->port,
+		.dport = pkt->sport,
+		.proto = pkt->proto,
+		.dir = VIPR_CT_REPLY,
+	};
+	struct vipr_ct_key fwd_key, back;
+	struct vipr_ct_value *rep, *fwd;
+	bool established;
+
+	/* With one map for every flow (the previous layout's test build) the new entry replaces it. */
+	if (pkt->proto != IPPROTO_TCP || VIPR_CT_ONE_MAP)
+		return true;
+	rep = bpf_map_lookup_elem(&vipr_ct_tcp_v1, &rep_key);
+	if (!rep)
+		return true;
+	ct4_forward_key_of(&fwd_key, &rep_key, rep);
+	fwd = ct4_lookup(&fwd_key, &established);
+	if (fwd) {
+		ct4_reply_key_of(&back, &fwd_key, fwd);
+		if (!ct4_key_equal(&back, &rep_key))
+			fwd = NULL;
+	}
+	if (fwd && !(fwd->flags & rep->flags & VIPR_CT_F_CLOSING) &&
+	    !((fwd->tcp_flags | rep->tcp_flags) & TCP_FLAG_RST))
+		return false;
+	if (fwd)
+		bpf_map_delete_elem(established ? (void *)&vipr_ct_tcp_v1 : (void *)&vipr_ct_tcp_syn_v1,
+				    &fwd_key);
+	bpf_map_delete_elem(&vipr_ct_tcp_v1, &rep_key);
+	return true;
 }
 
 struct ct_new {

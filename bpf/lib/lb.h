@@ -250,6 +250,11 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 		n.snat_addr = cfg->snat_addr;
 		n.flags = VIPR_CT_F_SNAT | VIPR_CT_F_REDIRECT;
 	}
+	/* Without SNAT the reply tuple is the client's own: an earlier flow may still hold it. */
+	if (!n.snat_addr && !ct4_take_reply_tuple(pkt, be)) {
+		stats_count(VIPR_STAT_DROP_CT_TUPLE_TAKEN, len);
+		return LB_DROP;
+	}
 	sport = ct4_create(pkt, be, &n, cfg, now);
 	if (!sport) {
 		stats_count(n.snat_addr ? VIPR_STAT_DROP_NO_SNAT_PORT : VIPR_STAT_DROP_CT_FULL, len);

@@ -249,6 +249,7 @@ export const STAT_NAMES = [
   'drop_frag_not_found',
   'icmp_error_nat',
   'pulled',
+  'drop_ct_tuple_taken',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 
