@@ -89,6 +89,11 @@ export async function buildNetwork(plan: LabPlan, onNetnsCreated: (netns: string
     await run('ip', ['netns', 'add', netns]);
     await onNetnsCreated(netns);
     await run('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+    if (plan.noRedirects.includes(netns)) {
+      // Before any link exists: `default` is what each new interface starts with, and an
+      // interface sends redirects when either it or `all` says so.
+      await run('sysctl', ['-q', '-w', 'net.ipv4.conf.all.send_redirects=0', 'net.ipv4.conf.default.send_redirects=0'], { netns });
+    }
   }
   if (plan.underlay) {
     // A plain learning bridge (STP off, so ports forward at once): the underlay's one L2 segment.

@@ -106,6 +106,14 @@ export interface LabPlan {
   /** Namespaces that forward packets (net.ipv4.ip_forward=1). */
   forwarding: string[];
   /**
+   * Namespaces that send no ICMP redirects (send_redirects=0 for all interfaces). The one-node
+   * lab's node routes Service addresses back out of the client link, so each untranslated client
+   * packet to a VIP would earn the client a redirect to itself; Linux charges a redirect to the
+   * same per-host state as its ICMP errors, and the port unreachable of a REJECT rule right behind
+   * it is rate-limited away: the client waits for its timeout instead of being refused.
+   */
+  noRedirects: string[];
+  /**
    * Service VIPs live here. Nodes route them as a default route would (to a host that does not
    * forward): only vipr (socket LB, TC) or the fallback modes' rules make them reach a backend.
    */
@@ -296,6 +304,7 @@ export function planLab(opts: LabPlanOptions): LabPlan {
       links,
       routes,
       forwarding: [first.netns],
+      noRedirects: [first.netns],
       serviceCidr: SERVICE_CIDR,
       loadBalancerCidr: LOAD_BALANCER_CIDR,
     };
@@ -350,6 +359,9 @@ export function planLab(opts: LabPlanOptions): LabPlan {
     links,
     routes,
     forwarding: nodes.map((n) => n.netns),
+    // The client is on node1's eth1 and Service routes leave by the underlay: the client's
+    // packets to a VIP never go back out the link they came in on (see the one-node lab).
+    noRedirects: [],
     serviceCidr: SERVICE_CIDR,
     loadBalancerCidr: LOAD_BALANCER_CIDR,
   };

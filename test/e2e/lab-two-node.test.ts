@@ -74,6 +74,7 @@ describe('two-node lab plan', () => {
     expect(routesOf('vipr-client')).toEqual(['default via 172.30.0.1 dev eth0']);
     expect(routesOf('vipr-be3')).toEqual(['default via 10.244.2.1 dev eth0 onlink']);
     expect(plan.forwarding).toEqual(['vipr-node1', 'vipr-node2']);
+    expect(plan.noRedirects).toEqual([]);
   });
 
   it('writes NodePort and LoadBalancer services with endpoints on both nodes', () => {

@@ -52,6 +52,9 @@ describe('lab plan', () => {
     expect(plan.routes).toContainEqual({ netns: 'vipr-client', dest: 'default', dev: 'eth0', via: '172.30.0.1', onlink: false });
     expect(plan.routes).toContainEqual({ netns: 'vipr-node', dest: '10.0.0.0/24', dev: 'eth0', via: '172.30.0.2', onlink: false });
     expect(plan.forwarding).toEqual(['vipr-node']);
+    // The Service route leads back out of the client link: no redirects there (a REJECT's ICMP
+    // error would be rate-limited behind each one).
+    expect(plan.noRedirects).toEqual(['vipr-node']);
   });
 
   it('keeps interface names within IFNAMSIZ', () => {
