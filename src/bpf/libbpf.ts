@@ -143,6 +143,9 @@ function bind() {
     bpf_map_lookup_batch: libbpf.func(
       'int bpf_map_lookup_batch(int fd, void *in_batch, _Out_ void *out_batch, _Out_ void *keys, _Out_ void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
     ),
+    bpf_map_create: libbpf.func(
+      'int bpf_map_create(int map_type, const char *map_name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, const void *opts)',
+    ),
     bpf_obj_get: libbpf.func('int bpf_obj_get(const char *path)'),
     bpf_obj_pin: libbpf.func('int bpf_obj_pin(int fd, const char *path)'),
     bpf_obj_get_info_by_fd: libbpf.func(
@@ -380,6 +383,11 @@ export function mapLookupBatch(
   if (ret === -2) return { count: n[0] ?? 0, done: true };
   check(`bpf_map_lookup_batch(${what})`, ret);
   return { count: n[0] ?? 0, done: false };
+}
+
+/** A new map outside any object, not pinned (tests make maps of earlier layouts with it). */
+export function mapCreate(type: number, name: string, keySize: number, valueSize: number, maxEntries: number): number {
+  return check(`bpf_map_create(${name})`, fns.bpf_map_create(type, name, keySize, valueSize, maxEntries, null) as number);
 }
 
 export function objGet(path: string): number {

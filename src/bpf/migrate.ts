@@ -27,12 +27,20 @@
  *
  * Conntrack flows keep their two entries together: a flow's forward and reply entries are routed
  * to the same map, and an entry moved to another map by a later pass is deleted from the first.
+ *
+ * Counters (vipr_stats_v1 → vipr_stats_v2) are not entries to copy but sums to continue: each pass
+ * adds to the new map what the old one counted since the previous pass, CPU by CPU, so a counter
+ * neither restarts from zero nor counts anything twice. In top-up mode they are not carried: the
+ * new map has them already (or, a pin left by an agent that did not migrate, has counted on its
+ * own since, and adding the old sums now would show as a burst). A map retired without a successor
+ * (no roles, a route that returns nothing) has its pin removed at finish like the others.
  */
 import { existsSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import * as libbpf from './libbpf.js';
 import {
-  CT_F_SEEN_REPLY, CT_FORWARD, CT_REPLY, CtKey, CtValue, IPPROTO_TCP, MAPS, type CtRole, type MapRole,
+  CT_F_SEEN_REPLY, CT_FORWARD, CT_REPLY, CtKey, CtValue, IPPROTO_TCP, MAPS, STAT_NAMES, StatValue, U32,
+  type CtRole, type MapRole,
 } from './layouts.js';
 import { BpfError, ConfigError } from '../errors.js';
 import { componentLogger } from '../log.js';
@@ -53,15 +61,37 @@ export interface RoutedEntry extends RawEntry {
 /** Which side writes a map: the agent (services, backends...) or the programs (conntrack...). */
 type Writer = 'agent' | 'datapath';
 
+/*
+ * enum bpf_map_type: what a previous layout's pin must be, and the kinds a resize copies (arrays
+ * and per-CPU maps keep their pinned size).
+ */
+const BPF_MAP_TYPE_HASH = 1;
+const BPF_MAP_TYPE_PERCPU_HASH = 5;
+const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
+const BPF_MAP_TYPE_LRU_HASH = 9;
+const BPF_MAP_TYPE_LRU_PERCPU_HASH = 10;
+const BPF_MAP_TYPE_LPM_TRIE = 11;
+const RESIZABLE = new Set([BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LPM_TRIE]);
+const PER_CPU = new Set([BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH]);
+
 /** How a pinned map of a previous layout becomes maps of the current one. */
 export interface LayoutMigration {
   /** The pinned name of the previous layout's map. */
   from: string;
+  /** enum bpf_map_type it was created with (a per-CPU one: values read and written for every CPU). */
+  mapType: number;
   keySize: number;
+  /** For a per-CPU map, one CPU's value. */
   valueSize: number;
-  /** The current maps it feeds. */
+  /** The current maps it feeds; none for a map retired without a successor. */
   roles: readonly MapRole[];
   writtenBy: Writer;
+  /**
+   * 'entries': a key is one thing (a flow, an affinity), copied as the opening comment says.
+   * 'counters': values are u64 counters the programs add to: every pass adds the increase since
+   * the previous one (and none in top-up mode), see the opening comment.
+   */
+  carry: 'entries' | 'counters';
   /** Converts every entry (the whole map at once: entries may depend on each other). */
   route(entries: readonly RawEntry[]): RoutedEntry[];
 }
@@ -131,14 +161,36 @@ export function routeConntrackV1(entries: readonly RawEntry[]): RoutedEntry[] {
   return out;
 }
 
+/**
+ * vipr_stats_v1 (per-CPU array of VIPR_STAT_MAX slots, before b715cb1: 14, then 23) →
+ * vipr_stats_v2 (64 slots), slot for slot: enum vipr_stat has only grown at its end since its
+ * first commit (bb5a287), so an index names the same counter in both. Slots the current enum does
+ * not name (none today) are left behind.
+ */
+export function routeStatsV1(entries: readonly RawEntry[]): RoutedEntry[] {
+  return entries.filter((e) => e.key.readUInt32LE(0) < STAT_NAMES.length).map((e) => ({ ...e, role: 'stats' }));
+}
+
 /** Every previous layout this agent reads, newest last. */
 export const LAYOUT_MIGRATIONS: readonly LayoutMigration[] = [
   {
+    from: 'vipr_stats_v1',
+    mapType: BPF_MAP_TYPE_PERCPU_ARRAY,
+    keySize: U32.size,
+    valueSize: StatValue.size,
+    roles: ['stats'],
+    writtenBy: 'datapath',
+    carry: 'counters',
+    route: routeStatsV1,
+  },
+  {
     from: 'vipr_conntrack_v1',
+    mapType: BPF_MAP_TYPE_LRU_HASH,
     keySize: CtKey.size,
     valueSize: CtValue.size,
     roles: ['ctTcp', 'ctTcpSyn', 'ctUdp'],
     writtenBy: 'datapath',
+    carry: 'entries',
     route: routeConntrackV1,
   },
 ];
@@ -146,11 +198,6 @@ export const LAYOUT_MIGRATIONS: readonly LayoutMigration[] = [
 /** Maps the programs write (the others only the agent writes, so one copy at load is enough). */
 const DATAPATH_WRITTEN: ReadonlySet<MapRole> = new Set<MapRole>(['ctTcp', 'ctTcpSyn', 'ctUdp', 'affinity', 'backendConns', 'sched', 'sockRev', 'sockAffinity']);
 
-/* enum bpf_map_type: the kinds a resize copies (arrays and per-CPU maps keep their pinned size). */
-const BPF_MAP_TYPE_HASH = 1;
-const BPF_MAP_TYPE_LRU_HASH = 9;
-const BPF_MAP_TYPE_LPM_TRIE = 11;
-const RESIZABLE = new Set([BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LPM_TRIE]);
 const EEXIST = 17;
 const BPF_NOEXIST = 1;
 const BATCH = 4096;
@@ -228,7 +275,9 @@ interface Source {
   pin: string;
   fd: number;
   keySize: number;
+  /** Bytes of one value as the kernel copies it: for a per-CPU map, every CPU's, 8-byte aligned. */
   valueSize: number;
+  carry: LayoutMigration['carry'];
   /** Map names of the new object its entries go to, by role (a resize: the one map). */
   route: (entries: readonly RawEntry[]) => Array<RawEntry & { target: string }>;
   targets: readonly string[];
@@ -242,6 +291,8 @@ interface Source {
   mode: 'fill' | 'top-up';
   /** Key (keyId) → target map each entry was written to. */
   placed: Map<string, string>;
+  /** Counters: key (keyId) → the old map's value the last pass carried up to. */
+  carried: Map<string, Buffer>;
   what: string;
   copied: number;
   delta: number;
@@ -285,16 +336,21 @@ export class Migration {
         if (declaredNames.has(m.from) || !existsSync(pin)) continue;
         const targets = m.roles.map((r) => MAPS[r].name);
         const fd = libbpf.objGet(pin);
+        const mode = targets.some((t) => existsSync(join(pinDir, t))) ? 'top-up' : 'fill';
+        const perCpu = PER_CPU.has(m.mapType);
         sources.push({
-          pin, fd, keySize: m.keySize, valueSize: m.valueSize, targets, writtenBy: m.writtenBy, movedFrom: null,
+          pin, fd, keySize: m.keySize, valueSize: perCpu ? Math.ceil(m.valueSize / 8) * 8 * libbpf.numPossibleCpus() : m.valueSize,
+          carry: m.carry, targets, writtenBy: m.writtenBy, movedFrom: null,
           route: (entries) => m.route(entries).map((e) => ({ key: e.key, value: e.value, target: MAPS[e.role].name })),
-          mode: targets.some((t) => existsSync(join(pinDir, t))) ? 'top-up' : 'fill',
-          placed: new Map(), what: `${m.from} → ${targets.join(', ')}`, copied: 0, delta: 0,
+          mode, placed: new Map(), carried: new Map(), copied: 0, delta: 0,
+          what: targets.length === 0 ? `${m.from} retired`
+            : m.carry === 'counters' && mode === 'top-up' ? `${m.from} retired (${targets.join(', ')} counts already)`
+            : `${m.from} → ${targets.join(', ')}`,
         });
         const info = libbpf.mapInfo(fd, m.from);
-        if (info.keySize !== m.keySize || info.valueSize !== m.valueSize) {
+        if (info.type !== m.mapType || info.keySize !== m.keySize || info.valueSize !== m.valueSize) {
           throw new ConfigError(
-            `${pin} has key/value sizes ${info.keySize}/${info.valueSize}, not the ${m.keySize}/${m.valueSize} of the layout vipr migrates from: remove it ('vipr cleanup' drops tracked connections)`,
+            `${pin} is a map of type ${info.type} with key/value sizes ${info.keySize}/${info.valueSize}, not the type ${m.mapType} with ${m.keySize}/${m.valueSize} of the layout vipr migrates from: remove it ('vipr cleanup' drops tracked connections and counters)`,
           );
         }
       }
@@ -402,6 +458,7 @@ export class Migration {
    * Returns how many entries were written.
    */
   private pass(s: Source, how: 'overwrite' | 'absent', opts: { onlyNew?: boolean } = {}): number {
+    if (s.carry === 'counters') return s.mode === 'fill' ? this.addCounters(s) : 0;
     const routed = s.route(readRawEntries(s.fd, s.keySize, s.valueSize, s.pin));
     const byTarget = new Map<string, RawEntry[]>();
     let written = 0;
@@ -430,6 +487,40 @@ export class Migration {
     return written;
   }
 
+  /**
+   * Adds to each target slot what the old map's slot counted since the last pass, lane by lane
+   * (every u64 of every CPU). The target is read and written back: an increment the new programs
+   * make on that CPU in between is lost (one counter, microseconds, after the swap only).
+   * Returns how many slots changed.
+   */
+  private addCounters(s: Source): number {
+    const now = Buffer.alloc(s.valueSize);
+    let changed = 0;
+    for (const e of s.route(readRawEntries(s.fd, s.keySize, s.valueSize, s.pin))) {
+      const id = keyId(e.key);
+      const before = s.carried.get(id);
+      const fd = this.fdOf(e.target);
+      // An array has every slot; a hash may lack the key (then it starts at zero).
+      if (!libbpf.mapLookup(fd, e.key, now, e.target)) now.fill(0);
+      let grew = false;
+      for (let off = 0; off + 8 <= s.valueSize; off += 8) {
+        const old = e.value.readBigUInt64LE(off);
+        const last = before?.readBigUInt64LE(off) ?? 0n;
+        // A counter below what was carried was reset: all it holds is new.
+        const increase = old >= last ? old - last : old;
+        if (increase === 0n) continue;
+        now.writeBigUInt64LE(BigInt.asUintN(64, now.readBigUInt64LE(off) + increase), off);
+        grew = true;
+      }
+      s.carried.set(id, Buffer.from(e.value));
+      if (!grew) continue;
+      libbpf.mapUpdate(fd, e.key, now, 0, e.target);
+      changed++;
+    }
+    s.copied = s.carried.size;
+    return changed;
+  }
+
   private fdOf(name: string): number {
     const fd = this.targetFds.get(name);
     if (fd === undefined) throw new Error(`migration: no map ${name} in the new object`);
@@ -446,8 +537,8 @@ function resizeSource(pin: string, name: string, fd: number | null, mode: Source
   const openFd = fd ?? libbpf.objGet(pin);
   const info = libbpf.mapInfo(openFd, name);
   return {
-    pin, fd: openFd, keySize: info.keySize, valueSize: info.valueSize, targets: [name], writtenBy, movedFrom: null,
+    pin, fd: openFd, keySize: info.keySize, valueSize: info.valueSize, carry: 'entries', targets: [name], writtenBy, movedFrom: null,
     route: (entries) => entries.map((e) => ({ ...e, target: name })),
-    mode, placed: new Map(), what: `${name}: resized`, copied: 0, delta: 0,
+    mode, placed: new Map(), carried: new Map(), what: `${name}: resized`, copied: 0, delta: 0,
   };
 }

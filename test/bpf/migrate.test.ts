@@ -4,16 +4,19 @@
  * holds flows, the current object is loaded over its pin dir, and every flow ends in the map of
  * its kind with both its entries; what the old programs write after the first copy arrives too;
  * the old pin goes; a grown conntrack map keeps every entry; a shrink below what it holds is
- * refused with nothing changed. test/e2e/upgrade.test.ts does the same with live traffic.
+ * refused with nothing changed. The counters of vipr_stats_v1 (a map made here as the agents before
+ * b715cb1 pinned it) continue in vipr_stats_v2, CPU by CPU, and its pin goes; a v1 pin an earlier
+ * upgrade left next to a v2 that counts already just goes. test/e2e/upgrade.test.ts does the same
+ * with live traffic.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { LoadedDatapath, cleanupDatapath } from '../../src/bpf/datapath.js';
 import { BpfMap } from '../../src/bpf/map.js';
 import * as libbpf from '../../src/bpf/libbpf.js';
 import {
-  CT_F_SEEN_REPLY, CT_F_SNAT, CT_FORWARD, CT_REPLY, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, MAPS,
-  type CtKeyT, type CtValueT,
+  CT_F_SEEN_REPLY, CT_F_SNAT, CT_FORWARD, CT_REPLY, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, MAPS, STAT_NAMES,
+  type CtKeyT, type CtValueT, type StatName,
 } from '../../src/bpf/layouts.js';
 import { ctSizes } from '../../src/bpf/conntrack.js';
 import { ConfigError } from '../../src/errors.js';
@@ -22,6 +25,8 @@ import { REPO_ROOT } from '../helpers/lab.js';
 const PREVIOUS = join(REPO_ROOT, 'dist', 'bpf-test', 'tc_lb_previous.bpf.o');
 const CURRENT = join(REPO_ROOT, 'bpf', 'tc_lb.bpf.o');
 const pinDir = `/sys/fs/bpf/vipr-test-migrate-${process.pid}`;
+const statsPinDir = `/sys/fs/bpf/vipr-test-migrate-stats-${process.pid}`;
+const stalePinDir = `/sys/fs/bpf/vipr-test-migrate-stale-${process.pid}`;
 
 const SYN = 0x02;
 const ACK = 0x10;
@@ -66,6 +71,8 @@ function names(entries: Array<[CtKeyT, CtValueT]>): string[] {
 
 afterAll(() => {
   if (existsSync(pinDir)) cleanupDatapath(pinDir);
+  if (existsSync(statsPinDir)) cleanupDatapath(statsPinDir);
+  if (existsSync(stalePinDir)) cleanupDatapath(stalePinDir);
 });
 
 describe('migrating pinned maps', () => {
@@ -150,5 +157,99 @@ describe('migrating pinned maps', () => {
     expect(libbpf.pinnedMaxEntries(join(pinDir, tcpName))).toBe(131072);
     expect(keysOf(pinned(tcpName))).toEqual(held);
     expect(readdirSync(pinDir).filter((f) => f.includes('resizing'))).toEqual([]);
+  });
+
+  describe('the counters of vipr_stats_v1', () => {
+    const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
+    /* vipr_stats_v1 as b715cb1's parent declared it: VIPR_STAT_MAX (23) slots of {packets, bytes}. */
+    const V1_SLOTS = 23;
+    const cpus = libbpf.numPossibleCpus();
+    const slot = (name: StatName): number => STAT_NAMES.indexOf(name);
+    const slotKey = (index: number): Buffer => {
+      const key = Buffer.alloc(4);
+      key.writeUInt32LE(index);
+      return key;
+    };
+
+    /** One slot of a stats map, every CPU's {packets, bytes}. */
+    function readSlot(fd: number, index: number): Array<[bigint, bigint]> {
+      const value = Buffer.alloc(16 * cpus);
+      expect(libbpf.mapLookup(fd, slotKey(index), value, 'stats')).toBe(true);
+      return Array.from({ length: cpus }, (_, c) => [value.readBigUInt64LE(c * 16), value.readBigUInt64LE(c * 16 + 8)]);
+    }
+
+    /** What a program running on `cpu` adds to one slot. */
+    function count(fd: number, index: number, cpu: number, packets: bigint, bytes: bigint): void {
+      const value = Buffer.alloc(16 * cpus);
+      expect(libbpf.mapLookup(fd, slotKey(index), value, 'stats')).toBe(true);
+      value.writeBigUInt64LE(value.readBigUInt64LE(cpu * 16) + packets, cpu * 16);
+      value.writeBigUInt64LE(value.readBigUInt64LE(cpu * 16 + 8) + bytes, cpu * 16 + 8);
+      libbpf.mapUpdate(fd, slotKey(index), value, 0, 'stats');
+    }
+
+    /** Pins a vipr_stats_v1 in `dir` as an agent of that layout left it, its programs counting. */
+    function pinStatsV1(dir: string): number {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      const fd = libbpf.mapCreate(BPF_MAP_TYPE_PERCPU_ARRAY, 'vipr_stats_v1', 4, 16, V1_SLOTS);
+      libbpf.objPin(fd, join(dir, 'vipr_stats_v1'));
+      for (let c = 0; c < cpus; c++) count(fd, slot('packets'), c, 1000n + BigInt(c), 64000n * BigInt(c + 1));
+      count(fd, slot('xdp_redirect'), cpus - 1, 7n, 700n);
+      return fd;
+    }
+
+    test('continue in vipr_stats_v2 slot by slot and CPU by CPU, the old programs\' last counts too; the v1 pin goes', () => {
+      expect(STAT_NAMES.indexOf('xdp_redirect')).toBe(V1_SLOTS - 1);
+      const v1 = pinStatsV1(statsPinDir);
+      const dp = LoadedDatapath.load(statsPinDir, CURRENT, { ctSizes: ctSizes({ tcp: 65536, udp: 65536 }) });
+      try {
+        expect(dp.migration?.describe()).toEqual(['vipr_stats_v1 → vipr_stats_v2']);
+        const v2 = dp.maps.stats.fd;
+        const packets = Array.from({ length: cpus }, (_, c): [bigint, bigint] => [1000n + BigInt(c), 64000n * BigInt(c + 1)]);
+        expect(readSlot(v2, slot('packets'))).toEqual(packets);
+        expect(readSlot(v2, slot('xdp_redirect'))[cpus - 1]).toEqual([7n, 700n]);
+        expect(readSlot(v2, slot('pass_non_ipv4')).every(([p, b]) => p === 0n && b === 0n)).toBe(true);
+
+        // The old programs count until the swap ...
+        count(v1, slot('packets'), 0, 5n, 500n);
+        dp.migration?.refresh();
+        expect(readSlot(v2, slot('packets'))[0]).toEqual([1005n, 64500n]);
+        // ... then the new ones count too, and the old ones' last packets arrive.
+        count(v2, slot('packets'), 0, 3n, 300n);
+        count(v1, slot('packets'), 0, 2n, 200n);
+        count(v1, slot('xdp_redirect'), cpus - 1, 1n, 100n);
+        dp.migration?.finish();
+        expect(readSlot(v2, slot('packets'))).toEqual([[1010n, 65000n], ...packets.slice(1)]);
+        expect(readSlot(v2, slot('xdp_redirect'))[cpus - 1]).toEqual([8n, 800n]);
+        expect(readdirSync(statsPinDir)).not.toContain('vipr_stats_v1');
+        expect(readdirSync(statsPinDir)).toContain('vipr_stats_v2');
+      } finally {
+        libbpf.closeFd(v1);
+        dp.close();
+      }
+    });
+
+    test('a v1 pin an earlier upgrade left next to a v2 that counts already goes, and adds nothing', () => {
+      // The node as an upgrade that did not migrate counters left it: v2 counting, the v1 pin kept.
+      const upgraded = LoadedDatapath.load(stalePinDir, CURRENT, { ctSizes: ctSizes({ tcp: 65536, udp: 65536 }) });
+      try {
+        count(upgraded.maps.stats.fd, slot('packets'), 0, 42n, 4200n);
+      } finally {
+        upgraded.close();
+      }
+      libbpf.closeFd(pinStatsV1(stalePinDir));
+
+      const dp = LoadedDatapath.load(stalePinDir, CURRENT, { ctSizes: ctSizes({ tcp: 65536, udp: 65536 }) });
+      try {
+        expect(dp.migration?.describe()).toEqual(['vipr_stats_v1 retired (vipr_stats_v2 counts already)']);
+        dp.migration?.refresh();
+        dp.migration?.finish();
+        expect(readSlot(dp.maps.stats.fd, slot('packets'))).toEqual(
+          Array.from({ length: cpus }, (_, c): [bigint, bigint] => (c === 0 ? [42n, 4200n] : [0n, 0n])),
+        );
+        expect(readdirSync(stalePinDir)).not.toContain('vipr_stats_v1');
+      } finally {
+        dp.close();
+      }
+    });
   });
 });
