@@ -4,10 +4,8 @@
  * (and 127.0.0.1 in iptables mode, kube-proxy's localhost NodePorts). One agent per node, each
  * in its node's namespace applying its mode's rules there (nsenter --net, as the lab's agent).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { WEB_NODEPORT_SERVICE } from '../../src/lab/manifests.js';
-import { VIPR_MAIN, ensureBuilt, forceCleanLab, labExec, labStatus, labUp, uniqueLabName, type LabStatusJson } from '../helpers/lab.js';
+import { ensureBuilt, forceCleanLab, labExec, labStatus, labUp, startNodeAgent, uniqueLabName, type LabStatusJson, type NodeAgent } from '../helpers/lab.js';
 
 const MODES: Array<[string, string[]]> = [
   ['iptables (legacy)', ['--mode', 'iptables', '--iptables-backend', 'legacy']],
@@ -16,7 +14,7 @@ const MODES: Array<[string, string[]]> = [
 
 describe.each(MODES)('two-node lab, vipr run %s: the node reaches every Service', (name, args) => {
   const lab = uniqueLabName('m2');
-  const agents: ChildProcess[] = [];
+  const agents: NodeAgent[] = [];
   let status: LabStatusJson;
 
   beforeAll(async () => {
@@ -24,29 +22,15 @@ describe.each(MODES)('two-node lab, vipr run %s: the node reaches every Service'
     await labUp(lab, { nodes: 2, agent: false });
     status = await labStatus(lab);
     for (const node of status.nodes) {
-      let log = '';
-      const agent = spawn('nsenter', [
-        `--net=/run/netns/${node.netns}`, process.execPath, VIPR_MAIN, 'run', ...args, '--manifests', status.manifests,
-        '--node-name', node.nodeName, '--node-ip', node.nodeIp as string, '--pin-dir', node.pinDir, '--min-sync-period', '200ms',
-      ]);
-      agents.push(agent);
-      agent.stdout?.on('data', (d: Buffer) => (log += d.toString()));
-      agent.stderr?.on('data', (d: Buffer) => (log += d.toString()));
-      const deadline = Date.now() + 30_000;
-      while (!log.includes('"msg":"agent running"')) {
-        if (Date.now() > deadline || agent.exitCode !== null) throw new Error(`${name} agent on ${node.name} did not start:\n${log}`);
-        await sleep(100);
-      }
+      agents.push(await startNodeAgent(node.netns, [
+        ...args, '--manifests', status.manifests, '--node-name', node.nodeName, '--node-ip', node.nodeIp as string,
+        '--pin-dir', node.pinDir, '--min-sync-period', '200ms',
+      ]));
     }
   }, 180_000);
 
   afterAll(async () => {
-    for (const agent of agents) {
-      if (agent.exitCode !== null) continue;
-      const exited = new Promise((r) => agent.on('exit', r));
-      agent.kill('SIGKILL');
-      await exited;
-    }
+    for (const agent of agents) await agent.kill();
     await forceCleanLab(lab);
   }, 60_000);
 

@@ -5,13 +5,13 @@
  * reading the rules back, and `vipr cleanup` leaving nothing. Rules only ever change inside the
  * lab's namespaces. IPVS cannot run on this kernel: `vipr run --mode ipvs` must say so.
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { spawn, execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import {
-  VIPR_MAIN, ensureBuilt, forceCleanLab, labExec, labUp, uniqueLabName, defaultPinDirOf,
+  VIPR_MAIN, ensureBuilt, forceCleanLab, labExec, labUp, startNodeAgent, uniqueLabName, defaultPinDirOf, type NodeAgent,
 } from '../helpers/lab.js';
 
 const execFileP = promisify(execFile);
@@ -123,15 +123,12 @@ const CASES: ModeCase[] = [
   },
 ];
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe.each(CASES)('vipr run --mode $title in the lab', (c) => {
   const lab = uniqueLabName('md');
   const nodeNetns = `${lab}-node`;
   const manifests = mkdtempSync(join(tmpdir(), 'vipr-modes-e2e-'));
-  let agent: ChildProcess | null = null;
-  let agentLog = '';
-  let agentExit: Promise<number | null> = Promise.resolve(null);
+  let agent: NodeAgent | null = null;
 
   /** `vipr ARGS` inside the node's namespace. */
   function runInNode(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -154,26 +151,14 @@ describe.each(CASES)('vipr run --mode $title in the lab', (c) => {
     writeFileSync(join(manifests, 'extra.yaml'), EXTRA_MANIFEST);
     await labUp(lab, { agent: false, manifests });
     // Exactly like the lab's BPF agent: nsenter --net, so only this namespace's tables change.
-    agent = spawn('nsenter', [
-      `--net=/run/netns/${nodeNetns}`, process.execPath, VIPR_MAIN, 'run', ...c.args, '--manifests', manifests,
+    agent = await startNodeAgent(nodeNetns, [
+      ...c.args, '--manifests', manifests,
       '--node-name', 'node', '--node-ip', NODE_IP, '--pin-dir', defaultPinDirOf(lab), '--min-sync-period', '200ms',
     ]);
-    agent.stdout?.on('data', (d: Buffer) => (agentLog += d.toString()));
-    agent.stderr?.on('data', (d: Buffer) => (agentLog += d.toString()));
-    const proc = agent;
-    agentExit = new Promise((r) => proc.on('exit', (code) => r(code)));
-    const deadline = Date.now() + 30_000;
-    while (!agentLog.includes('"msg":"agent running"')) {
-      if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`agent did not start:\n${agentLog}`);
-      await sleep(100);
-    }
   }, 180_000);
 
   afterAll(async () => {
-    if (agent && agent.exitCode === null) {
-      agent.kill('SIGKILL');
-      await agentExit;
-    }
+    await agent?.kill();
     await forceCleanLab(lab);
     rmSync(manifests, { recursive: true, force: true });
   }, 60_000);
@@ -263,8 +248,8 @@ describe.each(CASES)('vipr run --mode $title in the lab', (c) => {
 
   test('SIGTERM leaves the rules in place; vipr cleanup removes everything', async () => {
     expect(await c.installed(nodeNetns)).not.toBe('');
-    agent?.kill('SIGTERM');
-    expect(await agentExit).toBe(0);
+    agent?.process.kill('SIGTERM');
+    expect(await agent?.exited).toBe(0);
     // Traffic still flows through the rules the agent left.
     expect(BACKENDS).toContain((await curl(`http://${VIP}/`, 1))[0]);
     const mode = c.args[1] as string;

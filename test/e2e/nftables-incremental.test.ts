@@ -5,12 +5,12 @@
  * and after partial syncs (a Service changed, one deleted) the table equals what a full render
  * of the same manifests gives in a fresh namespace, compared as normalised `nft -j` listings.
  */
-import { spawn, spawnSync, execFile, type ChildProcess } from 'node:child_process';
+import { spawnSync, execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { VIPR_MAIN, ensureBuilt, forceCleanLab, labExec, labUp, uniqueLabName, defaultPinDirOf } from '../helpers/lab.js';
+import { VIPR_MAIN, ensureBuilt, forceCleanLab, labExec, labUp, startNodeAgent, uniqueLabName, defaultPinDirOf, type NodeAgent } from '../helpers/lab.js';
 
 const execFileP = promisify(execFile);
 
@@ -84,9 +84,7 @@ describe('vipr run --mode nftables: incremental syncs in the lab', () => {
   const lab = uniqueLabName('ni');
   const nodeNetns = `${lab}-node`;
   const manifests = mkdtempSync(join(tmpdir(), 'vipr-nft-incr-'));
-  let agent: ChildProcess | null = null;
-  let agentLog = '';
-  let agentExit: Promise<number | null> = Promise.resolve(null);
+  let agent: NodeAgent | null = null;
 
   const nftInNode = async (args: string[]): Promise<string> =>
     (await execFileP('nsenter', [`--net=/run/netns/${nodeNetns}`, 'nft', ...args], { maxBuffer: 64 * 1024 * 1024 })).stdout;
@@ -117,7 +115,7 @@ describe('vipr run --mode nftables: incremental syncs in the lab', () => {
     for (;;) {
       const text = await nftInNode(['list', 'table', 'ip', 'kube-proxy']);
       if (ok(text)) return;
-      if (Date.now() > deadline) throw new Error(`table never showed ${what}:\n${agentLog.slice(-3000)}`);
+      if (Date.now() > deadline) throw new Error(`table never showed ${what}:\n${(agent?.log() ?? '').slice(-3000)}`);
       await sleep(100);
     }
   }
@@ -128,26 +126,14 @@ describe('vipr run --mode nftables: incremental syncs in the lab', () => {
     writeFileSync(join(manifests, 'sticky.yaml'), service('sticky', STICKY_VIP, ['be1', 'be2', 'be3'], true));
     writeFileSync(join(manifests, 'doomed.yaml'), service('doomed', DOOMED_VIP, ['be1', 'be2']));
     await labUp(lab, { agent: false, manifests });
-    agent = spawn('nsenter', [
-      `--net=/run/netns/${nodeNetns}`, process.execPath, VIPR_MAIN, 'run', '--mode', 'nftables', '--manifests', manifests,
+    agent = await startNodeAgent(nodeNetns, [
+      '--mode', 'nftables', '--manifests', manifests,
       '--node-name', 'node', '--node-ip', NODE_IP, '--pin-dir', defaultPinDirOf(lab), '--min-sync-period', '200ms',
     ]);
-    agent.stdout?.on('data', (d: Buffer) => (agentLog += d.toString()));
-    agent.stderr?.on('data', (d: Buffer) => (agentLog += d.toString()));
-    const proc = agent;
-    agentExit = new Promise((r) => proc.on('exit', (code) => r(code)));
-    const deadline = Date.now() + 30_000;
-    while (!agentLog.includes('"msg":"agent running"')) {
-      if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`agent did not start:\n${agentLog}`);
-      await sleep(100);
-    }
   }, 180_000);
 
   afterAll(async () => {
-    if (agent && agent.exitCode === null) {
-      agent.kill('SIGKILL');
-      await agentExit;
-    }
+    await agent?.kill();
     await forceCleanLab(lab);
     rmSync(manifests, { recursive: true, force: true });
   }, 60_000);

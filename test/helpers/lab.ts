@@ -12,7 +12,7 @@
  * Two nodes: `labUp(lab, { nodes: 2, agent: true })`; hosts client, node1, node2, ext, be1..;
  * addresses and pin dirs in `(await labStatus(lab)).nodes` (see src/lab/topology.ts).
  */
-import { spawn, execFile } from 'node:child_process';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { rm, rmdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -401,4 +401,46 @@ export async function labUdpRequest(
   const res = await labExec(name, host, [process.execPath, '-e', script, payload]);
   if (res.code !== 0) throw new Error(`UDP ${ip}:${port} from ${host}: exit ${res.code}: ${res.stderr.trim()}`);
   return res.stdout;
+}
+
+/** A `vipr run` in a lab node's namespace, started by a test instead of the lab. */
+export interface NodeAgent {
+  readonly process: ChildProcess;
+  /** Everything it printed so far (stdout and stderr). */
+  log(): string;
+  /** Resolves with its exit code once it has exited. */
+  readonly exited: Promise<number | null>;
+  /** SIGKILL unless it already exited; resolves once it has. */
+  kill(): Promise<void>;
+}
+
+/**
+ * Starts `vipr run ARGS` in `netns` exactly as the lab's agent runs (nsenter --net, so only that
+ * namespace's tables change) and waits for "agent running"; throws with its log when it exits or
+ * does not get there in time.
+ */
+export async function startNodeAgent(netns: string, args: string[], timeoutMs = 30_000): Promise<NodeAgent> {
+  const proc = spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, VIPR_MAIN, 'run', ...args]);
+  let log = '';
+  proc.stdout?.on('data', (d: Buffer) => (log += d.toString()));
+  proc.stderr?.on('data', (d: Buffer) => (log += d.toString()));
+  const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+  const agent: NodeAgent = {
+    process: proc,
+    log: () => log,
+    exited,
+    async kill() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      await exited;
+    },
+  };
+  const deadline = Date.now() + timeoutMs;
+  while (!log.includes('"msg":"agent running"')) {
+    if (Date.now() > deadline || proc.exitCode !== null) {
+      await agent.kill();
+      throw new Error(`vipr run ${args.join(' ')} in ${netns} did not start:\n${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return agent;
 }
