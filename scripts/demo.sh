@@ -25,6 +25,12 @@ for _ in $(seq 1 10); do
 done
 
 echo
+echo "== 3 requests from the node itself (socket LB: connect() goes straight to a backend)"
+for _ in 1 2 3; do
+  printf 'node: curl http://10.0.0.213/  ->  %s\n' "$(vipr lab exec node -- curl -s -m 2 http://10.0.0.213/)"
+done
+
+echo
 echo "== a UDP request to echo-udp (10.0.0.53:53)"
 printf 'udp 10.0.0.53:53  ->  %s\n' "$(vipr lab exec client -- sh -c 'echo ping | socat -t1 - UDP:10.0.0.53:53')"
 

@@ -55,6 +55,8 @@ export function runProgram(file: string, args: string[], opts: RunOptions = {}):
       clearTimeout(timer);
       resolve({ code: code ?? 128 + (signal === 'SIGKILL' ? 9 : 15), stdout, stderr });
     });
+    // A child may exit before reading its input (EPIPE): its exit code is what counts.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
   });
 }
