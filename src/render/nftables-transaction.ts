@@ -265,7 +265,10 @@ export class NftTableWriter {
           adds.push(nftAddLine(after.element));
         }
       }
-      elementLines.push(...deletes, ...adds);
+      // Loops, not push(...): a full rewrite at 100,000 Services has more lines than a call takes
+      // arguments (RangeError: Maximum call stack size exceeded).
+      for (const l of deletes) elementLines.push(l);
+      for (const l of adds) elementLines.push(l);
       pendingTouched = touched;
     }
 
@@ -282,8 +285,8 @@ export class NftTableWriter {
     const transactions: string[] = [];
     groups.forEach((group, i) => {
       const lines = i === 0 ? [...head] : [];
-      for (const sp of group) lines.push(...rewriteLines(sp));
-      if (i === groups.length - 1) lines.push(...finalLines);
+      for (const sp of group) for (const l of rewriteLines(sp)) lines.push(l);
+      if (i === groups.length - 1) for (const l of finalLines) lines.push(l);
       if (lines.length > 0) transactions.push(`${lines.join('\n')}\n`);
     });
 
