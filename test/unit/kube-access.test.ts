@@ -5,12 +5,12 @@
  * vipr's credentials (401) or permissions (403) is logged as an error that says what to fix.
  * Real client library, real fake API server over HTTP, real TLS parsing of generated certificates.
  */
+import { oneLineConfigError } from '../helpers/errors.js';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { ConfigError } from '../../src/errors.js';
 import { KubeSource, type InformerRestart } from '../../src/sources/kube.js';
 import { loadKubeConfig } from '../../src/sources/kubeconfig.js';
 import { rawEndpointSlice, rawNode, rawService } from '../fake-apiserver/fixtures.js';
@@ -49,17 +49,6 @@ function write(name: string, text: string): string {
   return path;
 }
 
-function configError(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    const message = (err as Error).message;
-    expect(message).not.toContain('\n');
-    return message;
-  }
-  throw new Error('expected a ConfigError');
-}
 
 /** A self-signed certificate and its key, made by openssl. */
 function certificate(name: string): { cert: string; key: string } {
@@ -138,7 +127,7 @@ describe('kubeconfig errors no wait can heal: one line at load', () => {
     ],
   ])('%s', (_what, make, pattern) => {
     const path = make();
-    expect(configError(() => loadKubeConfig({ kubeconfig: path, env: {} }))).toMatch(pattern);
+    expect(oneLineConfigError(() => loadKubeConfig({ kubeconfig: path, env: {} }))).toMatch(pattern);
   });
 
   test('valid certificate files load', () => {

@@ -3,12 +3,12 @@
  * initial lists, propagation, kube-proxy's label selector, and the failure modes the 1.x informer
  * does not handle by itself (dropped connections, API down, 410 after compaction).
  */
+import { oneLineConfigError } from '../helpers/errors.js';
 import type { ObjectDeltas } from '../../src/sources/types.js';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConfigError } from '../../src/errors.js';
 import type { ClusterObjects } from '../../src/model/k8s.js';
 import type { NodeInfo } from '../../src/model/types.js';
 import { ApiException } from '@kubernetes/client-node';
@@ -404,17 +404,7 @@ describe('loadKubeConfig', () => {
   });
 
   test('clear one-line errors', () => {
-    const oneLine = (fn: () => unknown): string => {
-      try {
-        fn();
-      } catch (err) {
-        expect(err).toBeInstanceOf(ConfigError);
-        const message = (err as Error).message;
-        expect(message).not.toContain('\n');
-        return message;
-      }
-      throw new Error('expected a ConfigError');
-    };
+    const oneLine = oneLineConfigError;
     expect(oneLine(() => loadKubeConfig({ env: {} }))).toMatch(/no Kubernetes API configuration found: pass --kubeconfig/);
     expect(oneLine(() => loadKubeConfig({ kubeconfig: join(dir, 'missing'), env: {} }))).toBe(
       `cannot load kubeconfig ${join(dir, 'missing')}: no such file`,
