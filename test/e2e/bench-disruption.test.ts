@@ -10,32 +10,13 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VIPR_MAIN, ensureBuilt, forceCleanLab, labLeftovers, uniqueLabName } from '../helpers/lab.js';
-
-interface ModeResult {
-  mode: string;
-  requests: number;
-  newConnections: number;
-  longLivedRequests: number;
-  failed: number;
-  resets: number;
-  notReadyHits: number;
-  answeredBeforeSync: number;
-  errors: Record<string, number>;
-  notReadyExamples: unknown[];
-  syncLatencyMs: { p50: number; p99: number; max: number };
-}
+import type { DisruptionResult, DisruptionSummary } from '../../src/bench/disruption-report.js';
 
 interface Report {
   env: { kernel: string; command: string };
   results: unknown[];
   unavailable: Array<{ mode: string; reason: string }>;
-  disruption: {
-    churns: number;
-    agentRestarts: number;
-    watchDrops: number;
-    seconds: number;
-    results: ModeResult[];
-  };
+  disruption: DisruptionSummary;
 }
 
 const prefix = uniqueLabName('d');
@@ -94,7 +75,7 @@ describe('vipr bench --disruption --quick', () => {
   });
 
   test('BPF: zero failed requests, zero resets, zero requests to an endpoint after the sync that removed it', () => {
-    const bpf = report.disruption.results.find((r) => r.mode === 'bpf') as ModeResult;
+    const bpf = report.disruption.results.find((r) => r.mode === 'bpf') as DisruptionResult;
     expect({ failed: bpf.failed, resets: bpf.resets, notReadyHits: bpf.notReadyHits, errors: bpf.errors, examples: bpf.notReadyExamples })
       .toEqual({ failed: 0, resets: 0, notReadyHits: 0, errors: {}, examples: [] });
   });
