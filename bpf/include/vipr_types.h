@@ -275,6 +275,7 @@ enum vipr_stat {
 	VIPR_STAT_ICMP_ERROR_NAT,   /* ICMP errors about a translated flow rewritten to what their receiver sent */
 	VIPR_STAT_PULLED,           /* TC: headers outside the skb's linear data, pulled in (bpf_skb_pull_data) */
 	VIPR_STAT_DROP_CT_TUPLE_TAKEN, /* drop: a new TCP flow's backend -> client address:port is an open flow's, through another frontend */
+	VIPR_STAT_IPV6_EXT_HDR_LIMIT, /* IPv6 whose extension headers run past the bounded walk (VIPR_IPV6_MAX_EXT_HDRS): passed untouched */
 	VIPR_STAT_MAX,
 };
 _Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");
@@ -389,5 +390,122 @@ struct vipr_frag_ports {
 	__be16 dport;
 };
 _Static_assert(sizeof(struct vipr_frag_ports) == 4, "vipr_frag_ports layout");
+
+/*
+ * IPv6. Separate maps for IPv6 frontends, backends and flows, as Cilium's lb6_* maps: IPv4 keys
+ * stay 8 and 16 bytes, so IPv4's per-packet cost does not grow (measured with BPF_PROG_TEST_RUN,
+ * see README "IPv6"). What is family-independent is shared: service ids and backend ids come from
+ * one allocator each, so vipr_slots_v1, vipr_sched_v1 and vipr_backend_conns_v1 serve both
+ * families, and vipr_svc_value is the same. Addresses are 16 bytes in network order, as four
+ * __be32 words so keys stay 4-byte aligned and compare word by word.
+ */
+
+/* Extension headers the IPv6 parser walks before it gives up (hop-by-hop, routing, destination
+ * options, fragment, AH): a longer chain is passed untouched (VIPR_STAT_IPV6_EXT_HDR_LIMIT). */
+#define VIPR_IPV6_MAX_EXT_HDRS 6
+
+/* Key of vipr_services6_v1. A NodePort frontend's vip is :: (all zero), as VIPR_NODEPORT_VIP. */
+struct vipr_svc6_key {
+	__be32 vip[4];
+	__be16 port;
+	__u8 proto;
+	__u8 scope;   /* enum vipr_scope */
+};
+_Static_assert(sizeof(struct vipr_svc6_key) == 20, "vipr_svc6_key layout");
+
+/* Value of vipr_backends6_v1 (key: vipr_backend_id, from the allocator IPv4 backends use). */
+struct vipr_backend6 {
+	__be32 addr[4];
+	__be16 port;
+	__u8 proto;
+	__u8 flags;  /* enum vipr_backend_flags */
+};
+_Static_assert(sizeof(struct vipr_backend6) == 20, "vipr_backend6 layout");
+
+/* Key of the IPv6 conntrack maps (vipr_ct6_tcp_v1, vipr_ct6_tcp_syn_v1, vipr_ct6_udp_v1), as vipr_ct_key. */
+struct vipr_ct6_key {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;   /* enum vipr_ct_dir */
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct vipr_ct6_key) == 40, "vipr_ct6_key layout");
+
+/* Value of the IPv6 conntrack maps, as vipr_ct_value (snat_addr all zero: no SNAT). */
+struct vipr_ct6_value {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	__be32 nat_addr[4];
+	__be16 nat_port;
+	__u8 flags;         /* enum vipr_ct_flags */
+	__u8 tcp_flags;
+	__be32 snat_addr[4];
+	__be16 snat_port;
+	__u8 pad[2];
+	__u32 svc_id;
+	__u32 backend_id;
+};
+_Static_assert(sizeof(struct vipr_ct6_value) == 64, "vipr_ct6_value layout");
+
+/* Key of vipr_node_ips6_v1. */
+struct vipr_node_ip6 {
+	__be32 addr[4];
+};
+_Static_assert(sizeof(struct vipr_node_ip6) == 16, "vipr_node_ip6 layout");
+
+/* Key of vipr_source_ranges6_v1 (LPM trie), as vipr_source_range. */
+struct vipr_source_range6 {
+	__u32 prefixlen; /* 32 (svc_id) + the CIDR's prefix length */
+	__u32 svc_id;
+	__be32 addr[4];
+};
+_Static_assert(sizeof(struct vipr_source_range6) == 24, "vipr_source_range6 layout");
+
+/* Value of vipr_config6_v1 (an array of one). SNAT ports come from vipr_config (one range per node). */
+struct vipr_config6 {
+	__be32 snat_addr[4];    /* all zero = none */
+	__be32 cluster_cidr[4]; /* --cluster-cidr's IPv6 network; prefix 0 = none */
+	__be32 cluster_mask[4]; /* its mask, network order */
+};
+_Static_assert(sizeof(struct vipr_config6) == 48, "vipr_config6 layout");
+
+/* Key of vipr_affinity6_v1 (value: vipr_affinity_value). */
+struct vipr_affinity6_key {
+	__u32 svc_id;
+	__be32 client[4];
+};
+_Static_assert(sizeof(struct vipr_affinity6_key) == 20, "vipr_affinity6_key layout");
+
+/* Key of vipr_fragments6_v1 (LRU; value: vipr_frag_ports): one IPv6 datagram, by RFC 8200's
+ * fragment identification. */
+struct vipr_frag6_key {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be32 id;   /* the fragment header's identification */
+	__u8 proto;  /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct vipr_frag6_key) == 40, "vipr_frag6_key layout");
+
+/* Key of vipr_sock_rev6_v1 (LRU), as vipr_sock_rev_key. */
+struct vipr_sock_rev6_key {
+	__u64 cookie;
+	__be32 addr[4];
+	__be16 port;
+	__u8 pad[6];
+};
+_Static_assert(sizeof(struct vipr_sock_rev6_key) == 32, "vipr_sock_rev6_key layout");
+
+/* Value of vipr_sock_rev6_v1. */
+struct vipr_sock_rev6_value {
+	__be32 addr[4];
+	__be16 port;
+	__u8 pad[2];
+	__u32 backend_id;
+};
+_Static_assert(sizeof(struct vipr_sock_rev6_value) == 24, "vipr_sock_rev6_value layout");
 
 #endif /* __VIPR_TYPES_H */

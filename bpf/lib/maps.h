@@ -183,4 +183,99 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_fragments_v1 SEC(".maps");
 
+/*
+ * IPv6 (see vipr_types.h): frontends, backends, flows and node settings of their own; slots,
+ * scheduler state, connection counts, stats and the ICMP bucket are shared with IPv4.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_svc6_key);
+	__type(value, struct vipr_svc_value);
+	__uint(max_entries, VIPR_MAX_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_services6_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_backend_id);
+	__type(value, struct vipr_backend6);
+	__uint(max_entries, VIPR_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_backends6_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_ct6_key);
+	__type(value, struct vipr_ct6_value);
+	__uint(max_entries, VIPR_MAX_CT_TCP);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_ct6_tcp_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_ct6_key);
+	__type(value, struct vipr_ct6_value);
+	__uint(max_entries, VIPR_MAX_CT_TCP_SYN);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_ct6_tcp_syn_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_ct6_key);
+	__type(value, struct vipr_ct6_value);
+	__uint(max_entries, VIPR_MAX_CT_UDP);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_ct6_udp_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_affinity6_key);
+	__type(value, struct vipr_affinity_value);
+	__uint(max_entries, VIPR_MAX_AFFINITY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_affinity6_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_node_ip6);
+	__type(value, __u32); /* reserved flags, 0 */
+	__uint(max_entries, VIPR_MAX_NODE_IPS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_node_ips6_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct vipr_source_range6);
+	__type(value, __u32); /* reserved flags, 0 */
+	__uint(max_entries, VIPR_MAX_SOURCE_RANGES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_source_ranges6_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct vipr_config6);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_config6_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_frag6_key);
+	__type(value, struct vipr_frag_ports);
+	__uint(max_entries, VIPR_MAX_FRAGMENTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_fragments6_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_sock_rev6_key);
+	__type(value, struct vipr_sock_rev6_value);
+	__uint(max_entries, VIPR_MAX_SOCK_REV);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_sock_rev6_v1 SEC(".maps");
+
 #endif /* __VIPR_MAPS_H */

@@ -116,6 +116,7 @@ function toServicePort(svc: ServiceObject, port: ServicePortSpec, clusterIP: str
   const nodePort = port.nodePort > 0 && owners.owns(name, 'nodePort', nodePortFrontend(port.nodePort, port.protocol)) ? port.nodePort : 0;
   return {
     id: { namespace: svc.namespace, name: svc.name, port: port.name, protocol: port.protocol },
+    family: 'IPv4',
     type,
     clusterIP,
     port: port.port,

@@ -7,6 +7,10 @@
  * pure, serialisable, and compared by value.
  */
 
+import type { IpFamily } from './ip.js';
+
+export type { IpFamily } from './ip.js';
+
 export type Protocol = 'TCP' | 'UDP' | 'SCTP';
 
 export type ServiceType = 'ClusterIP' | 'NodePort' | 'LoadBalancer';
@@ -26,11 +30,16 @@ export interface ServicePortName {
   protocol: Protocol;
 }
 
-/** One port of one Service, as kube-proxy's BaseServicePortInfo (IPv4 only). */
+/**
+ * One port of one Service in one IP family, as kube-proxy's BaseServicePortInfo as that family's
+ * proxier sees it: a dual-stack Service is two ServicePorts, one per family, each with only its
+ * family's addresses (cluster IP, external IPs, load-balancer IPs and source ranges).
+ */
 export interface ServicePort {
   id: ServicePortName;
+  family: IpFamily;
   type: ServiceType;
-  /** IPv4 cluster IP (the first IPv4 of spec.clusterIPs). */
+  /** The family's cluster IP (from spec.clusterIPs), canonical text. */
   clusterIP: string;
   port: number;
   /** spec.ports[].targetPort: a number, or a named container port resolved through endpoints. */
@@ -38,9 +47,9 @@ export interface ServicePort {
   /** 0 when the Service has none. */
   nodePort: number;
   externalIPs: string[];
-  /** status.loadBalancer.ingress[].ip (IPv4 only). */
+  /** status.loadBalancer.ingress[].ip of this family. */
   loadBalancerIPs: string[];
-  /** CIDRs allowed to reach the load balancer IPs; empty = everyone. */
+  /** CIDRs of this family allowed to reach the load balancer IPs; empty = everyone. */
   loadBalancerSourceRanges: string[];
   /** ClientIP affinity timeout in seconds; 0 = sessionAffinity None. */
   affinityTimeoutSeconds: number;
@@ -84,7 +93,12 @@ export interface EndpointSelection {
 
 /** One ServicePort with all its endpoints (sorted by ip then port) and kube-proxy's selection. */
 export interface ServiceEntry {
-  /** kube-proxy's ServicePortName.String(): `namespace/name:port` (`namespace/name` if unnamed). */
+  /**
+   * The entry's identity, unique in a DesiredState: kube-proxy's ServicePortName.String()
+   * (`namespace/name:port`, `namespace/name` if unnamed) for IPv4, with ` IPv6` appended for
+   * IPv6 (serviceEntryKey). Renderers derive kube-proxy's chain names from `service.id`, never
+   * from this key, so both families' chains carry kube-proxy's names.
+   */
   key: string;
   service: ServicePort;
   endpoints: Endpoint[];
@@ -96,7 +110,7 @@ export interface NodeInfo {
   name: string;
   /** topology.kubernetes.io/zone, if known. */
   zone: string | null;
-  /** IPv4 node addresses (NodePort targets). */
+  /** Node addresses of both families, canonical text (NodePort targets); each family's dataplane uses its own. */
   ips: string[];
 }
 
@@ -118,4 +132,20 @@ export interface DesiredState {
  */
 export function servicePortKey(id: Pick<ServicePortName, 'namespace' | 'name' | 'port'>): string {
   return id.port === '' ? `${id.namespace}/${id.name}` : `${id.namespace}/${id.name}:${id.port}`;
+}
+
+/** The suffix of an IPv6 entry's key (see ServiceEntry.key). */
+export const IPV6_KEY_SUFFIX = ' IPv6';
+
+/** ServiceEntry.key of a ServicePort of `family`. */
+export function serviceEntryKey(id: Pick<ServicePortName, 'namespace' | 'name' | 'port'>, family: IpFamily): string {
+  const key = servicePortKey(id);
+  return family === 'IPv6' ? key + IPV6_KEY_SUFFIX : key;
+}
+
+/** `namespace/name` of the Service an entry key belongs to. */
+export function serviceOfEntryKey(key: string): string {
+  const base = key.endsWith(IPV6_KEY_SUFFIX) ? key.slice(0, -IPV6_KEY_SUFFIX.length) : key;
+  const colon = base.indexOf(':');
+  return colon < 0 ? base : base.slice(0, colon);
 }

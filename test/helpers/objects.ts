@@ -29,6 +29,7 @@ export function serviceObject(overrides: Partial<ServiceObject> = {}): ServiceOb
 export function servicePortOf(overrides: Partial<ServicePort> = {}): ServicePort {
   return {
     id: { namespace: 'default', name: 'web', port: '', protocol: 'TCP' },
+    family: 'IPv4',
     type: 'ClusterIP',
     clusterIP: '10.0.0.10',
     port: 80,

@@ -4,6 +4,7 @@
  * written here; the reconciler (./reconciler.ts) diffs these against what it has written.
  */
 import type { DesiredState, Endpoint, Scheduler, ServiceEntry } from '../../model/types.js';
+import { serviceOfEntryKey } from '../../model/types.js';
 import {
   BE_F_LOCAL, BE_F_TERMINATING, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
   SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES,
@@ -36,8 +37,7 @@ const PROTO: Record<string, number | undefined> = { TCP: IPPROTO_TCP, UDP: IPPRO
 
 /** `namespace/name` of a service port key (`namespace/name:port` or `namespace/name`). */
 export function serviceOfKey(key: string): string {
-  const colon = key.indexOf(':');
-  return colon < 0 ? key : key.slice(0, colon);
+  return serviceOfEntryKey(key);
 }
 
 export function frontendId(k: SvcKeyT): string {
