@@ -28,12 +28,13 @@
 
 enum parse_result {
 	PARSE_OK = 0,        /* IPv4 TCP/UDP with its ports (a first fragment too: pkt->frag) */
-	PARSE_NOT_IPV4,      /* ARP, IPv6, ...: not ours */
+	PARSE_NOT_IPV4,      /* another ethertype (IPv6: parse6.h; ARP, ...: not ours) */
 	PARSE_FRAGMENT,      /* a later IPv4 fragment: no L4 header, its ports are its first fragment's */
 	PARSE_ICMP_ERROR,    /* an ICMP error quoting an IPv4 TCP/UDP packet: pkt->quote filled */
 	PARSE_OTHER_L4,      /* IPv4 but neither TCP nor UDP nor an ICMP error about them */
 	PARSE_SHORT,         /* well-formed so far, but the headers run past the data given */
 	PARSE_MALFORMED,     /* inconsistent headers */
+	PARSE_EXT_HDR_LIMIT, /* IPv6: more extension headers than the walk takes (VIPR_IPV6_MAX_EXT_HDRS) */
 };
 
 /* Where a packet stands in its datagram. */

@@ -50,4 +50,159 @@ struct packet6 {
 	struct icmp6_quote quote; /* PARSE_ICMP_ERROR only */
 };
 
+/* linux/ipv6.h leaves these to netinet/in.h, which does not exist for the BPF target. */
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_ICMP6 58
+#define NEXTHDR_DEST 60
+
+/* Fragment header: offset in 8-byte units in the upper 13 bits, M (more fragments) the lowest. */
+#define IP6_FRAG_OFFSET 0xfff8
+#define IP6_FRAG_MORE 0x0001
+
+#include "parse6_icmp.h"
+
+/* parse6_ext_step stepped over an extension header. */
+#define PARSE6_STEPPED (-1)
+
+/*
+ * One step of the extension header walk: the header at @c->pos, of type *@nexthdr. Returns
+ * PARSE6_STEPPED after stepping over an extension header (*@nexthdr is then the next one's type),
+ * PARSE_OK when *@nexthdr is no extension header (the walk is done), or the result the whole
+ * parse ends with (a later fragment, a short header).
+ */
+static __always_inline int parse6_ext_step(struct cursor *c, __u8 *nexthdr,
+							 struct packet6 *pkt)
+{
+	__u8 *h = c->pos;
+	__u32 len;
+
+	switch (*nexthdr) {
+	case NEXTHDR_HOP:
+	case NEXTHDR_ROUTING:
+	case NEXTHDR_DEST:
+		if ((void *)(h + 2) > c->end)
+			return PARSE_SHORT;
+		len = ((__u32)h[1] + 1) * 8;
+		break;
+	case NEXTHDR_AUTH:
+		/* RFC 4302: the length is in 4-byte units, minus 2. */
+		if ((void *)(h + 2) > c->end)
+			return PARSE_SHORT;
+		len = ((__u32)h[1] + 2) * 4;
+		break;
+	case NEXTHDR_FRAGMENT: {
+		__u16 off;
+
+		if ((void *)(h + 8) > c->end)
+			return PARSE_SHORT;
+		off = bpf_ntohs(*(__be16 *)(h + 2));
+		pkt->frag_id = *(__be32 *)(h + 4);
+		if (off & IP6_FRAG_OFFSET) {
+			/* A later fragment: its upper-layer header is in the first one. */
+			pkt->proto = h[0];
+			if (h[0] != IPPROTO_TCP && h[0] != IPPROTO_UDP)
+				return PARSE_OTHER_L4;
+			pkt->frag = FRAG_LATER;
+			return PARSE_FRAGMENT;
+		}
+		/* Offset 0 without M is an atomic fragment (RFC 6946): a whole datagram. */
+		if (off & IP6_FRAG_MORE)
+			pkt->frag = FRAG_FIRST;
+		len = 8;
+		break;
+	}
+	default:
+		return PARSE_OK;
+	}
+	*nexthdr = h[0];
+	c->pos += len;
+	return PARSE6_STEPPED;
+}
+
+/*
+ * Parses Ethernet + IPv6 + extension headers + TCP/UDP ports, or the quote of an ICMPv6 error.
+ * As parse_ipv4_l4: @data and @data_end are the frame bounds, a bounds failure is PARSE_SHORT.
+ * Another ethertype is PARSE_NOT_IPV4 (the name is IPv4's; here it means "not this family").
+ * The walk takes at most VIPR_IPV6_MAX_EXT_HDRS extension headers: a longer chain is
+ * PARSE_EXT_HDR_LIMIT and passes untouched, so no sender can make the walk unbounded.
+ */
+static __always_inline enum parse_result parse_ipv6_l4(void *data, void *data_end, struct packet6 *pkt)
+{
+	struct cursor c = { .pos = data, .end = data_end };
+	struct ethhdr *eth = c.pos;
+	struct ipv6hdr *ip6;
+	int r;
+	__u32 payload_len, ext_len;
+	__u8 nexthdr;
+	int i;
+
+	/* As parse_ipv4_l4: the quote is written and read only on the ICMP error path. */
+	__builtin_memset(pkt, 0, __builtin_offsetof(struct packet6, quote));
+	if ((void *)(eth + 1) > c.end)
+		return PARSE_SHORT;
+	if (eth->h_proto != bpf_htons(ETH_P_IPV6))
+		return PARSE_NOT_IPV4;
+	c.pos = eth + 1;
+
+	ip6 = c.pos;
+	if ((void *)(ip6 + 1) > c.end)
+		return PARSE_SHORT;
+	if (ip6->version != 6)
+		return PARSE_MALFORMED;
+	payload_len = bpf_ntohs(ip6->payload_len);
+	pkt->l3_off = sizeof(*eth);
+	__builtin_memcpy(pkt->saddr, &ip6->saddr, 16);
+	__builtin_memcpy(pkt->daddr, &ip6->daddr, 16);
+	nexthdr = ip6->nexthdr;
+	c.pos = ip6 + 1;
+
+#pragma unroll
+	for (i = 0; i < VIPR_IPV6_MAX_EXT_HDRS; i++) {
+		r = parse6_ext_step(&c, &nexthdr, pkt);
+		if (r == PARSE_OK)
+			break;
+		if (r != PARSE6_STEPPED)
+			return r;
+	}
+	if (i == VIPR_IPV6_MAX_EXT_HDRS && (nexthdr == NEXTHDR_HOP || nexthdr == NEXTHDR_ROUTING ||
+					    nexthdr == NEXTHDR_DEST || nexthdr == NEXTHDR_AUTH ||
+					    nexthdr == NEXTHDR_FRAGMENT))
+		return PARSE_EXT_HDR_LIMIT;
+
+	pkt->l4_off = c.pos - data;
+	pkt->proto = nexthdr;
+	ext_len = pkt->l4_off - sizeof(*eth) - sizeof(*ip6);
+	if (payload_len < ext_len)
+		return PARSE_MALFORMED;
+
+	if (nexthdr == IPPROTO_TCP) {
+		struct tcphdr *tcp = c.pos;
+
+		if ((void *)(tcp + 1) > c.end)
+			return PARSE_SHORT;
+		if (tcp->doff < 5)
+			return PARSE_MALFORMED;
+		pkt->sport = tcp->source;
+		pkt->dport = tcp->dest;
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
+		return PARSE_OK;
+	}
+	if (nexthdr == IPPROTO_UDP) {
+		struct udphdr *udp = c.pos;
+
+		if ((void *)(udp + 1) > c.end)
+			return PARSE_SHORT;
+		pkt->sport = udp->source;
+		pkt->dport = udp->dest;
+		return PARSE_OK;
+	}
+	/* An ICMPv6 error that is itself a fragment quotes nothing usable: leave it alone. */
+	if (nexthdr == NEXTHDR_ICMP6 && pkt->frag == FRAG_NONE)
+		return parse_icmp6_quote(&c, payload_len - ext_len, pkt);
+	return PARSE_OTHER_L4;
+}
+
 #endif /* __VIPR_PARSE6_H */
