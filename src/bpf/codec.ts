@@ -1,17 +1,23 @@
 /*
  * Fixed-layout struct codecs: the TypeScript mirror of bpf/include/vipr_types.h. Offsets follow
- * the C ABI (natural alignment), byte order is handled here and nowhere else: `ipv4` and `be16`
- * fields are network order in memory and plain strings/numbers in TypeScript.
+ * the C ABI (natural alignment), byte order is handled here and nowhere else: `ipv4`, `ipv6` and
+ * `be16` fields are network order in memory and plain strings/numbers in TypeScript. An `ipv6`
+ * field is C's `__be32 x[4]` (16 bytes, 4-byte aligned) and reads back as canonical text (RFC 5952).
  *
  * test/bpf/btf-layout.test.ts compares every codec with the BTF of the compiled object (names,
  * offsets, sizes), so the header stays the one source of truth.
  */
+import { isIPv6 } from 'node:net';
+import { formatIpv6, parseIpv6 } from '../model/ip.js';
 
-export type FieldType = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 'be16' | 'be32' | 'ipv4' | 'pad';
+export type FieldType = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 'be16' | 'be32' | 'ipv4' | 'ipv6' | 'pad';
 
 const SIZES: Record<Exclude<FieldType, 'pad'>, number> = {
-  u8: 1, u16: 2, u32: 4, i32: 4, u64: 8, be16: 2, be32: 4, ipv4: 4,
+  u8: 1, u16: 2, u32: 4, i32: 4, u64: 8, be16: 2, be32: 4, ipv4: 4, ipv6: 16,
 };
+
+/** Alignment where it is not the size: an IPv6 address is four __be32 words. */
+const ALIGN: Partial<Record<Exclude<FieldType, 'pad'>, number>> = { ipv6: 4 };
 
 export interface FieldLayout {
   name: string;
@@ -20,7 +26,7 @@ export interface FieldLayout {
   size: number;
 }
 
-type Value<F extends FieldType> = F extends 'u64' ? bigint : F extends 'ipv4' ? string : number;
+type Value<F extends FieldType> = F extends 'u64' ? bigint : F extends 'ipv4' | 'ipv6' ? string : number;
 
 /** [name, type] or ['pad', 'pad', bytes]. */
 export type FieldSpec = readonly [string, Exclude<FieldType, 'pad'>] | readonly ['pad', 'pad', number];
@@ -40,7 +46,7 @@ export class StructCodec<T> {
     this.fields = specs.map((spec) => {
       const type = spec[1];
       const size = type === 'pad' ? (spec[2] as number) : SIZES[type];
-      const fieldAlign = type === 'pad' ? 1 : size;
+      const fieldAlign = type === 'pad' ? 1 : (ALIGN[type] ?? size);
       offset = Math.ceil(offset / fieldAlign) * fieldAlign;
       align = Math.max(align, fieldAlign);
       const f = { name: spec[0], type, offset, size };
@@ -63,6 +69,7 @@ export class StructCodec<T> {
         case 'be16': buf.writeUInt16BE(v[f.name] as number, o); break;
         case 'be32': buf.writeUInt32BE(v[f.name] as number, o); break;
         case 'ipv4': writeIpv4(buf, o, v[f.name] as string); break;
+        case 'ipv6': writeIpv6(buf, o, v[f.name] as string); break;
         case 'pad': buf.fill(0, o, o + f.size); break;
       }
     }
@@ -82,6 +89,7 @@ export class StructCodec<T> {
         case 'be16': out[f.name] = buf.readUInt16BE(o); break;
         case 'be32': out[f.name] = buf.readUInt32BE(o); break;
         case 'ipv4': out[f.name] = readIpv4(buf, o); break;
+        case 'ipv6': out[f.name] = readIpv6(buf, o); break;
         case 'pad': break;
       }
     }
@@ -127,4 +135,14 @@ export function writeIpv4(buf: Buffer, at: number, ip: string): void {
 
 export function readIpv4(buf: Buffer, at: number): string {
   return `${buf[at]}.${buf[at + 1]}.${buf[at + 2]}.${buf[at + 3]}`;
+}
+
+export function writeIpv6(buf: Buffer, at: number, ip: string): void {
+  if (!isIPv6(ip)) throw new RangeError(`"${ip}" is not an IPv6 address`);
+  parseIpv6(ip).copy(buf, at);
+}
+
+/** Canonical text (RFC 5952), so decoded keys compare equal to the model's addresses. */
+export function readIpv6(buf: Buffer, at: number): string {
+  return formatIpv6(buf.subarray(at, at + 16));
 }

@@ -6,10 +6,11 @@
 import { totalmem } from 'node:os';
 import type { MapLike } from './map.js';
 import {
-  CT_F_CLOSING, CT_F_SNAT, CT_FORWARD, CT_REPLY, CT_ROLES, CtKey, CtValue,
+  CT_F_CLOSING, CT_F_SNAT, CT_FORWARD, CT_REPLY, CT_ROLES, CT_SIZE_KIND, CtKey, CtValue,
   type BackendConnsT, type BackendIdT, type CtKeyT, type CtRole, type CtValueT,
 } from './layouts.js';
 import { protoName } from './inspect.js';
+import { joinHostPort } from '../model/ip.js';
 
 export type FlowState = 'syn' | 'established' | 'closing' | 'udp';
 
@@ -21,7 +22,7 @@ export interface Flow {
   /** The source the flow leaves the node with, when SNATed (remote backend, hairpin). */
   snat: string | null;
   state: FlowState;
-  /** The map holding the flow: established TCP, half-open TCP, or UDP. */
+  /** The map holding the flow: established TCP, half-open TCP, or UDP, of the flow's family. */
   table: CtRole;
   svcId: number;
   backendId: number;
@@ -56,9 +57,10 @@ function keyId(k: CtKeyT): string {
 }
 
 function flowState(table: CtRole, flags: number): FlowState {
-  if (table === 'ctUdp') return 'udp';
+  const kind = CT_SIZE_OF[table];
+  if (kind === 'udp') return 'udp';
   if (flags & CT_F_CLOSING) return 'closing';
-  return table === 'ctTcp' ? 'established' : 'syn';
+  return kind === 'tcp' ? 'established' : 'syn';
 }
 
 function readTable(table: CtRole, conntrack: CtMap, now: bigint, flows: Flow[]): void {
@@ -71,10 +73,10 @@ function readTable(table: CtRole, conntrack: CtMap, now: bigint, flows: Flow[]):
     const last = rv && rv.last_seen_ns > v.last_seen_ns ? rv.last_seen_ns : v.last_seen_ns;
     flows.push({
       protocol: protoName(k.proto),
-      client: `${k.saddr}:${k.sport}`,
-      frontend: `${k.daddr}:${k.dport}`,
-      backend: `${v.nat_addr}:${v.nat_port}`,
-      snat: v.flags & CT_F_SNAT ? `${v.snat_addr}:${v.snat_port}` : null,
+      client: joinHostPort(k.saddr, k.sport),
+      frontend: joinHostPort(k.daddr, k.dport),
+      backend: joinHostPort(v.nat_addr, v.nat_port),
+      snat: v.flags & CT_F_SNAT ? joinHostPort(v.snat_addr, v.snat_port) : null,
       state: flowState(table, v.flags | (rv?.flags ?? 0)),
       table,
       svcId: v.svc_id,
@@ -88,7 +90,7 @@ function readTable(table: CtRole, conntrack: CtMap, now: bigint, flows: Flow[]):
   }
 }
 
-/** Every flow of the three maps (a full read: for the CLI, not for the agent's loop). */
+/** Every flow of the conntrack maps, both families (a full read: for the CLI, not for the agent's loop). */
 export function readFlows(maps: CtMaps, now: bigint = monotonicNs()): Flow[] {
   const flows: Flow[] = [];
   for (const table of CT_ROLES) readTable(table, maps[table], now, flows);
@@ -112,7 +114,10 @@ export function flushConntrack(maps: CtMaps, conns: MapLike<BackendIdT, BackendC
   return n;
 }
 
-/** Entries of each conntrack map (max_entries): `--ct-max-tcp` and `--ct-max-udp`, or sized to the node. */
+/**
+ * Entries of each conntrack map (max_entries): `--ct-max-tcp` and `--ct-max-udp`, or sized to the
+ * node. IPv6's maps get the same sizes as IPv4's (as Cilium's CT map sizes apply to both).
+ */
 export interface CtSizes {
   /** vipr_ct_tcp_v1: established TCP flows, two entries each. */
   tcp: number;
@@ -154,11 +159,16 @@ export function ctSizes(explicit: { tcp?: number; udp?: number } = {}, memoryByt
 }
 
 /** The pinned map name of each conntrack role, as CtSizes names them. */
-export const CT_SIZE_OF: Record<CtRole, keyof CtSizes> = { ctTcp: 'tcp', ctTcpSyn: 'tcpSyn', ctUdp: 'udp' };
+export const CT_SIZE_OF: Record<CtRole, keyof CtSizes> = CT_SIZE_KIND;
+
+/** An address that stands for none: snat_addr of a flow that is not SNATed, either family. */
+function isUnset(addr: string): boolean {
+  return addr === '0.0.0.0' || addr === '::';
+}
 
 /** The reply entry that belongs to a forward entry. */
 export function replyKeyOf(k: CtKeyT, v: CtValueT): CtKeyT {
-  const snat = v.snat_addr !== '0.0.0.0';
+  const snat = !isUnset(v.snat_addr);
   return {
     saddr: v.nat_addr,
     daddr: snat ? v.snat_addr : k.saddr,

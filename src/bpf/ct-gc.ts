@@ -1,6 +1,6 @@
 /*
  * Conntrack garbage collection without the event loop: bpf/ct_gc.bpf.c holds one map-element
- * iterator per conntrack map, which deletes expired flows in the kernel. A pass creates an
+ * iterator per conntrack map (IPv4's three and IPv6's three), which deletes expired flows in the kernel. A pass creates an
  * iterator per map and reads it with fs.read, which runs on libuv's thread pool: the kernel walks
  * the map while the agent keeps answering /healthz. The reads return the iterator's reports
  * (struct vipr_ct_gc_report); the last one of a map is its result: entries seen, entries deleted.
@@ -14,7 +14,10 @@ import { DEFAULT_CT_TIMEOUTS, type CtTimeouts } from './conntrack.js';
 import { ConfigError } from '../errors.js';
 import { ctGcObjectPath } from '../paths.js';
 
-const PROGRAMS: Record<CtRole, string> = { ctTcp: 'vipr_ct_gc_tcp', ctTcpSyn: 'vipr_ct_gc_tcp_syn', ctUdp: 'vipr_ct_gc_udp' };
+const PROGRAMS: Record<CtRole, string> = {
+  ctTcp: 'vipr_ct_gc_tcp', ctTcpSyn: 'vipr_ct_gc_tcp_syn', ctUdp: 'vipr_ct_gc_udp',
+  ctTcp6: 'vipr_ct6_gc_tcp', ctTcpSyn6: 'vipr_ct6_gc_tcp_syn', ctUdp6: 'vipr_ct6_gc_udp',
+};
 
 export interface CtGcResult {
   /** Entries the pass visited (a reply entry deleted with its flow before its turn is not). */

@@ -6,7 +6,8 @@ import { z } from 'zod';
 import type { DatapathMaps } from './datapath.js';
 import { describeSocketLb, socketLbStatus } from './socket-lb.js';
 import {
-  BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_FORWARD, CT_ROLES, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, SCHEDULERS, SCOPE_EXTERNAL,
+  BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_FORWARD, CT_ROLES, CT_SIZE_KIND, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, NODEPORT_VIP6,
+  SCHEDULERS, SCOPE_EXTERNAL,
   STAT_NAMES, SVC_F_AFFINITY, type StatName,
 } from './layouts.js';
 import type { Listing, ListedService } from '../model/listing.js';
@@ -41,7 +42,7 @@ function connectionCounts(maps: DatapathMaps): Map<string, { active: number; ina
       if (k.dir !== CT_FORWARD) continue;
       const id = `${v.svc_id}/${v.backend_id}`;
       const c = counts.get(id) ?? { active: 0, inactive: 0 };
-      if (role === 'ctTcp' && k.proto === IPPROTO_TCP && !(v.flags & CT_F_CLOSING)) c.active++;
+      if (CT_SIZE_KIND[role] === 'tcp' && k.proto === IPPROTO_TCP && !(v.flags & CT_F_CLOSING)) c.active++;
       else c.inactive++;
       counts.set(id, c);
     }
@@ -52,11 +53,13 @@ function connectionCounts(maps: DatapathMaps): Map<string, { active: number; ina
 export function readBpfListing(maps: DatapathMaps, pinDir: string): Listing {
   const names = readServiceNames(pinDir);
   const counts = connectionCounts(maps);
-  const backends = new Map(maps.backends.entries().map(([k, v]) => [k.id, v]));
+  // Backend ids come from one allocator for both families: one map of them serves both.
+  const backends = new Map([...maps.backends.entries(), ...maps.backends6.entries()].map(([k, v]) => [k.id, v]));
   const slots = new Map(maps.slots.entries().map(([k, v]) => [`${k.svc_id}/${k.slot}`, v.id]));
   const services: ListedService[] = [];
   const nodeIps = maps.nodeIps.entries().map(([k]) => k.addr);
-  for (const [key, svc] of maps.services.entries()) {
+  const nodeIps6 = maps.nodeIps6.entries().map(([k]) => k.addr);
+  for (const [key, svc] of [...maps.services.entries(), ...maps.services6.entries()]) {
     // Internal-scope twins of externalTrafficPolicy Local frontends are an implementation detail.
     if (key.scope !== SCOPE_EXTERNAL) continue;
     const listed: ListedService = {
@@ -84,9 +87,10 @@ export function readBpfListing(maps: DatapathMaps, pinDir: string): Listing {
         activeConn: c.active, inactConn: c.inactive, flags,
       });
     }
-    // A NodePort answers on every node address: list it there, as IPVS mode does.
-    if (key.vip === NODEPORT_VIP && nodeIps.length > 0) {
-      for (const ip of nodeIps) services.push({ ...listed, address: ip });
+    // A NodePort answers on every node address of its family: list it there, as IPVS mode does.
+    const nodeAddrs = key.vip === NODEPORT_VIP ? nodeIps : key.vip === NODEPORT_VIP6 ? nodeIps6 : [];
+    if (nodeAddrs.length > 0) {
+      for (const ip of nodeAddrs) services.push({ ...listed, address: ip });
     } else {
       services.push(listed);
     }

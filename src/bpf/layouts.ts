@@ -166,6 +166,90 @@ export const FragPorts = defineStruct('vipr_frag_ports', [
   ['dport', 'be16'],
 ] as const);
 
+/*
+ * IPv6 (the end of vipr_types.h): the same shapes with 16-byte addresses, so each decodes to the
+ * same TypeScript type as its IPv4 twin (addresses are text either way) and code that only moves
+ * entries around serves both families.
+ */
+export const Svc6Key = defineStruct('vipr_svc6_key', [
+  ['vip', 'ipv6'],
+  ['port', 'be16'],
+  ['proto', 'u8'],
+  ['scope', 'u8'],
+] as const);
+
+export const Backend6 = defineStruct('vipr_backend6', [
+  ['addr', 'ipv6'],
+  ['port', 'be16'],
+  ['proto', 'u8'],
+  ['flags', 'u8'],
+] as const);
+
+export const Ct6Key = defineStruct('vipr_ct6_key', [
+  ['saddr', 'ipv6'],
+  ['daddr', 'ipv6'],
+  ['sport', 'be16'],
+  ['dport', 'be16'],
+  ['proto', 'u8'],
+  ['dir', 'u8'],
+  ['pad', 'pad', 2],
+] as const);
+
+export const Ct6Value = defineStruct('vipr_ct6_value', [
+  ['created_ns', 'u64'],
+  ['last_seen_ns', 'u64'],
+  ['nat_addr', 'ipv6'],
+  ['nat_port', 'be16'],
+  ['flags', 'u8'],
+  ['tcp_flags', 'u8'],
+  ['snat_addr', 'ipv6'],
+  ['snat_port', 'be16'],
+  ['pad', 'pad', 2],
+  ['svc_id', 'u32'],
+  ['backend_id', 'u32'],
+] as const);
+
+export const NodeIp6 = defineStruct('vipr_node_ip6', [['addr', 'ipv6']] as const);
+
+export const SourceRange6 = defineStruct('vipr_source_range6', [
+  ['prefixlen', 'u32'],
+  ['svc_id', 'u32'],
+  ['addr', 'ipv6'],
+] as const);
+
+export const Config6 = defineStruct('vipr_config6', [
+  ['snat_addr', 'ipv6'],
+  ['cluster_cidr', 'ipv6'],
+  ['cluster_mask', 'ipv6'],
+] as const);
+
+export const Affinity6Key = defineStruct('vipr_affinity6_key', [
+  ['svc_id', 'u32'],
+  ['client', 'ipv6'],
+] as const);
+
+export const Frag6Key = defineStruct('vipr_frag6_key', [
+  ['saddr', 'ipv6'],
+  ['daddr', 'ipv6'],
+  ['id', 'be32'],
+  ['proto', 'u8'],
+  ['pad', 'pad', 3],
+] as const);
+
+export const SockRev6Key = defineStruct('vipr_sock_rev6_key', [
+  ['cookie', 'u64'],
+  ['addr', 'ipv6'],
+  ['port', 'be16'],
+  ['pad', 'pad', 6],
+] as const);
+
+export const SockRev6Value = defineStruct('vipr_sock_rev6_value', [
+  ['addr', 'ipv6'],
+  ['port', 'be16'],
+  ['pad', 'pad', 2],
+  ['backend_id', 'u32'],
+] as const);
+
 export const U32 = new U32Codec();
 
 export type SvcKeyT = ReturnType<typeof SvcKey.decode>;
@@ -188,6 +272,8 @@ export type SourceRangeT = ReturnType<typeof SourceRange.decode>;
 export type SchedStateT = ReturnType<typeof SchedState.decode>;
 export type BackendConnsT = ReturnType<typeof BackendConns.decode>;
 export type ConfigT = ReturnType<typeof Config.decode>;
+export type Config6T = ReturnType<typeof Config6.decode>;
+export type Frag6KeyT = ReturnType<typeof Frag6Key.decode>;
 
 /* enum vipr_scope */
 export const SCOPE_EXTERNAL = 0;
@@ -195,6 +281,8 @@ export const SCOPE_EXTERNAL = 0;
 export const SCOPE_INTERNAL = 1;
 /* VIPR_NODEPORT_VIP: a NodePort frontend answers on every node address */
 export const NODEPORT_VIP = '0.0.0.0';
+/* The same for IPv6 frontends (vipr_svc6_key.vip all zero) */
+export const NODEPORT_VIP6 = '::';
 export const SVC_F_AFFINITY = 1 << 0;
 export const SVC_F_LOCAL = 1 << 1;
 export const SVC_F_EXTERNAL = 1 << 2;
@@ -250,6 +338,7 @@ export const STAT_NAMES = [
   'icmp_error_nat',
   'pulled',
   'drop_ct_tuple_taken',
+  'ipv6_ext_hdr_limit',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 
@@ -284,10 +373,29 @@ export const MAPS = {
   sockRev: spec('vipr_sock_rev_v1', SockRevKey, SockRevValue),
   sockAffinity: spec('vipr_sock_affinity_v1', SockAffinityKey, AffinityValue),
   fragments: spec('vipr_fragments_v1', FragKey, FragPorts),
+  services6: spec('vipr_services6_v1', Svc6Key, SvcValue),
+  backends6: spec('vipr_backends6_v1', BackendId, Backend6),
+  ctTcp6: spec('vipr_ct6_tcp_v1', Ct6Key, Ct6Value),
+  ctTcpSyn6: spec('vipr_ct6_tcp_syn_v1', Ct6Key, Ct6Value),
+  ctUdp6: spec('vipr_ct6_udp_v1', Ct6Key, Ct6Value),
+  affinity6: spec('vipr_affinity6_v1', Affinity6Key, AffinityValue),
+  nodeIps6: spec('vipr_node_ips6_v1', NodeIp6, U32),
+  sourceRanges6: spec('vipr_source_ranges6_v1', SourceRange6, U32),
+  config6: spec('vipr_config6_v1', U32, Config6),
+  fragments6: spec('vipr_fragments6_v1', Frag6Key, FragPorts),
+  sockRev6: spec('vipr_sock_rev6_v1', SockRev6Key, SockRev6Value),
 } as const;
 
 export type MapRole = keyof typeof MAPS;
 
-/** The conntrack maps (struct vipr_ct_key in vipr_types.h says why three). */
-export const CT_ROLES = ['ctTcp', 'ctTcpSyn', 'ctUdp'] as const;
+/**
+ * The conntrack maps (struct vipr_ct_key in vipr_types.h says why three), IPv4's then IPv6's. An
+ * IPv6 map's entries decode to the same shape (addresses as text), so flows of both families are
+ * read, flushed and collected by the same code.
+ */
+export const CT_ROLES = ['ctTcp', 'ctTcpSyn', 'ctUdp', 'ctTcp6', 'ctTcpSyn6', 'ctUdp6'] as const;
 export type CtRole = (typeof CT_ROLES)[number];
+/** What each conntrack map holds, either family: established TCP, half-open TCP, UDP. */
+export const CT_SIZE_KIND: Record<CtRole, 'tcp' | 'tcpSyn' | 'udp'> = {
+  ctTcp: 'tcp', ctTcpSyn: 'tcpSyn', ctUdp: 'udp', ctTcp6: 'tcp', ctTcpSyn6: 'tcpSyn', ctUdp6: 'udp',
+};

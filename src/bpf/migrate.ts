@@ -196,7 +196,10 @@ export const LAYOUT_MIGRATIONS: readonly LayoutMigration[] = [
 ];
 
 /** Maps the programs write (the others only the agent writes, so one copy at load is enough). */
-const DATAPATH_WRITTEN: ReadonlySet<MapRole> = new Set<MapRole>(['ctTcp', 'ctTcpSyn', 'ctUdp', 'affinity', 'backendConns', 'sched', 'sockRev', 'sockAffinity']);
+const DATAPATH_WRITTEN: ReadonlySet<MapRole> = new Set<MapRole>([
+  'ctTcp', 'ctTcpSyn', 'ctUdp', 'affinity', 'backendConns', 'sched', 'sockRev', 'sockAffinity',
+  'ctTcp6', 'ctTcpSyn6', 'ctUdp6', 'affinity6', 'sockRev6',
+]);
 
 const EEXIST = 17;
 const BPF_NOEXIST = 1;

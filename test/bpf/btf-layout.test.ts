@@ -83,6 +83,26 @@ describe('TypeScript codecs match the BTF of bpf/tc_lb.bpf.o', () => {
   });
 });
 
+describe('every map of the object has codecs', () => {
+  test('the .maps section holds no vipr map MAPS does not know (IPv6 maps included)', () => {
+    const datasec = btf.find((x) => x.kind === 'DATASEC' && x.name === '.maps') as unknown as { vars: Array<{ type_id: number }> };
+    const declared = datasec.vars.map((v) => byId.get(v.type_id)?.name ?? '').filter((n) => n.startsWith('vipr_')).sort();
+    const known = new Set(Object.values(MAPS).map((m) => m.name));
+    expect(declared.filter((n) => !known.has(n))).toEqual([]);
+    expect(declared).toEqual(expect.arrayContaining(['vipr_services6_v1', 'vipr_backends6_v1', 'vipr_ct6_tcp_v1', 'vipr_config6_v1']));
+  });
+
+  test('an IPv6 address field is __be32[4]: 16 bytes at a 4-byte aligned offset, read back as canonical text', () => {
+    const s = struct('vipr_ct6_value');
+    const nat = s.members?.find((m) => m.name === 'nat_addr');
+    expect(nat && resolve(nat.type_id).kind).toBe('ARRAY');
+    const key = MAPS.ctTcp6.key;
+    const buf = key.encode({ saddr: 'fd00:10:244:1::2', daddr: 'fd00:10:96::213', sport: 40000, dport: 80, proto: 6, dir: 0 });
+    expect(buf.subarray(0, 16).toString('hex')).toBe('fd000010024400010000000000000002');
+    expect(key.decode(buf)).toEqual({ saddr: 'fd00:10:244:1::2', daddr: 'fd00:10:96::213', sport: 40000, dport: 80, proto: 6, dir: 0 });
+  });
+});
+
 describe('counter names follow enum vipr_stat', () => {
   test('same names, same order', () => {
     // Enums used only as constants leave no BTF; read the header itself.

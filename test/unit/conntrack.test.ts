@@ -19,7 +19,10 @@ type FakeCt = { [R in keyof CtMaps]: FakeMap<CtKeyT, CtValueT> } & { ops: MapOp[
 
 function fakeCt(): FakeCt {
   const ops: MapOp[] = [];
-  return { ops, ctTcp: new FakeMap(MAPS.ctTcp, 65536, ops), ctTcpSyn: new FakeMap(MAPS.ctTcpSyn, 65536, ops), ctUdp: new FakeMap(MAPS.ctUdp, 65536, ops) };
+  return {
+    ops, ctTcp: new FakeMap(MAPS.ctTcp, 65536, ops), ctTcpSyn: new FakeMap(MAPS.ctTcpSyn, 65536, ops), ctUdp: new FakeMap(MAPS.ctUdp, 65536, ops),
+    ctTcp6: new FakeMap(MAPS.ctTcp6, 65536, ops), ctTcpSyn6: new FakeMap(MAPS.ctTcpSyn6, 65536, ops), ctUdp6: new FakeMap(MAPS.ctUdp6, 65536, ops),
+  };
 }
 
 function flow(ct: CtMaps, table: CtRole, o: { sport: number; idle: number; fwdFlags?: number; repFlags?: number; svc?: number; backend?: number; snat?: boolean }): void {
@@ -106,8 +109,11 @@ test('--snat-port-range LO-HI', () => {
 });
 
 test('pressure: a map passing 90 % is reported once, again only after it fell under 80 %', () => {
-  const max: Record<CtRole, number> = { ctTcp: 1000, ctTcpSyn: 100, ctUdp: 100 };
-  const pass = (tcp: number, deleted = 0): CtGcPass => ({ ctTcp: { seen: tcp + deleted, deleted, kept: tcp }, ctTcpSyn: { seen: 10, deleted: 0, kept: 10 }, ctUdp: { seen: 0, deleted: 0, kept: 0 } });
+  const max: Record<CtRole, number> = { ctTcp: 1000, ctTcpSyn: 100, ctUdp: 100, ctTcp6: 1000, ctTcpSyn6: 100, ctUdp6: 100 };
+  const idle = { seen: 0, deleted: 0, kept: 0 };
+  const pass = (tcp: number, deleted = 0): CtGcPass => ({
+    ctTcp: { seen: tcp + deleted, deleted, kept: tcp }, ctTcpSyn: { seen: 10, deleted: 0, kept: 10 }, ctUdp: idle, ctTcp6: idle, ctTcpSyn6: idle, ctUdp6: idle,
+  });
   const p = new CtPressure();
   expect(p.update(pass(899), max)).toEqual([]);
   expect(p.update(pass(910, 40), max)).toEqual([{ map: 'vipr_ct_tcp_v1', entries: 910, maxEntries: 1000, over: true }]);
@@ -115,4 +121,23 @@ test('pressure: a map passing 90 % is reported once, again only after it fell un
   expect(p.update(pass(850), max)).toEqual([]);
   expect(p.update(pass(799), max)).toEqual([{ map: 'vipr_ct_tcp_v1', entries: 799, maxEntries: 1000, over: false }]);
   expect(p.update(pass(901), max)).toHaveLength(1);
+});
+
+test('IPv6 flows are read from the IPv6 maps and print as [addr]:port; flush takes both families', () => {
+  const ct = fakeCt();
+  flow(ct, 'ctTcp', { sport: 40000, idle: 5 });
+  const last = NOW - 3n * S;
+  const base = { created_ns: last, last_seen_ns: last, tcp_flags: 0, svc_id: 2, backend_id: 9, flags: 0, snat_addr: '::', snat_port: 0 };
+  ct.ctTcp6.update({ saddr: 'fd00:10:244:9::5', daddr: 'fd00:10:96::213', sport: 40001, dport: 80, proto: IPPROTO_TCP, dir: CT_FORWARD }, { ...base, nat_addr: 'fd00:10:244:1::2', nat_port: 8080 });
+  ct.ctTcp6.update({ saddr: 'fd00:10:244:1::2', daddr: 'fd00:10:244:9::5', sport: 8080, dport: 40001, proto: IPPROTO_TCP, dir: CT_REPLY }, { ...base, nat_addr: 'fd00:10:96::213', nat_port: 80 });
+  const flows = readFlows(ct, NOW);
+  const v6 = flows.find((f) => f.table === 'ctTcp6');
+  expect(v6).toMatchObject({
+    protocol: 'TCP', client: '[fd00:10:244:9::5]:40001', frontend: '[fd00:10:96::213]:80', backend: '[fd00:10:244:1::2]:8080',
+    snat: null, state: 'established', svcId: 2, backendId: 9, hasReply: true, idleSeconds: 3,
+  });
+  expect(flows).toHaveLength(2);
+  expect(flushConntrack(ct, null, new Set([2]))).toBe(1);
+  expect(ct.ctTcp6.size).toBe(0);
+  expect(ct.ctTcp.size).toBe(2);
 });
