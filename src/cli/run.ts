@@ -4,7 +4,8 @@ import type { Server } from 'node:http';
 import type { ParseArgsConfig } from 'node:util';
 import { LoadedDatapath, attachInterface, attachXdp, forgetInterface, requireRoot, type AttachMode } from '../bpf/datapath.js';
 import { SocketLb, decideSocketLb, describeSocketLb, detachSocketLb, parseSocketLbChoice, socketLbStatus, type SocketLbDecision } from '../bpf/socket-lb.js';
-import { cidrContains, parseIpv4Cidr } from '../model/ipv4.js';
+import { cidrFamily } from '../model/ip.js';
+import { resolveOptions } from '../render/options.js';
 import { listLinks, parseIfaceSpec, watchLinks } from '../bpf/interfaces.js';
 import { ifNameToIndex } from '../bpf/libbpf.js';
 import { ServiceHealthServers } from '../sync/service-health.js';
@@ -26,12 +27,11 @@ import type { NodeInfo } from '../model/types.js';
 import { BpfError, ConfigError } from '../errors.js';
 import { componentLogger, setLogLevel, type Logger } from '../log.js';
 import { DEFAULT_PIN_DIR } from '../paths.js';
-import { isIpv4 } from '../bpf/codec.js';
 import { parseOptions } from './options.js';
 import { parseDuration } from './duration.js';
 import { DEFAULT_MAGLEV_MAX_SIZE, MAGLEV_SIZES } from '../model/maglev.js';
 import { SERVICE_CLI_HELP, SERVICE_CLI_OPTIONS, buildOptionsFromCli } from './service-options.js';
-import { RENDER_CLI_HELP, RENDER_CLI_OPTIONS, renderOptionsFromCli, startProxyMode } from '../modes/cli.js';
+import { RENDER_CLI_HELP, RENDER_CLI_OPTIONS, parseNodeIps, renderOptionsFromCli, startProxyMode } from '../modes/cli.js';
 import { cleanupOtherModes, parseProxyMode, type ProxyMode } from '../modes/index.js';
 
 /** How often expired conntrack entries are collected. */
@@ -86,7 +86,7 @@ dataplane:
   --iptables-backend B       auto|legacy|nft (iptables and ipvs modes; auto as kube-proxy's image)
 node:
   --node-name NAME           this node's name, for local endpoints (default: the hostname)
-  --node-ip IP               this node's IPv4 address (repeat; from the Node object with --kubeconfig)
+  --node-ip IP               this node's address (repeat, either family; from the Node object with --kubeconfig)
 kube-proxy rules (iptables, nftables, ipvs modes):
 ${RENDER_CLI_HELP.split('\n').filter((l) => !l.includes('--node-ip')).join('\n')}services (every mode):
 ${SERVICE_CLI_HELP}sync (as kube-proxy):
@@ -200,7 +200,8 @@ export async function run(argv: string[]): Promise<number> {
   if (mode === 'bpf' && values.iface.length === 0) throw new ConfigError('vipr run: at least one --iface IF is required (the interfaces carrying client traffic)');
   const attach = values.attach;
   if (attach !== 'auto' && attach !== 'tcx' && attach !== 'tc') throw new ConfigError(`--attach ${attach}: expected auto, tcx or tc`);
-  for (const ip of values['node-ip']) if (!isIpv4(ip)) throw new ConfigError(`--node-ip ${ip}: not an IPv4 address`);
+  // --node-ip (either family), --cluster-cidr and --nodeport-addresses: one clear line when wrong.
+  renderOptionsFromCli(values);
   const minSync = parseDuration('min-sync-period', values['min-sync-period']);
   const fullSync = parseDuration('sync-period', values['sync-period']);
   buildOptionsFromCli(values, useKube);
@@ -268,7 +269,7 @@ export function parseSnatPortRange(raw: string): [number, number] {
 
 /** kube-proxy's localhost NodePorts: on unless --nodeport-addresses leaves 127.0.0.1 out. */
 function nodePortLoopback(nodePortAddresses: string[]): boolean {
-  return nodePortAddresses.length === 0 || nodePortAddresses.some((c) => cidrContains(parseIpv4Cidr(c), '127.0.0.1'));
+  return resolveOptions({ ...renderOptionsFromCli({}), nodePortAddresses }, 'IPv4').localhostNodePorts;
 }
 
 /**
@@ -310,6 +311,8 @@ async function runAgent(
     const loaded = LoadedDatapath.load(pinDir, process.env.VIPR_TC_OBJECT || undefined, { ctSizes: o.ct });
     datapath = loaded;
     log.info({ ...loaded.ctMaxEntries }, 'conntrack map sizes');
+    // The kube-proxy flags both families share, checked as the fallback modes check them.
+    const render = renderOptionsFromCli(values);
     dataplane = new BpfDataplane(loaded.maps, pinDir, {
       clusterCIDR: values['cluster-cidr'] ?? null,
       nodePortAddresses: values['nodeport-addresses'],
@@ -324,7 +327,9 @@ async function runAgent(
   const metrics = new AgentMetrics(loaded === null ? {} : { datapathCounters: () => readCounters(loaded.maps) });
   // kube-proxy's rule: unhealthy when a queued change waits longer than 2 × the sync period.
   const health = new ProxyHealth({ healthTimeoutMs: 2 * o.fullSync });
-  const serviceHealth = new ServiceHealthServers({ nodePortAddresses: values['nodeport-addresses'], proxyHealthy: () => health.status().healthy });
+  // The health check servers listen on IPv4 addresses only (src/sync/service-health.ts).
+  const ipv4NodePortAddresses = renderOptionsFromCli(values).nodePortAddresses.filter((c) => cidrFamily(c) === 'IPv4');
+  const serviceHealth = new ServiceHealthServers({ nodePortAddresses: ipv4NodePortAddresses, proxyHealthy: () => health.status().healthy });
   const servers: Server[] = [];
   servers.push(await startMetricsServer(values['metrics-bind-address'], metrics));
   servers.push(await startHealthServer(values['healthz-bind-address'], health));
@@ -332,7 +337,7 @@ async function runAgent(
   const source = o.kube !== null ? kubeSource(o.kube, nodeName, metrics, log) : manifestSource(values.manifests as string, metrics);
   const agent = new Agent({
     dataplane,
-    node: { name: nodeName, zone: null, ips: values['node-ip'] },
+    node: { name: nodeName, zone: null, ips: parseNodeIps(values['node-ip']) },
     minSyncPeriodMs: o.minSync,
     syncPeriodMs: o.fullSync,
     build: buildOptionsFromCli(values, o.kube !== null),
@@ -404,7 +409,7 @@ async function runAgent(
       if (o.socketLb !== null) {
         sockLb = startSocketLb(o.socketLb, values['socket-lb'] === 'on', pinDir, {
           hostNsOnly: values['socket-lb-host-ns-only'],
-          nodePortLoopback: nodePortLoopback(values['nodeport-addresses']),
+          nodePortLoopback: nodePortLoopback(renderOptionsFromCli(values).nodePortAddresses),
         }, log);
       }
       // Every program is swapped in: the delta the old ones wrote, then the old pins go.

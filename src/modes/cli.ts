@@ -5,7 +5,7 @@
  */
 import type { ParseArgsConfig } from 'node:util';
 import { ConfigError } from '../errors.js';
-import { parseIpv4, parseIpv4Cidr } from '../model/ipv4.js';
+import { canonicalIp, parseCidr, type IpFamily } from '../model/ip.js';
 import type { IpvsScheduler, RenderOptions } from '../render/options.js';
 import type { Dataplane } from '../model/dataplane.js';
 import { cleanupOtherModes, createFallbackDataplane, type ProxyMode } from './index.js';
@@ -22,10 +22,11 @@ export const RENDER_CLI_OPTIONS = {
   'iptables-backend': { type: 'string', default: 'auto' },
 } satisfies NonNullable<ParseArgsConfig['options']>;
 
-export const RENDER_CLI_HELP = `  --cluster-cidr CIDR        pod CIDR: cluster-IP traffic from outside it is masqueraded
+export const RENDER_CLI_HELP = `  --cluster-cidr CIDR[,CIDR] pod CIDRs, one per family: cluster-IP traffic from outside is masqueraded
   --masquerade-all           masquerade all service traffic
-  --node-ip IP               this node's IPv4 address (repeat for several; the first is primary)
-  --nodeport-addresses CIDR  NodePorts only on node addresses in CIDR (repeat; default: all)
+  --node-ip IP               this node's address (repeat, either family; each family's first is primary)
+  --nodeport-addresses CIDR  NodePorts only on node addresses in these CIDRs (comma-separated or
+                             repeated, either family; a family with none: all its addresses)
   --ipvs-scheduler S         rr|wrr|lc|wlc|sh|dh|sed|nq (ipvs mode; default rr)
 `;
 
@@ -45,20 +46,47 @@ function checked<T>(option: string, value: string, parse: (v: string) => T): T {
   }
 }
 
+/**
+ * A CIDR list flag in kube-proxy's form (`10.244.0.0/16,fd00:10:244::/56`; repeating the flag
+ * adds to the list), each CIDR checked and named in the error when wrong. `onePerFamily`:
+ * kube-proxy's --cluster-cidr takes at most one CIDR of each family.
+ */
+export function parseCidrList(option: string, values: readonly string[], onePerFamily = false): string[] {
+  const out: string[] = [];
+  const seen = new Map<IpFamily, string>();
+  for (const value of values) {
+    for (const raw of value.split(',')) {
+      const cidr = raw.trim();
+      if (cidr === '') throw new ConfigError(`--${option} ${value}: empty CIDR in the list (write 10.244.0.0/16,fd00:10:244::/56)`);
+      const { family } = checked(option, cidr, parseCidr);
+      const earlier = seen.get(family);
+      if (onePerFamily && earlier !== undefined) {
+        throw new ConfigError(`--${option} ${value}: two ${family} CIDRs (${earlier}, ${cidr}); give at most one per family`);
+      }
+      seen.set(family, cidr);
+      out.push(cidr);
+    }
+  }
+  return out;
+}
+
+/** --node-ip values of either family, canonical (fd00::0001 is fd00::1). */
+export function parseNodeIps(values: readonly string[]): string[] {
+  return values.map((ip) => checked('node-ip', ip, canonicalIp));
+}
+
 /** The flags as RenderOptions, each value checked and named in the error when wrong. */
 export function renderOptionsFromCli(values: RenderCliValues): RenderOptions {
-  const clusterCIDR = values['cluster-cidr'] ?? null;
-  if (clusterCIDR !== null) checked('cluster-cidr', clusterCIDR, parseIpv4Cidr);
-  const nodeIPs = values['node-ip'] ?? [];
-  for (const ip of nodeIPs) checked('node-ip', ip, parseIpv4);
-  const nodePortAddresses = values['nodeport-addresses'] ?? [];
-  for (const cidr of nodePortAddresses) checked('nodeport-addresses', cidr, parseIpv4Cidr);
+  const clusterCIDR = values['cluster-cidr'];
+  const clusterCIDRs = clusterCIDR === undefined ? [] : parseCidrList('cluster-cidr', [clusterCIDR], true);
+  const nodeIPs = parseNodeIps(values['node-ip'] ?? []);
+  const nodePortAddresses = parseCidrList('nodeport-addresses', values['nodeport-addresses'] ?? []);
   const scheduler = values['ipvs-scheduler'] ?? 'rr';
   if (!(IPVS_SCHEDULERS as readonly string[]).includes(scheduler)) {
     throw new ConfigError(`--ipvs-scheduler ${scheduler}: expected one of ${IPVS_SCHEDULERS.join(', ')}`);
   }
   return {
-    clusterCIDR,
+    clusterCIDRs,
     masqueradeAll: values['masquerade-all'] ?? false,
     nodeIPs,
     nodePortAddresses,

@@ -2,12 +2,21 @@
  * kube-proxy's iptables mode, rendered as the `iptables-restore --noflush` input that
  * pkg/proxy/iptables/proxier.go syncProxyRules writes (followed as of Kubernetes v1.33).
  *
+ * One family per rendering, as kube-proxy runs one proxier per family: IPv4 is the
+ * iptables-restore input, IPv6 the ip6tables-restore input, with the same chain names (hashed
+ * from the ServicePortName alone). What differs for IPv6 is what kube-proxy's IPv6 proxier
+ * does: endpoints are `[ip]:port` (net.JoinHostPort) in chain hashes, comments and DNAT; no
+ * localhost NodePorts (no route_localnet for IPv6), so no KUBE-FIREWALL localnet rule and the
+ * NodePort tail call excludes `::1/128`; REJECT's default reply is ip6tables' own
+ * (icmp6-port-unreachable), so the rule text is the same.
+ *
  * Output order is kube-proxy's write order with services taken in DesiredState order (kube-proxy
  * walks a Go map, so its own order is random; tests canonicalise before comparing). The jump
  * rules from the built-in chains are not part of the restore input: kube-proxy applies them with
  * `iptables -C` / `-I` (iptablesJumpRules()).
  */
 import type { DesiredState, Endpoint } from '../model/types.js';
+import type { IpFamily } from '../model/ip.js';
 import {
   isIptablesServiceChainName,
   servicePortChainName,
@@ -16,8 +25,7 @@ import {
   serviceFirewallChainName,
   servicePortLocalChainName,
 } from './hash.js';
-import { isLoopback } from '../model/ipv4.js';
-import { resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
+import { isLoopbackIp, resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
 import { endpointString, isChanged, policyRouting, servicePortFacts, sourceRangesAllowNode, type ServicePortFacts } from './service-port.js';
 
 export const KUBE_SERVICES = 'KUBE-SERVICES';
@@ -37,6 +45,8 @@ const NFACCT_CT_STATE_INVALID_DROPPED = 'ct_state_invalid_dropped_pkts';
 const NFACCT_LOCALHOST_NODEPORT_ACCEPTED = 'localhost_nps_accepted_pkts';
 
 export interface IptablesSyncOptions {
+  /** The family rendered (its ServicePorts only): IPv4 for iptables-restore, IPv6 for ip6tables-restore. Default IPv4. */
+  family?: IpFamily;
   /**
    * Partial sync, as kube-proxy does between full syncs: only the per-service chains
    * (SVC/SVL/EXT/FW/SEP) of these services are declared and rewritten; the others are left
@@ -114,7 +124,9 @@ export function probability(n: number): string {
 }
 
 export function renderIptables(state: DesiredState, options: RenderOptions, sync: IptablesSyncOptions = {}): string {
-  const opts = resolveOptions(options);
+  const family = sync.family ?? 'IPv4';
+  const opts = resolveOptions(options, family);
+  const services = state.services.filter((e) => e.service.family === family);
   const partial = sync.onlyChanged;
   const mark = opts.masqueradeMark;
 
@@ -150,11 +162,11 @@ export function renderIptables(state: DesiredState, options: RenderOptions, sync
     );
   }
 
-  const totalEndpoints = state.services.reduce((n, s) => n + s.endpoints.length, 0);
+  const totalEndpoints = services.reduce((n, s) => n + s.endpoints.length, 0);
   const largeClusterMode = totalEndpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
   const activeNatChains = new Set<string>();
 
-  for (const entry of state.services) {
+  for (const entry of services) {
     const facts = servicePortFacts(entry);
     const skip = partial !== undefined && !isChanged(facts, partial);
     writeServicePort(facts, opts, largeClusterMode, activeNatChains, {
@@ -178,11 +190,13 @@ export function renderIptables(state: DesiredState, options: RenderOptions, sync
   const nodePortsComment = quoted('kubernetes service nodeports; NOTE: this must be the last rule in this chain');
   if (opts.nodePortAddressesMatchAll) {
     const destinations = ['-m', 'addrtype', '--dst-type', 'LOCAL'];
-    if (!opts.localhostNodePorts) destinations.push('!', '-d', '127.0.0.0/8');
+    // Localhost NodePorts never work for IPv6, and for IPv4 only with route_localnet.
+    if (family === 'IPv6') destinations.push('!', '-d', '::1/128');
+    else if (!opts.localhostNodePorts) destinations.push('!', '-d', '127.0.0.0/8');
     natRules.write('-A', KUBE_SERVICES, '-m', 'comment', '--comment', nodePortsComment, destinations, '-j', KUBE_NODEPORTS);
   } else {
     for (const ip of opts.nodePortIPs) {
-      if (isLoopback(ip) && !opts.localhostNodePorts) continue;
+      if (isLoopbackIp(ip) && !opts.localhostNodePorts) continue;
       natRules.write('-A', KUBE_SERVICES, '-m', 'comment', '--comment', nodePortsComment, '-d', ip, '-j', KUBE_NODEPORTS);
     }
   }

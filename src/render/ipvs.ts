@@ -6,10 +6,15 @@
  * kube-proxy drives IPVS and ipset through netlink calls one object at a time; the text here
  * describes the same end state. The ipset input recreates every set's content (create -exist,
  * flush, add), so applying it converges whatever was there before.
+ *
+ * One family per rendering, as kube-proxy runs one IPVS proxier per family. The IPv6 one's
+ * differences: ipsets named `KUBE-6-…` (cut to ipset's 31 characters) with `family inet6`,
+ * virtual and real servers as `[ip]:port` (ipvsadm's notation), kube-ipvs0 addresses as /128,
+ * and its iptables glue goes to ip6tables-restore.
  */
 import type { DesiredState, Endpoint, Protocol } from '../model/types.js';
-import { isLoopback } from '../model/ipv4.js';
-import { resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
+import { joinHostPort, type IpFamily } from '../model/ip.js';
+import { isLoopbackIp, resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
 import { endpointString, servicePortFacts, sourceRangesAllowNode, type ServicePortFacts } from './service-port.js';
 
 export const KUBE_IPVS_DUMMY_DEVICE = 'kube-ipvs0';
@@ -70,6 +75,23 @@ const IPSET_WITH_IPTABLES_CHAIN: ReadonlyArray<[string, 'nat' | 'filter', string
   ['KUBE-LOAD-BALANCER-SOURCE-IP', 'filter', KUBE_SOURCE_RANGES_FIREWALL, 'RETURN', 'dst,dst,src', ''],
 ];
 
+/** ipset's limit on set names (IPSET_MAXNAMELEN - 1). */
+const IPSET_NAME_MAX = 31;
+
+/**
+ * The set's name in `family`: kube-proxy's IPv6 proxier renames `KUBE-` to `KUBE-6-` so both
+ * families' sets can coexist, cut to 31 characters (KUBE-6-LOAD-BALANCER-SOURCE-CID).
+ */
+export function ipsetName(name: string, family: IpFamily): string {
+  if (family === 'IPv4' || !name.startsWith('KUBE-')) return name;
+  return `KUBE-6-${name.slice('KUBE-'.length)}`.slice(0, IPSET_NAME_MAX);
+}
+
+/** The prefix length of one kube-ipvs0 address: /32, or /128 for IPv6 (netlink.NewIPNet). */
+export function hostPrefix(ip: string): string {
+  return ip.includes(':') ? `${ip}/128` : `${ip}/32`;
+}
+
 const IPTABLES_CHAINS: ReadonlyArray<['nat' | 'filter', string]> = [
   ['nat', KUBE_SERVICES],
   ['nat', KUBE_POSTROUTING],
@@ -109,13 +131,14 @@ export function ipvsIptablesJumpRules(): IpvsJumpRule[] {
 }
 
 export interface IpvsRendering {
+  family: IpFamily;
   /** `ipvsadm -R` input (after `ipvsadm -C`, or diffed against `ipvsadm -Sn`). */
   ipvsadm: string;
   /** `ipset restore` input. */
   ipset: string;
-  /** `iptables-restore --noflush` input (nat then filter, as kube-proxy writes it). */
+  /** `iptables-restore --noflush` input, ip6tables-restore for IPv6 (nat then filter, as kube-proxy writes it). */
   iptables: string;
-  /** Addresses to bind to kube-ipvs0 (each as /32). */
+  /** Addresses to bind to kube-ipvs0 (each as /32 or /128: hostPrefix()). */
   addresses: string[];
 }
 
@@ -129,8 +152,9 @@ interface VirtualServer {
 
 const IPVSADM_PROTOCOL_FLAG: Record<Protocol, string> = { TCP: '-t', UDP: '-u', SCTP: '--sctp-service' };
 
-export function renderIpvs(state: DesiredState, options: RenderOptions): IpvsRendering {
-  const opts = resolveOptions(options);
+/** `family`'s IPVS proxier's objects for its ServicePorts in `state` (IPv4 by default). */
+export function renderIpvs(state: DesiredState, options: RenderOptions, family: IpFamily = 'IPv4'): IpvsRendering {
+  const opts = resolveOptions(options, family);
   const entries = new Map<string, Set<string>>(IPVS_IPSETS.map((s) => [s.name, new Set<string>()]));
   const add = (set: string, entry: string): void => {
     entries.get(set)?.add(entry);
@@ -141,9 +165,10 @@ export function renderIpvs(state: DesiredState, options: RenderOptions): IpvsRen
     if (!addresses.includes(ip)) addresses.push(ip);
   };
   // NodePort virtual servers live on the node's own (non-loopback) addresses.
-  const nodeIPs = opts.nodePortIPs.filter((ip) => !isLoopback(ip));
+  const nodeIPs = opts.nodePortIPs.filter((ip) => !isLoopbackIp(ip));
 
   for (const entry of state.services) {
+    if (entry.service.family !== family) continue;
     const facts = servicePortFacts(entry);
     const svc = entry.service;
     const { protocol } = facts;
@@ -198,8 +223,9 @@ export function renderIpvs(state: DesiredState, options: RenderOptions): IpvsRen
   }
 
   return {
+    family,
     ipvsadm: renderIpvsadm(virtualServers, opts),
-    ipset: renderIpset(entries),
+    ipset: renderIpset(entries, family),
     iptables: renderIpvsIptables(entries, opts),
     addresses,
   };
@@ -219,21 +245,23 @@ function realServers(facts: ServicePortFacts, onlyNodeLocal: boolean): Endpoint[
 function renderIpvsadm(virtualServers: VirtualServer[], opts: ResolvedOptions): string {
   const lines: string[] = [];
   for (const vs of virtualServers) {
-    const service = `${IPVSADM_PROTOCOL_FLAG[vs.protocol]} ${vs.address}:${vs.port}`;
+    const service = `${IPVSADM_PROTOCOL_FLAG[vs.protocol]} ${joinHostPort(vs.address, vs.port)}`;
     lines.push(`-A ${service} -s ${opts.ipvsScheduler}${vs.persistentSeconds > 0 ? ` -p ${vs.persistentSeconds}` : ''}`);
     for (const rs of vs.realServers) lines.push(`-a ${service} -r ${endpointString(rs)} -m -w 1`);
   }
   return lines.length === 0 ? '' : `${lines.join('\n')}\n`;
 }
 
-function renderIpset(entries: Map<string, Set<string>>): string {
+function renderIpset(entries: Map<string, Set<string>>, family: IpFamily): string {
   const lines: string[] = [];
+  const hashFamily = family === 'IPv6' ? 'inet6' : 'inet';
   for (const set of IPVS_IPSETS) {
     // As kube-proxy's ipset util creates them: hash sets sized 1024/65536, bitmaps over all ports.
-    const params = set.type === 'bitmap:port' ? 'range 0-65535' : 'family inet hashsize 1024 maxelem 65536';
-    lines.push(`create ${set.name} ${set.type} ${params} comment -exist`);
-    lines.push(`flush ${set.name}`);
-    for (const entry of [...(entries.get(set.name) ?? [])].sort()) lines.push(`add ${set.name} ${entry}`);
+    const params = set.type === 'bitmap:port' ? 'range 0-65535' : `family ${hashFamily} hashsize 1024 maxelem 65536`;
+    const name = ipsetName(set.name, family);
+    lines.push(`create ${name} ${set.type} ${params} comment -exist`);
+    lines.push(`flush ${name}`);
+    for (const entry of [...(entries.get(set.name) ?? [])].sort()) lines.push(`add ${name} ${entry}`);
   }
   return `${lines.join('\n')}\n`;
 }
@@ -247,18 +275,19 @@ function renderIpvsIptables(entries: Map<string, Set<string>>, opts: ResolvedOpt
   const filterRules: string[] = [];
   const nonEmpty = (set: string): boolean => (entries.get(set)?.size ?? 0) > 0;
   const comment = (set: string): string => `"${IPVS_IPSETS.find((s) => s.name === set)?.comment ?? set}"`;
+  const named = (set: string): string => ipsetName(set, opts.family);
 
   for (const [set, table, from, to, matchType, proto] of IPSET_WITH_IPTABLES_CHAIN) {
     if (!nonEmpty(set)) continue;
     const line = [
       '-A', from, ...(proto === '' ? [] : ['-p', proto]),
-      '-m', 'comment', '--comment', comment(set), '-m', 'set', '--match-set', set, matchType, '-j', to,
+      '-m', 'comment', '--comment', comment(set), '-m', 'set', '--match-set', named(set), matchType, '-j', to,
     ].join(' ');
     (table === 'filter' ? filterRules : natRules).push(line);
   }
 
   if (nonEmpty('KUBE-CLUSTER-IP')) {
-    const head = `-A ${KUBE_SERVICES} -m comment --comment ${comment('KUBE-CLUSTER-IP')} -m set --match-set KUBE-CLUSTER-IP`;
+    const head = `-A ${KUBE_SERVICES} -m comment --comment ${comment('KUBE-CLUSTER-IP')} -m set --match-set ${named('KUBE-CLUSTER-IP')}`;
     if (opts.masqueradeAll) {
       natRules.push(`${head} dst,dst -j ${KUBE_MARK_MASQ}`);
     } else if (opts.clusterCIDR !== null) {
@@ -277,13 +306,13 @@ function renderIpvsIptables(entries: Map<string, Set<string>>, opts: ResolvedOpt
     natRules.push(`${args} -m addrtype --dst-type LOCAL -j ACCEPT`);
   };
   if (nonEmpty('KUBE-EXTERNAL-IP')) {
-    const args = `-A ${KUBE_SERVICES} -m comment --comment ${comment('KUBE-EXTERNAL-IP')} -m set --match-set KUBE-EXTERNAL-IP dst,dst`;
+    const args = `-A ${KUBE_SERVICES} -m comment --comment ${comment('KUBE-EXTERNAL-IP')} -m set --match-set ${named('KUBE-EXTERNAL-IP')} dst,dst`;
     natRules.push(`${args} -j ${KUBE_MARK_MASQ}`);
     externalIPRules(args);
   }
   if (nonEmpty('KUBE-EXTERNAL-IP-LOCAL')) {
     externalIPRules(
-      `-A ${KUBE_SERVICES} -m comment --comment ${comment('KUBE-EXTERNAL-IP-LOCAL')} -m set --match-set KUBE-EXTERNAL-IP-LOCAL dst,dst`,
+      `-A ${KUBE_SERVICES} -m comment --comment ${comment('KUBE-EXTERNAL-IP-LOCAL')} -m set --match-set ${named('KUBE-EXTERNAL-IP-LOCAL')} dst,dst`,
     );
   }
 
@@ -293,7 +322,7 @@ function renderIpvsIptables(entries: Map<string, Set<string>>, opts: ResolvedOpt
 
   // Accept IPVS traffic in case other rules would block it; last in KUBE-SERVICES.
   for (const set of ['KUBE-CLUSTER-IP', 'KUBE-LOAD-BALANCER']) {
-    if (nonEmpty(set)) natRules.push(`-A ${KUBE_SERVICES} -m set --match-set ${set} dst,dst -j ACCEPT`);
+    if (nonEmpty(set)) natRules.push(`-A ${KUBE_SERVICES} -m set --match-set ${named(set)} dst,dst -j ACCEPT`);
   }
 
   filterRules.push(
@@ -303,7 +332,7 @@ function renderIpvsIptables(entries: Map<string, Set<string>>, opts: ResolvedOpt
     `-A ${KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
   );
   filterRules.push(
-    `-A ${KUBE_NODE_PORT} -m comment --comment ${comment('KUBE-HEALTH-CHECK-NODE-PORT')} -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT`,
+    `-A ${KUBE_NODE_PORT} -m comment --comment ${comment('KUBE-HEALTH-CHECK-NODE-PORT')} -m set --match-set ${named('KUBE-HEALTH-CHECK-NODE-PORT')} dst -j ACCEPT`,
   );
 
   natRules.push(`-A ${KUBE_POSTROUTING} -m mark ! --mark ${mark}/${mark} -j RETURN`);

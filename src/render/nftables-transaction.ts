@@ -22,14 +22,13 @@
  *     atomically within its own transaction. A sync rewriting fewer is one transaction.
  */
 import type { DesiredState } from '../model/types.js';
+import type { IpFamily } from '../model/ip.js';
 import { plainEqual } from '../model/diff.js';
 import {
-  NFT_NODEPORT_IPS, NFT_SERVICE_CONTAINERS, NFT_TABLE, nftAddLine, nftServicePort, nftSetup,
-  type NftCommand, type NftElement, type NftServicePort,
+  NFT_NODEPORT_IPS, NFT_SERVICE_CONTAINERS, nftAddLine, nftFamilyOf, nftServicePort, nftSetup, nftTableRef,
+  type NftCommand, type NftElement, type NftFamily, type NftServicePort,
 } from './nftables.js';
 import { resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
-
-const T = `ip ${NFT_TABLE}`;
 
 /** How long a flushed stale chain waits before it is deleted (kube-proxy: one second). */
 export const STALE_CHAIN_DELAY_MS = 1000;
@@ -84,16 +83,17 @@ interface Written {
 
 const elementId = (e: NftElement): string => `${e.container} ${e.key}`;
 
-function deleteElementLine(e: NftElement): string {
-  return `delete element ${T} ${e.container} { ${e.key} }`;
+function deleteElementLine(e: NftElement, family: NftFamily): string {
+  return `delete element ${nftTableRef(family)} ${e.container} { ${e.key} }`;
 }
 
 /** A ServicePort's chains, affinity sets and rules, each chain emptied first. */
-function rewriteLines(sp: NftServicePort): string[] {
+function rewriteLines(sp: NftServicePort, family: NftFamily): string[] {
+  const T = nftTableRef(family);
   const lines = [`# ${sp.key}`];
   for (const name of sp.chains) lines.push(`add chain ${T} ${name}`, `flush chain ${T} ${name}`);
-  for (const set of sp.sets) lines.push(nftAddLine(set));
-  for (const rule of sp.rules) lines.push(nftAddLine(rule));
+  for (const set of sp.sets) lines.push(nftAddLine(set, family));
+  for (const rule of sp.rules) lines.push(nftAddLine(rule, family));
   return lines;
 }
 
@@ -103,13 +103,14 @@ function rewriteLines(sp: NftServicePort): string[] {
  * `recreateBaseChains`: also delete and re-create the base chains, so a hook priority changed
  * since the table was made does not fail the transaction (once per process, as kube-proxy).
  */
-function setupLines(setup: readonly NftCommand[], recreateBaseChains: boolean): string[] {
+function setupLines(setup: readonly NftCommand[], recreateBaseChains: boolean, family: NftFamily): string[] {
+  const T = nftTableRef(family);
   const lines: string[] = [];
   for (const cmd of setup) {
     if (cmd.kind === 'chain' && cmd.hook !== undefined && recreateBaseChains) {
       lines.push(`add chain ${T} ${cmd.name}`, `delete chain ${T} ${cmd.name}`);
     }
-    lines.push(nftAddLine(cmd));
+    lines.push(nftAddLine(cmd, family));
     if (cmd.kind === 'chain') lines.push(`flush chain ${T} ${cmd.name}`);
     if (cmd.kind === 'set' && cmd.name === NFT_NODEPORT_IPS) lines.push(`flush set ${T} ${cmd.name}`);
   }
@@ -126,8 +127,13 @@ function countLines(text: string): { writes: number; deletes: number } {
   return { writes, deletes };
 }
 
-/** What `table ip kube-proxy` holds as far as this process wrote it, and the next sync's plan. */
+/**
+ * What one family's table (`ip kube-proxy` or `ip6 kube-proxy`) holds as far as this process
+ * wrote it, and the next sync's plan. It looks only at its family's ServicePorts.
+ */
 export class NftTableWriter {
+  readonly family: NftFamily;
+  private readonly ipFamily: IpFamily;
   private readonly opts: ResolvedOptions;
   private readonly setup: NftCommand[];
   private written: Written | null = null;
@@ -138,8 +144,11 @@ export class NftTableWriter {
   constructor(
     options: RenderOptions,
     private readonly chunk = REWRITE_CHUNK,
+    family: IpFamily = 'IPv4',
   ) {
-    this.opts = resolveOptions(options);
+    this.ipFamily = family;
+    this.family = nftFamilyOf(family);
+    this.opts = resolveOptions(options, family);
     this.setup = nftSetup(this.opts);
   }
 
@@ -162,11 +171,13 @@ export class NftTableWriter {
 
     // Stale chains old enough go first, in their own transaction.
     const cleanupChains = [...this.staleChains].filter(([, at]) => at <= req.now - STALE_CHAIN_DELAY_MS).map(([c]) => c);
+    const T = nftTableRef(this.family);
     const cleanup = cleanupChains.length === 0 ? null : `${cleanupChains.map((c) => `delete chain ${T} ${c}`).join('\n')}\n`;
 
     // The ServicePorts looked at, and which of them differ from what was written.
     const built = new Map<string, NftServicePort>();
     for (const entry of req.state.services) {
+      if (entry.service.family !== this.ipFamily) continue;
       if (!lookAtAll && !req.changed?.has(`${entry.service.id.namespace}/${entry.service.id.name}`)) continue;
       const sp = nftServicePort(entry, this.opts);
       built.set(sp.key, sp);
@@ -229,7 +240,7 @@ export class NftTableWriter {
       nextElements = new Map();
       for (const sp of built.values()) for (const e of sp.elements) addRef(nextElements, e);
       for (const c of NFT_SERVICE_CONTAINERS) elementLines.push(`flush ${c.map ? 'map' : 'set'} ${T} ${c.name}`);
-      for (const { element } of nextElements.values()) elementLines.push(nftAddLine(element));
+      for (const { element } of nextElements.values()) elementLines.push(nftAddLine(element, this.family));
     } else {
       const before = prev?.elements ?? new Map<string, WrittenElement>();
       const touched = new Map<string, WrittenElement | null>();
@@ -257,12 +268,12 @@ export class NftTableWriter {
       for (const [id, after] of touched) {
         const was = before.get(id);
         if (after === null) {
-          if (was !== undefined) deletes.push(deleteElementLine(was.element));
+          if (was !== undefined) deletes.push(deleteElementLine(was.element, this.family));
         } else if (was === undefined) {
-          adds.push(nftAddLine(after.element));
+          adds.push(nftAddLine(after.element, this.family));
         } else if (was.element.value !== after.element.value) {
-          deletes.push(deleteElementLine(was.element));
-          adds.push(nftAddLine(after.element));
+          deletes.push(deleteElementLine(was.element, this.family));
+          adds.push(nftAddLine(after.element, this.family));
         }
       }
       // Loops, not push(...): a full rewrite at 100,000 Services has more lines than a call takes
@@ -281,11 +292,11 @@ export class NftTableWriter {
       ...[...staleChains].map((c) => `flush chain ${T} ${c}`),
       ...[...staleSets].map((s) => `delete set ${T} ${s}`),
     ];
-    const head = refill ? setupLines(this.setup, !this.baseChainsRecreated) : [];
+    const head = refill ? setupLines(this.setup, !this.baseChainsRecreated, this.family) : [];
     const transactions: string[] = [];
     groups.forEach((group, i) => {
       const lines = i === 0 ? [...head] : [];
-      for (const sp of group) for (const l of rewriteLines(sp)) lines.push(l);
+      for (const sp of group) for (const l of rewriteLines(sp, this.family)) lines.push(l);
       if (i === groups.length - 1) for (const l of finalLines) lines.push(l);
       if (lines.length > 0) transactions.push(`${lines.join('\n')}\n`);
     });

@@ -1,7 +1,12 @@
 /*
- * kube-proxy's nftables mode for `table ip kube-proxy`, following pkg/proxy/nftables/proxier.go
- * (setupNFTables + syncProxyRules, as of Kubernetes v1.34: base chains
- * filter-prerouting-pre-dnat / filter-output-pre-dnat at -110, filter chains at 0).
+ * kube-proxy's nftables mode for `table ip kube-proxy` and `table ip6 kube-proxy`, following
+ * pkg/proxy/nftables/proxier.go (setupNFTables + syncProxyRules, as of Kubernetes v1.34: base
+ * chains filter-prerouting-pre-dnat / filter-output-pre-dnat at -110, filter chains at 0).
+ *
+ * One family per table, as kube-proxy runs one proxier per family. The IPv6 proxier's table
+ * differs only where kube-proxy's does: `ip6` matches and `ipv6_addr` sets, endpoints as
+ * `[ip]:port` in `dnat to`, and `ip6 daddr != ::1` where IPv4 excludes 127.0.0.0/8 (no
+ * localhost NodePorts in nftables mode, in either family).
  *
  * One model, two printers. buildNftTable turns the desired state into commands: the fixed setup
  * part and, per ServicePort, its chains, dispatch elements, affinity sets and rules. Printed by
@@ -11,14 +16,37 @@
  * (nftables-transaction.ts): only changed ServicePorts' chains, elements by difference.
  */
 import type { DesiredState, Endpoint, ServiceEntry } from '../model/types.js';
+import type { IpFamily } from '../model/ip.js';
 import { nftEndpointChainNameBase, nftServicePortChainNameBase } from './hash.js';
-import { isLoopback } from '../model/ipv4.js';
-import { resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
+import { isLoopbackIp, resolveOptions, type RenderOptions, type ResolvedOptions } from './options.js';
 import { endpointString, policyRouting, servicePortFacts, sourceRangesAllowNode } from './service-port.js';
 
 export const NFT_TABLE = 'kube-proxy';
-const FAMILY = 'ip';
-const T = `${FAMILY} ${NFT_TABLE}`;
+
+/** The nftables family of a table: `ip` for IPv4, `ip6` for IPv6. */
+export type NftFamily = 'ip' | 'ip6';
+
+export function nftFamilyOf(family: IpFamily): NftFamily {
+  return family === 'IPv6' ? 'ip6' : 'ip';
+}
+
+/** `ip kube-proxy` / `ip6 kube-proxy`, as commands name the table. */
+export function nftTableRef(family: NftFamily): string {
+  return `${family} ${NFT_TABLE}`;
+}
+
+/** The words that differ between kube-proxy's IPv4 and IPv6 tables (its ipX / ipvX_addr / noLocalhost). */
+interface FamilyWords {
+  ip: NftFamily;
+  addrType: 'ipv4_addr' | 'ipv6_addr';
+  noLocalhost: string;
+}
+
+function familyWords(family: IpFamily): FamilyWords {
+  return family === 'IPv6'
+    ? { ip: 'ip6', addrType: 'ipv6_addr', noLocalhost: 'ip6 daddr != ::1' }
+    : { ip: 'ip', addrType: 'ipv4_addr', noLocalhost: 'ip daddr != 127.0.0.0/8' };
+}
 
 const SERVICES = 'services';
 const SERVICE_IPS = 'service-ips';
@@ -108,8 +136,9 @@ export interface NftServicePort {
   rules: NftRule[];
 }
 
-/** The whole `table ip kube-proxy`: the fixed part (setupNFTables) and one part per ServicePort. */
+/** The whole `table ip|ip6 kube-proxy`: the fixed part (setupNFTables) and one part per ServicePort. */
 export interface NftTable {
+  family: NftFamily;
   setup: NftCommand[];
   servicePorts: NftServicePort[];
 }
@@ -149,8 +178,9 @@ class Commands {
 
 const q = (text: string): string => `"${text}"`;
 
-/** The `nft -f` line adding what `cmd` describes. */
-export function nftAddLine(cmd: NftCommand): string {
+/** The `nft -f` line adding what `cmd` describes to the table of `family`. */
+export function nftAddLine(cmd: NftCommand, family: NftFamily = 'ip'): string {
+  const T = nftTableRef(family);
   switch (cmd.kind) {
     case 'table':
       return `add table ${T} { comment ${q(cmd.comment)} ; }`;
@@ -175,10 +205,12 @@ export function servicePortCommands(sp: NftServicePort): NftCommand[] {
   return [...sp.chains.map((name): NftCommand => ({ kind: 'chain', name })), ...sp.elements, ...sp.sets, ...sp.rules];
 }
 
-/** The model of the whole table for `state`. */
-export function buildNftTable(state: DesiredState, options: RenderOptions): NftTable {
-  const opts = resolveOptions(options);
-  return { setup: nftSetup(opts), servicePorts: state.services.map((e) => nftServicePort(e, opts)) };
+/** The model of `family`'s whole table for `state` (that family's ServicePorts). */
+export function buildNftTable(state: DesiredState, options: RenderOptions, family: IpFamily = 'IPv4'): NftTable {
+  const opts = resolveOptions(options, family);
+  const servicePorts: NftServicePort[] = [];
+  for (const e of state.services) if (e.service.family === family) servicePorts.push(nftServicePort(e, opts));
+  return { family: nftFamilyOf(family), setup: nftSetup(opts), servicePorts };
 }
 
 /**
@@ -187,23 +219,24 @@ export function buildNftTable(state: DesiredState, options: RenderOptions): NftT
  * what `vipr render` prints and the golden tests compare with kube-proxy's outputs.
  */
 export function printNftReplace(table: NftTable): string {
-  const lines = [`add table ${T}`, `delete table ${T}`, ...table.setup.map(nftAddLine)];
+  const T = nftTableRef(table.family);
+  const lines = [`add table ${T}`, `delete table ${T}`, ...table.setup.map((cmd) => nftAddLine(cmd, table.family))];
   for (const sp of table.servicePorts) {
     lines.push('', `# ${sp.key}`);
-    for (const cmd of servicePortCommands(sp)) lines.push(nftAddLine(cmd));
+    for (const cmd of servicePortCommands(sp)) lines.push(nftAddLine(cmd, table.family));
   }
   return `${lines.join('\n')}\n`;
 }
 
-export function renderNftables(state: DesiredState, options: RenderOptions): string {
-  return printNftReplace(buildNftTable(state, options));
+export function renderNftables(state: DesiredState, options: RenderOptions, family: IpFamily = 'IPv4'): string {
+  return printNftReplace(buildNftTable(state, options, family));
 }
 
 /** kube-proxy's setupNFTables: the base chains, the jumps into ours, the dispatch sets and maps. */
 export function nftSetup(opts: ResolvedOptions): NftCommand[] {
   const tx = new Commands();
   const mark = opts.masqueradeMark;
-  const noLocalhost = 'ip daddr != 127.0.0.0/8';
+  const { ip, addrType, noLocalhost } = familyWords(opts.family);
   tx.list.push({ kind: 'table', comment: 'rules for kube-proxy' });
 
   for (const bc of BASE_CHAINS) {
@@ -226,42 +259,42 @@ export function nftSetup(opts: ResolvedOptions): NftCommand[] {
   tx.rule(MASQUERADING, `mark set mark xor ${mark}`);
   tx.rule(MASQUERADING, 'masquerade fully-random');
 
-  tx.set(CLUSTER_IPS, `type ipv4_addr ; comment ${q('Active ClusterIPs')} ;`);
-  tx.rule(CLUSTER_IPS_CHECK, `ip daddr @${CLUSTER_IPS} reject`, 'Reject traffic to invalid ports of ClusterIPs');
+  tx.set(CLUSTER_IPS, `type ${addrType} ; comment ${q('Active ClusterIPs')} ;`);
+  tx.rule(CLUSTER_IPS_CHECK, `${ip} daddr @${CLUSTER_IPS} reject`, 'Reject traffic to invalid ports of ClusterIPs');
   if (opts.serviceCIDRs.length > 0) {
-    tx.rule(CLUSTER_IPS_CHECK, `ip daddr { ${opts.serviceCIDRs.join(',')} } drop`, 'Drop traffic to unallocated ClusterIPs');
+    tx.rule(CLUSTER_IPS_CHECK, `${ip} daddr { ${opts.serviceCIDRs.join(',')} } drop`, 'Drop traffic to unallocated ClusterIPs');
   }
 
   if (!opts.nodePortAddressesMatchAll) {
-    tx.set(NODEPORT_IPS, `type ipv4_addr ; comment ${q('IPs that accept NodePort traffic')} ;`);
+    tx.set(NODEPORT_IPS, `type ${addrType} ; comment ${q('IPs that accept NodePort traffic')} ;`);
     // Localhost NodePorts are not supported in nftables mode.
-    for (const ip of opts.nodePortIPs) if (!isLoopback(ip)) tx.element(NODEPORT_IPS, ip);
+    for (const nodeIP of opts.nodePortIPs) if (!isLoopbackIp(nodeIP)) tx.element(NODEPORT_IPS, nodeIP);
   }
 
-  tx.set(NO_ENDPOINT_SERVICES, `type ipv4_addr . inet_proto . inet_service : verdict ; comment ${q('vmap to drop or reject packets to services with no endpoints')} ;`, true);
+  tx.set(NO_ENDPOINT_SERVICES, `type ${addrType} . inet_proto . inet_service : verdict ; comment ${q('vmap to drop or reject packets to services with no endpoints')} ;`, true);
   tx.set(NO_ENDPOINT_NODEPORTS, `type inet_proto . inet_service : verdict ; comment ${q('vmap to drop or reject packets to service nodeports with no endpoints')} ;`, true);
   tx.chain(REJECT_CHAIN, 'helper for @no-endpoint-services / @no-endpoint-nodeports');
   tx.rule(REJECT_CHAIN, 'reject');
-  tx.rule(SERVICE_ENDPOINTS_CHECK, `ip daddr . meta l4proto . th dport vmap @${NO_ENDPOINT_SERVICES}`);
+  tx.rule(SERVICE_ENDPOINTS_CHECK, `${ip} daddr . meta l4proto . th dport vmap @${NO_ENDPOINT_SERVICES}`);
   tx.rule(
     NODEPORT_ENDPOINTS_CHECK,
     opts.nodePortAddressesMatchAll
       ? `${noLocalhost} meta l4proto . th dport vmap @${NO_ENDPOINT_NODEPORTS}`
-      : `ip daddr @${NODEPORT_IPS} meta l4proto . th dport vmap @${NO_ENDPOINT_NODEPORTS}`,
+      : `${ip} daddr @${NODEPORT_IPS} meta l4proto . th dport vmap @${NO_ENDPOINT_NODEPORTS}`,
   );
 
-  tx.set(FIREWALL_IPS, `type ipv4_addr . inet_proto . inet_service : verdict ; comment ${q('destinations that are subject to LoadBalancerSourceRanges')} ;`, true);
+  tx.set(FIREWALL_IPS, `type ${addrType} . inet_proto . inet_service : verdict ; comment ${q('destinations that are subject to LoadBalancerSourceRanges')} ;`, true);
   ensureChain(FIREWALL_CHECK);
-  tx.rule(FIREWALL_CHECK, `ip daddr . meta l4proto . th dport vmap @${FIREWALL_IPS}`);
+  tx.rule(FIREWALL_CHECK, `${ip} daddr . meta l4proto . th dport vmap @${FIREWALL_IPS}`);
 
-  tx.set(SERVICE_IPS, `type ipv4_addr . inet_proto . inet_service : verdict ; comment ${q('ClusterIP, ExternalIP and LoadBalancer IP traffic')} ;`, true);
+  tx.set(SERVICE_IPS, `type ${addrType} . inet_proto . inet_service : verdict ; comment ${q('ClusterIP, ExternalIP and LoadBalancer IP traffic')} ;`, true);
   tx.set(SERVICE_NODEPORTS, `type inet_proto . inet_service : verdict ; comment ${q('NodePort traffic')} ;`, true);
-  tx.rule(SERVICES, `ip daddr . meta l4proto . th dport vmap @${SERVICE_IPS}`);
+  tx.rule(SERVICES, `${ip} daddr . meta l4proto . th dport vmap @${SERVICE_IPS}`);
   tx.rule(
     SERVICES,
     opts.nodePortAddressesMatchAll
       ? `fib daddr type local ${noLocalhost} meta l4proto . th dport vmap @${SERVICE_NODEPORTS}`
-      : `ip daddr @${NODEPORT_IPS} meta l4proto . th dport vmap @${SERVICE_NODEPORTS}`,
+      : `${ip} daddr @${NODEPORT_IPS} meta l4proto . th dport vmap @${SERVICE_NODEPORTS}`,
   );
   return tx.list;
 }
@@ -270,6 +303,7 @@ export function nftSetup(opts: ResolvedOptions): NftCommand[] {
 export function nftServicePort(entry: ServiceEntry, opts: ResolvedOptions): NftServicePort {
   const facts = servicePortFacts(entry);
   const { name, protocol } = facts;
+  const { ip, addrType } = familyWords(opts.family);
   const chains: string[] = [];
   const dispatch = new Commands();
   const affinitySets = new Commands();
@@ -336,13 +370,13 @@ export function nftServicePort(entry: ServiceEntry, opts: ResolvedOptions): NftS
   // Affinity sets: one per endpoint, remembering client IPs for the affinity timeout.
   if (facts.affinity) {
     for (const ep of allReachableEndpoints) {
-      affinitySets.set(affinitySet(ep), `type ipv4_addr ; flags dynamic,timeout ; timeout ${svc.affinityTimeoutSeconds}s ;`);
+      affinitySets.set(affinitySet(ep), `type ${addrType} ; flags dynamic,timeout ; timeout ${svc.affinityTimeoutSeconds}s ;`);
     }
   }
 
   const writeServiceToEndpointRules = (chain: string, endpoints: Endpoint[]): void => {
     if (facts.affinity) {
-      for (const ep of endpoints) tx.rule(chain, `ip saddr @${affinitySet(ep)} goto ${epChain(ep)}`);
+      for (const ep of endpoints) tx.rule(chain, `${ip} saddr @${affinitySet(ep)} goto ${epChain(ep)}`);
     }
     const elements = endpoints.map((ep, i) => `${i} : goto ${epChain(ep)}`).join(' , ');
     tx.rule(chain, `numgen random mod ${endpoints.length} vmap { ${elements} }`);
@@ -350,10 +384,10 @@ export function nftServicePort(entry: ServiceEntry, opts: ResolvedOptions): NftS
 
   if (hasInternalEndpoints) {
     if (opts.masqueradeAll) {
-      tx.rule(internalTrafficChain, `ip daddr ${svc.clusterIP} jump ${MARK_MASQ}`);
+      tx.rule(internalTrafficChain, `${ip} daddr ${svc.clusterIP} jump ${MARK_MASQ}`);
     } else if (opts.clusterCIDR !== null) {
       // Off-cluster clients may be routed here and bounce off-node: masquerade them.
-      tx.rule(internalTrafficChain, `ip daddr ${svc.clusterIP} ip saddr != ${opts.clusterCIDR} jump ${MARK_MASQ}`);
+      tx.rule(internalTrafficChain, `${ip} daddr ${svc.clusterIP} ${ip} saddr != ${opts.clusterCIDR} jump ${MARK_MASQ}`);
     }
   }
   if (usesClusterPolicyChain) writeServiceToEndpointRules(clusterPolicyChain, clusterEndpoints);
@@ -364,7 +398,7 @@ export function nftServicePort(entry: ServiceEntry, opts: ResolvedOptions): NftS
       tx.rule(externalTrafficChain, `jump ${MARK_MASQ}`);
     } else {
       if (opts.clusterCIDR !== null) {
-        tx.rule(externalTrafficChain, `ip saddr ${opts.clusterCIDR} goto ${clusterPolicyChain}`, 'short-circuit pod traffic');
+        tx.rule(externalTrafficChain, `${ip} saddr ${opts.clusterCIDR} goto ${clusterPolicyChain}`, 'short-circuit pod traffic');
       }
       tx.rule(externalTrafficChain, `fib saddr type local jump ${MARK_MASQ}`, 'masquerade local traffic');
       tx.rule(externalTrafficChain, `fib saddr type local goto ${clusterPolicyChain}`, 'short-circuit local traffic');
@@ -374,15 +408,15 @@ export function nftServicePort(entry: ServiceEntry, opts: ResolvedOptions): NftS
 
   for (const ep of allReachableEndpoints) {
     const chain = epChain(ep);
-    tx.rule(chain, `ip saddr ${ep.ip} jump ${MARK_MASQ}`);
-    if (facts.affinity) tx.rule(chain, `update @${affinitySet(ep)} { ip saddr }`);
+    tx.rule(chain, `${ip} saddr ${ep.ip} jump ${MARK_MASQ}`);
+    if (facts.affinity) tx.rule(chain, `update @${affinitySet(ep)} { ${ip} saddr }`);
     tx.rule(chain, `meta l4proto ${protocol} dnat to ${endpointString(ep)}`);
   }
 
   if (usesFWChain) {
     const sources = [...facts.sourceRanges];
     if (sourceRangesAllowNode(facts, opts.primaryNodeIP)) sources.push(...svc.loadBalancerIPs);
-    tx.rule(fwChain, `ip saddr != { ${sources.join(' , ')} } drop`);
+    tx.rule(fwChain, `${ip} saddr != { ${sources.join(' , ')} } drop`);
   }
   return {
     key: name,

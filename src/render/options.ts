@@ -1,19 +1,27 @@
 /*
  * What the renderers need to know about the node and kube-proxy's configuration, with
  * kube-proxy's defaults for the knobs most users never set.
+ *
+ * The options hold both families (kube-proxy's dual-stack flags: `--cluster-cidr
+ * 10.244.0.0/16,fd00:10:244::/56`); resolveOptions() picks one family's share, as kube-proxy
+ * hands each of its two proxiers its own local detector, node IPs and NodePortAddresses
+ * (proxyutil.NewNodePortAddresses: a family without a CIDR of its own matches every address).
  */
-import { cidrContains, isLoopback, parseIpv4Cidr } from '../model/ipv4.js';
+import { cidrHas, familyOf, parseCidr, type IpFamily } from '../model/ip.js';
 
 export type IpvsScheduler = 'rr' | 'wrr' | 'lc' | 'wlc' | 'sh' | 'dh' | 'sed' | 'nq';
 
 export interface RenderOptions {
-  /** --cluster-cidr: traffic from outside it to a cluster IP is masqueraded; null = no local detector. */
-  clusterCIDR: string | null;
+  /**
+   * --cluster-cidr, both families: traffic from outside its family's CIDR to a cluster IP is
+   * masqueraded; a family without one has no local detector.
+   */
+  clusterCIDRs: string[];
   /** --masquerade-all. */
   masqueradeAll: boolean;
-  /** The node's IPv4 addresses; the first is the primary node IP (kube-proxy's nodeIP). */
+  /** The node's addresses of both families; each family's first is its primary node IP (kube-proxy's nodeIP). */
   nodeIPs: string[];
-  /** --nodeport-addresses as CIDRs; empty = NodePorts on every local address. */
+  /** --nodeport-addresses as CIDRs of both families; none of a family = NodePorts on every local address of it. */
   nodePortAddresses: string[];
   /** --ipvs-scheduler. */
   ipvsScheduler: IpvsScheduler;
@@ -36,18 +44,21 @@ export interface RenderOptions {
    * iptables-restore fail, and vipr does not create them.
    */
   nfacct?: boolean;
-  /** ServiceCIDRs (nftables mode drops traffic to unallocated cluster IPs in them). */
+  /** ServiceCIDRs of both families (nftables mode drops traffic to unallocated cluster IPs in them). */
   serviceCIDRs?: string[];
 }
 
+/** One family's share of the options: what that family's proxier is configured with. */
 export interface ResolvedOptions {
+  family: IpFamily;
+  /** The family's --cluster-cidr, or null (no local detector). */
   clusterCIDR: string | null;
   masqueradeAll: boolean;
   nodeIPs: string[];
   /** kube-proxy's nodeIP: the primary node address, used for loadBalancerSourceRanges. */
   primaryNodeIP: string | null;
   nodePortAddressesMatchAll: boolean;
-  /** Node IPs NodePorts listen on (nodePortAddresses applied; loopback included if matched). */
+  /** Node IPs NodePorts listen on (nodePortAddresses applied; 127.0.0.1 included if matched). */
   nodePortIPs: string[];
   ipvsScheduler: IpvsScheduler;
   masqueradeMark: string;
@@ -63,20 +74,34 @@ export function goHexMark(bit: number): string {
   return `0x${(2 ** bit).toString(16).padStart(8, '0')}`;
 }
 
-export function resolveOptions(opts: RenderOptions): ResolvedOptions {
-  const matchAll = opts.nodePortAddresses.length === 0;
-  const cidrs = opts.nodePortAddresses.map(parseIpv4Cidr);
-  const nodePortIPs = matchAll
-    ? [...opts.nodeIPs]
-    : opts.nodeIPs.filter((ip) => cidrs.some((c) => cidrContains(c, ip)));
+/** Whether `ip` is a loopback address of its family (127.0.0.0/8, ::1). */
+export function isLoopbackIp(ip: string): boolean {
+  return ip.startsWith('127.') || ip === '::1';
+}
+
+/** The addresses or CIDRs of `family` among `items`, in order. */
+function ofFamily(items: readonly string[], family: IpFamily): string[] {
+  return items.filter((item) => familyOf(item.split('/')[0] ?? '') === family);
+}
+
+/**
+ * `family`'s share of the options (IPv4 by default). IPv6 never has localhost NodePorts:
+ * kube-proxy's route_localnet trick exists only for IPv4 (ContainsIPv4Loopback).
+ */
+export function resolveOptions(opts: RenderOptions, family: IpFamily = 'IPv4'): ResolvedOptions {
+  const nodeIPs = ofFamily(opts.nodeIPs, family);
+  const cidrs = ofFamily(opts.nodePortAddresses, family).map(parseCidr);
+  const matchAll = cidrs.length === 0;
+  const nodePortIPs = matchAll ? [...nodeIPs] : nodeIPs.filter((ip) => cidrs.some((c) => cidrHas(c, ip)));
   // kube-proxy turns localhost NodePorts off when --nodeport-addresses excludes 127.0.0.1.
-  const containsLoopback = matchAll || cidrs.some((c) => cidrContains(c, '127.0.0.1'));
-  if (!matchAll && containsLoopback && !nodePortIPs.some(isLoopback)) nodePortIPs.push('127.0.0.1');
+  const containsLoopback = family === 'IPv4' && (matchAll || cidrs.some((c) => cidrHas(c, '127.0.0.1')));
+  if (!matchAll && containsLoopback && !nodePortIPs.some(isLoopbackIp)) nodePortIPs.push('127.0.0.1');
   return {
-    clusterCIDR: opts.clusterCIDR,
+    family,
+    clusterCIDR: ofFamily(opts.clusterCIDRs, family)[0] ?? null,
     masqueradeAll: opts.masqueradeAll,
-    nodeIPs: [...opts.nodeIPs],
-    primaryNodeIP: opts.nodeIPs[0] ?? null,
+    nodeIPs,
+    primaryNodeIP: nodeIPs[0] ?? null,
     nodePortAddressesMatchAll: matchAll,
     nodePortIPs,
     ipvsScheduler: opts.ipvsScheduler,
@@ -85,6 +110,6 @@ export function resolveOptions(opts: RenderOptions): ResolvedOptions {
     randomFully: opts.randomFully ?? true,
     conntrackTCPLiberal: opts.conntrackTCPLiberal ?? false,
     nfacct: opts.nfacct ?? false,
-    serviceCIDRs: opts.serviceCIDRs ?? [],
+    serviceCIDRs: ofFamily(opts.serviceCIDRs ?? [], family),
   };
 }

@@ -7,7 +7,7 @@
 import type { Endpoint, ServiceEntry } from '../model/types.js';
 import { lowerProtocol } from './hash.js';
 import { servicePortKey } from '../model/types.js';
-import { cidrContains, normalizeIpv4Cidr, parseIpv4Cidr } from '../model/ipv4.js';
+import { cidrHas, joinHostPort, normalizeCidr, parseCidr } from '../model/ip.js';
 
 export interface ServicePortFacts {
   entry: ServiceEntry;
@@ -50,19 +50,19 @@ export function servicePortFacts(entry: ServiceEntry): ServicePortFacts {
     affinity: svc.affinityTimeoutSeconds > 0,
     // apiservice.NeedsHealthCheck: kube-proxy ignores the field on any other Service.
     healthCheckNodePort: svc.type === 'LoadBalancer' && svc.externalTrafficPolicy === 'Local' ? svc.healthCheckNodePort : 0,
-    sourceRanges: svc.loadBalancerSourceRanges.map(normalizeIpv4Cidr),
+    sourceRanges: svc.loadBalancerSourceRanges.map(normalizeCidr),
   };
 }
 
-/** kube-proxy's BaseEndpointInfo.String(). */
+/** kube-proxy's BaseEndpointInfo.String(): net.JoinHostPort, so `[fd00::1]:80` for IPv6. */
 export function endpointString(ep: Endpoint): string {
-  return `${ep.ip}:${ep.port}`;
+  return joinHostPort(ep.ip, ep.port);
 }
 
 /** Whether any source range admits the node itself (kube-proxy's allowFromNode). */
 export function sourceRangesAllowNode(facts: ServicePortFacts, nodeIP: string | null): boolean {
   if (nodeIP === null) return false;
-  return facts.sourceRanges.some((range) => cidrContains(parseIpv4Cidr(range), nodeIP));
+  return facts.sourceRanges.some((range) => cidrHas(parseCidr(range), nodeIP));
 }
 
 /** Whether a changed-set names this port: by service (`ns/name`, as kube-proxy) or by port key. */

@@ -87,7 +87,7 @@ describe('iptables-save parsing', () => {
   });
 });
 
-const OPTS: RenderOptions = { clusterCIDR: '10.244.0.0/16', masqueradeAll: false, nodeIPs: ['172.30.0.1'], nodePortAddresses: [], ipvsScheduler: 'rr' };
+const OPTS: RenderOptions = { clusterCIDRs: ['10.244.0.0/16'], masqueradeAll: false, nodeIPs: ['172.30.0.1'], nodePortAddresses: [], ipvsScheduler: 'rr' };
 
 function labState() {
   return desiredState([

@@ -97,7 +97,7 @@ describe('ipvsadmChanges', () => {
   });
 
   test('between two renderings: one backend replaced on the VIP and on the NodePort', () => {
-    const opts: RenderOptions = { clusterCIDR: null, masqueradeAll: false, nodeIPs: ['172.30.0.1'], nodePortAddresses: [], ipvsScheduler: 'rr' };
+    const opts: RenderOptions = { clusterCIDRs: [], masqueradeAll: false, nodeIPs: ['172.30.0.1'], nodePortAddresses: [], ipvsScheduler: 'rr' };
     const svc = servicePort('default', 'web', { portName: '', type: 'NodePort', clusterIP: '10.0.0.213', port: 80, nodePort: 30080 });
     const before = renderIpvs(desiredState([entry(svc, [endpoint('10.244.0.11', 80), endpoint('10.244.0.12', 80)])]), opts);
     const after = renderIpvs(desiredState([entry(svc, [endpoint('10.244.0.12', 80), endpoint('10.244.0.13', 80)])]), opts);

@@ -11,7 +11,7 @@ import { DataplaneError } from '../../src/errors.js';
 import { desiredState, endpoint, entry, servicePort } from '../fixtures/render/state.js';
 import { inNetns } from '../fixtures/render/tools.js';
 
-const OPTS: RenderOptions = { clusterCIDR: null, masqueradeAll: false, nodeIPs: ['172.30.0.1'], nodePortAddresses: [], ipvsScheduler: 'rr' };
+const OPTS: RenderOptions = { clusterCIDRs: [], masqueradeAll: false, nodeIPs: ['172.30.0.1'], nodePortAddresses: [], ipvsScheduler: 'rr' };
 const be = (address: string, port: number) => ({ address, port, forward: 'Masq', weight: 1, activeConn: 0, inactConn: 0, flags: [] });
 
 function state() {

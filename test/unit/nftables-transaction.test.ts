@@ -11,7 +11,7 @@ import { desiredState, endpoint, entry, servicePort } from '../fixtures/render/s
 import { inNetns } from '../fixtures/render/tools.js';
 
 const OPTS: RenderOptions = {
-  clusterCIDR: '10.244.0.0/16',
+  clusterCIDRs: ['10.244.0.0/16'],
   masqueradeAll: false,
   nodeIPs: ['192.168.0.10'],
   nodePortAddresses: [],

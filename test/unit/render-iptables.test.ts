@@ -15,7 +15,7 @@ import { golden, inNetns, kubeProxyExpected } from '../fixtures/render/tools.js'
 
 /** NewFakeProxier's configuration in kube-proxy's proxier_test.go. */
 const KUBE_PROXY_TEST_OPTIONS: RenderOptions = {
-  clusterCIDR: '10.0.0.0/8',
+  clusterCIDRs: ['10.0.0.0/8'],
   masqueradeAll: false,
   nodeIPs: ['192.168.0.2'],
   nodePortAddresses: [],
@@ -27,7 +27,7 @@ const KUBE_PROXY_TEST_OPTIONS: RenderOptions = {
 };
 
 const GOLDEN_OPTIONS: RenderOptions = {
-  clusterCIDR: '10.244.0.0/16',
+  clusterCIDRs: ['10.244.0.0/16'],
   masqueradeAll: false,
   nodeIPs: ['192.168.0.10', '192.168.1.10'],
   nodePortAddresses: [],
@@ -135,7 +135,7 @@ describe('renderIptables', () => {
     const state = goldenState();
     const all = renderIptables(state, { ...GOLDEN_OPTIONS, masqueradeAll: true });
     expect(all).toMatch(/-A KUBE-SVC-\S+ -m comment --comment "default\/web:http cluster IP" .* --dport 80 -j KUBE-MARK-MASQ/);
-    const none = renderIptables(state, { ...GOLDEN_OPTIONS, clusterCIDR: null });
+    const none = renderIptables(state, { ...GOLDEN_OPTIONS, clusterCIDRs: [] });
     expect(none).not.toMatch(/cluster IP" .*-j KUBE-MARK-MASQ/);
   });
 

@@ -8,7 +8,7 @@ import { goldenState } from '../fixtures/render/state.js';
 import { golden, inNetns } from '../fixtures/render/tools.js';
 
 const GOLDEN_OPTIONS: RenderOptions = {
-  clusterCIDR: '10.244.0.0/16',
+  clusterCIDRs: ['10.244.0.0/16'],
   masqueradeAll: false,
   nodeIPs: ['192.168.0.10', '192.168.1.10'],
   nodePortAddresses: [],
@@ -81,7 +81,7 @@ describe('renderIpvs', () => {
     expect(ipvs.iptables).toContain(
       '-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n',
     );
-    const noCidr = renderIpvs(goldenState(), { ...GOLDEN_OPTIONS, clusterCIDR: null }).iptables;
+    const noCidr = renderIpvs(goldenState(), { ...GOLDEN_OPTIONS, clusterCIDRs: [] }).iptables;
     expect(noCidr).toContain('--match-set KUBE-CLUSTER-IP src,dst -j KUBE-MARK-MASQ\n');
     expect(ipvsIptablesJumpRules().map((r) => `${r.table}:${r.chain}->${r.target}`)).toEqual([
       'nat:OUTPUT->KUBE-SERVICES',

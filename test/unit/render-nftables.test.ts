@@ -8,7 +8,7 @@ import { golden, inNetns, kubeProxyExpected } from '../fixtures/render/tools.js'
 
 /** NewFakeProxier's configuration in kube-proxy's nftables proxier_test.go. */
 const KUBE_PROXY_TEST_OPTIONS: RenderOptions = {
-  clusterCIDR: '10.0.0.0/8',
+  clusterCIDRs: ['10.0.0.0/8'],
   masqueradeAll: false,
   nodeIPs: ['192.168.0.2'],
   nodePortAddresses: ['192.168.0.2/32'],
@@ -18,7 +18,7 @@ const KUBE_PROXY_TEST_OPTIONS: RenderOptions = {
 };
 
 const GOLDEN_OPTIONS: RenderOptions = {
-  clusterCIDR: '10.244.0.0/16',
+  clusterCIDRs: ['10.244.0.0/16'],
   masqueradeAll: false,
   nodeIPs: ['192.168.0.10', '192.168.1.10'],
   nodePortAddresses: [],
