@@ -2,6 +2,7 @@ import { closeMaps, openPinnedMaps } from '../bpf/datapath.js';
 import { flushConntrack, readFlows } from '../bpf/conntrack.js';
 import { readServiceNames } from '../bpf/inspect.js';
 import { ConfigError } from '../errors.js';
+import { serviceOfEntryKey } from '../model/types.js';
 import { DEFAULT_PIN_DIR } from '../paths.js';
 import { parseOptions } from './options.js';
 
@@ -12,6 +13,7 @@ const HELP = `usage: vipr conntrack [--json] [--pin-dir DIR]
 
 Lists the flows vipr balanced: client -> frontend => backend (and the SNAT source the flow
 leaves the node with, for NodePort traffic to other nodes and hairpin), state and idle time.
+Both families: IPv6 endpoints print as [addr]:port.
 TCP flows are 'syn' until the client acknowledges the backend's answer (half-open map), then
 'established' (a map no flood of new flows can evict), 'closing' after FIN or RST.
 'flush' forgets flows (all, or those of one Service): their next packets are balanced again.
@@ -41,7 +43,8 @@ export async function run(argv: string[]): Promise<number> {
       if (values.service !== undefined) {
         const svc = values.service;
         if (!/^[^/]+\/[^/]+$/.test(svc)) throw new ConfigError(`--service ${svc}: expected NAMESPACE/NAME`);
-        ids = new Set([...names].filter(([, n]) => n === svc || n.startsWith(`${svc}:`)).map(([id]) => id));
+        // Both families' entries of the Service (`ns/name:port`, `ns/name:port IPv6`, ...).
+        ids = new Set([...names].filter(([, n]) => serviceOfEntryKey(n) === svc).map(([id]) => id));
         if (ids.size === 0) throw new ConfigError(`--service ${svc}: no such service is programmed; see 'vipr list'`);
       }
       const n = flushConntrack(maps, maps.backendConns, ids);

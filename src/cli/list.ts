@@ -5,7 +5,8 @@ import { buildDesiredState } from '../model/build.js';
 import type { DesiredState } from '../model/types.js';
 import { loadSnapshot } from '../sources/snapshot.js';
 import { bpfFrontends } from '../bpf/reconciler/frontends.js';
-import { NODEPORT_VIP, SCOPE_EXTERNAL } from '../bpf/layouts.js';
+import { NODEPORT_VIP, NODEPORT_VIP6, SCOPE_EXTERNAL } from '../bpf/layouts.js';
+import { familyOf } from '../model/ip.js';
 import { protoName } from '../bpf/inspect.js';
 import { ConfigError } from '../errors.js';
 import { DEFAULT_PIN_DIR } from '../paths.js';
@@ -50,7 +51,10 @@ function desiredListing(state: DesiredState): Listing {
       name: f.service,
       backends: f.backends.map((b) => ({ address: b.addr, port: b.port, forward: 'Masq', weight: 1, activeConn: 0, inactConn: 0, flags: [] })),
     };
-    if (f.key.vip === NODEPORT_VIP && state.node.ips.length > 0) for (const ip of state.node.ips) services.push({ ...listed, address: ip });
+    // A NodePort answers on every node address of its family.
+    const family = f.key.vip === NODEPORT_VIP ? 'IPv4' : f.key.vip === NODEPORT_VIP6 ? 'IPv6' : null;
+    const nodeAddrs = family === null ? [] : state.node.ips.filter((ip) => familyOf(ip) === family);
+    if (nodeAddrs.length > 0) for (const ip of nodeAddrs) services.push({ ...listed, address: ip });
     else services.push(listed);
   }
   return { source: 'desired state (not read from a dataplane)', services };

@@ -314,8 +314,8 @@ async function runAgent(
     // The kube-proxy flags both families share, checked as the fallback modes check them.
     const render = renderOptionsFromCli(values);
     dataplane = new BpfDataplane(loaded.maps, pinDir, {
-      clusterCIDR: values['cluster-cidr'] ?? null,
-      nodePortAddresses: values['nodeport-addresses'],
+      clusterCIDRs: render.clusterCIDRs,
+      nodePortAddresses: render.nodePortAddresses,
       defaultScheduler: o.scheduler,
       snatPorts: o.snatPorts,
       maglevMaxSize: Number(values['maglev-table-size']),

@@ -2,6 +2,7 @@
  * The table `vipr list` prints in every mode, shaped like `ipvsadm -Ln` so it reads the way
  * users already read IPVS: one virtual server per line, its real servers below it.
  */
+import { compareIps, familyOf, joinHostPort } from './ip.js';
 
 export interface ListedBackend {
   address: string;
@@ -33,14 +34,15 @@ export interface Listing {
   services: ListedService[];
 }
 
-function compareServices(a: ListedService, b: ListedService): number {
-  return (
-    ipToNumber(a.address) - ipToNumber(b.address) || a.port - b.port || a.protocol.localeCompare(b.protocol)
-  );
+/** Numeric order, IPv4 before IPv6 (as ipvsadm lists); anything not an address after, by text. */
+function compareAddresses(a: string, b: string): number {
+  const known = (familyOf(a) !== null ? 0 : 1) - (familyOf(b) !== null ? 0 : 1);
+  if (known !== 0 || familyOf(a) === null) return known || a.localeCompare(b);
+  return compareIps(a, b);
 }
 
-function ipToNumber(ip: string): number {
-  return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
+function compareServices(a: ListedService, b: ListedService): number {
+  return compareAddresses(a.address, b.address) || a.port - b.port || a.protocol.localeCompare(b.protocol);
 }
 
 /** Sorts services and their backends into ipvsadm's order (by address, then port). */
@@ -49,7 +51,7 @@ export function sortListing(l: Listing): Listing {
     source: l.source,
     services: [...l.services].sort(compareServices).map((s) => ({
       ...s,
-      backends: [...s.backends].sort((a, b) => ipToNumber(a.address) - ipToNumber(b.address) || a.port - b.port),
+      backends: [...s.backends].sort((a, b) => compareAddresses(a.address, b.address) || a.port - b.port),
     })),
   };
 }
@@ -66,13 +68,13 @@ export function formatListing(l: Listing, opts: { numeric: boolean }): string {
     '  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn',
   ];
   for (const s of sortListing(l).services) {
-    let line = `${s.protocol.padEnd(4)} ${s.address}:${s.port} ${s.scheduler}`;
+    let line = `${s.protocol.padEnd(4)} ${joinHostPort(s.address, s.port)} ${s.scheduler}`;
     if (s.persistentSeconds > 0) line += ` persistent ${s.persistentSeconds}`;
     if (!opts.numeric && s.name) line += `  (${s.name})`;
     lines.push(line);
     for (const b of s.backends) {
       let be =
-        `  -> ${`${b.address}:${b.port}`.padEnd(28)} ${b.forward.padEnd(7)} ${String(b.weight).padEnd(6)} ` +
+        `  -> ${joinHostPort(b.address, b.port).padEnd(28)} ${b.forward.padEnd(7)} ${String(b.weight).padEnd(6)} ` +
         `${String(b.activeConn).padEnd(10)} ${b.inactConn}`;
       if (!opts.numeric && b.flags.length > 0) be += ` (${b.flags.join(',')})`;
       lines.push(be);

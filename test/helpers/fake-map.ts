@@ -7,7 +7,7 @@
  * and every operation on every map sharing one log is recorded in order.
  */
 import {
-  MAPS, type AffinityKeyT, type AffinityValueT, type BackendConnsT, type BackendIdT, type BackendT, type ConfigT, type CtKeyT,
+  MAPS, type AffinityKeyT, type AffinityValueT, type BackendConnsT, type BackendIdT, type BackendT, type Config6T, type ConfigT, type CtKeyT,
   type CtValueT, type MapSpec, type NodeIpT, type SchedStateT, type SlotKeyT, type SourceRangeT, type SvcKeyT, type SvcValueT,
 } from '../../src/bpf/layouts.js';
 import { BpfError } from '../../src/errors.js';
@@ -155,6 +155,13 @@ export class FakeMaps {
   readonly config: FakeMap<number, ConfigT>;
   readonly ctUdp: FakeMap<CtKeyT, CtValueT>;
   readonly affinity: FakeMap<AffinityKeyT, AffinityValueT>;
+  readonly services6: FakeMap<SvcKeyT, SvcValueT>;
+  readonly backends6: FakeMap<BackendIdT, BackendT>;
+  readonly sourceRanges6: FakeMap<SourceRangeT, number>;
+  readonly nodeIps6: FakeMap<NodeIpT, number>;
+  readonly config6: FakeMap<number, Config6T>;
+  readonly ctUdp6: FakeMap<CtKeyT, CtValueT>;
+  readonly affinity6: FakeMap<AffinityKeyT, AffinityValueT>;
 
   constructor(capacity: Partial<Record<keyof ServiceMaps, number>> = {}) {
     const cap = (role: keyof ServiceMaps): number => capacity[role] ?? 65536;
@@ -168,6 +175,13 @@ export class FakeMaps {
     this.config = new FakeMap(MAPS.config, cap('config'), this.ops);
     this.ctUdp = new FakeMap(MAPS.ctUdp, cap('ctUdp'), this.ops);
     this.affinity = new FakeMap(MAPS.affinity, cap('affinity'), this.ops);
+    this.services6 = new FakeMap(MAPS.services6, cap('services6'), this.ops);
+    this.backends6 = new FakeMap(MAPS.backends6, cap('backends6'), this.ops);
+    this.sourceRanges6 = new FakeMap(MAPS.sourceRanges6, cap('sourceRanges6'), this.ops);
+    this.nodeIps6 = new FakeMap(MAPS.nodeIps6, cap('nodeIps6'), this.ops);
+    this.config6 = new FakeMap(MAPS.config6, cap('config6'), this.ops);
+    this.ctUdp6 = new FakeMap(MAPS.ctUdp6, cap('ctUdp6'), this.ops);
+    this.affinity6 = new FakeMap(MAPS.affinity6, cap('affinity6'), this.ops);
   }
 
   /** The ServiceMaps view the reconciler takes. */
@@ -175,6 +189,8 @@ export class FakeMaps {
     return {
       services: this.services, slots: this.slots, backends: this.backends, sourceRanges: this.sourceRanges, sched: this.sched,
       backendConns: this.backendConns, nodeIps: this.nodeIps, config: this.config, ctUdp: this.ctUdp, affinity: this.affinity,
+      services6: this.services6, backends6: this.backends6, sourceRanges6: this.sourceRanges6, nodeIps6: this.nodeIps6,
+      config6: this.config6, ctUdp6: this.ctUdp6, affinity6: this.affinity6,
     };
   }
 

@@ -236,8 +236,8 @@ describe('BpfDataplane writes only what changed', () => {
     const state = stateOf(manyServices(20, 3));
     const first = await plane.sync(state, false);
     // Per service: its entry, 3 slots, 3 backends and their 3 lc counters; once: the node's
-    // address (NodePorts) and the datapath settings.
-    expect(first).toMatchObject({ services: 20, backends: 60, writes: 20 * (1 + 3 + 3 + 3) + 1 + 1, deletes: 0, failed: [] });
+    // address (NodePorts) and the datapath settings of each family.
+    expect(first).toMatchObject({ services: 20, backends: 60, writes: 20 * (1 + 3 + 3 + 3) + 1 + 2, deletes: 0, failed: [] });
     fake.clearOps();
 
     const again = await plane.sync(state, false);

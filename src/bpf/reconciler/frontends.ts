@@ -2,16 +2,21 @@
  * Pure: the desired state's Service ports expanded into the frontends the BPF datapath matches
  * (address, port, protocol, scope), each with its backends and its slot layout. No map is read or
  * written here; the reconciler (./reconciler.ts) diffs these against what it has written.
+ *
+ * Both families go through the same code: an entry's addresses are all of its family (the model
+ * splits a dual-stack Service in two), IPv6 ones in canonical text, and the reconciler picks the
+ * family's maps by the address. Frontend ids carry the address as ipvsadm writes it (`[v6]:port`),
+ * so the two families' frontends never share an id, NodePort's `0.0.0.0` and `::` included.
  */
 import type { DesiredState, Endpoint, Scheduler, ServiceEntry } from '../../model/types.js';
 import { serviceOfEntryKey } from '../../model/types.js';
 import {
-  BE_F_LOCAL, BE_F_TERMINATING, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+  BE_F_LOCAL, BE_F_TERMINATING, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, NODEPORT_VIP6, SCOPE_EXTERNAL, SCOPE_INTERNAL,
   SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES,
   type BackendT, type SourceRangeT, type SvcKeyT,
 } from '../layouts.js';
 import { maglevTable, maglevTableSize } from '../../model/maglev.js';
-import { formatIpv4, normalizeIpv4Cidr, parseIpv4Cidr } from '../../model/ipv4.js';
+import { formatIpv6, joinHostPort, normalizeCidr, parseCidr } from '../../model/ip.js';
 import { componentLogger } from '../../log.js';
 
 const log = componentLogger('bpf-sync');
@@ -21,7 +26,7 @@ const MAX_SLOTS = 0xffff;
 
 /** One frontend as the datapath sees it. */
 export interface Frontend {
-  /** Service key `ns/name:port` it came from. */
+  /** ServiceEntry.key it came from (`ns/name:port`, ` IPv6` appended for IPv6). */
   service: string;
   key: SvcKeyT;
   flags: number;
@@ -29,7 +34,7 @@ export interface Frontend {
   scheduler: Scheduler;
   /** The backends, one per endpoint. */
   backends: BackendT[];
-  /** loadBalancerSourceRanges, normalised `a.b.c.d/n`. */
+  /** loadBalancerSourceRanges (of the frontend's family), normalised `a.b.c.d/n` or `fd00::/n`. */
   sourceRanges: string[];
 }
 
@@ -40,18 +45,26 @@ export function serviceOfKey(key: string): string {
   return serviceOfEntryKey(key);
 }
 
+/** Whether an address (or CIDR) of a frontend, backend or range is IPv6: it picks the family's maps. */
+export function isIpv6(addr: string): boolean {
+  return addr.includes(':');
+}
+
+/** `vip:port/proto/scope`, `[vip]:port/proto/scope` for IPv6. */
 export function frontendId(k: SvcKeyT): string {
-  return `${k.vip}:${k.port}/${k.proto}/${k.scope}`;
+  return `${joinHostPort(k.vip, k.port)}/${k.proto}/${k.scope}`;
 }
 
 export function frontendKey(fid: string): SvcKeyT {
-  const [ip, rest] = fid.split(':') as [string, string];
-  const [port, proto, scope] = rest.split('/').map(Number) as [number, number, number];
-  return { vip: ip, port, proto, scope };
+  const [hostPort, proto, scope] = fid.split('/') as [string, string, string];
+  const colon = hostPort.lastIndexOf(':');
+  const host = hostPort.slice(0, colon);
+  const vip = host.startsWith('[') ? host.slice(1, -1) : host;
+  return { vip, port: Number(hostPort.slice(colon + 1)), proto: Number(proto), scope: Number(scope) };
 }
 
 export function backendKey(b: BackendT): string {
-  return `${b.addr}:${b.port}/${b.proto}`;
+  return `${joinHostPort(b.addr, b.port)}/${b.proto}`;
 }
 
 function toBackend(e: Endpoint, proto: number): BackendT {
@@ -63,9 +76,11 @@ function toBackend(e: Endpoint, proto: number): BackendT {
   };
 }
 
+/** The LPM key of a source range, either family (the family's map is the caller's choice, by isIpv6). */
 export function rangeKey(svcId: number, cidr: string): SourceRangeT {
-  const { network, prefix } = parseIpv4Cidr(cidr);
-  return { prefixlen: 32 + prefix, svc_id: svcId, addr: formatIpv4(network) };
+  const { family, network, prefix } = parseCidr(cidr);
+  const addr = family === 'IPv6' ? formatIpv6(network) : [...network].join('.');
+  return { prefixlen: 32 + prefix, svc_id: svcId, addr };
 }
 
 export function rangeOf(k: SourceRangeT): string {
@@ -101,7 +116,7 @@ export function bpfFrontends(state: DesiredState, defaultScheduler: Scheduler): 
   const unique = frontends.filter((f) => {
     const id = frontendId(f.key);
     if (seen.has(id)) {
-      skipped.push(`${f.service}: ${f.key.vip}:${f.key.port} is already used by another Service`);
+      skipped.push(`${f.service}: ${joinHostPort(f.key.vip, f.key.port)} is already used by another Service`);
       return false;
     }
     seen.add(id);
@@ -139,9 +154,9 @@ function expandEntry(entry: ServiceEntry, defaultScheduler: Scheduler, frontends
     add(vip, port, SCOPE_EXTERNAL, SVC_F_EXTERNAL | (etpLocal ? SVC_F_LOCAL : 0), externalEps, ranges);
     if (etpLocal) add(vip, port, SCOPE_INTERNAL, 0, sel.clusterEndpoints, ranges);
   };
-  if (svc.nodePort > 0) external(NODEPORT_VIP, svc.nodePort);
+  if (svc.nodePort > 0) external(svc.family === 'IPv6' ? NODEPORT_VIP6 : NODEPORT_VIP, svc.nodePort);
   for (const ip of svc.externalIPs) external(ip, svc.port);
-  const ranges = svc.loadBalancerSourceRanges.map((c) => normalizeIpv4Cidr(c));
+  const ranges = svc.loadBalancerSourceRanges.map((c) => normalizeCidr(c));
   for (const ip of svc.loadBalancerIPs) external(ip, svc.port, ranges);
 }
 

@@ -10,6 +10,10 @@
  *      backends no slot references any more, and the UDP flows and affinity of removed backends.
  * Frontend expansion is pure (./frontends.ts); ids come from ./ids.ts and are restored from the
  * pinned maps on start, so a restarted agent keeps every id and therefore every connection.
+ *
+ * IPv6 frontends, backends, source ranges and node addresses have maps of their own (services6,
+ * backends6, ...), picked by the address's family; service and backend ids come from the one
+ * allocator each, so the shared maps (slots, scheduler state, lc counters) never see one id twice.
  */
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -18,7 +22,7 @@ import { TimeSlice } from '../../time-slice.js';
 import type { Dataplane, SyncResult } from '../../model/dataplane.js';
 import {
   CT_FORWARD, IPPROTO_UDP, SCHEDULERS,
-  type AffinityKeyT, type AffinityValueT, type BackendConnsT, type BackendIdT, type BackendT, type ConfigT,
+  type AffinityKeyT, type AffinityValueT, type BackendConnsT, type BackendIdT, type BackendT, type Config6T, type ConfigT,
   type CtKeyT, type CtValueT, type NodeIpT, type SchedStateT, type SlotKeyT, type SourceRangeT, type SvcKeyT,
   type SvcValueT,
 } from '../layouts.js';
@@ -29,13 +33,25 @@ import { serviceNamesPath } from '../../paths.js';
 import { DEFAULT_MAGLEV_MAX_SIZE } from '../../model/maglev.js';
 import { componentLogger } from '../../log.js';
 import { JsonFileError } from '../../json-file.js';
-import { cidrContains, formatIpv4, formatMask, parseIpv4Cidr } from '../../model/ipv4.js';
+import { formatMask } from '../../model/ipv4.js';
+import { cidrHas, familyOf, formatIpv6, joinHostPort, parseCidr, type IpFamily } from '../../model/ip.js';
 import { IdAllocator } from './ids.js';
 import {
-  backendKey, bpfFrontends, frontendId, frontendKey, rangeKey, rangeOf, serviceOfKey, slotLayout, type Frontend,
+  backendKey, bpfFrontends, frontendId, frontendKey, isIpv6, rangeKey, rangeOf, serviceOfKey, slotLayout, type Frontend,
 } from './frontends.js';
 
 const log = componentLogger('bpf-sync');
+
+function familyOfVip(vip: string): IpFamily {
+  return isIpv6(vip) ? 'IPv6' : 'IPv4';
+}
+
+/** A prefix length as a 16-byte IPv6 mask. */
+function ipv6Mask(prefix: number): Buffer {
+  const out = Buffer.alloc(16);
+  for (let i = 0; i < 16; i++) out[i] = (0xff << (8 - Math.max(0, Math.min(8, prefix - i * 8)))) & 0xff;
+  return out;
+}
 
 /** Entries per batch call: one call's worth of work stays well under a time slice. */
 const WRITE_CHUNK = 8192;
@@ -60,12 +76,31 @@ export interface ServiceMaps {
   /** UDP conntrack (vipr_ct_udp_v1): the flows cut when their backend goes. */
   ctUdp: MapLike<CtKeyT, CtValueT>;
   affinity: MapLike<AffinityKeyT, AffinityValueT>;
+  /* IPv6's own maps (slots, sched and backendConns are shared). */
+  services6: MapLike<SvcKeyT, SvcValueT>;
+  backends6: MapLike<BackendIdT, BackendT>;
+  sourceRanges6: MapLike<SourceRangeT, number>;
+  nodeIps6: MapLike<NodeIpT, number>;
+  config6: MapLike<number, Config6T>;
+  ctUdp6: MapLike<CtKeyT, CtValueT>;
+  affinity6: MapLike<AffinityKeyT, AffinityValueT>;
+}
+
+/** Entries split by the family of an address in them. */
+function byFamily<T>(items: readonly T[], addrOf: (item: T) => string): { v4: T[]; v6: T[] } {
+  const v4: T[] = [];
+  const v6: T[] = [];
+  for (const item of items) (isIpv6(addrOf(item)) ? v6 : v4).push(item);
+  return { v4, v6 };
 }
 
 export interface BpfDataplaneOptions {
-  /** Sources inside are pods (internal traffic); null = none known. */
-  clusterCIDR: string | null;
-  /** kube-proxy's --nodeport-addresses: node addresses in these CIDRs serve NodePorts; [] = all. */
+  /**
+   * --cluster-cidr, at most one per family: sources inside are pods (internal traffic). The first
+   * CIDR of each family is that family's (vipr_config / vipr_config6); [] = none known.
+   */
+  clusterCIDRs: string[];
+  /** kube-proxy's --nodeport-addresses (either family): node addresses in these CIDRs serve NodePorts; [] = all. */
   nodePortAddresses: string[];
   /** Scheduler for services without the `vipr.io/scheduler` annotation. */
   defaultScheduler: Scheduler;
@@ -76,7 +111,7 @@ export interface BpfDataplaneOptions {
 }
 
 export const DEFAULT_BPF_OPTIONS: BpfDataplaneOptions = {
-  clusterCIDR: null,
+  clusterCIDRs: [],
   nodePortAddresses: [],
   defaultScheduler: 'random',
   snatPorts: [61000, 65535],
@@ -120,7 +155,7 @@ interface Plan {
 interface SyncRun {
   result: SyncResult;
   /** (service, backend) pairs that ended: their UDP flows and affinity are cut. */
-  gone: Array<{ svcId: number; backendId: number }>;
+  gone: Array<{ svcId: number; backendId: number; family: IpFamily }>;
   /** Services (ids) whose writes failed this sync. */
   failedSvc: Set<number>;
   /** Backends a failed existing service may still reference: kept out of the sweep. */
@@ -144,8 +179,10 @@ export class BpfDataplane implements Dataplane {
   private orphanSlots: SlotKeyT[] = [];
   private orphanRanges: SourceRangeT[] = [];
   private orphanSched: number[] = [];
+  /** Node addresses written to vipr_node_ips_v1 and vipr_node_ips6_v1. */
   private nodeIps = new Set<string>();
   private config: ConfigT | null = null;
+  private config6: Config6T | null = null;
   /** Slots referencing each backend, over every applied frontend. */
   private refs = new Map<number, number>();
   private namesDirty = true;
@@ -172,7 +209,7 @@ export class BpfDataplane implements Dataplane {
     this.orphanSlots = [];
     this.orphanRanges = [];
     this.orphanSched = [];
-    for (const [k, v] of this.maps.backends.entries()) {
+    for (const [k, v] of [...this.maps.backends.entries(), ...this.maps.backends6.entries()]) {
       this.backendIds.set(backendKey(v), k.id);
       this.backendById.set(k.id, v);
     }
@@ -184,7 +221,7 @@ export class BpfDataplane implements Dataplane {
       if (!(err instanceof JsonFileError)) throw err;
       log.warn({ err: err.message }, 'service-names record unreadable; it is rewritten');
     }
-    const services = this.maps.services.entries();
+    const services = [...this.maps.services.entries(), ...this.maps.services6.entries()];
     const countOf = new Map(services.map(([, v]) => [v.svc_id, v.backend_count]));
     const slots = new Map<string, number>();
     for (const [k, v] of this.maps.slots.entries()) {
@@ -193,7 +230,7 @@ export class BpfDataplane implements Dataplane {
       else slots.set(`${k.svc_id}/${k.slot}`, v.id);
     }
     const ranges = new Map<number, Set<string>>();
-    for (const [k] of this.maps.sourceRanges.entries()) {
+    for (const [k] of [...this.maps.sourceRanges.entries(), ...this.maps.sourceRanges6.entries()]) {
       if (!countOf.has(k.svc_id)) this.orphanRanges.push(k);
       else ranges.set(k.svc_id, (ranges.get(k.svc_id) ?? new Set()).add(rangeOf(k)));
     }
@@ -210,8 +247,9 @@ export class BpfDataplane implements Dataplane {
         sched: sched.has(v.svc_id), service: names.get(v.svc_id) ?? '',
       });
     }
-    this.nodeIps = new Set(this.maps.nodeIps.entries().map(([k]) => k.addr));
+    this.nodeIps = new Set([...this.maps.nodeIps.entries(), ...this.maps.nodeIps6.entries()].map(([k]) => k.addr));
     this.config = this.maps.config.lookup(0);
+    this.config6 = this.maps.config6.lookup(0);
     this.refs = new Map();
     for (const a of this.applied.values()) this.addRefs(a.slots, 1);
     this.namesDirty = true;
@@ -264,7 +302,7 @@ export class BpfDataplane implements Dataplane {
   /** Phase 0a: what an interrupted sync left (found by restore()). */
   private removeLeftovers(result: SyncResult): void {
     for (const k of this.orphanSlots) this.tryDelete(this.maps.slots, k, result);
-    for (const k of this.orphanRanges) this.tryDelete(this.maps.sourceRanges, k, result);
+    for (const k of this.orphanRanges) this.tryDelete(this.rangesFor(k.addr), k, result);
     for (const id of this.orphanSched) this.tryDelete(this.maps.sched, id, result);
     this.orphanSlots = [];
     this.orphanRanges = [];
@@ -277,11 +315,12 @@ export class BpfDataplane implements Dataplane {
     for (const [fid, a] of [...this.applied]) {
       if (this.slice.due()) await this.slice.yield();
       if (desired.has(fid) || !inScope(a.service)) continue;
-      this.tryDelete(this.maps.services, frontendKey(fid), result);
+      const key = frontendKey(fid);
+      this.tryDelete(this.servicesFor(key.vip), key, result);
       a.slots.forEach((_, slot) => this.tryDelete(this.maps.slots, { svc_id: a.svcId, slot }, result));
-      for (const r of a.ranges) this.tryDelete(this.maps.sourceRanges, rangeKey(a.svcId, r), result);
+      for (const r of a.ranges) this.tryDelete(this.rangesFor(r), rangeKey(a.svcId, r), result);
       if (a.sched) this.tryDelete(this.maps.sched, a.svcId, result);
-      for (const id of new Set(a.slots)) run.gone.push({ svcId: a.svcId, backendId: id });
+      for (const id of new Set(a.slots)) run.gone.push({ svcId: a.svcId, backendId: id, family: familyOfVip(key.vip) });
       this.addRefs(a.slots, -1);
       this.svcIds.release(a.svcId);
       this.applied.delete(fid);
@@ -320,7 +359,7 @@ export class BpfDataplane implements Dataplane {
         const currentMaglev = prev && prev.value.scheduler === SCHEDULERS.indexOf('maglev') ? prev.slots.length : null;
         layout = slotLayout(f, currentMaglev, this.opts.maglevMaxSize);
       } catch (err) {
-        run.result.failed.push({ service: f.service, error: `${f.key.vip}:${f.key.port}: ${(err as Error).message}` });
+        run.result.failed.push({ service: f.service, error: `${joinHostPort(f.key.vip, f.key.port)}: ${(err as Error).message}` });
         continue;
       }
       const ids = f.backends.map(backendIdOf);
@@ -353,7 +392,9 @@ export class BpfDataplane implements Dataplane {
   /** Phase 1a: new or changed backends, and lc's open-flow counter of each new one. */
   private async writeBackends(plan: Plan, run: SyncRun): Promise<void> {
     const failedBackends = new Set<number>();
-    await this.writeAll(this.maps.backends, plan.newBackends, run.result, (k) => failedBackends.add(k.id));
+    const backends = byFamily(plan.newBackends, ([, b]) => b.addr);
+    await this.writeAll(this.maps.backends, backends.v4, run.result, (k) => failedBackends.add(k.id));
+    await this.writeAll(this.maps.backends6, backends.v6, run.result, (k) => failedBackends.add(k.id));
     for (const id of failedBackends) {
       const b = this.backendById.get(id);
       this.backendById.delete(id);
@@ -373,12 +414,9 @@ export class BpfDataplane implements Dataplane {
   private async writeServiceState(plan: Plan, run: SyncRun): Promise<void> {
     const ok = plan.pending.filter((p) => !run.failedSvc.has(p.svcId));
     await this.writeAll(this.maps.slots, ok.flatMap((p) => p.slotWrites), run.result, (k) => run.failedSvc.add(k.svc_id));
-    await this.writeAll(
-      this.maps.sourceRanges,
-      ok.flatMap((p) => p.rangeWrites.map((r) => [rangeKey(p.svcId, r), 0] as [SourceRangeT, number])),
-      run.result,
-      (k) => run.failedSvc.add(k.svc_id),
-    );
+    const ranges = byFamily(ok.flatMap((p) => p.rangeWrites.map((r) => [rangeKey(p.svcId, r), 0] as [SourceRangeT, number])), ([k]) => k.addr);
+    await this.writeAll(this.maps.sourceRanges, ranges.v4, run.result, (k) => run.failedSvc.add(k.svc_id));
+    await this.writeAll(this.maps.sourceRanges6, ranges.v6, run.result, (k) => run.failedSvc.add(k.svc_id));
     for (const p of ok) {
       if (p.schedWrite && !this.tryWrite(this.maps.sched, p.svcId, { rr_next: 0 }, run.result)) run.failedSvc.add(p.svcId);
     }
@@ -387,15 +425,16 @@ export class BpfDataplane implements Dataplane {
   /** Phase 2: the service entries, with their new slot counts: from here the datapath uses them. */
   private async exposeServices(plan: Plan, run: SyncRun): Promise<void> {
     const byFid = new Map(plan.pending.map((p) => [p.fid, p]));
-    await this.writeAll(
-      this.maps.services,
+    const onFail = (k: SvcKeyT): void => {
+      const p = byFid.get(frontendId(k));
+      if (p) run.failedSvc.add(p.svcId);
+    };
+    const entries = byFamily(
       plan.pending.filter((p) => !run.failedSvc.has(p.svcId)).map((p) => [p.f.key, p.value] as [SvcKeyT, SvcValueT]),
-      run.result,
-      (k) => {
-        const p = byFid.get(frontendId(k));
-        if (p) run.failedSvc.add(p.svcId);
-      },
+      ([k]) => k.vip,
     );
+    await this.writeAll(this.maps.services, entries.v4, run.result, onFail);
+    await this.writeAll(this.maps.services6, entries.v6, run.result, onFail);
   }
 
   /**
@@ -408,11 +447,11 @@ export class BpfDataplane implements Dataplane {
     for (const p of plan.pending) {
       const prev = this.applied.get(p.fid);
       if (run.failedSvc.has(p.svcId)) {
-        result.failed.push({ service: p.f.service, error: `map full or rejected: ${p.f.key.vip}:${p.f.key.port}` });
+        result.failed.push({ service: p.f.service, error: `map full or rejected: ${joinHostPort(p.f.key.vip, p.f.key.port)}` });
         if (p.isNew) {
           // Roll back what was written for it; nothing exposed it.
           p.slotWrites.forEach(([k]) => this.tryDelete(this.maps.slots, k, result));
-          p.rangeWrites.forEach((r) => this.tryDelete(this.maps.sourceRanges, rangeKey(p.svcId, r), result));
+          p.rangeWrites.forEach((r) => this.tryDelete(this.rangesFor(r), rangeKey(p.svcId, r), result));
           if (p.schedWrite) this.tryDelete(this.maps.sched, p.svcId, result);
           this.svcIds.release(p.svcId);
         } else {
@@ -426,9 +465,9 @@ export class BpfDataplane implements Dataplane {
       if (prev) {
         for (let s = p.slotIds.length; s < prev.slots.length; s++) this.tryDelete(this.maps.slots, { svc_id: p.svcId, slot: s }, result);
         const now = new Set(p.slotIds);
-        for (const id of new Set(prev.slots)) if (!now.has(id)) run.gone.push({ svcId: p.svcId, backendId: id });
+        for (const id of new Set(prev.slots)) if (!now.has(id)) run.gone.push({ svcId: p.svcId, backendId: id, family: familyOfVip(p.f.key.vip) });
       }
-      p.rangeDeletes.forEach((r) => this.tryDelete(this.maps.sourceRanges, rangeKey(p.svcId, r), result));
+      p.rangeDeletes.forEach((r) => this.tryDelete(this.rangesFor(r), rangeKey(p.svcId, r), result));
       if (prev?.sched && !p.wantSched) this.tryDelete(this.maps.sched, p.svcId, result);
       if (prev) this.addRefs(prev.slots, -1);
       this.addRefs(p.slotIds, 1);
@@ -454,7 +493,7 @@ export class BpfDataplane implements Dataplane {
       if (this.slice.due()) await this.slice.yield();
       if ((this.refs.get(id) ?? 0) > 0 || run.stillReferenced.has(id)) continue;
       this.refs.delete(id);
-      this.tryDelete(this.maps.backends, { id }, run.result);
+      this.tryDelete(isIpv6(b.addr) ? this.maps.backends6 : this.maps.backends, { id }, run.result);
       this.tryDelete(this.maps.backendConns, { id }, run.result);
       this.backendById.delete(id);
       this.backendIds.delete(backendKey(b));
@@ -466,38 +505,67 @@ export class BpfDataplane implements Dataplane {
    * A backend left a service: its UDP flows through that service move at once (their next
    * datagram is balanced again; kube-proxy instead leaves them to the kernel's conntrack, which
    * blackholes them until it expires), and affinity to it ends. TCP flows drain: they keep their
-   * backend until they close. Costs one walk of the UDP conntrack map, only on syncs that removed
-   * a backend.
+   * backend until they close. Costs one walk of the UDP conntrack map of each family whose
+   * backends went, only on syncs that removed a backend.
    */
-  private cutGoneFlows(gone: Array<{ svcId: number; backendId: number }>, result: SyncResult): void {
+  private cutGoneFlows(gone: Array<{ svcId: number; backendId: number; family: IpFamily }>, result: SyncResult): void {
     const pairs = new Set(gone.map((g) => `${g.svcId}/${g.backendId}`));
-    for (const [k, v] of this.maps.ctUdp.entries()) {
-      if (k.dir !== CT_FORWARD || !pairs.has(`${v.svc_id}/${v.backend_id}`)) continue;
-      if (k.proto !== IPPROTO_UDP) continue;
-      this.tryDelete(this.maps.ctUdp, k, result);
-      this.tryDelete(this.maps.ctUdp, replyKeyOf(k, v), result);
-    }
-    for (const [k, v] of this.maps.affinity.entries()) {
-      if (pairs.has(`${k.svc_id}/${v.backend_id}`)) this.tryDelete(this.maps.affinity, k, result);
-    }
+    const families = new Set(gone.map((g) => g.family));
+    const cut = (ct: MapLike<CtKeyT, CtValueT>, affinity: MapLike<AffinityKeyT, AffinityValueT>): void => {
+      for (const [k, v] of ct.entries()) {
+        if (k.dir !== CT_FORWARD || !pairs.has(`${v.svc_id}/${v.backend_id}`)) continue;
+        if (k.proto !== IPPROTO_UDP) continue;
+        this.tryDelete(ct, k, result);
+        this.tryDelete(ct, replyKeyOf(k, v), result);
+      }
+      for (const [k, v] of affinity.entries()) {
+        if (pairs.has(`${k.svc_id}/${v.backend_id}`)) this.tryDelete(affinity, k, result);
+      }
+    };
+    if (families.has('IPv4')) cut(this.maps.ctUdp, this.maps.affinity);
+    if (families.has('IPv6')) cut(this.maps.ctUdp6, this.maps.affinity6);
   }
 
-  /** Node addresses that serve NodePorts, and the datapath's settings. */
+  /**
+   * Node addresses that serve NodePorts (vipr_node_ips_v1 / vipr_node_ips6_v1 by family), and each
+   * family's settings: the SNAT source is the node's first address of that family, the cluster
+   * CIDR the first --cluster-cidr of that family.
+   */
   private syncNode(state: DesiredState, result: SyncResult): void {
-    const allowed = this.opts.nodePortAddresses;
-    const ips = new Set(state.node.ips.filter((ip) => allowed.length === 0 || allowed.some((c) => cidrContains(parseIpv4Cidr(c), ip))));
-    for (const ip of ips) if (!this.nodeIps.has(ip)) this.tryWrite(this.maps.nodeIps, { addr: ip }, 0, result);
-    for (const ip of this.nodeIps) if (!ips.has(ip)) this.tryDelete(this.maps.nodeIps, { addr: ip }, result);
+    const allowed = this.opts.nodePortAddresses.map((c) => parseCidr(c));
+    const ips = new Set(state.node.ips.filter((ip) => allowed.length === 0 || allowed.some((c) => cidrHas(c, ip))));
+    const nodeIpsFor = (ip: string): MapLike<NodeIpT, number> => (isIpv6(ip) ? this.maps.nodeIps6 : this.maps.nodeIps);
+    for (const ip of ips) if (!this.nodeIps.has(ip)) this.tryWrite(nodeIpsFor(ip), { addr: ip }, 0, result);
+    for (const ip of this.nodeIps) if (!ips.has(ip)) this.tryDelete(nodeIpsFor(ip), { addr: ip }, result);
     this.nodeIps = ips;
-    const cluster = this.opts.clusterCIDR === null ? null : parseIpv4Cidr(this.opts.clusterCIDR);
+    const clusterOf = (family: IpFamily) => this.opts.clusterCIDRs.map((c) => parseCidr(c)).find((c) => c.family === family) ?? null;
+    const nodeIpOf = (family: IpFamily): string | undefined => state.node.ips.find((ip) => familyOf(ip) === family);
+    const cluster = clusterOf('IPv4');
     const config: ConfigT = {
-      snat_addr: state.node.ips[0] ?? '0.0.0.0',
-      cluster_cidr: cluster ? formatIpv4(cluster.network) : '0.0.0.0',
+      snat_addr: nodeIpOf('IPv4') ?? '0.0.0.0',
+      cluster_cidr: cluster ? [...cluster.network].join('.') : '0.0.0.0',
       cluster_mask: cluster ? formatMask(cluster.prefix) : '0.0.0.0',
       snat_port_min: this.opts.snatPorts[0],
       snat_port_max: this.opts.snatPorts[1],
     };
     if (JSON.stringify(config) !== JSON.stringify(this.config) && this.tryWrite(this.maps.config, 0, config, result)) this.config = config;
+    const cluster6 = clusterOf('IPv6');
+    const config6: Config6T = {
+      snat_addr: nodeIpOf('IPv6') ?? '::',
+      cluster_cidr: cluster6 ? formatIpv6(cluster6.network) : '::',
+      cluster_mask: formatIpv6(ipv6Mask(cluster6?.prefix ?? 0)),
+    };
+    if (JSON.stringify(config6) !== JSON.stringify(this.config6) && this.tryWrite(this.maps.config6, 0, config6, result)) this.config6 = config6;
+  }
+
+  /** The services map of a frontend address's family. */
+  private servicesFor(vip: string): MapLike<SvcKeyT, SvcValueT> {
+    return isIpv6(vip) ? this.maps.services6 : this.maps.services;
+  }
+
+  /** The source-range map of a range's (or its key address's) family. */
+  private rangesFor(cidrOrAddr: string): MapLike<SourceRangeT, number> {
+    return isIpv6(cidrOrAddr) ? this.maps.sourceRanges6 : this.maps.sourceRanges;
   }
 
   /** Writes entries in chunks, letting the event loop run between them on a long sync. */
