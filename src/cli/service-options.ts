@@ -5,7 +5,7 @@
 import type { ParseArgsConfig } from 'node:util';
 import { ConfigError } from '../errors.js';
 import type { BuildOptions } from '../model/build.js';
-import { normalizeIpv4Cidr } from '../model/ipv4.js';
+import { IP_FAMILIES, normalizeCidr } from '../model/ip.js';
 
 /** kube-apiserver's default --service-node-port-range. */
 export const DEFAULT_NODE_PORT_RANGE = '30000-32767';
@@ -46,11 +46,13 @@ export function buildOptionsFromCli(values: ServiceCliValues, fromApiServer: boo
     .filter((c) => c !== '')
     .map((c) => {
       try {
-        return normalizeIpv4Cidr(c.includes('/') ? c : `${c}/32`);
+        // A bare address is its /32 or /128.
+        return normalizeCidr(c);
       } catch {
-        throw new ConfigError(`--external-ip-cidrs ${c}: not an IPv4 CIDR; write it as address/prefix, e.g. 203.0.113.0/24`);
+        throw new ConfigError(`--external-ip-cidrs ${c}: not a CIDR; write it as address/prefix, e.g. 203.0.113.0/24 or 2001:db8::/64`);
       }
     });
   const range = parseNodePortRange(values['nodeport-range']);
-  return { externalIPCIDRs, nodePortRange: fromApiServer ? null : range };
+  // Both families; `vipr run` narrows them to those the node has an IP of.
+  return { externalIPCIDRs, nodePortRange: fromApiServer ? null : range, families: IP_FAMILIES };
 }

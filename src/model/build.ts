@@ -1,10 +1,13 @@
 /*
  * Services + EndpointSlices → the desired state every dataplane renders from.
  *
- * Mirrors kube-proxy's service change tracker and EndpointSliceCache: one entry per Service port;
- * Services kube-proxy would not proxy are skipped (headless, ExternalName, no IPv4 cluster IP, and
- * those its informer label selector filters out); endpoints come from the IPv4 slices labelled
- * with the Service's name, matched to a Service port by port name and protocol.
+ * Mirrors kube-proxy's service change trackers and EndpointSliceCaches, one per IP family as its
+ * dual-stack proxier runs them: one entry per (Service port, family the Service has a cluster IP
+ * of), each with only that family's addresses; Services kube-proxy would not proxy are skipped
+ * (headless, ExternalName, no cluster IP, and those its informer label selector filters out);
+ * endpoints come from the slices of the entry's family labelled with the Service's name, matched
+ * to a Service port by port name and protocol. A family the node does not serve (no node IP of
+ * it) is left out, with one line per family.
  *
  * Three steps, each also used on its own by the agent's partial syncs (src/sync/agent.ts):
  *   admitService: the node's options (--external-ip-cidrs, --nodeport-range) applied;
@@ -16,7 +19,7 @@
 import type { ClusterObjects, EndpointSliceObject, ServiceObject, ServicePortSpec } from './k8s.js';
 import { selectEndpoints } from './endpoints.js';
 import {
-  servicePortKey,
+  serviceEntryKey,
   type DesiredState,
   type Endpoint,
   type NodeInfo,
@@ -25,7 +28,7 @@ import {
   type ServicePort,
 } from './types.js';
 import { componentLogger } from '../log.js';
-import { cidrContains, parseIpv4Cidr } from './ipv4.js';
+import { IP_FAMILIES, cidrFamily, cidrHas, compareIps, familyOf, parseCidr, type IpFamily } from './ip.js';
 import { FrontendOwners, addressFrontend, describeConflict, nodePortFrontend } from './ownership.js';
 import { compareEntries } from './sorted-entries.js';
 
@@ -52,11 +55,33 @@ export interface BuildOptions {
    * own range and its allocations are trusted as they are (null), as kube-proxy trusts them.
    */
   nodePortRange: readonly [number, number] | null;
-  /** --external-ip-cidrs: externalIPs outside these CIDRs are not programmed; [] = any. */
+  /** --external-ip-cidrs (both families): externalIPs outside these CIDRs are not programmed; [] = any. */
   externalIPCIDRs: readonly string[];
+  /**
+   * The families this node serves: those it has a node IP of (src/cli/run.ts). A Service's
+   * addresses of another family are not programmed, as kube-proxy runs no proxier for it.
+   */
+  families: readonly IpFamily[];
 }
 
-export const DEFAULT_BUILD_OPTIONS: BuildOptions = { nodePortRange: null, externalIPCIDRs: [] };
+export const DEFAULT_BUILD_OPTIONS: BuildOptions = { nodePortRange: null, externalIPCIDRs: [], families: IP_FAMILIES };
+
+/**
+ * Says once per family, for as long as it lives, that the node does not serve that family: the
+ * agent keeps one across syncs, buildDesiredState one per build. Not per Service, not per sync.
+ */
+export class UnservedFamilies {
+  private readonly said = new Set<IpFamily>();
+
+  note(family: IpFamily, service: string, warn: BuildWarningSink): void {
+    if (this.said.has(family)) return;
+    this.said.add(family);
+    warn(
+      `${family}: this node has no ${family} node IP (give one with --node-ip), so ${family} Service addresses are not programmed ` +
+        `(the first skipped: Service ${service}'s; this is said once)`,
+    );
+  }
+}
 
 function selectedByProxy(labels: Record<string, string>): boolean {
   return !(SERVICE_PROXY_NAME_LABEL in labels) && !(HEADLESS_LABEL in labels);
@@ -73,22 +98,55 @@ function schedulerOf(svc: ServiceObject, warn: BuildWarningSink): Scheduler | nu
   return null;
 }
 
+/** Keeps the addresses of `families`; the list itself when all are (the usual single-family case). */
+function ofFamilies(ips: string[], families: readonly IpFamily[]): string[] {
+  if (ips.length === 0 || families.length === 2) return ips;
+  const kept = ips.filter((ip) => families.includes(familyOf(ip) as IpFamily));
+  return kept.length === ips.length ? ips : kept;
+}
+
+function cidrsOfFamilies(cidrs: string[], families: readonly IpFamily[]): string[] {
+  if (cidrs.length === 0 || families.length === 2) return cidrs;
+  const kept = cidrs.filter((c) => families.includes(cidrFamily(c) as IpFamily));
+  return kept.length === cidrs.length ? cidrs : kept;
+}
+
 /**
- * The Service as this node proxies it, or null when it does not (headless, ExternalName, no IPv4
- * cluster IP, another service proxy's): externalIPs outside --external-ip-cidrs and node ports
+ * The Service as this node proxies it, or null when it does not (headless, ExternalName, no
+ * cluster IP of a family the node serves, another service proxy's): cluster IPs of a family the
+ * node does not serve are dropped (`unserved` says so once per family); external and load-balancer
+ * IPs and source ranges of a family the Service has no cluster IP of are dropped (kube-proxy's
+ * per-family proxiers never see them); externalIPs outside --external-ip-cidrs and node ports
  * outside --nodeport-range are dropped, each with a line; the rest of the Service stays.
  */
-export function admitService(svc: ServiceObject, opts: BuildOptions, warn: BuildWarningSink): ServiceObject | null {
-  if (svc.type === 'ExternalName' || svc.clusterIP === null || !selectedByProxy(svc.labels)) return null;
+export function admitService(
+  svc: ServiceObject,
+  opts: BuildOptions,
+  warn: BuildWarningSink,
+  unserved: UnservedFamilies = new UnservedFamilies(),
+): ServiceObject | null {
+  if (svc.type === 'ExternalName' || svc.clusterIPs.length === 0 || !selectedByProxy(svc.labels)) return null;
   const subject = `Service ${svc.namespace}/${svc.name}`;
-  let externalIPs = svc.externalIPs;
+  let clusterIPs = svc.clusterIPs;
+  let families: IpFamily[] = clusterIPs.map((ip) => familyOf(ip) as IpFamily);
+  if (families.some((f) => !opts.families.includes(f))) {
+    for (const f of families) if (!opts.families.includes(f)) unserved.note(f, `${svc.namespace}/${svc.name}`, warn);
+    clusterIPs = clusterIPs.filter((_, i) => opts.families.includes(families[i] as IpFamily));
+    families = families.filter((f) => opts.families.includes(f));
+    if (clusterIPs.length === 0) return null;
+  }
+  let externalIPs = ofFamilies(svc.externalIPs, families);
+  const loadBalancerIPs = ofFamilies(svc.loadBalancerIPs, families);
+  const loadBalancerSourceRanges = cidrsOfFamilies(svc.loadBalancerSourceRanges, families);
   if (opts.externalIPCIDRs.length > 0 && externalIPs.length > 0) {
-    const cidrs = opts.externalIPCIDRs.map((c) => parseIpv4Cidr(c));
+    const cidrs = opts.externalIPCIDRs.map((c) => parseCidr(c));
+    const before = externalIPs;
     externalIPs = externalIPs.filter((ip) => {
-      if (cidrs.some((c) => cidrContains(c, ip))) return true;
+      if (cidrs.some((c) => cidrHas(c, ip))) return true;
       warn(`${subject}: spec.externalIPs ${ip} is outside --external-ip-cidrs ${opts.externalIPCIDRs.join(',')}; address not programmed`);
       return false;
     });
+    if (externalIPs.length === before.length) externalIPs = before;
   }
   const range = opts.nodePortRange;
   let ports = svc.ports;
@@ -99,10 +157,46 @@ export function admitService(svc: ServiceObject, opts: BuildOptions, warn: Build
       return { ...p, nodePort: 0 };
     });
   }
-  return externalIPs === svc.externalIPs && ports === svc.ports ? svc : { ...svc, externalIPs, ports };
+  const unchanged =
+    clusterIPs === svc.clusterIPs &&
+    externalIPs === svc.externalIPs &&
+    loadBalancerIPs === svc.loadBalancerIPs &&
+    loadBalancerSourceRanges === svc.loadBalancerSourceRanges &&
+    ports === svc.ports;
+  if (unchanged) return svc;
+  const ipFamilies = clusterIPs === svc.clusterIPs ? svc.ipFamilies : families;
+  return { ...svc, clusterIPs, ipFamilies, externalIPs, loadBalancerIPs, loadBalancerSourceRanges, ports };
 }
 
-function toServicePort(svc: ServiceObject, port: ServicePortSpec, clusterIP: string, scheduler: Scheduler | null, owners: FrontendOwners): ServicePort {
+/** One family's share of an admitted Service's addresses. */
+interface FamilyAddresses {
+  family: IpFamily;
+  clusterIP: string;
+  externalIPs: string[];
+  loadBalancerIPs: string[];
+  loadBalancerSourceRanges: string[];
+}
+
+function familyAddresses(svc: ServiceObject): FamilyAddresses[] {
+  if (svc.clusterIPs.length === 1) {
+    // Admitted: every address is of the one cluster IP's family.
+    const clusterIP = svc.clusterIPs[0] as string;
+    const family = familyOf(clusterIP) as IpFamily;
+    return [{ family, clusterIP, externalIPs: svc.externalIPs, loadBalancerIPs: svc.loadBalancerIPs, loadBalancerSourceRanges: svc.loadBalancerSourceRanges }];
+  }
+  return svc.clusterIPs.map((clusterIP) => {
+    const family = familyOf(clusterIP) as IpFamily;
+    return {
+      family,
+      clusterIP,
+      externalIPs: svc.externalIPs.filter((ip) => familyOf(ip) === family),
+      loadBalancerIPs: svc.loadBalancerIPs.filter((ip) => familyOf(ip) === family),
+      loadBalancerSourceRanges: svc.loadBalancerSourceRanges.filter((c) => cidrFamily(c) === family),
+    };
+  });
+}
+
+function toServicePort(svc: ServiceObject, port: ServicePortSpec, addrs: FamilyAddresses, scheduler: Scheduler | null, owners: FrontendOwners): ServicePort {
   // svc.type is not ExternalName here (filtered by the caller).
   const type = svc.type === 'ExternalName' ? 'ClusterIP' : svc.type;
   const typeIsExternal = type === 'NodePort' || type === 'LoadBalancer';
@@ -116,15 +210,15 @@ function toServicePort(svc: ServiceObject, port: ServicePortSpec, clusterIP: str
   const nodePort = port.nodePort > 0 && owners.owns(name, 'nodePort', nodePortFrontend(port.nodePort, port.protocol)) ? port.nodePort : 0;
   return {
     id: { namespace: svc.namespace, name: svc.name, port: port.name, protocol: port.protocol },
-    family: 'IPv4',
+    family: addrs.family,
     type,
-    clusterIP,
+    clusterIP: addrs.clusterIP,
     port: port.port,
     targetPort: port.targetPort,
     nodePort,
-    externalIPs: svc.externalIPs.filter((ip) => owners.owns(name, 'externalIPs', addressFrontend(ip, port.port, port.protocol))),
-    loadBalancerIPs: svc.loadBalancerIPs.filter((ip) => owners.owns(name, 'loadBalancerIP', addressFrontend(ip, port.port, port.protocol))),
-    loadBalancerSourceRanges: [...svc.loadBalancerSourceRanges],
+    externalIPs: addrs.externalIPs.filter((ip) => owners.owns(name, 'externalIPs', addressFrontend(ip, port.port, port.protocol))),
+    loadBalancerIPs: addrs.loadBalancerIPs.filter((ip) => owners.owns(name, 'loadBalancerIP', addressFrontend(ip, port.port, port.protocol))),
+    loadBalancerSourceRanges: [...addrs.loadBalancerSourceRanges],
     affinityTimeoutSeconds: svc.affinityTimeoutSeconds,
     externalTrafficPolicy: externalPolicyLocal ? 'Local' : 'Cluster',
     internalTrafficPolicy: svc.internalTrafficPolicy,
@@ -137,9 +231,13 @@ function ipv4ToNumber(ip: string): number {
   return ip.split('.').reduce((acc, octet) => acc * 256 + Number(octet), 0);
 }
 
-/** By IP numerically, then port. */
+/**
+ * By IP numerically (IPv4 before IPv6), then port. Two IPv4 addresses, the hot case of a large
+ * build, compare as numbers without a Buffer each.
+ */
 export function compareEndpoints(a: Endpoint, b: Endpoint): number {
-  return ipv4ToNumber(a.ip) - ipv4ToNumber(b.ip) || a.port - b.port;
+  if (!a.ip.includes(':') && !b.ip.includes(':')) return ipv4ToNumber(a.ip) - ipv4ToNumber(b.ip) || a.port - b.port;
+  return compareIps(a.ip, b.ip) || a.port - b.port;
 }
 
 /** Whether `candidate` should replace `existing` for the same ip:port seen in another slice. */
@@ -189,8 +287,8 @@ export interface ObjectsView {
 const byName = (a: EndpointSliceObject, b: EndpointSliceObject): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
 
 /**
- * IPv4 slices by `namespace/serviceName`, each list in slice-name order (deterministic dedup).
- * Slices vipr does not proxy get a debug line.
+ * IPv4 and IPv6 slices by `namespace/serviceName`, each list in slice-name order (deterministic
+ * dedup); buildServiceEntries picks each family's. Slices vipr does not proxy get a debug line.
  */
 export function slicesByService(objects: ObjectsView): Map<string, EndpointSliceObject[]> {
   const out = new Map<string, EndpointSliceObject[]>();
@@ -202,8 +300,8 @@ export function slicesByService(objects: ObjectsView): Map<string, EndpointSlice
       continue;
     }
     const key = `${slice.namespace}/${slice.serviceName}`;
-    if (slice.addressType !== 'IPv4') {
-      if (debug) log().debug(`${subject}: addressType ${slice.addressType} is not proxied (vipr proxies IPv4); ignored`);
+    if (slice.addressType === 'FQDN') {
+      if (debug) log().debug(`${subject}: addressType FQDN is not proxied (kube-proxy proxies IPv4 and IPv6); ignored`);
       continue;
     }
     if (debug && !objects.services.has(key)) log().debug(`${subject}: its Service ${key} is not known (yet); kept for when it is`);
@@ -215,10 +313,16 @@ export function slicesByService(objects: ObjectsView): Map<string, EndpointSlice
   return out;
 }
 
+/** The slices of one family; the list itself when all are (the usual single-family case). */
+function slicesOfFamily(slices: readonly EndpointSliceObject[], family: IpFamily): readonly EndpointSliceObject[] {
+  return slices.every((s) => s.addressType === family) ? slices : slices.filter((s) => s.addressType === family);
+}
+
 /**
- * The entries of one admitted Service (see admitService), with the frontends `owners` gives to
- * other Services left out. A port whose cluster IP frontend another Service owns is left out
- * whole: only manifests can say that (the API server never allocates one address twice).
+ * The entries of one admitted Service (see admitService): one per (port, family of a cluster IP),
+ * with the frontends `owners` gives to other Services left out. A port whose cluster IP frontend
+ * another Service owns is left out in that family: only manifests can say that (the API server
+ * never allocates one address twice).
  */
 export function buildServiceEntries(
   svc: ServiceObject,
@@ -227,22 +331,23 @@ export function buildServiceEntries(
   owners: FrontendOwners,
   warn: BuildWarningSink,
 ): ServiceEntry[] {
-  const clusterIP = svc.clusterIP as string;
   const name = `${svc.namespace}/${svc.name}`;
   const scheduler = schedulerOf(svc, warn);
   const out: ServiceEntry[] = [];
-  // IPv4 slices only (the caller may hand over all of a Service's slices).
-  const ipv4 = slices.every((s) => s.addressType === 'IPv4') ? slices : slices.filter((s) => s.addressType === 'IPv4');
-  for (const port of svc.ports) {
-    if (!owners.owns(name, 'clusterIP', addressFrontend(clusterIP, port.port, port.protocol))) continue;
-    const service = toServicePort(svc, port, clusterIP, scheduler, owners);
-    const endpoints = endpointsFor(port, ipv4, node);
-    out.push({
-      key: servicePortKey(service.id),
-      service,
-      endpoints,
-      selection: selectEndpoints(endpoints, service, node),
-    });
+  for (const addrs of familyAddresses(svc)) {
+    // Only this family's slices (the caller hands over all of a Service's slices).
+    const ofFamily = slicesOfFamily(slices, addrs.family);
+    for (const port of svc.ports) {
+      if (!owners.owns(name, 'clusterIP', addressFrontend(addrs.clusterIP, port.port, port.protocol))) continue;
+      const service = toServicePort(svc, port, addrs, scheduler, owners);
+      const endpoints = endpointsFor(port, ofFamily, node);
+      out.push({
+        key: serviceEntryKey(service.id, addrs.family),
+        service,
+        endpoints,
+        selection: selectEndpoints(endpoints, service, node),
+      });
+    }
   }
   return out;
 }
@@ -267,9 +372,10 @@ export function buildDesiredState(
   options: BuildOptions = DEFAULT_BUILD_OPTIONS,
 ): DesiredState {
   const owners = new FrontendOwners();
+  const unserved = new UnservedFamilies();
   const admitted = new Map<string, ServiceObject>();
   for (const [key, svc] of objects.services) {
-    const a = admitService(svc, options, warn);
+    const a = admitService(svc, options, warn, unserved);
     if (a === null) continue;
     admitted.set(key, a);
     owners.set(key, a);

@@ -4,7 +4,10 @@
  * the API server) parse raw objects into these once, at the edge; nothing past a source sees
  * unvalidated data. Legacy v1 Endpoints are converted to EndpointSliceObject by the source.
  */
-import type { Protocol, TrafficPolicy, ServiceType } from './types.js';
+import type { IpFamily, Protocol, TrafficPolicy, ServiceType } from './types.js';
+
+/** spec.ipFamilyPolicy; null when the object does not say (manifests; the API server always does). */
+export type IpFamilyPolicy = 'SingleStack' | 'PreferDualStack' | 'RequireDualStack';
 
 export interface ServicePortSpec {
   name: string;
@@ -25,11 +28,20 @@ export interface ServiceObject {
    */
   creationTimestamp: number | null;
   type: ServiceType | 'ExternalName';
-  /** IPv4 cluster IP, or null for headless (`None`) / unset / IPv6-only. */
-  clusterIP: string | null;
+  /**
+   * spec.clusterIPs as kube-proxy reads them: canonical text, in spec order (the first is the
+   * primary family's, spec.clusterIP), at most one per family; [] for headless (`None`) or unset.
+   */
+  clusterIPs: string[];
+  /** spec.ipFamilies, or the families of clusterIPs when the object does not list them. */
+  ipFamilies: IpFamily[];
+  ipFamilyPolicy: IpFamilyPolicy | null;
   ports: ServicePortSpec[];
+  /** Both families, canonical text; each family's entry takes its own (src/model/build.ts). */
   externalIPs: string[];
+  /** status.loadBalancer.ingress[].ip of both families, canonical text. */
   loadBalancerIPs: string[];
+  /** CIDRs of both families, normalised (host bits cleared, IPv6 per RFC 5952). */
   loadBalancerSourceRanges: string[];
   /** 0 = sessionAffinity None; otherwise ClientIP with this timeout (default 10800). */
   affinityTimeoutSeconds: number;

@@ -1,7 +1,7 @@
 /*
  * One owner per frontend. A frontend is what a packet is matched on: (address, port, protocol)
- * for a cluster IP, an external IP or a load-balancer IP, and (nodePort, protocol) on every node
- * address. Two Services may claim the same one: a tenant's `externalIPs: [<another Service's
+ * for a cluster IP, an external IP or a load-balancer IP, of either family, and (nodePort,
+ * protocol) on every node address (both families: one claim covers them). Two Services may claim the same one: a tenant's `externalIPs: [<another Service's
  * cluster IP>]` (the CVE-2020-8554 hijack), two LoadBalancers given one address, two manifests
  * with one nodePort. Exactly one claimant is programmed, chosen the same way on every node and in
  * every sync, partial or full, so that the result never depends on which object changed last:
@@ -15,6 +15,7 @@
  * nothing for the owner).
  */
 import type { ServiceObject } from './k8s.js';
+import { joinHostPort } from './ip.js';
 
 /** Where a claim comes from: the Service field, as messages name it. */
 export type ClaimField = 'clusterIP' | 'nodePort' | 'externalIPs' | 'loadBalancerIP';
@@ -27,7 +28,7 @@ export interface FrontendClaim {
   /** The claiming Service, `namespace/name`. */
   service: string;
   field: ClaimField;
-  /** `10.96.0.10:80/TCP`, or `nodePort 30080/TCP`. */
+  /** `10.96.0.10:80/TCP`, `[fd00:10:96::10]:80/TCP`, or `nodePort 30080/TCP`. */
   frontend: string;
   allocated: boolean;
   createdAt: number | null;
@@ -39,8 +40,9 @@ export interface FrontendConflict {
   owner: FrontendClaim;
 }
 
+/** `10.96.0.10:80/TCP`, `[fd00:10:96::10]:80/TCP` (the address canonical, so one spelling each). */
 export function addressFrontend(address: string, port: number, protocol: string): string {
-  return `${address}:${port}/${protocol}`;
+  return `${joinHostPort(address, port)}/${protocol}`;
 }
 
 export function nodePortFrontend(nodePort: number, protocol: string): string {
@@ -57,7 +59,7 @@ export function claimsOf(service: string, svc: ServiceObject): FrontendClaim[] {
   };
   for (const field of FIELD_ORDER) {
     for (const p of svc.ports) {
-      if (field === 'clusterIP' && svc.clusterIP !== null) add(field, addressFrontend(svc.clusterIP, p.port, p.protocol));
+      if (field === 'clusterIP') for (const ip of svc.clusterIPs) add(field, addressFrontend(ip, p.port, p.protocol));
       if (field === 'nodePort' && p.nodePort > 0) add(field, nodePortFrontend(p.nodePort, p.protocol));
       if (field === 'externalIPs') for (const ip of svc.externalIPs) add(field, addressFrontend(ip, p.port, p.protocol));
       if (field === 'loadBalancerIP') for (const ip of svc.loadBalancerIPs) add(field, addressFrontend(ip, p.port, p.protocol));

@@ -3,21 +3,25 @@
  * of src/model/k8s.ts. This is the edge: nothing past it sees unvalidated data.
  *
  * Validation is strict, and every failure is a ConfigError naming the object, the field and the
- * fix, because a manifest author reads these messages, not a developer. Two deliberate
- * exceptions, both kube-proxy's behaviour: IPv6 addresses are skipped (vipr is IPv4-only, and a
- * dual-stack object is not wrong), and one malformed endpoint inside an EndpointSlice is dropped
- * with a warning instead of failing the slice, so one bad address never takes a Service down.
+ * fix, because a manifest author reads these messages, not a developer. One deliberate
+ * exception, kube-proxy's behaviour: one malformed endpoint inside an EndpointSlice is dropped
+ * with a warning instead of failing the slice, so one bad address never takes a Service down
+ * (and, alike, one special external or load-balancer address is dropped from its Service).
+ *
+ * Addresses of both families are read; every address and CIDR leaves here in canonical text
+ * (src/model/ip.ts: IPv6 per RFC 5952), so two spellings of one address are one frontend.
  *
  * Defaults follow the API server's and kube-proxy's: protocol TCP, type ClusterIP, traffic
  * policies Cluster, ClientIP affinity timeout 10800 s, clusterIP `None` = headless.
  */
-import { isIPv4, isIPv6 } from 'node:net';
 import { ConfigError } from '../errors.js';
 import { clip, oneLine, quote } from './excerpt.js';
 import { specialIpv4 } from '../model/ipv4.js';
+import { canonicalIp, cidrFamily, familyOf, normalizeCidr, specialIpv6, type IpFamily } from '../model/ip.js';
 import type {
   EndpointSliceObject,
   EndpointSlicePort,
+  IpFamilyPolicy,
   ServiceObject,
   ServicePortSpec,
   SliceEndpoint,
@@ -220,90 +224,132 @@ function root(r: FieldReader, raw: unknown): Dict {
 
 /* ---------- Service ---------- */
 
-type IpClass = 'ipv4' | 'ipv6';
+const IP_FAMILY_POLICIES: readonly IpFamilyPolicy[] = ['SingleStack', 'PreferDualStack', 'RequireDualStack'];
 
-/** Classifies an address, throwing when it is neither IPv4 nor IPv6. */
-function ipClass(r: FieldReader, value: string, path: string, hint: string): IpClass {
-  if (isIPv4(value)) return 'ipv4';
-  if (isIPv6(value)) return 'ipv6';
-  return r.fail(path, `${show(value)} is not an IPv4 address; ${hint}`);
+/**
+ * The canonical text of an address of either family, throwing naming `path` when it is neither.
+ * IPv6 zones (`fe80::1%eth0`) are not addresses the API server accepts, and neither are they here.
+ */
+function readIp(r: FieldReader, value: string, path: string, hint: string): { ip: string; family: IpFamily } {
+  // node:net accepts a zone ("fe80::1%eth0"); the API server does not, and neither do we.
+  const family = value.includes('%') ? null : familyOf(value);
+  if (family === null) return r.fail(path, `${show(value)} is not an IPv4 or IPv6 address; ${hint}`);
+  return { ip: canonicalIp(value), family };
 }
 
-function readClusterIP(r: FieldReader, spec: Dict): string | null {
-  const single = r.string(spec.clusterIP, 'spec.clusterIP');
-  const list = r.list(spec.clusterIPs, 'spec.clusterIPs').map((v, i) => {
-    const s = r.string(v, `spec.clusterIPs[${i}]`);
-    if (s === undefined) r.fail(`spec.clusterIPs[${i}]`, 'must be a string, got null');
+/** Why `ip` (canonical, of `family`) may not be a Service address or an endpoint, or null. */
+function specialIp(ip: string, family: IpFamily): string | null {
+  return family === 'IPv4' ? specialIpv4(ip) : specialIpv6(ip);
+}
+
+function readStringList(r: FieldReader, value: unknown, path: string): string[] {
+  return r.list(value, path).map((v, i) => {
+    const s = r.string(v, `${path}[${i}]`);
+    if (s === undefined) r.fail(`${path}[${i}]`, 'must be a string, got null');
     return s;
   });
+}
+
+interface ClusterAddresses {
+  clusterIPs: string[];
+  ipFamilies: IpFamily[];
+  ipFamilyPolicy: IpFamilyPolicy | null;
+}
+
+/**
+ * spec.clusterIP, spec.clusterIPs, spec.ipFamilies and spec.ipFamilyPolicy, held to the API
+ * server's rules (ValidateService, validateIPFamilies, validateClusterIPs): clusterIP equals
+ * clusterIPs[0]; at most two cluster IPs and two families, of different families; ipFamilies[i]
+ * is the family of clusterIPs[i]; two of either need a dual-stack policy; "None" stands alone.
+ */
+function readClusterAddresses(r: FieldReader, spec: Dict): ClusterAddresses {
+  const single = r.string(spec.clusterIP, 'spec.clusterIP');
+  const list = readStringList(r, spec.clusterIPs, 'spec.clusterIPs');
   if (single !== undefined && single !== '' && list.length > 0 && list[0] !== single) {
     r.fail('spec.clusterIPs[0]', `${show(list[0])} differs from spec.clusterIP ${show(single)}; they must be the same (or set only one)`);
   }
-  const candidates: Array<[string, string]> =
-    list.length > 0
-      ? list.map((ip, i) => [ip, `spec.clusterIPs[${i}]`])
-      : single !== undefined
-        ? [[single, 'spec.clusterIP']]
-        : [];
-  let ipv4: string | null = null;
-  for (const [ip, path] of candidates) {
-    if (ip === '') continue;
-    if (ip === 'None') {
-      if (candidates.length > 1) r.fail(path, '"None" (headless) must be the only cluster IP');
-      return null;
-    }
-    const cls = ipClass(r, ip, path, 'use an address like 10.96.0.10, "None" for a headless Service, or leave it out to have one allocated');
-    const special = cls === 'ipv4' ? specialIpv4(ip) : null;
-    // The API server allocates cluster IPs from the service CIDR; one of these never is.
-    if (special !== null) r.fail(path, `${show(ip)} is ${special}; a cluster IP must come from the service CIDR`);
-    // IPv6 cluster IPs of a dual-stack Service are skipped: vipr proxies IPv4 only.
-    if (cls === 'ipv4' && ipv4 === null) ipv4 = ip;
+  const ipFamilyPolicy = spec.ipFamilyPolicy === undefined || spec.ipFamilyPolicy === null || spec.ipFamilyPolicy === ''
+    ? null
+    : r.enumValue(spec.ipFamilyPolicy, 'spec.ipFamilyPolicy', IP_FAMILY_POLICIES, 'SingleStack', 'an IP family policy');
+  const listedFamilies = readStringList(r, spec.ipFamilies, 'spec.ipFamilies').map((f, i) => {
+    if (f !== 'IPv4' && f !== 'IPv6') r.fail(`spec.ipFamilies[${i}]`, `${show(f)} is not an IP family; use IPv4 or IPv6`);
+    return f;
+  });
+  if (listedFamilies.length > 2) r.fail('spec.ipFamilies', `lists ${listedFamilies.length} families; give at most two (IPv4 and IPv6)`);
+  if (listedFamilies.length === 2 && listedFamilies[0] === listedFamilies[1]) {
+    r.fail('spec.ipFamilies[1]', `${show(listedFamilies[1])} repeats spec.ipFamilies[0]; a dual-stack Service lists IPv4 and IPv6 once each`);
   }
-  return ipv4;
+
+  const candidates: Array<[string, string]> =
+    list.length > 0 ? list.map((ip, i) => [ip, `spec.clusterIPs[${i}]`]) : single !== undefined && single !== '' ? [[single, 'spec.clusterIP']] : [];
+  if (candidates.length > 2) r.fail('spec.clusterIPs', `lists ${candidates.length} addresses; give at most two, one IPv4 and one IPv6`);
+  const clusterIPs: string[] = [];
+  const families: IpFamily[] = [];
+  let headless = false;
+  for (const [raw, path] of candidates) {
+    if (raw === 'None') {
+      if (candidates.length > 1) r.fail(path, '"None" (headless) must be the only cluster IP');
+      headless = true;
+      continue;
+    }
+    // An empty cluster IP asks the API server to allocate one: none yet, nothing to proxy.
+    if (raw === '') continue;
+    const { ip, family } = readIp(r, raw, path, 'use an address like 10.96.0.10 or fd00:10:96::10, "None" for a headless Service, or leave it out to have one allocated');
+    const special = specialIp(ip, family);
+    // The API server allocates cluster IPs from the service CIDR; one of these never is.
+    if (special !== null) r.fail(path, `${show(raw)} is ${special}; a cluster IP must come from the service CIDR`);
+    if (families.includes(family)) {
+      r.fail(path, `${show(raw)} is a second ${family} cluster IP; a dual-stack Service has one IPv4 and one IPv6 cluster IP`);
+    }
+    const i = families.length;
+    const listed = listedFamilies[i];
+    if (listed !== undefined && listed !== family) {
+      r.fail(path, `${show(raw)} is ${family} but spec.ipFamilies[${i}] is ${listed}; list the families in the order of spec.clusterIPs`);
+    }
+    clusterIPs.push(ip);
+    families.push(family);
+  }
+  const familyCount = Math.max(clusterIPs.length, listedFamilies.length);
+  if (ipFamilyPolicy === 'SingleStack' && familyCount > 1) {
+    r.fail('spec.ipFamilyPolicy', `is SingleStack but the Service has two ${clusterIPs.length > 1 ? 'cluster IPs' : 'ipFamilies'}; use PreferDualStack or RequireDualStack`);
+  }
+  if (headless) return { clusterIPs: [], ipFamilies: listedFamilies, ipFamilyPolicy };
+  const ipFamilies = listedFamilies.length >= families.length ? listedFamilies : families;
+  return { clusterIPs, ipFamilies, ipFamilyPolicy };
 }
 
 /**
  * A frontend address outside the special ranges; a special one is dropped with a warning (the rest
  * of the Service stays valid), as one address the API server would have refused.
  */
-function usableFrontend(ip: string, path: string, subject: string, warn: WarningSink): boolean {
-  const special = specialIpv4(ip);
+function usableFrontend(ip: string, family: IpFamily, path: string, subject: string, warn: WarningSink): boolean {
+  const special = specialIp(ip, family);
   if (special === null) return true;
   warn(`${subject}: ${path} ${show(ip)} is ${special} and cannot be a Service address; address ignored`);
   return false;
 }
 
-function readIPv4List(r: FieldReader, value: unknown, path: string, hint: string, subject: string, warn: WarningSink): string[] {
+/** A list of addresses of both families, canonical, without the special ones (each with a line). */
+function readIpList(r: FieldReader, value: unknown, path: string, hint: string, subject: string, warn: WarningSink): string[] {
   const out: string[] = [];
-  r.list(value, path).forEach((v, i) => {
-    const s = r.string(v, `${path}[${i}]`);
-    if (s === undefined) r.fail(`${path}[${i}]`, 'must be a string, got null');
-    if (ipClass(r, s, `${path}[${i}]`, hint) === 'ipv4' && usableFrontend(s, `${path}[${i}]`, subject, warn)) out.push(s);
+  readStringList(r, value, path).forEach((s, i) => {
+    const { ip, family } = readIp(r, s, `${path}[${i}]`, hint);
+    if (usableFrontend(ip, family, `${path}[${i}]`, subject, warn) && !out.includes(ip)) out.push(ip);
   });
   return out;
 }
 
-function isIPv4Cidr(value: string): boolean {
-  const m = /^([^/]+)\/(\d{1,2})$/.exec(value);
-  return m !== null && isIPv4(m[1] ?? '') && Number(m[2]) <= 32;
-}
-
-function isIPv6Cidr(value: string): boolean {
-  const m = /^([^/]+)\/(\d{1,3})$/.exec(value);
-  return m !== null && isIPv6(m[1] ?? '') && Number(m[2]) <= 128;
-}
-
+/** CIDRs of both families, normalised as kube-proxy parses them (host bits cleared, IPv6 canonical). */
 function readSourceRanges(r: FieldReader, spec: Dict): string[] {
   const path = 'spec.loadBalancerSourceRanges';
   const out: string[] = [];
-  r.list(spec.loadBalancerSourceRanges, path).forEach((v, i) => {
-    const raw = r.string(v, `${path}[${i}]`);
-    if (raw === undefined) r.fail(`${path}[${i}]`, 'must be a string, got null');
+  readStringList(r, spec.loadBalancerSourceRanges, path).forEach((raw, i) => {
     const cidr = raw.trim();
-    if (isIPv4Cidr(cidr)) out.push(cidr);
-    else if (!isIPv6Cidr(cidr)) {
-      r.fail(`${path}[${i}]`, `${show(raw)} is not a CIDR; write it as address/prefix, e.g. 203.0.113.0/24`);
+    if (!cidr.includes('/') || cidrFamily(cidr) === null) {
+      r.fail(`${path}[${i}]`, `${show(raw)} is not a CIDR; write it as address/prefix, e.g. 203.0.113.0/24 or 2001:db8::/64`);
     }
+    const normal = normalizeCidr(cidr);
+    if (!out.includes(normal)) out.push(normal);
   });
   return out;
 }
@@ -316,14 +362,13 @@ function readLoadBalancerIPs(r: FieldReader, raw: Dict, subject: string, warn: W
     const path = `status.loadBalancer.ingress[${i}]`;
     const ingress = r.dict(v, path);
     if (!ingress) return;
-    const ip = r.string(ingress.ip, `${path}.ip`);
+    const raw = r.string(ingress.ip, `${path}.ip`);
     // Proxy-mode load balancers deliver traffic to node IPs themselves; kube-proxy does not
     // program their addresses, and neither do we.
     const ipMode = r.string(ingress.ipMode, `${path}.ipMode`);
-    if (ip === undefined || ip === '' || ipMode === 'Proxy') return;
-    if (ipClass(r, ip, `${path}.ip`, 'the load balancer controller wrote an invalid status') === 'ipv4' && usableFrontend(ip, `${path}.ip`, subject, warn)) {
-      out.push(ip);
-    }
+    if (raw === undefined || raw === '' || ipMode === 'Proxy') return;
+    const { ip, family } = readIp(r, raw, `${path}.ip`, 'the load balancer controller wrote an invalid status');
+    if (usableFrontend(ip, family, `${path}.ip`, subject, warn) && !out.includes(ip)) out.push(ip);
   });
   return out;
 }
@@ -370,7 +415,7 @@ export function parseService(raw: unknown, warn: WarningSink = ignoreWarning): S
   const spec = r.dict(obj.spec, 'spec') ?? {};
 
   const type = r.enumValue(spec.type, 'spec.type', SERVICE_TYPES, 'ClusterIP', 'a Service type');
-  const clusterIP = type === 'ExternalName' ? null : readClusterIP(r, spec);
+  const addresses: ClusterAddresses = type === 'ExternalName' ? { clusterIPs: [], ipFamilies: [], ipFamilyPolicy: null } : readClusterAddresses(r, spec);
 
   const ports = r.list(spec.ports, 'spec.ports').map((p, i) => readServicePort(r, p, i, type));
   const seenNames = new Map<string, number>();
@@ -409,9 +454,11 @@ export function parseService(raw: unknown, warn: WarningSink = ignoreWarning): S
     annotations: meta.annotations,
     creationTimestamp: meta.creationTimestamp,
     type,
-    clusterIP,
+    clusterIPs: addresses.clusterIPs,
+    ipFamilies: addresses.ipFamilies,
+    ipFamilyPolicy: addresses.ipFamilyPolicy,
     ports,
-    externalIPs: readIPv4List(r, spec.externalIPs, 'spec.externalIPs', 'list the addresses this Service should also answer on, e.g. 192.0.2.10', subject, warn),
+    externalIPs: readIpList(r, spec.externalIPs, 'spec.externalIPs', 'list the addresses this Service should also answer on, e.g. 192.0.2.10 or 2001:db8::10', subject, warn),
     loadBalancerIPs: readLoadBalancerIPs(r, obj, subject, warn),
     loadBalancerSourceRanges: readSourceRanges(r, spec),
     affinityTimeoutSeconds,
@@ -448,7 +495,7 @@ function readSlicePorts(r: FieldReader, value: unknown, warn: WarningSink, subje
 }
 
 /** Reads one endpoint; throws (caught by the caller, which drops the endpoint) when malformed. */
-function readSliceEndpoint(r: FieldReader, value: unknown, path: string, addressType: string): SliceEndpoint {
+function readSliceEndpoint(r: FieldReader, value: unknown, path: string, addressType: EndpointSliceObject['addressType']): SliceEndpoint {
   const e = r.dict(value, path);
   if (!e) r.fail(path, 'must be a mapping with `addresses`');
   const addresses = r.list(e.addresses, `${path}.addresses`).map((a, j) => {
@@ -457,11 +504,16 @@ function readSliceEndpoint(r: FieldReader, value: unknown, path: string, address
     return s;
   });
   if (addresses.length === 0) r.fail(`${path}.addresses`, 'is empty; an endpoint needs one address');
-  addresses.forEach((a, j) => {
-    const valid = addressType === 'IPv4' ? isIPv4(a) : addressType === 'IPv6' ? isIPv6(a) : a !== '';
-    if (!valid) r.fail(`${path}.addresses[${j}]`, `${show(a)} is not an ${addressType} address`);
-    const special = addressType === 'IPv4' ? specialIpv4(a) : null;
+  const canonical = addresses.map((a, j) => {
+    if (addressType === 'FQDN') {
+      if (a === '') r.fail(`${path}.addresses[${j}]`, 'is empty; an FQDN endpoint needs a name');
+      return a;
+    }
+    if (a.includes('%') || familyOf(a) !== addressType) r.fail(`${path}.addresses[${j}]`, `${show(a)} is not an ${addressType} address`);
+    const ip = canonicalIp(a);
+    const special = specialIp(ip, addressType);
     if (special !== null) r.fail(`${path}.addresses[${j}]`, `${show(a)} is ${special} and cannot be an endpoint`);
+    return ip;
   });
   const conditions = r.dict(e.conditions, `${path}.conditions`);
   const hints = r.dict(e.hints, `${path}.hints`);
@@ -476,7 +528,7 @@ function readSliceEndpoint(r: FieldReader, value: unknown, path: string, address
     });
   }
   return {
-    addresses,
+    addresses: canonical,
     conditions: {
       ready: r.boolean(conditions?.ready, `${path}.conditions.ready`),
       serving: r.boolean(conditions?.serving, `${path}.conditions.serving`),
@@ -526,9 +578,17 @@ export function parseEndpointSlice(raw: unknown, warn: WarningSink = ignoreWarni
 
 /* ---------- legacy v1 Endpoints ---------- */
 
-/** Name of the slice made from subset `index` of a legacy Endpoints object. */
-export function legacySliceName(endpointsName: string, index: number): string {
-  return `${endpointsName}-endpoints-${index}`;
+/**
+ * Name of the slice made from subset `index` of a legacy Endpoints object; its IPv6 addresses go
+ * to a slice of their own (addressType IPv6), as the EndpointSlice mirroring controller splits them.
+ */
+export function legacySliceName(endpointsName: string, index: number, family: IpFamily = 'IPv4'): string {
+  return family === 'IPv4' ? `${endpointsName}-endpoints-${index}` : `${endpointsName}-endpoints-${index}-ipv6`;
+}
+
+interface LegacyAddress {
+  family: IpFamily;
+  endpoint: SliceEndpoint;
 }
 
 function readLegacyAddresses(
@@ -538,28 +598,30 @@ function readLegacyAddresses(
   ready: boolean,
   warn: WarningSink,
   subject: string,
-): SliceEndpoint[] {
-  const out: SliceEndpoint[] = [];
+): LegacyAddress[] {
+  const out: LegacyAddress[] = [];
   r.list(value, path).forEach((v, j) => {
     const apath = `${path}[${j}]`;
     try {
       const reader: FieldReader = new FieldReader(subject);
       const a = reader.dict(v, apath);
       if (!a) reader.fail(apath, 'must be a mapping with `ip`');
-      const ip = reader.string(a.ip, `${apath}.ip`);
-      if (ip === undefined || ip === '') reader.fail(`${apath}.ip`, 'is missing');
-      if (isIPv6(ip)) return; // IPv4-only: skipped, not wrong.
-      if (!isIPv4(ip)) reader.fail(`${apath}.ip`, `${show(ip)} is not an IPv4 address`);
-      const special = specialIpv4(ip);
-      if (special !== null) reader.fail(`${apath}.ip`, `${show(ip)} is ${special} and cannot be an endpoint`);
+      const raw = reader.string(a.ip, `${apath}.ip`);
+      if (raw === undefined || raw === '') reader.fail(`${apath}.ip`, 'is missing');
+      const { ip, family } = readIp(reader, raw, `${apath}.ip`, 'give the pod\'s address');
+      const special = specialIp(ip, family);
+      if (special !== null) reader.fail(`${apath}.ip`, `${show(raw)} is ${special} and cannot be an endpoint`);
       out.push({
-        addresses: [ip],
-        // What the EndpointSlice mirroring controller writes: notReadyAddresses are neither
-        // ready nor serving, and v1 Endpoints cannot say "terminating".
-        conditions: { ready, serving: ready, terminating: false },
-        nodeName: reader.string(a.nodeName, `${apath}.nodeName`) || null,
-        zone: null,
-        zoneHints: null,
+        family,
+        endpoint: {
+          addresses: [ip],
+          // What the EndpointSlice mirroring controller writes: notReadyAddresses are neither
+          // ready nor serving, and v1 Endpoints cannot say "terminating".
+          conditions: { ready, serving: ready, terminating: false },
+          nodeName: reader.string(a.nodeName, `${apath}.nodeName`) || null,
+          zone: null,
+          zoneHints: null,
+        },
       });
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
@@ -571,7 +633,8 @@ function readLegacyAddresses(
 
 /**
  * Converts a legacy v1 Endpoints object into one EndpointSlice per subset (each subset has its
- * own ports), labelled with the Endpoints' name as the service name.
+ * own ports), labelled with the Endpoints' name as the service name; a subset's IPv6 addresses
+ * make a second, IPv6 slice.
  */
 export function parseEndpoints(raw: unknown, warn: WarningSink = ignoreWarning): EndpointSliceObject[] {
   const r: FieldReader = new FieldReader('Endpoints');
@@ -579,7 +642,7 @@ export function parseEndpoints(raw: unknown, warn: WarningSink = ignoreWarning):
   checkType(r, obj, 'v1', 'Endpoints');
   const meta = readMeta(r, obj, 'Endpoints', 'dns1123-subdomain');
   const subject = `Endpoints ${meta.namespace}/${meta.name}`;
-  return r.list(obj.subsets, 'subsets').map((v, i) => {
+  return r.list(obj.subsets, 'subsets').flatMap((v, i) => {
     const path = `subsets[${i}]`;
     const subset = r.dict(v, path) ?? {};
     const ports: EndpointSlicePort[] = r.list(subset.ports, `${path}.ports`).map((pv, k) => {
@@ -592,17 +655,20 @@ export function parseEndpoints(raw: unknown, warn: WarningSink = ignoreWarning):
         port: r.port(p.port, `${ppath}.port`, false),
       };
     });
-    return {
+    const addresses = [
+      ...readLegacyAddresses(r, subset.addresses, `${path}.addresses`, true, warn, subject),
+      ...readLegacyAddresses(r, subset.notReadyAddresses, `${path}.notReadyAddresses`, false, warn, subject),
+    ];
+    const slice = (family: IpFamily): EndpointSliceObject => ({
       namespace: meta.namespace,
-      name: legacySliceName(meta.name, i),
+      name: legacySliceName(meta.name, i, family),
       serviceName: meta.name,
-      addressType: 'IPv4' as const,
-      ports,
-      endpoints: [
-        ...readLegacyAddresses(r, subset.addresses, `${path}.addresses`, true, warn, subject),
-        ...readLegacyAddresses(r, subset.notReadyAddresses, `${path}.notReadyAddresses`, false, warn, subject),
-      ],
-    };
+      addressType: family,
+      ports: family === 'IPv4' ? ports : ports.map((p) => ({ ...p })),
+      endpoints: addresses.filter((a) => a.family === family).map((a) => a.endpoint),
+    });
+    // The IPv4 slice is always there (a subset without addresses still says which ports exist).
+    return addresses.some((a) => a.family === 'IPv6') ? [slice('IPv4'), slice('IPv6')] : [slice('IPv4')];
   });
 }
 

@@ -43,8 +43,8 @@ function slice(name: string, ips: string[]): EndpointSliceObject {
 async function startedWithTwoServices(): Promise<{ plane: RecordingDataplane; agent: Agent; a: ServiceObject; b: ServiceObject }> {
   const plane = new RecordingDataplane();
   const agent = new Agent({ dataplane: plane, node: { name: 'n', zone: null, ips: [] }, minSyncPeriodMs: 0, syncPeriodMs: 3_600_000 });
-  const a = serviceObject({ name: 'a', clusterIP: '10.0.0.1' });
-  const b = serviceObject({ name: 'b', clusterIP: '10.0.0.2' });
+  const a = serviceObject({ name: 'a', clusterIPs: ['10.0.0.1'] });
+  const b = serviceObject({ name: 'b', clusterIPs: ['10.0.0.2'] });
   const synced = plane.next();
   agent.updateObjects(clusterObjects([a, b], [slice('a', ['10.1.0.1']), slice('b', ['10.2.0.1'])]));
   agent.start();

@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url';
-import { buildDesiredState } from '../../src/model/build.js';
+import { DEFAULT_BUILD_OPTIONS, buildDesiredState } from '../../src/model/build.js';
 import type { ClusterObjects, EndpointSliceObject, ServiceObject, SliceEndpoint } from '../../src/model/k8s.js';
 import type { NodeInfo } from '../../src/model/types.js';
 import { loadManifestDir } from '../../src/sources/manifest.js';
@@ -79,6 +79,7 @@ describe('buildDesiredState', () => {
     expect(state.services.map((s) => s.key)).toEqual(['default/web:dns', 'default/web:http']);
     expect(state.services[1]?.service).toEqual({
       id: { namespace: 'default', name: 'web', port: 'http', protocol: 'TCP' },
+      family: 'IPv4',
       type: 'LoadBalancer',
       clusterIP: '10.0.0.10',
       port: 80,
@@ -102,11 +103,11 @@ describe('buildDesiredState', () => {
     expect(state.services[0]?.service.healthCheckNodePort).toBe(0);
   });
 
-  it('skips headless, ExternalName, IPv6-only and label-excluded services', () => {
+  it('skips headless, ExternalName and label-excluded services', () => {
     const state = buildDesiredState(
       objects([
-        service({ name: 'headless', clusterIP: null }),
-        service({ name: 'external', type: 'ExternalName', clusterIP: null }),
+        service({ name: 'headless', clusterIPs: [] }),
+        service({ name: 'external', type: 'ExternalName', clusterIPs: [] }),
         service({ name: 'other-proxy', labels: { 'service.kubernetes.io/service-proxy-name': 'foo' } }),
         service({ name: 'headless-label', labels: { 'service.kubernetes.io/headless': '' } }),
         service({ name: 'kept' }),
@@ -117,7 +118,7 @@ describe('buildDesiredState', () => {
     expect(state.services.map((s) => s.key)).toEqual(['default/kept:http']);
   });
 
-  it('matches slice ports by name and protocol, and only IPv4 slices labelled for the service', () => {
+  it('matches slice ports by name and protocol, and only slices of the entry family labelled for the service', () => {
     const state = buildDesiredState(
       objects(
         [service()],
@@ -217,8 +218,8 @@ describe('buildDesiredState', () => {
     const warnings: string[] = [];
     const state = buildDesiredState(
       objects([
-        service({ name: 'a', clusterIP: '10.0.0.1', annotations: { 'vipr.io/scheduler': 'maglev' } }),
-        service({ name: 'b', clusterIP: '10.0.0.2', annotations: { 'vipr.io/scheduler': 'wrr' } }),
+        service({ name: 'a', clusterIPs: ['10.0.0.1'], annotations: { 'vipr.io/scheduler': 'maglev' } }),
+        service({ name: 'b', clusterIPs: ['10.0.0.2'], annotations: { 'vipr.io/scheduler': 'wrr' } }),
       ]),
       node,
       (m) => warnings.push(m),
@@ -232,13 +233,92 @@ describe('buildDesiredState', () => {
   it('sorts entries by key regardless of input order', () => {
     const state = buildDesiredState(
       objects([
-        service({ namespace: 'z', name: 'a', clusterIP: '10.0.0.1' }),
-        service({ namespace: 'a', name: 'z', clusterIP: '10.0.0.2' }),
-        service({ namespace: 'a', name: 'b', clusterIP: '10.0.0.3' }),
+        service({ namespace: 'z', name: 'a', clusterIPs: ['10.0.0.1'] }),
+        service({ namespace: 'a', name: 'z', clusterIPs: ['10.0.0.2'] }),
+        service({ namespace: 'a', name: 'b', clusterIPs: ['10.0.0.3'] }),
       ]),
       node,
       noWarnings,
     );
     expect(state.services.map((s) => s.key)).toEqual(['a/b:http', 'a/z:http', 'z/a:http']);
+  });
+});
+
+describe('dual-stack and IPv6 Services', () => {
+  const dualNode: NodeInfo = { name: 'node', zone: null, ips: ['192.168.0.10', 'fd00:192:168:60::10'] };
+  const dual = service({
+    name: 'web',
+    type: 'LoadBalancer',
+    clusterIPs: ['10.0.0.213', 'fd00:10:96::213'],
+    ipFamilies: ['IPv4', 'IPv6'],
+    ipFamilyPolicy: 'RequireDualStack',
+    ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 }],
+    externalIPs: ['192.0.2.10', '2001:db8::10'],
+    loadBalancerIPs: ['198.51.100.7', '2001:db8::7'],
+    loadBalancerSourceRanges: ['203.0.113.0/24', '2001:db8:1::/48'],
+  });
+  const v4Slice = slice('web-v4', [endpoint('10.244.1.2'), endpoint('10.244.1.1', { nodeName: 'node' })]);
+  const v6Slice = slice('web-v6', [endpoint('fd00:10:244:1::2'), endpoint('fd00:10:244:1::1', { nodeName: 'node' })], { addressType: 'IPv6' });
+  const fqdnSlice = slice('web-fqdn', [endpoint('web.example')], { addressType: 'FQDN' });
+
+  it('gives a dual-stack Service one entry per family, each with only its own addresses and endpoints', () => {
+    const state = buildDesiredState(objects([dual], [v6Slice, v4Slice, fqdnSlice]), dualNode, noWarnings);
+    expect(state.services.map((s) => s.key)).toEqual(['default/web:http', 'default/web:http IPv6']);
+    const [v4, v6] = state.services;
+    expect(v4?.service).toMatchObject({
+      family: 'IPv4',
+      clusterIP: '10.0.0.213',
+      nodePort: 30080,
+      externalIPs: ['192.0.2.10'],
+      loadBalancerIPs: ['198.51.100.7'],
+      loadBalancerSourceRanges: ['203.0.113.0/24'],
+    });
+    expect(v6?.service).toMatchObject({
+      family: 'IPv6',
+      clusterIP: 'fd00:10:96::213',
+      nodePort: 30080,
+      externalIPs: ['2001:db8::10'],
+      loadBalancerIPs: ['2001:db8::7'],
+      loadBalancerSourceRanges: ['2001:db8:1::/48'],
+    });
+    // Both entries carry the Service's id: renderers name kube-proxy's chains from it.
+    expect(v6?.service.id).toEqual(v4?.service.id);
+    expect(v4?.endpoints.map((e) => e.ip)).toEqual(['10.244.1.1', '10.244.1.2']);
+    expect(v6?.endpoints.map((e) => e.ip)).toEqual(['fd00:10:244:1::1', 'fd00:10:244:1::2']);
+    expect(v6?.endpoints.map((e) => e.isLocal)).toEqual([true, false]);
+    expect(v6?.selection.clusterEndpoints.map((e) => e.ip)).toEqual(['fd00:10:244:1::1', 'fd00:10:244:1::2']);
+  });
+
+  it('builds an IPv6-only Service from its IPv6 slices, IPv6 first in spec order or not', () => {
+    const v6only = service({ name: 'web', clusterIPs: ['fd00:10:96::53'], ipFamilies: ['IPv6'], externalIPs: ['2001:db8::53'] });
+    const state = buildDesiredState(objects([v6only], [v4Slice, v6Slice]), dualNode, noWarnings);
+    expect(state.services.map((s) => [s.key, s.service.family, s.service.clusterIP, s.service.externalIPs])).toEqual([
+      ['default/web:http IPv6', 'IPv6', 'fd00:10:96::53', ['2001:db8::53']],
+    ]);
+    expect(state.services[0]?.endpoints.map((e) => `${e.ip} ${e.port}`)).toEqual(['fd00:10:244:1::1 8080', 'fd00:10:244:1::2 8080']);
+    const v6first = service({ name: 'web', clusterIPs: ['fd00:10:96::213', '10.0.0.213'], ipFamilies: ['IPv6', 'IPv4'] });
+    const both = buildDesiredState(objects([v6first], [v4Slice, v6Slice]), dualNode, noWarnings);
+    expect(both.services.map((s) => [s.key, s.service.clusterIP])).toEqual([
+      ['default/web:http', '10.0.0.213'],
+      ['default/web:http IPv6', 'fd00:10:96::213'],
+    ]);
+  });
+
+  it('skips the family a node does not serve with one line per family, not per Service', () => {
+    const warnings: string[] = [];
+    const v6only = service({ name: 'v6only', clusterIPs: ['fd00:10:96::53'], ipFamilies: ['IPv6'] });
+    const ipv4Node = { ...DEFAULT_BUILD_OPTIONS, families: ['IPv4'] as const };
+    const state = buildDesiredState(objects([dual, v6only], [v4Slice, v6Slice]), node, (m) => warnings.push(m), ipv4Node);
+    expect(state.services.map((s) => [s.key, s.service.externalIPs, s.service.loadBalancerIPs, s.service.loadBalancerSourceRanges])).toEqual([
+      ['default/web:http', ['192.0.2.10'], ['198.51.100.7'], ['203.0.113.0/24']],
+    ]);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/^IPv6: this node has no IPv6 node IP \(give one with --node-ip\), so IPv6 Service addresses are not programmed/);
+  });
+
+  it('drops addresses of a family the Service has no cluster IP of (kube-proxy\'s proxier of that family never sees them)', () => {
+    const v4only = service({ name: 'web', clusterIPs: ['10.0.0.10'], externalIPs: ['192.0.2.10', '2001:db8::10'], loadBalancerSourceRanges: ['2001:db8::/32'] });
+    const state = buildDesiredState(objects([v4only], [v4Slice, v6Slice]), dualNode, noWarnings);
+    expect(state.services.map((s) => [s.key, s.service.externalIPs, s.service.loadBalancerSourceRanges])).toEqual([['default/web:http', ['192.0.2.10'], []]]);
   });
 });

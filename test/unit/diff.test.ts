@@ -9,7 +9,7 @@ const node: NodeInfo = { name: 'node', zone: null, ips: [] };
 /** Each name gets its own cluster IP: two Services never share a frontend. */
 function service(name: string, port = 80): ServiceObject {
   const octet = [...name].reduce((sum, ch) => sum + ch.charCodeAt(0), 0) % 250;
-  return serviceObject({ name, clusterIP: `10.0.0.${octet + 1}`, ports: [{ name: 'http', protocol: 'TCP', port, targetPort: port, nodePort: 0 }] });
+  return serviceObject({ name, clusterIPs: [`10.0.0.${octet + 1}`], ports: [{ name: 'http', protocol: 'TCP', port, targetPort: port, nodePort: 0 }] });
 }
 
 function state(services: ServiceObject[], endpointIps: Record<string, string[]> = {}): DesiredState {

@@ -101,7 +101,7 @@ describe('KubeSource against the fake API server', () => {
     expect(serviceNames(objs)).toEqual(['default/web', 'prod/db']);
     expect([...objs.endpointSlices.keys()]).toEqual(['default/web-1']);
     expect(sliceIPs(objs, 'default/web-1')).toEqual(['10.0.0.1', '10.0.0.2']);
-    expect(objs.services.get('prod/db')?.clusterIP).toBe('10.96.0.20');
+    expect(objs.services.get('prod/db')?.clusterIPs).toEqual(['10.96.0.20']);
     expect(s.node()).toEqual({ name: 'node-a', zone: 'zone-1', ips: ['192.168.1.10', '203.0.113.5'] });
 
     // Selectors were sent on both list and watch.
@@ -122,7 +122,7 @@ describe('KubeSource against the fake API server', () => {
     await waitFor(() => changes.length === 1, 'add');
     expect(serviceNames(changes[0]!)).toEqual(['default/api', 'default/web', 'prod/db']);
     // Only the object that changed is announced, with what it was before.
-    expect([...deltas[0]!.services].map(([k, c]) => [k, c.previous, c.current?.clusterIP])).toEqual([['default/api', null, '10.96.0.50']]);
+    expect([...deltas[0]!.services].map(([k, c]) => [k, c.previous, c.current?.clusterIPs[0]])).toEqual([['default/api', null, '10.96.0.50']]);
     expect(deltas[0]!.endpointSlices.size).toBe(0);
 
     server.createOrUpdate(rawEndpointSlice('web-1', 'web', ['10.0.0.1', '10.0.0.3']));

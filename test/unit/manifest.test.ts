@@ -84,7 +84,7 @@ async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
 }
 
 function clusterIPs(objects: ClusterObjects): Record<string, string | null> {
-  return Object.fromEntries([...objects.services].map(([k, s]) => [k, s.clusterIP]));
+  return Object.fromEntries([...objects.services].map(([k, s]) => [k, s.clusterIPs[0] ?? null]));
 }
 
 let dir: string;
@@ -143,7 +143,7 @@ describe('loadManifestDir', () => {
     const printed = load.problems.map(String);
     expect(printed).toHaveLength(2);
     expect(printed[0]).toMatch(
-      new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: document 2: Service default/bad: spec.clusterIP "10.0.0.300" is not an IPv4 address`),
+      new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: document 2: Service default/bad: spec.clusterIP "10.0.0.300" is not an IPv4 or IPv6 address`),
     );
     expect(printed[1]).toContain(`${file}: document 3: invalid YAML: `);
     expect(load.problems[0]).toBeInstanceOf(ManifestProblem);
@@ -310,7 +310,7 @@ describe('ManifestSource', () => {
 
     const edited = await change(() => writeFile(join(dir, 'web.yaml'), serviceYaml('web', '10.0.0.11')));
     expect(clusterIPs(edited.objects)).toEqual({ 'default/web': '10.0.0.11', 'default/api': '10.0.0.20' });
-    expect([...edited.deltas.services].map(([k, c]) => [k, c.previous?.clusterIP, c.current?.clusterIP])).toEqual([['default/web', '10.0.0.10', '10.0.0.11']]);
+    expect([...edited.deltas.services].map(([k, c]) => [k, c.previous?.clusterIPs[0], c.current?.clusterIPs[0]])).toEqual([['default/web', '10.0.0.10', '10.0.0.11']]);
     expect(s.current().objects).toEqual(edited.objects);
 
     const removed = await change(() => rm(join(dir, 'api.yaml')));
@@ -326,7 +326,7 @@ describe('ManifestSource', () => {
       `${join(dir, 'b.yaml')}: document 1: Service default/web is already defined in ${join(dir, 'a.yaml')} document 1; this definition is ignored (remove one of them)`,
     ]);
     const handed = await change(() => rm(join(dir, 'a.yaml')));
-    expect([...handed.deltas.services].map(([k, c]) => [k, c.previous?.clusterIP, c.current?.clusterIP])).toEqual([['default/web', '10.0.0.10', '10.0.0.99']]);
+    expect([...handed.deltas.services].map(([k, c]) => [k, c.previous?.clusterIPs[0], c.current?.clusterIPs[0]])).toEqual([['default/web', '10.0.0.10', '10.0.0.99']]);
     expect(handed.problems).toEqual([]);
   });
 

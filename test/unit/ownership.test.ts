@@ -97,8 +97,8 @@ class Harness {
 describe('one owner per frontend', () => {
   // The victim's cluster IP, claimed by an intruder in another namespace through externalIPs.
   // The intruder is even older: an allocated address beats a claimed one whatever the age.
-  const victim = svc('team-a', 'victim', { clusterIP: '10.66.6.6', creationTimestamp: T0 + 1000 });
-  const intruder = svc('team-b', 'intruder', { clusterIP: '10.96.0.77', externalIPs: ['10.66.6.6'], creationTimestamp: T0 });
+  const victim = svc('team-a', 'victim', { clusterIPs: ['10.66.6.6'], creationTimestamp: T0 + 1000 });
+  const intruder = svc('team-b', 'intruder', { clusterIPs: ['10.96.0.77'], externalIPs: ['10.66.6.6'], creationTimestamp: T0 });
   const victimEps = slice(victim, ['10.244.1.1']);
 
   test('an externalIP cannot take another Service\'s cluster IP, in partial syncs, full syncs, or when either goes', async () => {
@@ -153,8 +153,8 @@ describe('one owner per frontend', () => {
       ports: [{ name: '', protocol: 'TCP', port: 80, targetPort: 80, nodePort: 30080 }],
       ...over,
     });
-    const older = svc('z', 'older', np({ clusterIP: '10.96.0.1', creationTimestamp: T0 }));
-    const newer = svc('a', 'newer', np({ clusterIP: '10.96.0.2', creationTimestamp: T0 + 5 }));
+    const older = svc('z', 'older', np({ clusterIPs: ['10.96.0.1'], creationTimestamp: T0 }));
+    const newer = svc('a', 'newer', np({ clusterIPs: ['10.96.0.2'], creationTimestamp: T0 + 5 }));
     expect([...owners.set('a/newer', newer)]).toEqual([]);
     // The older Service arrives later and takes the node port: the newer one is affected.
     expect([...owners.set('z/older', older)]).toEqual(['a/newer']);
@@ -164,8 +164,8 @@ describe('one owner per frontend', () => {
     ]);
     // Without creation times, namespace/name decides; the same Service listing an address twice,
     // or as its own cluster IP, is no conflict.
-    const x = svc('ns', 'x', { clusterIP: '10.96.0.3', externalIPs: ['192.0.2.1', '192.0.2.1', '10.96.0.3'] });
-    const y = svc('ns', 'y', { clusterIP: '10.96.0.4', externalIPs: ['192.0.2.1'] });
+    const x = svc('ns', 'x', { clusterIPs: ['10.96.0.3'], externalIPs: ['192.0.2.1', '192.0.2.1', '10.96.0.3'] });
+    const y = svc('ns', 'y', { clusterIPs: ['10.96.0.4'], externalIPs: ['192.0.2.1'] });
     owners.set('ns/y', y);
     owners.set('ns/x', x);
     expect(owners.conflicts('ns/x')).toEqual([]);
@@ -193,7 +193,7 @@ describe('node options for Services', () => {
     const warnings: string[] = [];
     const s = svc('default', 'web', {
       type: 'NodePort',
-      clusterIP: '10.96.0.9',
+      clusterIPs: ['10.96.0.9'],
       externalIPs: ['192.0.2.10', '198.51.100.7'],
       ports: [
         { name: 'a', protocol: 'TCP', port: 80, targetPort: 80, nodePort: 40000 },
@@ -202,6 +202,7 @@ describe('node options for Services', () => {
     });
     const state = buildDesiredState(clusterObjects([s], []), NODE, (m) => warnings.push(m), {
       externalIPCIDRs: ['192.0.2.0/24'],
+      families: ['IPv4', 'IPv6'],
       nodePortRange: [30000, 32767],
     });
     expect(state.services.map((e) => [e.key, e.service.nodePort, e.service.externalIPs])).toEqual([
@@ -213,7 +214,7 @@ describe('node options for Services', () => {
       'Service default/web: spec.ports[0].nodePort 40000 is outside --nodeport-range 30000-32767; that node port is not programmed (pick one in the range)',
     ]);
     // From the API server (no range): the allocation is trusted, whatever the range.
-    const api = buildDesiredState(clusterObjects([s], []), NODE, () => undefined, { externalIPCIDRs: [], nodePortRange: null });
+    const api = buildDesiredState(clusterObjects([s], []), NODE, () => undefined, { externalIPCIDRs: [], nodePortRange: null, families: ['IPv4', 'IPv6'] });
     expect(api.services.map((e) => e.service.nodePort)).toEqual([40000, 30081]);
   });
 });
@@ -221,7 +222,7 @@ describe('node options for Services', () => {
 describe('one Service\'s failure is its own', () => {
   test('nothing syncs before the source has read everything once', async () => {
     const h = new Harness();
-    h.agent.updateObjects(clusterObjects([svc('default', 'a', { clusterIP: '10.96.0.1' })], []));
+    h.agent.updateObjects(clusterObjects([svc('default', 'a', { clusterIPs: ['10.96.0.1'] })], []));
     h.agent.start();
     await new Promise((r) => setTimeout(r, 100));
     expect(h.reports).toHaveLength(0);
@@ -245,8 +246,8 @@ describe('one Service\'s failure is its own', () => {
     const healthOnSync = (r: SyncReport): void => {
       if (r.error === null) health.updated();
     };
-    const good = svc('default', 'good', { clusterIP: '10.96.0.1' });
-    const bad = svc('default', 'bad', { clusterIP: '10.96.0.2' });
+    const good = svc('default', 'good', { clusterIPs: ['10.96.0.1'] });
+    const bad = svc('default', 'bad', { clusterIPs: ['10.96.0.2'] });
     try {
       h.agent.updateObjects(clusterObjects([good, bad], [slice(good, ['10.244.0.1']), slice(bad, ['10.244.0.2'])]));
       h.agent.start();
@@ -284,9 +285,9 @@ describe('one Service\'s failure is its own', () => {
     const plane = new BpfDataplane(fake.maps, null, { maglevMaxSize: 16381 });
     const ips = (n: number, third: number): string[] =>
       Array.from({ length: n }, (_, i) => `10.${third}.${Math.floor(i / 250)}.${(i % 250) + 1}`);
-    const big = svc('default', 'big', { clusterIP: '10.96.0.5', annotations: { 'vipr.io/scheduler': 'maglev' } });
-    const huge = svc('default', 'huge', { clusterIP: '10.96.0.6', annotations: { 'vipr.io/scheduler': 'maglev' } });
-    const small = svc('default', 'small', { clusterIP: '10.96.0.7' });
+    const big = svc('default', 'big', { clusterIPs: ['10.96.0.5'], annotations: { 'vipr.io/scheduler': 'maglev' } });
+    const huge = svc('default', 'huge', { clusterIPs: ['10.96.0.6'], annotations: { 'vipr.io/scheduler': 'maglev' } });
+    const small = svc('default', 'small', { clusterIPs: ['10.96.0.7'] });
     const state = buildDesiredState(
       clusterObjects([big, huge, small], [slice(big, ips(1311, 20)), slice(huge, ips(20000, 21)), slice(small, ['10.244.0.1'])]),
       NODE,

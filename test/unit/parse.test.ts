@@ -48,7 +48,9 @@ describe('parseService', () => {
       annotations: {},
       creationTimestamp: null,
       type: 'ClusterIP',
-      clusterIP: '10.0.0.10',
+      clusterIPs: ['10.0.0.10'],
+      ipFamilies: ['IPv4'],
+      ipFamilyPolicy: null,
       ports: [{ name: '', protocol: 'TCP', port: 80, targetPort: 80, nodePort: 0 }],
       externalIPs: [],
       loadBalancerIPs: [],
@@ -90,14 +92,16 @@ describe('parseService', () => {
       },
     });
     expect(svc.type).toBe('LoadBalancer');
-    expect(svc.clusterIP).toBe('10.0.0.10');
+    expect(svc.clusterIPs).toEqual(['10.0.0.10', 'fd00::10']);
+    expect(svc.ipFamilies).toEqual(['IPv4', 'IPv6']);
     expect(svc.ports).toEqual([
       { name: 'http', protocol: 'TCP', port: 80, targetPort: 'web', nodePort: 30080 },
       { name: 'dns', protocol: 'UDP', port: 53, targetPort: 5353, nodePort: 30053 },
     ]);
-    expect(svc.externalIPs).toEqual(['192.0.2.10']);
-    expect(svc.loadBalancerIPs).toEqual(['198.51.100.7']);
-    expect(svc.loadBalancerSourceRanges).toEqual(['203.0.113.0/24', '198.51.100.0/25']);
+    // Both families, each family's entry takes its own (src/model/build.ts).
+    expect(svc.externalIPs).toEqual(['192.0.2.10', '2001:db8::1']);
+    expect(svc.loadBalancerIPs).toEqual(['198.51.100.7', '2001:db8::7']);
+    expect(svc.loadBalancerSourceRanges).toEqual(['203.0.113.0/24', '198.51.100.0/25', '2001:db8::/32']);
     expect(svc.affinityTimeoutSeconds).toBe(10800);
     expect(svc.externalTrafficPolicy).toBe('Local');
     expect(svc.internalTrafficPolicy).toBe('Local');
@@ -111,27 +115,91 @@ describe('parseService', () => {
     expect(svc.affinityTimeoutSeconds).toBe(60);
   });
 
-  it('treats clusterIP None as headless and an IPv6-only service as having no IPv4 cluster IP', () => {
-    expect(parseService(service({ clusterIP: 'None' })).clusterIP).toBeNull();
-    expect(parseService(service({ clusterIP: 'fd00::10' })).clusterIP).toBeNull();
-    expect(parseService(service({ clusterIP: undefined })).clusterIP).toBeNull();
+  it('treats clusterIP None as headless and an unset cluster IP as none', () => {
+    expect(parseService(service({ clusterIP: 'None' })).clusterIPs).toEqual([]);
+    expect(parseService(service({ clusterIP: 'None', clusterIPs: ['None'], ipFamilies: ['IPv6'] })).ipFamilies).toEqual(['IPv6']);
+    expect(parseService(service({ clusterIP: undefined })).clusterIPs).toEqual([]);
   });
 
-  it('takes the IPv4 cluster IP of a dual-stack service whichever family comes first', () => {
-    expect(parseService(service({ clusterIP: 'fd00::10', clusterIPs: ['fd00::10', '10.0.0.10'] })).clusterIP).toBe('10.0.0.10');
+  it('reads a dual-stack Service in spec order, IPv6 first', () => {
+    const svc = parseService(
+      service({ clusterIP: 'fd00:10:96::213', clusterIPs: ['fd00:10:96::213', '10.0.0.213'], ipFamilies: ['IPv6', 'IPv4'], ipFamilyPolicy: 'RequireDualStack' }),
+    );
+    expect(svc.clusterIPs).toEqual(['fd00:10:96::213', '10.0.0.213']);
+    expect(svc.ipFamilies).toEqual(['IPv6', 'IPv4']);
+    expect(svc.ipFamilyPolicy).toBe('RequireDualStack');
+  });
+
+  it('reads an IPv6-only Service', () => {
+    const svc = parseService(service({ clusterIP: 'fd00:10:96::53', clusterIPs: ['fd00:10:96::53'], ipFamilies: ['IPv6'], ipFamilyPolicy: 'SingleStack' }));
+    expect(svc.clusterIPs).toEqual(['fd00:10:96::53']);
+    expect(svc.ipFamilies).toEqual(['IPv6']);
+    expect(svc.ipFamilyPolicy).toBe('SingleStack');
+    // Without ipFamilies (a manifest), the families are the cluster IPs'.
+    expect(parseService(service({ clusterIP: 'fd00:10:96::53' })).ipFamilies).toEqual(['IPv6']);
+  });
+
+  it('writes every IPv6 address and CIDR canonically (RFC 5952), so two spellings are one frontend', () => {
+    const svc = parseService({
+      ...service({
+        type: 'LoadBalancer',
+        clusterIP: 'FD00:0010:0096:0000:0000:0000:0000:0213',
+        clusterIPs: ['FD00:0010:0096:0000:0000:0000:0000:0213', '10.0.0.213'],
+        externalIPs: ['2001:DB8:0:0:0:0:0:1', '2001:db8::1'],
+        loadBalancerSourceRanges: ['2001:DB8:0:1:0:0:0:0/64', '10.1.2.3/8', '2001:db8:0:1::/64'],
+      }),
+      status: { loadBalancer: { ingress: [{ ip: '2001:0db8:0000:0000:0000:0000:0000:0007' }] } },
+    });
+    expect(svc.clusterIPs).toEqual(['fd00:10:96::213', '10.0.0.213']);
+    expect(svc.externalIPs).toEqual(['2001:db8::1']);
+    expect(svc.loadBalancerIPs).toEqual(['2001:db8::7']);
+    expect(svc.loadBalancerSourceRanges).toEqual(['2001:db8:0:1::/64', '10.0.0.0/8']);
+  });
+
+  it('drops special IPv6 external and load-balancer addresses with one line each', () => {
+    const warnings: string[] = [];
+    const svc = parseService(
+      {
+        ...service({ type: 'LoadBalancer', externalIPs: ['::1', 'fe80::1', '2001:db8::10', '::ffff:192.0.2.1'] }),
+        status: { loadBalancer: { ingress: [{ ip: 'ff02::1' }, { ip: '::' }, { ip: '2001:db8::7' }] } },
+      },
+      (m) => warnings.push(m),
+    );
+    expect(svc.externalIPs).toEqual(['2001:db8::10']);
+    expect(svc.loadBalancerIPs).toEqual(['2001:db8::7']);
+    expect(warnings).toEqual([
+      'Service default/web: spec.externalIPs[0] "::1" is the loopback address ::1 and cannot be a Service address; address ignored',
+      'Service default/web: spec.externalIPs[1] "fe80::1" is in the link-local range fe80::/10 and cannot be a Service address; address ignored',
+      'Service default/web: spec.externalIPs[3] "::ffff:c000:201" is an IPv4-mapped address (::ffff:0:0/96); use the IPv4 address itself and cannot be a Service address; address ignored',
+      'Service default/web: status.loadBalancer.ingress[0].ip "ff02::1" is in the multicast range ff00::/8 and cannot be a Service address; address ignored',
+      'Service default/web: status.loadBalancer.ingress[1].ip "::" is the unspecified address :: (it means every local address) and cannot be a Service address; address ignored',
+    ]);
   });
 
   it('keeps an ExternalName service without a cluster IP', () => {
     const svc = parseService(service({ type: 'ExternalName', externalName: 'example.com', clusterIP: undefined }));
     expect(svc.type).toBe('ExternalName');
-    expect(svc.clusterIP).toBeNull();
+    expect(svc.clusterIPs).toEqual([]);
   });
 
   const invalid: Array<[string, Record<string, unknown>, string]> = [
     ['port out of range', service({ ports: [{ port: 70000 }] }), 'Service default/web: spec.ports[0].port 70000 is out of range 1-65535'],
     ['port missing', service({ ports: [{ name: 'x' }] }), 'Service default/web: spec.ports[0].port is missing; give a port number 1-65535'],
     ['port as a string', service({ ports: [{ port: '80' }] }), 'Service default/web: spec.ports[0].port must be an integer, got "80"'],
-    ['bad cluster IP', service({ clusterIP: '10.0.0.300' }), 'Service default/web: spec.clusterIP "10.0.0.300" is not an IPv4 address'],
+    ['bad cluster IP', service({ clusterIP: '10.0.0.300' }), 'Service default/web: spec.clusterIP "10.0.0.300" is not an IPv4 or IPv6 address'],
+    ['a bad IPv6 cluster IP', service({ clusterIP: 'fd00::10::1' }), 'Service default/web: spec.clusterIP "fd00::10::1" is not an IPv4 or IPv6 address'],
+    ['an IPv6 zone', service({ clusterIP: 'fd00::10%eth0' }), 'Service default/web: spec.clusterIP "fd00::10%eth0" is not an IPv4 or IPv6 address'],
+    ['two cluster IPs of one family', service({ clusterIPs: ['10.0.0.10', '10.0.0.11'] }), 'Service default/web: spec.clusterIPs[1] "10.0.0.11" is a second IPv4 cluster IP; a dual-stack Service has one IPv4 and one IPv6 cluster IP'],
+    ['three cluster IPs', service({ clusterIPs: ['10.0.0.10', 'fd00::10', 'fd00::11'] }), 'Service default/web: spec.clusterIPs lists 3 addresses; give at most two, one IPv4 and one IPv6'],
+    ['families out of order', service({ clusterIPs: ['10.0.0.10', 'fd00::10'], ipFamilies: ['IPv6', 'IPv4'] }), 'Service default/web: spec.clusterIPs[0] "10.0.0.10" is IPv4 but spec.ipFamilies[0] is IPv6; list the families in the order of spec.clusterIPs'],
+    ['a family twice', service({ ipFamilies: ['IPv4', 'IPv4'], ipFamilyPolicy: 'RequireDualStack' }), 'Service default/web: spec.ipFamilies[1] "IPv4" repeats spec.ipFamilies[0]'],
+    ['an unknown family', service({ ipFamilies: ['IPv5'] }), 'Service default/web: spec.ipFamilies[0] "IPv5" is not an IP family; use IPv4 or IPv6'],
+    ['an unknown family policy', service({ ipFamilyPolicy: 'DualStack' }), 'Service default/web: spec.ipFamilyPolicy "DualStack" is not an IP family policy; use SingleStack, PreferDualStack or RequireDualStack'],
+    ['SingleStack with two cluster IPs', service({ clusterIPs: ['10.0.0.10', 'fd00::10'], ipFamilyPolicy: 'SingleStack' }), 'Service default/web: spec.ipFamilyPolicy is SingleStack but the Service has two cluster IPs; use PreferDualStack or RequireDualStack'],
+    ['a loopback IPv6 cluster IP', service({ clusterIP: '::1' }), 'Service default/web: spec.clusterIP "::1" is the loopback address ::1; a cluster IP must come from the service CIDR'],
+    ['a link-local IPv6 cluster IP', service({ clusterIPs: ['10.0.0.10', 'fe80::10'] }), 'Service default/web: spec.clusterIPs[1] "fe80::10" is in the link-local range fe80::/10; a cluster IP must come from the service CIDR'],
+    ['an IPv4-mapped cluster IP', service({ clusterIP: '::ffff:10.0.0.10' }), 'Service default/web: spec.clusterIP "::ffff:10.0.0.10" is an IPv4-mapped address (::ffff:0:0/96); use the IPv4 address itself'],
+    ['a bad IPv6 source range', service({ loadBalancerSourceRanges: ['2001:db8::/129'] }), 'Service default/web: spec.loadBalancerSourceRanges[0] "2001:db8::/129" is not a CIDR'],
     ['clusterIPs disagree', service({ clusterIPs: ['10.0.0.11'] }), 'spec.clusterIPs[0] "10.0.0.11" differs from spec.clusterIP "10.0.0.10"'],
     ['bad protocol', service({ ports: [{ port: 80, protocol: 'HTTP' }] }), 'Service default/web: spec.ports[0].protocol "HTTP" is not supported; use TCP, UDP or SCTP'],
     ['nodePort out of range', service({ type: 'NodePort', ports: [{ port: 80, nodePort: 70000 }] }), 'Service default/web: spec.ports[0].nodePort 70000 is out of range 1-65535'],
@@ -142,7 +210,7 @@ describe('parseService', () => {
     ['unknown type', service({ type: 'Magic' }), 'Service default/web: spec.type "Magic" is not a Service type; use ClusterIP, NodePort, LoadBalancer or ExternalName'],
     ['bad source range', service({ loadBalancerSourceRanges: ['10.0.0.0/33'] }), 'Service default/web: spec.loadBalancerSourceRanges[0] "10.0.0.0/33" is not a CIDR; write it as address/prefix, e.g. 203.0.113.0/24'],
     ['source range without prefix', service({ loadBalancerSourceRanges: ['10.0.0.0'] }), 'spec.loadBalancerSourceRanges[0] "10.0.0.0" is not a CIDR'],
-    ['bad external IP', service({ externalIPs: ['192.0.2'] }), 'Service default/web: spec.externalIPs[0] "192.0.2" is not an IPv4 address'],
+    ['bad external IP', service({ externalIPs: ['192.0.2'] }), 'Service default/web: spec.externalIPs[0] "192.0.2" is not an IPv4 or IPv6 address'],
     ['missing name', service({}, { name: undefined }), 'Service: metadata.name is missing; give the Service a name'],
     ['missing metadata', { apiVersion: 'v1', kind: 'Service', spec: {} }, 'Service: metadata is missing'],
     ['invalid name', service({}, { name: 'Web_1' }), 'Service default/Web_1: metadata.name "Web_1" is not a valid Service name'],
@@ -184,7 +252,7 @@ describe('parseService', () => {
     );
     expect(svc.externalIPs).toEqual(['192.0.2.10']);
     expect(svc.loadBalancerIPs).toEqual(['203.0.113.7']);
-    expect(svc.clusterIP).toBe('10.0.0.10');
+    expect(svc.clusterIPs).toEqual(['10.0.0.10']);
     expect(warnings).toEqual([
       'Service default/web: spec.externalIPs[0] "0.0.0.0" is in 0.0.0.0/8 ("this network"; 0.0.0.0 means every local address) and cannot be a Service address; address ignored',
       'Service default/web: spec.externalIPs[1] "169.254.169.254" is in the link-local range 169.254.0.0/16 (cloud metadata services live there) and cannot be a Service address; address ignored',
@@ -276,10 +344,28 @@ describe('parseEndpointSlice', () => {
     ]);
   });
 
-  it('keeps IPv6 slices as IPv6 (the model skips them)', () => {
-    const s = parseEndpointSlice(slice({ addressType: 'IPv6', endpoints: [{ addresses: ['fd00::1'] }] }));
+  it('keeps IPv6 slices, their addresses canonical, and drops special IPv6 endpoints with a line each', () => {
+    const warnings: string[] = [];
+    const s = parseEndpointSlice(
+      slice({
+        addressType: 'IPv6',
+        endpoints: [
+          { addresses: ['FD00:10:244:1:0:0:0:7'] },
+          { addresses: ['fe80::7'] },
+          { addresses: ['::1'] },
+          { addresses: ['10.244.0.7'] },
+          { addresses: ['fd00:10:244:1::8'] },
+        ],
+      }),
+      (m) => warnings.push(m),
+    );
     expect(s.addressType).toBe('IPv6');
-    expect(s.endpoints).toHaveLength(1);
+    expect(s.endpoints.map((e) => e.addresses)).toEqual([['fd00:10:244:1::7'], ['fd00:10:244:1::8']]);
+    expect(warnings).toEqual([
+      'EndpointSlice default/web-abc: endpoints[1].addresses[0] "fe80::7" is in the link-local range fe80::/10 and cannot be an endpoint; endpoint dropped',
+      'EndpointSlice default/web-abc: endpoints[2].addresses[0] "::1" is the loopback address ::1 and cannot be an endpoint; endpoint dropped',
+      'EndpointSlice default/web-abc: endpoints[3].addresses[0] "10.244.0.7" is not an IPv6 address; endpoint dropped',
+    ]);
   });
 
   it('ignores a port without a number, as kube-proxy does, and reads an unnamed port as ""', () => {
@@ -317,7 +403,7 @@ describe('parseEndpoints (legacy v1 Endpoints)', () => {
     ],
   };
 
-  it('makes one slice per subset, ready and not-ready addresses, ports by name', () => {
+  it('makes one slice per subset and family, ready and not-ready addresses, ports by name', () => {
     const warnings: string[] = [];
     const slices = parseEndpoints(endpoints, (m) => warnings.push(m));
     expect(slices).toEqual([
@@ -337,6 +423,19 @@ describe('parseEndpoints (legacy v1 Endpoints)', () => {
       },
       {
         namespace: 'shop',
+        name: 'web-endpoints-0-ipv6',
+        serviceName: 'web',
+        addressType: 'IPv6',
+        ports: [
+          { name: 'http', protocol: 'TCP', port: 8080 },
+          { name: 'dns', protocol: 'UDP', port: 5353 },
+        ],
+        endpoints: [
+          { addresses: ['fd00::1'], conditions: { ready: true, serving: true, terminating: false }, nodeName: null, zone: null, zoneHints: null },
+        ],
+      },
+      {
+        namespace: 'shop',
         name: 'web-endpoints-1',
         serviceName: 'web',
         addressType: 'IPv4',
@@ -346,7 +445,7 @@ describe('parseEndpoints (legacy v1 Endpoints)', () => {
         ],
       },
     ]);
-    expect(warnings).toEqual(['Endpoints shop/web: subsets[0].addresses[2].ip "bogus" is not an IPv4 address; address dropped']);
+    expect(warnings).toEqual(["Endpoints shop/web: subsets[0].addresses[2].ip \"bogus\" is not an IPv4 or IPv6 address; give the pod's address; address dropped"]);
   });
 
   it('rejects a port out of range', () => {
@@ -394,7 +493,7 @@ describe('parseObject', () => {
     expect(out.failures).toHaveLength(1);
     expect(out.failures[0]?.ref).toBe('Service default/web');
     expect(out.failures[0]?.error.message).toBe(
-      'items[0]: Service default/web: spec.clusterIP "nope" is not an IPv4 address; use an address like 10.96.0.10, "None" for a headless Service, or leave it out to have one allocated',
+      'items[0]: Service default/web: spec.clusterIP "nope" is not an IPv4 or IPv6 address; use an address like 10.96.0.10 or fd00:10:96::10, "None" for a headless Service, or leave it out to have one allocated',
     );
   });
 

@@ -8,7 +8,7 @@ import {
 import { serviceObject } from '../helpers/objects.js';
 
 function service(name: string, port = 80, namespace = 'default'): ServiceObject {
-  return serviceObject({ namespace, name, clusterIP: '10.96.0.10', ports: [{ name: 'http', protocol: 'TCP', port, targetPort: 8080, nodePort: 0 }] });
+  return serviceObject({ namespace, name, clusterIPs: ['10.96.0.10'], ports: [{ name: 'http', protocol: 'TCP', port, targetPort: 8080, nodePort: 0 }] });
 }
 
 function slice(name: string, serviceName: string | null, ips: string[], namespace = 'default'): EndpointSliceObject {
