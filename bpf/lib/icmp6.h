@@ -47,17 +47,6 @@ struct icmp6_reject {
 /* The quote is summed through a stack buffer this large (a multiple of 4, as bpf_csum_diff wants). */
 #define ICMP6_CSUM_CHUNK 64
 
-/*
- * The IPv6 pseudo-header of an upper-layer checksum (RFC 8200 section 8.1): addresses, the
- * upper-layer length and next header as 32-bit words.
- */
-struct ipv6_pseudo_hdr {
-	__be32 saddr[4];
-	__be32 daddr[4];
-	__be32 len;
-	__be32 nexthdr;
-};
-
 /* One's complement sum (unfolded) of @len bytes of @skb from @off, through @buf. */
 static __always_inline int icmp6_sum_skb(struct __sk_buff *skb, __u32 off, __u32 len, __u32 *sum)
 {
@@ -96,13 +85,15 @@ static __always_inline bool icmp6_may_answer(const __be32 saddr[4])
  * Rewrites @skb into "port unreachable" from the service address to the client and redirects it
  * back out of its ingress device. Returns a TC verdict; TC_ACT_SHOT when the packet must not or
  * cannot be answered (a later fragment, a source that is no one node, helper failure) or the rate
- * limit says no.
+ * limit says no. A subprogram of its own (rejects are rare): its headers and checksum buffer stay
+ * off the stack frame of the per-packet path, which the verifier bounds at 512 bytes for the
+ * whole call chain.
  */
-static __always_inline int tc_icmp6_reject(struct __sk_buff *skb, const struct packet6 *pkt)
+static __noinline int tc_icmp6_reject(struct __sk_buff *skb, const struct packet6 *pkt)
 {
 	struct icmp6_reject r = {};
-	struct ipv6_pseudo_hdr ph = {};
-	struct ethhdr eth;
+	__be32 ph_tail[2]; /* the pseudo-header past the addresses: upper-layer length, next header */
+	__u8 mac[ETH_ALEN];
 	__be16 payload_len;
 	__u32 quote_len, sum = 0;
 	__s64 s;
@@ -114,7 +105,7 @@ static __always_inline int tc_icmp6_reject(struct __sk_buff *skb, const struct p
 		stats_count(VIPR_STAT_DROP_ICMP_RATE_LIMIT, skb->len);
 		return TC_ACT_SHOT;
 	}
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) ||
+	if (bpf_skb_load_bytes(skb, 0, &r.eth, sizeof(r.eth)) ||
 	    bpf_skb_load_bytes(skb, pkt->l3_off + __builtin_offsetof(struct ipv6hdr, payload_len), &payload_len,
 			       sizeof(payload_len)))
 		return TC_ACT_SHOT;
@@ -128,9 +119,9 @@ static __always_inline int tc_icmp6_reject(struct __sk_buff *skb, const struct p
 	if (icmp6_sum_skb(skb, pkt->l3_off, quote_len, &sum))
 		return TC_ACT_SHOT;
 
-	__builtin_memcpy(r.eth.h_dest, eth.h_source, ETH_ALEN);
-	__builtin_memcpy(r.eth.h_source, eth.h_dest, ETH_ALEN);
-	r.eth.h_proto = bpf_htons(ETH_P_IPV6);
+	__builtin_memcpy(mac, r.eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(r.eth.h_dest, r.eth.h_source, ETH_ALEN);
+	__builtin_memcpy(r.eth.h_source, mac, ETH_ALEN);
 	r.ip.version = 6;
 	r.ip.payload_len = bpf_htons(8 + quote_len);
 	r.ip.nexthdr = IPPROTO_ICMPV6;
@@ -140,11 +131,12 @@ static __always_inline int tc_icmp6_reject(struct __sk_buff *skb, const struct p
 	r.type = ICMPV6_DEST_UNREACH;
 	r.code = ICMPV6_PORT_UNREACH;
 
-	__builtin_memcpy(ph.saddr, pkt->daddr, sizeof(ph.saddr));
-	__builtin_memcpy(ph.daddr, pkt->saddr, sizeof(ph.daddr));
-	ph.len = bpf_htonl(8 + quote_len);
-	ph.nexthdr = bpf_htonl(IPPROTO_ICMPV6);
-	s = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), sum);
+	/* The pseudo-header (RFC 8200 section 8.1): the addresses as in the header, then two words. */
+	ph_tail[0] = bpf_htonl(8 + quote_len);
+	ph_tail[1] = bpf_htonl(IPPROTO_ICMPV6);
+	s = bpf_csum_diff(NULL, 0, (void *)&r + __builtin_offsetof(struct icmp6_reject, ip.saddr), 32, sum);
+	if (s >= 0)
+		s = bpf_csum_diff(NULL, 0, ph_tail, sizeof(ph_tail), s);
 	if (s < 0)
 		return TC_ACT_SHOT;
 	/* The ICMPv6 header: type, code, checksum 0, unused. */

@@ -124,18 +124,23 @@ static __always_inline enum lb_action lb6_plan_icmp_error(const struct packet6 *
 }
 
 /*
- * The words an ICMPv6 error rewrite changes, in the order they are summed. Every field sits at an
- * even offset of the pseudo-header or message, so 16-bit one's complement words line up and one
- * bpf_csum_diff over old and new is the checksum's whole change.
+ * What an ICMPv6 error rewrite changes, as read from the packet: the outer addresses (the IPv6
+ * header, hence the pseudo-header) and the quote's addresses and ports, laid out as struct
+ * nat_plan6 holds the new ones, so one bpf_csum_diff against the plan covers each. Every field
+ * sits at an even offset of the pseudo-header or message: 16-bit one's complement words line up.
  */
-struct icmp6_error_words {
-	__be32 outer[8];  /* outer source, destination (IPv6 header = pseudo-header) */
-	__be32 quote[8];  /* the quote's source, destination */
-	__be16 ports[2];  /* the quote's source, destination port */
+struct icmp6_error_old {
+	__be32 outer[8];     /* outer source, destination */
+	__be32 quote[8];     /* the quote's source, destination */
+	__be16 ports[2];     /* the quote's source, destination port */
 };
 
 #define IPV6_ADDRS_OFF __builtin_offsetof(struct ipv6hdr, saddr)
 #define ICMP6_CHECK_OFF 2
+
+_Static_assert(__builtin_offsetof(struct icmp6_error_old, ports) ==
+		       __builtin_offsetof(struct icmp6_error_old, quote) + NAT6_ADDRS_LEN,
+	       "the quote's addresses and ports are contiguous, as in struct nat_plan6");
 
 /*
  * TC: applies an ICMPv6 error plan. Returns 0 or a negative errno (the packet may be
@@ -145,7 +150,7 @@ static __always_inline int tc_apply_icmp6_error_plan(struct __sk_buff *skb, cons
 						     const struct icmp6_error_plan *plan)
 {
 	const struct icmp6_quote *q = &pkt->quote;
-	struct icmp6_error_words old, new;
+	struct icmp6_error_old old;
 	__u32 l4_check_off = q->l4_off + (q->proto == IPPROTO_TCP ? __builtin_offsetof(struct tcphdr, check)
 								    : __builtin_offsetof(struct udphdr, check));
 	__u32 l4_old = 0, l4_new = 0;
@@ -158,20 +163,13 @@ static __always_inline int tc_apply_icmp6_error_plan(struct __sk_buff *skb, cons
 	    bpf_skb_load_bytes(skb, q->l4_off, old.ports, sizeof(old.ports)) ||
 	    bpf_skb_load_bytes(skb, q->icmp_off + ICMP6_CHECK_OFF, &icmp_check, sizeof(icmp_check)))
 		return -1;
-	ipv6_copy(&new.outer[0], plan->outer.saddr);
-	ipv6_copy(&new.outer[4], plan->outer.daddr);
-	ipv6_copy(&new.quote[0], plan->quote.saddr);
-	ipv6_copy(&new.quote[4], plan->quote.daddr);
-	new.ports[0] = plan->quote.sport;
-	new.ports[1] = plan->quote.dport;
 
 	if (q->l4_check) {
 		/* The quoted L4 checksum: its pseudo-header addresses and the ports. */
 		if (bpf_skb_load_bytes(skb, l4_check_off, &c, sizeof(c)))
 			return -1;
 		l4_old = c;
-		sum = bpf_csum_diff(old.quote, sizeof(old.quote) + sizeof(old.ports), new.quote,
-				    sizeof(new.quote) + sizeof(new.ports), (__u16)~c);
+		sum = bpf_csum_diff(old.quote, NAT6_TUPLE_LEN, (__be32 *)&plan->quote, NAT6_TUPLE_LEN, (__u16)~c);
 		if (sum < 0)
 			return -1;
 		c = csum_fold_complement(sum);
@@ -181,7 +179,9 @@ static __always_inline int tc_apply_icmp6_error_plan(struct __sk_buff *skb, cons
 		l4_new = c;
 	}
 
-	sum = bpf_csum_diff((__be32 *)&old, sizeof(old), (__be32 *)&new, sizeof(new), (__u16)~icmp_check);
+	sum = bpf_csum_diff(old.outer, NAT6_ADDRS_LEN, (__be32 *)&plan->outer, NAT6_ADDRS_LEN, (__u16)~icmp_check);
+	if (sum >= 0)
+		sum = bpf_csum_diff(old.quote, NAT6_TUPLE_LEN, (__be32 *)&plan->quote, NAT6_TUPLE_LEN, sum);
 	if (sum < 0)
 		return -1;
 	icmp_check = csum_fold_complement(sum);
@@ -189,11 +189,11 @@ static __always_inline int tc_apply_icmp6_error_plan(struct __sk_buff *skb, cons
 	if (l4_old != l4_new)
 		icmp_check = csum_update32(icmp_check, l4_old, l4_new);
 
-	ret = bpf_skb_store_bytes(skb, pkt->l3_off + IPV6_ADDRS_OFF, new.outer, sizeof(new.outer), 0);
+	ret = bpf_skb_store_bytes(skb, pkt->l3_off + IPV6_ADDRS_OFF, &plan->outer, NAT6_ADDRS_LEN, 0);
 	if (!ret)
-		ret = bpf_skb_store_bytes(skb, q->l3_off + IPV6_ADDRS_OFF, new.quote, sizeof(new.quote), 0);
+		ret = bpf_skb_store_bytes(skb, q->l3_off + IPV6_ADDRS_OFF, &plan->quote, NAT6_ADDRS_LEN, 0);
 	if (!ret)
-		ret = bpf_skb_store_bytes(skb, q->l4_off, new.ports, sizeof(new.ports), 0);
+		ret = bpf_skb_store_bytes(skb, q->l4_off, &plan->quote.sport, sizeof(old.ports), 0);
 	if (!ret && l4_old != l4_new) {
 		c = l4_new;
 		ret = bpf_skb_store_bytes(skb, l4_check_off, &c, sizeof(c), 0);
@@ -203,8 +203,12 @@ static __always_inline int tc_apply_icmp6_error_plan(struct __sk_buff *skb, cons
 	return ret;
 }
 
-/* TC: an ICMPv6 error, rewritten when it is about a translated flow. Returns a TC verdict. */
-static __always_inline int tc_icmp6_error(struct __sk_buff *skb, const struct packet6 *pkt, bool ingress)
+/*
+ * TC: an ICMPv6 error, rewritten when it is about a translated flow. Returns a TC verdict. A
+ * subprogram of its own (errors are rare): its plan and buffers stay off the stack frame of the
+ * per-packet path, which the verifier bounds at 512 bytes for the whole call chain.
+ */
+static __noinline int tc_icmp6_error(struct __sk_buff *skb, const struct packet6 *pkt, bool ingress)
 {
 	struct icmp6_error_plan plan;
 	int ret;
