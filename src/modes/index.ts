@@ -15,13 +15,13 @@ import { DataplaneError, ToolError } from '../errors.js';
 import { run } from '../process/run.js';
 import { componentLogger } from '../log.js';
 import { IptablesDataplane } from './iptables.js';
-import { NftablesDataplane, NFT_TABLE_FAMILY, NFT_TABLE_NAME } from './nftables.js';
+import { NftablesDataplane, NFT_TABLE_FAMILIES, NFT_TABLE_NAME } from './nftables.js';
 import { IpvsDataplane, PROC_IP_VS, detectIpvs } from './ipvs.js';
 import { iptablesListing, parseIptablesSave, type SavedTable } from './iptables-save.js';
 import { nftListing } from './nft-listing.js';
 import { ipvsListing } from './ipvsadm.js';
 import {
-  IPTABLES_BACKENDS, IptablesTools, detectIptablesBackend, type IptablesBackend, type IptablesBackendChoice,
+  IPTABLES_BACKENDS, IptablesTools, detectIptablesBackend, programmedFamilies, type IptablesBackend, type IptablesBackendChoice,
 } from './tools.js';
 
 const log = componentLogger('modes');
@@ -99,15 +99,22 @@ export function iptablesCleanupInput(tables: Map<string, SavedTable>): string {
   return lines.length === 0 ? '' : `${lines.join('\n')}\n`;
 }
 
-/** kube-proxy's iptables cleanup in one backend; returns what it removed (one line each). */
+/** kube-proxy's iptables cleanup in one backend, both families; returns what it removed (one line each). */
 async function cleanupIptablesBackend(backend: IptablesBackend, only?: (tables: Map<string, SavedTable>) => boolean): Promise<string[]> {
-  const tools = new IptablesTools(backend);
+  const removed: string[] = [];
+  for (const family of programmedFamilies()) removed.push(...(await cleanupIptablesTables(new IptablesTools(backend, family), only)));
+  return removed;
+}
+
+/** kube-proxy's iptables cleanup in one backend's tables of one family. */
+async function cleanupIptablesTables(tools: IptablesTools, only?: (tables: Map<string, SavedTable>) => boolean): Promise<string[]> {
+  const backend = tools.backend;
   if (!(await tools.exists())) return [];
   let save: string;
   try {
     save = await tools.save();
   } catch (err) {
-    log.warn({ err: (err as Error).message, backend }, 'cannot read iptables; skipping its cleanup');
+    log.warn({ err: (err as Error).message, backend, family: tools.family }, `cannot read ${tools.iptables}; skipping its cleanup`);
     return [];
   }
   const tables = parseIptablesSave(save);
@@ -117,7 +124,7 @@ async function cleanupIptablesBackend(backend: IptablesBackend, only?: (tables: 
   await tools.restore(input, { noflush: true });
   const chains = input.split('\n').filter((l) => l.startsWith('-X ')).length;
   const jumps = input.split('\n').filter((l) => l.startsWith('-D ')).length;
-  return [`iptables-${backend}: ${chains} KUBE- chains and ${jumps} jump rules`];
+  return [`${tools.iptables}: ${chains} KUBE- chains and ${jumps} jump rules`];
 }
 
 function hasChain(tables: Map<string, SavedTable>, pattern: RegExp): boolean {
@@ -125,18 +132,23 @@ function hasChain(tables: Map<string, SavedTable>, pattern: RegExp): boolean {
   return false;
 }
 
+/** Deletes `table ip kube-proxy` and `table ip6 kube-proxy`, whichever exist. */
 async function cleanupNftables(): Promise<string[]> {
-  const table = [NFT_TABLE_FAMILY, NFT_TABLE_NAME];
-  let listed;
-  try {
-    listed = await run('nft', ['list', 'table', ...table], { check: false });
-  } catch (err) {
-    if (err instanceof ToolError && err.notFound) return [];
-    throw err;
+  const removed: string[] = [];
+  for (const family of NFT_TABLE_FAMILIES) {
+    const table = [family, NFT_TABLE_NAME];
+    let listed;
+    try {
+      listed = await run('nft', ['list', 'table', ...table], { check: false });
+    } catch (err) {
+      if (err instanceof ToolError && err.notFound) return removed;
+      throw err;
+    }
+    if (listed.exitCode !== 0) continue;
+    await run('nft', ['delete', 'table', ...table]);
+    removed.push(`nftables: table ${table.join(' ')}`);
   }
-  if (listed.exitCode !== 0) return [];
-  await run('nft', ['delete', 'table', ...table]);
-  return [`nftables: table ${table.join(' ')}`];
+  return removed;
 }
 
 /** IPVS's own objects: virtual servers, KUBE- ipsets, the kube-ipvs0 link (not the iptables glue). */
@@ -244,14 +256,24 @@ export async function readListing(mode: ProxyMode, opts: ListOptions): Promise<L
     }
     case 'iptables': {
       const backend = await detectIptablesBackend(opts.iptablesBackend);
-      return iptablesListing(await new IptablesTools(backend).save(), `iptables (${backend})`);
+      const listings: Listing[] = [];
+      for (const family of programmedFamilies()) {
+        const tools = new IptablesTools(backend, family);
+        if (family === 'IPv6' && !(await tools.exists())) continue;
+        listings.push(iptablesListing(await tools.save(), tools.iptables, family));
+      }
+      return mergeListings(`iptables (${backend})`, listings);
     }
     case 'nftables': {
-      const res = await run('nft', ['-j', 'list', 'table', NFT_TABLE_FAMILY, NFT_TABLE_NAME], { check: false });
-      if (res.exitCode !== 0) {
-        throw new DataplaneError(`nothing installed: no nftables table ${NFT_TABLE_FAMILY} ${NFT_TABLE_NAME}; start 'vipr run --mode nftables'`);
+      const listings: Listing[] = [];
+      for (const family of NFT_TABLE_FAMILIES) {
+        const res = await run('nft', ['-j', 'list', 'table', family, NFT_TABLE_NAME], { check: false });
+        if (res.exitCode === 0) listings.push(nftListing(res.stdout, `table ${family} ${NFT_TABLE_NAME}`, family));
       }
-      return nftListing(res.stdout, `nftables (table ${NFT_TABLE_FAMILY} ${NFT_TABLE_NAME})`);
+      if (listings.length === 0) {
+        throw new DataplaneError(`nothing installed: no nftables table ip ${NFT_TABLE_NAME} or ip6 ${NFT_TABLE_NAME}; start 'vipr run --mode nftables'`);
+      }
+      return mergeListings(`nftables (${listings.map((l) => l.source).join(', ')})`, listings);
     }
     case 'ipvs': {
       await detectIpvs();
@@ -260,21 +282,30 @@ export async function readListing(mode: ProxyMode, opts: ListOptions): Promise<L
   }
 }
 
+/** One listing of both families' services (vipr list sorts them: IPv4, then IPv6). */
+function mergeListings(source: string, listings: readonly Listing[]): Listing {
+  return { source, services: listings.flatMap((l) => l.services) };
+}
+
 /**
  * The mode whose objects are installed here: bpf when its maps are pinned, else nftables,
  * ipvs (kube-ipvs0 exists), iptables (a KUBE-SERVICES chain in nat); null when none.
  */
 export async function detectInstalledMode(pinDir: string): Promise<ProxyMode | null> {
   if (existsSync(join(pinDir, MAPS.services.name))) return 'bpf';
-  const nft = await run('nft', ['list', 'table', NFT_TABLE_FAMILY, NFT_TABLE_NAME], { check: false }).catch(() => null);
-  if (nft !== null && nft.exitCode === 0) return 'nftables';
+  for (const family of NFT_TABLE_FAMILIES) {
+    const nft = await run('nft', ['list', 'table', family, NFT_TABLE_NAME], { check: false }).catch(() => null);
+    if (nft !== null && nft.exitCode === 0) return 'nftables';
+  }
   const link = await run('ip', ['link', 'show', KUBE_IPVS_DUMMY_DEVICE], { check: false }).catch(() => null);
   if (link !== null && link.exitCode === 0) return 'ipvs';
   for (const backend of IPTABLES_BACKENDS) {
-    const tools = new IptablesTools(backend);
-    if (!(await tools.exists())) continue;
-    const save = await tools.save('nat').catch(() => '');
-    if (parseIptablesSave(save).get('nat')?.chains.includes('KUBE-SERVICES')) return 'iptables';
+    for (const family of programmedFamilies()) {
+      const tools = new IptablesTools(backend, family);
+      if (!(await tools.exists())) continue;
+      const save = await tools.save('nat').catch(() => '');
+      if (parseIptablesSave(save).get('nat')?.chains.includes('KUBE-SERVICES')) return 'iptables';
+    }
   }
   return null;
 }

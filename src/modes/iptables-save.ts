@@ -6,6 +6,7 @@
  * `-m recent --rcheck --seconds N` is ClientIP affinity. Pure: text in, data out.
  */
 import type { ListedBackend, ListedService, Listing } from '../model/listing.js';
+import type { IpFamily } from '../model/ip.js';
 
 export interface SavedRule {
   chain: string;
@@ -110,7 +111,8 @@ export function ruleFacts(args: readonly string[]): RuleFacts {
     switch (a) {
       case '-d':
       case '--destination':
-        facts.destination = (next ?? '').replace(/\/32$/, '');
+        // iptables-save writes single addresses as /32, ip6tables-save as /128.
+        facts.destination = (next ?? '').replace(/\/(32|128)$/, '');
         i++;
         break;
       case '-p':
@@ -169,9 +171,10 @@ function serviceNameOf(comment: string | null): string | null {
   return /^[^ /]+\/[^ ]+$/.test(name) ? name : null;
 }
 
+/** DNAT's `--to-destination`: `10.0.0.1:80`, or `[fd00::1]:80` for IPv6. */
 function parseEndpoint(dest: string): { address: string; port: number } | null {
-  const m = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(dest);
-  return m ? { address: m[1] as string, port: Number(m[2]) } : null;
+  const m = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(dest) ?? /^\[([0-9a-fA-F:.]+)\]:(\d+)$/.exec(dest);
+  return m ? { address: (m[1] as string).toLowerCase(), port: Number(m[2]) } : null;
 }
 
 interface Walk {
@@ -197,11 +200,13 @@ function walkChain(rulesByChain: Map<string, SavedRule[]>, chain: string, visite
 }
 
 /**
- * The services an iptables-save dump (nat and, when present, filter) programs. NodePorts are
- * listed on 0.0.0.0 (every local address, as kube-proxy's default --nodeport-addresses);
- * services that only have a REJECT/DROP rule (no endpoints) are listed without backends.
+ * The services an iptables-save (or ip6tables-save, `family` IPv6) dump (nat and, when present,
+ * filter) programs. NodePorts are listed on 0.0.0.0 or :: (every local address, as kube-proxy's
+ * default --nodeport-addresses); services that only have a REJECT/DROP rule (no endpoints) are
+ * listed without backends.
  */
-export function iptablesListing(save: string, source: string): Listing {
+export function iptablesListing(save: string, source: string, family: IpFamily = 'IPv4'): Listing {
+  const anyAddress = family === 'IPv6' ? '::' : '0.0.0.0';
   const tables = parseIptablesSave(save);
   const nat = tables.get('nat') ?? { chains: [], rules: [] };
   const filter = tables.get('filter') ?? { chains: [], rules: [] };
@@ -245,14 +250,14 @@ export function iptablesListing(save: string, source: string): Listing {
     if (f.target === null || !rulesByChain.has(f.target) || f.destination === '127.0.0.0/8') continue;
     const walk: Walk = { backends: [], persistentSeconds: 0 };
     walkChain(rulesByChain, f.target, new Set(), walk);
-    add(f.protocol, '0.0.0.0', f.dport, serviceNameOf(f.comment), walk);
+    add(f.protocol, anyAddress, f.dport, serviceNameOf(f.comment), walk);
   }
   // Ports without usable endpoints are refused in the filter table.
   for (const rule of filter.rules) {
     if (rule.chain !== 'KUBE-SERVICES' && rule.chain !== 'KUBE-EXTERNAL-SERVICES') continue;
     const f = ruleFacts(rule.args);
     if (f.target !== 'REJECT' && f.target !== 'DROP') continue;
-    const address = f.destination ?? (f.dstLocal ? '0.0.0.0' : null);
+    const address = f.destination ?? (f.dstLocal ? anyAddress : null);
     if (address === null) continue;
     add(f.protocol, address, f.dport, serviceNameOf(f.comment), { backends: [], persistentSeconds: 0 });
   }

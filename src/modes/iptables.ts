@@ -9,9 +9,13 @@
  *     more are flushed and deleted — every sync, as kube-proxy, except in large clusters where
  *     only full syncs pay for the dump;
  *   - one `iptables-restore --noflush`: each table is replaced atomically.
- * After a failure nothing is trusted: the next sync is full.
+ * Both families, as kube-proxy's two proxiers: IPv4's ServicePorts with iptables-restore, IPv6's
+ * with ip6tables-restore of the same backend, each family's partial sync naming only its own
+ * changed ServicePorts (their keys differ by family). After a failure in either family nothing
+ * is trusted: the next sync is full for both.
  */
 import type { DesiredState } from '../model/types.js';
+import type { IpFamily } from '../model/ip.js';
 import { diffDesiredState } from '../model/diff.js';
 import type { Dataplane, SyncResult } from '../model/dataplane.js';
 import { iptablesJumpRules, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, renderIptables, type IptablesJumpRule } from '../render/iptables.js';
@@ -19,13 +23,15 @@ import { resolveOptions, type RenderOptions } from '../render/options.js';
 import { DataplaneError } from '../errors.js';
 import { componentLogger } from '../log.js';
 import { chainsOf } from './iptables-save.js';
-import { setSysctl, type IptablesTools } from './tools.js';
+import { programmedFamilies, setSysctl, type IptablesTools } from './tools.js';
 
 const log = componentLogger('iptables');
 
 export interface IptablesDataplaneOptions {
   /** Force a full sync after this many partial ones (the agent also asks for one periodically). */
   fullSyncEvery?: number;
+  /** The families programmed (default: IPv4, and IPv6 where the kernel has it). */
+  families?: IpFamily[];
 }
 
 /** Distinct endpoints any traffic may reach, over all services. */
@@ -73,6 +79,7 @@ export class IptablesDataplane implements Dataplane {
   private applied: DesiredState | null = null;
   private partialsSinceFull = 0;
   private readonly fullSyncEvery: number;
+  readonly families: IpFamily[];
 
   constructor(
     private readonly tools: IptablesTools,
@@ -81,6 +88,7 @@ export class IptablesDataplane implements Dataplane {
   ) {
     this.mode = `iptables (${tools.backend})`;
     this.fullSyncEvery = opts.fullSyncEvery ?? 60;
+    this.families = opts.families ?? programmedFamilies();
   }
 
   get backend(): string {
@@ -96,11 +104,6 @@ export class IptablesDataplane implements Dataplane {
     let changed: string[];
     let onlyChanged: Set<string> | undefined;
     if (doFull) {
-      writes += await ensureJumpRules(this.tools, iptablesJumpRules());
-      if (resolveOptions(this.render).localhostNodePorts) {
-        // Localhost NodePorts DNAT 127.0.0.1 to a pod: the kernel drops that without route_localnet.
-        await setSysctl('net.ipv4.conf.all.route_localnet', '1');
-      }
       changed = state.services.map((e) => e.key);
       if (previous !== null) changed.push(...diffDesiredState(previous, state).removed);
     } else {
@@ -109,28 +112,42 @@ export class IptablesDataplane implements Dataplane {
       onlyChanged = new Set(changed);
     }
 
-    const totalEndpoints = state.services.reduce((n, s) => n + s.endpoints.length, 0);
-    const largeCluster = totalEndpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
-    const existingNatChains = doFull || !largeCluster ? chainsOf(await this.tools.save('nat'), 'nat') : undefined;
+    let deletes = 0;
+    for (const family of this.families) {
+      const tools = this.tools.forFamily(family);
+      if (doFull) {
+        writes += await ensureJumpRules(tools, iptablesJumpRules());
+        if (resolveOptions(this.render, family).localhostNodePorts) {
+          // Localhost NodePorts DNAT 127.0.0.1 to a pod: the kernel drops that without route_localnet.
+          await setSysctl('net.ipv4.conf.all.route_localnet', '1');
+        }
+      }
+      const totalEndpoints = state.services.reduce((n, s) => n + (s.service.family === family ? s.endpoints.length : 0), 0);
+      const largeCluster = totalEndpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+      const existingNatChains = doFull || !largeCluster ? chainsOf(await tools.save('nat'), 'nat') : undefined;
 
-    const text = renderIptables(state, this.render, {
-      ...(onlyChanged === undefined ? {} : { onlyChanged }),
-      ...(existingNatChains === undefined ? {} : { existingNatChains }),
-    });
-    try {
-      await this.tools.restore(text, { noflush: true });
-    } catch (err) {
-      log.error({ err: (err as Error).message, full: doFull }, 'iptables-restore failed; the next sync is full');
-      throw err;
+      const text = renderIptables(state, this.render, {
+        family,
+        ...(onlyChanged === undefined ? {} : { onlyChanged }),
+        ...(existingNatChains === undefined ? {} : { existingNatChains }),
+      });
+      try {
+        await tools.restore(text, { noflush: true });
+      } catch (err) {
+        log.error({ err: (err as Error).message, full: doFull, family }, `${tools.iptables}-restore failed; the next sync is full`);
+        throw err;
+      }
+      const counts = countRestoreLines(text);
+      writes += counts.writes;
+      deletes += counts.deletes;
     }
-    const counts = countRestoreLines(text);
     this.applied = state;
     this.partialsSinceFull = doFull ? 0 : this.partialsSinceFull + 1;
     return {
       services: state.services.length,
       backends: countBackends(state),
-      writes: writes + counts.writes,
-      deletes: counts.deletes,
+      writes,
+      deletes,
       failed: [],
       changed: [...new Set(changed)].sort(),
     };

@@ -4,20 +4,24 @@
  * and firewall rules matching those sets), and the virtual servers themselves, changed
  * incrementally against what `ipvsadm -Sn` reports (src/modes/ipvsadm.ts).
  *
+ * Both families, as kube-proxy's two IPVS proxiers: IPv6's virtual servers, KUBE-6- ipsets,
+ * /128 kube-ipvs0 addresses and ip6tables glue beside IPv4's (where the kernel has IPv6).
+ *
  * Many kernels (this project's CI kernel among them) have no IPVS at all: detectIpvs() tells
  * the user so in one line before anything is touched.
  */
 import { existsSync } from 'node:fs';
 import type { DesiredState } from '../model/types.js';
+import type { IpFamily } from '../model/ip.js';
 import { diffDesiredState } from '../model/diff.js';
 import type { Dataplane, SyncResult } from '../model/dataplane.js';
-import { KUBE_IPVS_DUMMY_DEVICE, ipvsIptablesJumpRules, renderIpvs } from '../render/ipvs.js';
+import { KUBE_IPVS_DUMMY_DEVICE, hostPrefix, ipvsIptablesJumpRules, renderIpvs } from '../render/ipvs.js';
 import { resolveOptions, type RenderOptions } from '../render/options.js';
 import { DataplaneError, ToolError } from '../errors.js';
 import { componentLogger } from '../log.js';
 import { ipvsadmChanges, parseIpvsadmSave } from './ipvsadm.js';
 import { ensureJumpRules, countBackends } from './iptables.js';
-import { setSysctl, type IptablesTools } from './tools.js';
+import { programmedFamilies, setSysctl, type IptablesTools } from './tools.js';
 import { run } from '../process/run.js';
 
 const log = componentLogger('ipvs');
@@ -67,10 +71,14 @@ export async function detectIpvs(procPath = PROC_IP_VS): Promise<void> {
   }
 }
 
-/** Addresses bound to a link (`ip -4 -o addr show dev LINK`), without prefix length. */
+/** Addresses of both families bound to a link (`ip -o addr show dev LINK`), without prefix length. */
 export function parseLinkAddresses(ipOutput: string): string[] {
   const out: string[] = [];
-  for (const m of ipOutput.matchAll(/\binet (\d+\.\d+\.\d+\.\d+)\/\d+/g)) out.push(m[1] as string);
+  for (const m of ipOutput.matchAll(/\binet6? ([0-9a-fA-F:.]+)\/\d+/g)) {
+    const ip = (m[1] as string).toLowerCase();
+    // The kernel's own link-local address of the link is not a Service address.
+    if (!ip.startsWith('fe80:')) out.push(ip);
+  }
   return out;
 }
 
@@ -82,6 +90,7 @@ export class IpvsDataplane implements Dataplane {
   constructor(
     private readonly tools: IptablesTools,
     private readonly render: RenderOptions,
+    readonly families: IpFamily[] = programmedFamilies(),
   ) {}
 
   /** The dummy link, the sysctls IPVS + iptables need, and the jump rules. */
@@ -94,7 +103,10 @@ export class IpvsDataplane implements Dataplane {
     await setSysctl('net.ipv4.vs.expire_nodest_conn', '1');
     await setSysctl('net.ipv4.vs.expire_quiescent_template', '1');
     await setSysctl('net.ipv4.ip_forward', '1');
-    return ensureJumpRules(this.tools, ipvsIptablesJumpRules());
+    if (this.families.includes('IPv6')) await setSysctl('net.ipv6.conf.all.forwarding', '1');
+    let inserted = 0;
+    for (const family of this.families) inserted += await ensureJumpRules(this.tools.forFamily(family), ipvsIptablesJumpRules());
+    return inserted;
   }
 
   async sync(state: DesiredState, full: boolean): Promise<SyncResult> {
@@ -107,22 +119,27 @@ export class IpvsDataplane implements Dataplane {
       writes += await this.prepare();
       this.prepared = true;
     }
-    const rendering = renderIpvs(state, this.render);
-    // Sets before the rules that match them.
-    await run('ipset', ['restore', '-exist'], { input: rendering.ipset });
-    await this.tools.restore(rendering.iptables, { noflush: true });
+    const renderings = this.families.map((family) => renderIpvs(state, this.render, family));
+    for (const rendering of renderings) {
+      // Sets before the rules that match them.
+      await run('ipset', ['restore', '-exist'], { input: rendering.ipset });
+      await this.tools.forFamily(rendering.family).restore(rendering.iptables, { noflush: true });
+    }
 
-    const bound = parseLinkAddresses((await run('ip', ['-4', '-o', 'addr', 'show', 'dev', KUBE_IPVS_DUMMY_DEVICE])).stdout);
-    const wanted = new Set(rendering.addresses);
+    const bound = parseLinkAddresses((await run('ip', ['-o', 'addr', 'show', 'dev', KUBE_IPVS_DUMMY_DEVICE])).stdout);
+    const addresses = renderings.flatMap((r) => r.addresses);
+    const wanted = new Set(addresses);
     // Bind before the virtual servers appear, unbind after they are gone.
-    for (const ip of rendering.addresses) {
+    for (const ip of addresses) {
       if (bound.includes(ip)) continue;
-      await run('ip', ['addr', 'add', `${ip}/32`, 'dev', KUBE_IPVS_DUMMY_DEVICE]);
+      await run('ip', ['addr', 'add', hostPrefix(ip), 'dev', KUBE_IPVS_DUMMY_DEVICE]);
       writes++;
     }
-    const owned = new Set([...bound, ...rendering.addresses, ...resolveOptions(this.render).nodePortIPs]);
+    const nodePortIPs = this.families.flatMap((family) => resolveOptions(this.render, family).nodePortIPs);
+    const owned = new Set([...bound, ...addresses, ...nodePortIPs]);
     const current = parseIpvsadmSave((await run('ipvsadm', ['-Sn'])).stdout);
-    const changes = ipvsadmChanges(current, parseIpvsadmSave(rendering.ipvsadm), owned);
+    const desired = renderings.flatMap((r) => parseIpvsadmSave(r.ipvsadm));
+    const changes = ipvsadmChanges(current, desired, owned);
     if (changes.length > 0) await run('ipvsadm', ['-R'], { input: `${changes.join('\n')}\n` });
     for (const line of changes) {
       if (/^-[AEae] /.test(line)) writes++;
@@ -130,7 +147,7 @@ export class IpvsDataplane implements Dataplane {
     }
     for (const ip of bound) {
       if (wanted.has(ip)) continue;
-      await run('ip', ['addr', 'del', `${ip}/32`, 'dev', KUBE_IPVS_DUMMY_DEVICE]);
+      await run('ip', ['addr', 'del', hostPrefix(ip), 'dev', KUBE_IPVS_DUMMY_DEVICE]);
       deletes++;
     }
     log.debug({ changes: changes.length }, 'ipvs synced');

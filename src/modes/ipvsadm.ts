@@ -6,6 +6,7 @@
  * wanted (-d real servers, -D virtual servers). Pure: text in, commands out.
  */
 import type { ListedService, Listing } from '../model/listing.js';
+import { joinHostPort } from '../model/ip.js';
 import { splitRuleLine } from './iptables-save.js';
 
 export type IpvsProtocolFlag = '-t' | '-u' | '--sctp-service';
@@ -36,13 +37,14 @@ const METHOD_FLAGS: Record<string, IpvsRealServer['method']> = {
   '-m': '-m', '--masquerading': '-m', '-g': '-g', '--gatewaying': '-g', '-i': '-i', '--ipip': '-i',
 };
 
+/** `10.0.0.1:80` or, as ipvsadm writes IPv6, `[fd00::1]:80`. */
 function splitAddress(text: string): { address: string; port: number } | null {
-  const m = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(text);
-  return m ? { address: m[1] as string, port: Number(m[2]) } : null;
+  const m = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(text) ?? /^\[([0-9a-fA-F:.]+)\]:(\d+)$/.exec(text);
+  return m ? { address: (m[1] as string).toLowerCase(), port: Number(m[2]) } : null;
 }
 
 export function virtualServerId(vs: Pick<IpvsVirtualServer, 'protocol' | 'address' | 'port'>): string {
-  return `${vs.protocol} ${vs.address}:${vs.port}`;
+  return `${vs.protocol} ${joinHostPort(vs.address, vs.port)}`;
 }
 
 /**
@@ -108,7 +110,7 @@ export function parseIpvsadmSave(text: string): IpvsVirtualServer[] {
 }
 
 function serviceArgs(vs: IpvsVirtualServer): string {
-  return `${vs.protocol} ${vs.address}:${vs.port}`;
+  return `${vs.protocol} ${joinHostPort(vs.address, vs.port)}`;
 }
 
 function serviceOptions(vs: IpvsVirtualServer): string {
@@ -116,7 +118,7 @@ function serviceOptions(vs: IpvsVirtualServer): string {
 }
 
 function realArgs(vs: IpvsVirtualServer, rs: IpvsRealServer): string {
-  return `${serviceArgs(vs)} -r ${rs.address}:${rs.port}`;
+  return `${serviceArgs(vs)} -r ${joinHostPort(rs.address, rs.port)}`;
 }
 
 /**

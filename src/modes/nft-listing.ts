@@ -87,8 +87,12 @@ function elementParts(e: Json): { key: Json[]; comment: string | null; verdict: 
   return { key: parts, comment, verdict: e[1] as Json };
 }
 
-/** Parses `nft -j list table ip kube-proxy` into the service table `vipr list` prints. */
-export function nftListing(jsonText: string, source: string): Listing {
+/**
+ * Parses `nft -j list table ip kube-proxy` (or `ip6 kube-proxy`: NodePorts then listed on ::)
+ * into the service table `vipr list` prints.
+ */
+export function nftListing(jsonText: string, source: string, family: 'ip' | 'ip6' = 'ip'): Listing {
+  const anyAddress = family === 'ip6' ? '::' : '0.0.0.0';
   let doc: Json;
   try {
     doc = JSON.parse(jsonText) as Json;
@@ -159,13 +163,13 @@ export function nftListing(jsonText: string, source: string): Listing {
     const [proto, port] = p.key;
     const chain = targetsIn(p.verdict, [])[0] ?? null;
     if (typeof proto !== 'string' || typeof port !== 'number') continue;
-    add(proto, '0.0.0.0', port, chain === null ? null : serviceNameFromChain(chain), chain);
+    add(proto, anyAddress, port, chain === null ? null : serviceNameFromChain(chain), chain);
   }
   for (const [mapName, hasAddress] of [['no-endpoint-services', true], ['no-endpoint-nodeports', false]] as const) {
     for (const e of maps.get(mapName)?.elem ?? []) {
       const p = elementParts(e);
       if (!p) continue;
-      const [ip, proto, port] = hasAddress ? p.key : ['0.0.0.0', ...p.key];
+      const [ip, proto, port] = hasAddress ? p.key : [anyAddress, ...p.key];
       if (typeof ip !== 'string' || typeof proto !== 'string' || typeof port !== 'number') continue;
       add(proto, ip, port, p.comment, null);
     }

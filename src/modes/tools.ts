@@ -4,7 +4,9 @@
  * rules, else what `iptables --version` says the system default is. The tools themselves run
  * through src/process/run.ts (argv arrays, rule text on stdin, a ToolError on failure).
  */
+import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
+import type { IpFamily } from '../model/ip.js';
 import { DataplaneError, ToolError } from '../errors.js';
 import { run, toolExists, type RunResult } from '../process/run.js';
 
@@ -18,22 +20,33 @@ export function parseIptablesBackendChoice(value: string): IptablesBackendChoice
   throw new DataplaneError(`--iptables-backend ${value}: expected auto, legacy or nft`);
 }
 
-/** One iptables backend, through its explicit binaries (never the `iptables` alternative). */
+/**
+ * One iptables backend of one family, through its explicit binaries (never the `iptables`
+ * alternative): iptables-legacy / iptables-nft for IPv4, ip6tables-legacy / ip6tables-nft for IPv6.
+ */
 export class IptablesTools {
-  constructor(readonly backend: IptablesBackend) {}
+  constructor(
+    readonly backend: IptablesBackend,
+    readonly family: IpFamily = 'IPv4',
+  ) {}
+
+  /** The same backend's tools for the other family's tables. */
+  forFamily(family: IpFamily): IptablesTools {
+    return new IptablesTools(this.backend, family);
+  }
 
   get iptables(): string {
-    return `iptables-${this.backend}`;
+    return `${this.family === 'IPv6' ? 'ip6tables' : 'iptables'}-${this.backend}`;
   }
 
   /** `iptables-restore` input applied atomically per table; `noflush` keeps chains not declared. */
   async restore(text: string, opts: { noflush: boolean } = { noflush: true }): Promise<void> {
-    await run(`iptables-${this.backend}-restore`, opts.noflush ? ['--noflush'] : [], { input: text });
+    await run(`${this.iptables}-restore`, opts.noflush ? ['--noflush'] : [], { input: text });
   }
 
   /** `iptables-save [-t table]`. */
   async save(table?: 'nat' | 'filter'): Promise<string> {
-    const { stdout } = await run(`iptables-${this.backend}-save`, table === undefined ? [] : ['-t', table]);
+    const { stdout } = await run(`${this.iptables}-save`, table === undefined ? [] : ['-t', table]);
     return stdout;
   }
 
@@ -44,8 +57,18 @@ export class IptablesTools {
 
   /** Whether this backend's binaries are installed. */
   exists(): Promise<boolean> {
-    return toolExists(`iptables-${this.backend}-save`);
+    return toolExists(`${this.iptables}-save`);
   }
+}
+
+/** Whether this kernel (and network namespace) has IPv6 at all; without it only IPv4 is programmed. */
+export function ipv6Enabled(): boolean {
+  return existsSync('/proc/sys/net/ipv6');
+}
+
+/** The families the fallback modes program here: IPv4, and IPv6 where the kernel has it. */
+export function programmedFamilies(): IpFamily[] {
+  return ipv6Enabled() ? ['IPv4', 'IPv6'] : ['IPv4'];
 }
 
 /** Lines of an iptables-save dump that belong to Kubernetes (rules and chains named KUBE-*). */

@@ -59,7 +59,7 @@ export interface NftSyncPlan {
   cleanup: string | null;
   /** The `nft -f` transactions of the sync, in order; empty when nothing differs. */
   transactions: string[];
-  /** ServicePort keys whose programming changes (rewritten or removed), sorted. */
+  /** ServiceEntry keys whose programming changes (rewritten or removed), sorted. */
   changed: string[];
   /** Rules and elements added; elements, sets and chains deleted or flushed as stale. */
   writes: number;
@@ -308,7 +308,7 @@ export class NftTableWriter {
       writes += n.writes;
       deletes += n.deletes;
     }
-    const changed = [...new Set([...rewrite.map((s) => s.key), ...removed.map((s) => s.key)])].sort();
+    const changed = [...new Set([...rewrite.map((s) => s.entryKey), ...removed.map((s) => s.entryKey)])].sort();
 
     const commit = (): void => {
       let w = this.written;

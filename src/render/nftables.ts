@@ -124,6 +124,8 @@ export type NftRule = Extract<NftCommand, { kind: 'rule' }>;
 export interface NftServicePort {
   /** ServicePortName.String(). */
   key: string;
+  /** The ServiceEntry's key (the family's: `ns/name:port IPv6` for IPv6). */
+  entryKey: string;
   /** `namespace/name`: what the change trackers name. */
   serviceName: string;
   /** Chains declared, endpoint chains first (nft resolves jump targets as it reads). */
@@ -420,6 +422,7 @@ export function nftServicePort(entry: ServiceEntry, opts: ResolvedOptions): NftS
   }
   return {
     key: name,
+    entryKey: entry.key,
     serviceName: facts.serviceName,
     chains,
     elements: dispatch.list as NftElement[],
