@@ -77,6 +77,23 @@ static __always_inline bool ct6_addr_zero(const __be32 a[4])
 	return !(a[0] | a[1] | a[2] | a[3]);
 }
 
+/*
+ * Sets VIPR_CT_F_CLOSING in an IPv6 value atomically, as ct4_set_flags does for IPv4 (the word
+ * holding nat_port, flags and tcp_flags, fetch-or'ed); returns whether this call set it.
+ */
+#define CT6_FLAGS_WORD_OFF __builtin_offsetof(struct vipr_ct6_value, nat_port)
+_Static_assert(CT6_FLAGS_WORD_OFF % 4 == 0 &&
+	       __builtin_offsetof(struct vipr_ct6_value, flags) - CT6_FLAGS_WORD_OFF ==
+	       __builtin_offsetof(struct vipr_ct_value, flags) - CT_FLAGS_WORD_OFF,
+	       "vipr_ct6_value.flags lies in its word as vipr_ct_value.flags does");
+static __always_inline bool ct6_gc_set_closing(struct vipr_ct6_value *ct)
+{
+	__u32 *word = (__u32 *)((void *)ct + CT6_FLAGS_WORD_OFF);
+	__u32 old = __sync_fetch_and_or(word, (__u32)VIPR_CT_F_CLOSING << CT_FLAGS_SHIFT);
+
+	return !((old >> CT_FLAGS_SHIFT) & VIPR_CT_F_CLOSING);
+}
+
 /* The reply key of an IPv6 flow from its forward key and value (as ct4_reply_key_of). */
 static __always_inline void ct6_gc_reply_key_of(struct vipr_ct6_key *rep, const struct vipr_ct6_key *fwd,
 						const struct vipr_ct6_value *ct)
@@ -230,7 +247,7 @@ static __always_inline int ct6_gc_visit(struct bpf_iter__bpf_map_elem *ctx, enum
 		report.kept += peer ? 2 : 1;
 		return 0;
 	}
-	if (ct_set_flags(&ct->flags, VIPR_CT_F_CLOSING))
+	if (ct6_gc_set_closing(ct))
 		lc_account(ct->backend_id, -1);
 	if (bpf_map_delete_elem(map, &key) == 0)
 		report.deleted++;

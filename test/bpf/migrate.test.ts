@@ -78,7 +78,9 @@ afterAll(() => {
 describe('migrating pinned maps', () => {
   test('previous layout → current: each flow lands in its map with both entries, later writes follow, the old pin goes', () => {
     expect(existsSync(PREVIOUS)).toBe(true);
-    const old = LoadedDatapath.load(pinDir, PREVIOUS);
+    // The test build of the previous layout declares IPv6's maps too (bpf/lib/maps.h has them in
+    // both builds); sized as the upgrade asks, they leave only the layout change to migrate.
+    const old = LoadedDatapath.load(pinDir, PREVIOUS, { ctSizes: ctSizes({ tcp: 65536, udp: 65536 }) });
     expect(old.layout).toBe('previous');
     expect(old.migration).toBeNull();
     const before = [...ESTABLISHED, ...ESTABLISHED_SNAT, ...HALF_OPEN, ...UDP, ORPHAN_REPLY];
@@ -133,8 +135,11 @@ describe('migrating pinned maps', () => {
 
     const grown = LoadedDatapath.load(pinDir, CURRENT, { ctSizes: ctSizes({ tcp: 131072, udp: 65536 }) });
     try {
-      // The half-open map follows (a quarter of the established one's size).
-      expect(grown.migration?.describe()).toEqual([`${tcpName}: 65536 → 131072 entries`, `${MAPS.ctTcpSyn.name}: 16384 → 32768 entries`]);
+      // The half-open map follows (a quarter of the established one's size), and IPv6's two the same.
+      expect(grown.migration?.describe()).toEqual([
+        `${tcpName}: 65536 → 131072 entries`, `${MAPS.ctTcpSyn.name}: 16384 → 32768 entries`,
+        `${MAPS.ctTcp6.name}: 65536 → 131072 entries`, `${MAPS.ctTcpSyn6.name}: 16384 → 32768 entries`,
+      ]);
       expect(grown.ctMaxEntries.ctTcp).toBe(131072);
       expect(keysOf(grown.maps.ctTcp)).toEqual(held);
       expect(readdirSync(pinDir)).toContain('vipr_resizing_ct_tcp_v1');
