@@ -46,8 +46,8 @@ function data(src: string, sport: number): string {
   return p.dst;
 }
 
-test('the maps have the sizes asked for: established TCP, a quarter of it half-open, UDP apart', () => {
-  expect(fx.dp.ctMaxEntries).toEqual({ ctTcp: 4096, ctTcpSyn: 1024, ctUdp: 1024 });
+test('the maps have the sizes asked for: established TCP, a quarter of it half-open, UDP apart; IPv6\'s the same', () => {
+  expect(fx.dp.ctMaxEntries).toEqual({ ctTcp: 4096, ctTcpSyn: 1024, ctUdp: 1024, ctTcp6: 4096, ctTcpSyn6: 1024, ctUdp6: 1024 });
 });
 
 test('established flows keep their backend through a flood of more SYNs and UDP flows than all maps hold', () => {
