@@ -221,8 +221,9 @@ export function spreadSteps(churns: number, count: number, phase: number): Set<n
 async function soakLabUp(prefix: string, mode: DataplaneMode, backends: number, sockPath: string): Promise<SoakLab> {
   const name = labNameFor(prefix, mode);
   if (await labExists(name)) await labDown(name);
-  const plan = planLab({ name, backends });
-  const { state } = await labUp({ name, backends, manifestsDir: null, agent: false });
+  // The soak measures IPv4 Services: its labs are IPv4 only.
+  const plan = planLab({ name, backends, ipFamily: 'ipv4' });
+  const { state } = await labUp({ name, backends, ipFamily: 'ipv4', manifestsDir: null, agent: false });
   const node = plan.nodes[0];
   if (!node) throw new Error('soak lab has no node');
   const servers = new Map<string, { pid: number; startTime: number }>();

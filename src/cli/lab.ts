@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { copyFile } from 'node:fs/promises';
 import { formatComparison, labVm, LAB_VM_MODES, type LabVmMode } from '../lab/vm.js';
 import { ConfigError } from '../errors.js';
+import { joinHostPort } from '../model/ip.js';
 import { formatError } from './errors.js';
 import { runInteractive } from '../lab/exec.js';
 import {
@@ -21,14 +22,23 @@ import {
   type LabStatus,
 } from '../lab/lab.js';
 import {
+  DEFAULT_LAB_IP_FAMILY,
   DEFAULT_LAB_NAME,
   EXTERNAL_IP,
+  EXTERNAL_IP6,
+  LAB_IP_FAMILIES,
   labNameProblem,
   LOAD_BALANCER_CIDR,
+  LOAD_BALANCER_CIDR6,
   MAX_BACKENDS,
   MAX_NODES,
+  SERVICE_CIDR,
+  SERVICE_CIDR6,
   UNDERLAY_CIDR,
+  UNDERLAY_CIDR6,
+  type LabIpFamily,
 } from '../lab/topology.js';
+import { NGINX_SERVICE } from '../lab/manifests.js';
 
 export const summary = 'a lab of network namespaces (client, nodes, backends) to run vipr in';
 
@@ -37,7 +47,7 @@ const USAGE = `usage: vipr lab <command> [options]
 commands:
   up      create the lab: namespaces, veths, backend servers, manifests, and an agent per node
           [--name N] [--nodes N (default 1)] [--backends N per node (default 3)]
-          [--manifests DIR] [--no-agent]
+          [--ip-family ipv4|ipv6|dual (default ${DEFAULT_LAB_IP_FAMILY})] [--manifests DIR] [--no-agent]
           [--agent-main PATH (the vipr main.js the agent runs from; default dist/src/cli/main.js)]
   down    stop the lab's processes, delete its namespaces, pin dirs and state   [--name N]
   exec    run a command in a host's namespace: vipr lab exec [--name N] HOST -- CMD [ARGS...]
@@ -57,6 +67,13 @@ ${UNDERLAY_CIDR} (.1<i>, the agent's --node-ip, --node-name node<i>), pods 10.24
 routes between nodes, backends numbered across nodes (node1 be1..beB, node2 beB+1..), the client
 on node1's eth1, and host 'ext' (${EXTERNAL_IP}, role external) that routes only the underlay
 and ${LOAD_BALANCER_CIDR} (LoadBalancer IPs) via node1.
+
+--ip-family dual (the default) gives every link an IPv6 address beside the IPv4 one (ipv6: only
+those): client fd00:172:30::2 -- node fd00:172:30::1, pods fd00:10:244:<node>::11.. (<node> 0 with
+one node, i with --nodes), underlay ${UNDERLAY_CIDR6} (node<i> ::1<i>, ext ${EXTERNAL_IP6}),
+Services in ${SERVICE_CIDR} and ${SERVICE_CIDR6} (nginx-service ${NGINX_SERVICE.clusterIP} and
+${NGINX_SERVICE.clusterIP6}), LoadBalancer IPs in ${LOAD_BALANCER_CIDR6}. Every Service of the
+default manifests is dual-stack, with an EndpointSlice per family.
 
 The default lab is named '${DEFAULT_LAB_NAME}'; every namespace is named after the lab
 (<name>-client, <name>-node, <name>-be1...), so labs with different names can run side by side.
@@ -86,6 +103,7 @@ async function up(argv: string[]): Promise<number> {
       nodes: { type: 'string' },
       backends: { type: 'string' },
       manifests: { type: 'string' },
+      'ip-family': { type: 'string' },
       'no-agent': { type: 'boolean', default: false },
       'agent-main': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
@@ -105,27 +123,37 @@ async function up(argv: string[]): Promise<number> {
   if (!Number.isInteger(nodes) || nodes < 1 || nodes > MAX_NODES) {
     throw new ConfigError(`--nodes must be an integer from 1 to ${MAX_NODES}, got '${values.nodes}'`);
   }
+  const ipFamily = values['ip-family'] ?? DEFAULT_LAB_IP_FAMILY;
+  if (!(LAB_IP_FAMILIES as readonly string[]).includes(ipFamily)) {
+    throw new ConfigError(`--ip-family must be one of ${LAB_IP_FAMILIES.join(', ')}, got '${ipFamily}'`);
+  }
   const { state } = await labUp({
     name,
     backends,
     nodes,
+    ipFamily: ipFamily as LabIpFamily,
     manifestsDir: values.manifests ?? null,
     agent: !values['no-agent'],
     ...(values['agent-main'] === undefined ? {} : { agentMain: values['agent-main'] }),
     onProgress: (line) => out(`- ${line}`),
   });
   const agents = state.processes.filter((p) => p.kind === 'agent');
-  out(`lab '${name}' is up: ${state.hosts.map((h) => h.name).join(', ')}`);
+  out(`lab '${name}' is up (${state.ipFamily}): ${state.hosts.map((h) => h.name).join(', ')}`);
   out(`  manifests: ${state.manifestsDir}`);
   if (agents.length === 0) out('  agent: not started (--no-agent)');
   else if (state.nodes.length === 1) out(`  agent: pid ${agents[0]?.pid}, log ${agents[0]?.log}`);
   else for (const a of agents) out(`  agent on ${a.host}: pid ${a.pid}, log ${a.log}`);
   const named = name === DEFAULT_LAB_NAME ? '' : ` --name ${name}`;
-  out(`  try: vipr lab exec${named} client -- curl -s http://10.0.0.213/`);
+  const v4 = state.ipFamily !== 'ipv6';
+  const v6 = state.ipFamily !== 'ipv4';
+  const tries: string[] = [];
+  if (v4) tries.push(`vipr lab exec${named} client -- curl -s http://${NGINX_SERVICE.clusterIP}/`);
+  if (v6) tries.push(`vipr lab exec${named} client -- curl -s -g http://[${NGINX_SERVICE.clusterIP6}]/`);
   if (state.nodes.length > 1) {
-    const ip = state.nodes[1]?.nodeIp ?? state.nodes[0]?.nodeIp;
-    if (ip) out(`       vipr lab exec${named} ext -- curl -s http://${ip}:30080/`);
+    const last = state.nodes[state.nodes.length - 1];
+    for (const ip of last?.nodeIps ?? []) tries.push(`vipr lab exec${named} ext -- curl -s ${ip.includes(':') ? `-g http://[${ip}]` : `http://${ip}`}:30080/`);
   }
+  tries.forEach((t, i) => out(`${i === 0 ? '  try: ' : '       '}${t}`));
   return 0;
 }
 
@@ -207,7 +235,7 @@ function table(rows: string[][]): string[] {
 }
 
 function printStatus(s: LabStatus): void {
-  out(`lab '${s.name}'${s.phase === 'up' ? '' : ' (incomplete: up did not finish)'}`);
+  out(`lab '${s.name}' (${s.ipFamily})${s.phase === 'up' ? '' : ' (incomplete: up did not finish)'}`);
   out('');
   const hostRows = [['HOST', 'ROLE', 'NETNS', 'ADDRESSES']];
   for (const h of s.hosts) {
@@ -221,19 +249,20 @@ function printStatus(s: LabStatus): void {
   if (s.nodes.length > 1) {
     const nodeRows = [['NODE', 'NODE IP', 'POD CIDR', 'AGENT', 'PIN DIR']];
     for (const n of s.nodes) {
-      nodeRows.push([n.name, n.nodeIp ?? '-', n.podCidr, n.agentPid === null ? n.agent : `${n.agent} (pid ${n.agentPid})`, n.pinDir]);
+      nodeRows.push([n.name, n.nodeIps.join(',') || '-', n.podCidrs.join(','), n.agentPid === null ? n.agent : `${n.agent} (pid ${n.agentPid})`, n.pinDir]);
     }
     for (const line of table(nodeRows)) out(line);
-    if (s.underlay) out(`underlay: ${s.underlay.cidr}, bridge ${s.underlay.bridge} in ${s.underlay.netns} (host 'net')`);
+    if (s.underlay) out(`underlay: ${s.underlay.cidrs.join(', ')}, bridge ${s.underlay.bridge} in ${s.underlay.netns} (host 'net')`);
     out('');
   }
   const svcRows = [['SERVICE', 'TYPE', 'FRONTEND', 'ENDPOINTS']];
   for (const svc of s.services) {
     for (const p of svc.ports) {
       // ClusterIP first, then what the service also answers on: LB / external IPs, NodePort.
+      const clusterIPs = svc.clusterIPs.length === 0 ? [`None:${p.port}`] : svc.clusterIPs.map((ip) => joinHostPort(ip, p.port));
       const frontends = [
-        `${svc.clusterIP ?? 'None'}:${p.port}/${p.protocol}`,
-        ...[...svc.loadBalancerIPs, ...svc.externalIPs].map((ip) => `${ip}:${p.port}`),
+        ...clusterIPs.map((f) => `${f}/${p.protocol}`),
+        ...[...svc.loadBalancerIPs, ...svc.externalIPs].map((ip) => joinHostPort(ip, p.port)),
         ...(p.nodePort === 0 ? [] : [`<node>:${p.nodePort}`]),
       ];
       const local = svc.externalTrafficPolicy === 'Local' && (svc.type === 'NodePort' || svc.type === 'LoadBalancer');

@@ -34,12 +34,17 @@ import {
   type LabUnderlayState,
 } from './state.js';
 import {
+  CLUSTER_CIDR,
+  CLUSTER_CIDR6,
+  DEFAULT_LAB_IP_FAMILY,
+  labFamilies,
   labNetnsPattern,
   nodePinDir,
   planHosts,
   planLab,
   UNDERLAY_HOST,
   type HostRole,
+  type LabIpFamily,
   type LabPlan,
   type NodePlan,
 } from './topology.js';
@@ -96,6 +101,8 @@ export interface LabUpOptions {
   backends: number;
   /** Default 1: the one-node lab (`<name>-node`); more: `<name>-node1`... on an underlay. */
   nodes?: number;
+  /** The address families of the lab's links (default dual). */
+  ipFamily?: LabIpFamily;
   /** A manifests directory to use as is; null = write the default manifests into the state dir. */
   manifestsDir: string | null;
   agent: boolean;
@@ -129,23 +136,32 @@ function agentReady(log: string): boolean {
 }
 
 /**
+ * Every pod CIDR of the lab (10.244.<node>.0/24, fd00:10:244:<node>::/64) lies inside one of these:
+ * `--cluster-cidr` in kube-proxy's dual-stack form (IPv4 first, comma-separated).
+ */
+export function labClusterCidr(ipFamily: LabIpFamily): string {
+  return labFamilies(ipFamily)
+    .map((f) => (f === 'IPv4' ? CLUSTER_CIDR : CLUSTER_CIDR6))
+    .join(',');
+}
+
+/**
  * The command line of `node`'s agent (default: the first node), inside the node's namespace (a
  * contract with `vipr run`). The lab's EndpointSlices name each pod's node, so Local traffic
- * policies depend on `--node-name`; multi-node labs also give the node IP (NodePort, SNAT).
+ * policies depend on `--node-name`; multi-node labs also give the node IP of each family
+ * (NodePort, SNAT; a family without one is not served).
  */
-/** Every pod CIDR of the lab (10.244.<node>.0/24) lies inside. */
-export const LAB_CLUSTER_CIDR = '10.244.0.0/16';
-
 export function agentArgv(state: LabState, agentMain: string, node: LabNodeState | undefined = state.nodes[0]): string[] {
   if (!node) throw new Error(`lab '${state.name}' has no node`);
   const argv = [process.execPath, agentMain, 'run', '--manifests', state.manifestsDir];
   for (const iface of node.agentIfaces) argv.push('--iface', iface);
   argv.push('--pin-dir', node.pinDir, '--node-name', node.nodeName);
   // Pods are internal traffic (externalTrafficPolicy Local short-circuits them to every endpoint).
-  argv.push('--cluster-cidr', LAB_CLUSTER_CIDR);
-  if (node.nodeIp !== null) {
+  argv.push('--cluster-cidr', labClusterCidr(state.ipFamily));
+  if (node.nodeIps.length > 0) {
+    for (const ip of node.nodeIps) argv.push('--node-ip', ip);
     // The underlay stands for the NIC: XDP balances what arrives there from outside.
-    argv.push('--node-ip', node.nodeIp, '--xdp', node.agentIfaces[0] as string);
+    argv.push('--xdp', node.agentIfaces[0] as string);
   }
   // Socket LB serves the node's own processes and pods: they run in this cgroup.
   if (node.cgroup !== undefined) argv.push('--cgroup-root', node.cgroup);
@@ -194,7 +210,9 @@ function nodeStates(plan: LabPlan, stateDir: string): LabNodeState[] {
     nodeName: node.nodeName,
     netns: node.netns,
     nodeIp: node.nodeIp,
+    nodeIps: node.nodeIps,
     podCidr: node.podCidr,
+    podCidrs: node.podCidrs,
     pinDir: single ? defaultPinDir(plan.name) : nodePinDir(plan.name, node.name),
     agentIfaces: node.agentIfaces,
     agentLog: join(stateDir, single ? 'agent.log' : `agent-${node.name}.log`),
@@ -202,7 +220,9 @@ function nodeStates(plan: LabPlan, stateDir: string): LabNodeState[] {
 }
 
 function underlayState(plan: LabPlan): LabUnderlayState | null {
-  return plan.underlay ? { netns: plan.underlay.netns, bridge: plan.underlay.bridge, cidr: plan.underlay.cidr } : null;
+  return plan.underlay
+    ? { netns: plan.underlay.netns, bridge: plan.underlay.bridge, cidr: plan.underlay.cidr, cidrs: plan.underlay.cidrs }
+    : null;
 }
 
 const BPF_FS_MAGIC = 0xcafe4a11;
@@ -229,7 +249,7 @@ async function startServers(state: LabState, nodes: readonly NodePlan[], save: (
     try {
       const p = await startInNetns({
         netns: be.netns,
-        argv: [process.execPath, script, '--name', be.name],
+        argv: [process.execPath, script, '--name', be.name, '--families', labFamilies(state.ipFamily).map((f) => f.toLowerCase()).join(',')],
         cgroup: hostCgroup(state, be.name),
         log,
         ready: (text) => text.includes(`backend-server ${be.name}: listening`),
@@ -348,7 +368,8 @@ export async function labRestartAgent(name: string, opts: RestartAgentOptions): 
  */
 export async function labUp(opts: LabUpOptions): Promise<LabUpResult> {
   const progress = opts.onProgress ?? (() => undefined);
-  const plan = planLab({ name: opts.name, backends: opts.backends, nodes: opts.nodes ?? 1 });
+  const ipFamily = opts.ipFamily ?? DEFAULT_LAB_IP_FAMILY;
+  const plan = planLab({ name: opts.name, backends: opts.backends, nodes: opts.nodes ?? 1, ipFamily });
   const node = plan.nodes[0];
   if (!node) throw new Error('lab plan has no node');
 
@@ -376,6 +397,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabUpResult> {
   const state: LabState = {
     version: 1,
     name: opts.name,
+    ipFamily,
     phase: 'creating',
     createdAt: new Date().toISOString(),
     backends: opts.backends,
@@ -555,7 +577,7 @@ export interface LabHostStatus {
   node: string | null;
   /** Whether the namespace exists now. */
   present: boolean;
-  /** Live IPv4 addresses (CIDR) of every interface but lo. */
+  /** Live addresses (CIDR; IPv4, then IPv6 but link-local) of every interface but lo. */
   addresses: string[];
   interfaces: { ifname: string; addresses: string[] }[];
 }
@@ -581,6 +603,7 @@ export interface LabNodeStatus extends Omit<LabNodeState, 'host'> {
 
 export interface LabStatus {
   name: string;
+  ipFamily: LabIpFamily;
   phase: LabState['phase'];
   stateDir: string;
   /** The first node's pin dir (see `nodes` for every node's). */
@@ -643,6 +666,7 @@ export async function labStatus(name: string): Promise<LabStatus> {
   const summary = await summarizeManifestDir(state.manifestsDir);
   return {
     name: state.name,
+    ipFamily: state.ipFamily,
     phase: state.phase,
     stateDir: state.stateDir,
     pinDir: state.pinDir,

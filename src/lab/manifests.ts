@@ -2,21 +2,40 @@
  * The lab's Kubernetes objects: the default manifests `up` writes (a TCP ClusterIP service and a
  * UDP one, each with an EndpointSlice listing the lab's backends; a multi-node lab adds a NodePort
  * and a LoadBalancer service), and a summary of whatever services a manifests directory holds, for
- * `status`.
+ * `status`. In a dual-stack lab every Service is RequireDualStack with a cluster IP of each family
+ * (IPv4 first, as a cluster whose primary family is IPv4 assigns them) and has one EndpointSlice
+ * per family (addressType IPv4 and IPv6), as the EndpointSlice controller writes them; an
+ * IPv6-only lab's Services are SingleStack IPv6.
  */
 import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { loadManifestDir, type ManifestLoad } from '../sources/manifest.js';
-import type { NodePlan } from './topology.js';
+import { joinHostPort, type IpFamily } from '../model/ip.js';
+import { addressOfFamily, type NodePlan } from './topology.js';
 
-export const NGINX_SERVICE = { namespace: 'default', name: 'nginx-service', clusterIP: '10.0.0.213', port: 80, targetPort: 80 };
-export const ECHO_UDP_SERVICE = { namespace: 'default', name: 'echo-udp', clusterIP: '10.0.0.53', port: 53, targetPort: 5353 };
+export const NGINX_SERVICE = {
+  namespace: 'default',
+  name: 'nginx-service',
+  clusterIP: '10.0.0.213',
+  clusterIP6: 'fd00:10:96::213',
+  port: 80,
+  targetPort: 80,
+};
+export const ECHO_UDP_SERVICE = {
+  namespace: 'default',
+  name: 'echo-udp',
+  clusterIP: '10.0.0.53',
+  clusterIP6: 'fd00:10:96::53',
+  port: 53,
+  targetPort: 5353,
+};
 /** Multi-node labs only: every pod behind a NodePort on every node. */
 export const WEB_NODEPORT_SERVICE = {
   namespace: 'default',
   name: 'web-nodeport',
   clusterIP: '10.0.0.80',
+  clusterIP6: 'fd00:10:96::80',
   port: 80,
   targetPort: 80,
   nodePort: 30080,
@@ -29,10 +48,12 @@ export const WEB_LB_SERVICE = {
   namespace: 'default',
   name: 'web-lb',
   clusterIP: '10.0.0.81',
+  clusterIP6: 'fd00:10:96::81',
   port: 80,
   targetPort: 80,
   nodePort: 30081,
   loadBalancerIP: '10.250.0.10',
+  loadBalancerIP6: 'fd00:10:250::10',
   healthCheckNodePort: 32000,
 };
 
@@ -40,45 +61,62 @@ interface ServiceShape {
   namespace: string;
   name: string;
   clusterIP: string;
+  clusterIP6: string;
   port: number;
   targetPort: number;
 }
 
 type Manifest = Record<string, unknown>;
 
-function service(svc: ServiceShape, protocol: 'TCP' | 'UDP', selector: Record<string, string>): Manifest {
+/** The Service's cluster IPs in the lab's families (IPv4 first). */
+function clusterIPs(svc: ServiceShape, families: readonly IpFamily[]): string[] {
+  return families.map((f) => (f === 'IPv4' ? svc.clusterIP : svc.clusterIP6));
+}
+
+function service(svc: ServiceShape, protocol: 'TCP' | 'UDP', selector: Record<string, string>, families: readonly IpFamily[]): Manifest {
+  const ips = clusterIPs(svc, families);
+  // The IPv4 lab's Services are written as they always were (the API server would add
+  // ipFamilies [IPv4] and SingleStack; the sources read the same either way).
+  const familyFields =
+    families.length === 1 && families[0] === 'IPv4'
+      ? {}
+      : { ipFamilies: [...families], ipFamilyPolicy: families.length === 2 ? 'RequireDualStack' : 'SingleStack' };
   return {
     apiVersion: 'v1',
     kind: 'Service',
     metadata: { namespace: svc.namespace, name: svc.name },
     spec: {
       type: 'ClusterIP',
-      clusterIP: svc.clusterIP,
-      clusterIPs: [svc.clusterIP],
+      clusterIP: ips[0],
+      clusterIPs: ips,
+      ...familyFields,
       selector,
       ports: [{ protocol, port: svc.port, targetPort: svc.targetPort }],
     },
   };
 }
 
-/** One slice listing every pod of `nodes`, each with its node's name (Local policies use it). */
-function endpointSlice(svc: ServiceShape, protocol: 'TCP' | 'UDP', nodes: readonly NodePlan[]): Manifest {
+/**
+ * One slice of addressType `family` listing every pod of `nodes`, each with its node's name (Local
+ * policies use it). The IPv4 slice keeps the name it always had; the IPv6 one is `<svc>-lab-ipv6`.
+ */
+function endpointSlice(svc: ServiceShape, protocol: 'TCP' | 'UDP', nodes: readonly NodePlan[], family: IpFamily): Manifest {
   return {
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',
     metadata: {
       namespace: svc.namespace,
-      name: `${svc.name}-lab`,
+      name: family === 'IPv4' ? `${svc.name}-lab` : `${svc.name}-lab-ipv6`,
       labels: {
         'kubernetes.io/service-name': svc.name,
         'endpointslice.kubernetes.io/managed-by': 'vipr-lab',
       },
     },
-    addressType: 'IPv4',
+    addressType: family,
     ports: [{ name: '', protocol, port: svc.targetPort }],
     endpoints: nodes.flatMap((node) =>
       node.backends.map((be) => ({
-        addresses: [be.ip],
+        addresses: [addressOfFamily(be.ips, family) as string],
         conditions: { ready: true, serving: true, terminating: false },
         nodeName: node.nodeName,
         targetRef: { kind: 'Pod', namespace: svc.namespace, name: be.name },
@@ -87,48 +125,52 @@ function endpointSlice(svc: ServiceShape, protocol: 'TCP' | 'UDP', nodes: readon
   };
 }
 
-function nodePortService(): Manifest {
+function nodePortService(families: readonly IpFamily[]): Manifest {
   const svc = WEB_NODEPORT_SERVICE;
-  const manifest = service(svc, 'TCP', { app: 'web' });
+  const manifest = service(svc, 'TCP', { app: 'web' }, families);
   const spec = manifest.spec as Record<string, unknown>;
   spec.type = 'NodePort';
   spec.ports = [{ protocol: 'TCP', port: svc.port, targetPort: svc.targetPort, nodePort: svc.nodePort }];
   return manifest;
 }
 
-function loadBalancerService(): Manifest {
+function loadBalancerService(families: readonly IpFamily[]): Manifest {
   const svc = WEB_LB_SERVICE;
-  const manifest = service(svc, 'TCP', { app: 'web' });
+  const manifest = service(svc, 'TCP', { app: 'web' }, families);
   const spec = manifest.spec as Record<string, unknown>;
   spec.type = 'LoadBalancer';
   spec.ports = [{ protocol: 'TCP', port: svc.port, targetPort: svc.targetPort, nodePort: svc.nodePort }];
   spec.externalTrafficPolicy = 'Local';
   spec.healthCheckNodePort = svc.healthCheckNodePort;
-  // What a load balancer controller writes once it has an address for the service.
-  manifest.status = { loadBalancer: { ingress: [{ ip: svc.loadBalancerIP }] } };
+  // What a load balancer controller writes once it has an address (one per family) for the service.
+  const ingress = families.map((f) => ({ ip: f === 'IPv4' ? svc.loadBalancerIP : svc.loadBalancerIP6 }));
+  manifest.status = { loadBalancer: { ingress } };
   return manifest;
 }
 
+/** The families the lab's pods have addresses of (those of the first node's gateways), IPv4 first. */
+function familiesOfNodes(nodes: readonly NodePlan[]): IpFamily[] {
+  const gateways = nodes[0]?.podGateways ?? [];
+  return (['IPv4', 'IPv6'] as const).filter((f) => addressOfFamily(gateways, f) !== null);
+}
+
 /**
- * The default manifests as file name → YAML text (multi-document: Service, then its slice), with
- * endpoints on every given node. With one node: nginx-service and echo-udp, as the lab always had;
- * with several, web-nodeport and web-lb too.
+ * The default manifests as file name → YAML text (multi-document: Service, then its slice per
+ * family), with endpoints on every given node, in the families the nodes' pods have addresses of.
+ * With one node: nginx-service and echo-udp, as the lab always had; with several, web-nodeport and
+ * web-lb too.
  */
 export function defaultManifests(nodes: NodePlan | readonly NodePlan[]): Map<string, string> {
   const all: readonly NodePlan[] = Array.isArray(nodes) ? nodes : [nodes as NodePlan];
+  const families = familiesOfNodes(all);
   const files = new Map<string, string>();
   const render = (docs: Manifest[]): string => docs.map((d) => stringify(d)).join('---\n');
-  files.set(
-    'nginx-service.yaml',
-    render([service(NGINX_SERVICE, 'TCP', { app: 'web' }), endpointSlice(NGINX_SERVICE, 'TCP', all)]),
-  );
-  files.set(
-    'echo-udp.yaml',
-    render([service(ECHO_UDP_SERVICE, 'UDP', { app: 'echo' }), endpointSlice(ECHO_UDP_SERVICE, 'UDP', all)]),
-  );
+  const slices = (svc: ServiceShape, protocol: 'TCP' | 'UDP'): Manifest[] => families.map((f) => endpointSlice(svc, protocol, all, f));
+  files.set('nginx-service.yaml', render([service(NGINX_SERVICE, 'TCP', { app: 'web' }, families), ...slices(NGINX_SERVICE, 'TCP')]));
+  files.set('echo-udp.yaml', render([service(ECHO_UDP_SERVICE, 'UDP', { app: 'echo' }, families), ...slices(ECHO_UDP_SERVICE, 'UDP')]));
   if (all.length > 1) {
-    files.set('web-nodeport.yaml', render([nodePortService(), endpointSlice(WEB_NODEPORT_SERVICE, 'TCP', all)]));
-    files.set('web-lb.yaml', render([loadBalancerService(), endpointSlice(WEB_LB_SERVICE, 'TCP', all)]));
+    files.set('web-nodeport.yaml', render([nodePortService(families), ...slices(WEB_NODEPORT_SERVICE, 'TCP')]));
+    files.set('web-lb.yaml', render([loadBalancerService(families), ...slices(WEB_LB_SERVICE, 'TCP')]));
   }
   return files;
 }
@@ -151,7 +193,7 @@ export interface ServicePortSummary {
   targetPort: number | string;
   /** 0 when the service has none. */
   nodePort: number;
-  /** `ip:port` of each ready endpoint from the service's EndpointSlices. */
+  /** `ip:port` (`[ip]:port` for IPv6) of each ready endpoint from the service's EndpointSlices, IPv4 ones first. */
   endpoints: string[];
   /** The node of each of `endpoints` (`nodeName`, null when the slice has none), in the same order. */
   endpointNodes: (string | null)[];
@@ -161,7 +203,10 @@ export interface ServiceSummary {
   namespace: string;
   name: string;
   type: string;
+  /** The first of clusterIPs (the primary family's), null for a headless Service. */
   clusterIP: string | null;
+  /** Every cluster IP, in spec order. */
+  clusterIPs: string[];
   externalIPs: string[];
   loadBalancerIPs: string[];
   externalTrafficPolicy: string;
@@ -188,7 +233,9 @@ export async function summarizeManifestDir(dir: string): Promise<ManifestDirSumm
   } catch (err) {
     return { services: [], problems: [err instanceof Error ? err.message : String(err)] };
   }
-  const slices = [...load.objects.endpointSlices.values()].filter((s) => s.addressType === 'IPv4');
+  // IPv4 slices first, then IPv6 ones (FQDN slices name no address a proxy could use).
+  const all = [...load.objects.endpointSlices.values()];
+  const slices = [...all.filter((s) => s.addressType === 'IPv4'), ...all.filter((s) => s.addressType === 'IPv6')];
   const services = [...load.objects.services.values()].map((svc): ServiceSummary => {
     const own = slices.filter((s) => s.namespace === svc.namespace && s.serviceName === svc.name);
     const ports = svc.ports.map((p): ServicePortSummary => {
@@ -200,7 +247,7 @@ export async function summarizeManifestDir(dir: string): Promise<ManifestDirSumm
               // As kube-proxy: a missing `ready` condition counts as ready.
               .filter((ep) => ep.conditions.ready !== false)
               .flatMap((ep) =>
-                ep.addresses[0] === undefined ? [] : [{ at: `${ep.addresses[0]}:${sp.port}`, node: ep.nodeName ?? null }],
+                ep.addresses[0] === undefined ? [] : [{ at: joinHostPort(ep.addresses[0], sp.port), node: ep.nodeName ?? null }],
               ),
           ),
       );
@@ -218,7 +265,8 @@ export async function summarizeManifestDir(dir: string): Promise<ManifestDirSumm
       namespace: svc.namespace,
       name: svc.name,
       type: svc.type,
-      clusterIP: svc.clusterIP,
+      clusterIP: svc.clusterIPs[0] ?? null,
+      clusterIPs: svc.clusterIPs,
       externalIPs: svc.externalIPs,
       loadBalancerIPs: svc.loadBalancerIPs,
       externalTrafficPolicy: svc.externalTrafficPolicy,

@@ -34,34 +34,42 @@ export async function netnsPids(netns: string): Promise<number[]> {
 
 export interface InterfaceAddresses {
   ifname: string;
-  /** IPv4 addresses in CIDR notation. */
+  /** IPv4 then IPv6 addresses (link-local ones left out) in CIDR notation. */
   addresses: string[];
 }
 
 interface IpAddrJson {
   ifname?: string;
-  addr_info?: { family?: string; local?: string; prefixlen?: number }[];
+  addr_info?: { family?: string; local?: string; prefixlen?: number; scope?: string }[];
 }
 
-/** The IPv4 addresses of every interface but `lo` in `netns`, as the kernel reports them now. */
+/**
+ * The addresses of every interface but `lo` in `netns`, as the kernel reports them now: IPv4
+ * first, then IPv6 without the link-local ones every interface has.
+ */
 export async function netnsAddresses(netns: string): Promise<InterfaceAddresses[]> {
-  const res = await run('ip', ['-j', '-n', netns, '-4', 'addr', 'show']);
+  const res = await run('ip', ['-j', '-n', netns, 'addr', 'show']);
   const parsed: unknown = JSON.parse(res.stdout.trim() === '' ? '[]' : res.stdout);
   if (!Array.isArray(parsed)) return [];
   const out: InterfaceAddresses[] = [];
   for (const entry of parsed as IpAddrJson[]) {
     if (!entry.ifname || entry.ifname === 'lo') continue;
-    const addresses = (entry.addr_info ?? [])
-      .filter((a) => a.family === 'inet' && a.local !== undefined)
-      .map((a) => `${a.local}/${a.prefixlen ?? 32}`);
-    out.push({ ifname: entry.ifname, addresses });
+    const info = (entry.addr_info ?? []).filter((a) => a.local !== undefined);
+    const v4 = info.filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen ?? 32}`);
+    const v6 = info.filter((a) => a.family === 'inet6' && a.scope !== 'link').map((a) => `${a.local}/${a.prefixlen ?? 128}`);
+    out.push({ ifname: entry.ifname, addresses: [...v4, ...v6] });
   }
   return out;
 }
 
+/** IPv6 addresses go in with `nodad`: usable at once, not `tentative` for the next second or two. */
+function isIpv6Cidr(cidr: string): boolean {
+  return cidr.includes(':');
+}
+
 async function configureEnd(end: VethEnd): Promise<void> {
   for (const addr of end.addresses) {
-    await run('ip', ['-n', end.netns, 'addr', 'add', addr, 'dev', end.ifname]);
+    await run('ip', ['-n', end.netns, 'addr', 'add', addr, 'dev', end.ifname, ...(isIpv6Cidr(addr) ? ['nodad'] : [])]);
   }
   // The lab's traffic is virtual end to end: with tx checksum offload on, veth hands partially
   // computed checksums to the receiver unchecked, and a NAT that forgets the L4 checksum update
@@ -71,7 +79,9 @@ async function configureEnd(end: VethEnd): Promise<void> {
 }
 
 function routeArgs(r: RouteSpec): string[] {
-  const args = ['-n', r.netns, 'route', 'add', r.dest];
+  // `default via <IPv6>` needs the family said: `ip` takes a bare `default` for IPv4.
+  const v6 = isIpv6Cidr(r.dest) || (r.via !== null && isIpv6Cidr(r.via));
+  const args = ['-n', r.netns, ...(v6 ? ['-6'] : []), 'route', 'add', r.dest];
   if (r.via !== null) args.push('via', r.via);
   args.push('dev', r.dev);
   if (r.onlink) args.push('onlink');
@@ -89,6 +99,12 @@ export async function buildNetwork(plan: LabPlan, onNetnsCreated: (netns: string
     await run('ip', ['netns', 'add', netns]);
     await onNetnsCreated(netns);
     await run('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+    if (plan.families.includes('IPv6')) {
+      // Before any link exists, so every address, link-local ones included, skips duplicate
+      // address detection: a lab address is unique by construction, and a tentative one would
+      // refuse to be used for the first second or two after up.
+      await run('sysctl', ['-q', '-w', 'net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0'], { netns });
+    }
     if (plan.noRedirects.includes(netns)) {
       // Before any link exists: `default` is what each new interface starts with, and an
       // interface sends redirects when either it or `all` says so.
@@ -116,7 +132,11 @@ export async function buildNetwork(plan: LabPlan, onNetnsCreated: (netns: string
     }
   }
   for (const ns of plan.forwarding) {
-    await run('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1'], { netns: ns });
+    const settings = [
+      ...(plan.families.includes('IPv4') ? ['net.ipv4.ip_forward=1'] : []),
+      ...(plan.families.includes('IPv6') ? ['net.ipv6.conf.all.forwarding=1'] : []),
+    ];
+    await run('sysctl', ['-q', '-w', ...settings], { netns: ns });
   }
   for (const r of plan.routes) {
     await run('ip', routeArgs(r));

@@ -8,7 +8,7 @@ import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { JsonFileError, parseJson, type JsonRecordKind } from '../json-file.js';
-import { DEFAULT_LAB_NAME, hostNetns, type HostRole } from './topology.js';
+import { DEFAULT_LAB_NAME, hostNetns, LAB_IP_FAMILIES, type HostRole, type LabIpFamily } from './topology.js';
 
 export const LAB_STATE_ROOT = '/run/vipr/lab';
 export const BPFFS_ROOT = '/sys/fs/bpf';
@@ -57,9 +57,14 @@ export interface LabNodeState {
   host: string;
   nodeName: string;
   netns: string;
-  /** The node IP on the underlay (the agent's `--node-ip`); null in the one-node lab. */
+  /** The node IP on the underlay of the lab's first family; null in the one-node lab. */
   nodeIp: string | null;
+  /** Every node IP on the underlay, IPv4 first (the agent's `--node-ip`s); [] in the one-node lab. */
+  nodeIps: string[];
+  /** The pod CIDR of the lab's first family. */
   podCidr: string;
+  /** The pod CIDR of each family, IPv4 first. */
+  podCidrs: string[];
   /** Where this node's agent pins; never shared by two agents. */
   pinDir: string;
   /** The node's interfaces the agent attaches to. */
@@ -75,12 +80,17 @@ export interface LabNodeState {
 export interface LabUnderlayState {
   netns: string;
   bridge: string;
+  /** Of the lab's first family. */
   cidr: string;
+  /** Of each family, IPv4 first. */
+  cidrs: string[];
 }
 
 export interface LabState {
   version: 1;
   name: string;
+  /** `--ip-family`: the address families of the lab's links (`ipv4` for labs made before IPv6). */
+  ipFamily: LabIpFamily;
   /** `creating` until `up` finished; a lab left in `creating` failed or is still being built. */
   phase: 'creating' | 'up';
   createdAt: string;
@@ -118,7 +128,8 @@ const HOST_ROLES = ['client', 'node', 'backend', 'external'] as const satisfies 
 
 /*
  * The state file as stored. Fields added after the first labs (nodes, underlay, agentIfaces,
- * agentMain, cgroup) may be absent: withNodes() fills in what a one-node lab had. Fields this
+ * agentMain, cgroup, ipFamily, nodeIps, podCidrs, cidrs) may be absent: withNodes() fills in
+ * what an IPv4 (one-node) lab had. Fields this
  * schema does not know pass through untouched, so a newer vipr's state survives a rewrite.
  */
 const LabInterfaceSchema = z.object({ ifname: z.string().min(1), addresses: z.array(z.string()) }).passthrough();
@@ -147,7 +158,9 @@ const LabNodeSchema = z
     nodeName: z.string().min(1),
     netns: z.string().min(1),
     nodeIp: z.string().nullable(),
+    nodeIps: z.array(z.string()).optional(),
     podCidr: z.string(),
+    podCidrs: z.array(z.string()).optional(),
     pinDir: z.string().min(1),
     agentIfaces: z.array(z.string()),
     agentLog: z.string(),
@@ -158,6 +171,7 @@ const StoredLabStateSchema = z
   .object({
     version: z.literal(1),
     name: z.string().min(1),
+    ipFamily: z.enum(LAB_IP_FAMILIES as [LabIpFamily, ...LabIpFamily[]]).optional(),
     phase: z.enum(['creating', 'up']),
     createdAt: z.string(),
     backends: z.number().int().nonnegative(),
@@ -171,7 +185,11 @@ const StoredLabStateSchema = z
     hosts: z.array(LabHostSchema),
     agentIfaces: z.array(z.string()).optional(),
     nodes: z.array(LabNodeSchema).optional(),
-    underlay: z.object({ netns: z.string(), bridge: z.string(), cidr: z.string() }).passthrough().nullable().optional(),
+    underlay: z
+      .object({ netns: z.string(), bridge: z.string(), cidr: z.string(), cidrs: z.array(z.string()).optional() })
+      .passthrough()
+      .nullable()
+      .optional(),
     processes: z.array(LabProcessSchema),
   })
   .passthrough();
@@ -190,9 +208,19 @@ function labStateKind(name: string): JsonRecordKind<StoredLabState> {
  * whose node, pin dir and interfaces the old fields describe.
  */
 function withNodes(state: StoredLabState): LabState {
-  if (state.nodes !== undefined) return { ...state, agentIfaces: state.agentIfaces ?? [], nodes: state.nodes, underlay: state.underlay ?? null };
+  const ipFamily = state.ipFamily ?? 'ipv4';
+  if (state.nodes !== undefined) {
+    const underlay = state.underlay ? { ...state.underlay, cidrs: state.underlay.cidrs ?? [state.underlay.cidr] } : null;
+    const nodes = state.nodes.map((n) => ({
+      ...n,
+      nodeIps: n.nodeIps ?? (n.nodeIp === null ? [] : [n.nodeIp]),
+      podCidrs: n.podCidrs ?? [n.podCidr],
+    }));
+    return { ...state, ipFamily, agentIfaces: state.agentIfaces ?? [], nodes, underlay };
+  }
   return {
     ...state,
+    ipFamily,
     agentIfaces: state.agentIfaces ?? [],
     nodes: [
       {
@@ -200,7 +228,9 @@ function withNodes(state: StoredLabState): LabState {
         nodeName: 'node',
         netns: hostNetns(state.name, 'node'),
         nodeIp: null,
+        nodeIps: [],
         podCidr: '10.244.0.0/24',
+        podCidrs: ['10.244.0.0/24'],
         pinDir: state.pinDir,
         agentIfaces: state.agentIfaces ?? [],
         agentLog: join(state.stateDir, 'agent.log'),

@@ -28,8 +28,8 @@ import {
   type LabStatusJson,
 } from '../helpers/lab.js';
 
-describe('two-node lab plan', () => {
-  const plan = planLab({ name: 'vipr', backends: 2, nodes: 2 });
+describe('two-node lab plan (--ip-family ipv4)', () => {
+  const plan = planLab({ name: 'vipr', backends: 2, nodes: 2, ipFamily: 'ipv4' });
 
   it('names hosts node1, node2 and ext, numbering backends across nodes', () => {
     expect(planHosts(plan).map((h) => [h.name, h.role, h.netns])).toEqual([
@@ -42,7 +42,7 @@ describe('two-node lab plan', () => {
       ['be4', 'backend', 'vipr-be4'],
       ['ext', 'external', 'vipr-ext'],
     ]);
-    expect(plan.underlay).toEqual({ netns: 'vipr-net', bridge: 'br0', cidr: '192.168.60.0/24', ports: ['node1', 'node2', 'ext'] });
+    expect(plan.underlay).toEqual({ netns: 'vipr-net', bridge: 'br0', cidr: '192.168.60.0/24', cidrs: ['192.168.60.0/24'], ports: ['node1', 'node2', 'ext'] });
   });
 
   it('gives each node an underlay IP, its own pod CIDR and every interface to its agent', () => {
@@ -97,7 +97,7 @@ describe('two-node lab plan', () => {
       '10.244.1.11@node1', '10.244.1.12@node1', '10.244.2.11@node2', '10.244.2.12@node2',
     ]);
     // The one-node lab keeps its two services.
-    expect([...defaultManifests(planLab({ name: 'x', backends: 1 }).nodes).keys()]).toEqual(['nginx-service.yaml', 'echo-udp.yaml']);
+    expect([...defaultManifests(planLab({ name: 'x', backends: 1, ipFamily: 'ipv4' }).nodes).keys()]).toEqual(['nginx-service.yaml', 'echo-udp.yaml']);
   });
 
   it('refuses node counts it cannot lay out', () => {
@@ -108,13 +108,13 @@ describe('two-node lab plan', () => {
   });
 });
 
-describe('vipr lab --nodes 2 (no agent)', () => {
+describe('vipr lab --nodes 2 --ip-family ipv4 (no agent)', () => {
   const lab = uniqueLabName('two');
   let status: LabStatusJson;
 
   beforeAll(async () => {
     await ensureBuilt();
-    await labUp(lab, { nodes: 2, backends: 2 });
+    await labUp(lab, { nodes: 2, backends: 2, ipFamily: 'ipv4' });
     status = await labStatus(lab);
   }, 180_000);
 
@@ -149,7 +149,9 @@ describe('vipr lab --nodes 2 (no agent)', () => {
         nodeName: 'node1',
         netns: `${lab}-node1`,
         nodeIp: '192.168.60.11',
+        nodeIps: ['192.168.60.11'],
         podCidr: '10.244.1.0/24',
+        podCidrs: ['10.244.1.0/24'],
         pinDir: `/sys/fs/bpf/vipr-${lab}-node1`,
         agentIfaces: ['eth0', 'eth1', 'vbe1', 'vbe2'],
         agentLog: `/run/vipr/lab/${lab}/agent-node1.log`,
@@ -162,7 +164,9 @@ describe('vipr lab --nodes 2 (no agent)', () => {
         nodeName: 'node2',
         netns: `${lab}-node2`,
         nodeIp: '192.168.60.12',
+        nodeIps: ['192.168.60.12'],
         podCidr: '10.244.2.0/24',
+        podCidrs: ['10.244.2.0/24'],
         pinDir: `/sys/fs/bpf/vipr-${lab}-node2`,
         agentIfaces: ['eth0', 'vbe3', 'vbe4'],
         agentLog: `/run/vipr/lab/${lab}/agent-node2.log`,
@@ -172,7 +176,7 @@ describe('vipr lab --nodes 2 (no agent)', () => {
       },
     ]);
     expect(status.pinDir).toBe(`/sys/fs/bpf/vipr-${lab}-node1`);
-    expect(status.underlay).toEqual({ netns: `${lab}-net`, bridge: 'br0', cidr: '192.168.60.0/24' });
+    expect(status.underlay).toEqual({ netns: `${lab}-net`, bridge: 'br0', cidr: '192.168.60.0/24', cidrs: ['192.168.60.0/24'] });
     expect(status.manifests).toBe(`/run/vipr/lab/${lab}/manifests`);
     expect(status.agent).toBe('disabled');
     expect(status.processes.map((p) => [p.kind, p.host, p.running])).toEqual(
@@ -305,19 +309,21 @@ process.on('SIGTERM', () => { clearInterval(keep); process.exit(0); });
     rmSync(work, { recursive: true, force: true });
   }, 60_000);
 
-  it('starts one agent per node with its interfaces, node name, node IP and pin dir', async () => {
+  it('starts one agent per node with its interfaces, node name, node IPs of both families and pin dir', async () => {
     await labUp(lab, { nodes: 2, backends: 1, agent: true, agentMain: agent });
     const node1 = seen('node1');
     const node2 = seen('node2');
     const manifests = `/run/vipr/lab/${lab}/manifests`;
     expect(node1.argv).toEqual([
       'run', '--manifests', manifests, '--iface', 'eth0', '--iface', 'eth1', '--iface', 'vbe1',
-      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node1`, '--node-name', 'node1', '--cluster-cidr', '10.244.0.0/16', '--node-ip', '192.168.60.11', '--xdp', 'eth0',
+      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node1`, '--node-name', 'node1',
+      '--cluster-cidr', '10.244.0.0/16,fd00:10:244::/56', '--node-ip', '192.168.60.11', '--node-ip', 'fd00:192:168:60::11', '--xdp', 'eth0',
       '--cgroup-root', `${labCgroupDirOf(lab)}/node1`, '--log-level', 'info',
     ]);
     expect(node2.argv).toEqual([
       'run', '--manifests', manifests, '--iface', 'eth0', '--iface', 'vbe2',
-      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node2`, '--node-name', 'node2', '--cluster-cidr', '10.244.0.0/16', '--node-ip', '192.168.60.12', '--xdp', 'eth0',
+      '--pin-dir', `/sys/fs/bpf/vipr-${lab}-node2`, '--node-name', 'node2',
+      '--cluster-cidr', '10.244.0.0/16,fd00:10:244::/56', '--node-ip', '192.168.60.12', '--node-ip', 'fd00:192:168:60::12', '--xdp', 'eth0',
       '--cgroup-root', `${labCgroupDirOf(lab)}/node2`, '--log-level', 'info',
     ]);
     expect(node1.netns).toBe(`net:[${statSync(`/run/netns/${lab}-node1`).ino}]`);

@@ -28,8 +28,8 @@ import {
   type LabStatusJson,
 } from '../helpers/lab.js';
 
-describe('lab plan', () => {
-  const plan = planLab({ name: 'vipr', backends: 3 });
+describe('lab plan (--ip-family ipv4)', () => {
+  const plan = planLab({ name: 'vipr', backends: 3, ipFamily: 'ipv4' });
 
   it('names every namespace after the lab', () => {
     expect(planHosts(plan).map((h) => [h.name, h.role, h.netns])).toEqual([
@@ -77,14 +77,15 @@ describe('lab plan', () => {
   });
 });
 
-describe('vipr lab (no agent)', () => {
+// `--ip-family ipv4`: exactly the lab as it was before IPv6 (test/e2e/dual-stack.test.ts has the default, dual).
+describe('vipr lab --ip-family ipv4 (no agent)', () => {
   const lab = uniqueLabName('lab');
   let status: LabStatusJson;
   let serverPids: number[] = [];
 
   beforeAll(async () => {
     await ensureBuilt();
-    await labUp(lab, { backends: 3 });
+    await labUp(lab, { backends: 3, ipFamily: 'ipv4' });
     status = await labStatus(lab);
     serverPids = status.processes.map((p) => p.pid);
   }, 180_000);
@@ -106,6 +107,7 @@ describe('vipr lab (no agent)', () => {
       { name: 'be3', role: 'backend', netns: `${lab}-be3`, addresses: ['10.244.0.13/32'] },
     ]);
     expect(status.agent).toBe('disabled');
+    expect(status.ipFamily).toBe('ipv4');
     expect(status.pinDir).toBe(`/sys/fs/bpf/vipr-${lab}`);
     expect(status.nodes).toEqual([
       {
@@ -113,7 +115,9 @@ describe('vipr lab (no agent)', () => {
         nodeName: 'node',
         netns: `${lab}-node`,
         nodeIp: null,
+        nodeIps: [],
         podCidr: '10.244.0.0/24',
+        podCidrs: ['10.244.0.0/24'],
         pinDir: `/sys/fs/bpf/vipr-${lab}`,
         agentIfaces: ['eth0', 'vbe1', 'vbe2', 'vbe3'],
         agentLog: `/run/vipr/lab/${lab}/agent.log`,
@@ -213,6 +217,9 @@ describe('vipr lab (no agent)', () => {
     expect(fwd.stdout.trim()).toBe('1');
     const clientFwd = await labExec(lab, 'client', ['sysctl', '-n', 'net.ipv4.ip_forward']);
     expect(clientFwd.stdout.trim()).toBe('0');
+    // IPv6 is left as a new namespace has it: no forwarding, duplicate address detection on.
+    const six = await labExec(lab, 'node', ['sysctl', '-n', 'net.ipv6.conf.all.forwarding', 'net.ipv6.conf.default.accept_dad']);
+    expect(six.stdout.trim().split('\n')).toEqual(['0', '1']);
   });
 
   it('exec passes the exit code through and runs in the host namespace (with /sys/fs/bpf untouched)', async () => {
@@ -277,7 +284,8 @@ describe('vipr lab with a stand-in agent', () => {
       '--iface', 'vbe1',
       '--iface', 'vbe2',
       '--pin-dir', `/sys/fs/bpf/vipr-${lab}`,
-      '--node-name', 'node', '--cluster-cidr', '10.244.0.0/16',
+      // The default lab is dual-stack: kube-proxy's dual-stack --cluster-cidr.
+      '--node-name', 'node', '--cluster-cidr', '10.244.0.0/16,fd00:10:244::/56',
       '--cgroup-root', `${labCgroupDirOf(lab)}/node`,
       '--log-level', 'info',
     ]);

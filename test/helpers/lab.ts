@@ -106,6 +106,8 @@ export interface LabUpOptions {
   backends?: number;
   /** Default 1 (the one-node lab); 2: node1 and node2 on an underlay, with host `ext`. */
   nodes?: number;
+  /** `--ip-family` (the lab's default, dual, when not given). */
+  ipFamily?: 'ipv4' | 'ipv6' | 'dual';
   /** Start the agent (default false: tests of the lab itself run without it). */
   agent?: boolean;
   /** The script the agent runs from (default: the built vipr). */
@@ -119,6 +121,7 @@ export async function labUp(name: string, opts: LabUpOptions = {}): Promise<CliR
   const args = ['lab', 'up', '--name', name];
   if (opts.nodes !== undefined) args.push('--nodes', String(opts.nodes));
   if (opts.backends !== undefined) args.push('--backends', String(opts.backends));
+  if (opts.ipFamily !== undefined) args.push('--ip-family', opts.ipFamily);
   if (!opts.agent) args.push('--no-agent');
   if (opts.agentMain !== undefined) args.push('--agent-main', opts.agentMain);
   if (opts.manifests !== undefined) args.push('--manifests', opts.manifests);
@@ -141,9 +144,12 @@ export interface LabNodeStatusJson {
   name: string;
   nodeName: string;
   netns: string;
-  /** Underlay address (the agent's --node-ip); null in the one-node lab. */
+  /** Underlay address of the lab's first family; null in the one-node lab. */
   nodeIp: string | null;
+  /** Underlay addresses, IPv4 first (the agent's --node-ip); [] in the one-node lab. */
+  nodeIps: string[];
   podCidr: string;
+  podCidrs: string[];
   pinDir: string;
   agentIfaces: string[];
   agentLog: string;
@@ -155,6 +161,7 @@ export interface LabNodeStatusJson {
 
 export interface LabStatusJson {
   name: string;
+  ipFamily: 'ipv4' | 'ipv6' | 'dual';
   phase: string;
   /** The first node's pin dir. */
   pinDir: string;
@@ -162,7 +169,7 @@ export interface LabStatusJson {
   manifests: string;
   agent: string;
   nodes: LabNodeStatusJson[];
-  underlay: { netns: string; bridge: string; cidr: string } | null;
+  underlay: { netns: string; bridge: string; cidr: string; cidrs: string[] } | null;
   hosts: {
     name: string;
     role: string;
@@ -179,6 +186,7 @@ export interface LabStatusJson {
     name: string;
     type: string;
     clusterIP: string | null;
+    clusterIPs: string[];
     externalIPs: string[];
     loadBalancerIPs: string[];
     externalTrafficPolicy: string;
@@ -308,12 +316,14 @@ export function labCgroupDirOf(name: string): string | null {
   return mount === undefined ? null : `${mount}/vipr-lab-${name}`;
 }
 
-/** Routes of the root namespace towards the lab's address ranges (there must never be any). */
+/** Routes of the root namespace towards the lab's address ranges of both families (there must never be any). */
 export async function rootRoutesToLab(): Promise<string[]> {
   const { stdout } = await execFileP('ip', ['-4', 'route', 'show', 'table', 'all']);
-  return stdout
-    .split('\n')
-    .filter((l) => /^(local |broadcast )?(172\.30\.|10\.244\.|10\.0\.0\.|10\.250\.|192\.168\.60\.)/.test(l.trim()));
+  const { stdout: six } = await execFileP('ip', ['-6', 'route', 'show', 'table', 'all']);
+  return [
+    ...stdout.split('\n').filter((l) => /^(local |broadcast )?(172\.30\.|10\.244\.|10\.0\.0\.|10\.250\.|192\.168\.60\.)/.test(l.trim())),
+    ...six.split('\n').filter((l) => /^(local |anycast |multicast )?fd00:(172:30|10:244|10:96|10:250|192:168:60):/.test(l.trim())),
+  ];
 }
 
 /**
