@@ -44,13 +44,17 @@ struct icmp6_reject {
 #define ICMP6_REJECT_ROOM (sizeof(struct icmp6_reject) - sizeof(struct ethhdr))
 #define ICMP6_QUOTE_MAX (IPV6_MIN_MTU - ICMP6_REJECT_ROOM)
 
-/* The quote is summed through a stack buffer this large (a multiple of 4, as bpf_csum_diff wants). */
-#define ICMP6_CSUM_CHUNK 64
+/*
+ * The quote is summed in chunks this large (a multiple of 4, as bpf_csum_diff wants) through the
+ * reject's own header buffer, before the header is built: the reject runs deep in the call chain,
+ * whose stack frames the verifier adds up (512 bytes at most), so it keeps its frame small.
+ */
+#define ICMP6_CSUM_CHUNK 48
+_Static_assert(ICMP6_CSUM_CHUNK <= sizeof(struct icmp6_reject), "the checksum chunk fits in the reject's buffer");
 
-/* One's complement sum (unfolded) of @len bytes of @skb from @off, through @buf. */
-static __always_inline int icmp6_sum_skb(struct __sk_buff *skb, __u32 off, __u32 len, __u32 *sum)
+/* One's complement sum (unfolded) of @len bytes of @skb from @off, through @buf (ICMP6_CSUM_CHUNK bytes). */
+static __always_inline int icmp6_sum_skb(struct __sk_buff *skb, __u32 off, __u32 len, __u32 *sum, __u8 *buf)
 {
-	__u8 buf[ICMP6_CSUM_CHUNK];
 	__u32 done, n;
 	__s64 s = *sum;
 
@@ -62,10 +66,10 @@ static __always_inline int icmp6_sum_skb(struct __sk_buff *skb, __u32 off, __u32
 			n = ICMP6_CSUM_CHUNK;
 		/* A short last chunk is summed zero-padded: chunks start at even offsets, so the
 		 * padding adds nothing (RFC 1071's odd trailing byte is the high half of a word). */
-		__builtin_memset(buf, 0, sizeof(buf));
+		__builtin_memset(buf, 0, ICMP6_CSUM_CHUNK);
 		if (n < 1 || bpf_skb_load_bytes(skb, off + done, buf, n))
 			return -1;
-		s = bpf_csum_diff(NULL, 0, (__be32 *)buf, sizeof(buf), s);
+		s = bpf_csum_diff(NULL, 0, (__be32 *)buf, ICMP6_CSUM_CHUNK, s);
 		if (s < 0)
 			return -1;
 	}
@@ -91,7 +95,7 @@ static __always_inline bool icmp6_may_answer(const __be32 saddr[4])
  */
 static __noinline int tc_icmp6_reject(struct __sk_buff *skb, const struct packet6 *pkt)
 {
-	struct icmp6_reject r = {};
+	struct icmp6_reject r;
 	__be32 ph_tail[2]; /* the pseudo-header past the addresses: upper-layer length, next header */
 	__u8 mac[ETH_ALEN];
 	__be16 payload_len;
@@ -105,8 +109,7 @@ static __noinline int tc_icmp6_reject(struct __sk_buff *skb, const struct packet
 		stats_count(VIPR_STAT_DROP_ICMP_RATE_LIMIT, skb->len);
 		return TC_ACT_SHOT;
 	}
-	if (bpf_skb_load_bytes(skb, 0, &r.eth, sizeof(r.eth)) ||
-	    bpf_skb_load_bytes(skb, pkt->l3_off + __builtin_offsetof(struct ipv6hdr, payload_len), &payload_len,
+	if (bpf_skb_load_bytes(skb, pkt->l3_off + __builtin_offsetof(struct ipv6hdr, payload_len), &payload_len,
 			       sizeof(payload_len)))
 		return TC_ACT_SHOT;
 
@@ -116,7 +119,11 @@ static __noinline int tc_icmp6_reject(struct __sk_buff *skb, const struct packet
 		quote_len = skb->len - pkt->l3_off;
 	if (quote_len > ICMP6_QUOTE_MAX)
 		quote_len = ICMP6_QUOTE_MAX;
-	if (icmp6_sum_skb(skb, pkt->l3_off, quote_len, &sum))
+	if (icmp6_sum_skb(skb, pkt->l3_off, quote_len, &sum, (__u8 *)&r))
+		return TC_ACT_SHOT;
+
+	__builtin_memset(&r, 0, sizeof(r));
+	if (bpf_skb_load_bytes(skb, 0, &r.eth, sizeof(r.eth)))
 		return TC_ACT_SHOT;
 
 	__builtin_memcpy(mac, r.eth.h_dest, ETH_ALEN);
