@@ -63,14 +63,18 @@ static __always_inline enum parse_result parse_icmp6_quote(struct cursor *c, __u
 			break;
 		if ((void *)(pos + 8) > c->end)
 			return PARSE_SHORT;
-		if (nexthdr == NEXTHDR_HOP || nexthdr == NEXTHDR_ROUTING || nexthdr == NEXTHDR_DEST)
+		/*
+		 * No routing header: with one the quoted L4 checksum covers the final destination, not
+		 * the address in the quoted header, and an update by the header's addresses would be wrong.
+		 */
+		if (nexthdr == NEXTHDR_HOP || nexthdr == NEXTHDR_DEST)
 			len = ((__u32)pos[1] + 1) * 8;
 		else if (nexthdr == NEXTHDR_AUTH)
 			len = ((__u32)pos[1] + 2) * 4;
 		else if (nexthdr == NEXTHDR_FRAGMENT && !(bpf_ntohs(*(__be16 *)(pos + 2)) & IP6_FRAG_OFFSET))
 			len = 8;
 		else
-			/* Another protocol, or a later fragment (no L4 header, nothing of the flow). */
+			/* A routing header, another protocol, or a later fragment (no L4 header). */
 			return PARSE_OTHER_L4;
 		nexthdr = pos[0];
 		pos += len;
