@@ -9,10 +9,11 @@ const HELP = `usage: vipr cleanup [--mode bpf|iptables|nftables|ipvs] [--pin-dir
 
 bpf (default): detaches vipr's programs (unpinning its TCX links; clsact filters in this network
 namespace) and removes its pinned maps. Tracked connections are forgotten.
-iptables: kube-proxy's cleanup, in both backends (legacy and nf_tables): the jump rules from the
-built-in chains, then every KUBE- chain of the nat and filter tables.
-nftables: the table ip kube-proxy.
-ipvs: the iptables rules as above, the virtual servers, the KUBE- ipsets and kube-ipvs0.
+iptables: kube-proxy's cleanup, in both backends (legacy and nf_tables) and both families
+(iptables, ip6tables): the jump rules from the built-in chains, then every KUBE- chain of the nat
+and filter tables.
+nftables: the tables ip kube-proxy and ip6 kube-proxy.
+ipvs: the iptables rules as above, the virtual servers, the KUBE- (and KUBE-6-) ipsets and kube-ipvs0.
 Each only if present. Established connections keep their NAT in conntrack.
 `;
 
