@@ -9,6 +9,9 @@
  * fragment of a service datagram as its flow (lib/frag.h) and rewrite ICMP errors about translated
  * flows back to what their receiver sent (lib/icmp_error.h).
  *
+ * IPv6 (lib/lb6.h) takes the same steps over its own maps; the entry points send a frame down
+ * one family's path by its ethertype.
+ *
  * Verdicts: TC_ACT_OK for everything not addressed to a service, so the programs can sit in
  * front of any other TC user (TCX links chain; clsact uses a fixed priority). TC_ACT_SHOT also for
  * a later fragment whose first fragment was never seen.
@@ -21,6 +24,10 @@
 #include "lib/icmp.h"
 #include "lib/icmp_error.h"
 #include "lib/pull.h"
+#include "lib/lb6.h"
+#include "lib/fib6.h"
+#include "lib/icmp6.h"
+#include "lib/icmp6_error.h"
 
 static __always_inline int tc_apply(struct __sk_buff *skb, const struct packet *pkt,
 				    enum lb_action action, const struct nat_plan *plan)
@@ -52,8 +59,67 @@ static __always_inline int tc_apply(struct __sk_buff *skb, const struct packet *
 	}
 }
 
-SEC("tc")
-int vipr_tc_ingress(struct __sk_buff *skb)
+static __noinline int tc_apply6(struct __sk_buff *skb, const struct packet6 *pkt,
+				     enum lb_action action, const struct nat_plan6 *plan)
+{
+	int ret;
+
+	switch (action) {
+	case LB_NAT:
+		if (tc_apply_plan6(skb, pkt, plan)) {
+			stats_count(VIPR_STAT_DROP_REWRITE, skb->len);
+			return TC_ACT_SHOT;
+		}
+		if (!ipv6_equal(plan->daddr, pkt->daddr))
+			stats_count(VIPR_STAT_DNAT, skb->len);
+		if (!plan->redirect)
+			return TC_ACT_OK;
+		ret = tc_fib6_redirect(skb, pkt, plan);
+		if (ret < 0) {
+			stats_count(VIPR_STAT_DROP_FIB, skb->len);
+			return TC_ACT_SHOT;
+		}
+		return ret;
+	case LB_DROP:
+		return TC_ACT_SHOT;
+	case LB_REJECT:
+		return tc_icmp6_reject(skb, pkt);
+	default:
+		return TC_ACT_OK;
+	}
+}
+
+/*
+ * The two families in subprograms of their own. The verifier adds up the stack frames of a call
+ * chain (512 bytes at most); with both paths inline in the entry point its frame held IPv4's
+ * locals and IPv6's on top of them, which do not fit together. Split, each has the whole budget.
+ */
+/* The ICMPv6 error path in a frame of its own, beside the flow path's rather than on top. */
+static __noinline int tc_lb6_icmp_error(struct __sk_buff *skb, const struct packet6 *pkt, bool ingress)
+{
+	return tc_icmp6_error(skb, pkt, ingress);
+}
+
+static __noinline int tc_lb6(struct __sk_buff *skb, bool ingress)
+{
+	struct packet6 pkt;
+	struct nat_plan6 plan;
+	enum lb_action action;
+
+	switch (tc_lb6_parse(skb, &pkt)) {
+	case LB_PACKET_FLOW:
+		action = ingress ? lb6_plan_ingress(&pkt, skb->len, &plan) : lb6_plan_egress(&pkt, skb->len, &plan);
+		return tc_apply6(skb, &pkt, action, &plan);
+	case LB_PACKET_ICMP_ERROR:
+		return tc_lb6_icmp_error(skb, &pkt, ingress);
+	case LB_PACKET_DROP:
+		return TC_ACT_SHOT;
+	default:
+		return TC_ACT_OK;
+	}
+}
+
+static __noinline int tc_lb4_ingress(struct __sk_buff *skb)
 {
 	struct packet pkt;
 	struct nat_plan plan;
@@ -70,8 +136,7 @@ int vipr_tc_ingress(struct __sk_buff *skb)
 	}
 }
 
-SEC("tc")
-int vipr_tc_egress(struct __sk_buff *skb)
+static __noinline int tc_lb4_egress(struct __sk_buff *skb)
 {
 	struct packet pkt;
 	struct nat_plan plan;
@@ -86,6 +151,22 @@ int vipr_tc_egress(struct __sk_buff *skb)
 	default:
 		return TC_ACT_OK;
 	}
+}
+
+SEC("tc")
+int vipr_tc_ingress(struct __sk_buff *skb)
+{
+	if (frame_is_ipv6((void *)(long)skb->data, (void *)(long)skb->data_end))
+		return tc_lb6(skb, true);
+	return tc_lb4_ingress(skb);
+}
+
+SEC("tc")
+int vipr_tc_egress(struct __sk_buff *skb)
+{
+	if (frame_is_ipv6((void *)(long)skb->data, (void *)(long)skb->data_end))
+		return tc_lb6(skb, false);
+	return tc_lb4_egress(skb);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -404,6 +404,17 @@ _Static_assert(sizeof(struct vipr_frag_ports) == 4, "vipr_frag_ports layout");
  * options, fragment, AH): a longer chain is passed untouched (VIPR_STAT_IPV6_EXT_HDR_LIMIT). */
 #define VIPR_IPV6_MAX_EXT_HDRS 6
 
+/*
+ * Source address of IPv6 hairpin flows: 100::a9fe:2a01 (169.254.42.1's bits in the last word).
+ * IPv6 has no 169.254/16 that a pod routes to its node: a link-local fe80:: source would be
+ * answered on the pod's link by neighbour discovery, which nobody answers. 100::/64 is the
+ * discard-only prefix (RFC 6666): no host has such an address, so the backend never takes it for
+ * itself or a real client, a pod's default route leads it back through the node (where the reply
+ * is reverse-translated before routing), and were it to leak, routers drop it.
+ */
+#define VIPR_HAIRPIN_ADDR6_HI 0x01000000 /* first word, host order */
+#define VIPR_HAIRPIN_ADDR6_LO 0xa9fe2a01 /* last word, host order; the two middle words are 0 */
+
 /* Key of vipr_services6_v1. A NodePort frontend's vip is :: (all zero), as VIPR_NODEPORT_VIP. */
 struct vipr_svc6_key {
 	__be32 vip[4];

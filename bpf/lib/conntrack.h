@@ -129,60 +129,106 @@ static __always_inline void lc_account(__u32 backend_id, int delta)
 _Static_assert(CT_FLAGS_WORD_OFF % 4 == 0, "the word holding vipr_ct_value.flags is aligned");
 _Static_assert(__builtin_offsetof(struct vipr_ct_value, flags) - CT_FLAGS_WORD_OFF < 4,
 	       "vipr_ct_value.flags lies in the word at CT_FLAGS_WORD_OFF");
+/* Where flags sits in its word; the same in vipr_ct6_value, so the flow-state code below serves both. */
+#define CT_FLAGS_IN_WORD (__builtin_offsetof(struct vipr_ct_value, flags) - CT_FLAGS_WORD_OFF)
+_Static_assert(__builtin_offsetof(struct vipr_ct6_value, nat_port) % 4 == 0 &&
+	       __builtin_offsetof(struct vipr_ct6_value, flags) -
+	       __builtin_offsetof(struct vipr_ct6_value, nat_port) == CT_FLAGS_IN_WORD,
+	       "vipr_ct6_value.flags lies in its word as vipr_ct_value.flags does");
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define CT_FLAGS_SHIFT ((__builtin_offsetof(struct vipr_ct_value, flags) - CT_FLAGS_WORD_OFF) * 8)
+#define CT_FLAGS_SHIFT (CT_FLAGS_IN_WORD * 8)
 #else
-#define CT_FLAGS_SHIFT ((3 - (__builtin_offsetof(struct vipr_ct_value, flags) - CT_FLAGS_WORD_OFF)) * 8)
+#define CT_FLAGS_SHIFT ((3 - CT_FLAGS_IN_WORD) * 8)
 #endif
 
-/* Sets @bits in ct->flags atomically; returns the bits of @bits that were clear (set by us). */
-static __always_inline __u8 ct4_set_flags(struct vipr_ct_value *ct, __u8 bits)
+/*
+ * Family-independent flow state: these take the fields of a vipr_ct_value or vipr_ct6_value
+ * (their layouts differ only in address width), so both families decide alike.
+ */
+
+/* Sets @bits in *@flags atomically; returns the bits of @bits that were clear (set by us). */
+static __always_inline __u8 ct_set_flags(__u8 *flags, __u8 bits)
 {
-	__u32 *word = (__u32 *)((void *)ct + CT_FLAGS_WORD_OFF);
+	__u32 *word = (__u32 *)((void *)flags - CT_FLAGS_IN_WORD);
 	__u32 old = __sync_fetch_and_or(word, (__u32)bits << CT_FLAGS_SHIFT);
 
 	return bits & ~(__u8)(old >> CT_FLAGS_SHIFT);
 }
 
+static __always_inline __u8 ct4_set_flags(struct vipr_ct_value *ct, __u8 bits)
+{
+	return ct_set_flags(&ct->flags, bits);
+}
+
 /* A reply was rewritten: the flow is established. */
+static __always_inline void ct_mark_replied(__u8 *flags)
+{
+	if (!(*flags & VIPR_CT_F_SEEN_REPLY))
+		ct_set_flags(flags, VIPR_CT_F_SEEN_REPLY);
+}
+
 static __always_inline void ct4_mark_replied(struct vipr_ct_value *ct)
 {
-	if (!(ct->flags & VIPR_CT_F_SEEN_REPLY))
-		ct4_set_flags(ct, VIPR_CT_F_SEEN_REPLY);
+	ct_mark_replied(&ct->flags);
 }
 
 /*
  * Updates a tracked flow with one more packet. The first FIN or RST marks it closing: a new SYN
  * on the same 5-tuple is then balanced afresh, and the backend's open-flow count drops, once.
  */
+static __always_inline void ct_touch(__u64 *last_seen_ns, __u8 *tcp_flags, __u8 *flags,
+				     const __u32 *backend_id, __u8 pkt_tcp_flags, __u64 now, bool forward)
+{
+	/* Written only when it changes by more than ~1 ms: saves a cache-line write per packet. */
+	if (now - *last_seen_ns > 1000000ULL)
+		*last_seen_ns = now;
+	if (pkt_tcp_flags & ~*tcp_flags)
+		*tcp_flags |= pkt_tcp_flags;
+	/* The plain read only skips the atomic for flows already closing; the atomic decides. */
+	if ((pkt_tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) && !(*flags & VIPR_CT_F_CLOSING) &&
+	    ct_set_flags(flags, VIPR_CT_F_CLOSING) && forward)
+		lc_account(*backend_id, -1);
+}
+
 static __always_inline void ct4_touch(struct vipr_ct_value *ct, const struct packet *pkt,
 				      __u64 now, bool forward)
 {
-	/* Written only when it changes by more than ~1 ms: saves a cache-line write per packet. */
-	if (now - ct->last_seen_ns > 1000000ULL)
-		ct->last_seen_ns = now;
-	if (pkt->tcp_flags & ~ct->tcp_flags)
-		ct->tcp_flags |= pkt->tcp_flags;
-	/* The plain read only skips the atomic for flows already closing; the atomic decides. */
-	if ((pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) && !(ct->flags & VIPR_CT_F_CLOSING) &&
-	    ct4_set_flags(ct, VIPR_CT_F_CLOSING) && forward)
-		lc_account(ct->backend_id, -1);
+	ct_touch(&ct->last_seen_ns, &ct->tcp_flags, &ct->flags, &ct->backend_id, pkt->tcp_flags, now, forward);
 }
 
 /* A bare SYN on a flow that was closing is a new connection reusing the 5-tuple. */
+static __always_inline bool ct_is_reusable(__u8 ct_flags, __u8 pkt_tcp_flags)
+{
+	bool bare_syn = (pkt_tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+
+	return !(bare_syn && (ct_flags & VIPR_CT_F_CLOSING));
+}
+
 static __always_inline bool ct4_is_reusable(const struct vipr_ct_value *ct,
 					     const struct packet *pkt)
 {
-	bool bare_syn = (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
-
-	return !(bare_syn && (ct->flags & VIPR_CT_F_CLOSING));
+	return ct_is_reusable(ct->flags, pkt->tcp_flags);
 }
 
 /* A half-open flow may be promoted by a plain ACK of the client (FIN|ACK included). */
+static __always_inline bool ct_may_promote(__u8 ct_flags, __u8 pkt_tcp_flags)
+{
+	return (pkt_tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_ACK &&
+	       !(ct_flags & VIPR_CT_F_CLOSING);
+}
+
 static __always_inline bool ct4_may_promote(const struct vipr_ct_value *ct, const struct packet *pkt)
 {
-	return (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_ACK &&
-	       !(ct->flags & VIPR_CT_F_CLOSING);
+	return ct_may_promote(ct->flags, pkt->tcp_flags);
+}
+
+/*
+ * Whether an open flow holds the reply tuple a new flow wants (see ct4_take_reply_tuple): a flow
+ * closed both ways or reset gives it up.
+ */
+static __always_inline bool ct_still_open(__u8 fwd_flags, __u8 rep_flags, __u8 fwd_tcp, __u8 rep_tcp)
+{
+	return !(fwd_flags & rep_flags & VIPR_CT_F_CLOSING) && !((fwd_tcp | rep_tcp) & TCP_FLAG_RST);
 }
 
 #define CT_EEXIST 17
@@ -282,8 +328,7 @@ static __always_inline bool ct4_take_reply_tuple(const struct packet *pkt, const
 		if (!ct4_key_equal(&back, &rep_key))
 			fwd = NULL;
 	}
-	if (fwd && !(fwd->flags & rep->flags & VIPR_CT_F_CLOSING) &&
-	    !((fwd->tcp_flags | rep->tcp_flags) & TCP_FLAG_RST))
+	if (fwd && ct_still_open(fwd->flags, rep->flags, fwd->tcp_flags, rep->tcp_flags))
 		return false;
 	if (fwd)
 		bpf_map_delete_elem(established ? (void *)&vipr_ct_tcp_v1 : (void *)&vipr_ct_tcp_syn_v1,

@@ -50,6 +50,25 @@ struct packet6 {
 	struct icmp6_quote quote; /* PARSE_ICMP_ERROR only */
 };
 
+/* IPv6 addresses as four __be32 words (struct packet6, the map layouts). */
+static __always_inline void ipv6_copy(__be32 *dst, const __be32 *src)
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+}
+
+static __always_inline bool ipv6_equal(const __be32 *a, const __be32 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+}
+
+static __always_inline bool ipv6_is_zero(const __be32 *a)
+{
+	return (a[0] | a[1] | a[2] | a[3]) == 0;
+}
+
 /* linux/ipv6.h leaves these to netinet/in.h, which does not exist for the BPF target. */
 #define NEXTHDR_HOP 0
 #define NEXTHDR_ROUTING 43
@@ -128,8 +147,11 @@ static __always_inline int parse6_ext_step(struct cursor *c, __u8 *nexthdr,
  * Another ethertype is PARSE_NOT_IPV4 (the name is IPv4's; here it means "not this family").
  * The walk takes at most VIPR_IPV6_MAX_EXT_HDRS extension headers: a longer chain is
  * PARSE_EXT_HDR_LIMIT and passes untouched, so no sender can make the walk unbounded.
+ * A subprogram: its unrolled walk spills registers, and its frame then sits beside the rest of
+ * the IPv6 path's instead of under it (the verifier adds up the frames of a call chain). Unused
+ * in objects that include this header only for struct packet6 and the address helpers.
  */
-static __always_inline enum parse_result parse_ipv6_l4(void *data, void *data_end, struct packet6 *pkt)
+static __noinline __attribute__((unused)) enum parse_result parse_ipv6_l4(void *data, void *data_end, struct packet6 *pkt)
 {
 	struct cursor c = { .pos = data, .end = data_end };
 	struct ethhdr *eth = c.pos;

@@ -15,6 +15,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "lb.h"
+#include "lb6.h"
 
 /*
  * Enough for every header the programs read: Ethernet, IPv4 with options, and either a TCP
@@ -38,6 +39,29 @@ static __always_inline enum lb_packet tc_lb4_parse(struct __sk_buff *skb, struct
 		r = parse_ipv4_l4((void *)(long)skb->data, (void *)(long)skb->data_end, pkt);
 	}
 	return lb4_classify(r, pkt, skb->len);
+}
+
+/*
+ * IPv6: Ethernet, IPv6 and extension headers, then TCP or an ICMPv6 error's quote. Extension
+ * headers have no fixed bound; a chain longer than this pulls only what fits and parses as short.
+ */
+#define PULL6_LEN 256
+
+static __always_inline enum lb_packet tc_lb6_parse(struct __sk_buff *skb, struct packet6 *pkt)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	enum parse_result r;
+	__u32 linear = data_end - data;
+
+	r = parse_ipv6_l4(data, data_end, pkt);
+
+	if (r == PARSE_SHORT && skb->len > linear &&
+	    !bpf_skb_pull_data(skb, skb->len < PULL6_LEN ? skb->len : PULL6_LEN)) {
+		stats_count(VIPR_STAT_PULLED, skb->len);
+		r = parse_ipv6_l4((void *)(long)skb->data, (void *)(long)skb->data_end, pkt);
+	}
+	return lb6_classify(r, pkt, skb->len);
 }
 
 #endif /* __VIPR_PULL_H */

@@ -54,6 +54,33 @@ static __always_inline void sched_in_packet(struct sched_in *in, const struct vi
 	in->flow_hash = svc->scheduler == VIPR_SCHED_MAGLEV ? hash_flow(pkt) : 0;
 }
 
+/* An IPv6 address, word by word. */
+static __always_inline __u32 hash_addr6(__u32 h, const __be32 *a)
+{
+	h = mix32(h ^ a[0]);
+	h = mix32(h ^ a[1]);
+	h = mix32(h ^ a[2]);
+	return mix32(h ^ a[3]);
+}
+
+/*
+ * As sched_in_packet, for an IPv6 flow (its addresses as four __be32 words each); sched_pick_slot
+ * itself serves both families.
+ */
+static __always_inline void sched_in_flow6(struct sched_in *in, const struct vipr_svc_value *svc,
+					   const __be32 *saddr, const __be32 *daddr, __u32 ports, __u8 proto)
+{
+	__u32 h;
+
+	in->client_hash = svc->scheduler == VIPR_SCHED_SH ? hash_addr6(0, saddr) : 0;
+	in->flow_hash = 0;
+	if (svc->scheduler == VIPR_SCHED_MAGLEV) {
+		h = hash_addr6(hash_addr6(0x9e3779b9, saddr), daddr);
+		h = mix32(h ^ ports);
+		in->flow_hash = mix32(h ^ proto);
+	}
+}
+
 static __always_inline __u32 sched_lc(const struct vipr_svc_value *svc)
 {
 	__u32 best = 0, i, count = svc->backend_count;
