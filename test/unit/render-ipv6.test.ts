@@ -30,7 +30,9 @@ import { ipvsListing, parseIpvsadmSave, ipvsadmChanges } from '../../src/modes/i
 import { parseLinkAddresses } from '../../src/modes/ipvs.js';
 import { parseCidrList, renderOptionsFromCli } from '../../src/modes/cli.js';
 import { formatListing } from '../../src/model/listing.js';
-import { desiredState, dualStackState } from '../fixtures/render/state.js';
+import { NftTableWriter } from '../../src/render/nftables-transaction.js';
+import { desiredState, dualStackState, endpoint, DUAL_STACK_NODE } from '../fixtures/render/state.js';
+import { selectEndpoints } from '../../src/model/endpoints.js';
 import { golden, inNetns } from '../fixtures/render/tools.js';
 
 const OPTIONS: RenderOptions = {
@@ -125,6 +127,29 @@ describe('table ip6 kube-proxy (kube-proxy v1.34 nftables IPv6 proxier)', () => 
     expect(v6nft).toContain('update @affinity-');
     expect(v6nft).toContain('{ ip6 saddr }');
     expect(v6nft).toContain('ip6 daddr { fd00:10:96::/112 } drop');
+  });
+});
+
+describe('incremental nftables per family', () => {
+  test("a change to a Service's IPv6 port rewrites it in table ip6 only, keyed by its IPv6 entry", () => {
+    const v4 = new NftTableWriter(OPTIONS, undefined, 'IPv4');
+    const v6 = new NftTableWriter(OPTIONS, undefined, 'IPv6');
+    for (const w of [v4, v6]) w.plan({ state, full: true, changed: null, installed: null, now: 0 }).commit();
+    // One more IPv6 endpoint for nginx-service; its IPv4 port is unchanged.
+    const services = state.services.map((e) => {
+      if (e.key !== 'default/nginx-service:http IPv6') return e;
+      const endpoints = [...e.endpoints, endpoint('fd00:10:244:2::14', 80, 'node-b', DUAL_STACK_NODE)];
+      return { ...e, endpoints, selection: selectEndpoints(endpoints, e.service, DUAL_STACK_NODE) };
+    });
+    const next = { ...state, services };
+    const changed = new Set(['default/nginx-service']);
+    const plan4 = v4.plan({ state: next, full: false, changed, installed: null, now: 1 });
+    const plan6 = v6.plan({ state: next, full: false, changed, installed: null, now: 1 });
+    expect(plan4.transactions).toEqual([]);
+    expect(plan6.changed).toEqual(['default/nginx-service:http IPv6']);
+    expect(plan6.transactions.join('')).toContain('add rule ip6 kube-proxy endpoint-');
+    expect(plan6.transactions.join('')).toContain('dnat to [fd00:10:244:2::14]:80');
+    expect(plan6.transactions.join('')).not.toMatch(/ ip kube-proxy /);
   });
 });
 
