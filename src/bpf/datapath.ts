@@ -72,7 +72,7 @@ export function ensureBpffs(pinDir: string): void {
 /* What vipr pins, and so all that cleanup may remove: its maps in any layout, its TCX links. */
 const MAP_PIN = /^vipr_[a-z0-9_]+_v\d+$/;
 const LINKS_DIR = 'links';
-const LINK_PIN = /^(tcx_.+_(ingress|egress)|cgroup_(connect4|sendmsg4|recvmsg4|getpeername4))$/;
+const LINK_PIN = /^(tcx_.+_(ingress|egress)|cgroup_(connect|sendmsg|recvmsg|getpeername)[46])$/;
 
 const ROOT_UID = 0;
 const GROUP_OTHER_WRITE = 0o022;

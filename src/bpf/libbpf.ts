@@ -442,10 +442,14 @@ export function linkUpdate(linkFd: number, progFd: number, what: string): void {
 
 /** enum bpf_attach_type: the cgroup socket hooks of socket LB, and socket iterators. */
 export const BPF_CGROUP_INET4_CONNECT = 10;
+export const BPF_CGROUP_INET6_CONNECT = 11;
 export const BPF_CGROUP_UDP4_SENDMSG = 14;
+export const BPF_CGROUP_UDP6_SENDMSG = 15;
 export const BPF_CGROUP_UDP4_RECVMSG = 19;
+export const BPF_CGROUP_UDP6_RECVMSG = 20;
 export const BPF_TRACE_ITER = 28;
 export const BPF_CGROUP_INET4_GETPEERNAME = 29;
+export const BPF_CGROUP_INET6_GETPEERNAME = 30;
 
 export interface LinkInfo {
   /** enum bpf_link_type (BPF_LINK_TYPE_CGROUP = 3). */

@@ -1,7 +1,7 @@
 /*
- * Socket-level load balancing: the cgroup v2 socket programs (bpf/sock_lb.bpf.c) loaded beside
- * the TC object, sharing its pinned maps, and attached to one cgroup with BPF links pinned under
- * the pin dir. A new agent swaps its programs into the pinned links with bpf_link_update, so no
+ * Socket-level load balancing: the cgroup v2 socket programs (bpf/sock_lb.bpf.c, the IPv4 and the
+ * IPv6 hooks) loaded beside the TC object, sharing its pinned maps, and attached to one cgroup with
+ * BPF links pinned under the pin dir. A new agent swaps its programs into the pinned links with bpf_link_update, so no
  * connect() ever runs without vipr in between; `--socket-lb=off` (and `vipr cleanup`) unpin them.
  *
  * Also the UDP socket destroyer (bpf/sock_destroy.bpf.c, kernel >= 6.5): an iterator the agent runs
@@ -39,6 +39,10 @@ export const SOCK_HOOKS = [
   { hook: 'sendmsg4', prog: 'vipr_sock_sendmsg4', attachType: libbpf.BPF_CGROUP_UDP4_SENDMSG },
   { hook: 'recvmsg4', prog: 'vipr_sock_recvmsg4', attachType: libbpf.BPF_CGROUP_UDP4_RECVMSG },
   { hook: 'getpeername4', prog: 'vipr_sock_getpeername4', attachType: libbpf.BPF_CGROUP_INET4_GETPEERNAME },
+  { hook: 'connect6', prog: 'vipr_sock_connect6', attachType: libbpf.BPF_CGROUP_INET6_CONNECT },
+  { hook: 'sendmsg6', prog: 'vipr_sock_sendmsg6', attachType: libbpf.BPF_CGROUP_UDP6_SENDMSG },
+  { hook: 'recvmsg6', prog: 'vipr_sock_recvmsg6', attachType: libbpf.BPF_CGROUP_UDP6_RECVMSG },
+  { hook: 'getpeername6', prog: 'vipr_sock_getpeername6', attachType: libbpf.BPF_CGROUP_INET6_GETPEERNAME },
 ] as const;
 export type SockHook = (typeof SOCK_HOOKS)[number]['hook'];
 
@@ -263,7 +267,9 @@ export class SocketLb {
 /**
  * The UDP socket destroyer: an iterator over the UDP sockets of the network namespace of the
  * process that runs it. Connected sockets translated by socket LB whose backend id no longer maps
- * to the address they are connected to (vipr_sock_rev_v1 vs vipr_backends_v1) are destroyed.
+ * to the address they are connected to (vipr_sock_rev_v1 vs vipr_backends_v1; IPv6:
+ * vipr_sock_rev6_v1 vs vipr_backends6_v1; an AF_INET6 socket connected to ::ffff:a.b.c.d as IPv4)
+ * are destroyed.
  */
 export class UdpSocketDestroyer {
   private constructor(
