@@ -406,13 +406,34 @@ export async function labUdpRequest(
   timeoutMs = 3000,
 ): Promise<string> {
   const script = `
-    const s = require('node:dgram').createSocket('udp4');
+    const s = require('node:dgram').createSocket(${JSON.stringify(ip.includes(':') ? 'udp6' : 'udp4')});
     const t = setTimeout(() => { process.stderr.write('no reply\\n'); process.exit(3); }, ${timeoutMs});
     s.on('message', (m) => { process.stdout.write(m); clearTimeout(t); s.close(); });
     s.send(process.argv[1], ${port}, ${JSON.stringify(ip)});`;
   const res = await labExec(name, host, [process.execPath, '-e', script, payload]);
   if (res.code !== 0) throw new Error(`UDP ${ip}:${port} from ${host}: exit ${res.code}: ${res.stderr.trim()}`);
   return res.stdout;
+}
+
+/**
+ * The checksum errors a host's kernel counted on receive: TCP (one counter for both families),
+ * UDP over IPv4 and UDP over IPv6 (/proc/net/snmp, /proc/net/snmp6). A NAT that forgets an L4
+ * checksum update shows here (the lab's senders compute full checksums).
+ */
+export async function labChecksumErrors(name: string, host: string): Promise<{ tcp: number; udp: number; udp6: number }> {
+  const snmp = (await labExec(name, host, ['cat', '/proc/net/snmp'])).stdout.split('\n');
+  const counter = (proto: string): number => {
+    for (let i = 0; i + 1 < snmp.length; i += 2) {
+      const head = (snmp[i] as string).split(/\s+/);
+      if (head[0] !== proto) continue;
+      return Number((snmp[i + 1] as string).split(/\s+/)[head.indexOf('InCsumErrors')]);
+    }
+    throw new Error(`no ${proto} InCsumErrors in /proc/net/snmp of ${host}`);
+  };
+  const six = (await labExec(name, host, ['cat', '/proc/net/snmp6'])).stdout;
+  const udp6 = /^Udp6InCsumErrors\s+(\d+)$/m.exec(six)?.[1];
+  if (udp6 === undefined) throw new Error(`no Udp6InCsumErrors in /proc/net/snmp6 of ${host}`);
+  return { tcp: counter('Tcp:'), udp: counter('Udp:'), udp6: Number(udp6) };
 }
 
 /** A `vipr run` in a lab node's namespace, started by a test instead of the lab. */
