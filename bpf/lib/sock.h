@@ -25,6 +25,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "lb.h"
+#include "lb6.h"
 
 /* Set by the loader before load (src/bpf/socket-lb.ts). */
 const volatile struct vipr_sock_config sock_config = {};
@@ -257,18 +258,6 @@ static __always_inline void sock6_write_addr(struct bpf_sock_addr *ctx, const __
 	ctx->user_ip6[3] = addr[3];
 }
 
-static __always_inline struct vipr_svc_value *sock6_lookup_scoped(struct vipr_svc6_key *key)
-{
-	struct vipr_svc_value *svc;
-
-	key->scope = VIPR_SCOPE_INTERNAL;
-	svc = bpf_map_lookup_elem(&vipr_services6_v1, key);
-	if (svc)
-		return svc;
-	key->scope = VIPR_SCOPE_EXTERNAL;
-	return bpf_map_lookup_elem(&vipr_services6_v1, key);
-}
-
 /*
  * The frontend of an IPv6 connect()/sendmsg(), as sock4_lookup_service: the destination itself,
  * else a NodePort (vip ::) when the destination is an address of this node (vipr_node_ips6_v1).
@@ -282,14 +271,14 @@ static __always_inline struct vipr_svc_value *sock6_lookup_service(const __be32 
 		.proto = proto,
 	};
 	struct vipr_node_ip6 node = { .addr = { daddr[0], daddr[1], daddr[2], daddr[3] } };
-	struct vipr_svc_value *svc = sock6_lookup_scoped(&key);
+	struct vipr_svc_value *svc = lb6_lookup_scoped(&key, true);
 
 	if (svc)
 		return svc;
 	if (!bpf_map_lookup_elem(&vipr_node_ips6_v1, &node))
 		return NULL;
 	__builtin_memset(key.vip, 0, sizeof(key.vip));
-	return sock6_lookup_scoped(&key);
+	return lb6_lookup_scoped(&key, true);
 }
 
 /* An IPv6 destination sent to a backend, recorded in vipr_sock_rev6_v1; as sock4_xlate. */
