@@ -6,8 +6,9 @@
  *
  *   responder --tcp PORT --udp PORT
  *
- * Prints `responder: listening tcp PORT udp PORT` once both sockets are bound; runs until
- * SIGTERM/SIGINT.
+ * Listens on 0.0.0.0 and, where the kernel has IPv6, on :: (IPv6-only sockets: an IPv4 client
+ * stays on a plain IPv4 socket). Prints `responder: listening tcp PORT udp PORT` once every
+ * socket is bound; runs until SIGTERM/SIGINT.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -50,17 +51,24 @@ static int parse_port(const char *s)
 	return (int)v;
 }
 
-static int bound_socket(int type, int port)
+/* A socket bound to the wildcard address of `family`; -1 when the kernel has no such family. */
+static int bound_socket(int family, int type, int port)
 {
-	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY) };
+	struct sockaddr_in addr4 = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY) };
+	struct sockaddr_in6 addr6 = { .sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = IN6ADDR_ANY_INIT };
 	int one = 1;
-	int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
-	if (fd < 0)
+	if (fd < 0) {
+		if (family == AF_INET6 && errno == EAFNOSUPPORT)
+			return -1;
 		die("socket");
+	}
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
 		die("SO_REUSEADDR");
-	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+	if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+		die("IPV6_V6ONLY");
+	if (family == AF_INET6 ? bind(fd, (struct sockaddr *)&addr6, sizeof(addr6)) : bind(fd, (struct sockaddr *)&addr4, sizeof(addr4)))
 		die("bind");
 	return fd;
 }
@@ -120,17 +128,22 @@ int main(int argc, char **argv)
 	signal(SIGINT, on_signal);
 	signal(SIGPIPE, SIG_IGN);
 
-	int lfd = bound_socket(SOCK_STREAM, tcp_port);
-	int ufd = bound_socket(SOCK_DGRAM, udp_port);
-
-	if (listen(lfd, 4096) < 0)
-		die("listen");
+	/* [0]: IPv4, [1]: IPv6 (-1 without IPv6). */
+	int lfds[2] = { bound_socket(AF_INET, SOCK_STREAM, tcp_port), bound_socket(AF_INET6, SOCK_STREAM, tcp_port) };
+	int ufds[2] = { bound_socket(AF_INET, SOCK_DGRAM, udp_port), bound_socket(AF_INET6, SOCK_DGRAM, udp_port) };
 	int ep = epoll_create1(EPOLL_CLOEXEC);
 
 	if (ep < 0)
 		die("epoll_create1");
-	watch(ep, lfd);
-	watch(ep, ufd);
+	for (int f = 0; f < 2; f++) {
+		if (lfds[f] >= 0) {
+			if (listen(lfds[f], 4096) < 0)
+				die("listen");
+			watch(ep, lfds[f]);
+		}
+		if (ufds[f] >= 0)
+			watch(ep, ufds[f]);
+	}
 	printf("responder: listening tcp %d udp %d\n", tcp_port, udp_port);
 	fflush(stdout);
 
@@ -145,9 +158,9 @@ int main(int argc, char **argv)
 		for (int i = 0; i < n; i++) {
 			int fd = events[i].data.fd;
 
-			if (fd == lfd) {
+			if (fd == lfds[0] || fd == lfds[1]) {
 				for (;;) {
-					int c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+					int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 					if (c < 0)
 						break;
@@ -155,15 +168,15 @@ int main(int argc, char **argv)
 					setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 					watch(ep, c);
 				}
-			} else if (fd == ufd) {
+			} else if (fd == ufds[0] || fd == ufds[1]) {
 				for (;;) {
-					struct sockaddr_in peer;
+					struct sockaddr_storage peer;
 					socklen_t plen = sizeof(peer);
-					ssize_t r = recvfrom(ufd, buf, sizeof(buf), 0, (struct sockaddr *)&peer, &plen);
+					ssize_t r = recvfrom(fd, buf, sizeof(buf), 0, (struct sockaddr *)&peer, &plen);
 
 					if (r < 0)
 						break;
-					sendto(ufd, buf, (size_t)r, 0, (struct sockaddr *)&peer, plen);
+					sendto(fd, buf, (size_t)r, 0, (struct sockaddr *)&peer, plen);
 				}
 			} else {
 				ssize_t r = recv(fd, buf, sizeof(buf), 0);

@@ -4,7 +4,7 @@
  * each latency is that of one request/response through the dataplane, not of a queue), timed
  * with CLOCK_MONOTONIC, latencies kept and sorted for exact percentiles.
  *
- *   rr --mode rr|crr|udp --target IP:PORT [--duration-ms 1000] [--warmup-ms 200] [--size 64]
+ *   rr --mode rr|crr|udp --target IP:PORT|[IPv6]:PORT [--duration-ms 1000] [--warmup-ms 200] [--size 64]
  *
  *   rr   one TCP connection (set up before timing), SIZE bytes sent and echoed back per
  *        transaction: the established path, served by conntrack in every dataplane.
@@ -119,17 +119,24 @@ static int recv_all(int fd, char *buf, size_t len)
 	return 0;
 }
 
-static int tcp_connect(const struct sockaddr_in *target)
+/* Where transactions go: an IPv4 or an IPv6 address and port. */
+struct target {
+	struct sockaddr_storage addr;
+	socklen_t len;
+	int family;
+};
+
+static int tcp_connect(const struct target *target)
 {
 	int one = 1;
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = socket(target->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 	if (fd < 0) {
 		note_error("socket");
 		return -1;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (connect(fd, (const struct sockaddr *)target, sizeof(*target)) < 0) {
+	if (connect(fd, (const struct sockaddr *)&target->addr, target->len) < 0) {
 		note_error(errno == ECONNREFUSED ? "connect: connection refused"
 			   : errno == ETIMEDOUT	 ? "connect: timed out"
 			   : errno == EADDRNOTAVAIL ? "connect: no free local port"
@@ -150,7 +157,7 @@ static int tcp_transaction(int fd, char *msg, char *reply, size_t size)
 	return 0;
 }
 
-static int crr_transaction(const struct sockaddr_in *target, char *msg, char *reply, size_t size)
+static int crr_transaction(const struct target *target, char *msg, char *reply, size_t size)
 {
 	int fd = tcp_connect(target);
 	int rc;
@@ -162,9 +169,9 @@ static int crr_transaction(const struct sockaddr_in *target, char *msg, char *re
 	return rc;
 }
 
-static int udp_transaction(const struct sockaddr_in *target, char *msg, char *reply, size_t size)
+static int udp_transaction(const struct target *target, char *msg, char *reply, size_t size)
 {
-	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int fd = socket(target->family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	int rc = -1;
 
 	if (fd < 0) {
@@ -172,7 +179,7 @@ static int udp_transaction(const struct sockaddr_in *target, char *msg, char *re
 		return -1;
 	}
 	/* connect() picks a fresh ephemeral source port and filters replies to this peer. */
-	if (connect(fd, (const struct sockaddr *)target, sizeof(*target)) < 0) {
+	if (connect(fd, (const struct sockaddr *)&target->addr, target->len) < 0) {
 		note_error("udp connect");
 		goto out;
 	}
@@ -198,7 +205,7 @@ out:
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: rr --mode rr|crr|udp --target IP:PORT [--duration-ms MS] [--warmup-ms MS] [--size BYTES]\n");
+	fprintf(stderr, "usage: rr --mode rr|crr|udp --target IP:PORT|[IPv6]:PORT [--duration-ms MS] [--warmup-ms MS] [--size BYTES]\n");
 	exit(2);
 }
 
@@ -217,7 +224,7 @@ int main(int argc, char **argv)
 	enum mode mode = MODE_RR;
 	const char *mode_name = NULL, *target_arg = NULL;
 	long duration_ms = 1000, warmup_ms = 200, size = 64;
-	struct sockaddr_in target = { .sin_family = AF_INET };
+	struct target target = { 0 };
 
 	for (int i = 1; i < argc; i++) {
 		if (i + 1 >= argc)
@@ -248,14 +255,31 @@ int main(int argc, char **argv)
 
 	char host[64];
 	const char *colon = strrchr(target_arg, ':');
+	/* `[v6]:port`: the address is between the brackets. */
+	int bracketed = target_arg[0] == '[';
+	const char *host_start = target_arg + bracketed;
+	size_t host_len = colon ? (size_t)(colon - host_start) - (size_t)bracketed : 0;
 
-	if (!colon || (size_t)(colon - target_arg) >= sizeof(host))
+	if (!colon || colon < host_start || host_len >= sizeof(host) || (bracketed && colon[-1] != ']'))
 		usage();
-	memcpy(host, target_arg, (size_t)(colon - target_arg));
-	host[colon - target_arg] = '\0';
-	target.sin_port = htons((uint16_t)num_arg(colon + 1, 1, 65535));
-	if (inet_pton(AF_INET, host, &target.sin_addr) != 1)
+	memcpy(host, host_start, host_len);
+	host[host_len] = '\0';
+	uint16_t port = htons((uint16_t)num_arg(colon + 1, 1, 65535));
+	struct sockaddr_in *sin = (struct sockaddr_in *)&target.addr;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&target.addr;
+
+	if (!bracketed && inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = port;
+		target.len = sizeof(*sin);
+	} else if (bracketed && inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = port;
+		target.len = sizeof(*sin6);
+	} else {
 		usage();
+	}
+	target.family = target.addr.ss_family;
 
 	char *msg = malloc((size_t)size), *reply = malloc((size_t)size);
 
