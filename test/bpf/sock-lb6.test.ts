@@ -16,7 +16,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
-import { existsSync, mkdirSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatapathFixture, NODE_IP, type SvcDef } from './fixture.js';
 import { SOCK_HOOKS, SocketLb, cgroup2Mount, sockLinkPinPath } from '../../src/bpf/socket-lb.js';
@@ -220,7 +220,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   lb?.close();
-  fx?.close(); // unpins the links too: the programs detach
+  fx?.close(); // unpins the links too (cleanup knows the IPv6 hooks' pins): the programs detach
+  const left = existsSync(PIN_DIR) ? readdirSync(PIN_DIR, { recursive: true }) : [];
   servers?.kill('SIGKILL');
   await execFileP('ip', ['netns', 'del', NS]).catch(() => undefined);
   // The namespace's processes are gone once the namespace is (clients exited, servers killed).
@@ -231,6 +232,7 @@ afterAll(async () => {
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+  if (left.length > 0) throw new Error(`cleanup left pins in ${PIN_DIR}: ${left.join(', ')}`);
 }, 30_000);
 
 describe('IPv6 links', () => {
