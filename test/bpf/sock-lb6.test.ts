@@ -242,6 +242,24 @@ describe('IPv6 links', () => {
   });
 });
 
+describe('IPv6 scope', () => {
+  test('host namespace only: IPv6 and IPv4-mapped sockets of other namespaces are left to TC', async () => {
+    const hostOnly = SocketLb.load(PIN_DIR, { hostNsOnly: true, nodePortLoopback: true });
+    try {
+      hostOnly.attach(cgroup);
+      for (const ip of ['fd00:10:96::213', '::ffff:10.0.0.213']) {
+        const out = await client<TcpResult[]>(tcpClient(ip, 80, 1));
+        expect(out[0]?.error).toBe('ENETUNREACH');
+      }
+    } finally {
+      lb.attach(cgroup);
+      hostOnly.close();
+    }
+    const out = await client<TcpResult[]>(tcpClient('fd00:10:96::213', 80, 1));
+    expect(BACKENDS6).toContain(out[0]?.answer);
+  });
+});
+
 describe('IPv6 connect()', () => {
   test('a ClusterIP reaches every backend; getpeername() says the Service address', async () => {
     const before = fx.counter('sock_xlate');
