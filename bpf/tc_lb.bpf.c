@@ -9,8 +9,8 @@
  * fragment of a service datagram as its flow (lib/frag.h) and rewrite ICMP errors about translated
  * flows back to what their receiver sent (lib/icmp_error.h).
  *
- * IPv6 (lib/lb6.h) takes the same steps over its own maps; the entry points send a frame down
- * one family's path by its ethertype.
+ * IPv6 (lib/lb6.h) takes the same steps over its own maps, for what the IPv4 parse found not to
+ * be IPv4.
  *
  * Verdicts: TC_ACT_OK for everything not addressed to a service, so the programs can sit in
  * front of any other TC user (TCX links chain; clsact uses a fixed priority). TC_ACT_SHOT also for
@@ -119,6 +119,13 @@ static __noinline int tc_lb6(struct __sk_buff *skb, bool ingress)
 	}
 }
 
+/*
+ * IPv4 parses first and hands back what is not IPv4 with this (no TC verdict has this value): the
+ * entry point then calls the IPv6 path. IPv4 pays one call and one comparison for the split, no
+ * second look at the frame.
+ */
+#define TC_LB_NOT_IPV4 0x7fff
+
 static __noinline int tc_lb4_ingress(struct __sk_buff *skb)
 {
 	struct packet pkt;
@@ -131,6 +138,8 @@ static __noinline int tc_lb4_ingress(struct __sk_buff *skb)
 		return tc_icmp_error(skb, &pkt, true);
 	case LB_PACKET_DROP:
 		return TC_ACT_SHOT;
+	case LB_PACKET_NOT_IPV4:
+		return TC_LB_NOT_IPV4;
 	default:
 		return TC_ACT_OK;
 	}
@@ -148,6 +157,8 @@ static __noinline int tc_lb4_egress(struct __sk_buff *skb)
 		return tc_icmp_error(skb, &pkt, false);
 	case LB_PACKET_DROP:
 		return TC_ACT_SHOT;
+	case LB_PACKET_NOT_IPV4:
+		return TC_LB_NOT_IPV4;
 	default:
 		return TC_ACT_OK;
 	}
@@ -156,17 +167,21 @@ static __noinline int tc_lb4_egress(struct __sk_buff *skb)
 SEC("tc")
 int vipr_tc_ingress(struct __sk_buff *skb)
 {
-	if (frame_is_ipv6((void *)(long)skb->data, (void *)(long)skb->data_end))
+	int ret = tc_lb4_ingress(skb);
+
+	if (ret == TC_LB_NOT_IPV4)
 		return tc_lb6(skb, true);
-	return tc_lb4_ingress(skb);
+	return ret;
 }
 
 SEC("tc")
 int vipr_tc_egress(struct __sk_buff *skb)
 {
-	if (frame_is_ipv6((void *)(long)skb->data, (void *)(long)skb->data_end))
+	int ret = tc_lb4_egress(skb);
+
+	if (ret == TC_LB_NOT_IPV4)
 		return tc_lb6(skb, false);
-	return tc_lb4_egress(skb);
+	return ret;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -75,6 +75,9 @@ static __noinline int xdp_lb6(struct xdp_md *ctx)
 	return xdp_send6(ctx, &pkt, &plan, len);
 }
 
+/* What xdp_lb4 hands back for a frame that is not IPv4 (no XDP verdict has this value). */
+#define XDP_LB_NOT_IPV4 0x7fff
+
 static __noinline int xdp_lb4(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -89,6 +92,8 @@ static __noinline int xdp_lb4(struct xdp_md *ctx)
 		break;
 	case LB_PACKET_DROP:
 		return XDP_DROP;
+	case LB_PACKET_NOT_IPV4:
+		return XDP_LB_NOT_IPV4;
 	default:
 		/* ICMP errors of translated flows too: TC rewrites them. */
 		return XDP_PASS;
@@ -126,9 +131,11 @@ static __noinline int xdp_lb4(struct xdp_md *ctx)
 SEC("xdp")
 int vipr_xdp_ingress(struct xdp_md *ctx)
 {
-	if (frame_is_ipv6((void *)(long)ctx->data, (void *)(long)ctx->data_end))
+	int ret = xdp_lb4(ctx);
+
+	if (ret == XDP_LB_NOT_IPV4)
 		return xdp_lb6(ctx);
-	return xdp_lb4(ctx);
+	return ret;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -306,6 +306,7 @@ enum lb_packet {
 	LB_PACKET_FLOW,       /* TCP/UDP with ports (a later fragment's from its first) */
 	LB_PACKET_ICMP_ERROR, /* an ICMP error quoting a TCP/UDP packet */
 	LB_PACKET_DROP,       /* a later fragment whose first was not seen (counted) */
+	LB_PACKET_NOT_IPV4,   /* another ethertype: the IPv6 path (lb6.h) takes it from here */
 };
 
 /*
@@ -331,8 +332,8 @@ static __always_inline enum lb_packet lb4_classify(enum parse_result r, struct p
 	case PARSE_ICMP_ERROR:
 		return LB_PACKET_ICMP_ERROR;
 	case PARSE_NOT_IPV4:
-		stats_count(VIPR_STAT_PASS_NON_IPV4, len);
-		return LB_PACKET_PASS;
+		/* Counted by lb6_classify: IPv6, or no IP at all. */
+		return LB_PACKET_NOT_IPV4;
 	case PARSE_OTHER_L4:
 		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
 		return LB_PACKET_PASS;

@@ -321,12 +321,12 @@ static __always_inline enum lb_action lb6_plan_egress(const struct packet6 *pkt,
 }
 
 /*
- * As lb4_classify, for a frame whose ethertype is IPv6. A chain of extension headers longer than
- * the walk passes untouched, counted.
+ * As lb4_classify, for a frame lb4_classify found not to be IPv4 (it counted the packet): IPv6,
+ * or another ethertype, counted as such here. A chain of extension headers longer than the walk
+ * passes untouched, counted.
  */
 static __always_inline enum lb_packet lb6_classify(enum parse_result r, struct packet6 *pkt, __u32 len)
 {
-	stats_count(VIPR_STAT_PACKETS, len);
 	switch (r) {
 	case PARSE_OK:
 		if (pkt->frag == FRAG_FIRST) {
@@ -355,17 +355,6 @@ static __always_inline enum lb_packet lb6_classify(enum parse_result r, struct p
 		stats_count(VIPR_STAT_MALFORMED, len);
 		return LB_PACKET_PASS;
 	}
-}
-
-/*
- * Whether a frame is IPv6 by its ethertype: the entry points send it down the IPv6 path, in a
- * subprogram of its own (a frame too short to tell goes the IPv4 way, which pulls and passes it).
- */
-static __always_inline bool frame_is_ipv6(void *data, void *data_end)
-{
-	struct ethhdr *eth = data;
-
-	return (void *)(eth + 1) <= data_end && eth->h_proto == bpf_htons(ETH_P_IPV6);
 }
 
 /* Parses and counts a frame whose bytes are all in [data, data_end) (XDP). */
