@@ -41,7 +41,7 @@ const ALL = [NODEPORT_LOCAL, NODEPORT_REMOTE, LB_RANGES, LB_LOCAL, LB_NO_LOCAL, 
 let fx: DatapathFixture;
 
 beforeAll(async () => {
-  fx = new DatapathFixture(`/sys/fs/bpf/vipr-test-types-${process.pid}`, { clusterCIDR: '10.244.0.0/16' });
+  fx = new DatapathFixture(`/sys/fs/bpf/vipr-test-types-${process.pid}`, { clusterCIDRs: ['10.244.0.0/16'] });
   await fx.program(ALL);
 });
 
