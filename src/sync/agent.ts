@@ -13,7 +13,7 @@
 import type { ClusterObjects, EndpointSliceObject, ServiceObject } from '../model/k8s.js';
 import type { DesiredState, NodeInfo, ServiceEntry } from '../model/types.js';
 import {
-  DEFAULT_BUILD_OPTIONS, admitService, buildFailure, buildServiceEntries, slicesByService, type BuildOptions,
+  DEFAULT_BUILD_OPTIONS, UnservedFamilies, admitService, buildFailure, buildServiceEntries, slicesByService, type BuildOptions,
 } from '../model/build.js';
 import { SortedEntries } from '../model/sorted-entries.js';
 import { TimeSlice } from '../time-slice.js';
@@ -54,7 +54,7 @@ export interface AgentOptions {
   onSync?: (report: SyncReport) => void;
   /** A change that needs a sync was seen (kube-proxy's "queued" for metrics and healthz). */
   onQueued?: (now: number) => void;
-  /** The node's options for Services (--external-ip-cidrs, --nodeport-range). */
+  /** The node's options for Services (--external-ip-cidrs, --nodeport-range, the families it serves). */
   build?: BuildOptions;
   /** Builds one Service's entries; replaced only to inject faults in tests. */
   buildService?: typeof buildServiceEntries;
@@ -80,6 +80,8 @@ export class Agent {
   /** Services whose last build threw, with the line reported (they are retried on every sync). */
   private buildFailures = new Map<string, string>();
   private readonly owners = new FrontendOwners();
+  /** A family the node does not serve is said once for the agent's life, not per sync. */
+  private readonly unserved = new UnservedFamilies();
   /** The conflict lines last logged per Service: a conflict is logged once, when it appears. */
   private readonly reportedConflicts = new Map<string, Set<string>>();
   /** The next sync rebuilds every entry (the first one, after a node change or a thrown sync). */
@@ -187,7 +189,7 @@ export class Agent {
       const svc = objects.services.get(name);
       if (svc === undefined) return null;
       try {
-        return admitService(svc, buildOpts, warn);
+        return admitService(svc, buildOpts, warn, this.unserved);
       } catch (err) {
         failures.set(name, buildFailure(name, err));
         return null;

@@ -6,6 +6,8 @@ import { Agent } from '../../src/sync/agent.js';
 import type { Dataplane, SyncResult } from '../../src/model/dataplane.js';
 import type { DesiredState } from '../../src/model/types.js';
 import type { EndpointSliceObject, ServiceObject } from '../../src/model/k8s.js';
+import type { Logger } from '../../src/log.js';
+import { DEFAULT_BUILD_OPTIONS } from '../../src/model/build.js';
 import { clusterObjects } from '../../src/sync/tracker.js';
 import { serviceObject } from '../helpers/objects.js';
 
@@ -31,9 +33,9 @@ class RecordingDataplane implements Dataplane {
   async close(): Promise<void> {}
 }
 
-function slice(name: string, ips: string[]): EndpointSliceObject {
+function slice(name: string, ips: string[], addressType: 'IPv4' | 'IPv6' = 'IPv4'): EndpointSliceObject {
   return {
-    namespace: 'default', name: `${name}-1`, serviceName: name, addressType: 'IPv4',
+    namespace: 'default', name: `${name}-${addressType === 'IPv4' ? 1 : 6}`, serviceName: name, addressType,
     ports: [{ name: 'http', protocol: 'TCP', port: 8080 }],
     endpoints: ips.map((ip) => ({ addresses: [ip], conditions: { ready: true, serving: true, terminating: false }, nodeName: null, zone: null, zoneHints: null })),
   };
@@ -100,4 +102,55 @@ test('deltas from a source reach the tracker directly: the sync names only their
   await new Promise((r) => setTimeout(r, 50));
   expect(plane.calls).toHaveLength(2);
   await agent.stop();
+});
+
+/** Captures warn/error lines (message only). */
+function recordingLogger(lines: string[]): Logger {
+  const record = (...args: unknown[]): void => {
+    const message = args.find((a) => typeof a === 'string');
+    if (typeof message === 'string') lines.push(message);
+  };
+  return { warn: record, error: record, info: () => undefined, debug: () => undefined, trace: () => undefined } as unknown as Logger;
+}
+
+test('a dual-stack Service syncs per family: an IPv6 slice change rebuilds it, and an unserved family is said once', async () => {
+  const dual = serviceObject({ name: 'd', clusterIPs: ['10.0.0.3', 'fd00:10:96::3'], ipFamilies: ['IPv4', 'IPv6'], ipFamilyPolicy: 'PreferDualStack' });
+  const v6only = serviceObject({ name: 'six', clusterIPs: ['fd00:10:96::6'], ipFamilies: ['IPv6'] });
+  const both = new RecordingDataplane();
+  const agent = new Agent({ dataplane: both, node: { name: 'n', zone: null, ips: [] }, minSyncPeriodMs: 0, syncPeriodMs: 3_600_000 });
+  let synced = both.next();
+  agent.updateObjects(clusterObjects([dual], [slice('d', ['10.3.0.1']), slice('d', ['fd00:10:244::1'], 'IPv6')]));
+  agent.start();
+  agent.sourceSynced();
+  await synced;
+  expect(both.calls[0]?.endpoints).toEqual({ 'default/d:http': ['10.3.0.1'], 'default/d:http IPv6': ['fd00:10:244::1'] });
+  synced = both.next();
+  const previous = slice('d', ['fd00:10:244::1'], 'IPv6');
+  agent.applyDeltas({ services: new Map(), endpointSlices: new Map([['default/d-6', { previous, current: slice('d', ['fd00:10:244::1', 'fd00:10:244::2'], 'IPv6') }]]) });
+  await synced;
+  expect(both.calls[1]).toMatchObject({ full: false, changed: ['default/d'] });
+  expect(both.calls[1]?.endpoints).toEqual({ 'default/d:http': ['10.3.0.1'], 'default/d:http IPv6': ['fd00:10:244::1', 'fd00:10:244::2'] });
+  await agent.stop();
+
+  // A node without IPv6: the IPv4 half is served, the IPv6-only Service not, one line over every sync.
+  const lines: string[] = [];
+  const v4 = new RecordingDataplane();
+  const ipv4Agent = new Agent({
+    dataplane: v4, node: { name: 'n', zone: null, ips: ['192.168.0.1'] }, minSyncPeriodMs: 0, syncPeriodMs: 3_600_000,
+    build: { ...DEFAULT_BUILD_OPTIONS, families: ['IPv4'] }, log: recordingLogger(lines),
+  });
+  try {
+    synced = v4.next();
+    ipv4Agent.updateObjects(clusterObjects([dual, v6only], [slice('d', ['10.3.0.1']), slice('d', ['fd00:10:244::1'], 'IPv6')]));
+    ipv4Agent.start();
+    ipv4Agent.sourceSynced();
+    await synced;
+    synced = v4.next();
+    ipv4Agent.updateObjects(clusterObjects([dual, { ...v6only, labels: { changed: 'yes' } }], [slice('d', ['10.3.0.1', '10.3.0.2'])]));
+    await synced;
+  } finally {
+    await ipv4Agent.stop();
+  }
+  expect(v4.calls.map((c) => c.keys)).toEqual([['default/d:http'], ['default/d:http']]);
+  expect(lines.filter((l) => l.startsWith('IPv6:'))).toHaveLength(1);
 });
