@@ -32,11 +32,11 @@ import {
   type V1Node,
   type V1Service,
 } from '@kubernetes/client-node';
-import { isIPv4 } from 'node:net';
 import { KubeApiError } from '../errors.js';
 import { componentLogger, type Logger } from '../log.js';
 import type { ClusterObjects } from '../model/k8s.js';
 import type { NodeInfo } from '../model/types.js';
+import { canonicalIp, familyOf } from '../model/ip.js';
 import { realClock, type Clock, type TimerHandle } from '../sync/runner.js';
 import { ClusterChangeTracker, deepEqual } from '../sync/tracker.js';
 import { parseEndpointSlice, parseService } from './parse.js';
@@ -141,13 +141,18 @@ function keyOf(obj: KubernetesObject): string | null {
   return `${obj.metadata?.namespace ?? 'default'}/${name}`;
 }
 
-/** Node facts from a Node object: IPv4 InternalIPs then ExternalIPs, and its zone label. */
+/**
+ * Node facts from a Node object: InternalIPs then ExternalIPs of both families (in the Node's
+ * order, canonical text; a dual-stack node lists one of each), and its zone label.
+ */
 export function nodeInfoFrom(name: string, node: V1Node | null): NodeInfo {
   if (!node) return { name, zone: null, ips: [] };
   const ips: string[] = [];
   for (const type of ['InternalIP', 'ExternalIP']) {
     for (const a of node.status?.addresses ?? []) {
-      if (a.type === type && isIPv4(a.address) && !ips.includes(a.address)) ips.push(a.address);
+      if (a.type !== type || a.address.includes('%') || familyOf(a.address) === null) continue;
+      const ip = canonicalIp(a.address);
+      if (!ips.includes(ip)) ips.push(ip);
     }
   }
   return { name, zone: node.metadata?.labels?.[ZONE_LABEL] || null, ips };

@@ -114,6 +114,29 @@ describe('KubeSource against the fake API server', () => {
     expect(changes).toEqual([]); // the initial state is what start() returns, not a change
   });
 
+  test('IPv6 and dual-stack objects pass through: cluster IPs of both families, IPv6 slices, canonical addresses', async () => {
+    const dual = rawService('dual', { clusterIP: '10.96.0.60' });
+    Object.assign(dual.spec as Record<string, unknown>, {
+      clusterIPs: ['10.96.0.60', 'FD00:10:96:0:0:0:0:60'],
+      ipFamilies: ['IPv4', 'IPv6'],
+      ipFamilyPolicy: 'RequireDualStack',
+    });
+    server.createOrUpdate(dual);
+    server.createOrUpdate({ ...rawEndpointSlice('dual-v6', 'dual', ['fd00:10:244:0:0:0:0:7']), addressType: 'IPv6' });
+    const s = newSource();
+    await s.start();
+    expect(s.current().services.get('default/dual')).toMatchObject({
+      clusterIPs: ['10.96.0.60', 'fd00:10:96::60'],
+      ipFamilies: ['IPv4', 'IPv6'],
+      ipFamilyPolicy: 'RequireDualStack',
+    });
+    expect(s.current().endpointSlices.get('default/dual-v6')).toMatchObject({ addressType: 'IPv6', endpoints: [{ addresses: ['fd00:10:244::7'] }] });
+    // And as a watch event.
+    server.createOrUpdate({ ...rawEndpointSlice('dual-v6', 'dual', ['fd00:10:244::7', 'fd00:10:244::8']), addressType: 'IPv6' });
+    await waitFor(() => changes.length === 1, 'IPv6 slice update');
+    expect(sliceIPs(changes[0]!, 'default/dual-v6')).toEqual(['fd00:10:244::7', 'fd00:10:244::8']);
+  });
+
   test('adds, updates and deletes propagate; no-op updates and invalid objects do not', async () => {
     const s = newSource();
     await s.start();
@@ -346,21 +369,22 @@ describe('KubeSource helpers', () => {
     expect(describeKubeError(Object.assign(new Error('Forbidden'), { statusCode: 403 }))).toBe('Forbidden (403)');
   });
 
-  test('nodeInfoFrom: IPv4 InternalIPs before ExternalIPs, no duplicates, zone label', () => {
+  test('nodeInfoFrom: InternalIPs before ExternalIPs, both families canonical, no duplicates, zone label', () => {
     expect(
       nodeInfoFrom('n', {
         metadata: { name: 'n', labels: { 'topology.kubernetes.io/zone': 'z' } },
         status: {
           addresses: [
             { type: 'ExternalIP', address: '203.0.113.1' },
-            { type: 'InternalIP', address: 'fd00::1' },
+            { type: 'InternalIP', address: 'FD00:0:0:0:0:0:0:1' },
             { type: 'InternalIP', address: '10.0.0.1' },
             { type: 'Hostname', address: 'n' },
             { type: 'ExternalIP', address: '10.0.0.1' },
+            { type: 'ExternalIP', address: 'fd00::1' },
           ],
         },
       }),
-    ).toEqual({ name: 'n', zone: 'z', ips: ['10.0.0.1', '203.0.113.1'] });
+    ).toEqual({ name: 'n', zone: 'z', ips: ['fd00::1', '10.0.0.1', '203.0.113.1'] });
     expect(nodeInfoFrom('n', null)).toEqual({ name: 'n', zone: null, ips: [] });
   });
 });
