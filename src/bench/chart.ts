@@ -1,14 +1,17 @@
 /*
  * The chart: new-connection latency (p50) and connections per second against the number of
- * services, one line per mode (the measured service placed last), as a vega-lite spec rendered
- * to SVG on the server with vega's headless View (no browser, no canvas: SVG needs neither).
+ * services, one line per mode (the measured service placed last) and family (IPv6 lines are
+ * `<mode> IPv6`), as a vega-lite spec rendered to SVG on the server with vega's headless View
+ * (no browser, no canvas: SVG needs neither).
  */
 import { View, parse } from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import type { BenchReport } from './results.js';
 
 interface Point {
+  /** The line: the mode, `<mode> IPv6` for IPv6 traffic. */
   mode: string;
+  family: string;
   services: number;
   p50: number;
   rate: number;
@@ -17,7 +20,10 @@ interface Point {
 export function chartPoints(report: BenchReport): Point[] {
   return report.results
     .filter((r) => r.metric === 'crr' && (r.placement === 'last' || (r.mode === 'direct' && r.placement === 'none')))
-    .map((r) => ({ mode: r.mode, services: r.services, p50: r.p50, rate: r.rate ?? 0 }));
+    .map((r) => {
+      const family = r.family ?? 'IPv4';
+      return { mode: family === 'IPv4' ? r.mode : `${r.mode} ${family}`, family, services: r.services, p50: r.p50, rate: r.rate ?? 0 };
+    });
 }
 
 export function chartSpec(report: BenchReport): TopLevelSpec {

@@ -55,6 +55,12 @@ export interface ChurnOptions {
   mode: DataplaneMode;
   services: number;
   backendIps: readonly string[];
+  /**
+   * The IPv6 backends when the run measures IPv6: the Services are then dual-stack, as in the
+   * rest of the run (traffic measured after the churn goes to what this agent installed). The
+   * changes are made to the IPv4 slices.
+   */
+  backendIps6?: readonly string[];
   perSecond: number;
   durationMs: number;
   nodeNetns: string;
@@ -251,7 +257,7 @@ export async function measureChurn(o: ChurnOptions): Promise<ChurnResult> {
     await api.start();
     bridge = await startBridge(sockPath, Number(new URL(api.url).port));
     api.createOrUpdate({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node', labels: {} }, status: { addresses: [] } });
-    for (const obj of benchObjects(o.services, o.backendIps, 'node')) api.createOrUpdate(obj as unknown as KubeObject);
+    for (const obj of benchObjects(o.services, o.backendIps, 'node', o.backendIps6 ?? [])) api.createOrUpdate(obj as unknown as KubeObject);
     procs.push(await startInNetns({
       netns: o.nodeNetns,
       argv: ['socat', '-d', '-d', `TCP-LISTEN:${API_PORT_IN_NODE},bind=127.0.0.1,fork,reuseaddr`, `UNIX-CONNECT:${sockPath}`],

@@ -11,11 +11,12 @@ import { labDown, labUp } from '../lab/lab.js';
 import { run } from '../lab/exec.js';
 import { listNetns } from '../lab/network.js';
 import { readLabState } from '../lab/state.js';
-import { labNetnsPattern, planLab, type LabPlan } from '../lab/topology.js';
+import { addressOfFamily, labNetnsPattern, planLab, type LabPlan } from '../lab/topology.js';
+import type { IpFamily } from '../model/ip.js';
 import { startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
 import type { LabState } from '../lab/state.js';
 import { benchBinary } from '../lab/traffic-programs.js';
-import { labNameFor, RESPONDER_TCP_PORT, RESPONDER_UDP_PORT, type BenchMode } from './plan.js';
+import { labNameFor, RESPONDER_TCP_PORT, RESPONDER_UDP_PORT, type BenchFamilies, type BenchMode } from './plan.js';
 
 export interface BenchLab {
   mode: BenchMode;
@@ -36,12 +37,15 @@ export async function labExists(name: string): Promise<boolean> {
  * Brings up the lab of `mode`. A lab of the same name is the bench's own, left by an interrupted
  * run: it is removed first.
  */
-export async function benchLabUp(prefix: string, mode: BenchMode, backends: number, cpu: number): Promise<BenchLab> {
+export async function benchLabUp(prefix: string, mode: BenchMode, backends: number, cpu: number, families: BenchFamilies): Promise<BenchLab> {
   const name = labNameFor(prefix, mode);
   if (await labExists(name)) await labDown(name);
-  const plan = planLab({ name, backends });
-  const { state } = await labUp({ name, backends, manifestsDir: null, agent: false });
+  // IPv4 alone: the lab as it was before IPv6; with IPv6 the dual-stack lab.
+  const ipFamily = families.length === 1 ? 'ipv4' : 'dual';
+  const plan = planLab({ name, backends, ipFamily });
+  const { state } = await labUp({ name, backends, ipFamily, manifestsDir: null, agent: false });
   const lab: BenchLab = { mode, name, plan, state, responders: [] };
+  // tcp_tw_reuse and the port range are IPv4's and IPv6's alike (net.ipv4.* names notwithstanding).
   await run('sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65535'], { netns: plan.client.netns });
   for (const be of plan.nodes[0]?.backends ?? []) {
     const p = await startInNetns({
@@ -69,6 +73,10 @@ export function nodeNetns(lab: BenchLab): string {
   return node.netns;
 }
 
-export function backendIps(lab: BenchLab): string[] {
-  return (lab.plan.nodes[0]?.backends ?? []).map((b) => b.ip);
+/** The backends' addresses of `family` ([] when the lab has none of that family). */
+export function backendIps(lab: BenchLab, family: IpFamily = 'IPv4'): string[] {
+  return (lab.plan.nodes[0]?.backends ?? []).flatMap((b) => {
+    const ip = addressOfFamily(b.ips, family);
+    return ip === null ? [] : [ip];
+  });
 }

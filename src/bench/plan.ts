@@ -9,7 +9,13 @@
  * `web` (TCP), so the TCP port sorts last of the two: the `last` Service's TCP rule is the last
  * service rule iptables walks, its UDP rule the one before. A second measured Service sits at
  * index ⌊(N-1)/2⌋ (`middle`). Backends run the bench's echo responder on TCP 9000 / UDP 9053.
+ *
+ * With IPv6 measured too (`--families ipv4,ipv6`, the default) every Service is dual-stack: an
+ * IPv6 cluster IP (fd00:10:100::<index+1>) beside the IPv4 one and an EndpointSlice per family,
+ * so the IPv6 Service placed last is last among N IPv6 Services (in ip6tables' KUBE-SERVICES as
+ * in the BPF maps), and the control-plane figures are those of N dual-stack Services.
  */
+import { canonicalIp, joinHostPort, type IpFamily } from '../model/ip.js';
 
 /**
  * `bpf` is the agent as it runs by default: socket LB for the node's processes (the lab's client
@@ -79,8 +85,14 @@ export interface Durations {
 export const FULL_DURATIONS: Durations = { rrMs: 1000, crrMs: 2000, udpMs: 1000, warmupMs: 250, changeRepeats: 5, churnPerSecond: 100, churnMs: 20_000 };
 export const QUICK_DURATIONS: Durations = { rrMs: 200, crrMs: 300, udpMs: 200, warmupMs: 100, changeRepeats: 2, churnPerSecond: 20, churnMs: 1000 };
 
+/** The families whose traffic a run measures: IPv4 always (control plane and churn are IPv4's), IPv6 beside it or not. */
+export type BenchFamilies = readonly ['IPv4'] | readonly ['IPv4', 'IPv6'];
+export const DEFAULT_BENCH_FAMILIES: BenchFamilies = ['IPv4', 'IPv6'];
+
 export interface BenchPlan {
   modes: DataplaneMode[];
+  /** Traffic is measured per family; with IPv6 every Service is dual-stack. */
+  families: BenchFamilies;
   services: number[];
   backends: number;
   rounds: number;
@@ -98,6 +110,12 @@ export function serviceName(index: number): string {
 export function serviceVip(index: number): string {
   const n = VIP_BASE + index + 1;
   return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
+/** The IPv6 cluster IP of Service `index`: fd00:10:100::1 up (fd00:10:100::1:86a0 at 100,000). */
+export function serviceVip6(index: number): string {
+  const n = index + 1;
+  return canonicalIp(`fd00:10:100::${(n >>> 16).toString(16)}:${(n & 0xffff).toString(16)}`);
 }
 
 /** Index of the measured Service at `placement` among N, or null when N has no such distinct place. */
@@ -123,15 +141,18 @@ export interface Target {
   udp: string;
 }
 
-/** Where the load generator sends traffic for a mode (direct: the first backend itself). */
-export function targetFor(mode: BenchMode, services: number, placement: Placement, firstBackendIp: string): Target {
+/**
+ * Where the load generator sends traffic for a mode (direct: the first backend itself), in
+ * `family` (`firstBackendIp` of that family); IPv6 as `[ip]:port`.
+ */
+export function targetFor(mode: BenchMode, services: number, placement: Placement, firstBackendIp: string, family: IpFamily = 'IPv4'): Target {
   if (mode === 'direct') {
-    return { tcp: `${firstBackendIp}:${RESPONDER_TCP_PORT}`, udp: `${firstBackendIp}:${RESPONDER_UDP_PORT}` };
+    return { tcp: joinHostPort(firstBackendIp, RESPONDER_TCP_PORT), udp: joinHostPort(firstBackendIp, RESPONDER_UDP_PORT) };
   }
   const index = placementIndex(services, placement);
   if (index === null) throw new RangeError(`no ${placement} placement among ${services} services`);
-  const vip = serviceVip(index);
-  return { tcp: `${vip}:${SERVICE_TCP_PORT}`, udp: `${vip}:${SERVICE_UDP_PORT}` };
+  const vip = family === 'IPv4' ? serviceVip(index) : serviceVip6(index);
+  return { tcp: joinHostPort(vip, SERVICE_TCP_PORT), udp: joinHostPort(vip, SERVICE_UDP_PORT) };
 }
 
 /**
@@ -153,27 +174,35 @@ type Json = Record<string, unknown>;
  * The manifests of a run with `services` Services, as one `kind: List` (JSON parses ten times
  * faster than YAML at 10,000 Services, and the agent reads it through the same source).
  */
-export function benchManifests(services: number, backendIps: readonly string[], nodeName: string): Json {
-  return { apiVersion: 'v1', kind: 'List', items: benchObjects(services, backendIps, nodeName) };
+export function benchManifests(services: number, backendIps: readonly string[], nodeName: string, backendIps6: readonly string[] = []): Json {
+  return { apiVersion: 'v1', kind: 'List', items: benchObjects(services, backendIps, nodeName, backendIps6) };
 }
 
 /**
  * The same manifests as files of at most SERVICES_PER_MANIFEST_FILE Services each (name → `kind:
  * List`), in service order: `services-00.json`, `services-01.json`, ...
  */
-export function benchManifestFiles(services: number, backendIps: readonly string[], nodeName: string): Map<string, Json> {
-  const items = benchObjects(services, backendIps, nodeName);
+export function benchManifestFiles(
+  services: number,
+  backendIps: readonly string[],
+  nodeName: string,
+  backendIps6: readonly string[] = [],
+): Map<string, Json> {
+  const items = benchObjects(services, backendIps, nodeName, backendIps6);
   const files = new Map<string, Json>();
-  // Two objects (the Service and its EndpointSlice) per Service.
-  const perFile = 2 * SERVICES_PER_MANIFEST_FILE;
+  // The Service and its EndpointSlice (one per family) per Service.
+  const perFile = (backendIps6.length > 0 ? 3 : 2) * SERVICES_PER_MANIFEST_FILE;
   for (let start = 0, n = 0; start < items.length; start += perFile, n++) {
     files.set(`services-${String(n).padStart(2, '0')}.json`, { apiVersion: 'v1', kind: 'List', items: items.slice(start, start + perFile) });
   }
   return files;
 }
 
-/** The EndpointSlice of bench Service `index` with `backendIps` as its endpoints. */
-export function benchEndpointSlice(index: number, services: number, backendIps: readonly string[], nodeName: string): Json {
+/**
+ * The EndpointSlice of bench Service `index` with `backendIps` as its endpoints, of addressType
+ * `family` (the IPv6 one is named `<svc>-bench-ipv6`).
+ */
+export function benchEndpointSlice(index: number, services: number, backendIps: readonly string[], nodeName: string, family: IpFamily = 'IPv4'): Json {
   const name = serviceName(index);
   const both = placementsFor(services).some((p) => placementIndex(services, p) === index);
   return {
@@ -181,10 +210,10 @@ export function benchEndpointSlice(index: number, services: number, backendIps: 
     kind: 'EndpointSlice',
     metadata: {
       namespace: BENCH_NAMESPACE,
-      name: `${name}-bench`,
+      name: family === 'IPv4' ? `${name}-bench` : `${name}-bench-ipv6`,
       labels: { 'kubernetes.io/service-name': name, 'endpointslice.kubernetes.io/managed-by': 'vipr-bench' },
     },
-    addressType: 'IPv4',
+    addressType: family,
     ports: both
       ? [
           { name: 'dns', protocol: 'UDP', port: RESPONDER_UDP_PORT },
@@ -195,8 +224,12 @@ export function benchEndpointSlice(index: number, services: number, backendIps: 
   };
 }
 
-/** Every Service and EndpointSlice of a run with `services` Services, each Service before its slice. */
-export function benchObjects(services: number, backendIps: readonly string[], nodeName: string): Json[] {
+/**
+ * Every Service and EndpointSlice of a run with `services` Services, each Service before its
+ * slice; with `backendIps6`, every Service is dual-stack and has an IPv6 slice too.
+ */
+export function benchObjects(services: number, backendIps: readonly string[], nodeName: string, backendIps6: readonly string[] = []): Json[] {
+  const dual = backendIps6.length > 0;
   if (!Number.isInteger(services) || services < 1 || services > MAX_SERVICES) {
     throw new RangeError(`services must be a whole number from 1 to ${MAX_SERVICES}, got ${services}`);
   }
@@ -211,13 +244,15 @@ export function benchObjects(services: number, backendIps: readonly string[], no
           { name: 'web', protocol: 'TCP', port: SERVICE_TCP_PORT, targetPort: RESPONDER_TCP_PORT },
         ]
       : [{ name: '', protocol: 'TCP', port: SERVICE_TCP_PORT, targetPort: RESPONDER_TCP_PORT }];
+    const families = dual ? { clusterIPs: [serviceVip(i), serviceVip6(i)], ipFamilies: ['IPv4', 'IPv6'], ipFamilyPolicy: 'RequireDualStack' } : { clusterIPs: [serviceVip(i)] };
     items.push({
       apiVersion: 'v1',
       kind: 'Service',
       metadata: { namespace: BENCH_NAMESPACE, name },
-      spec: { type: 'ClusterIP', clusterIP: serviceVip(i), clusterIPs: [serviceVip(i)], ports },
+      spec: { type: 'ClusterIP', clusterIP: serviceVip(i), ...families, ports },
     });
     items.push(benchEndpointSlice(i, services, backendIps, nodeName));
+    if (dual) items.push(benchEndpointSlice(i, services, backendIps6, nodeName, 'IPv6'));
   }
   return items;
 }

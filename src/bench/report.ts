@@ -5,6 +5,7 @@
  */
 import { findResult, type BenchReport, type BenchResult, type ResultPlacement } from './results.js';
 import type { BenchMode, Metric, TrafficMetric } from './plan.js';
+import type { IpFamily } from '../model/ip.js';
 
 const TRAFFIC_TITLES: Record<TrafficMetric, { title: string; rate: string }> = {
   rr: { title: 'TCP request/response on one established connection (rr)', rate: 'req/s' },
@@ -67,21 +68,21 @@ function unavailableRows(report: BenchReport, columns: number): string[][] {
   return report.unavailable.map((u) => [u.mode, `unavailable: ${u.reason}`, ...Array<string>(Math.max(0, columns - 1)).fill('')]);
 }
 
-function trafficTable(report: BenchReport, metric: TrafficMetric, placement: Exclude<ResultPlacement, 'none'>): string[] {
+function trafficTable(report: BenchReport, metric: TrafficMetric, placement: Exclude<ResultPlacement, 'none'>, family: IpFamily = 'IPv4'): string[] {
   const services = servicesOf(report);
   const rows: string[][] = [['mode', ...services.map(servicesLabel)]];
   let any = false;
   for (const mode of modesOf(report)) {
     const row: string[] = [mode];
     for (const n of services) {
-      const r = findResult(report.results, { mode, services: n, placement: mode === 'direct' ? 'none' : placement, metric });
+      const r = findResult(report.results, { mode, services: n, placement: mode === 'direct' ? 'none' : placement, metric, family });
       if (!r) {
         row.push(failedCell(report, mode, n));
         continue;
       }
       any = any || mode !== 'direct';
-      const direct = findResult(report.results, { mode: 'direct', services: n, placement: 'none', metric });
-      const bpf = findResult(report.results, { mode: 'bpf', services: n, placement, metric });
+      const direct = findResult(report.results, { mode: 'direct', services: n, placement: 'none', metric, family });
+      const bpf = findResult(report.results, { mode: 'bpf', services: n, placement, metric, family });
       let cellText = `${fmtLatency(r.p50)}/${fmtLatency(r.p99 ?? r.p50)} µs`;
       if (mode !== 'direct' && direct) cellText += ` ${ratio(r.p50, direct.p50)}`;
       cellText += `  ${fmtNum(r.rate ?? 0, 0)}/s`;
@@ -93,8 +94,10 @@ function trafficTable(report: BenchReport, metric: TrafficMetric, placement: Exc
   if (!any) return [];
   rows.push(...unavailableRows(report, services.length));
   const where = placement === 'last' ? 'service placed last' : 'service placed in the middle';
+  // Reports that measured IPv6 name the family of every traffic table; IPv4-only ones read as before.
+  const measuredIpv6 = report.results.some((r) => r.family === 'IPv6');
   return [
-    `${TRAFFIC_TITLES[metric].title}, ${where}`,
+    `${TRAFFIC_TITLES[metric].title}, ${where}${measuredIpv6 ? `, ${family}` : ''}`,
     `  p50/p99 latency (p50 ×direct)  ${TRAFFIC_TITLES[metric].rate} (bpf's rate ×this mode's)`,
     ...table(rows).map((l) => `  ${l}`),
     '',
@@ -167,6 +170,8 @@ export function formatReport(report: BenchReport): string {
   ];
   for (const metric of ['crr', 'rr', 'udp'] as const) out.push(...trafficTable(report, metric, 'last'));
   for (const metric of ['crr', 'udp'] as const) out.push(...trafficTable(report, metric, 'middle'));
+  // IPv6 (when measured): the same traffic to each Service's IPv6 cluster IP, placed last.
+  for (const metric of ['crr', 'rr', 'udp'] as const) out.push(...trafficTable(report, metric, 'last', 'IPv6'));
   for (const metric of ['sync_all', 'sync_one', 'churn', 'rss', 'heap'] as const) out.push(...controlTable(report, metric));
   out.push(...bpfSummary(report));
   if (report.failures.length > 0) {

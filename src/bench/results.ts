@@ -6,6 +6,7 @@
  * before them read the same.
  */
 import type { BenchMode, Metric } from './plan.js';
+import type { IpFamily } from '../model/ip.js';
 import type { DisruptionSummary } from './disruption-report.js';
 
 /** `none` for figures that do not depend on where the service sits (direct, control plane). */
@@ -23,6 +24,8 @@ export interface Sample {
   services: number;
   placement: ResultPlacement;
   metric: Metric;
+  /** Traffic metrics: the address family of the traffic (absent in files from before IPv6: IPv4). */
+  family?: IpFamily;
   round: number;
   p50: number;
   p99: number | null;
@@ -41,6 +44,8 @@ export interface BenchResult {
   services: number;
   placement: ResultPlacement;
   metric: Metric;
+  /** Traffic metrics: the address family of the traffic (absent: IPv4, as files from before IPv6). */
+  family?: IpFamily;
   p50: number;
   p99: number | null;
   rate: number | null;
@@ -65,6 +70,8 @@ export interface BenchEnv {
   cpuDmaLatency: 'held at 0' | string;
   /** CPU the load generator and responders ran on. */
   pinnedCpu: number;
+  /** The families whose traffic was measured (absent in files from before IPv6: IPv4 only). */
+  families?: IpFamily[];
   backends: number;
   rounds: number;
   wallSeconds: number;
@@ -111,8 +118,8 @@ export function percentile(values: readonly number[], p: number): number {
   return s[rank - 1] as number;
 }
 
-function key(s: Pick<Sample, 'mode' | 'services' | 'placement' | 'metric'>): string {
-  return `${s.mode}|${s.services}|${s.placement}|${s.metric}`;
+function key(s: Pick<Sample, 'mode' | 'services' | 'placement' | 'metric' | 'family'>): string {
+  return `${s.mode}|${s.services}|${s.placement}|${s.metric}|${s.family ?? 'IPv4'}`;
 }
 
 const round3 = (v: number): number => Math.round(v * 1000) / 1000;
@@ -139,6 +146,7 @@ export function summarize(samples: readonly Sample[]): BenchResult[] {
       services: first.services,
       placement: first.placement,
       metric: first.metric,
+      ...(first.family === undefined ? {} : { family: first.family }),
       p50: round3(median(g.map((s) => s.p50))),
       p99: p99s.length === 0 ? null : round3(median(p99s)),
       rate: rates.length === 0 ? null : Math.round(median(rates)),
@@ -152,9 +160,13 @@ export function summarize(samples: readonly Sample[]): BenchResult[] {
   return out;
 }
 
+/** The result of `q`; a traffic result of `q.family` (default IPv4, which rows without a family are). */
 export function findResult(
   results: readonly BenchResult[],
-  q: Pick<BenchResult, 'mode' | 'services' | 'placement' | 'metric'>,
+  q: Pick<BenchResult, 'mode' | 'services' | 'placement' | 'metric' | 'family'>,
 ): BenchResult | undefined {
-  return results.find((r) => r.mode === q.mode && r.services === q.services && r.placement === q.placement && r.metric === q.metric);
+  const family = q.family ?? 'IPv4';
+  return results.find(
+    (r) => r.mode === q.mode && r.services === q.services && r.placement === q.placement && r.metric === q.metric && (r.family ?? 'IPv4') === family,
+  );
 }

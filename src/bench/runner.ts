@@ -127,7 +127,11 @@ const PACKAGE_JSON = {
   fix: 'reinstall vipr',
 };
 
-export async function environment(plan: Pick<BenchPlan, 'cpu' | 'backends' | 'rounds'>, command: string, dma: string): Promise<BenchEnv> {
+export async function environment(
+  plan: Pick<BenchPlan, 'cpu' | 'backends' | 'rounds'> & Partial<Pick<BenchPlan, 'families'>>,
+  command: string,
+  dma: string,
+): Promise<BenchEnv> {
   const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model ?? 'unknown';
   const pkg = readJsonFile(join(packageRoot(), 'package.json'), PACKAGE_JSON);
   return {
@@ -147,6 +151,7 @@ export async function environment(plan: Pick<BenchPlan, 'cpu' | 'backends' | 'ro
     command,
     cpuDmaLatency: dma,
     pinnedCpu: plan.cpu,
+    ...(plan.families === undefined ? {} : { families: [...plan.families] }),
     backends: plan.backends,
     rounds: plan.rounds,
     wallSeconds: 0,
@@ -289,31 +294,36 @@ async function agentRss(c: CellContext, mode: DataplaneMode): Promise<void> {
 
 async function traffic(c: CellContext, mode: BenchMode): Promise<void> {
   const placements = mode === 'direct' ? (['none'] as const) : placementsFor(c.services);
-  const firstBackend = backendIps(c.lab)[0];
-  if (firstBackend === undefined) throw new Error('bench lab has no backend');
   const d = c.plan.durations;
   const parts: string[] = [];
-  for (const placement of placements) {
-    const target = targetFor(mode, c.services, placement === 'none' ? 'last' : placement, firstBackend);
-    for (const metric of TRAFFIC_METRICS) {
-      checkAbort(c.signal);
-      const durationMs: Record<TrafficMetric, number> = { rr: d.rrMs, crr: d.crrMs, udp: d.udpMs };
-      const out = await runLoad({
-        netns: c.lab.plan.client.netns,
-        cpu: c.plan.cpu,
-        metric,
-        target: metric === 'udp' ? target.udp : target.tcp,
-        durationMs: durationMs[metric],
-        warmupMs: d.warmupMs,
-        signal: c.signal,
-        // The one-node lab's client is a process of the node (socket LB applies in mode bpf).
-        cgroup: c.lab.state.nodes[0]?.cgroup ?? null,
-      });
-      if (out.errors > 0.01 * (out.samples + out.errors)) {
-        throw new Error(`${mode} ${metric} to ${out.target}: ${out.errors} of ${out.samples + out.errors} transactions failed (${out.first_error ?? '?'})`);
+  for (const family of c.plan.families) {
+    const firstBackend = backendIps(c.lab, family)[0];
+    if (firstBackend === undefined) throw new Error(`bench lab has no ${family} backend`);
+    for (const placement of placements) {
+      const target = targetFor(mode, c.services, placement === 'none' ? 'last' : placement, firstBackend, family);
+      for (const metric of TRAFFIC_METRICS) {
+        checkAbort(c.signal);
+        const durationMs: Record<TrafficMetric, number> = { rr: d.rrMs, crr: d.crrMs, udp: d.udpMs };
+        const out = await runLoad({
+          netns: c.lab.plan.client.netns,
+          cpu: c.plan.cpu,
+          metric,
+          target: metric === 'udp' ? target.udp : target.tcp,
+          durationMs: durationMs[metric],
+          warmupMs: d.warmupMs,
+          signal: c.signal,
+          // The one-node lab's client is a process of the node (socket LB applies in mode bpf).
+          cgroup: c.lab.state.nodes[0]?.cgroup ?? null,
+        });
+        if (out.errors > 0.01 * (out.samples + out.errors)) {
+          throw new Error(`${mode} ${metric} to ${out.target}: ${out.errors} of ${out.samples + out.errors} transactions failed (${out.first_error ?? '?'})`);
+        }
+        c.samples.push({
+          mode, services: c.services, placement, metric, family, round: c.round, p50: out.p50_us, p99: out.p99_us, rate: out.rate, errors: out.errors,
+        });
+        const tag = family === 'IPv4' ? '' : 'v6 ';
+        if (placement !== 'middle') parts.push(`${tag}${metric} ${out.p50_us.toFixed(1)}/${out.p99_us.toFixed(1)} µs ${Math.round(out.rate)}/s`);
       }
-      c.samples.push({ mode, services: c.services, placement, metric, round: c.round, p50: out.p50_us, p99: out.p99_us, rate: out.rate, errors: out.errors });
-      if (placement !== 'middle') parts.push(`${metric} ${out.p50_us.toFixed(1)}/${out.p99_us.toFixed(1)} µs ${Math.round(out.rate)}/s`);
     }
   }
   c.progress(parts.join(', '));
@@ -326,6 +336,7 @@ async function churn(c: CellContext, mode: DataplaneMode): Promise<void> {
     mode,
     services: c.services,
     backendIps: backendIps(c.lab),
+    backendIps6: c.plan.families.length > 1 ? backendIps(c.lab, 'IPv6') : [],
     perSecond: d.churnPerSecond,
     durationMs: d.churnMs,
     nodeNetns: nodeNetns(c.lab),
@@ -384,15 +395,17 @@ export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
       checkAbort(signal);
       pending.push(labNameFor(plan.labPrefix, mode));
       o.onProgress(`lab for ${mode}: up`);
-      labs.push(await benchLabUp(plan.labPrefix, mode, plan.backends, plan.cpu));
+      labs.push(await benchLabUp(plan.labPrefix, mode, plan.backends, plan.cpu, plan.families));
     }
     const ips = backendIps(labs[0] as BenchLab);
+    // With IPv6 measured, every Service is dual-stack (its IPv6 slice lists the IPv6 backends).
+    const ips6 = plan.families.length > 1 ? backendIps(labs[0] as BenchLab, 'IPv6') : [];
     const manifestsDirs = new Map<number, string>();
     for (const n of plan.services) {
       const dir = join(workDir, `manifests-${n}`);
       rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { recursive: true });
-      for (const [file, list] of benchManifestFiles(n, ips, 'node')) writeFileSync(join(dir, file), JSON.stringify(list));
+      for (const [file, list] of benchManifestFiles(n, ips, 'node', ips6)) writeFileSync(join(dir, file), JSON.stringify(list));
       manifestsDirs.set(n, dir);
     }
     for (let round = 1; round <= plan.rounds; round++) {

@@ -11,7 +11,8 @@ import { formatDisruption } from '../bench/disruption-report.js';
 import { FULL_DISRUPTION, QUICK_DISRUPTION, runDisruption, type DisruptionPlan } from '../bench/disruption.js';
 import type { BenchReport } from '../bench/results.js';
 import {
-  CHURN_MAX_SERVICES, DATAPLANE_MODES, FULL_DURATIONS, MAX_SERVICES, QUICK_DURATIONS, labNameFor, type BenchPlan, type DataplaneMode,
+  CHURN_MAX_SERVICES, DATAPLANE_MODES, DEFAULT_BENCH_FAMILIES, FULL_DURATIONS, MAX_SERVICES, QUICK_DURATIONS, labNameFor,
+  type BenchFamilies, type BenchPlan, type DataplaneMode,
 } from '../bench/plan.js';
 import { cpus } from 'node:os';
 import { intOption, parseOptions } from './options.js';
@@ -21,7 +22,7 @@ import { requireRoot } from '../bpf/datapath.js';
 export const summary = 'benchmark BPF against iptables, nftables and IPVS: latency, conn/s, sync time, churn, memory';
 
 const HELP = `usage: vipr bench [--modes bpf,bpf-tc,iptables,iptables-nft,nftables,ipvs] [--services 1,1000,10000]
-                  [--backends 3] [--rounds 3] [--json FILE] [--chart FILE.svg] [--quick]
+                  [--families ipv4,ipv6] [--backends 3] [--rounds 3] [--json FILE] [--chart FILE.svg] [--quick]
 
 Builds one lab per mode (named <prefix>-bpf, <prefix>-ipt, ...; see 'vipr lab'), plus one with
 nothing loaded for the 'direct' floor (client → backend, routed, no NAT), and for every mode
@@ -46,9 +47,15 @@ options:
                       bpf is the default agent (socket LB for the client, a process of the
                       node, and TC), bpf-tc the same with --socket-lb off (every packet via TC)
   --services LIST     service counts, up to ${MAX_SERVICES.toLocaleString('en-US')} (default 1,1000,10000; --quick: 1,100)
+  --families LIST     ipv4,ipv6 (default) or ipv4: the address families whose rr, crr and udp are
+                      measured, each row labelled with its family. With ipv6, the labs are
+                      dual-stack and every Service has an IPv6 cluster IP (fd00:10:100::<n>) and
+                      an IPv6 EndpointSlice beside the IPv4 ones, so sync_all, sync_one, rss and
+                      heap are those of N dual-stack Services; churn changes IPv4 slices.
   --backends N        backends per service (default 3)
   --rounds N          rounds (default 3; --quick: 1)
-  --json FILE         write {env, results: [{mode, services, placement, metric, p50, p99, rate, unit}]}
+  --json FILE         write {env, results: [{mode, services, placement, metric, family, p50, p99, rate, unit}]}
+                      (family on traffic rows: IPv4 or IPv6)
   --chart FILE.svg    write a chart of crr latency and conn/s against services (vega-lite)
   --quick             short runs and small counts: a smoke test of a few minutes at most
   --cpu N             CPU for the load generator and responders (default: the last one)
@@ -74,6 +81,7 @@ conntrack GC (--ct-gc, alone, no lab):
 const OPTIONS = {
   modes: { type: 'string' },
   services: { type: 'string' },
+  families: { type: 'string' },
   backends: { type: 'string' },
   rounds: { type: 'string' },
   json: { type: 'string' },
@@ -101,6 +109,15 @@ export function parseModes(value: string | undefined): DataplaneMode[] {
   }
   if (modes.length === 0) throw new ConfigError(`--modes ${value}: no dataplane to compare`);
   return modes;
+}
+
+/** `--families`: IPv4 is always measured (the control plane and churn are IPv4's); IPv6 beside it by default. */
+export function parseFamilies(value: string | undefined): BenchFamilies {
+  if (value === undefined) return DEFAULT_BENCH_FAMILIES;
+  const wanted = new Set(value.split(',').map((s) => s.trim().toLowerCase()).filter((s) => s.length > 0));
+  if (wanted.size === 1 && wanted.has('ipv4')) return ['IPv4'];
+  if (wanted.size === 2 && wanted.has('ipv4') && wanted.has('ipv6')) return ['IPv4', 'IPv6'];
+  throw new ConfigError(`--families ${value}: expected ipv4,ipv6 or ipv4 (IPv4 is always measured: the control-plane rows and churn are IPv4's)`);
 }
 
 export function parseServiceCounts(value: string | undefined, quick: boolean): number[] {
@@ -141,7 +158,7 @@ export async function run(argv: string[]): Promise<number> {
     }
   }
   if (values.disruption) {
-    for (const flag of ['services', 'backends', 'rounds', 'chart', 'cpu'] as const) {
+    for (const flag of ['services', 'families', 'backends', 'rounds', 'chart', 'cpu'] as const) {
       if (values[flag] !== undefined) throw new ConfigError(`--${flag} is not an option of --disruption; drop it`);
     }
     const base = quick ? QUICK_DISRUPTION : FULL_DISRUPTION;
@@ -158,6 +175,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   const plan: BenchPlan = {
     modes: parseModes(values.modes),
+    families: parseFamilies(values.families),
     services: parseServiceCounts(values.services, quick),
     backends: intOption('backends', values.backends, 3, 1, 50),
     rounds: intOption('rounds', values.rounds, quick ? 1 : 3, 1, 100),
