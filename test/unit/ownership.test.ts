@@ -305,3 +305,58 @@ describe('one Service\'s failure is its own', () => {
     expect(fake.services.lookup({ vip: NODEPORT_VIP, port: 9999, proto: IPPROTO_TCP, scope: SCOPE_EXTERNAL })).toBeNull();
   });
 });
+
+describe('IPv6 frontends', () => {
+  const victim6 = svc('team-a', 'victim6', {
+    clusterIPs: ['10.96.0.66', 'fd00:10:96::66'],
+    ipFamilies: ['IPv4', 'IPv6'],
+    creationTimestamp: T0 + 1000,
+  });
+  // Addresses reach the model canonical (src/sources/parse.ts), so one frontend has one spelling.
+  const intruder6 = svc('team-b', 'intruder6', {
+    clusterIPs: ['fd00:10:96::77'],
+    ipFamilies: ['IPv6'],
+    externalIPs: ['fd00:10:96::66', '2001:db8::9'],
+    creationTimestamp: T0,
+  });
+
+  test('an IPv6 externalIP on another Service\'s IPv6 cluster IP is not programmed; the rest of both Services is', () => {
+    const warnings: string[] = [];
+    const state = buildDesiredState(clusterObjects([intruder6, victim6], []), NODE, (m) => warnings.push(m));
+    const byKey = new Map(state.services.map((e) => [e.key, e.service]));
+    expect([...byKey.keys()]).toEqual(['team-a/victim6', 'team-a/victim6 IPv6', 'team-b/intruder6 IPv6']);
+    expect(byKey.get('team-b/intruder6 IPv6')?.externalIPs).toEqual(['2001:db8::9']);
+    expect(byKey.get('team-a/victim6 IPv6')?.clusterIP).toBe('fd00:10:96::66');
+    expect(warnings).toEqual([
+      'Service team-b/intruder6: externalIPs [fd00:10:96::66]:9999/TCP is owned by Service team-a/victim6 (clusterIP, allocated by the API server); not programmed for this Service',
+    ]);
+  });
+
+  test('the same address in two families never collides, and an IPv4 frontend is written as before', () => {
+    const owners = new FrontendOwners();
+    owners.set('team-a/victim6', victim6);
+    owners.set('team-b/intruder6', intruder6);
+    expect(owners.owns('team-a/victim6', 'clusterIP', '10.96.0.66:9999/TCP')).toBe(true);
+    expect(owners.owns('team-a/victim6', 'clusterIP', '[fd00:10:96::66]:9999/TCP')).toBe(true);
+    expect(owners.owns('team-b/intruder6', 'externalIPs', '[2001:db8::9]:9999/TCP')).toBe(true);
+    expect(owners.conflictCount).toBe(1);
+    // Removing the owner hands its IPv6 frontend to the claimant.
+    expect([...owners.set('team-a/victim6', null)]).toEqual(['team-b/intruder6']);
+    expect(owners.owns('team-b/intruder6', 'externalIPs', '[fd00:10:96::66]:9999/TCP')).toBe(true);
+    expect(owners.conflictCount).toBe(0);
+  });
+
+  test('--external-ip-cidrs holds IPv6 externalIPs to IPv6 CIDRs', () => {
+    const warnings: string[] = [];
+    const s = svc('default', 'web6', { clusterIPs: ['fd00:10:96::9'], ipFamilies: ['IPv6'], externalIPs: ['2001:db8:1::10', '2001:db8:2::10'] });
+    const state = buildDesiredState(clusterObjects([s], []), NODE, (m) => warnings.push(m), {
+      externalIPCIDRs: ['192.0.2.0/24', '2001:db8:1::/48'],
+      families: ['IPv4', 'IPv6'],
+      nodePortRange: null,
+    });
+    expect(state.services.map((e) => [e.key, e.service.externalIPs])).toEqual([['default/web6 IPv6', ['2001:db8:1::10']]]);
+    expect(warnings).toEqual([
+      'Service default/web6: spec.externalIPs 2001:db8:2::10 is outside --external-ip-cidrs 192.0.2.0/24,2001:db8:1::/48; address not programmed',
+    ]);
+  });
+});
