@@ -4,7 +4,8 @@
  * every service count and placement), never how fast anything was; that the churn metric timed
  * every change it made through a fake API server into each dataplane (at 100 Services, none at
  * 1); that the measured service really sits last in iptables' KUBE-SERVICES; that the chart is
- * an SVG; and that its labs are gone afterwards, also when it is interrupted with SIGINT.
+ * an SVG; that IPv6 traffic is measured beside IPv4 (rows labelled by family); and that its labs
+ * are gone afterwards, also when it is interrupted with SIGINT.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -22,6 +23,8 @@ interface Result {
   services: number;
   placement: string;
   metric: string;
+  /** Traffic rows: IPv4 or IPv6. */
+  family?: string;
   p50: number;
   p99: number | null;
   rate: number | null;
@@ -30,7 +33,7 @@ interface Result {
 }
 
 interface Report {
-  env: { kernel: string; cpu: string; tools: Record<string, string>; date: string; cpuDmaLatency: string };
+  env: { kernel: string; cpu: string; tools: Record<string, string>; date: string; cpuDmaLatency: string; families?: string[] };
   results: Result[];
   unavailable: Array<{ mode: string; reason: string }>;
   failures: Array<{ mode: string; services: number; reason: string }>;
@@ -116,9 +119,11 @@ describe('vipr bench --quick', () => {
   test('holds every metric for every available mode, service count and placement', () => {
     const missing: string[] = [];
     const bad: string[] = [];
-    const has = (mode: string, services: number, placement: string, metric: string): void => {
-      const r = report.results.find((x) => x.mode === mode && x.services === services && x.placement === placement && x.metric === metric);
-      const what = `${mode} ${services} ${placement} ${metric}`;
+    const has = (mode: string, services: number, placement: string, metric: string, family?: string): void => {
+      const r = report.results.find(
+        (x) => x.mode === mode && x.services === services && x.placement === placement && x.metric === metric && x.family === family,
+      );
+      const what = `${mode} ${services} ${placement} ${metric}${family === undefined ? '' : ` ${family}`}`;
       if (!r) {
         missing.push(what);
         return;
@@ -132,13 +137,16 @@ describe('vipr bench --quick', () => {
     };
     const modes = [...new Set(report.results.map((r) => r.mode))].filter((m) => m !== 'direct');
     expect(report.failures).toEqual([]);
+    expect(report.env.families).toEqual(['IPv4', 'IPv6']);
     for (const services of [1, 100]) {
-      for (const metric of TRAFFIC) has('direct', services, 'none', metric);
-      for (const mode of modes) {
-        for (const metric of TRAFFIC) has(mode, services, 'last', metric);
-        if (services === 100) for (const metric of TRAFFIC) has(mode, services, 'middle', metric);
-        for (const metric of CONTROL) has(mode, services, 'none', metric);
+      for (const family of ['IPv4', 'IPv6']) {
+        for (const metric of TRAFFIC) has('direct', services, 'none', metric, family);
+        for (const mode of modes) {
+          for (const metric of TRAFFIC) has(mode, services, 'last', metric, family);
+          if (services === 100) for (const metric of TRAFFIC) has(mode, services, 'middle', metric, family);
+        }
       }
+      for (const mode of modes) for (const metric of CONTROL) has(mode, services, 'none', metric);
     }
     expect({ missing, bad }).toEqual({ missing: [], bad: [] });
   });
@@ -177,7 +185,8 @@ describe('vipr bench --quick', () => {
   });
 
   test('prints the comparison table with ratios', () => {
-    expect(run.stdout).toMatch(/^TCP new connection: connect, request\/response, close \(crr\), service placed last$/m);
+    expect(run.stdout).toMatch(/^TCP new connection: connect, request\/response, close \(crr\), service placed last, IPv4$/m);
+    expect(run.stdout).toMatch(/^TCP new connection: connect, request\/response, close \(crr\), service placed last, IPv6$/m);
     expect(run.stdout).toMatch(/^ {2}bpf +[\d.,]+\/[\d.,]+ µs ×\d+\.\d\d +[\d,]+\/s/m);
     expect(run.stdout).toMatch(/^ {2}iptables +[\d.,]+\/[\d.,]+ µs ×\d+\.\d\d +[\d,]+\/s \(bpf ×\d+\.\d\d\)/m);
     expect(run.stdout).toMatch(/^programming all N services from nothing \(sync_all\), ms$/m);
@@ -186,7 +195,10 @@ describe('vipr bench --quick', () => {
   test('the chart is an SVG with a line per mode', () => {
     const svg = readFileSync(chartFile, 'utf8');
     expect(svg.startsWith('<svg')).toBe(true);
-    for (const mode of new Set(report.results.map((r) => r.mode))) expect(svg).toContain(`>${mode}<`);
+    for (const mode of new Set(report.results.map((r) => r.mode))) {
+      expect(svg).toContain(`>${mode}<`);
+      expect(svg).toContain(`>${mode} IPv6<`);
+    }
   });
 
   test('leaves no lab behind', async () => {
