@@ -5,28 +5,29 @@
  * 200 with the count when it has, 503 when it has none, so the load balancer only sends
  * traffic to nodes that can serve it without a second hop.
  *
- * As kube-proxy: the servers listen on 0.0.0.0 unless --nodeport-addresses narrows NodePorts to
- * some CIDRs; then on each local address in them (looked up once, when the agent starts), and on
- * none when no address matches. One Service owns one port: a port out of range, taken by another
+ * As kube-proxy, per family: the servers listen on 0.0.0.0 (and on :: when the node has IPv6)
+ * unless --nodeport-addresses narrows that family's NodePorts to some CIDRs; then on each local
+ * address of the family in them (looked up once, when the agent starts), and on none of the
+ * family when no address matches. A family --nodeport-addresses names no CIDR of is not narrowed. One Service owns one port: a port out of range, taken by another
  * Service (the first by namespace/name keeps it) or by another program is that Service's problem
  * alone, logged once as one line until it changes; every other Service keeps its server.
  */
 import { createServer, type Server } from 'node:http';
 import { networkInterfaces } from 'node:os';
 import type { DesiredState } from '../model/types.js';
-import { cidrContains, parseIpv4Cidr } from '../model/ipv4.js';
+import { IP_FAMILIES, canonicalIp, cidrHas, familyOf, parseCidr, type IpFamily } from '../model/ip.js';
 import { componentLogger } from '../log.js';
 
 const log = componentLogger('service-health');
 
-const ALL_ADDRESSES = '0.0.0.0';
+const ALL_ADDRESSES: Record<IpFamily, string> = { IPv4: '0.0.0.0', IPv6: '::' };
 
 export interface ServiceHealthOptions {
-  /** kube-proxy's --nodeport-addresses (IPv4 CIDRs); empty or 0.0.0.0/0 = every address. */
+  /** kube-proxy's --nodeport-addresses (CIDRs of both families); none of a family, or its /0, = every address of it. */
   nodePortAddresses?: string[];
   /** The proxy's own health: kube-proxy answers 503 when it is unhealthy. */
   proxyHealthy?: () => boolean;
-  /** This node's IPv4 addresses; default: every interface's, from the kernel. */
+  /** This node's addresses of both families; default: every interface's, from the kernel. */
   localAddresses?: () => string[];
 }
 
@@ -45,21 +46,36 @@ interface Instance {
 function interfaceAddresses(): string[] {
   return Object.values(networkInterfaces())
     .flatMap((list) => list ?? [])
-    .filter((a) => a.family === 'IPv4')
+    // A link-local IPv6 address needs its interface to bind (fe80::1%eth0): not a node address.
+    .filter((a) => a.family === 'IPv4' || (a.family === 'IPv6' && (a.scopeid ?? 0) === 0))
     .map((a) => a.address);
 }
 
-/** Where the health check servers listen: kube-proxy's nodeIPs for its service health server. */
+/**
+ * Where the health check servers listen: kube-proxy's nodeIPs for its service health servers, one
+ * family after the other (IPv4 first). The IPv6 unspecified address only when the node has IPv6.
+ */
 export function healthCheckAddresses(nodePortAddresses: string[], localAddresses: string[]): string[] {
-  const cidrs = nodePortAddresses.map(parseIpv4Cidr);
-  if (cidrs.length === 0 || cidrs.some((c) => c.prefix === 0)) return [ALL_ADDRESSES];
-  return [...new Set(localAddresses.filter((ip) => cidrs.some((c) => cidrContains(c, ip))))].sort();
+  const cidrs = nodePortAddresses.flatMap((c) => c.split(',')).map((c) => c.trim()).filter((c) => c !== '').map(parseCidr);
+  const out: string[] = [];
+  for (const family of IP_FAMILIES) {
+    const local = localAddresses.filter((ip) => familyOf(ip) === family).map(canonicalIp);
+    if (family === 'IPv6' && local.length === 0) continue;
+    const mine = cidrs.filter((c) => c.family === family);
+    if (mine.length === 0 || mine.some((c) => c.prefix === 0)) {
+      out.push(ALL_ADDRESSES[family]);
+      continue;
+    }
+    out.push(...[...new Set(local.filter((ip) => mine.some((c) => cidrHas(c, ip))))].sort());
+  }
+  return out;
 }
 
 function listen(server: Server, port: number, host: string): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, host, () => {
+    // "::" only for IPv6: 0.0.0.0 holds the port for IPv4 beside it.
+    server.listen({ port, host, ipv6Only: host === ALL_ADDRESSES.IPv6 }, () => {
       server.off('error', reject);
       resolve();
     });

@@ -72,6 +72,27 @@ test('the listen addresses: every address by default, else the local addresses i
   expect(healthCheckAddresses(['172.16.0.0/12'], local)).toEqual([]);
 });
 
+test('the listen addresses per family: IPv6 beside IPv4 when the node has it, each family narrowed only by its own CIDRs', () => {
+  const local = ['127.0.0.1', '192.168.1.10', '::1', 'FD00:192:168:60:0:0:0:10', 'fd00:192:168:60::11'];
+  expect(healthCheckAddresses([], local)).toEqual(['0.0.0.0', '::']);
+  expect(healthCheckAddresses(['0.0.0.0/0', '::/0'], local)).toEqual(['0.0.0.0', '::']);
+  expect(healthCheckAddresses(['fd00:192:168:60::/64'], local)).toEqual(['0.0.0.0', 'fd00:192:168:60::10', 'fd00:192:168:60::11']);
+  expect(healthCheckAddresses(['192.168.1.0/24,fd00:192:168:60::10/128'], local)).toEqual(['192.168.1.10', 'fd00:192:168:60::10']);
+  expect(healthCheckAddresses(['192.168.1.0/24', '2001:db8::/32'], local)).toEqual(['192.168.1.10']);
+});
+
+test('a dual-stack node answers the health check over IPv4 and IPv6 alike', async () => {
+  const port = await freePort();
+  const hc = new ServiceHealthServers({ nodePortAddresses: ['127.0.0.2/32', '::1/128'], localAddresses: () => ['127.0.0.1', '127.0.0.2', '::1'] });
+  opened.push(hc);
+  expect(hc.bindAddresses).toEqual(['127.0.0.2', '::1']);
+  await hc.update(state(entry('lb', port, ['10.244.0.11'])));
+  for (const host of ['127.0.0.2', '[::1]']) {
+    expect(await check(host, port)).toMatchObject({ status: 200, body: { service: { namespace: 'default', name: 'lb' }, localEndpoints: 1 } });
+  }
+  expect(await check('127.0.0.1', port)).toBe('refused');
+});
+
 test('--nodeport-addresses: the server answers on the matching node address only', async () => {
   const port = await freePort();
   const hc = servers(['127.0.0.2/32']);
