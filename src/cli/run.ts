@@ -4,7 +4,7 @@ import type { Server } from 'node:http';
 import type { ParseArgsConfig } from 'node:util';
 import { LoadedDatapath, attachInterface, attachXdp, forgetInterface, requireRoot, type AttachMode } from '../bpf/datapath.js';
 import { SocketLb, decideSocketLb, describeSocketLb, detachSocketLb, parseSocketLbChoice, socketLbStatus, type SocketLbDecision } from '../bpf/socket-lb.js';
-import { cidrFamily } from '../model/ip.js';
+import { servedFamilies } from '../model/build.js';
 import { resolveOptions } from '../render/options.js';
 import { listLinks, parseIfaceSpec, watchLinks } from '../bpf/interfaces.js';
 import { ifNameToIndex } from '../bpf/libbpf.js';
@@ -327,20 +327,21 @@ async function runAgent(
   const metrics = new AgentMetrics(loaded === null ? {} : { datapathCounters: () => readCounters(loaded.maps) });
   // kube-proxy's rule: unhealthy when a queued change waits longer than 2 × the sync period.
   const health = new ProxyHealth({ healthTimeoutMs: 2 * o.fullSync });
-  // The health check servers listen on IPv4 addresses only (src/sync/service-health.ts).
-  const ipv4NodePortAddresses = renderOptionsFromCli(values).nodePortAddresses.filter((c) => cidrFamily(c) === 'IPv4');
-  const serviceHealth = new ServiceHealthServers({ nodePortAddresses: ipv4NodePortAddresses, proxyHealthy: () => health.status().healthy });
+  // The health check servers listen on the node's addresses of both families, each narrowed by its own CIDRs.
+  const serviceHealth = new ServiceHealthServers({ nodePortAddresses: renderOptionsFromCli(values).nodePortAddresses, proxyHealthy: () => health.status().healthy });
   const servers: Server[] = [];
   servers.push(await startMetricsServer(values['metrics-bind-address'], metrics));
   servers.push(await startHealthServer(values['healthz-bind-address'], health));
 
   const source = o.kube !== null ? kubeSource(o.kube, nodeName, metrics, log) : manifestSource(values.manifests as string, metrics);
+  const nodeIps = parseNodeIps(values['node-ip']);
   const agent = new Agent({
     dataplane,
-    node: { name: nodeName, zone: null, ips: parseNodeIps(values['node-ip']) },
+    node: { name: nodeName, zone: null, ips: nodeIps },
     minSyncPeriodMs: o.minSync,
     syncPeriodMs: o.fullSync,
-    build: buildOptionsFromCli(values, o.kube !== null),
+    // A family --node-ip gives no address of is not served (one line says so); none given: both.
+    build: { ...buildOptionsFromCli(values, o.kube !== null), families: servedFamilies(nodeIps) },
     onQueued: (now) => {
       metrics.queued(now);
       health.queued(now);

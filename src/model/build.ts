@@ -67,6 +67,16 @@ export interface BuildOptions {
 export const DEFAULT_BUILD_OPTIONS: BuildOptions = { nodePortRange: null, externalIPCIDRs: [], families: IP_FAMILIES };
 
 /**
+ * The families a node with `nodeIps` serves: those it has an address of (kube-proxy runs no
+ * proxier for a family the node has no IP of); both when no address is known (a manifest source
+ * without --node-ip: nothing says which family the node lacks).
+ */
+export function servedFamilies(nodeIps: readonly string[]): IpFamily[] {
+  const families = IP_FAMILIES.filter((f) => nodeIps.some((ip) => familyOf(ip) === f));
+  return families.length === 0 ? [...IP_FAMILIES] : families;
+}
+
+/**
  * Says once per family, for as long as it lives, that the node does not serve that family: the
  * agent keeps one across syncs, buildDesiredState one per build. Not per Service, not per sync.
  */

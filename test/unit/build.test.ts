@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_BUILD_OPTIONS, buildDesiredState } from '../../src/model/build.js';
+import { DEFAULT_BUILD_OPTIONS, buildDesiredState, servedFamilies } from '../../src/model/build.js';
 import type { ClusterObjects, EndpointSliceObject, ServiceObject, SliceEndpoint } from '../../src/model/k8s.js';
 import type { NodeInfo } from '../../src/model/types.js';
 import { loadManifestDir } from '../../src/sources/manifest.js';
@@ -314,6 +314,13 @@ describe('dual-stack and IPv6 Services', () => {
     ]);
     expect(warnings).toHaveLength(1);
     expect(warnings[0]).toMatch(/^IPv6: this node has no IPv6 node IP \(give one with --node-ip\), so IPv6 Service addresses are not programmed/);
+  });
+
+  it('serves the families the node has an IP of (--node-ip), both when none is known', () => {
+    expect(servedFamilies(['192.168.0.10'])).toEqual(['IPv4']);
+    expect(servedFamilies(['fd00:192:168:60::10'])).toEqual(['IPv6']);
+    expect(servedFamilies(['fd00:192:168:60::10', '192.168.0.10'])).toEqual(['IPv4', 'IPv6']);
+    expect(servedFamilies([])).toEqual(['IPv4', 'IPv6']);
   });
 
   it('drops addresses of a family the Service has no cluster IP of (kube-proxy\'s proxier of that family never sees them)', () => {
