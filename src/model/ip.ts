@@ -13,10 +13,13 @@ export type IpFamily = 'IPv4' | 'IPv6';
 
 export const IP_FAMILIES: readonly IpFamily[] = ['IPv4', 'IPv6'];
 
-/** The family of `ip`, or null when it is neither. */
+/**
+ * The family of `ip`, or null when it is neither. A zoned IPv6 address (`fe80::1%eth0`, which
+ * node:net accepts) is not an address a Service, endpoint or node option can use: null.
+ */
 export function familyOf(ip: string): IpFamily | null {
   if (isIPv4(ip)) return 'IPv4';
-  if (isIPv6(ip)) return 'IPv6';
+  if (isIPv6(ip) && !ip.includes('%')) return 'IPv6';
   return null;
 }
 
@@ -30,7 +33,7 @@ export function familyOfOrThrow(ip: string): IpFamily {
 /** The 16 bytes of an IPv6 address (network order); an embedded IPv4 tail ("::ffff:1.2.3.4") too. */
 export function parseIpv6(ip: string): Buffer {
   const text = ip.trim();
-  if (!isIPv6(text)) throw new ConfigError(`not an IPv6 address: '${ip}'`);
+  if (familyOf(text) !== 'IPv6') throw new ConfigError(`not an IPv6 address: '${ip}'`);
   const out = Buffer.alloc(16);
   let head = text;
   let tailV4: number | null = null;
@@ -49,10 +52,14 @@ export function parseIpv6(ip: string): Buffer {
   return out;
 }
 
-/** RFC 5952: lowercase, no leading zeros, the longest run (first of equals, ≥ 2 groups) of zero groups as "::". */
+/**
+ * RFC 5952: lowercase, no leading zeros, the longest run (first of equals, ≥ 2 groups) of zero
+ * groups as "::", and an IPv4-mapped address with its IPv4 tail dotted (section 5).
+ */
 export function formatIpv6(bytes: Uint8Array): string {
   const groups: number[] = [];
   for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0));
+  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) return `::ffff:${[...bytes.subarray(12, 16)].join('.')}`;
   let bestStart = -1;
   let bestLen = 0;
   for (let i = 0; i < 8; ) {
@@ -76,8 +83,9 @@ export function formatIpv6(bytes: Uint8Array): string {
 /** The canonical text of an address of either family (IPv4 as given, trimmed; IPv6 per RFC 5952). */
 export function canonicalIp(ip: string): string {
   const text = ip.trim();
-  if (isIPv4(text)) return text;
-  if (isIPv6(text)) return formatIpv6(parseIpv6(text));
+  const family = familyOf(text);
+  if (family === 'IPv4') return text;
+  if (family === 'IPv6') return formatIpv6(parseIpv6(text));
   throw new ConfigError(`not an IP address: '${ip}'`);
 }
 
