@@ -13,7 +13,7 @@
 import type { ClusterObjects, EndpointSliceObject, ServiceObject } from '../model/k8s.js';
 import type { DesiredState, NodeInfo, ServiceEntry } from '../model/types.js';
 import {
-  DEFAULT_BUILD_OPTIONS, UnservedFamilies, admitService, buildFailure, buildServiceEntries, slicesByService, type BuildOptions,
+  DEFAULT_BUILD_OPTIONS, UnservedFamilies, servedFamilies, admitService, buildFailure, buildServiceEntries, slicesByService, type BuildOptions,
 } from '../model/build.js';
 import { SortedEntries } from '../model/sorted-entries.js';
 import { TimeSlice } from '../time-slice.js';
@@ -182,7 +182,11 @@ export class Agent {
     const all = this.rebuildAll || this.lastState === null;
     const names = new Set<string>(all ? [...objects.services.keys(), ...this.owners.services(), ...this.entries.keys()] : changedServices);
     for (const name of this.buildFailures.keys()) names.add(name);
-    const buildOpts = this.opts.build ?? DEFAULT_BUILD_OPTIONS;
+    // The families served follow the node's addresses as they are now (--node-ip, or the Node
+    // object's addresses from the kube source, which may change): a family it has none of is not.
+    const base = this.opts.build ?? DEFAULT_BUILD_OPTIONS;
+    const nodeFamilies = servedFamilies(this.node.ips);
+    const buildOpts: BuildOptions = { ...base, families: base.families.filter((f) => nodeFamilies.includes(f)) };
     const warn = (message: string): void => this.log.warn(message);
     const failures = new Map<string, string>();
     const admit = (name: string): ServiceObject | null => {

@@ -154,3 +154,24 @@ test('a dual-stack Service syncs per family: an IPv6 slice change rebuilds it, a
   expect(v4.calls.map((c) => c.keys)).toEqual([['default/d:http'], ['default/d:http']]);
   expect(lines.filter((l) => l.startsWith('IPv6:'))).toHaveLength(1);
 });
+
+test('without --node-ip the families served follow the Node object: an update that drops IPv6 unprograms the IPv6 half', async () => {
+  const dual = serviceObject({ name: 'd', clusterIPs: ['10.0.0.3', 'fd00:10:96::3'], ipFamilies: ['IPv4', 'IPv6'], ipFamilyPolicy: 'PreferDualStack' });
+  const plane = new RecordingDataplane();
+  const agent = new Agent({ dataplane: plane, node: { name: 'n', zone: null, ips: ['192.168.0.1', 'fd00:192:168::1'] }, minSyncPeriodMs: 0, syncPeriodMs: 3_600_000 });
+  try {
+    let synced = plane.next();
+    agent.updateObjects(clusterObjects([dual], [slice('d', ['10.3.0.1']), slice('d', ['fd00:10:244::1'], 'IPv6')]));
+    agent.start();
+    agent.sourceSynced();
+    await synced;
+    expect(plane.calls[0]?.keys).toEqual(['default/d:http', 'default/d:http IPv6']);
+    // The kube source reports the Node's addresses changed (agent.updateNode): IPv4 only now.
+    synced = plane.next();
+    agent.updateNode({ name: 'n', zone: null, ips: ['192.168.0.1'] });
+    await synced;
+    expect(plane.calls[1]?.keys).toEqual(['default/d:http']);
+  } finally {
+    await agent.stop();
+  }
+});
