@@ -9,8 +9,8 @@
  * fragment of a service datagram as its flow (lib/frag.h) and rewrite ICMP errors about translated
  * flows back to what their receiver sent (lib/icmp_error.h).
  *
- * IPv6 (lib/lb6.h) takes the same steps over its own maps, for what the IPv4 parse found not to
- * be IPv4.
+ * IPv6 (lib/lb6.h) takes the same steps over its own maps, in programs of its own that the entry
+ * points tail-call for what the IPv4 parse found to be IPv6 (vipr_tc_ipv6_progs_v1 below).
  *
  * Verdicts: TC_ACT_OK for everything not addressed to a service, so the programs can sit in
  * front of any other TC user (TCX links chain; clsact uses a fixed priority). TC_ACT_SHOT also for
@@ -90,9 +90,10 @@ static __noinline int tc_apply6(struct __sk_buff *skb, const struct packet6 *pkt
 }
 
 /*
- * The two families in subprograms of their own. The verifier adds up the stack frames of a call
- * chain (512 bytes at most); with both paths inline in the entry point its frame held IPv4's
- * locals and IPv6's on top of them, which do not fit together. Split, each has the whole budget.
+ * IPv6 runs in programs of its own, reached by a tail call (the entry points below): IPv4 stays
+ * inline in the entry points as it was before IPv6, with no bpf-to-bpf call on its per-packet
+ * path, and IPv6 gets a fresh 512-byte stack (the verifier adds up the frames of a call chain;
+ * IPv4's locals and IPv6's do not fit in one).
  */
 /* The ICMPv6 error path in a frame of its own, beside the flow path's rather than on top. */
 static __noinline int tc_lb6_icmp_error(struct __sk_buff *skb, const struct packet6 *pkt, bool ingress)
@@ -119,14 +120,54 @@ static __noinline int tc_lb6(struct __sk_buff *skb, bool ingress)
 	}
 }
 
-/*
- * IPv4 parses first and hands back what is not IPv4 with this (no TC verdict has this value): the
- * entry point then calls the IPv6 path. IPv4 pays one call and one comparison for the split, no
- * second look at the frame.
- */
-#define TC_LB_NOT_IPV4 0x7fff
+SEC("tc")
+int vipr_tc_ingress6(struct __sk_buff *skb)
+{
+	return tc_lb6(skb, true);
+}
 
-static __noinline int tc_lb4_ingress(struct __sk_buff *skb)
+SEC("tc")
+int vipr_tc_egress6(struct __sk_buff *skb)
+{
+	return tc_lb6(skb, false);
+}
+
+/*
+ * The IPv6 programs by slot (enum vipr_ipv6_prog). Pinned, as a prog array is emptied when its
+ * last user reference (fd or pin) goes and the agent exits while its links stay; the loader puts
+ * the programs of the object it is about to attach there just before it swaps the links
+ * (LoadedDatapath.installIpv6Programs in src/bpf/datapath.ts), not at load (no static
+ * `.values` initialisation, which libbpf applies at load time even to a reused pin): until the
+ * swap the old entry programs keep tail-calling the old IPv6 programs.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, VIPR_TC_IPV6_PROGS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_tc_ipv6_progs_v1 SEC(".maps");
+
+/*
+ * What the IPv4 parse found not to be IPv4: IPv6 goes on in its program (the tail call does not
+ * return); other ethertypes, and IPv6 whose program is missing, pass untouched and counted.
+ */
+static __always_inline int tc_not_ipv4(struct __sk_buff *skb, __u32 slot)
+{
+	void *data = (void *)(long)skb->data;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > (void *)(long)skb->data_end || eth->h_proto != bpf_htons(ETH_P_IPV6)) {
+		stats_count(VIPR_STAT_PASS_NON_IPV4, skb->len);
+		return TC_ACT_OK;
+	}
+	bpf_tail_call(skb, &vipr_tc_ipv6_progs_v1, slot);
+	stats_count(VIPR_STAT_PASS_IPV6_NO_PROGRAM, skb->len);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int vipr_tc_ingress(struct __sk_buff *skb)
 {
 	struct packet pkt;
 	struct nat_plan plan;
@@ -139,13 +180,14 @@ static __noinline int tc_lb4_ingress(struct __sk_buff *skb)
 	case LB_PACKET_DROP:
 		return TC_ACT_SHOT;
 	case LB_PACKET_NOT_IPV4:
-		return TC_LB_NOT_IPV4;
+		return tc_not_ipv4(skb, VIPR_IPV6_PROG_TC_INGRESS);
 	default:
 		return TC_ACT_OK;
 	}
 }
 
-static __noinline int tc_lb4_egress(struct __sk_buff *skb)
+SEC("tc")
+int vipr_tc_egress(struct __sk_buff *skb)
 {
 	struct packet pkt;
 	struct nat_plan plan;
@@ -158,30 +200,10 @@ static __noinline int tc_lb4_egress(struct __sk_buff *skb)
 	case LB_PACKET_DROP:
 		return TC_ACT_SHOT;
 	case LB_PACKET_NOT_IPV4:
-		return TC_LB_NOT_IPV4;
+		return tc_not_ipv4(skb, VIPR_IPV6_PROG_TC_EGRESS);
 	default:
 		return TC_ACT_OK;
 	}
-}
-
-SEC("tc")
-int vipr_tc_ingress(struct __sk_buff *skb)
-{
-	int ret = tc_lb4_ingress(skb);
-
-	if (ret == TC_LB_NOT_IPV4)
-		return tc_lb6(skb, true);
-	return ret;
-}
-
-SEC("tc")
-int vipr_tc_egress(struct __sk_buff *skb)
-{
-	int ret = tc_lb4_egress(skb);
-
-	if (ret == TC_LB_NOT_IPV4)
-		return tc_lb6(skb, false);
-	return ret;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -44,8 +44,10 @@ static __noinline int xdp_send6(struct xdp_md *ctx, const struct packet6 *pkt, c
 }
 
 /*
- * IPv6 and IPv4 in subprograms of their own: each has the whole stack budget (the verifier adds
- * up the frames of a call chain; both families' locals in one frame do not fit in 512 bytes).
+ * IPv6 in a program of its own, reached by a tail call from the entry point: IPv4 stays inline
+ * there as it was before IPv6 (no bpf-to-bpf call on its per-packet path) and IPv6 gets a fresh
+ * 512-byte stack (the verifier adds up the frames of a call chain; both families' locals in one
+ * frame do not fit).
  */
 static __noinline int xdp_lb6(struct xdp_md *ctx)
 {
@@ -75,10 +77,27 @@ static __noinline int xdp_lb6(struct xdp_md *ctx)
 	return xdp_send6(ctx, &pkt, &plan, len);
 }
 
-/* What xdp_lb4 hands back for a frame that is not IPv4 (no XDP verdict has this value). */
-#define XDP_LB_NOT_IPV4 0x7fff
+SEC("xdp")
+int vipr_xdp_ingress6(struct xdp_md *ctx)
+{
+	return xdp_lb6(ctx);
+}
 
-static __noinline int xdp_lb4(struct xdp_md *ctx)
+/*
+ * The IPv6 program (slot VIPR_IPV6_PROG_XDP), pinned and filled by the loader just before it
+ * attaches this object, as vipr_tc_ipv6_progs_v1 in tc_lb.bpf.c (read why there). A map of its
+ * own: a prog array takes programs of one type, and TC's are another.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, VIPR_XDP_IPV6_PROGS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_xdp_ipv6_progs_v1 SEC(".maps");
+
+SEC("xdp")
+int vipr_xdp_ingress(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -93,7 +112,15 @@ static __noinline int xdp_lb4(struct xdp_md *ctx)
 	case LB_PACKET_DROP:
 		return XDP_DROP;
 	case LB_PACKET_NOT_IPV4:
-		return XDP_LB_NOT_IPV4;
+		/* IPv6 goes on in its program; other ethertypes, and IPv6 without it, pass counted. */
+		if (data + sizeof(struct ethhdr) > data_end ||
+		    ((struct ethhdr *)data)->h_proto != bpf_htons(ETH_P_IPV6)) {
+			stats_count(VIPR_STAT_PASS_NON_IPV4, len);
+			return XDP_PASS;
+		}
+		bpf_tail_call(ctx, &vipr_xdp_ipv6_progs_v1, VIPR_IPV6_PROG_XDP);
+		stats_count(VIPR_STAT_PASS_IPV6_NO_PROGRAM, len);
+		return XDP_PASS;
 	default:
 		/* ICMP errors of translated flows too: TC rewrites them. */
 		return XDP_PASS;
@@ -126,16 +153,6 @@ static __noinline int xdp_lb4(struct xdp_md *ctx)
 	else
 		stats_count(VIPR_STAT_XDP_REDIRECT, len);
 	return xdp_forward(ctx, &fib);
-}
-
-SEC("xdp")
-int vipr_xdp_ingress(struct xdp_md *ctx)
-{
-	int ret = xdp_lb4(ctx);
-
-	if (ret == XDP_LB_NOT_IPV4)
-		return xdp_lb6(ctx);
-	return ret;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -276,6 +276,7 @@ enum vipr_stat {
 	VIPR_STAT_PULLED,           /* TC: headers outside the skb's linear data, pulled in (bpf_skb_pull_data) */
 	VIPR_STAT_DROP_CT_TUPLE_TAKEN, /* drop: a new TCP flow's backend -> client address:port is an open flow's, through another frontend */
 	VIPR_STAT_IPV6_EXT_HDR_LIMIT, /* IPv6 whose extension headers run past the bounded walk (VIPR_IPV6_MAX_EXT_HDRS): passed untouched */
+	VIPR_STAT_PASS_IPV6_NO_PROGRAM, /* IPv6 passed untouched: the tail call found no IPv6 program in vipr_{tc,xdp}_ipv6_progs_v1 */
 	VIPR_STAT_MAX,
 };
 _Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");
@@ -518,5 +519,18 @@ struct vipr_sock_rev6_value {
 	__u32 backend_id;
 };
 _Static_assert(sizeof(struct vipr_sock_rev6_value) == 24, "vipr_sock_rev6_value layout");
+
+/*
+ * Slots of the prog arrays the entry programs tail-call for IPv6 frames (vipr_tc_ipv6_progs_v1,
+ * vipr_xdp_ipv6_progs_v1): the loader puts each object's IPv6 programs there (src/bpf/datapath.ts,
+ * IPV6_PROGRAM_SLOTS).
+ */
+enum vipr_ipv6_prog {
+	VIPR_IPV6_PROG_TC_INGRESS = 0,
+	VIPR_IPV6_PROG_TC_EGRESS = 1,
+	VIPR_IPV6_PROG_XDP = 0,
+};
+#define VIPR_TC_IPV6_PROGS 2
+#define VIPR_XDP_IPV6_PROGS 1
 
 #endif /* __VIPR_TYPES_H */

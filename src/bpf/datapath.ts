@@ -26,6 +26,44 @@ export const PROG_INGRESS = 'vipr_tc_ingress';
 export const PROG_EGRESS = 'vipr_tc_egress';
 export const PROG_XDP = 'vipr_xdp_ingress';
 
+/*
+ * IPv6 runs in programs of its own that the entry points above tail-call for IPv6 frames (IPv4
+ * stays inline in them, see bpf/tc_lb.bpf.c), through a prog array per object, slots as enum
+ * vipr_ipv6_prog. A prog array is emptied when its last user reference (fd or pin) goes, and the
+ * agent exits while its links stay, so it is pinned like the maps (cleanup removes it as one).
+ * It is filled here rather than by libbpf's static `.values` initialisation: libbpf fills a
+ * reused pin at load, so the programs still attached would tail-call the new IPv6 programs from
+ * then on, before the reconciler has written the new object's maps and the links are swapped.
+ * installIpv6Programs puts them in right before the swap instead, on every load (a restart or an
+ * upgrade finds the previous object's programs there).
+ */
+export const IPV6_PROGRAMS = {
+  tc: { map: 'vipr_tc_ipv6_progs_v1', slots: [['vipr_tc_ingress6', 0], ['vipr_tc_egress6', 1]] },
+  xdp: { map: 'vipr_xdp_ipv6_progs_v1', slots: [['vipr_xdp_ingress6', 0]] },
+} as const;
+
+/** Puts an object's IPv6 programs into its pinned prog array; one line on failure. */
+function installIpv6Programs(obj: libbpf.ObjectHandle, kind: keyof typeof IPV6_PROGRAMS, pinDir: string): void {
+  const { map, slots } = IPV6_PROGRAMS[kind];
+  const mapFd = libbpf.mapFd(libbpf.findMap(obj, map), map);
+  for (const [program, slot] of slots) {
+    const progFd = libbpf.programFd(libbpf.findProgram(obj, program), program);
+    const key = Buffer.alloc(4);
+    const value = Buffer.alloc(4);
+    key.writeUInt32LE(slot);
+    value.writeUInt32LE(progFd);
+    try {
+      libbpf.mapUpdate(mapFd, key, value, 0, `${map}[${slot}] = ${program}`);
+    } catch (err) {
+      if (!(err instanceof BpfError)) throw err;
+      throw new BpfError(err.op, err.errno, err.libbpfMessage, {
+        cause: err,
+        hint: `IPv6 frames would pass untranslated; if ${join(pinDir, map)} was pinned by another build, run 'vipr cleanup --pin-dir ${pinDir}' (drops tracked connections)`,
+      });
+    }
+  }
+}
+
 /** Fails with one clear line unless we run as root (CAP_BPF + CAP_NET_ADMIN in practice). */
 export function requireRoot(what: string): void {
   if (libbpf.effectiveUid() !== 0) {
@@ -265,8 +303,23 @@ export class LoadedDatapath {
   }
 
   private xdp: { obj: libbpf.ObjectHandle; fd: number } | null = null;
+  private ipv6Installed = false;
 
-  /** The XDP program (its own object, sharing the pinned maps), loaded on first use. */
+  /**
+   * Puts this object's IPv6 TC programs into the pinned vipr_tc_ipv6_progs_v1 (once; see
+   * IPV6_PROGRAMS): attachInterface does it before its first link swap, tests before they run
+   * the programs.
+   */
+  installIpv6Programs(): void {
+    if (this.ipv6Installed) return;
+    installIpv6Programs(this.obj, 'tc', this.pinDir);
+    this.ipv6Installed = true;
+  }
+
+  /**
+   * The XDP program (its own object, sharing the pinned maps), loaded on first use with its IPv6
+   * program put into vipr_xdp_ipv6_progs_v1, as attachXdp is about to attach it.
+   */
   xdpProgram(objectPath = xdpObjectPath()): number {
     if (this.xdp) return this.xdp.fd;
     if (!existsSync(objectPath)) throw new ConfigError(`BPF object ${objectPath} is missing: run 'make build'`);
@@ -274,6 +327,7 @@ export class LoadedDatapath {
     try {
       libbpf.loadObject(obj, basename(objectPath));
       const fd = libbpf.programFd(libbpf.findProgram(obj, PROG_XDP), PROG_XDP);
+      installIpv6Programs(obj, 'xdp', this.pinDir);
       this.xdp = { obj, fd };
       return fd;
     } catch (err) {
@@ -365,6 +419,8 @@ function readClsactRecord(pinDir: string): Attachment[] {
 export function attachInterface(dp: LoadedDatapath, iface: string, mode: AttachMode): Attachment[] {
   const ifindex = libbpf.ifNameToIndex(iface);
   if (ifindex === 0) throw new ConfigError(`--iface ${iface}: no such interface in this network namespace`);
+  // The IPv6 programs the entry points tail-call: this object's, before its entry points go in.
+  dp.installIpv6Programs();
   const out: Attachment[] = [];
   for (const direction of ['ingress', 'egress'] as const) {
     const progFd = direction === 'ingress' ? dp.programs.ingress : dp.programs.egress;

@@ -339,6 +339,7 @@ export const STAT_NAMES = [
   'pulled',
   'drop_ct_tuple_taken',
   'ipv6_ext_hdr_limit',
+  'pass_ipv6_no_program',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 

@@ -80,6 +80,8 @@ export class DatapathFixture {
   constructor(readonly pinDir: string, opts: Partial<BpfDataplaneOptions> = {}, ctSizes?: CtSizes) {
     cleanupDatapath(pinDir);
     this.dp = LoadedDatapath.load(pinDir, undefined, ctSizes ? { ctSizes } : {});
+    // The IPv6 programs the entry points tail-call, put in as the agent does before attaching.
+    this.dp.installIpv6Programs();
     this.plane = new BpfDataplane(this.dp.maps, null, opts);
   }
 
