@@ -191,9 +191,9 @@ describe('ClusterIP through BPF in the lab', () => {
           await sleep(200);
         }
         expect(text).toMatch(/bad-port\.yaml: document 1: .*spec\.ports\[0\]\.port 70000 is out of range 1-65535/);
-        expect(text).toMatch(/bad-ip\.yaml: document 1: .*"10\.0\.0\.300" is not an IPv4 address/);
+        expect(text).toMatch(/bad-ip\.yaml: document 1: .*"10\.0\.0\.300" is not an IPv4 or IPv6 address/);
         expect(text).toMatch(/bad-yaml\.yaml: document 1:/);
-        expect(text).toMatch(/document \d+: .*"not-an-ip" is not an IPv4 address.*keeping its last valid version/);
+        expect(text).toMatch(/document \d+: .*"not-an-ip" is not an IPv4 or IPv6 address.*keeping its last valid version/);
         await sleep(1500);
         expect(await waitForBackends(3)).toHaveLength(3);
         const answers = await curlMany(10);
