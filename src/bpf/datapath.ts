@@ -303,17 +303,20 @@ export class LoadedDatapath {
   }
 
   private xdp: { obj: libbpf.ObjectHandle; fd: number } | null = null;
-  private ipv6Installed = false;
-
   /**
-   * Puts this object's IPv6 TC programs into the pinned vipr_tc_ipv6_progs_v1 (once; see
-   * IPV6_PROGRAMS): attachInterface does it before its first link swap, tests before they run
-   * the programs.
+   * Puts the IPv6 programs into the pinned prog arrays (see IPV6_PROGRAMS): this object's TC ones,
+   * and the XDP one once xdpProgram loaded it (which puts it in itself). attachInterface does it
+   * before it swaps an interface's links, tests before they run the programs. Putting the same
+   * programs in again changes nothing.
    */
   installIpv6Programs(): void {
-    if (this.ipv6Installed) return;
     installIpv6Programs(this.obj, 'tc', this.pinDir);
-    this.ipv6Installed = true;
+    if (this.xdp) installIpv6Programs(this.xdp.obj, 'xdp', this.pinDir);
+  }
+
+  /** The fd of one of this object's IPv6 TC programs (IPV6_PROGRAMS.tc's names). */
+  ipv6ProgramFd(name: (typeof IPV6_PROGRAMS.tc.slots)[number][0]): number {
+    return libbpf.programFd(libbpf.findProgram(this.obj, name), name);
   }
 
   /**

@@ -427,6 +427,14 @@ export function mapInfo(fd: number, what: string): MapInfo {
   };
 }
 
+/** The kernel's id of a loaded program (struct bpf_prog_info: type, id, ...). */
+export function programId(fd: number, what: string): number {
+  const info = Buffer.alloc(256);
+  const len = [info.length];
+  check(`bpf_obj_get_info_by_fd(${what})`, fns.bpf_obj_get_info_by_fd(fd, info, len) as number);
+  return info.readUInt32LE(4);
+}
+
 /** Attach types of enum bpf_attach_type that libbpf 1.1's headers predate. */
 export const BPF_TCX_INGRESS = 46;
 export const BPF_TCX_EGRESS = 47;
