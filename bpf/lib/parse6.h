@@ -99,8 +99,19 @@ static __always_inline int parse6_ext_step(struct cursor *c, __u8 *nexthdr,
 	__u32 len;
 
 	switch (*nexthdr) {
-	case NEXTHDR_HOP:
 	case NEXTHDR_ROUTING:
+		/*
+		 * Segments left: the packet is on its way to a later segment, and its upper-layer
+		 * checksum covers that final destination, not the address in this header (RFC 8200
+		 * 8.1). No service address is its destination yet: not ours.
+		 */
+		if ((void *)(h + 4) > c->end)
+			return PARSE_SHORT;
+		if (h[3] != 0)
+			return PARSE_OTHER_L4;
+		len = ((__u32)h[1] + 1) * 8;
+		break;
+	case NEXTHDR_HOP:
 	case NEXTHDR_DEST:
 		if ((void *)(h + 2) > c->end)
 			return PARSE_SHORT;

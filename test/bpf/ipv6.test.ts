@@ -142,6 +142,16 @@ describe('TCP and UDP to a ClusterIP', () => {
     expect(out.subarray(54, 70).equals(frame.subarray(54, 70))).toBe(true);
   });
 
+  test('a routing header with segments left passes untouched: its checksum covers a later destination', () => {
+    const done = withExtHeaders(tcp(CLIENT, WEB.vip, 80, 41150), [43]);
+    expect(parseFrame6(fx.ingress(done).out)).toMatchObject({ dport: 8080, l4ChecksumOk: true });
+    const inTransit = Buffer.from(withExtHeaders(tcp(CLIENT, WEB.vip, 80, 41151), [43]));
+    inTransit[54 + 3] = 1; // segments left
+    const { verdict, out } = fx.ingress(inTransit);
+    expect(verdict).toBe(TC_ACT_OK);
+    expect(out.equals(inTransit)).toBe(true);
+  });
+
   test('a chain of extension headers longer than the walk passes untouched, counted', () => {
     const before = fx.counter('ipv6_ext_hdr_limit');
     const frame = withExtHeaders(tcp(CLIENT, WEB.vip, 80, 41200), [0, 60, 60, 60, 60, 60, 60]);
