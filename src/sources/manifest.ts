@@ -29,7 +29,7 @@ import { objectKey, type ClusterObjects, type EndpointSliceObject, type ServiceO
 import type { Change } from '../sync/tracker.js';
 import type { ObjectDeltas } from './types.js';
 import { plainEqual } from '../model/diff.js';
-import { oneLine } from './excerpt.js';
+import { MAX_LINE_CHARS, oneLine } from './excerpt.js';
 import { parseObject, type ObjectRef, type ParsedItem, type ParseOutcome } from './parse.js';
 
 /** Deepest nesting of mappings and lists in one document; Kubernetes objects stay far below. */
@@ -51,15 +51,21 @@ export class ManifestProblem {
     message: string,
     /** `error`: something was not applied; `warning`: applied, with a part dropped. */
     readonly severity: 'error' | 'warning' = 'error',
+    /**
+     * What vipr did about it (` (keeping its last valid version)`): never cut, however long the
+     * message is; the message is cut to make room for it.
+     */
+    readonly outcome: string = '',
   ) {
-    this.message = oneLine(message);
+    this.message = oneLine(message, MAX_LINE_CHARS - outcome.length) + outcome;
   }
 
-  /** `file: document N: what is wrong`, one line of at most MAX_LINE_CHARS. */
+  /** `file: document N: what is wrong`, one line of at most MAX_LINE_CHARS, the outcome kept. */
   toString(): string {
-    return oneLine(
-      this.document === null ? `${this.file}: ${this.message}` : `${this.file}: document ${this.document}: ${this.message}`,
-    );
+    const where = this.document === null ? `${this.file}: ` : `${this.file}: document ${this.document}: `;
+    const head = oneLine(where, MAX_LINE_CHARS / 2);
+    const body = this.message.slice(0, this.message.length - this.outcome.length);
+    return head + oneLine(body, Math.max(20, MAX_LINE_CHARS - head.length - this.outcome.length)) + this.outcome;
   }
 }
 
@@ -271,7 +277,7 @@ function parseFile(file: string, text: string, previous: FileState): FileState {
     for (const failure of outcome.failures) {
       const kept = failure.ref !== null && previous.bySource.has(failure.ref);
       state.problems.push(
-        new ManifestProblem(file, doc.document, failure.error.message + (kept ? ' (keeping its last valid version)' : '')),
+        new ManifestProblem(file, doc.document, failure.error.message, 'error', kept ? ' (keeping its last valid version)' : ''),
       );
       if (failure.ref === null) keepAll = true;
       else keep.add(failure.ref);

@@ -347,6 +347,18 @@ describe('ManifestSource', () => {
     expect(fixed.problems).toEqual([]);
   });
 
+  it('a long problem line is cut in its message, never in what vipr did about it', async () => {
+    const file = join(dir, `${'w'.repeat(150)}.yaml`);
+    await writeFile(file, serviceYaml('web', '10.0.0.10'));
+    await startSource();
+    const bad = await change(() => writeFile(file, serviceYaml('web', 'not-an-ip')));
+    const lines = bad.problems.map(String);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/"not-an-ip" is not an IPv4 or IPv6 address.*… \(keeping its last valid version\)$/);
+    expect(lines[0]?.length).toBeLessThanOrEqual(300);
+    expect(bad.objects.services.get('default/web')?.clusterIPs).toEqual(['10.0.0.10']);
+  });
+
   it('keeps everything a file defined when it stops being valid YAML', async () => {
     await writeFile(join(dir, 'web.yaml'), docs(serviceYaml('web', '10.0.0.10'), serviceYaml('api', '10.0.0.20')));
     await startSource();
