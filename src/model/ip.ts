@@ -165,7 +165,7 @@ export function cidrFamily(cidr: string): IpFamily | null {
 const SPECIAL_IPV6_RANGES: ReadonlyArray<readonly [Cidr, string]> = [
   [parseCidr('::/128'), 'the unspecified address :: (it means every local address)'],
   [parseCidr('::1/128'), 'the loopback address ::1'],
-  [parseCidr('::ffff:0:0/96'), 'an IPv4-mapped address (::ffff:0:0/96); use the IPv4 address itself'],
+  [parseCidr('::ffff:0:0/96'), 'an IPv4-mapped address (::ffff:0:0/96; write the IPv4 address itself)'],
   [parseCidr('fe80::/10'), 'in the link-local range fe80::/10'],
   [parseCidr('ff00::/8'), 'in the multicast range ff00::/8'],
 ];

@@ -170,7 +170,7 @@ describe('parseService', () => {
     expect(warnings).toEqual([
       'Service default/web: spec.externalIPs[0] "::1" is the loopback address ::1 and cannot be a Service address; address ignored',
       'Service default/web: spec.externalIPs[1] "fe80::1" is in the link-local range fe80::/10 and cannot be a Service address; address ignored',
-      'Service default/web: spec.externalIPs[3] "::ffff:c000:201" is an IPv4-mapped address (::ffff:0:0/96); use the IPv4 address itself and cannot be a Service address; address ignored',
+      'Service default/web: spec.externalIPs[3] "::ffff:192.0.2.1" is an IPv4-mapped address (::ffff:0:0/96; write the IPv4 address itself) and cannot be a Service address; address ignored',
       'Service default/web: status.loadBalancer.ingress[0].ip "ff02::1" is in the multicast range ff00::/8 and cannot be a Service address; address ignored',
       'Service default/web: status.loadBalancer.ingress[1].ip "::" is the unspecified address :: (it means every local address) and cannot be a Service address; address ignored',
     ]);
@@ -198,7 +198,7 @@ describe('parseService', () => {
     ['SingleStack with two cluster IPs', service({ clusterIPs: ['10.0.0.10', 'fd00::10'], ipFamilyPolicy: 'SingleStack' }), 'Service default/web: spec.ipFamilyPolicy is SingleStack but the Service has two cluster IPs; use PreferDualStack or RequireDualStack'],
     ['a loopback IPv6 cluster IP', service({ clusterIP: '::1' }), 'Service default/web: spec.clusterIP "::1" is the loopback address ::1; a cluster IP must come from the service CIDR'],
     ['a link-local IPv6 cluster IP', service({ clusterIPs: ['10.0.0.10', 'fe80::10'] }), 'Service default/web: spec.clusterIPs[1] "fe80::10" is in the link-local range fe80::/10; a cluster IP must come from the service CIDR'],
-    ['an IPv4-mapped cluster IP', service({ clusterIP: '::ffff:10.0.0.10' }), 'Service default/web: spec.clusterIP "::ffff:10.0.0.10" is an IPv4-mapped address (::ffff:0:0/96); use the IPv4 address itself'],
+    ['an IPv4-mapped cluster IP', service({ clusterIP: '::ffff:10.0.0.10' }), 'Service default/web: spec.clusterIP "::ffff:10.0.0.10" is an IPv4-mapped address (::ffff:0:0/96; write the IPv4 address itself)'],
     ['a bad IPv6 source range', service({ loadBalancerSourceRanges: ['2001:db8::/129'] }), 'Service default/web: spec.loadBalancerSourceRanges[0] "2001:db8::/129" is not a CIDR'],
     ['clusterIPs disagree', service({ clusterIPs: ['10.0.0.11'] }), 'spec.clusterIPs[0] "10.0.0.11" differs from spec.clusterIP "10.0.0.10"'],
     ['bad protocol', service({ ports: [{ port: 80, protocol: 'HTTP' }] }), 'Service default/web: spec.ports[0].protocol "HTTP" is not supported; use TCP, UDP or SCTP'],
