@@ -24,10 +24,29 @@
 #include "lib/icmp.h"
 #include "lib/icmp_error.h"
 #include "lib/pull.h"
+#include "lib/dsr.h"
 #include "lib/lb6.h"
 #include "lib/fib6.h"
 #include "lib/icmp6.h"
 #include "lib/icmp6_error.h"
+
+/* A DSR flow's packet, translated: the frontend it was sent to goes along in an option (lib/dsr.h). */
+static __always_inline int tc_apply_dsr(struct __sk_buff *skb, const struct packet *pkt,
+					const struct nat_plan *plan)
+{
+	int ret;
+
+	if (tc_dsr_encap(skb, pkt, pkt->daddr, pkt->dport)) {
+		stats_count(VIPR_STAT_DROP_REWRITE, skb->len);
+		return TC_ACT_SHOT;
+	}
+	ret = tc_dsr_redirect(skb, pkt, plan);
+	if (ret < 0) {
+		stats_count(ret == -2 ? VIPR_STAT_DROP_DSR_MTU : VIPR_STAT_DROP_FIB, skb->len);
+		return TC_ACT_SHOT;
+	}
+	return ret;
+}
 
 static __always_inline int tc_apply(struct __sk_buff *skb, const struct packet *pkt,
 				    enum lb_action action, const struct nat_plan *plan)
@@ -42,6 +61,8 @@ static __always_inline int tc_apply(struct __sk_buff *skb, const struct packet *
 		}
 		if (plan->daddr != pkt->daddr)
 			stats_count(VIPR_STAT_DNAT, skb->len);
+		if (plan->dsr && plan->redirect)
+			return tc_apply_dsr(skb, pkt, plan);
 		if (!plan->redirect)
 			return TC_ACT_OK;
 		ret = tc_fib_redirect(skb, pkt, plan);
@@ -172,8 +193,14 @@ int vipr_tc_ingress(struct __sk_buff *skb)
 	struct packet pkt;
 	struct nat_plan plan;
 
+	int dsr;
+
 	switch (tc_lb4_parse(skb, &pkt)) {
 	case LB_PACKET_FLOW:
+		/* A DSR flow's packet from its balancing node: tracked, stripped, on to the pod. */
+		dsr = tc_dsr_decap(skb, &pkt);
+		if (dsr)
+			return dsr > 0 ? TC_ACT_OK : TC_ACT_SHOT;
 		return tc_apply(skb, &pkt, lb4_plan_ingress(&pkt, skb->len, &plan), &plan);
 	case LB_PACKET_ICMP_ERROR:
 		return tc_icmp_error(skb, &pkt, true);
@@ -192,9 +219,17 @@ int vipr_tc_egress(struct __sk_buff *skb)
 	struct packet pkt;
 	struct nat_plan plan;
 
+	enum lb_action action;
+
 	switch (tc_lb4_parse(skb, &pkt)) {
 	case LB_PACKET_FLOW:
-		return tc_apply(skb, &pkt, lb4_plan_egress(&pkt, skb->len, &plan), &plan);
+		action = lb4_plan_egress(&pkt, skb->len, &plan);
+		/* A DSR reply leaving the backend's node: room for the option on the client's segments. */
+		if (plan.dsr && tc_dsr_clamp_mss(skb, &pkt)) {
+			stats_count(VIPR_STAT_DROP_REWRITE, skb->len);
+			return TC_ACT_SHOT;
+		}
+		return tc_apply(skb, &pkt, action, &plan);
 	case LB_PACKET_ICMP_ERROR:
 		return tc_icmp_error(skb, &pkt, false);
 	case LB_PACKET_DROP:

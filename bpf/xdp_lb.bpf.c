@@ -134,6 +134,11 @@ int vipr_xdp_ingress(struct xdp_md *ctx)
 		stats_count(VIPR_STAT_XDP_PASS, len);
 		return XDP_PASS;
 	}
+	/* DSR flows (lib/dsr.h) grow by their option: TC adds it, from the flow this recorded. */
+	if (plan.dsr) {
+		stats_count(VIPR_STAT_XDP_PASS, len);
+		return XDP_PASS;
+	}
 	if (plan.redirect && xdp_fib_lookup(ctx, &pkt, &plan, &fib)) {
 		stats_count(VIPR_STAT_XDP_PASS, len);
 		return XDP_PASS;

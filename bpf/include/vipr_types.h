@@ -67,6 +67,7 @@ enum vipr_svc_flags {
 	VIPR_SVC_F_EXTERNAL = 1 << 2,      /* NodePort/LB/external IP: SNAT to the node for remote backends */
 	VIPR_SVC_F_SOURCE_RANGES = 1 << 3, /* only sources in vipr_source_ranges for this svc_id */
 	VIPR_SVC_F_REJECT = 1 << 4,        /* no endpoints: answer ICMP port unreachable, as kube-proxy's REJECT */
+	VIPR_SVC_F_DSR = 1 << 5,           /* with EXTERNAL: remote backends answer the client directly (DSR), no SNAT */
 };
 
 /* Backend selection algorithms (vipr_svc_value.scheduler). */
@@ -149,6 +150,10 @@ enum vipr_ct_flags {
 	VIPR_CT_F_CLOSING = 1 << 1,    /* FIN or RST seen: a new SYN may pick a new backend */
 	VIPR_CT_F_SNAT = 1 << 2,       /* the source was rewritten to the node (remote backend, hairpin) */
 	VIPR_CT_F_REDIRECT = 1 << 3,   /* rewritten packets are forwarded by fib lookup + redirect */
+	VIPR_CT_F_DSR = 1 << 4,        /* direct server return (bpf/lib/dsr.h). On the balancing node (with
+					* REDIRECT): forward packets carry the frontend to the backend's node in
+					* an IPv4 option. On the backend's node: the flow came so; its replies
+					* leave from there with the frontend as their source */
 };
 
 /*
@@ -277,6 +282,9 @@ enum vipr_stat {
 	VIPR_STAT_DROP_CT_TUPLE_TAKEN, /* drop: a new TCP flow's backend -> client address:port is an open flow's, through another frontend */
 	VIPR_STAT_IPV6_EXT_HDR_LIMIT, /* IPv6 whose extension headers run past the bounded walk (VIPR_IPV6_MAX_EXT_HDRS): passed untouched */
 	VIPR_STAT_PASS_IPV6_NO_PROGRAM, /* IPv6 passed untouched: the tail call found no IPv6 program in vipr_{tc,xdp}_ipv6_progs_v1 */
+	VIPR_STAT_DSR_ENCAP,        /* DSR: the frontend added to a packet for a backend on another node (IPv4 option) */
+	VIPR_STAT_DSR_DECAP,        /* DSR: the frontend option taken off a packet for a backend on this node */
+	VIPR_STAT_DROP_DSR_MTU,     /* drop: a DSR packet with its option exceeds the egress MTU (the option adds 8 bytes) */
 	VIPR_STAT_MAX,
 };
 _Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");

@@ -239,10 +239,12 @@ static __always_inline bool ct_still_open(__u8 fwd_flags, __u8 rep_flags, __u8 f
  * always finds its flow; the forward entry is claimed with BPF_NOEXIST, so of two CPUs promoting
  * the same flow exactly one moves it; then the half-open entries go. Returns the established
  * forward entry, or NULL when the flow stays half-open (not answered yet, or vipr_ct_tcp_v1 full:
- * counted, and the flow is still served from the half-open map).
+ * counted, and the flow is still served from the half-open map). @sees_replies false: the node
+ * balancing a DSR flow, which the replies never cross (lib/dsr.h), promotes on the client's ACK
+ * alone, as Cilium's DSR does; a spoofed ACK after a spoofed SYN can then promote a flow.
  */
 static __always_inline struct vipr_ct_value *ct4_promote(const struct vipr_ct_key *fwd_key,
-							 struct vipr_ct_value *ct, __u32 len)
+							 struct vipr_ct_value *ct, __u32 len, bool sees_replies)
 {
 	struct vipr_ct_value fwd_val, rep_val, *rep, *est;
 	struct vipr_ct_key rep_key;
@@ -250,7 +252,7 @@ static __always_inline struct vipr_ct_value *ct4_promote(const struct vipr_ct_ke
 
 	ct4_reply_key_of(&rep_key, fwd_key, ct);
 	rep = bpf_map_lookup_elem(&vipr_ct_tcp_syn_v1, &rep_key);
-	if (!rep || !(rep->flags & VIPR_CT_F_SEEN_REPLY))
+	if (!rep || (sees_replies && !(rep->flags & VIPR_CT_F_SEEN_REPLY)))
 		return NULL;
 	rep_val = *rep;
 	fwd_val = *ct;

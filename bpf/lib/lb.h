@@ -140,6 +140,7 @@ static __always_inline void plan_identity(struct nat_plan *plan, const struct pa
 	plan->sport = pkt->sport;
 	plan->dport = pkt->dport;
 	plan->redirect = false;
+	plan->dsr = false;
 }
 
 /*
@@ -168,7 +169,9 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 	ct = ct4_lookup(&ct_key, &established);
 	if (ct && ct4_is_reusable(ct, pkt)) {
 		if (!established && pkt->proto == IPPROTO_TCP && ct4_may_promote(ct, pkt)) {
-			struct vipr_ct_value *est = ct4_promote(&ct_key, ct, len);
+			/* The balancing node of a DSR flow never sees the replies: the client's
+			 * ACK is all the handshake it can see. */
+			struct vipr_ct_value *est = ct4_promote(&ct_key, ct, len, !(ct->flags & VIPR_CT_F_DSR));
 
 			if (est)
 				ct = est;
@@ -181,6 +184,7 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 			plan->sport = ct->snat_port;
 		}
 		plan->redirect = ct->flags & VIPR_CT_F_REDIRECT;
+		plan->dsr = ct->flags & VIPR_CT_F_DSR;
 		stats_count(VIPR_STAT_CT_HIT, len);
 		return LB_NAT;
 	}
@@ -244,6 +248,12 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 		n.snat_addr = bpf_htonl(VIPR_HAIRPIN_ADDR);
 		n.flags = VIPR_CT_F_SNAT;
 	} else if ((svc->flags & VIPR_SVC_F_EXTERNAL) && !(svc->flags & VIPR_SVC_F_LOCAL) &&
+		   !(be->flags & VIPR_BE_F_LOCAL) && (svc->flags & VIPR_SVC_F_DSR)) {
+		/* Direct server return (lib/dsr.h): the client's address stays, the frontend travels
+		 * to the backend's node in an IPv4 option, and the reply goes from there to the
+		 * client. The packet is forwarded by FIB lookup, as an SNATed one. */
+		n.flags = VIPR_CT_F_DSR | VIPR_CT_F_REDIRECT;
+	} else if ((svc->flags & VIPR_SVC_F_EXTERNAL) && !(svc->flags & VIPR_SVC_F_LOCAL) &&
 		   !(be->flags & VIPR_BE_F_LOCAL) && cfg->snat_addr) {
 		/* External traffic to another node's backend: SNAT to this node so the reply comes
 		 * back here to be reverse-translated; the client only ever sees this node. */
@@ -269,6 +279,7 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 	plan->daddr = be->addr;
 	plan->dport = be->port;
 	plan->redirect = n.flags & VIPR_CT_F_REDIRECT;
+	plan->dsr = n.flags & VIPR_CT_F_DSR;
 	return LB_NAT;
 }
 
@@ -296,6 +307,7 @@ static __always_inline enum lb_action lb4_plan_egress(const struct packet *pkt, 
 	ct4_mark_replied(ct);
 	plan->saddr = ct->nat_addr;
 	plan->sport = ct->nat_port;
+	plan->dsr = ct->flags & VIPR_CT_F_DSR;
 	stats_count(VIPR_STAT_REV_NAT, len);
 	return LB_NAT;
 }

@@ -25,6 +25,8 @@ struct nat_plan {
 	__be16 sport;
 	__be16 dport;
 	bool redirect; /* the new source is a node address: forward by FIB lookup, not the stack */
+	bool dsr;      /* direct server return (lib/dsr.h): ingress, carry the frontend to the backend's
+			* node; egress, a reply leaving for the client from the backend's node */
 };
 
 static __always_inline __u32 l4_csum_off(const struct packet *pkt)

@@ -288,6 +288,7 @@ export const SVC_F_LOCAL = 1 << 1;
 export const SVC_F_EXTERNAL = 1 << 2;
 export const SVC_F_SOURCE_RANGES = 1 << 3;
 export const SVC_F_REJECT = 1 << 4;
+export const SVC_F_DSR = 1 << 5;
 /* enum vipr_scheduler, in order */
 export const SCHEDULERS = ['random', 'rr', 'sh', 'maglev', 'lc'] as const;
 /* enum vipr_backend_flags */
@@ -301,6 +302,7 @@ export const CT_F_SEEN_REPLY = 1 << 0;
 export const CT_F_CLOSING = 1 << 1;
 export const CT_F_SNAT = 1 << 2;
 export const CT_F_REDIRECT = 1 << 3;
+export const CT_F_DSR = 1 << 4;
 
 /** enum vipr_stat, in order: the index of each counter in vipr_stats_v2 (which has spare slots). */
 export const STAT_NAMES = [
@@ -340,6 +342,9 @@ export const STAT_NAMES = [
   'drop_ct_tuple_taken',
   'ipv6_ext_hdr_limit',
   'pass_ipv6_no_program',
+  'dsr_encap',
+  'dsr_decap',
+  'drop_dsr_mtu',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 

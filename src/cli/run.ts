@@ -12,7 +12,7 @@ import { ServiceHealthServers } from '../sync/service-health.js';
 import { CT_LIMIT_MAX, CT_LIMIT_MIN, ctSizes, type CtSizes } from '../bpf/conntrack.js';
 import { CtGc, CtPressure } from '../bpf/ct-gc.js';
 import { CT_ROLES, MAPS } from '../bpf/layouts.js';
-import type { Scheduler } from '../model/types.js';
+import { LB_MODES, type LbMode, type Scheduler } from '../model/types.js';
 import { SCHEDULERS } from '../bpf/layouts.js';
 import { readCounters } from '../bpf/inspect.js';
 import { BpfDataplane } from '../bpf/reconciler/reconciler.js';
@@ -74,6 +74,11 @@ dataplane:
                              the cgroup v2 root, when the agent runs in the host's namespace)
   --scheduler S              random (default, as kube-proxy), rr, sh, maglev or lc; a Service
                              overrides it with the annotation vipr.io/scheduler
+  --lb-mode snat|dsr|hybrid  external traffic (NodePort, LoadBalancer, external IPs) to a backend
+                             on another node: snat (default, as kube-proxy) through this node
+                             both ways; dsr, the reply straight from the backend's node (IPv4;
+                             IPv6 stays snat); hybrid, dsr for TCP and snat for UDP. A Service
+                             overrides it with the annotation vipr.io/lb-mode
   --ct-max-tcp N             entries of the established-TCP conntrack map (two per flow; the
                              half-open map gets N/4); default: sized to the node's memory
                              (0.25 %, Cilium's dynamic sizing), at least 131072
@@ -111,6 +116,7 @@ const OPTIONS = {
   'socket-lb-host-ns-only': { type: 'boolean', default: false },
   'cgroup-root': { type: 'string' },
   scheduler: { type: 'string', default: 'random' },
+  'lb-mode': { type: 'string', default: 'snat' },
   'maglev-table-size': { type: 'string', default: String(DEFAULT_MAGLEV_MAX_SIZE) },
   'ct-max-tcp': { type: 'string' },
   'ct-max-udp': { type: 'string' },
@@ -211,6 +217,13 @@ export async function run(argv: string[]): Promise<number> {
   if (!(SCHEDULERS as readonly string[]).includes(scheduler)) {
     throw new ConfigError(`--scheduler ${scheduler}: expected one of ${SCHEDULERS.join(', ')}`);
   }
+  const lbMode = values['lb-mode'];
+  if (!(LB_MODES as readonly string[]).includes(lbMode)) {
+    throw new ConfigError(`--lb-mode ${lbMode}: expected one of ${LB_MODES.join(', ')}`);
+  }
+  if (mode !== 'bpf' && lbMode !== 'snat') {
+    throw new ConfigError(`--lb-mode ${lbMode} is for --mode bpf (the other modes SNAT as kube-proxy does)`);
+  }
   const maglevMaxSize = Number(values['maglev-table-size']);
   if (!(MAGLEV_SIZES as readonly number[]).includes(maglevMaxSize)) {
     throw new ConfigError(`--maglev-table-size ${values['maglev-table-size']}: expected one of ${MAGLEV_SIZES.join(', ')} (primes; the datapath counts slots in 16 bits)`);
@@ -234,7 +247,7 @@ export async function run(argv: string[]): Promise<number> {
     throw new ConfigError('--socket-lb, --socket-lb-host-ns-only and --cgroup-root are for --mode bpf (the other modes serve the node through their OUTPUT chains)');
   }
   const socketLb = mode === 'bpf' ? decideSocketLb(parseSocketLbChoice(values['socket-lb']), values['cgroup-root']) : null;
-  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler, socketLb, ct, snatPorts });
+  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler, lbMode: lbMode as LbMode, socketLb, ct, snatPorts });
 }
 
 function parseCtMax(option: string, raw: string | undefined): number | undefined {
@@ -297,7 +310,18 @@ function startSocketLb(decision: SocketLbDecision, explicit: boolean, pinDir: st
 
 async function runAgent(
   values: RunValues,
-  o: { mode: ProxyMode; kube: LoadedKubeConfig | null; minSync: number; fullSync: number; attach: AttachMode; scheduler: Scheduler; socketLb: SocketLbDecision | null; ct: CtSizes; snatPorts: [number, number] },
+  o: {
+    mode: ProxyMode;
+    kube: LoadedKubeConfig | null;
+    minSync: number;
+    fullSync: number;
+    attach: AttachMode;
+    scheduler: Scheduler;
+    lbMode: LbMode;
+    socketLb: SocketLbDecision | null;
+    ct: CtSizes;
+    snatPorts: [number, number];
+  },
 ): Promise<number> {
   const log = componentLogger('run');
   const nodeName = values['node-name'] ?? hostname();
@@ -317,6 +341,7 @@ async function runAgent(
       clusterCIDRs: render.clusterCIDRs,
       nodePortAddresses: render.nodePortAddresses,
       defaultScheduler: o.scheduler,
+      defaultLbMode: o.lbMode,
       snatPorts: o.snatPorts,
       maglevMaxSize: Number(values['maglev-table-size']),
     });

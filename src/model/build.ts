@@ -21,7 +21,9 @@ import { selectEndpoints } from './endpoints.js';
 import {
   serviceEntryKey,
   type DesiredState,
+  LB_MODES,
   type Endpoint,
+  type LbMode,
   type NodeInfo,
   type Scheduler,
   type ServiceEntry,
@@ -36,6 +38,7 @@ import { compareEntries } from './sorted-entries.js';
 export const SERVICE_PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-name';
 export const HEADLESS_LABEL = 'service.kubernetes.io/headless';
 export const SCHEDULER_ANNOTATION = 'vipr.io/scheduler';
+export const LB_MODE_ANNOTATION = 'vipr.io/lb-mode';
 
 const SCHEDULERS: readonly Scheduler[] = ['random', 'rr', 'sh', 'maglev', 'lc'];
 
@@ -104,6 +107,17 @@ function schedulerOf(svc: ServiceObject, warn: BuildWarningSink): Scheduler | nu
   warn(
     `Service ${svc.namespace}/${svc.name}: annotation ${SCHEDULER_ANNOTATION} ${JSON.stringify(value)} ` +
       `is not a scheduler; use one of ${SCHEDULERS.join(', ')} (using the node default meanwhile)`,
+  );
+  return null;
+}
+
+function lbModeOf(svc: ServiceObject, warn: BuildWarningSink): LbMode | null {
+  const value = svc.annotations[LB_MODE_ANNOTATION];
+  if (value === undefined) return null;
+  if ((LB_MODES as readonly string[]).includes(value)) return value as LbMode;
+  warn(
+    `Service ${svc.namespace}/${svc.name}: annotation ${LB_MODE_ANNOTATION} ${JSON.stringify(value)} ` +
+      `is not an lb mode; use one of ${LB_MODES.join(', ')} (using the node's --lb-mode meanwhile)`,
   );
   return null;
 }
@@ -206,7 +220,14 @@ function familyAddresses(svc: ServiceObject): FamilyAddresses[] {
   });
 }
 
-function toServicePort(svc: ServiceObject, port: ServicePortSpec, addrs: FamilyAddresses, scheduler: Scheduler | null, owners: FrontendOwners): ServicePort {
+function toServicePort(
+  svc: ServiceObject,
+  port: ServicePortSpec,
+  addrs: FamilyAddresses,
+  scheduler: Scheduler | null,
+  lbMode: LbMode | null,
+  owners: FrontendOwners,
+): ServicePort {
   // svc.type is not ExternalName here (filtered by the caller).
   const type = svc.type === 'ExternalName' ? 'ClusterIP' : svc.type;
   const typeIsExternal = type === 'NodePort' || type === 'LoadBalancer';
@@ -234,6 +255,8 @@ function toServicePort(svc: ServiceObject, port: ServicePortSpec, addrs: FamilyA
     internalTrafficPolicy: svc.internalTrafficPolicy,
     healthCheckNodePort: needsHealthCheck ? svc.healthCheckNodePort : 0,
     scheduler,
+    // Only when annotated: states built before lb modes existed compare equal to today's.
+    ...(lbMode === null ? {} : { lbMode }),
   };
 }
 
@@ -343,13 +366,14 @@ export function buildServiceEntries(
 ): ServiceEntry[] {
   const name = `${svc.namespace}/${svc.name}`;
   const scheduler = schedulerOf(svc, warn);
+  const lbMode = lbModeOf(svc, warn);
   const out: ServiceEntry[] = [];
   for (const addrs of familyAddresses(svc)) {
     // Only this family's slices (the caller hands over all of a Service's slices).
     const ofFamily = slicesOfFamily(slices, addrs.family);
     for (const port of svc.ports) {
       if (!owners.owns(name, 'clusterIP', addressFrontend(addrs.clusterIP, port.port, port.protocol))) continue;
-      const service = toServicePort(svc, port, addrs, scheduler, owners);
+      const service = toServicePort(svc, port, addrs, scheduler, lbMode, owners);
       const endpoints = endpointsFor(port, ofFamily, node);
       out.push({
         key: serviceEntryKey(service.id, addrs.family),

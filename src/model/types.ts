@@ -21,6 +21,14 @@ export type TrafficPolicy = 'Cluster' | 'Local';
 /** Schedulers the BPF dataplane implements; `random` is kube-proxy's behaviour. */
 export type Scheduler = 'random' | 'rr' | 'sh' | 'maglev' | 'lc';
 
+/**
+ * How external traffic reaches a backend on another node (BPF dataplane, IPv4; bpf/lib/dsr.h):
+ * `snat` through this node both ways (kube-proxy's behaviour), `dsr` with the reply straight
+ * from the backend's node, `hybrid` DSR for TCP and SNAT for UDP.
+ */
+export type LbMode = 'snat' | 'dsr' | 'hybrid';
+export const LB_MODES: readonly LbMode[] = ['snat', 'dsr', 'hybrid'];
+
 /** Identifies one port of one Service, as kube-proxy's ServicePortName. */
 export interface ServicePortName {
   namespace: string;
@@ -59,6 +67,8 @@ export interface ServicePort {
   healthCheckNodePort: number;
   /** From the annotation `vipr.io/scheduler`; null = the node default. */
   scheduler: Scheduler | null;
+  /** From the annotation `vipr.io/lb-mode`; absent or null = the node default (--lb-mode). */
+  lbMode?: LbMode | null;
 }
 
 /** One endpoint of one ServicePort, as kube-proxy's BaseEndpointInfo. */

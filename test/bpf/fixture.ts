@@ -40,13 +40,15 @@ export interface SvcDef {
   sourceRanges?: string[];
   externalTrafficPolicy?: 'Cluster' | 'Local';
   scheduler?: string;
+  /** More annotations (vipr.io/lb-mode ...). */
+  annotations?: Record<string, string>;
 }
 
 export function service(d: SvcDef): unknown {
   return {
     apiVersion: 'v1',
     kind: 'Service',
-    metadata: { name: d.name, namespace: 'default', annotations: d.scheduler ? { 'vipr.io/scheduler': d.scheduler } : {} },
+    metadata: { name: d.name, namespace: 'default', annotations: { ...(d.scheduler ? { 'vipr.io/scheduler': d.scheduler } : {}), ...d.annotations } },
     spec: {
       type: d.type ?? 'ClusterIP',
       clusterIP: d.vip,

@@ -8,11 +8,11 @@
  * family's maps by the address. Frontend ids carry the address as ipvsadm writes it (`[v6]:port`),
  * so the two families' frontends never share an id, NodePort's `0.0.0.0` and `::` included.
  */
-import type { DesiredState, Endpoint, Scheduler, ServiceEntry } from '../../model/types.js';
+import type { DesiredState, Endpoint, LbMode, Scheduler, ServiceEntry } from '../../model/types.js';
 import { serviceOfEntryKey } from '../../model/types.js';
 import {
   BE_F_LOCAL, BE_F_TERMINATING, IPPROTO_TCP, IPPROTO_UDP, NODEPORT_VIP, NODEPORT_VIP6, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-  SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES,
+  SVC_F_AFFINITY, SVC_F_DSR, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES,
   type BackendT, type SourceRangeT, type SvcKeyT,
 } from '../layouts.js';
 import { maglevTable, maglevTableSize } from '../../model/maglev.js';
@@ -98,13 +98,17 @@ export function rangeOf(k: SourceRangeT): string {
  * A service without any endpoint rejects (ICMP port unreachable); one whose policy leaves it
  * no endpoint on this node drops, as kube-proxy's rules do.
  */
-export function bpfFrontends(state: DesiredState, defaultScheduler: Scheduler): { frontends: Frontend[]; skipped: string[] } {
+export function bpfFrontends(
+  state: DesiredState,
+  defaultScheduler: Scheduler,
+  defaultLbMode: LbMode = 'snat',
+): { frontends: Frontend[]; skipped: string[] } {
   const frontends: Frontend[] = [];
   const skipped: string[] = [];
   for (const entry of state.services) {
     try {
       const own: Frontend[] = [];
-      expandEntry(entry, defaultScheduler, own, skipped);
+      expandEntry(entry, defaultScheduler, defaultLbMode, own, skipped);
       frontends.push(...own);
     } catch (err) {
       skipped.push(`${entry.key}: cannot be expanded into frontends (${(err as Error).message}); not programmed`);
@@ -125,7 +129,18 @@ export function bpfFrontends(state: DesiredState, defaultScheduler: Scheduler): 
   return { frontends: unique, skipped };
 }
 
-function expandEntry(entry: ServiceEntry, defaultScheduler: Scheduler, frontends: Frontend[], skipped: string[]): void {
+/**
+ * Whether external frontends of `entry` send remote backends' replies straight to the client
+ * (bpf/lib/dsr.h): its `vipr.io/lb-mode`, else the node's --lb-mode; `hybrid` is DSR for TCP only.
+ * IPv4 only: IPv6 frontends stay on SNAT.
+ */
+export function usesDsr(entry: ServiceEntry, defaultLbMode: LbMode): boolean {
+  const mode = entry.service.lbMode ?? defaultLbMode;
+  if (entry.service.family !== 'IPv4') return false;
+  return mode === 'dsr' || (mode === 'hybrid' && entry.service.id.protocol === 'TCP');
+}
+
+function expandEntry(entry: ServiceEntry, defaultScheduler: Scheduler, defaultLbMode: LbMode, frontends: Frontend[], skipped: string[]): void {
   const svc = entry.service;
   const proto = PROTO[svc.id.protocol];
   if (proto === undefined) {
@@ -150,8 +165,10 @@ function expandEntry(entry: ServiceEntry, defaultScheduler: Scheduler, frontends
 
   const etpLocal = svc.externalTrafficPolicy === 'Local';
   const externalEps = etpLocal ? sel.localEndpoints : sel.clusterEndpoints;
+  // Local policy has no remote backends to return directly from.
+  const dsr = !etpLocal && usesDsr(entry, defaultLbMode) ? SVC_F_DSR : 0;
   const external = (vip: string, port: number, ranges: string[] = []): void => {
-    add(vip, port, SCOPE_EXTERNAL, SVC_F_EXTERNAL | (etpLocal ? SVC_F_LOCAL : 0), externalEps, ranges);
+    add(vip, port, SCOPE_EXTERNAL, SVC_F_EXTERNAL | dsr | (etpLocal ? SVC_F_LOCAL : 0), externalEps, ranges);
     if (etpLocal) add(vip, port, SCOPE_INTERNAL, 0, sel.clusterEndpoints, ranges);
   };
   if (svc.nodePort > 0) external(svc.family === 'IPv6' ? NODEPORT_VIP6 : NODEPORT_VIP, svc.nodePort);

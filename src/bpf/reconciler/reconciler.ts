@@ -17,7 +17,7 @@
  */
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { DesiredState, Scheduler, ServiceEntry } from '../../model/types.js';
+import type { DesiredState, LbMode, Scheduler, ServiceEntry } from '../../model/types.js';
 import { TimeSlice } from '../../time-slice.js';
 import type { Dataplane, SyncResult } from '../../model/dataplane.js';
 import {
@@ -104,6 +104,8 @@ export interface BpfDataplaneOptions {
   nodePortAddresses: string[];
   /** Scheduler for services without the `vipr.io/scheduler` annotation. */
   defaultScheduler: Scheduler;
+  /** --lb-mode: external traffic to remote backends for services without `vipr.io/lb-mode`. */
+  defaultLbMode: LbMode;
   /** Source ports for SNAT (above Linux's default ephemeral range, so local sockets never clash). */
   snatPorts: [number, number];
   /** The largest Maglev table (--maglev-table-size), one of MAGLEV_SIZES. */
@@ -114,6 +116,7 @@ export const DEFAULT_BPF_OPTIONS: BpfDataplaneOptions = {
   clusterCIDRs: [],
   nodePortAddresses: [],
   defaultScheduler: 'random',
+  defaultLbMode: 'snat',
   snatPorts: [61000, 65535],
   maglevMaxSize: DEFAULT_MAGLEV_MAX_SIZE,
 };
@@ -274,6 +277,7 @@ export class BpfDataplane implements Dataplane {
     const { frontends, skipped } = bpfFrontends(
       scope === null ? state : { node: state.node, services: entriesIn(state, scope) },
       this.opts.defaultScheduler,
+      this.opts.defaultLbMode,
     );
     for (const s of skipped) log.warn(s);
     const result: SyncResult = { services: 0, backends: 0, writes: 0, deletes: 0, failed: [], changed: [] };
