@@ -230,6 +230,23 @@ describe('buildDesiredState', () => {
     ]);
   });
 
+  it('reads the lb-mode annotation, and warns and falls back to the node default on an invalid one', () => {
+    const warnings: string[] = [];
+    const state = buildDesiredState(
+      objects([
+        service({ name: 'a', clusterIPs: ['10.0.0.1'], annotations: { 'vipr.io/lb-mode': 'hybrid' } }),
+        service({ name: 'b', clusterIPs: ['10.0.0.2'], annotations: { 'vipr.io/lb-mode': 'DSR' } }),
+        service({ name: 'c', clusterIPs: ['10.0.0.3'] }),
+      ]),
+      node,
+      (m) => warnings.push(m),
+    );
+    expect(state.services.map((s) => s.service.lbMode ?? null)).toEqual(['hybrid', null, null]);
+    expect(warnings).toEqual([
+      'Service default/b: annotation vipr.io/lb-mode "DSR" is not an lb mode; use one of snat, dsr, hybrid (using the node\'s --lb-mode meanwhile)',
+    ]);
+  });
+
   it('sorts entries by key regardless of input order', () => {
     const state = buildDesiredState(
       objects([
