@@ -7,6 +7,7 @@
 import { View, parse } from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import type { BenchReport } from './results.js';
+import type { NorthSouthReport } from './north-south.js';
 
 interface Point {
   /** The line: the mode, `<mode> IPv6` for IPv6 traffic. */
@@ -54,6 +55,47 @@ export function chartSpec(report: BenchReport): TopLevelSpec {
 export async function renderChartSvg(report: BenchReport): Promise<string> {
   const vegaSpec = compile(chartSpec(report)).spec;
   const view = new View(parse(vegaSpec), { renderer: 'none' });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}
+
+/**
+ * `--north-south`: packets per second delivered to the backends and CPU per packet, one bar per
+ * mode, for each kind of traffic.
+ */
+export function northSouthChartSpec(report: NorthSouthReport): TopLevelSpec {
+  const e = report.env;
+  const points = report.northSouth.rows.map((r) => ({
+    mode: r.mode === 'xdp' ? `xdp (${r.xdp})` : r.mode, traffic: r.traffic, delivered: r.deliveredPps, softirq: r.softirqNsPerPacket,
+  }));
+  const bars = (field: 'delivered' | 'softirq', title: string) => ({
+    width: 300,
+    height: 200,
+    title,
+    mark: { type: 'bar' as const },
+    encoding: {
+      y: { field: 'mode', type: 'nominal' as const, title: null, sort: null },
+      x: { field, type: 'quantitative' as const, title },
+      row: { field: 'traffic', type: 'nominal' as const, title: null },
+    },
+  });
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+    title: {
+      text: 'vipr bench --north-south: packets from outside to a NodePort',
+      subtitle: `${e.cpu}, ${e.cpus} CPUs, kernel ${e.kernel}; medians of ${e.rounds} rounds; ${e.date.slice(0, 10)}`,
+    },
+    background: 'white',
+    data: { values: points },
+    hconcat: [bars('delivered', 'packets/s delivered to backends'), bars('softirq', 'softirq ns per delivered packet')],
+  } as TopLevelSpec;
+}
+
+export async function renderNorthSouthChartSvg(report: NorthSouthReport): Promise<string> {
+  const view = new View(parse(compile(northSouthChartSpec(report)).spec), { renderer: 'none' });
   try {
     return await view.toSVG();
   } finally {

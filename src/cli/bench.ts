@@ -10,6 +10,9 @@ import { formatReport } from '../bench/report.js';
 import { formatDisruption } from '../bench/disruption-report.js';
 import { FULL_DISRUPTION, QUICK_DISRUPTION, runDisruption, type DisruptionPlan } from '../bench/disruption.js';
 import type { BenchReport } from '../bench/results.js';
+import { FULL_NS_DURATIONS, NORTH_SOUTH_MODES, QUICK_NS_DURATIONS, northSouthLabName, type NorthSouthMode, type NorthSouthPlan } from '../bench/north-south-plan.js';
+import { formatNorthSouth } from '../bench/north-south-report.js';
+import { runNorthSouth } from '../bench/north-south.js';
 import {
   CHURN_MAX_SERVICES, DATAPLANE_MODES, DEFAULT_BENCH_FAMILIES, FULL_DURATIONS, MAX_SERVICES, QUICK_DURATIONS, labNameFor,
   type BenchFamilies, type BenchPlan, type DataplaneMode,
@@ -72,6 +75,16 @@ disruption soak (--disruption; with --quick: 30 churns, 2 restarts, 3 watch drop
   --restarts N        agent SIGKILL + restarts, spread over the churns (default 10)
   --watch-drops N     times the API server drops every connection (default 20)
 
+north-south (--north-south; with --quick: 0.4 s per run, 1 round):
+  Packets per second from outside the cluster: in a two-node lab per mode (xdp, tc, iptables,
+  nftables, and ipvs where the kernel has it), the external host sends frames (bench/flood.c,
+  pinned to --cpu) to node1's NodePorts: UDP on 64 tracked flows to node2's pods (node1 DNATs,
+  SNATs and forwards), and TCP SYNs from 16 x 64,512 sources to node1's pods (every SYN a new
+  flow). Reports packets per second sent and delivered to the backends, CPU time per packet
+  (softirq and all), how XDP attached (native or generic), and, for xdp, each XDP path's cost
+  in ns from BPF_PROG_TEST_RUN. --modes takes these modes; --rounds (default 3) and --backends
+  (per node, default 2) apply.
+
 conntrack GC (--ct-gc, alone, no lab):
   ct_gc               one GC pass over a conntrack map of 262,144 and of 1,000,000 expired
                       entries: pass time and the largest event-loop stall (perf_hooks'
@@ -91,6 +104,7 @@ const OPTIONS = {
   'lab-prefix': { type: 'string' },
   disruption: { type: 'boolean', default: false },
   'ct-gc': { type: 'boolean', default: false },
+  'north-south': { type: 'boolean', default: false },
   churns: { type: 'string' },
   restarts: { type: 'string' },
   'watch-drops': { type: 'string' },
@@ -108,6 +122,20 @@ export function parseModes(value: string | undefined): DataplaneMode[] {
     if (!modes.includes(raw as DataplaneMode)) modes.push(raw as DataplaneMode);
   }
   if (modes.length === 0) throw new ConfigError(`--modes ${value}: no dataplane to compare`);
+  return modes;
+}
+
+/** `--modes` of --north-south: xdp, tc, iptables, nftables, ipvs (default all). */
+export function parseNorthSouthModes(value: string | undefined): NorthSouthMode[] {
+  if (value === undefined) return [...NORTH_SOUTH_MODES];
+  const modes: NorthSouthMode[] = [];
+  for (const raw of value.split(',').map((s) => s.trim()).filter((s) => s.length > 0)) {
+    if (!(NORTH_SOUTH_MODES as readonly string[]).includes(raw)) {
+      throw new ConfigError(`--modes ${value}: '${raw}' is not one of ${NORTH_SOUTH_MODES.join(', ')} (the modes of --north-south)`);
+    }
+    if (!modes.includes(raw as NorthSouthMode)) modes.push(raw as NorthSouthMode);
+  }
+  if (modes.length === 0) throw new ConfigError(`--modes ${value}: no dataplane to measure`);
   return modes;
 }
 
@@ -148,6 +176,25 @@ export async function run(argv: string[]): Promise<number> {
   }
   if (values['ct-gc']) return runCtGc(values.json);
   const quick = values.quick;
+  if (values['north-south']) {
+    for (const flag of ['services', 'families', 'disruption', 'churns', 'restarts', 'watch-drops'] as const) {
+      if (values[flag] !== undefined && values[flag] !== false) throw new ConfigError(`--${flag} is not an option of --north-south; drop it`);
+    }
+    const nsPrefix = values['lab-prefix'] ?? 'bench';
+    const nsLongest = northSouthLabName(nsPrefix, 'nftables');
+    const nsProblem = labNameProblem(nsLongest);
+    if (nsProblem) throw new ConfigError(`--lab-prefix ${nsPrefix}: lab names such as '${nsLongest}' must be valid: ${nsProblem}`);
+    const nsPlan: NorthSouthPlan = {
+      modes: parseNorthSouthModes(values.modes),
+      rounds: intOption('rounds', values.rounds, quick ? 1 : 3, 1, 100),
+      backends: intOption('backends', values.backends, 2, 1, 8),
+      durations: quick ? QUICK_NS_DURATIONS : FULL_NS_DURATIONS,
+      labPrefix: nsPrefix,
+      cpu: intOption('cpu', values.cpu, cpus().length - 1, 0, cpus().length - 1),
+    };
+    return runCommand(argv, values.json, (signal, onProgress, command) => runNorthSouth({ plan: nsPlan, signal, onProgress, command }), formatNorthSouth, values.chart,
+      async (report) => (await import('../bench/chart.js')).renderNorthSouthChartSvg(report));
+  }
   const prefix = values['lab-prefix'] ?? (values.disruption ? 'soak' : 'bench');
   const longest = labNameFor(prefix, 'iptables-nft');
   const problem = labNameProblem(longest);
@@ -188,12 +235,13 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 /** Runs a benchmark with Ctrl-C handling, prints its report and writes --json / --chart. */
-async function runCommand(
+async function runCommand<R = BenchReport>(
   argv: string[],
   json: string | undefined,
-  measure: (signal: AbortSignal, onProgress: (line: string) => void, command: string) => Promise<BenchReport>,
-  format: (report: BenchReport) => string,
+  measure: (signal: AbortSignal, onProgress: (line: string) => void, command: string) => Promise<R>,
+  format: (report: R) => string,
   chart?: string,
+  renderChart?: (report: R) => Promise<string>,
 ): Promise<number> {
   const controller = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -212,8 +260,8 @@ async function runCommand(
     }
     if (chart !== undefined) {
       // The chart renderer (vega) is an optional dependency, loaded only here.
-      const { renderChartSvg } = await import('../bench/chart.js');
-      writeFileSync(chart, await renderChartSvg(report));
+      const render = renderChart ?? (async (r: R) => (await import('../bench/chart.js')).renderChartSvg(r as BenchReport));
+      writeFileSync(chart, await render(report));
       process.stdout.write(`wrote ${chart}\n`);
     }
     return 0;

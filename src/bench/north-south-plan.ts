@@ -1,0 +1,265 @@
+/*
+ * `vipr bench --north-south` as plain data: the modes, the traffic, the Services the balancing
+ * node serves, what the JSON holds. Pure, so the CLI, the runner and the tests agree on it.
+ *
+ * The lab of each mode is a two-node lab (`<prefix>-ns<tag>`, IPv4): the external host `ext`
+ * sends frames onto the underlay to node1's address; node1 balances them; the backends count
+ * what reaches them (their eth0's rx counter) and drop it at once in an nftables netdev ingress
+ * chain, so no socket, reply or ICMP error costs anything after delivery. Two kinds of traffic:
+ *   udp  UDP to NodePort 30053 (externalTrafficPolicy Cluster, backends on node2 only): 64 flows
+ *        from ext, tracked after their first packet; node1 DNATs + SNATs and sends them on over
+ *        the underlay (XDP: back out of the interface they came in on).
+ *   syn  TCP SYNs to NodePort 30080 (externalTrafficPolicy Local, backends on node1) from 16
+ *        addresses × 64,512 ports of the underlay: every packet a new flow until the cycle of
+ *        1,032,192 repeats (a SYN flood), DNATed to a pod of node1.
+ */
+import { z } from 'zod';
+import { EXTERNAL_IP, LOAD_BALANCER_CIDR, SERVICE_CIDR, UNDERLAY_PREFIX } from '../lab/topology.js';
+
+export type NorthSouthMode = 'xdp' | 'tc' | 'iptables' | 'nftables' | 'ipvs';
+export const NORTH_SOUTH_MODES: readonly NorthSouthMode[] = ['xdp', 'tc', 'iptables', 'nftables', 'ipvs'];
+
+export type NorthSouthTraffic = 'udp' | 'syn';
+export const NORTH_SOUTH_TRAFFIC: readonly NorthSouthTraffic[] = ['udp', 'syn'];
+
+const LAB_TAG: Record<NorthSouthMode, string> = { xdp: 'xdp', tc: 'tc', iptables: 'ipt', nftables: 'nft', ipvs: 'ipvs' };
+
+export function northSouthLabName(prefix: string, mode: NorthSouthMode): string {
+  return `${prefix}-ns${LAB_TAG[mode]}`;
+}
+
+export const UDP_NODE_PORT = 30053;
+export const TCP_NODE_PORT = 30080;
+export const REFUSED_NODE_PORT = 30081;
+/** A LoadBalancer IP whose loadBalancerSourceRanges refuse every lab address (the XDP drop path). */
+export const REFUSED_LB_IP = `${LOAD_BALANCER_CIDR.split('.').slice(0, 3).join('.')}.9`;
+export const REFUSED_LB_PORT = 80;
+export const BACKEND_TCP_PORT = 9000;
+export const BACKEND_UDP_PORT = 9053;
+
+/** What `flood` sends for each traffic kind: from ext's address up, this many addresses and ports. */
+export const FLOOD_SOURCES: Record<NorthSouthTraffic, { srcIps: number; srcPorts: number }> = {
+  udp: { srcIps: 1, srcPorts: 64 },
+  syn: { srcIps: 16, srcPorts: 64_512 },
+};
+export const FLOOD_SOURCE_IP = EXTERNAL_IP;
+/** BPF_PROG_TEST_RUN's "new" TCP flows come from <prefix>.198 up, addresses the flood never uses. */
+export const NEW_FLOW_PREFIX = UNDERLAY_PREFIX;
+
+export interface NorthSouthDurations {
+  /** Each traffic run, per mode and round. */
+  trafficMs: number;
+  /** Sent before each run, not counted: neighbours resolved, caches warm. */
+  warmupMs: number;
+  /** BPF_PROG_TEST_RUN: runs in the one repeated call that measures a single run's overhead. */
+  repeat: number;
+  /** BPF_PROG_TEST_RUN: single runs per path (new flows: this many distinct clients). */
+  newFlows: number;
+}
+
+export const FULL_NS_DURATIONS: NorthSouthDurations = { trafficMs: 2000, warmupMs: 300, repeat: 1_000_000, newFlows: 4000 };
+/* newFlows stays under the 4,536 SNAT ports a backend has by default: new remote flows need one each. */
+export const QUICK_NS_DURATIONS: NorthSouthDurations = { trafficMs: 400, warmupMs: 100, repeat: 100_000, newFlows: 500 };
+
+export interface NorthSouthPlan {
+  modes: NorthSouthMode[];
+  rounds: number;
+  /** Backends per node. */
+  backends: number;
+  durations: NorthSouthDurations;
+  labPrefix: string;
+  /** The CPU the generator is pinned to (and with it, on veth, the whole path). */
+  cpu: number;
+}
+
+/** The XDP program's paths whose cost BPF_PROG_TEST_RUN measures. */
+export type XdpPath =
+  | 'not_service'
+  | 'nodeport_new_local'
+  | 'nodeport_tracked_local'
+  | 'nodeport_new_remote'
+  | 'nodeport_tracked_remote'
+  | 'reply_rev_nat'
+  | 'drop_source_range';
+export const XDP_PATHS: readonly XdpPath[] = [
+  'not_service', 'nodeport_new_local', 'nodeport_tracked_local', 'nodeport_new_remote', 'nodeport_tracked_remote', 'reply_rev_nat', 'drop_source_range',
+];
+
+export const XDP_PATH_TITLES: Record<XdpPath, string> = {
+  not_service: 'not a service (SYN to the node\'s port 22): passed',
+  nodeport_new_local: 'NodePort, new flow, local backend (Local policy): DNAT, passed to the stack',
+  nodeport_tracked_local: 'NodePort, tracked flow, local backend: DNAT from conntrack, passed',
+  nodeport_new_remote: 'NodePort, new flow, remote backend: DNAT + SNAT, FIB, sent out',
+  nodeport_tracked_remote: 'NodePort, tracked flow, remote backend: DNAT + SNAT, FIB, sent out',
+  reply_rev_nat: 'reply from the remote backend: reverse NAT, FIB, sent out to the client',
+  drop_source_range: 'LoadBalancer IP refusing the source (loadBalancerSourceRanges): dropped',
+};
+
+export interface XdpPathResult {
+  path: XdpPath;
+  /** Nanoseconds per packet: the median single run less the clock-read overhead (XdpPaths.overheadNs). */
+  ns: number;
+  /** The median single run as the kernel timed it, overhead included. */
+  singleRunNs: number;
+  verdict: 'aborted' | 'drop' | 'pass' | 'tx' | 'redirect';
+  /** Single runs the median is taken over. */
+  runs: number;
+}
+
+/** What xdp-paths-worker prints. */
+export interface XdpPaths {
+  /** A single run's timing overhead: not_service's single-run median less its mean over `repeat` runs in one call. */
+  overheadNs: number;
+  paths: XdpPathResult[];
+}
+
+export const XdpPathsRequestSchema = z.object({
+  pinDir: z.string().min(1),
+  nodeIp: z.string().min(1),
+  nodeMac: z.string().min(1),
+  clientMac: z.string().min(1),
+  /** The external host's address (remote flows come from it: their replies need its neighbour entry). */
+  clientIp: z.string().min(1),
+  /** The underlay MAC of the backends' node (source of the replies). */
+  peerMac: z.string().min(1),
+  newFlowPrefix: z.string().min(1),
+  udpNodePort: z.number().int(),
+  tcpNodePort: z.number().int(),
+  refusedLbIp: z.string().min(1),
+  refusedLbPort: z.number().int(),
+  repeat: z.number().int().positive(),
+  newFlows: z.number().int().positive(),
+});
+export type XdpPathsRequest = z.infer<typeof XdpPathsRequestSchema>;
+
+/** One mode's figures for one kind of traffic (medians over rounds). */
+export interface NorthSouthRow {
+  mode: NorthSouthMode;
+  traffic: NorthSouthTraffic;
+  /** Packets per second the generator put on the wire. */
+  sentPps: number;
+  /** Packets per second that reached the backends. */
+  deliveredPps: number;
+  /** Softirq time of the generator's CPU per delivered packet (underlay bridge, node, backend's drop), ns. */
+  softirqNsPerPacket: number;
+  /** All non-idle time of that CPU per delivered packet, the generator's sends included, ns. */
+  cpuNsPerPacket: number;
+  /** How XDP was attached to node1's underlay interface: `native`, `generic`, or `none` (modes without XDP). */
+  xdp: 'native' | 'generic' | 'none';
+  rounds: number;
+  /** Each round's delivered packets per second, in round order. */
+  deliveredPpsByRound: number[];
+}
+
+export interface NorthSouthSummary {
+  rows: NorthSouthRow[];
+  /** BPF_PROG_TEST_RUN per XDP path, in the xdp lab's node after its traffic; null without the xdp mode. */
+  xdpPaths: XdpPaths | null;
+  unavailable: Array<{ mode: NorthSouthMode; reason: string }>;
+  /** Delivered pps of xdp over iptables for each traffic kind, where both ran. */
+  xdpOverIptables: Partial<Record<NorthSouthTraffic, number>>;
+}
+
+type Json = Record<string, unknown>;
+
+const CLUSTER_IP_BASE = SERVICE_CIDR.split('.').slice(0, 3).join('.');
+
+function endpoints(name: string, ips: readonly string[], nodeName: string, port: number, protocol: 'TCP' | 'UDP'): Json {
+  return {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { namespace: 'default', name: `${name}-ns`, labels: { 'kubernetes.io/service-name': name } },
+    addressType: 'IPv4',
+    ports: [{ name: '', protocol, port }],
+    endpoints: ips.map((ip) => ({ addresses: [ip], conditions: { ready: true, serving: true, terminating: false }, nodeName })),
+  };
+}
+
+/**
+ * The north-south Services: `ns-udp` (NodePort 30053, Cluster, node2's pods), `ns-tcp` (NodePort
+ * 30080, Local, node1's pods) and `ns-refused` (LoadBalancer REFUSED_LB_IP whose source ranges
+ * admit no lab address).
+ */
+export function northSouthManifests(node1: { name: string; backends: readonly string[] }, node2: { name: string; backends: readonly string[] }): Json {
+  const svc = (name: string, ip: string, spec: Json): Json => ({
+    apiVersion: 'v1', kind: 'Service', metadata: { namespace: 'default', name }, spec: { clusterIP: ip, clusterIPs: [ip], ...spec },
+  });
+  return {
+    apiVersion: 'v1',
+    kind: 'List',
+    items: [
+      svc('ns-udp', `${CLUSTER_IP_BASE}.53`, {
+        type: 'NodePort', externalTrafficPolicy: 'Cluster',
+        ports: [{ name: '', protocol: 'UDP', port: 53, targetPort: BACKEND_UDP_PORT, nodePort: UDP_NODE_PORT }],
+      }),
+      endpoints('ns-udp', node2.backends, node2.name, BACKEND_UDP_PORT, 'UDP'),
+      svc('ns-tcp', `${CLUSTER_IP_BASE}.80`, {
+        type: 'NodePort', externalTrafficPolicy: 'Local',
+        ports: [{ name: '', protocol: 'TCP', port: 80, targetPort: BACKEND_TCP_PORT, nodePort: TCP_NODE_PORT }],
+      }),
+      endpoints('ns-tcp', node1.backends, node1.name, BACKEND_TCP_PORT, 'TCP'),
+      {
+        ...svc('ns-refused', `${CLUSTER_IP_BASE}.81`, {
+          type: 'LoadBalancer', externalTrafficPolicy: 'Cluster', loadBalancerSourceRanges: ['203.0.113.0/24'],
+          ports: [{ name: '', protocol: 'TCP', port: REFUSED_LB_PORT, targetPort: BACKEND_TCP_PORT, nodePort: REFUSED_NODE_PORT }],
+        }),
+        status: { loadBalancer: { ingress: [{ ip: REFUSED_LB_IP }] } },
+      },
+      endpoints('ns-refused', node1.backends, node1.name, BACKEND_TCP_PORT, 'TCP'),
+    ],
+  };
+}
+
+/** A mode's `vipr run` flags beyond the common ones (manifests, pin dir, node name and IP). */
+export function northSouthAgentArgs(mode: NorthSouthMode, ifaces: readonly string[], underlayIfname: string): string[] {
+  switch (mode) {
+    case 'xdp':
+      return [...ifaces.flatMap((i) => ['--iface', i]), '--xdp', underlayIfname, '--socket-lb', 'off'];
+    case 'tc':
+      return [...ifaces.flatMap((i) => ['--iface', i]), '--socket-lb', 'off'];
+    case 'iptables':
+      return ['--mode', 'iptables', '--iptables-backend', 'legacy'];
+    case 'nftables':
+      return ['--mode', 'nftables'];
+    case 'ipvs':
+      return ['--mode', 'ipvs'];
+  }
+}
+
+/** `/proc/stat` times of one CPU, in USER_HZ ticks. */
+export interface CpuTimes {
+  busy: number;
+  softirq: number;
+}
+
+/** The line `cpu<N>` of /proc/stat: busy = user + nice + system + irq + softirq (idle, iowait, steal left out). */
+export function parseCpuTimes(procStat: string, cpu: number): CpuTimes {
+  const line = procStat.split('\n').find((l) => l.startsWith(`cpu${cpu} `));
+  if (line === undefined) throw new Error(`/proc/stat has no line for cpu${cpu}`);
+  const f = line.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0] = f;
+  return { busy: user + nice + system + irq + softirq, softirq };
+}
+
+/** Linux reports /proc/stat in USER_HZ, 100 per second on every architecture it exports it for. */
+export const USER_HZ = 100;
+
+/** Figures of one traffic run from the counters around it. */
+export function trafficFigures(o: { sent: number; elapsedS: number; delivered: number; before: CpuTimes; after: CpuTimes }): {
+  sentPps: number; deliveredPps: number; softirqNsPerPacket: number; cpuNsPerPacket: number;
+} {
+  const perPacket = (ticks: number): number => (o.delivered > 0 ? (ticks * 1e9) / USER_HZ / o.delivered : 0);
+  return {
+    sentPps: o.elapsedS > 0 ? o.sent / o.elapsedS : 0,
+    deliveredPps: o.elapsedS > 0 ? o.delivered / o.elapsedS : 0,
+    softirqNsPerPacket: perPacket(o.after.softirq - o.before.softirq),
+    cpuNsPerPacket: perPacket(o.after.busy - o.before.busy),
+  };
+}
+
+/** `ip -j link show`'s xdp.mode: 1 driver (native), 2 skb (generic); anything else is no XDP of ours. */
+export function xdpAttachMode(ipLinkJson: string): NorthSouthRow['xdp'] {
+  const links = JSON.parse(ipLinkJson) as Array<{ xdp?: { mode?: number } }>;
+  const mode = links[0]?.xdp?.mode;
+  return mode === 1 ? 'native' : mode === 2 ? 'generic' : 'none';
+}

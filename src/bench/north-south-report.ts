@@ -1,0 +1,74 @@
+/*
+ * `vipr bench --north-south` as text: per traffic kind, packets per second sent and delivered,
+ * CPU per packet, each mode against iptables; how XDP attached; the XDP paths' BPF_PROG_TEST_RUN
+ * costs against the 100 ns target (10 Mpps per core for the program).
+ */
+import type { NorthSouthReport } from './north-south.js';
+import { XDP_PATH_TITLES, type NorthSouthTraffic } from './north-south-plan.js';
+
+const TRAFFIC_TITLES: Record<NorthSouthTraffic, string> = {
+  udp: 'UDP to NodePort 30053, 64 tracked flows, backends on the other node (DNAT + SNAT, forwarded)',
+  syn: 'TCP SYN to NodePort 30080, every packet a new flow, backends on the balancing node (DNAT)',
+};
+
+/** The XDP NodePort path's target per packet in BPF_PROG_TEST_RUN. */
+export const XDP_TARGET_NS = 100;
+/** Delivered packets per second of xdp over iptables, the target. */
+export const XDP_OVER_IPTABLES_TARGET = 3;
+
+function n(v: number): string {
+  return Math.round(v).toLocaleString('en-US');
+}
+
+function table(rows: string[][]): string[] {
+  const widths: number[] = [];
+  for (const row of rows) row.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
+  return rows.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('   ').trimEnd());
+}
+
+export function formatNorthSouth(report: NorthSouthReport): string {
+  const { env, northSouth: ns } = report;
+  const out: string[] = [];
+  for (const traffic of ['udp', 'syn'] as const) {
+    const rows = ns.rows.filter((r) => r.traffic === traffic);
+    if (rows.length === 0) continue;
+    const ipt = rows.find((r) => r.mode === 'iptables');
+    out.push(TRAFFIC_TITLES[traffic]);
+    const t: string[][] = [['mode', 'XDP', 'sent pps', 'delivered pps', '×iptables', 'softirq ns/pkt', 'CPU ns/pkt', 'rounds (delivered pps)']];
+    for (const r of rows) {
+      t.push([
+        r.mode, r.xdp, n(r.sentPps), n(r.deliveredPps),
+        ipt && ipt.deliveredPps > 0 ? `×${(r.deliveredPps / ipt.deliveredPps).toFixed(2)}` : '-',
+        n(r.softirqNsPerPacket), n(r.cpuNsPerPacket), r.deliveredPpsByRound.map(n).join(', '),
+      ]);
+    }
+    out.push(...table(t).map((l) => `  ${l}`), ...ns.unavailable.map((u) => `  ${u.mode.padEnd(8)}   unavailable: ${u.reason}`), '');
+  }
+  out.push(
+    `  sent/delivered: packets per second the generator put on the wire / that reached the backends.`,
+    `  softirq ns/pkt: softirq time of CPU ${env.pinnedCpu} (generator's CPU; on veth every hop runs there) per delivered packet:`,
+    `  the underlay bridge, the balancing node and the backend's drop. CPU ns/pkt: all its busy time, the sends included.`,
+    '',
+  );
+  if (ns.xdpPaths !== null) {
+    out.push(`XDP program cost per path, BPF_PROG_TEST_RUN in the xdp lab's node (target: NodePort ≤ ${XDP_TARGET_NS} ns, 10 Mpps per core)`);
+    const t: string[][] = [['path', 'ns', 'single run', 'verdict', 'what']];
+    for (const p of ns.xdpPaths.paths) t.push([p.path, p.ns.toFixed(1), p.singleRunNs.toFixed(1), p.verdict, XDP_PATH_TITLES[p.path]]);
+    out.push(
+      ...table(t).map((l) => `  ${l}`),
+      `  medians of ${n(ns.xdpPaths.paths[0]?.runs ?? 0)} single runs, a fresh frame each; ns = single run less ${ns.xdpPaths.overheadNs.toFixed(1)} ns of timing overhead`,
+      `  (not_service's single run less its mean over one repeated call). NodePort paths ≤ ${XDP_TARGET_NS} ns: ` +
+        ns.xdpPaths.paths.filter((p) => p.path.startsWith('nodeport_')).map((p) => `${p.path} ${p.ns <= XDP_TARGET_NS ? 'met' : 'missed'}`).join(', '),
+      '',
+    );
+  }
+  const ratios = Object.entries(ns.xdpOverIptables);
+  if (ratios.length > 0) {
+    out.push(
+      `xdp over iptables, delivered pps (target ≥ ×${XDP_OVER_IPTABLES_TARGET}): ` +
+        ratios.map(([t, r]) => `${t} ×${(r as number).toFixed(2)} (${(r as number) >= XDP_OVER_IPTABLES_TARGET ? 'met' : 'missed'})`).join(', '),
+    );
+  }
+  out.push(`load average ${env.loadAverage.start.join(' ')} at the start, ${env.loadAverage.end.join(' ')} at the end; ${env.wallSeconds} s`, '');
+  return `${out.join('\n')}\n`;
+}
