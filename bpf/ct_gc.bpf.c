@@ -13,12 +13,13 @@
  * the datapath uses, so a FIN racing the GC cannot count twice.
  *
  * IPv6's conntrack maps (vipr_ct6_*) get iterators of their own with the same rules and timeouts:
- * only the key and the address width differ, so one visit is written once per key type.
+ * only the key and the address width differ, so one visit serves both, told which by a constant.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "lib/maps.h"
 #include "lib/conntrack.h"
+#include "lib/ct6.h"
 
 struct seq_file;
 struct bpf_map;
@@ -72,60 +73,6 @@ static __always_inline void *ct6_gc_map(enum ct_gc_table t)
 	return &vipr_ct6_udp_v1;
 }
 
-static __always_inline bool ct6_addr_zero(const __be32 a[4])
-{
-	return !(a[0] | a[1] | a[2] | a[3]);
-}
-
-/*
- * Sets VIPR_CT_F_CLOSING in an IPv6 value atomically, as ct4_set_flags does for IPv4 (the word
- * holding nat_port, flags and tcp_flags, fetch-or'ed); returns whether this call set it.
- */
-#define CT6_FLAGS_WORD_OFF __builtin_offsetof(struct vipr_ct6_value, nat_port)
-_Static_assert(CT6_FLAGS_WORD_OFF % 4 == 0 &&
-	       __builtin_offsetof(struct vipr_ct6_value, flags) - CT6_FLAGS_WORD_OFF ==
-	       __builtin_offsetof(struct vipr_ct_value, flags) - CT_FLAGS_WORD_OFF,
-	       "vipr_ct6_value.flags lies in its word as vipr_ct_value.flags does");
-static __always_inline bool ct6_gc_set_closing(struct vipr_ct6_value *ct)
-{
-	__u32 *word = (__u32 *)((void *)ct + CT6_FLAGS_WORD_OFF);
-	__u32 old = __sync_fetch_and_or(word, (__u32)VIPR_CT_F_CLOSING << CT_FLAGS_SHIFT);
-
-	return !((old >> CT_FLAGS_SHIFT) & VIPR_CT_F_CLOSING);
-}
-
-/* The reply key of an IPv6 flow from its forward key and value (as ct4_reply_key_of). */
-static __always_inline void ct6_gc_reply_key_of(struct vipr_ct6_key *rep, const struct vipr_ct6_key *fwd,
-						const struct vipr_ct6_value *ct)
-{
-	bool snat = !ct6_addr_zero(ct->snat_addr);
-
-	__builtin_memcpy(rep->saddr, ct->nat_addr, 16);
-	rep->sport = ct->nat_port;
-	__builtin_memcpy(rep->daddr, snat ? ct->snat_addr : fwd->saddr, 16);
-	rep->dport = snat ? ct->snat_port : fwd->sport;
-	rep->proto = fwd->proto;
-	rep->dir = VIPR_CT_REPLY;
-	rep->pad[0] = 0;
-	rep->pad[1] = 0;
-}
-
-/* The forward key of an IPv6 flow from its reply key and value (as ct4_forward_key_of). */
-static __always_inline void ct6_gc_forward_key_of(struct vipr_ct6_key *fwd, const struct vipr_ct6_key *rep,
-						  const struct vipr_ct6_value *ct)
-{
-	bool snat = !ct6_addr_zero(ct->snat_addr);
-
-	__builtin_memcpy(fwd->saddr, snat ? ct->snat_addr : rep->daddr, 16);
-	fwd->sport = snat ? ct->snat_port : rep->dport;
-	__builtin_memcpy(fwd->daddr, ct->nat_addr, 16);
-	fwd->dport = ct->nat_port;
-	fwd->proto = rep->proto;
-	fwd->dir = VIPR_CT_FORWARD;
-	fwd->pad[0] = 0;
-	fwd->pad[1] = 0;
-}
-
 static __always_inline __u64 ct_gc_timeout(enum ct_gc_table t, __u8 flags)
 {
 	if (t == CT_GC_UDP)
@@ -155,28 +102,56 @@ static __always_inline bool ct_gc_count(struct bpf_iter_meta *meta, const void *
 	return true;
 }
 
-static __always_inline int ct_gc_visit(struct bpf_iter__bpf_map_elem *ctx, enum ct_gc_table t)
+/* A key of either family's conntrack maps. */
+union ct_gc_key {
+	struct vipr_ct_key v4;
+	struct vipr_ct6_key v6;
+};
+
+/* A field of an entry of either family (@v6 is a constant: the other branch compiles away). */
+#define CT_GC_FIELD(v6, ct, field) \
+	((v6) ? ((struct vipr_ct6_value *)(ct))->field : ((struct vipr_ct_value *)(ct))->field)
+
+/* The flow's other entry's key: its reply's for a forward @key, its forward's for a reply. */
+static __always_inline void ct_gc_other_key(bool v6, union ct_gc_key *other, const union ct_gc_key *key,
+					    void *ct, bool reply)
+{
+	if (v6 && reply)
+		ct6_forward_key_of(&other->v6, &key->v6, ct);
+	else if (v6)
+		ct6_reply_key_of(&other->v6, &key->v6, ct);
+	else if (reply)
+		ct4_forward_key_of(&other->v4, &key->v4, ct);
+	else
+		ct4_reply_key_of(&other->v4, &key->v4, ct);
+}
+
+/* One entry of a pass over map @t of the family @v6 says. */
+static __always_inline int ct_gc_visit(struct bpf_iter__bpf_map_elem *ctx, enum ct_gc_table t, bool v6)
 {
 	struct bpf_iter_meta *meta = ctx->meta;
-	struct vipr_ct_key *ikey = ctx->key;
-	struct vipr_ct_key key, other;
-	struct vipr_ct_value *ct, *peer;
-	void *map = ct_gc_map(t);
+	void *ikey = ctx->key; /* read once: the verifier allows ctx loads at fixed offsets only */
+	union ct_gc_key key, other;
+	void *map = v6 ? ct6_gc_map(t) : ct_gc_map(t);
+	void *ct, *peer;
 	__u64 now, last;
 	__u8 flags;
 
 	if (!ct_gc_count(meta, ikey))
 		return 0;
-	key = *ikey;
+	if (v6)
+		key.v6 = *(struct vipr_ct6_key *)ikey;
+	else
+		key.v4 = *(struct vipr_ct_key *)ikey;
 	/* Looked up again for a map value the atomics may write (the iterator's copy is a buffer). */
 	ct = bpf_map_lookup_elem(map, &key);
 	if (!ct)
 		return 0;
 	now = bpf_ktime_get_ns();
-	last = ct->last_seen_ns;
-	flags = ct->flags;
-	if (key.dir == VIPR_CT_REPLY) {
-		ct4_forward_key_of(&other, &key, ct);
+	last = CT_GC_FIELD(v6, ct, last_seen_ns);
+	flags = CT_GC_FIELD(v6, ct, flags);
+	if ((v6 ? key.v6.dir : key.v4.dir) == VIPR_CT_REPLY) {
+		ct_gc_other_key(v6, &other, &key, ct, true);
 		if (bpf_map_lookup_elem(map, &other))
 			return 0; /* judged with its forward entry */
 		if (now > last && now - last > ct_gc_timeout(t, flags) && bpf_map_delete_elem(map, &key) == 0)
@@ -185,70 +160,21 @@ static __always_inline int ct_gc_visit(struct bpf_iter__bpf_map_elem *ctx, enum 
 			report.kept++;
 		return 0;
 	}
-	ct4_reply_key_of(&other, &key, ct);
+	ct_gc_other_key(v6, &other, &key, ct, false);
 	peer = bpf_map_lookup_elem(map, &other);
 	if (peer) {
-		if (peer->last_seen_ns > last)
-			last = peer->last_seen_ns;
-		flags |= peer->flags;
+		if (CT_GC_FIELD(v6, peer, last_seen_ns) > last)
+			last = CT_GC_FIELD(v6, peer, last_seen_ns);
+		flags |= CT_GC_FIELD(v6, peer, flags);
 	}
 	if (now <= last || now - last <= ct_gc_timeout(t, flags)) {
 		report.kept += peer ? 2 : 1;
 		return 0;
 	}
-	/* An open flow leaves the lc count here; ct4_set_flags decides who counts its close. */
-	if (ct4_set_flags(ct, VIPR_CT_F_CLOSING))
-		lc_account(ct->backend_id, -1);
-	if (bpf_map_delete_elem(map, &key) == 0)
-		report.deleted++;
-	if (peer && bpf_map_delete_elem(map, &other) == 0)
-		report.deleted++;
-	return 0;
-}
-
-/* ct_gc_visit for the IPv6 maps. */
-static __always_inline int ct6_gc_visit(struct bpf_iter__bpf_map_elem *ctx, enum ct_gc_table t)
-{
-	struct bpf_iter_meta *meta = ctx->meta;
-	struct vipr_ct6_key *ikey = ctx->key;
-	struct vipr_ct6_key key, other;
-	struct vipr_ct6_value *ct, *peer;
-	void *map = ct6_gc_map(t);
-	__u64 now, last;
-	__u8 flags;
-
-	if (!ct_gc_count(meta, ikey))
-		return 0;
-	key = *ikey;
-	ct = bpf_map_lookup_elem(map, &key);
-	if (!ct)
-		return 0;
-	now = bpf_ktime_get_ns();
-	last = ct->last_seen_ns;
-	flags = ct->flags;
-	if (key.dir == VIPR_CT_REPLY) {
-		ct6_gc_forward_key_of(&other, &key, ct);
-		if (bpf_map_lookup_elem(map, &other))
-			return 0; /* judged with its forward entry */
-		if (now > last && now - last > ct_gc_timeout(t, flags) && bpf_map_delete_elem(map, &key) == 0)
-			report.deleted++;
-		else
-			report.kept++;
-		return 0;
-	}
-	ct6_gc_reply_key_of(&other, &key, ct);
-	peer = bpf_map_lookup_elem(map, &other);
-	if (peer) {
-		if (peer->last_seen_ns > last)
-			last = peer->last_seen_ns;
-		flags |= peer->flags;
-	}
-	if (now <= last || now - last <= ct_gc_timeout(t, flags)) {
-		report.kept += peer ? 2 : 1;
-		return 0;
-	}
-	if (ct6_gc_set_closing(ct))
-		lc_account(ct->backend_id, -1);
+	/* An open flow leaves the lc count here; the atomic flag decides who counts its close. */
+	if (ct_set_flags(v6 ? &((struct vipr_ct6_value *)ct)->flags : &((struct vipr_ct_value *)ct)->flags,
+			 VIPR_CT_F_CLOSING))
+		lc_account(CT_GC_FIELD(v6, ct, backend_id), -1);
 	if (bpf_map_delete_elem(map, &key) == 0)
 		report.deleted++;
 	if (peer && bpf_map_delete_elem(map, &other) == 0)
@@ -259,37 +185,37 @@ static __always_inline int ct6_gc_visit(struct bpf_iter__bpf_map_elem *ctx, enum
 SEC("iter/bpf_map_elem")
 int vipr_ct_gc_tcp(struct bpf_iter__bpf_map_elem *ctx)
 {
-	return ct_gc_visit(ctx, CT_GC_TCP);
+	return ct_gc_visit(ctx, CT_GC_TCP, false);
 }
 
 SEC("iter/bpf_map_elem")
 int vipr_ct_gc_tcp_syn(struct bpf_iter__bpf_map_elem *ctx)
 {
-	return ct_gc_visit(ctx, CT_GC_TCP_SYN);
+	return ct_gc_visit(ctx, CT_GC_TCP_SYN, false);
 }
 
 SEC("iter/bpf_map_elem")
 int vipr_ct_gc_udp(struct bpf_iter__bpf_map_elem *ctx)
 {
-	return ct_gc_visit(ctx, CT_GC_UDP);
+	return ct_gc_visit(ctx, CT_GC_UDP, false);
 }
 
 SEC("iter/bpf_map_elem")
 int vipr_ct6_gc_tcp(struct bpf_iter__bpf_map_elem *ctx)
 {
-	return ct6_gc_visit(ctx, CT_GC_TCP);
+	return ct_gc_visit(ctx, CT_GC_TCP, true);
 }
 
 SEC("iter/bpf_map_elem")
 int vipr_ct6_gc_tcp_syn(struct bpf_iter__bpf_map_elem *ctx)
 {
-	return ct6_gc_visit(ctx, CT_GC_TCP_SYN);
+	return ct_gc_visit(ctx, CT_GC_TCP_SYN, true);
 }
 
 SEC("iter/bpf_map_elem")
 int vipr_ct6_gc_udp(struct bpf_iter__bpf_map_elem *ctx)
 {
-	return ct6_gc_visit(ctx, CT_GC_UDP);
+	return ct_gc_visit(ctx, CT_GC_UDP, true);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -112,7 +112,8 @@ static __always_inline void ct6_touch(struct vipr_ct6_value *ct, const struct pa
  * ones go. A subprogram (as ct6_create): the copies of two 64-byte values would not fit on the
  * stack beside the rest of a packet's path; once per flow, the call costs nothing that matters.
  */
-static __noinline struct vipr_ct6_value *ct6_promote(const struct vipr_ct6_key *fwd_key,
+/* The __noinline helpers are marked unused: the GC object includes this header for the key helpers alone. */
+static __noinline __attribute__((unused)) struct vipr_ct6_value *ct6_promote(const struct vipr_ct6_key *fwd_key,
 							  struct vipr_ct6_value *ct, __u32 len)
 {
 	struct vipr_ct6_value fwd_val, rep_val, *rep, *est;
@@ -161,7 +162,7 @@ static __always_inline void ct6_forget_established(const struct vipr_ct6_key *fw
  * As ct4_take_reply_tuple: frees the reply tuple of a new TCP flow without SNAT, unless an open
  * flow holds it. A subprogram, for its three keys (see ct6_promote).
  */
-static __noinline bool ct6_take_reply_tuple(const struct packet6 *pkt, const struct vipr_backend6 *be)
+static __noinline __attribute__((unused)) bool ct6_take_reply_tuple(const struct packet6 *pkt, const struct vipr_backend6 *be)
 {
 	struct vipr_ct6_key rep_key = {
 		.sport = be->port,
@@ -263,7 +264,7 @@ static __always_inline __be16 ct6_snat_port(struct snat6_search *s, const struct
 }
 
 /* As ct4_create: both entries, the reply one first. Returns the flow's source port, or 0. */
-static __noinline __be16 ct6_create(const struct packet6 *pkt, const struct vipr_backend6 *be,
+static __noinline __attribute__((unused)) __be16 ct6_create(const struct packet6 *pkt, const struct vipr_backend6 *be,
 					 const struct ct6_new *n, const struct vipr_config *cfg, __u64 now)
 {
 	struct snat6_search s = {
