@@ -26,6 +26,7 @@ export const summary = 'benchmark BPF against iptables, nftables and IPVS: laten
 
 const HELP = `usage: vipr bench [--modes bpf,bpf-tc,iptables,iptables-nft,nftables,ipvs] [--services 1,1000,10000]
                   [--families ipv4,ipv6] [--backends 3] [--rounds 3] [--json FILE] [--chart FILE.svg] [--quick]
+       vipr bench --north-south [--modes xdp,tc,iptables,nftables,ipvs] [--rounds 3] [--backends 2] [--json FILE] [--chart FILE.svg] [--quick]
 
 Builds one lab per mode (named <prefix>-bpf, <prefix>-ipt, ...; see 'vipr lab'), plus one with
 nothing loaded for the 'direct' floor (client → backend, routed, no NAT), and for every mode
