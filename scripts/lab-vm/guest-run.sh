@@ -1,7 +1,8 @@
 #!/bin/bash
 # The lab VM's workload, run by guest-init.sh as root on the VM's stock Debian kernel. Reads
 # /out/request.env (written by the host: VIPR_VM_MODES, VIPR_VM_COUNT, VIPR_VM_QUICK,
-# VIPR_VM_ACCEL) and leaves /out/bench.json in the bench JSON format.
+# VIPR_VM_ACCEL, VIPR_VM_SERVICES, VIPR_VM_ROUNDS, VIPR_VM_FAMILIES, VIPR_VM_ICOUNT_SHIFT) and
+# leaves /out/bench.json in the bench JSON format.
 #
 # With a build that has `vipr bench`, that is what runs. Without it, every mode is measured on
 # the namespace lab (`vipr lab up`): bpf with vipr's agent; iptables, nftables and ipvs with the
@@ -19,13 +20,16 @@ QUICK=${VIPR_VM_QUICK:-0}
 ACCEL=${VIPR_VM_ACCEL:-unknown}
 SERVICES=${VIPR_VM_SERVICES:-}
 ROUNDS=${VIPR_VM_ROUNDS:-}
+FAMILIES=${VIPR_VM_FAMILIES:-}
+ICOUNT_SHIFT=${VIPR_VM_ICOUNT_SHIFT:-}
 
 section() {
   printf '\n== %s\n' "$*"
 }
 
 section "environment"
-echo "kernel $(uname -r), $(nproc) vCPU(s), node $(node --version), qemu accel $ACCEL"
+echo "kernel $(uname -r), $(nproc) vCPU(s), node $(node --version), qemu accel $ACCEL${ICOUNT_SHIFT:+, icount shift=$ICOUNT_SHIFT}"
+echo "clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 lsmod | grep -E '^ip_vs' || echo "no ip_vs modules loaded"
 echo "\$ ipvsadm -Ln"
 ipvsadm -Ln
@@ -36,16 +40,20 @@ if vipr bench --help >/dev/null 2>&1; then
   [ "$QUICK" = 1 ] && args+=(--quick)
   [ -n "$SERVICES" ] && args+=(--services "$SERVICES")
   [ -n "$ROUNDS" ] && args+=(--rounds "$ROUNDS")
+  [ -n "$FAMILIES" ] && args+=(--families "$FAMILIES")
   vipr "${args[@]}"
   code=$?
   # The bench cannot know it ran under emulation: say so in its report.
   [ -f "$OUT/bench.json" ] && node -e '
     const fs = require("node:fs");
-    const [file, accel] = process.argv.slice(1);
+    const [file, accel, shift] = process.argv.slice(1);
     const report = JSON.parse(fs.readFileSync(file, "utf8"));
+    const note = shift !== ""
+      ? "emulated CPU (TCG) with icount shift=" + shift + ": guest time is instructions x 2^" + shift + " ns (no caches, branch prediction, TLB or memory latency); compare ratios between modes only"
+      : accel === "kvm" ? "virtual machine" : "emulated CPU (TCG): absolute times are meaningless, compare ratios between modes only";
     report.env = { ...report.env, kernel: report.env?.kernel ?? require("node:os").release(), accel,
-      note: accel === "kvm" ? "virtual machine" : "emulated CPU (TCG): absolute times are meaningless, compare ratios between modes only" };
-    fs.writeFileSync(file, JSON.stringify(report, null, 2) + "\n");' "$OUT/bench.json" "$ACCEL"
+      ...(shift !== "" ? { icountShift: Number(shift) } : {}), note };
+    fs.writeFileSync(file, JSON.stringify(report, null, 2) + "\n");' "$OUT/bench.json" "$ACCEL" "$ICOUNT_SHIFT"
   exit $code
 fi
 

@@ -52,6 +52,8 @@ export interface BenchResult {
   unit: Unit;
   /** Rounds the medians are taken over. */
   rounds: number;
+  /** Each round's p50, in round order: the spread behind the median (absent in older files). */
+  p50ByRound?: number[];
   errors?: number;
   /** BPF sync_all / sync_one: median over rounds of the time spent in map calls, ms. */
   mapWork?: number;
@@ -152,6 +154,7 @@ export function summarize(samples: readonly Sample[]): BenchResult[] {
       rate: rates.length === 0 ? null : Math.round(median(rates)),
       unit: METRIC_UNITS[first.metric],
       rounds: g.length,
+      p50ByRound: [...g].sort((a, b) => a.round - b.round).map((s) => round3(s.p50)),
       ...(first.errors === undefined ? {} : { errors }),
       ...(mapWork.length === 0 ? {} : { mapWork: round3(median(mapWork)) }),
       ...(resolution.length === 0 ? {} : { resolutionMs: round3(median(resolution)) }),

@@ -4,8 +4,9 @@
  * namespace. See src/lab/ for how it is built.
  */
 import { parseArgs } from 'node:util';
-import { copyFile } from 'node:fs/promises';
-import { formatComparison, labVm, LAB_VM_MODES, type LabVmMode } from '../lab/vm.js';
+import { copyFile, readFile } from 'node:fs/promises';
+import { DEFAULT_ICOUNT_SHIFT, formatComparison, labVm, LAB_VM_MODES, parseBenchReport, reportTiming, type LabVmMode } from '../lab/vm.js';
+import { calibrate, formatCalibration } from '../lab/calibration.js';
 import { ConfigError } from '../errors.js';
 import { joinHostPort } from '../model/ip.js';
 import { formatError } from './errors.js';
@@ -59,7 +60,13 @@ commands:
           [--name N] [--node NODE (default: every node's agent)]
   vm      every mode, IPVS included, measured by 'vipr bench' in a qemu VM booted with Debian's
           kernel (this machine's kernel has no IPVS): [--modes a,b] [--quick] [--services 1,1000]
-          [--rounds N] [--accel auto|kvm|tcg] [--json FILE] [--rebuild-base]; needs 'make lab-vm-deps'
+          [--rounds N] [--families ipv4|ipv4,ipv6] [--json FILE] [--rebuild-base]
+          [--timing icount|wall (default icount: TCG counting instructions, never KVM)]
+          [--icount-shift N (default ${DEFAULT_ICOUNT_SHIFT}: 1 instruction = 2^N ns)] [--accel auto|kvm|tcg (wall only)]
+          [--host-json FILE | --no-host]: bpf, iptables, iptables-nft and nftables are benched on
+          this machine too (or read from FILE) and their ratios to 'direct' printed beside the VM's;
+          the largest difference is the error bar on IPVS's. Needs 'make lab-vm-deps'.
+          --from-json VM.json [--host-json FILE]: print a saved run's tables, no VM
 
 One node (the default): client 172.30.0.2 -- node eth0 172.30.0.1, pods 10.244.0.11.. behind
 vbe1.. on the node (agent --node-name node). With --nodes N: node<i> eth0 on the underlay
@@ -318,6 +325,12 @@ async function vm(argv: string[]): Promise<number> {
       services: { type: 'string' },
       rounds: { type: 'string' },
       accel: { type: 'string', default: 'auto' },
+      timing: { type: 'string', default: 'icount' },
+      'icount-shift': { type: 'string' },
+      families: { type: 'string', default: 'ipv4' },
+      'host-json': { type: 'string' },
+      'no-host': { type: 'boolean', default: false },
+      'from-json': { type: 'string' },
       json: { type: 'string' },
       'rebuild-base': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -329,6 +342,26 @@ async function vm(argv: string[]): Promise<number> {
   }
   const accel = values.accel;
   if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw new ConfigError(`--accel ${accel}: expected auto, kvm or tcg`);
+  const timing = values.timing;
+  if (timing !== 'icount' && timing !== 'wall') throw new ConfigError(`--timing ${timing}: expected icount or wall`);
+  const families = values.families;
+  if (families !== 'ipv4' && families !== 'ipv4,ipv6') throw new ConfigError(`--families ${families}: expected ipv4 or ipv4,ipv6`);
+  if (values['host-json'] !== undefined && values['no-host']) throw new ConfigError('--host-json and --no-host: give one of them');
+  const printCalibration = (vmReport: Parameters<typeof calibrate>[0], host: Parameters<typeof calibrate>[1] | null, source: string): void => {
+    out('');
+    if (host) process.stdout.write(formatCalibration(calibrate(vmReport, host), source));
+    else out(`calibration: none (${source})`);
+  };
+  const fromJson = values['from-json'];
+  if (fromJson !== undefined) {
+    const report = parseBenchReport(await readFile(fromJson, 'utf8'), fromJson);
+    const { accel: ranWith, icountShift } = reportTiming(report);
+    process.stdout.write(formatComparison(report, ranWith, icountShift));
+    const hostJson = values['host-json'];
+    const host = hostJson === undefined ? null : parseBenchReport(await readFile(hostJson, 'utf8'), hostJson);
+    printCalibration(report, host, hostJson ?? 'no --host-json given');
+    return 0;
+  }
   const modes = values.modes?.split(',');
   for (const m of modes ?? []) {
     if (!(LAB_VM_MODES as readonly string[]).includes(m)) throw new ConfigError(`--modes: '${m}' is not one of ${LAB_VM_MODES.join(', ')}`);
@@ -337,12 +370,17 @@ async function vm(argv: string[]): Promise<number> {
     ...(modes ? { modes: modes as LabVmMode[] } : {}),
     quick: values.quick,
     accel,
+    timing,
+    families,
+    ...(values['icount-shift'] !== undefined ? { icountShift: Number(values['icount-shift']) } : {}),
+    host: values['no-host'] ? 'none' : values['host-json'] !== undefined ? { json: values['host-json'] } : 'run',
     rebuildBase: values['rebuild-base'],
     ...(values.services ? { services: values.services.split(',').map(Number) } : {}),
     ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
     onLine: (l) => process.stderr.write(`${l}\n`),
   });
-  process.stdout.write(formatComparison(result.report, result.accel));
+  process.stdout.write(formatComparison(result.report, result.accel, result.icountShift));
+  printCalibration(result.report, result.hostReport, result.hostSource);
   if (result.kvmProblem) out(`(KVM not used: ${result.kvmProblem})`);
   if (values.json) await copyFile(`${result.runDir}/bench.json`, values.json);
   out(`results and serial console: ${result.runDir}`);

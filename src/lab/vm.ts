@@ -6,9 +6,17 @@
  * in a 9p-shared directory (scripts/lab-vm/guest-run.sh runs `vipr bench`, or the lab probes
  * when the build has no bench).
  *
- * KVM is tried first when /dev/kvm exists; nested KVM can abort qemu (an MSR it cannot set) or
- * hang before the kernel prints anything, so a KVM boot that shows no kernel output within
- * `kvmProbeMs` is abandoned for TCG emulation, and the result says which one ran.
+ * Timing (the default, `icount`): the guest runs under TCG with qemu's instruction counting,
+ * `-icount shift=N,sleep=off,align=off`: guest time advances 2^N ns per instruction executed, and
+ * jumps to the next timer when every vCPU idles, so the guest's clocks follow the work it did, not
+ * the host's load. icount is TCG-only (KVM runs instructions natively and cannot count them), so
+ * KVM is never used for these runs. With `wall` timing (the earlier behaviour) KVM is tried first
+ * when /dev/kvm exists; nested KVM can abort qemu (an MSR it cannot set) or hang before the kernel
+ * prints anything, so a KVM boot that shows no kernel output within `kvmProbeMs` is abandoned for
+ * TCG emulation, and the result says which one ran.
+ *
+ * Beside the VM's figures, `vipr bench` runs on this machine for the modes it has (or its JSON is
+ * given), and calibration.ts compares the two.
  */
 import { spawn } from 'node:child_process';
 import { createWriteStream, existsSync } from 'node:fs';
@@ -21,11 +29,36 @@ import { ConfigError } from '../errors.js';
 import { parseJson, type JsonRecordKind } from '../json-file.js';
 import { BENCH_PROGRAMS, ensureBenchProgram } from './traffic-programs.js';
 import { repoRoot } from './lab.js';
+import { CALIBRATION_MODES } from './calibration.js';
 
 /** vipr bench's dataplanes; `iptables` is iptables-legacy, `iptables-nft` the nft backend. */
 export const LAB_VM_MODES = ['bpf', 'iptables', 'iptables-nft', 'nftables', 'ipvs'] as const;
 export type LabVmMode = (typeof LAB_VM_MODES)[number];
 export type Accel = 'kvm' | 'tcg';
+/** `icount`: TCG with instruction counting (deterministic guest time); `wall`: the guest's clock is the host's. */
+export type VmTiming = 'icount' | 'wall';
+
+/**
+ * icount shift: 1 instruction = 2^3 = 8 ns of guest time (125 million instructions per guest
+ * second). TCG with icount executes on the order of 10^8 guest instructions per second here, so
+ * a guest second costs about a wall second: the bench's fixed measuring windows, and every
+ * timeout in the bench, the agent and the rule tools, see the same pace as under plain TCG, where
+ * they are known to work. A smaller shift (a faster guest, closer to the real CPU's ~1-3
+ * instructions per ns) multiplies the wall time of every fixed window by 2 per step; a larger one
+ * makes the guest so slow that its timers (the 4 ms tick, TCP's delayed ACK) take a larger share
+ * of each measured transaction.
+ */
+export const DEFAULT_ICOUNT_SHIFT = 3;
+
+/** What icount timing leaves out: printed with every icount run. */
+export const ICOUNT_IGNORES =
+  'icount timing counts instructions only: every instruction costs 2^N ns, so it ignores caches, ' +
+  'branch prediction, TLB misses, memory latency and the differing cost of instructions (a division ' +
+  'costs what an add does); guest time is a weighted instruction count, comparable between modes, not a real latency';
+
+/** `--quick` for `vipr lab vm`: one Service count, two rounds (a spread), the bench's short windows. */
+export const QUICK_VM_SERVICES: readonly number[] = [1];
+export const QUICK_VM_ROUNDS = 2;
 
 export const DEFAULT_VM_CACHE = '/var/cache/vipr/lab-vm';
 /** Requests per metric and mode: enough for a p99 under emulation, at ~50-200 requests/s. */
@@ -43,15 +76,27 @@ export interface LabVmOptions {
   services?: readonly number[];
   /** `vipr bench --rounds`. */
   rounds?: number;
-  /** `auto` tries KVM, then TCG. */
+  /** `auto` tries KVM, then TCG (`wall` timing only; icount always runs TCG). */
   accel?: 'auto' | Accel;
+  /** Default `icount`. */
+  timing?: VmTiming;
+  /** icount's shift (default DEFAULT_ICOUNT_SHIFT). */
+  icountShift?: number;
+  /** Address families of the traffic measured (`vipr bench --families`; default ipv4). */
+  families?: 'ipv4' | 'ipv4,ipv6';
+  /**
+   * Calibration against this machine: `run` (default) runs `vipr bench` here for the modes this
+   * kernel has, with the VM's Service counts and rounds; a path reads that bench's JSON instead;
+   * `none` skips it.
+   */
+  host?: 'run' | 'none' | { json: string };
   /** Image cache (debootstrap base, kernel, rootfs.img) and run directories. */
   cacheDir?: string;
   /** Rebuild the debootstrap base even when cached. */
   rebuildBase?: boolean;
   memoryMb?: number;
   cpus?: number;
-  /** The whole guest run (boot + bench); default 40 minutes. */
+  /** The whole guest run (boot + bench); default 4 hours (40 minutes with quick). */
   timeoutMs?: number;
   /** How long a KVM boot may stay silent before TCG is used instead. */
   kvmProbeMs?: number;
@@ -64,11 +109,16 @@ const BenchResult = z.object({
   services: z.number(),
   placement: z.string(),
   metric: z.string(),
+  /** Traffic rows of newer benches: IPv4 or IPv6 (absent: IPv4). */
+  family: z.string().optional(),
   p50: z.number(),
   // Control-plane figures (sync times, memory) have no p99 and no rate.
   p99: z.number().nullable(),
   rate: z.number().nullable(),
   unit: z.string(),
+  rounds: z.number().optional(),
+  /** Each round's p50 (newer benches). */
+  p50ByRound: z.array(z.number()).optional(),
 });
 const BenchReport = z.object({
   env: z.record(z.unknown()),
@@ -81,6 +131,12 @@ export type BenchReport = z.infer<typeof BenchReport>;
 
 export interface LabVmResult {
   accel: Accel;
+  /** The icount shift the guest ran with; null: wall-clock timing. */
+  icountShift: number | null;
+  /** `vipr bench` on this machine (run or read), for the calibration; null when skipped or failed. */
+  hostReport: BenchReport | null;
+  /** Where hostReport came from, or why there is none. */
+  hostSource: string;
   /** Why KVM was not used, when it was tried and failed. */
   kvmProblem: string | null;
   report: BenchReport;
@@ -104,8 +160,13 @@ export interface VmFiles {
   outDir: string;
 }
 
-/** qemu's command line. The root image is opened with snapshot=on: runs never change it. */
-export function qemuArgv(files: VmFiles, accel: Accel, memoryMb: number, cpus: number): string[] {
+/**
+ * qemu's command line. The root image is opened with snapshot=on: runs never change it. With an
+ * icount shift the CPU is TCG with instruction counting, single-threaded (icount cannot run with
+ * multi-threaded TCG: the vCPUs take turns on one host thread, so one instruction clock orders them).
+ */
+export function qemuArgv(files: VmFiles, accel: Accel, memoryMb: number, cpus: number, icountShift: number | null = null): string[] {
+  if (icountShift !== null && accel !== 'tcg') throw new ConfigError('vipr lab vm: icount timing needs TCG (KVM cannot count instructions)');
   const cmdline = [
     'console=ttyS0',
     'earlyprintk=serial,ttyS0',
@@ -118,7 +179,11 @@ export function qemuArgv(files: VmFiles, accel: Accel, memoryMb: number, cpus: n
     'quiet',
   ].join(' ');
   return [
-    ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max']),
+    ...(accel === 'kvm'
+      ? ['-accel', 'kvm', '-cpu', 'host']
+      : icountShift !== null
+        ? ['-accel', 'tcg,thread=single', '-cpu', 'max', '-icount', `shift=${icountShift},sleep=off,align=off`]
+        : ['-accel', 'tcg,thread=multi', '-cpu', 'max']),
     '-M', 'q35',
     '-m', String(memoryMb),
     '-smp', String(cpus),
@@ -140,7 +205,7 @@ export function requestEnv(
   count: number,
   quick: boolean,
   accel: Accel,
-  bench: { services?: readonly number[]; rounds?: number } = {},
+  bench: { services?: readonly number[]; rounds?: number; families?: string; icountShift?: number | null } = {},
 ): string {
   return [
     `VIPR_VM_MODES="${modes.join(' ')}"`,
@@ -149,6 +214,8 @@ export function requestEnv(
     `VIPR_VM_ACCEL=${accel}`,
     `VIPR_VM_SERVICES="${(bench.services ?? []).join(',')}"`,
     `VIPR_VM_ROUNDS="${bench.rounds ?? ''}"`,
+    `VIPR_VM_FAMILIES="${bench.families ?? ''}"`,
+    `VIPR_VM_ICOUNT_SHIFT="${bench.icountShift ?? ''}"`,
     '',
   ].join('\n');
 }
@@ -165,51 +232,84 @@ export function parseBenchReport(text: string, source: string): BenchReport {
   return parseJson(text, source, BENCH_REPORT);
 }
 
+/** How the guest of a saved VM report was timed (guest-run.sh records accel and icountShift in env). */
+export function reportTiming(report: BenchReport): { accel: Accel; icountShift: number | null } {
+  const shift = report.env['icountShift'];
+  return { accel: report.env['accel'] === 'kvm' ? 'kvm' : 'tcg', icountShift: typeof shift === 'number' ? shift : null };
+}
+
 const EMULATION_NOTE = 'emulated CPU (TCG): absolute times are meaningless, compare ratios between modes only';
 
 const cell = (v: number | null, width: number): string =>
   (v === null ? '-' : String(Math.round(v * 10) / 10)).padStart(width);
 
+/** The header line naming how the guest was timed. */
+export function timingLine(accel: Accel, icountShift: number | null): string {
+  if (icountShift !== null) {
+    return (
+      `qemu TCG with instruction counting: -icount shift=${icountShift},sleep=off,align=off ` +
+      `(1 instruction = 2^${icountShift} = ${2 ** icountShift} ns of guest time; KVM not used: icount is TCG-only)`
+    );
+  }
+  return `qemu ${accel === 'kvm' ? 'KVM' : 'TCG (emulation)'}`;
+}
+
+/** `min–max` of a row's per-round p50s, when it has more than one round. */
+function roundsCell(r: BenchResult): string {
+  const rounds = r.p50ByRound;
+  if (!rounds || rounds.length < 2) return '-';
+  return `${cell(Math.min(...rounds), 0).trim()}–${cell(Math.max(...rounds), 0).trim()}`;
+}
+
 /**
- * A table per metric, service count and placement: each mode's p50/p99/rate and its p50 relative
- * to the baseline mode (bpf when measured, else the first), which is the only column that means
- * something under TCG.
+ * A table per metric, service count and placement: each mode's p50/p99/rate, the range of its
+ * per-round p50s (when there were rounds), and its p50 relative to the baseline mode (bpf when
+ * measured, else the first), which is the only column that means something under emulation.
  */
-export function formatComparison(report: BenchReport, accel: Accel): string {
+export function formatComparison(report: BenchReport, accel: Accel, icountShift: number | null = null): string {
   const env = report.env;
   const lines: string[] = [];
   const kernel = typeof env['kernel'] === 'string' ? env['kernel'] : 'unknown kernel';
-  lines.push(`vipr lab vm: kernel ${kernel}, qemu ${accel === 'kvm' ? 'KVM' : 'TCG (emulation)'}`);
-  lines.push(accel === 'tcg' ? `NOTE: ${EMULATION_NOTE}` : 'NOTE: virtual machine: compare modes with each other, not with bare metal');
+  lines.push(`vipr lab vm: kernel ${kernel}, ${timingLine(accel, icountShift)}`);
+  if (icountShift !== null) lines.push(`NOTE: ${ICOUNT_IGNORES.replace('2^N', `2^${icountShift}`)}`);
+  else lines.push(accel === 'tcg' ? `NOTE: ${EMULATION_NOTE}` : 'NOTE: virtual machine: compare modes with each other, not with bare metal');
   const groups = new Map<string, BenchResult[]>();
   const title = (r: BenchResult, placement: string): string =>
-    `${r.metric} (${r.unit}), ${r.services} service${r.services === 1 ? '' : 's'}, placement ${placement}`;
+    `${r.metric} (${r.unit}), ${r.services} service${r.services === 1 ? '' : 's'}, placement ${placement}` +
+    (r.family !== undefined && r.family !== 'IPv4' ? `, ${r.family}` : '');
   // vipr bench's `direct` floor (no NAT) has no placement: it is shown in every placement's table.
   const floors = report.results.filter((r) => r.mode === 'direct');
   for (const r of report.results) {
     if (r.mode === 'direct') continue;
     const key = title(r, r.placement);
     if (!groups.has(key)) {
-      groups.set(key, floors.filter((f) => f.metric === r.metric && f.services === r.services));
+      groups.set(key, floors.filter((f) => f.metric === r.metric && f.services === r.services && (f.family ?? 'IPv4') === (r.family ?? 'IPv4')));
     }
     groups.get(key)?.push(r);
   }
   for (const [title, rows] of groups) {
     const base = rows.find((r) => r.mode === 'bpf') ?? rows[0];
     if (!base) continue;
+    const withRounds = rows.some((r) => (r.p50ByRound?.length ?? 0) > 1);
     lines.push('', `${title}; ratio = p50 / p50 of ${base.mode}`);
-    lines.push(`  ${'mode'.padEnd(13)} ${'p50'.padStart(9)} ${'p99'.padStart(9)} ${'rate/s'.padStart(8)} ${'ratio'.padStart(6)}`);
+    lines.push(
+      `  ${'mode'.padEnd(13)} ${'p50'.padStart(9)} ${'p99'.padStart(9)} ${'rate/s'.padStart(8)} ${'ratio'.padStart(6)}` +
+        (withRounds ? `  ${'p50 of rounds'.padStart(17)}` : ''),
+    );
     for (const r of rows) {
       const ratio = base.p50 > 0 ? (r.p50 / base.p50).toFixed(2) : '-';
-      lines.push(`  ${r.mode.padEnd(13)} ${cell(r.p50, 9)} ${cell(r.p99, 9)} ${cell(r.rate, 8)} ${ratio.padStart(6)}`);
+      lines.push(
+        `  ${r.mode.padEnd(13)} ${cell(r.p50, 9)} ${cell(r.p99, 9)} ${cell(r.rate, 8)} ${ratio.padStart(6)}` +
+          (withRounds ? `  ${roundsCell(r).padStart(17)}` : ''),
+      );
     }
   }
   for (const u of report.unavailable ?? []) lines.push('', `${u.mode}: unavailable: ${u.reason}`);
   return `${lines.join('\n')}\n`;
 }
 
-type ResolvedVmOptions = Required<Omit<LabVmOptions, 'onLine' | 'count' | 'services' | 'rounds'>> &
-  Pick<LabVmOptions, 'services' | 'rounds'> & { count: number };
+type ResolvedVmOptions = Required<Omit<LabVmOptions, 'onLine' | 'count' | 'services' | 'rounds' | 'icountShift'>> &
+  Pick<LabVmOptions, 'services' | 'rounds'> & { count: number; icountShift: number | null };
 
 function resolveOptions(opts: LabVmOptions): ResolvedVmOptions {
   const modes = opts.modes ?? LAB_VM_MODES;
@@ -228,20 +328,98 @@ function resolveOptions(opts: LabVmOptions): ResolvedVmOptions {
   if (opts.rounds !== undefined && (!Number.isInteger(opts.rounds) || opts.rounds < 1)) {
     throw new ConfigError(`vipr lab vm: rounds must be a positive integer, got ${opts.rounds}`);
   }
+  const timing = opts.timing ?? 'icount';
+  const accel = opts.accel ?? 'auto';
+  if (timing === 'icount' && accel === 'kvm') {
+    throw new ConfigError('vipr lab vm: --accel kvm cannot count instructions (icount is TCG-only): use --timing wall for KVM');
+  }
+  const shift = opts.icountShift ?? DEFAULT_ICOUNT_SHIFT;
+  if (!Number.isInteger(shift) || shift < 0 || shift > 10) {
+    throw new ConfigError(`vipr lab vm: the icount shift must be an integer from 0 to 10, got ${shift}`);
+  }
+  if (timing === 'icount' && opts.cpus !== undefined && opts.cpus !== 1) {
+    throw new ConfigError(`vipr lab vm: icount timing runs one vCPU (qemu hangs bringing up a second with sleep=off), got cpus ${opts.cpus}`);
+  }
+  const services = opts.services ?? (quick ? QUICK_VM_SERVICES : undefined);
+  const rounds = opts.rounds ?? (quick ? QUICK_VM_ROUNDS : undefined);
   return {
     modes,
     quick,
     count,
-    accel: opts.accel ?? 'auto',
+    timing,
+    icountShift: timing === 'icount' ? shift : null,
+    families: opts.families ?? 'ipv4',
+    host: opts.host ?? 'run',
+    accel: timing === 'icount' ? 'tcg' : accel,
     cacheDir: opts.cacheDir ?? DEFAULT_VM_CACHE,
     rebuildBase: opts.rebuildBase ?? false,
     memoryMb: opts.memoryMb ?? 2048,
-    cpus: opts.cpus ?? Math.min(2, availableParallelism()),
-    timeoutMs: opts.timeoutMs ?? 40 * 60_000,
+    // One vCPU under icount: the vCPUs would take turns on one host thread anyway (no more
+    // compute from a second), and qemu 7.2 hangs bringing up a second vCPU with sleep=off.
+    cpus: timing === 'icount' ? 1 : (opts.cpus ?? Math.min(2, availableParallelism())),
+    timeoutMs: opts.timeoutMs ?? (quick ? 40 : 240) * 60_000,
     kvmProbeMs: opts.kvmProbeMs ?? 30_000,
-    ...(opts.services ? { services: opts.services } : {}),
-    ...(opts.rounds !== undefined ? { rounds: opts.rounds } : {}),
+    ...(services ? { services } : {}),
+    ...(rounds !== undefined ? { rounds } : {}),
   };
+}
+
+/** The modes `vipr bench` runs on this machine for the calibration: the VM's that this kernel has too. */
+export function hostModes(modes: readonly LabVmMode[]): LabVmMode[] {
+  return modes.filter((m) => (CALIBRATION_MODES as readonly string[]).includes(m));
+}
+
+/** `vipr bench`'s arguments for the calibration run on this machine: the VM's counts, rounds and windows, IPv4. */
+export function hostBenchArgv(modes: readonly LabVmMode[], opts: { quick: boolean; services?: readonly number[]; rounds?: number }, json: string): string[] {
+  return [
+    'bench',
+    '--modes', modes.join(','),
+    '--families', 'ipv4',
+    ...(opts.services ? ['--services', opts.services.join(',')] : []),
+    ...(opts.rounds !== undefined ? ['--rounds', String(opts.rounds)] : []),
+    ...(opts.quick ? ['--quick'] : []),
+    '--lab-prefix', 'vmhost',
+    '--json', json,
+  ];
+}
+
+/** Runs `vipr bench` on this machine (before the VM boots, so qemu does not load the CPUs it measures). */
+async function runHostBench(argv: string[], onLine: (line: string) => void): Promise<number | null> {
+  const main = join(repoRoot(), 'dist', 'src', 'cli', 'main.js');
+  onLine(`lab-vm: on this machine for the calibration: vipr ${argv.join(' ')}`);
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [main, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const prefixed = (l: string): void => onLine(`host bench: ${l}`);
+    const out = lineSplitter(prefixed);
+    const err = lineSplitter(prefixed);
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stderr.on('data', (c: Buffer) => err.push(c));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      out.end();
+      err.end();
+      resolve(code);
+    });
+  });
+}
+
+/** This machine's bench report for the calibration, per `opts.host`. */
+async function hostReportFor(
+  opts: ResolvedVmOptions,
+  runDir: string,
+  onLine: (line: string) => void,
+): Promise<{ report: BenchReport | null; source: string }> {
+  if (opts.host === 'none') return { report: null, source: 'skipped (--host none)' };
+  if (typeof opts.host === 'object') {
+    const file = opts.host.json;
+    return { report: parseBenchReport(await readFile(file, 'utf8'), file), source: file };
+  }
+  const modes = hostModes(opts.modes);
+  if (modes.length === 0) return { report: null, source: `none of ${CALIBRATION_MODES.join(', ')} among the modes` };
+  const file = join(runDir, 'host-bench.json');
+  const code = await runHostBench(hostBenchArgv(modes, opts, file), onLine);
+  if (!existsSync(file)) return { report: null, source: `vipr bench on this machine failed (exit code ${code}) and wrote no JSON` };
+  return { report: parseBenchReport(await readFile(file, 'utf8'), file), source: `vipr bench on this machine, ${file}` };
 }
 
 /** Splits a stream into lines for `onLine`. */
@@ -352,6 +530,7 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
 
   const runDir = join(opts.cacheDir, 'runs', new Date().toISOString().replace(/[:.]/g, '-'));
   await mkdir(runDir, { recursive: true });
+  const host = await hostReportFor(opts, runDir, onLine);
   const serialLog = join(runDir, 'serial.log');
   const files: VmFiles = {
     kernel: join(opts.cacheDir, 'vmlinuz'),
@@ -365,8 +544,17 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
   let kvmProblem: string | null = opts.accel === 'auto' && !existsSync('/dev/kvm') ? 'no /dev/kvm' : null;
   for (const accel of candidates) {
     await writeFile(join(runDir, 'request.env'), requestEnv(opts.modes, opts.count, opts.quick, accel, opts));
-    onLine(`lab-vm: booting with ${accel === 'kvm' ? 'KVM' : 'TCG (emulation)'}; serial console in ${serialLog}`);
-    const outcome = await boot(qemuArgv(files, accel, opts.memoryMb, opts.cpus), serialLog, accel, opts.timeoutMs, opts.kvmProbeMs, onLine);
+    onLine(`lab-vm: booting with ${timingLine(accel, opts.icountShift)}; serial console in ${serialLog}`);
+    const started = Date.now();
+    const outcome = await boot(
+      qemuArgv(files, accel, opts.memoryMb, opts.cpus, opts.icountShift),
+      serialLog,
+      accel,
+      opts.timeoutMs,
+      opts.kvmProbeMs,
+      onLine,
+    );
+    onLine(`lab-vm: the VM ran for ${Math.round((Date.now() - started) / 1000)} s of wall time`);
     if (accel === 'kvm' && !outcome.guestSpoke) {
       kvmProblem =
         outcome.killedFor === 'kvm-silent'
@@ -387,7 +575,17 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
     const report = parseBenchReport(await readFile(benchFile, 'utf8'), benchFile);
     const exitFile = join(runDir, 'exit-code');
     const guestExitCode = existsSync(exitFile) ? Number((await readFile(exitFile, 'utf8')).trim()) : -1;
-    return { accel, kvmProblem, report, guestExitCode, runDir, serialLog };
+    return {
+      accel,
+      icountShift: opts.icountShift,
+      hostReport: host.report,
+      hostSource: host.source,
+      kvmProblem,
+      report,
+      guestExitCode,
+      runDir,
+      serialLog,
+    };
   }
   throw new LabVmError('no accelerator to boot the VM with');
 }

@@ -5,11 +5,15 @@
  * `make lab-vm-test` only.
  */
 import {
+  DEFAULT_ICOUNT_SHIFT,
   formatComparison,
+  hostBenchArgv,
+  hostModes,
   LAB_VM_MODES,
   labVm,
   parseBenchReport,
   qemuArgv,
+  reportTiming,
   requestEnv,
   type BenchReport,
 } from '../../src/lab/vm.js';
@@ -46,14 +50,35 @@ describe('lab vm: qemu command line and guest request', () => {
     expect([option(kvm, '-accel'), option(kvm, '-cpu')]).toEqual(['kvm', 'host']);
     const tcg = qemuArgv(FILES, 'tcg', 1024, 1);
     expect([option(tcg, '-accel'), option(tcg, '-cpu')]).toEqual(['tcg,thread=multi', 'max']);
+    expect(tcg).not.toContain('-icount');
+  });
+
+  it('counts instructions under single-threaded TCG for icount timing, and never with KVM', () => {
+    const argv = qemuArgv(FILES, 'tcg', 2048, 2, 3);
+    expect(option(argv, '-icount')).toBe('shift=3,sleep=off,align=off');
+    // icount cannot run with multi-threaded TCG.
+    expect(option(argv, '-accel')).toBe('tcg,thread=single');
+    expect(() => qemuArgv(FILES, 'kvm', 2048, 2, 3)).toThrow(/icount timing needs TCG/);
+    expect(DEFAULT_ICOUNT_SHIFT).toBe(3);
+  });
+
+  it('benches on this machine only the modes it has, with the VM run\'s counts and rounds, IPv4', () => {
+    expect(hostModes(['bpf', 'iptables', 'iptables-nft', 'nftables', 'ipvs'])).toEqual(['bpf', 'iptables', 'iptables-nft', 'nftables']);
+    expect(hostModes(['ipvs'])).toEqual([]);
+    expect(hostBenchArgv(['bpf', 'iptables'], { quick: true, services: [1], rounds: 2 }, '/r/host.json')).toEqual([
+      'bench', '--modes', 'bpf,iptables', '--families', 'ipv4', '--services', '1', '--rounds', '2', '--quick', '--lab-prefix', 'vmhost', '--json', '/r/host.json',
+    ]);
+    expect(hostBenchArgv(['bpf'], { quick: false }, '/h.json')).toEqual(['bench', '--modes', 'bpf', '--families', 'ipv4', '--lab-prefix', 'vmhost', '--json', '/h.json']);
   });
 
   it('writes the guest request as shell assignments guest-run.sh sources', () => {
     expect(requestEnv(['bpf', 'ipvs'], 100, true, 'tcg')).toBe(
-      'VIPR_VM_MODES="bpf ipvs"\nVIPR_VM_COUNT=100\nVIPR_VM_QUICK=1\nVIPR_VM_ACCEL=tcg\nVIPR_VM_SERVICES=""\nVIPR_VM_ROUNDS=""\n',
+      'VIPR_VM_MODES="bpf ipvs"\nVIPR_VM_COUNT=100\nVIPR_VM_QUICK=1\nVIPR_VM_ACCEL=tcg\nVIPR_VM_SERVICES=""\nVIPR_VM_ROUNDS=""\n' +
+        'VIPR_VM_FAMILIES=""\nVIPR_VM_ICOUNT_SHIFT=""\n',
     );
-    expect(requestEnv(['iptables-nft'], 500, false, 'kvm', { services: [1, 1000], rounds: 2 })).toBe(
-      'VIPR_VM_MODES="iptables-nft"\nVIPR_VM_COUNT=500\nVIPR_VM_QUICK=0\nVIPR_VM_ACCEL=kvm\nVIPR_VM_SERVICES="1,1000"\nVIPR_VM_ROUNDS="2"\n',
+    expect(requestEnv(['iptables-nft'], 500, false, 'tcg', { services: [1, 1000], rounds: 2, families: 'ipv4', icountShift: 3 })).toBe(
+      'VIPR_VM_MODES="iptables-nft"\nVIPR_VM_COUNT=500\nVIPR_VM_QUICK=0\nVIPR_VM_ACCEL=tcg\nVIPR_VM_SERVICES="1,1000"\nVIPR_VM_ROUNDS="2"\n' +
+        'VIPR_VM_FAMILIES="ipv4"\nVIPR_VM_ICOUNT_SHIFT="3"\n',
     );
   });
 });
@@ -105,6 +130,32 @@ describe('lab vm: reading and printing the bench report', () => {
     expect(text).toContain('ipvs: unavailable: no ip_vs module');
   });
 
+  it('under icount, names the shift, that KVM was not used and what the timing ignores; shows the rounds\' p50 range', () => {
+    const rounds: BenchReport = {
+      env: { kernel: '6.1.0-50-amd64' },
+      results: [
+        { mode: 'direct', services: 1, placement: 'none', metric: 'crr', family: 'IPv4', p50: 800, p99: 900, rate: 1200, unit: 'us', rounds: 3, p50ByRound: [800, 790, 812.5] },
+        { mode: 'bpf', services: 1, placement: 'last', metric: 'crr', family: 'IPv4', p50: 1000, p99: 1500, rate: 1000, unit: 'us', rounds: 3, p50ByRound: [1000, 1000, 1000] },
+        { mode: 'bpf', services: 1, placement: 'last', metric: 'crr', family: 'IPv6', p50: 1100, p99: 1600, rate: 900, unit: 'us', rounds: 1, p50ByRound: [1100] },
+      ],
+    };
+    const text = formatComparison(rounds, 'tcg', 3);
+    expect(text).toContain('-icount shift=3,sleep=off,align=off (1 instruction = 2^3 = 8 ns of guest time; KVM not used: icount is TCG-only)');
+    expect(text).toMatch(/^NOTE: icount timing counts instructions only: every instruction costs 2\^3 ns, so it ignores caches, branch prediction, TLB misses, memory latency/m);
+    expect(text).toMatch(/^ {2}mode +p50 +p99 +rate\/s +ratio +p50 of rounds$/m);
+    expect(text).toMatch(/^ {2}direct +800 +900 +1200 +0\.80 +790–812\.5$/m);
+    expect(text).toMatch(/^ {2}bpf +1000 +1500 +1000 +1\.00 +1000–1000$/m);
+    // IPv6 rows get a table of their own, without IPv4's direct floor.
+    expect(text).toContain('crr (us), 1 service, placement last, IPv6; ratio = p50 / p50 of bpf');
+    expect(text.slice(text.indexOf('IPv6;'))).not.toContain('direct');
+  });
+
+  it('reads how a saved run was timed from its env (guest-run.sh records accel and icountShift)', () => {
+    expect(reportTiming({ env: { accel: 'tcg', icountShift: 3 }, results: [] })).toEqual({ accel: 'tcg', icountShift: 3 });
+    expect(reportTiming({ env: { accel: 'kvm' }, results: [] })).toEqual({ accel: 'kvm', icountShift: null });
+    expect(reportTiming({ env: {}, results: [] })).toEqual({ accel: 'tcg', icountShift: null });
+  });
+
   it('uses the first mode as the baseline when bpf was not measured', () => {
     const noBpf = { env: {}, results: REPORT.results.filter((r) => r.mode === 'ipvs') };
     expect(formatComparison(noBpf, 'kvm')).toMatch(/ratio = p50 \/ p50 of ipvs/);
@@ -115,5 +166,7 @@ describe('lab vm: reading and printing the bench report', () => {
     await expect(labVm({ modes: ['bpf', 'userspace' as never] })).rejects.toThrow(/unknown mode 'userspace'/);
     await expect(labVm({ services: [0] })).rejects.toThrow(/service counts must be positive integers/);
     await expect(labVm({ rounds: 1.5 })).rejects.toThrow(/rounds must be a positive integer/);
+    await expect(labVm({ accel: 'kvm' })).rejects.toThrow(/--accel kvm cannot count instructions \(icount is TCG-only\): use --timing wall/);
+    await expect(labVm({ icountShift: 11 })).rejects.toThrow(/icount shift must be an integer from 0 to 10, got 11/);
   });
 });

@@ -1,36 +1,60 @@
 /*
- * `vipr lab vm` for real: debootstrap a Debian image, boot it with qemu (KVM when it works, TCG
- * otherwise) and measure every mode, IPVS included, on one kernel. Minutes long, so it is not in
+ * `vipr lab vm --quick` for real: debootstrap a Debian image, boot it with qemu under TCG with
+ * instruction counting (icount), measure every mode, IPVS included, on one kernel, bench the
+ * modes this machine has here too, and print the calibration table. Minutes long, so it is not in
  * the default suite (jest.config.js ignores test/vm/): `make lab-vm-test` runs it.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { LAB_VM_MODES, labVm } from '../../src/lab/vm.js';
+import { readFileSync } from 'node:fs';
+import { calibrate, CALIBRATION_MODES, formatCalibration } from '../../src/lab/calibration.js';
+import { DEFAULT_ICOUNT_SHIFT, LAB_VM_MODES, labVm, QUICK_VM_ROUNDS, QUICK_VM_SERVICES } from '../../src/lab/vm.js';
 
 describe('lab vm: a real VM run', () => {
   it(
-    'boots the Debian kernel and measures every mode, IPVS included',
+    'boots the Debian kernel under icount, measures every mode with IPVS, and calibrates against this machine',
     async () => {
       const lines: string[] = [];
       const result = await labVm({ quick: true, onLine: (l) => lines.push(l) });
-      expect(['kvm', 'tcg']).toContain(result.accel);
-      if (result.accel === 'tcg' && existsSync('/dev/kvm')) expect(result.kvmProblem).not.toBeNull();
+      // icount is TCG-only: KVM is not even tried.
+      expect(result.accel).toBe('tcg');
+      expect(result.icountShift).toBe(DEFAULT_ICOUNT_SHIFT);
       expect(result.guestExitCode).toBe(0);
       expect(String(result.report.env['kernel'])).toMatch(/-amd64$/);
-      for (const mode of LAB_VM_MODES) {
+      expect(result.report.env['icountShift']).toBe(DEFAULT_ICOUNT_SHIFT);
+      for (const mode of ['direct', ...LAB_VM_MODES]) {
         for (const metric of ['rr', 'crr', 'udp']) {
-          const r = result.report.results.find((x) => x.mode === mode && x.metric === metric);
+          const r = result.report.results.find((x) => x.mode === mode && x.metric === metric && x.services === QUICK_VM_SERVICES[0]);
           expect(r).toBeDefined();
           expect(r?.p50).toBeGreaterThan(0);
           expect(r?.p99).toBeGreaterThanOrEqual(r?.p50 ?? 0);
+          // Every round's p50 is kept: the spread is reported.
+          expect(r?.p50ByRound).toHaveLength(QUICK_VM_ROUNDS);
         }
       }
       expect(result.report.unavailable ?? []).toEqual([]);
       const serial = readFileSync(result.serialLog, 'utf8');
       expect(serial).toContain('vipr-vm: init started');
+      expect(serial).toContain(`icount shift=${DEFAULT_ICOUNT_SHIFT}`);
       // The guest kernel has IPVS: the modules were loaded and in use.
       expect(serial).toMatch(/^ip_vs +\d+ +\d+ \S*ip_vs_rr/m);
-      expect(lines.some((l) => l.startsWith('lab-vm: booting with'))).toBe(true);
+      expect(lines.some((l) => l.startsWith(`lab-vm: booting with qemu TCG with instruction counting: -icount shift=${DEFAULT_ICOUNT_SHIFT},sleep=off,align=off`))).toBe(true);
+
+      // The calibration: this machine's bench ran, and the table has every shared mode and metric.
+      expect(result.hostReport).not.toBeNull();
+      const text = formatCalibration(calibrate(result.report, result.hostReport as NonNullable<typeof result.hostReport>), result.hostSource);
+      const table = text.split('\n');
+      expect(table[1]?.trim().split(/\s+/)).toEqual(['metric', 'services', 'mode', 'VM', 'VM', 'rounds', 'host', 'VM-host']);
+      for (const metric of ['rr', 'crr', 'udp']) {
+        for (const mode of CALIBRATION_MODES) {
+          const row = table.find((l) => new RegExp(`^ {2}${metric} +1 +${mode} `).test(l));
+          expect(row?.trim().split(/\s+/)).toEqual([metric, '1', mode, expect.stringMatching(/^×\d+\.\d\d$/), expect.stringMatching(/^×\d+\.\d\d–×\d+\.\d\d$/), expect.stringMatching(/^×\d+\.\d\d$/), expect.stringMatching(/^[+-]\d+\.\d\d$/)]);
+        }
+      }
+      expect(text).toMatch(/^largest disagreement: \d+\.\d\d \((bpf|iptables|iptables-nft|nftables) (rr|crr|udp) at 1 service: VM ×\d+\.\d\d, host ×\d+\.\d\d\)$/m);
+      expect(text).toMatch(/^IPVS in the VM, p50 ×direct ± \d+\.\d\d \(the largest disagreement above\):$/m);
+      for (const metric of ['rr', 'crr', 'udp']) {
+        expect(text).toMatch(new RegExp(`^ {2}ipvs ${metric} \\(.*\\), 1 service: ×\\d+\\.\\d\\d ± \\d+\\.\\d\\d \\(rounds ×\\d+\\.\\d\\d–×\\d+\\.\\d\\d\\); bpf ×\\d+\\.\\d\\d$`, 'm'));
+      }
     },
-    45 * 60_000,
+    60 * 60_000,
   );
 });
