@@ -79,10 +79,14 @@ test: deps build
 	npx tsc -p tsconfig.test.json
 	node --experimental-vm-modules node_modules/jest/bin/jest.js --runInBand
 
-# Every mode, IPVS included, measured in a qemu VM with Debian's kernel (minutes).
+# Every mode, IPVS included, measured in a qemu VM with Debian's kernel under TCG with instruction
+# counting (guest time follows instructions, not the host's load), then each mode's ratio to
+# `direct` beside the same ratio from `vipr bench` on this machine: the calibration table, whose
+# largest disagreement is the error bar on IPVS (an hour and more; LAB_VM_ARGS=--quick: minutes).
 lab-vm: deps build lab-vm-deps
 	node dist/src/cli/main.js lab vm $(LAB_VM_ARGS)
 
+# A --quick VM run (1 Service, 2 rounds, short windows) and its calibration table.
 lab-vm-test: deps build lab-vm-deps
 	VIPR_JEST_VM=1 node --experimental-vm-modules node_modules/jest/bin/jest.js --runInBand test/vm
 
