@@ -101,6 +101,8 @@ export interface XdpPathResult {
   ns: number;
   /** The median single run as the kernel timed it, overhead included. */
   singleRunNs: number;
+  /** Paths that rewrite nothing: the mean over `repeat` runs in one call (warm caches, as at line rate). */
+  warmNs?: number;
   verdict: 'aborted' | 'drop' | 'pass' | 'tx' | 'redirect';
   /** Single runs the median is taken over. */
   runs: number;
@@ -108,7 +110,7 @@ export interface XdpPathResult {
 
 /** What xdp-paths-worker prints. */
 export interface XdpPaths {
-  /** A single run's timing overhead: not_service's single-run median less its mean over `repeat` runs in one call. */
+  /** A single run's fixed cost: a non-IPv4 frame's single-run median less its mean over `repeat` runs in one call. */
   overheadNs: number;
   paths: XdpPathResult[];
 }
@@ -241,7 +243,11 @@ export function parseCpuTimes(procStat: string, cpu: number): CpuTimes {
   return { busy: user + nice + system + irq + softirq, softirq };
 }
 
-/** Linux reports /proc/stat in USER_HZ, 100 per second on every architecture it exports it for. */
+/**
+ * Linux reports /proc/stat in USER_HZ, 100 per second on every architecture it exports it for.
+ * Without CONFIG_IRQ_TIME_ACCOUNTING (this kernel) the split into softirq and the rest is sampled
+ * at the scheduler tick, so short runs give coarse figures.
+ */
 export const USER_HZ = 100;
 
 /** Figures of one traffic run from the counters around it. */

@@ -39,7 +39,7 @@ interface Report {
   env: { kernel: string; cpu: string; command: string; cpuDmaLatency: string; loadAverage: { start: number[]; end: number[] } };
   northSouth: {
     rows: Row[];
-    xdpPaths: { overheadNs: number; paths: Array<{ path: string; ns: number; singleRunNs: number; verdict: string; runs: number }> } | null;
+    xdpPaths: { overheadNs: number; paths: Array<{ path: string; ns: number; singleRunNs: number; warmNs?: number; verdict: string; runs: number }> } | null;
     unavailable: Array<{ mode: string; reason: string }>;
     xdpOverIptables: Record<string, number>;
   };
@@ -103,7 +103,9 @@ describe('vipr bench --north-south --quick', () => {
     for (const r of report.northSouth.rows) {
       const what = `${r.mode} ${r.traffic}`;
       expect([what, r.deliveredPps > 0, r.deliveredPps <= r.sentPps * 1.01 + 10]).toEqual([what, true, true]);
-      expect([what, r.softirqNsPerPacket > 0, r.cpuNsPerPacket >= r.softirqNsPerPacket]).toEqual([what, true, true]);
+      // /proc/stat is sampled at the tick: over a quick run's 0.4 s the busy time (the generator
+      // spins) always shows, the softirq part of it may not.
+      expect([what, r.cpuNsPerPacket > 0, r.softirqNsPerPacket >= 0, r.cpuNsPerPacket >= r.softirqNsPerPacket]).toEqual([what, true, true, true]);
       expect([what, r.rounds, r.deliveredPpsByRound.length]).toEqual([what, 1, 1]);
     }
     for (const t of ['udp', 'syn']) expect(report.northSouth.xdpOverIptables[t]).toBeGreaterThan(0);
@@ -125,6 +127,8 @@ describe('vipr bench --north-south --quick', () => {
     for (const p of x.paths) {
       expect([p.path, PATHS[p.path]?.includes(p.verdict)]).toEqual([p.path, true]);
       expect([p.path, p.ns > 0, p.singleRunNs >= p.ns, p.runs]).toEqual([p.path, true, true, 500]);
+      // A warm figure (repeated runs) only where a repeat reruns the same path: the paths that rewrite nothing.
+      expect([p.path, p.warmNs !== undefined]).toEqual([p.path, p.path === 'not_service' || p.path === 'drop_source_range']);
     }
     expect(stdout).toMatch(/^XDP program cost per path, BPF_PROG_TEST_RUN/m);
   });
