@@ -159,9 +159,11 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 	struct vipr_svc_value *svc;
 	struct vipr_backend *be;
 	struct ct_new n = {};
-	__u64 now = bpf_ktime_get_ns();
 	bool established;
 	__be16 sport;
+	/* Read only on the paths that keep time (~25 ns a read): a packet that is no service's
+	 * passes, and a refused one drops, without it. */
+	__u64 now;
 
 	plan_identity(plan, pkt);
 
@@ -176,6 +178,7 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 			if (est)
 				ct = est;
 		}
+		now = bpf_ktime_get_ns();
 		ct4_touch(ct, pkt, now, true);
 		plan->daddr = ct->nat_addr;
 		plan->dport = ct->nat_port;
@@ -202,6 +205,7 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 			stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
 			return LB_PASS;
 		}
+		now = bpf_ktime_get_ns();
 		ct4_touch(ct, pkt, now, false);
 		ct4_mark_replied(ct);
 		plan->saddr = ct->nat_addr;
@@ -235,6 +239,7 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 		stats_count(VIPR_STAT_DROP_NO_BACKEND, len);
 		return LB_DROP;
 	}
+	now = bpf_ktime_get_ns();
 	be = lb4_select_backend(svc, pkt, now, &n.backend_id, len);
 	if (!be) {
 		stats_count(VIPR_STAT_DROP_NO_SLOT, len);
