@@ -260,13 +260,14 @@ export async function runNorthSouth(o: { plan: NorthSouthPlan; signal: AbortSign
   const samples: Sample[] = [];
   let xdpPaths: XdpPaths | null = null;
   try {
-    for (const mode of modes) {
-      checkAbort(signal);
-      o.onProgress(`lab for ${mode}: up`);
-      const lab = await nsLabUp(plan, mode, workDir);
-      labs.push(lab);
-      if (mode === 'xdp') o.onProgress(`xdp: attached ${lab.xdp} on ${lab.node1.underlayIfname}`);
-    }
+    // The labs come up side by side (each is ~40 commands and an agent start, mostly waiting).
+    o.onProgress(`labs for ${modes.join(', ')}: up`);
+    const ups = await Promise.allSettled(modes.map((mode) => nsLabUp(plan, mode, workDir)));
+    for (const up of ups) if (up.status === 'fulfilled') labs.push(up.value);
+    const failed = ups.find((up): up is PromiseRejectedResult => up.status === 'rejected');
+    if (failed) throw failed.reason;
+    checkAbort(signal);
+    for (const lab of labs) if (lab.mode === 'xdp') o.onProgress(`xdp: attached ${lab.xdp} on ${lab.node1.underlayIfname}`);
     for (let round = 1; round <= plan.rounds; round++) {
       for (const lab of labs) {
         for (const traffic of NORTH_SOUTH_TRAFFIC) {
