@@ -4,7 +4,9 @@
  * run both there and on this machine. For those, each mode's p50 relative to the `direct` floor
  * (no NAT) in the VM is put beside the same ratio from `vipr bench` on this machine: the largest
  * difference between the two is how far an emulated ratio can be trusted, and so the error bar on
- * IPVS's ratio, which has no real counterpart here. Pure functions of two bench reports.
+ * IPVS's ratio, which has no real counterpart here. Each side's ratio round by round is shown
+ * too: this machine's own spread between rounds is part of any disagreement. Pure functions of
+ * two bench reports.
  */
 import type { BenchReport, BenchResult } from './vm.js';
 
@@ -28,6 +30,8 @@ export interface CalibrationRow {
   vmRounds: number[] | null;
   /** This machine: p50 / direct's p50. */
   hostRatio: number;
+  /** This machine: the ratio round by round (its own noise, part of any disagreement). */
+  hostRounds: number[] | null;
   /** vmRatio - hostRatio. */
   disagreement: number;
 }
@@ -102,7 +106,7 @@ export function calibrate(vm: BenchReport, host: BenchReport): Calibration {
         const v = ratio(vm, mode, metric, services);
         const h = ratio(host, mode, metric, services);
         if (!v || !h) continue;
-        rows.push({ metric, services, mode, vmRatio: v.ratio, vmRounds: v.rounds, hostRatio: h.ratio, disagreement: v.ratio - h.ratio });
+        rows.push({ metric, services, mode, vmRatio: v.ratio, vmRounds: v.rounds, hostRatio: h.ratio, hostRounds: h.rounds, disagreement: v.ratio - h.ratio });
       }
     }
     for (const services of vmCounts) {
@@ -140,11 +144,11 @@ export function formatCalibration(cal: Calibration, hostSource: string): string 
   const lines: string[] = [];
   lines.push(`calibration: p50 ×direct in the VM beside this machine (${hostSource}); IPv4, Service placed last`);
   lines.push(
-    `  ${'metric'.padEnd(6)} ${'services'.padStart(8)} ${'mode'.padEnd(13)} ${'VM'.padStart(6)} ${'VM rounds'.padStart(13)} ${'host'.padStart(6)} ${'VM-host'.padStart(7)}`,
+    `  ${'metric'.padEnd(6)} ${'services'.padStart(8)} ${'mode'.padEnd(13)} ${'VM'.padStart(6)} ${'VM rounds'.padStart(13)} ${'host'.padStart(6)} ${'host rounds'.padStart(13)} ${'VM-host'.padStart(7)}`,
   );
   for (const r of cal.rows) {
     lines.push(
-      `  ${r.metric.padEnd(6)} ${r.services.toLocaleString('en-US').padStart(8)} ${r.mode.padEnd(13)} ${x2(r.vmRatio).padStart(6)} ${roundsText(r.vmRounds).padStart(13)} ${x2(r.hostRatio).padStart(6)} ${signed(r.disagreement).padStart(7)}`,
+      `  ${r.metric.padEnd(6)} ${r.services.toLocaleString('en-US').padStart(8)} ${r.mode.padEnd(13)} ${x2(r.vmRatio).padStart(6)} ${roundsText(r.vmRounds).padStart(13)} ${x2(r.hostRatio).padStart(6)} ${roundsText(r.hostRounds).padStart(13)} ${signed(r.disagreement).padStart(7)}`,
     );
   }
   if (cal.largest === null) {

@@ -40,8 +40,8 @@ const VM = report([
 
 // This machine: direct 50 µs; bpf 60 (×1.20), iptables 61 (×1.22), no IPVS; nftables only here.
 const HOST = report([
-  { mode: 'direct', services: 1, metric: 'crr', p50: 50 },
-  { mode: 'bpf', services: 1, metric: 'crr', p50: 60 },
+  { mode: 'direct', services: 1, metric: 'crr', p50: 50, p50ByRound: [50, 40] },
+  { mode: 'bpf', services: 1, metric: 'crr', p50: 60, p50ByRound: [60, 56] },
   { mode: 'iptables', services: 1, metric: 'crr', p50: 61 },
   { mode: 'nftables', services: 1, metric: 'crr', p50: 55 },
 ]);
@@ -113,9 +113,10 @@ describe('calibration math', () => {
     const text = formatCalibration(calibrate(VM, HOST), 'vipr bench on this machine, /r/host-bench.json');
     const lines = text.split('\n');
     expect(lines[0]).toBe('calibration: p50 ×direct in the VM beside this machine (vipr bench on this machine, /r/host-bench.json); IPv4, Service placed last');
-    expect(lines[1]?.trim().split(/\s+/)).toEqual(['metric', 'services', 'mode', 'VM', 'VM', 'rounds', 'host', 'VM-host']);
-    expect(lines[2]?.trim().split(/\s+/)).toEqual(['crr', '1', 'bpf', '×1.10', '×1.08–×1.10', '×1.20', '-0.10']);
-    expect(lines[3]?.trim().split(/\s+/)).toEqual(['crr', '1', 'iptables', '×1.30', '×1.25–×1.31', '×1.22', '+0.08']);
+    expect(lines[1]?.trim().split(/\s+/)).toEqual(['metric', 'services', 'mode', 'VM', 'VM', 'rounds', 'host', 'host', 'rounds', 'VM-host']);
+    expect(lines[2]?.trim().split(/\s+/)).toEqual(['crr', '1', 'bpf', '×1.10', '×1.08–×1.10', '×1.20', '×1.20–×1.40', '-0.10']);
+    // No rounds on one side: '-'.
+    expect(lines[3]?.trim().split(/\s+/)).toEqual(['crr', '1', 'iptables', '×1.30', '×1.25–×1.31', '×1.22', '-', '+0.08']);
     expect(text).toMatch(/^largest disagreement: 0\.10 \(bpf crr at 1 service: VM ×1\.10, host ×1\.20\)$/m);
     expect(text).toMatch(/^IPVS in the VM, p50 ×direct ± 0\.10 \(the largest disagreement above\):$/m);
     expect(text).toMatch(/^ {2}ipvs crr \(new connection\), 1,000 services: ×1\.50 ± 0\.10 \(rounds -\)$/m);

@@ -42,11 +42,11 @@ describe('lab vm: a real VM run', () => {
       expect(result.hostReport).not.toBeNull();
       const text = formatCalibration(calibrate(result.report, result.hostReport as NonNullable<typeof result.hostReport>), result.hostSource);
       const table = text.split('\n');
-      expect(table[1]?.trim().split(/\s+/)).toEqual(['metric', 'services', 'mode', 'VM', 'VM', 'rounds', 'host', 'VM-host']);
+      expect(table[1]?.trim().split(/\s+/)).toEqual(['metric', 'services', 'mode', 'VM', 'VM', 'rounds', 'host', 'host', 'rounds', 'VM-host']);
       for (const metric of ['rr', 'crr', 'udp']) {
         for (const mode of CALIBRATION_MODES) {
           const row = table.find((l) => new RegExp(`^ {2}${metric} +1 +${mode} `).test(l));
-          expect(row?.trim().split(/\s+/)).toEqual([metric, '1', mode, expect.stringMatching(/^×\d+\.\d\d$/), expect.stringMatching(/^×\d+\.\d\d–×\d+\.\d\d$/), expect.stringMatching(/^×\d+\.\d\d$/), expect.stringMatching(/^[+-]\d+\.\d\d$/)]);
+          expect(row?.trim().split(/\s+/)).toEqual([metric, '1', mode, expect.stringMatching(/^×\d+\.\d\d$/), expect.stringMatching(/^×\d+\.\d\d–×\d+\.\d\d$/), expect.stringMatching(/^×\d+\.\d\d$/), expect.stringMatching(/^×\d+\.\d\d–×\d+\.\d\d$/), expect.stringMatching(/^[+-]\d+\.\d\d$/)]);
         }
       }
       expect(text).toMatch(/^largest disagreement: \d+\.\d\d \((bpf|iptables|iptables-nft|nftables) (rr|crr|udp) at 1 service: VM ×\d+\.\d\d, host ×\d+\.\d\d\)$/m);
