@@ -58,7 +58,7 @@ describe('BPF_PROG_TEST_RUN frames', () => {
   test.each([
     ['UDP', { proto: 'udp' as const, saddr: '192.168.60.100', sport: 20000, daddr: '192.168.60.11', dport: 30053 }],
     ['TCP SYN', { proto: 'tcp' as const, syn: true, saddr: '192.168.60.200', sport: 1024, daddr: '192.168.60.11', dport: 30080 }],
-    ['TCP ACK', { proto: 'tcp' as const, saddr: '192.168.60.200', sport: 65535, daddr: '10.250.0.9', dport: 80 }],
+    ['TCP ACK', { proto: 'tcp' as const, syn: false, saddr: '192.168.60.200', sport: 65535, daddr: '10.250.0.9', dport: 80 }],
   ])('%s: IPv4 and L4 checksums verify; addresses and ports read back', (_what, flow) => {
     const frame = ipv4Frame({ src: '02:00:00:00:00:01', dst: '02:00:00:00:00:02' }, flow);
     expect(frame.subarray(0, 12).toString('hex')).toBe('020000000002020000000001');
