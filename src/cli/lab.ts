@@ -4,8 +4,8 @@
  * namespace. See src/lab/ for how it is built.
  */
 import { parseArgs } from 'node:util';
-import { copyFile, readFile } from 'node:fs/promises';
-import { DEFAULT_ICOUNT_SHIFT, formatComparison, labVm, LAB_VM_MODES, parseBenchReport, reportTiming, type LabVmMode } from '../lab/vm.js';
+import { copyFile } from 'node:fs/promises';
+import { DEFAULT_ICOUNT_SHIFT, formatComparison, labVm, LAB_VM_MODES, readBenchReport, reportTiming, type LabVmMode } from '../lab/vm.js';
 import { calibrate, formatCalibration } from '../lab/calibration.js';
 import { ConfigError } from '../errors.js';
 import { joinHostPort } from '../model/ip.js';
@@ -354,11 +354,11 @@ async function vm(argv: string[]): Promise<number> {
   };
   const fromJson = values['from-json'];
   if (fromJson !== undefined) {
-    const report = parseBenchReport(await readFile(fromJson, 'utf8'), fromJson);
+    const report = readBenchReport(fromJson);
+    const hostJson = values['host-json'];
+    const host = hostJson === undefined ? null : readBenchReport(hostJson);
     const { accel: ranWith, icountShift } = reportTiming(report);
     process.stdout.write(formatComparison(report, ranWith, icountShift));
-    const hostJson = values['host-json'];
-    const host = hostJson === undefined ? null : parseBenchReport(await readFile(hostJson, 'utf8'), hostJson);
     printCalibration(report, host, hostJson ?? 'no --host-json given');
     return 0;
   }

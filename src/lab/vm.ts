@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
-import { parseJson, type JsonRecordKind } from '../json-file.js';
+import { parseJson, readJsonFile, type JsonRecordKind } from '../json-file.js';
 import { BENCH_PROGRAMS, ensureBenchProgram } from './traffic-programs.js';
 import { repoRoot } from './lab.js';
 import { CALIBRATION_MODES } from './calibration.js';
@@ -227,6 +227,18 @@ const BENCH_REPORT: JsonRecordKind<BenchReport> = {
   fix: "the VM's bench wrote something else: see the VM's serial log",
 };
 
+/** A bench report file the user names (--host-json, --from-json). */
+const GIVEN_BENCH_REPORT: JsonRecordKind<BenchReport> = {
+  what: 'bench report',
+  schema: BenchReport,
+  fix: "give a file written by 'vipr bench --json' or 'vipr lab vm --json'",
+};
+
+/** The bench report at `path`; a missing or bad file is a one-line JsonFileError. */
+export function readBenchReport(path: string): BenchReport {
+  return readJsonFile(path, GIVEN_BENCH_REPORT);
+}
+
 /** `text` (read from `source`) as a bench report, or a one-line JsonFileError. */
 export function parseBenchReport(text: string, source: string): BenchReport {
   return parseJson(text, source, BENCH_REPORT);
@@ -412,7 +424,7 @@ async function hostReportFor(
   if (opts.host === 'none') return { report: null, source: 'skipped (--host none)' };
   if (typeof opts.host === 'object') {
     const file = opts.host.json;
-    return { report: parseBenchReport(await readFile(file, 'utf8'), file), source: file };
+    return { report: readBenchReport(file), source: file };
   }
   const modes = hostModes(opts.modes);
   if (modes.length === 0) return { report: null, source: `none of ${CALIBRATION_MODES.join(', ')} among the modes` };

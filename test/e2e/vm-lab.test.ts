@@ -13,6 +13,7 @@ import {
   labVm,
   parseBenchReport,
   qemuArgv,
+  readBenchReport,
   reportTiming,
   requestEnv,
   type BenchReport,
@@ -148,6 +149,12 @@ describe('lab vm: reading and printing the bench report', () => {
     // IPv6 rows get a table of their own, without IPv4's direct floor.
     expect(text).toContain('crr (us), 1 service, placement last, IPv6; ratio = p50 / p50 of bpf');
     expect(text.slice(text.indexOf('IPv6;'))).not.toContain('direct');
+  });
+
+  it('names a missing or bad --host-json / --from-json file and what to give instead', () => {
+    expect(() => readBenchReport('/nonexistent/host.json')).toThrow(
+      "/nonexistent/host.json: bench report is missing; give a file written by 'vipr bench --json' or 'vipr lab vm --json'",
+    );
   });
 
   it('reads how a saved run was timed from its env (guest-run.sh records accel and icountShift)', () => {
