@@ -421,11 +421,8 @@ async function hostReportFor(
   runDir: string,
   onLine: (line: string) => void,
 ): Promise<{ report: BenchReport | null; source: string }> {
-  if (opts.host === 'none') return { report: null, source: 'skipped (--host none)' };
-  if (typeof opts.host === 'object') {
-    const file = opts.host.json;
-    return { report: readBenchReport(file), source: file };
-  }
+  if (opts.host === 'none') return { report: null, source: 'skipped (--no-host)' };
+  if (typeof opts.host === 'object') return { report: readBenchReport(opts.host.json), source: opts.host.json };
   const modes = hostModes(opts.modes);
   if (modes.length === 0) return { report: null, source: `none of ${CALIBRATION_MODES.join(', ')} among the modes` };
   const file = join(runDir, 'host-bench.json');
@@ -534,6 +531,8 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
   const opts = resolveOptions(options);
   const onLine = options.onLine ?? ((): void => undefined);
   if (process.getuid?.() !== 0) throw new ConfigError('vipr lab vm must run as root (debootstrap, chroot)');
+  // A bad --host-json shows now, not after the image build.
+  if (typeof opts.host === 'object') readBenchReport(opts.host.json);
   await mkdir(opts.cacheDir, { recursive: true });
   // The bench's C load generator and responders are compiled here (the guest has no compiler);
   // same Debian release on both sides, so the binaries run in the guest as they are.
