@@ -5,7 +5,7 @@
  */
 import type { ParseArgsConfig } from 'node:util';
 import { ConfigError } from '../errors.js';
-import { canonicalIp, parseCidr, type IpFamily } from '../model/ip.js';
+import { canonicalIp, familyOf, parseCidr, type IpFamily } from '../model/ip.js';
 import type { IpvsScheduler, RenderOptions } from '../render/options.js';
 import type { Dataplane } from '../model/dataplane.js';
 import { cleanupOtherModes, createFallbackDataplane, type ProxyMode } from './index.js';
@@ -72,7 +72,10 @@ export function parseCidrList(option: string, values: readonly string[], onePerF
 
 /** --node-ip values of either family, canonical (fd00::0001 is fd00::1). */
 export function parseNodeIps(values: readonly string[]): string[] {
-  return values.map((ip) => checked('node-ip', ip, canonicalIp));
+  return values.map((ip) => {
+    if (familyOf(ip.trim()) === null) throw new ConfigError(`--node-ip ${ip}: not an IPv4 or IPv6 address (give one address per flag, e.g. --node-ip 192.168.60.11 --node-ip fd00:192:168:60::11)`);
+    return canonicalIp(ip);
+  });
 }
 
 /** The flags as RenderOptions, each value checked and named in the error when wrong. */

@@ -31,7 +31,7 @@ test.each([
   ['unknown command', ['frobnicate'], /unknown command 'frobnicate'/],
   ['bad option', ['list', '--bogus'], /vipr list: .*bogus.*see 'vipr list --help'/],
   ['bad duration', ['run', '--manifests', dir, '--iface', 'lo', '--min-sync-period', 'soon'], /--min-sync-period soon: not a duration/],
-  ['bad node IP', ['run', '--manifests', dir, '--iface', 'lo', '--node-ip', '10.0.0.256'], /--node-ip 10\.0\.0\.256: not an IPv4 address/],
+  ['bad node IP', ['run', '--manifests', dir, '--iface', 'lo', '--node-ip', '10.0.0.256'], /--node-ip 10\.0\.0\.256: not an IPv4 or IPv6 address/],
   ['no interface', ['run', '--manifests', dir], /at least one --iface IF is required/],
   ['missing manifests dir', ['render', '--mode', 'iptables', '--manifests', '/nonexistent/dir'], /\/nonexistent\/dir/],
   ['bad scheduler', ['run', '--manifests', dir, '--iface', 'lo', '--scheduler', 'fastest'], /--scheduler fastest: expected one of random, rr, sh, maglev, lc/],
