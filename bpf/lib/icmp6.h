@@ -56,6 +56,7 @@ _Static_assert(ICMP6_CSUM_CHUNK <= sizeof(struct icmp6_reject), "the checksum ch
 static __always_inline int icmp6_sum_skb(struct __sk_buff *skb, __u32 off, __u32 len, __u32 *sum, __u8 *buf)
 {
 	__u32 done, n;
+	__u64 m;
 	__s64 s = *sum;
 
 	for (done = 0; done < ICMP6_QUOTE_MAX; done += ICMP6_CSUM_CHUNK) {
@@ -67,7 +68,16 @@ static __always_inline int icmp6_sum_skb(struct __sk_buff *skb, __u32 off, __u32
 		/* A short last chunk is summed zero-padded: chunks start at even offsets, so the
 		 * padding adds nothing (RFC 1071's odd trailing byte is the high half of a word). */
 		__builtin_memset(buf, 0, ICMP6_CSUM_CHUNK);
-		if (n < 1 || bpf_skb_load_bytes(skb, off + done, buf, n))
+		/*
+		 * n is 1..ICMP6_CSUM_CHUNK here, but a verifier older than ~6.7 does not take "n != 0"
+		 * as a lower bound and refuses a possibly zero-sized read (Debian 12's 6.1 did). So the
+		 * length goes through a form every verifier bounds on both sides: m = n - 1, hidden
+		 * from the compiler (which would fold the checks away), masked, compared, plus one.
+		 */
+		m = n - 1;
+		asm volatile("" : "+r"(m));
+		m &= 63;
+		if (m >= ICMP6_CSUM_CHUNK || bpf_skb_load_bytes(skb, off + done, buf, m + 1))
 			return -1;
 		s = bpf_csum_diff(NULL, 0, (__be32 *)buf, ICMP6_CSUM_CHUNK, s);
 		if (s < 0)
