@@ -122,7 +122,11 @@ static __noinline int tc_lb6_icmp_error(struct __sk_buff *skb, const struct pack
 	return tc_icmp6_error(skb, pkt, ingress);
 }
 
-static __noinline int tc_lb6(struct __sk_buff *skb, bool ingress)
+/*
+ * Inlined in both entry points: as a frame of its own under them it added 32 bytes (the
+ * verifier's least per frame) to every IPv6 call chain, and Debian 12's 6.1 counted 544 of 512.
+ */
+static __always_inline int tc_lb6(struct __sk_buff *skb, bool ingress)
 {
 	struct packet6 pkt;
 	struct nat_plan6 plan;

@@ -116,7 +116,7 @@ static __always_inline void ct6_touch(struct vipr_ct6_value *ct, const struct pa
 static __noinline __attribute__((unused)) struct vipr_ct6_value *ct6_promote(const struct vipr_ct6_key *fwd_key,
 							  struct vipr_ct6_value *ct, __u32 len)
 {
-	struct vipr_ct6_value fwd_val, rep_val, *rep, *est;
+	struct vipr_ct6_value *rep, *est;
 	struct vipr_ct6_key rep_key;
 	long err;
 
@@ -124,13 +124,20 @@ static __noinline __attribute__((unused)) struct vipr_ct6_value *ct6_promote(con
 	rep = bpf_map_lookup_elem(&vipr_ct6_tcp_syn_v1, &rep_key);
 	if (!rep || !(rep->flags & VIPR_CT_F_SEEN_REPLY))
 		return NULL;
-	rep_val = *rep;
-	fwd_val = *ct;
-	if (bpf_map_update_elem(&vipr_ct6_tcp_v1, &rep_key, &rep_val, BPF_ANY)) {
-		stats_count(VIPR_STAT_CT_TCP_FULL, len);
-		return NULL;
+	/* One value copy at a time, each in a block of its own, so they share stack slots. */
+	{
+		struct vipr_ct6_value rep_val = *rep;
+
+		if (bpf_map_update_elem(&vipr_ct6_tcp_v1, &rep_key, &rep_val, BPF_ANY)) {
+			stats_count(VIPR_STAT_CT_TCP_FULL, len);
+			return NULL;
+		}
 	}
-	err = bpf_map_update_elem(&vipr_ct6_tcp_v1, fwd_key, &fwd_val, BPF_NOEXIST);
+	{
+		struct vipr_ct6_value fwd_val = *ct;
+
+		err = bpf_map_update_elem(&vipr_ct6_tcp_v1, fwd_key, &fwd_val, BPF_NOEXIST);
+	}
 	if (err && err != -CT_EEXIST) {
 		bpf_map_delete_elem(&vipr_ct6_tcp_v1, &rep_key);
 		stats_count(VIPR_STAT_CT_TCP_FULL, len);

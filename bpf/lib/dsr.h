@@ -266,7 +266,7 @@ static __always_inline int tc_dsr_redirect(struct __sk_buff *skb, const struct p
 static __always_inline int tc_dsr_clamp_mss(struct __sk_buff *skb, const struct packet *pkt)
 {
 	__u8 opts[40] = {};
-	__u32 mtu = 0, doff, off, i;
+	__u32 mtu = 0, doff, rest, off, i;
 	__u16 mss, limit;
 	__u8 byte12;
 
@@ -282,7 +282,17 @@ static __always_inline int tc_dsr_clamp_mss(struct __sk_buff *skb, const struct 
 		return 0;
 	/* The option area: a multiple of 4 bytes, at most 40; an MSS option takes 4. */
 	doff = (doff - 20) & 0x3c;
-	if (doff < 4 || doff > sizeof(opts) || bpf_skb_load_bytes(skb, pkt->l4_off + 20, opts, doff))
+	if (doff < 4)
+		return 0;
+	/*
+	 * The compiler knows doff is a multiple of 4 and tests "doff < 4" as "doff == 0", from which
+	 * a verifier older than ~6.7 learns no lower bound and refuses a possibly zero-sized read
+	 * (Debian 12's 6.1 did). So the read's length is an upper-bounded rest, hidden from the
+	 * compiler (which would fold the checks into one range test), plus 4.
+	 */
+	rest = doff - 4;
+	asm volatile("" : "+r"(rest));
+	if (rest > sizeof(opts) - 4 || bpf_skb_load_bytes(skb, pkt->l4_off + 20, opts, rest + 4))
 		return 0;
 	off = 0;
 	for (i = 0; i < DSR_TCP_OPT_STEPS; i++) {
