@@ -287,7 +287,7 @@ export async function runNorthSouth(o: { plan: NorthSouthPlan; signal: AbortSign
       checkAbort(signal);
       xdpPaths = await measureXdpPaths(xdpLab, plan, signal);
       for (const p of xdpPaths.paths) {
-        o.onProgress(`BPF_PROG_TEST_RUN ${p.path}: ${p.ns} ns (${p.singleRunNs} ns less ${xdpPaths.overheadNs} ns of timing; ${p.verdict}, median of ${p.runs} runs)`);
+        o.onProgress(`BPF_PROG_TEST_RUN ${p.path}: ${p.ns} ns warm (mean of ${p.warmRuns} runs, harness taken off), ${p.coldNs} ns cold (median of ${p.runs} single runs less ${xdpPaths.overheadNs} ns of timing); ${p.verdict}`);
       }
     }
   } catch (err) {
