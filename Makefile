@@ -45,6 +45,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 	@touch $@
 
 BENCH_BIN := bench/bin/rr bench/bin/responder bench/bin/flood bench/bin/xdp_paths.bpf.o
+BENCH_BIN += bench/bin/xdp-flood bench/bin/xdp_flood.bpf.o bench/bin/xdp_sink.bpf.o
 
 build: bpf ts bench-bin
 
@@ -56,6 +57,16 @@ bench-bin: $(BENCH_BIN)
 bench/bin/%: bench/%.c
 	@mkdir -p bench/bin
 	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
+
+# The north-south bench's generator (BPF_PROG_TEST_RUN with live frames: libbpf) and the XDP
+# programs it and the backends' sink load.
+bench/bin/xdp-flood: bench/xdp-flood.c bench/xdp_flood.h
+	@mkdir -p bench/bin
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $< -lbpf
+
+bench/bin/%.bpf.o: bench/%.bpf.c bench/xdp_flood.h
+	@mkdir -p bench/bin
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 # The north-south bench's harness for timing the XDP program's paths (it inlines lib/xdp.h).
 bench/bin/xdp_paths.bpf.o: bench/xdp_paths.bpf.c $(BPF_HDR)
