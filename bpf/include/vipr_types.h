@@ -202,6 +202,57 @@ struct vipr_config {
 };
 _Static_assert(sizeof(struct vipr_config) == 16, "vipr_config layout");
 
+/*
+ * XDP's next hops (vipr_xdp_nexthops_v1, LRU): what bpf_fib_lookup answered for a rewritten
+ * frame's addresses and the interface it came in on, kept for VIPR_NEXTHOP_TTL_NS, so a tracked
+ * flow's packets skip the FIB (~100 ns a packet here) as the kernel's own forwarding keeps a
+ * route cached. Policy rules that match on ports or marks are seen when an entry is made only.
+ */
+struct vipr_nexthop_key {
+	__be32 saddr;
+	__be32 daddr;
+	__u32 ifindex; /* the interface the frame came in on */
+};
+_Static_assert(sizeof(struct vipr_nexthop_key) == 12, "vipr_nexthop_key layout");
+
+struct vipr_nexthop {
+	__u64 expires_ns;   /* bpf_ktime_get_coarse_ns() after which the FIB is asked again */
+	__u32 ifindex;      /* egress interface */
+	__u16 len_ok;       /* the longest IPv4 total length the FIB allowed (MTU): longer asks again */
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u8 pad[6];
+};
+_Static_assert(sizeof(struct vipr_nexthop) == 32, "vipr_nexthop layout");
+
+#define VIPR_NEXTHOP_TTL_NS 1000000000ULL /* 1 s: how stale a route or neighbour change can be */
+#define VIPR_NEXTHOP_ENTRIES 16384
+
+/*
+ * Value of vipr_xdp_flows_v1 (key: struct vipr_ct_key of the packet as it arrives, dir
+ * VIPR_CT_FORWARD): XDP's flow cache. A packet of a tracked flow (the client's side, or the
+ * reply of a flow SNATed to this node) that XDP rewrote by the full path leaves here the rewrite
+ * and where it went, so the flow's next packets take one lookup instead of the conntrack probes
+ * and the FIB (Katran's connection table, with NAT). What keeps it right:
+ *  - it lives until nh.expires_ns (at most VIPR_NEXTHOP_TTL_NS): then a packet takes the full
+ *    path, which touches the conntrack entry (so GC never sees a cached flow idle) and renews it;
+ *  - TCP packets with SYN, FIN or RST never use it (FIN and RST delete it): the flow's state
+ *    changes go through conntrack; flows closing, half-open or fragmented are never cached;
+ *  - the agent empties it whenever it cuts flows (a backend gone, `vipr conntrack flush`).
+ */
+struct vipr_xdp_flow {
+	struct vipr_nexthop nh; /* egress (ifindex 0: to the stack, a local backend), expiry, MTU */
+	__be32 saddr;           /* the rewrite */
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 stat;              /* what the full path counted it as: VIPR_STAT_CT_HIT or VIPR_STAT_REV_NAT */
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct vipr_xdp_flow) == 48, "vipr_xdp_flow layout");
+
+#define VIPR_XDP_FLOW_ENTRIES 32768
+
 /* Source address of hairpin flows (a pod reaching itself through its service), as Cilium's. */
 #define VIPR_HAIRPIN_ADDR 0xa9fe2a01 /* 169.254.42.1, host order */
 
@@ -285,6 +336,7 @@ enum vipr_stat {
 	VIPR_STAT_DSR_ENCAP,        /* DSR: the frontend added to a packet for a backend on another node (IPv4 option) */
 	VIPR_STAT_DSR_DECAP,        /* DSR: the frontend option taken off a packet for a backend on this node */
 	VIPR_STAT_DROP_DSR_MTU,     /* drop: a DSR packet with its option exceeds the egress MTU (the option adds 8 bytes) */
+	VIPR_STAT_XDP_FLOW_CACHE_HIT, /* XDP: a tracked flow's packet rewritten from vipr_xdp_flows_v1, no conntrack or FIB */
 	VIPR_STAT_MAX,
 };
 _Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");

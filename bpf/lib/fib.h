@@ -71,28 +71,28 @@ static __always_inline int tc_fib_redirect(struct __sk_buff *skb, const struct p
 }
 
 /*
- * XDP: routes the frame as the plan will rewrite it. Returns 0 with a resolved next hop in @fib,
- * or -1 when the stack has to do the job (no neighbour entry yet, no route, TTL expiring): the
- * caller then passes the frame on untouched and TC handles the flow from conntrack.
+ * XDP: routes the frame as the plan will rewrite it, into @nh (its expiry and len_ok left to the
+ * caller). Returns 0, or -1 when the stack has to do the job (no neighbour entry yet, no route,
+ * a frame over the MTU): the caller then passes the frame on untouched and TC handles the flow
+ * from conntrack.
  */
 static __always_inline int xdp_fib_lookup(struct xdp_md *ctx, const struct packet *pkt,
-					  const struct nat_plan *plan, struct bpf_fib_lookup *fib)
+					  const struct nat_plan *plan, __u16 tot_len, struct vipr_nexthop *nh)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct bpf_fib_lookup fib;
 
-	if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+	fib_params(&fib, pkt, plan, ctx->ingress_ifindex);
+	fib.tot_len = tot_len;
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return -1;
-	fib_params(fib, pkt, plan, ctx->ingress_ifindex);
-	fib->tot_len = bpf_ntohs(ip->tot_len);
-	if (bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
-		return -1;
+	nh->ifindex = fib.ifindex;
+	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
+	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
 	return 0;
 }
 
 /* XDP: after the rewrite, fills in the next hop's MACs, decrements TTL and sends the frame. */
-static __always_inline int xdp_forward(struct xdp_md *ctx, const struct bpf_fib_lookup *fib)
+static __always_inline int xdp_forward(struct xdp_md *ctx, const struct vipr_nexthop *nh)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -103,11 +103,11 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct bpf_fib_
 		return XDP_DROP;
 	ip->check = csum_update32(ip->check, bpf_htons((__u16)ip->ttl << 8), bpf_htons((__u16)(ip->ttl - 1) << 8));
 	ip->ttl--;
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
-	if (fib->ifindex == ctx->ingress_ifindex)
+	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
+	if (nh->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
-	return bpf_redirect(fib->ifindex, 0);
+	return bpf_redirect(nh->ifindex, 0);
 }
 
 #endif /* __VIPR_FIB_H */

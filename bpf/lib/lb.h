@@ -53,6 +53,18 @@ static __always_inline struct vipr_svc_value *lb4_lookup_scoped(struct vipr_svc_
 }
 
 /*
+ * Whether an ingress packet can be the reply of a flow this node SNATed, the only replies ingress
+ * translates: those come back to the address the flow was SNATed to (the node's, or the hairpin
+ * one) and never as a bare SYN. Everything else skips the reply entry's two probes (TCP).
+ */
+static __always_inline bool lb4_may_be_snat_reply(const struct vipr_config *cfg, const struct packet *pkt)
+{
+	if (pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return false;
+	return pkt->daddr == cfg->snat_addr || pkt->daddr == bpf_htonl(VIPR_HAIRPIN_ADDR);
+}
+
+/*
  * The frontend a new flow is for: the destination address itself (ClusterIP, external IP,
  * LoadBalancer IP), else, when the destination is an address of this node, a NodePort.
  */
@@ -141,6 +153,18 @@ static __always_inline void plan_identity(struct nat_plan *plan, const struct pa
 	plan->dport = pkt->dport;
 	plan->redirect = false;
 	plan->dsr = false;
+	plan->xdp_cache = 0;
+}
+
+/*
+ * Whether a tracked flow's next packets may take XDP's flow cache (struct vipr_xdp_flow): past
+ * its handshake (@steady: UDP, or TCP in the established map), not closing, not DSR, and this
+ * packet neither changes its state (SYN, FIN, RST) nor is a fragment.
+ */
+static __always_inline bool lb4_flow_steady(const struct vipr_ct_value *ct, const struct packet *pkt, bool steady)
+{
+	return (steady || pkt->proto == IPPROTO_UDP) && !(ct->flags & (VIPR_CT_F_CLOSING | VIPR_CT_F_DSR)) &&
+	       !(pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) && pkt->frag == FRAG_NONE;
 }
 
 /*
@@ -170,15 +194,19 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 	ct4_key_forward(&ct_key, pkt);
 	ct = ct4_lookup(&ct_key, &established);
 	if (ct && ct4_is_reusable(ct, pkt)) {
+		bool steady = established;
+
 		if (!established && pkt->proto == IPPROTO_TCP && ct4_may_promote(ct, pkt)) {
 			/* The balancing node of a DSR flow never sees the replies: the client's
 			 * ACK is all the handshake it can see. */
 			struct vipr_ct_value *est = ct4_promote(&ct_key, ct, len, !(ct->flags & VIPR_CT_F_DSR));
 
-			if (est)
+			if (est) {
 				ct = est;
+				steady = true;
+			}
 		}
-		now = bpf_ktime_get_ns();
+		now = ct_clock();
 		ct4_touch(ct, pkt, now, true);
 		plan->daddr = ct->nat_addr;
 		plan->dport = ct->nat_port;
@@ -188,6 +216,8 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 		}
 		plan->redirect = ct->flags & VIPR_CT_F_REDIRECT;
 		plan->dsr = ct->flags & VIPR_CT_F_DSR;
+		if (lb4_flow_steady(ct, pkt, steady))
+			plan->xdp_cache = VIPR_STAT_CT_HIT;
 		stats_count(VIPR_STAT_CT_HIT, len);
 		return LB_NAT;
 	}
@@ -195,8 +225,11 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 	if (ct && established)
 		ct4_forget_established(&ct_key, ct);
 
+	cfg = lb_config();
+	if (!cfg)
+		return LB_PASS;
 	ct4_key_reply(&ct_key, pkt);
-	ct = ct4_lookup(&ct_key, &established);
+	ct = lb4_may_be_snat_reply(cfg, pkt) ? ct4_lookup(&ct_key, &established) : NULL;
 	if (ct) {
 		/* A reply of a tracked flow is never a new flow to a service: its destination is a
 		 * client. Without SNAT it is rewritten on egress towards the client; with SNAT its
@@ -205,7 +238,7 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 			stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
 			return LB_PASS;
 		}
-		now = bpf_ktime_get_ns();
+		now = ct_clock();
 		ct4_touch(ct, pkt, now, false);
 		ct4_mark_replied(ct);
 		plan->saddr = ct->nat_addr;
@@ -213,14 +246,12 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 		plan->daddr = ct->snat_addr;
 		plan->dport = ct->snat_port;
 		plan->redirect = ct->flags & VIPR_CT_F_REDIRECT;
+		if (lb4_flow_steady(ct, pkt, established))
+			plan->xdp_cache = VIPR_STAT_REV_NAT;
 		stats_count(VIPR_STAT_REV_NAT, len);
 		return LB_NAT;
 	}
 
-	/* Only new flows need the settings. */
-	cfg = lb_config();
-	if (!cfg)
-		return LB_PASS;
 	svc = lb4_lookup_service(pkt, lb4_is_internal(cfg, pkt->saddr));
 	if (!svc) {
 		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
@@ -308,7 +339,7 @@ static __always_inline enum lb_action lb4_plan_egress(const struct packet *pkt, 
 		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
 		return LB_PASS;
 	}
-	ct4_touch(ct, pkt, bpf_ktime_get_ns(), false);
+	ct4_touch(ct, pkt, ct_clock(), false);
 	ct4_mark_replied(ct);
 	plan->saddr = ct->nat_addr;
 	plan->sport = ct->nat_port;

@@ -165,7 +165,7 @@ static __noinline int lb6_plan_tracked(const struct packet6 *pkt, __u32 len, str
 {
 	struct vipr_ct6_key ct_key;
 	struct vipr_ct6_value *ct;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_clock();
 	bool established;
 
 	ct6_key_forward(&ct_key, pkt);
@@ -312,7 +312,7 @@ static __always_inline enum lb_action lb6_plan_egress(const struct packet6 *pkt,
 		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
 		return LB_PASS;
 	}
-	ct6_touch(ct, pkt, bpf_ktime_get_ns(), false);
+	ct6_touch(ct, pkt, ct_clock(), false);
 	ct_mark_replied(&ct->flags);
 	ipv6_copy(plan->saddr, ct->nat_addr);
 	plan->sport = ct->nat_port;

@@ -156,6 +156,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_icmp_bucket_v1 SEC(".maps");
 
+/*
+ * XDP's flow cache (struct vipr_xdp_flow). Declared with the other maps, not in the XDP object
+ * alone, so the agent always has it to empty when it cuts flows. Per-CPU LRU lists: a flow is
+ * received on one CPU (RSS), and a miss evicts that CPU's oldest entry, not another's hot one.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_ct_key);
+	__type(value, struct vipr_xdp_flow);
+	__uint(max_entries, VIPR_XDP_FLOW_ENTRIES);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_xdp_flows_v1 SEC(".maps");
+
 /* Socket LB: the frontend each translated socket used (LRU: closed sockets age out). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

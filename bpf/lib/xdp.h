@@ -25,6 +25,131 @@ struct {
 } vipr_xdp_ipv6_progs_v1 SEC(".maps");
 
 /*
+ * Next hops of forwarded frames (struct vipr_nexthop says what and why). XDP's alone: TC hands
+ * its packets to bpf_redirect_neigh. Per-CPU LRU lists: a miss on one CPU evicts that CPU's
+ * oldest, not another's hot entry.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_nexthop_key);
+	__type(value, struct vipr_nexthop);
+	__uint(max_entries, VIPR_NEXTHOP_ENTRIES);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_xdp_nexthops_v1 SEC(".maps");
+
+/*
+ * Where a rewritten frame goes: from vipr_xdp_nexthops_v1 while its entry is fresh and allowed
+ * a frame this long, else from the FIB (and the entry renewed). Returns 0 with @nh filled, or -1
+ * when the stack has to do the job (TTL expiring, or as xdp_fib_lookup).
+ */
+static __always_inline int xdp_nexthop(struct xdp_md *ctx, const struct packet *pkt,
+				       const struct nat_plan *plan, struct vipr_nexthop *nh)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct vipr_nexthop_key key = {
+		.saddr = plan->saddr,
+		.daddr = plan->daddr,
+		.ifindex = ctx->ingress_ifindex,
+	};
+	struct vipr_nexthop *cached;
+	__u64 now = ct_clock();
+	__u16 tot_len;
+
+	if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+		return -1;
+	tot_len = bpf_ntohs(ip->tot_len);
+	cached = bpf_map_lookup_elem(&vipr_xdp_nexthops_v1, &key);
+	if (cached && (__s64)(cached->expires_ns - now) > 0 && tot_len <= cached->len_ok) {
+		*nh = *cached;
+		return 0;
+	}
+	if (xdp_fib_lookup(ctx, pkt, plan, tot_len, nh))
+		return -1;
+	/* A longer frame allowed before, to the same place and not yet stale, still is. */
+	nh->len_ok = tot_len;
+	if (cached && (__s64)(cached->expires_ns - now) > 0 && cached->ifindex == nh->ifindex &&
+	    cached->len_ok > tot_len)
+		nh->len_ok = cached->len_ok;
+	nh->expires_ns = now + VIPR_NEXTHOP_TTL_NS;
+	bpf_map_update_elem(&vipr_xdp_nexthops_v1, &key, nh, BPF_ANY);
+	return 0;
+}
+
+/*
+ * The flow cache's side (struct vipr_xdp_flow says what keeps it right). Returns an XDP verdict,
+ * or -1 when the packet takes the full path.
+ */
+static __always_inline int xdp_lb4_cached(struct xdp_md *ctx, const struct packet *pkt, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct vipr_xdp_flow *f;
+	struct vipr_ct_key key;
+	struct nat_plan plan;
+
+	if (pkt->frag != FRAG_NONE)
+		return -1;
+	ct4_key_forward(&key, pkt);
+	if (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) {
+		/* The flow's state changes: conntrack must see this packet and the ones after it. */
+		if (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+			bpf_map_delete_elem(&vipr_xdp_flows_v1, &key);
+		return -1;
+	}
+	f = bpf_map_lookup_elem(&vipr_xdp_flows_v1, &key);
+	if (!f || (__s64)(f->nh.expires_ns - ct_clock()) <= 0)
+		return -1;
+	if ((void *)(ip + 1) > data_end || (f->nh.ifindex && (ip->ttl <= 1 || bpf_ntohs(ip->tot_len) > f->nh.len_ok)))
+		return -1;
+	plan.saddr = f->saddr;
+	plan.daddr = f->daddr;
+	plan.sport = f->sport;
+	plan.dport = f->dport;
+	if (xdp_apply_plan(ctx, pkt, &plan)) {
+		stats_count(VIPR_STAT_DROP_REWRITE, len);
+		return XDP_DROP;
+	}
+	/* The counters the full path would have moved, and this one's own. */
+	stats_count(f->stat, len);
+	stats_count(VIPR_STAT_XDP_FLOW_CACHE_HIT, len);
+	if (plan.daddr != pkt->daddr)
+		stats_count(VIPR_STAT_DNAT, len);
+	if (!f->nh.ifindex) {
+		stats_count(VIPR_STAT_XDP_PASS, len);
+		return XDP_PASS;
+	}
+	stats_count(f->nh.ifindex == ctx->ingress_ifindex ? VIPR_STAT_XDP_TX : VIPR_STAT_XDP_REDIRECT, len);
+	return xdp_forward(ctx, &f->nh);
+}
+
+/* After the full path rewrote a steady flow's packet: its next ones may take the cache. */
+static __always_inline void xdp_lb4_cache(const struct packet *pkt, const struct nat_plan *plan,
+					  const struct vipr_nexthop *nh)
+{
+	struct vipr_xdp_flow f = {
+		.saddr = plan->saddr,
+		.daddr = plan->daddr,
+		.sport = plan->sport,
+		.dport = plan->dport,
+		.stat = plan->xdp_cache,
+	};
+	struct vipr_ct_key key;
+
+	if (plan->redirect) {
+		f.nh = *nh;
+	} else {
+		f.nh.expires_ns = ct_clock() + VIPR_NEXTHOP_TTL_NS;
+		f.nh.len_ok = 0xffff;
+	}
+	ct4_key_forward(&key, pkt);
+	bpf_map_update_elem(&vipr_xdp_flows_v1, &key, &f, BPF_ANY);
+}
+
+/*
  * The IPv4 path, inline in the entry point (and in the bench's harness, bench/xdp_paths.bpf.c,
  * which times it on a fresh copy of a frame each run).
  */
@@ -33,9 +158,10 @@ static __always_inline int xdp_lb4(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 len = data_end - data;
-	struct bpf_fib_lookup fib;
+	struct vipr_nexthop nh = {};
 	struct nat_plan plan;
 	struct packet pkt;
+	int verdict;
 
 	switch (lb4_parse(data, data_end, len, &pkt)) {
 	case LB_PACKET_FLOW:
@@ -56,6 +182,9 @@ static __always_inline int xdp_lb4(struct xdp_md *ctx)
 		/* ICMP errors of translated flows too: TC rewrites them. */
 		return XDP_PASS;
 	}
+	verdict = xdp_lb4_cached(ctx, &pkt, len);
+	if (verdict >= 0)
+		return verdict;
 	switch (lb4_plan_ingress(&pkt, len, &plan)) {
 	case LB_DROP:
 		return XDP_DROP;
@@ -70,7 +199,7 @@ static __always_inline int xdp_lb4(struct xdp_md *ctx)
 		stats_count(VIPR_STAT_XDP_PASS, len);
 		return XDP_PASS;
 	}
-	if (plan.redirect && xdp_fib_lookup(ctx, &pkt, &plan, &fib)) {
+	if (plan.redirect && xdp_nexthop(ctx, &pkt, &plan, &nh)) {
 		stats_count(VIPR_STAT_XDP_PASS, len);
 		return XDP_PASS;
 	}
@@ -78,17 +207,19 @@ static __always_inline int xdp_lb4(struct xdp_md *ctx)
 		stats_count(VIPR_STAT_DROP_REWRITE, len);
 		return XDP_DROP;
 	}
+	if (plan.xdp_cache)
+		xdp_lb4_cache(&pkt, &plan, &nh);
 	if (plan.daddr != pkt.daddr)
 		stats_count(VIPR_STAT_DNAT, len);
 	if (!plan.redirect) {
 		stats_count(VIPR_STAT_XDP_PASS, len);
 		return XDP_PASS;
 	}
-	if (fib.ifindex == ctx->ingress_ifindex)
+	if (nh.ifindex == ctx->ingress_ifindex)
 		stats_count(VIPR_STAT_XDP_TX, len);
 	else
 		stats_count(VIPR_STAT_XDP_REDIRECT, len);
-	return xdp_forward(ctx, &fib);
+	return xdp_forward(ctx, &nh);
 }
 
 #endif /* __VIPR_XDP_H */

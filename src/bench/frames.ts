@@ -10,6 +10,8 @@ export interface Ipv4Flow {
   dport: number;
   /** TCP: a SYN (a connection attempt) or an ACK (a packet of an established flow). */
   syn?: boolean;
+  /** TCP: the flag byte itself, over `syn` (e.g. 0x12, a SYN-ACK). */
+  tcpFlags?: number;
 }
 
 export interface EthAddrs {
@@ -53,7 +55,7 @@ export function ipv4Frame(eth: EthAddrs, f: Ipv4Flow): Buffer {
     l4.writeUInt32BE(0x12345678, 4);
     if (!f.syn) l4.writeUInt32BE(1, 8);
     l4[12] = 5 << 4;
-    l4[13] = f.syn ? 0x02 : 0x10;
+    l4[13] = f.tcpFlags ?? (f.syn ? 0x02 : 0x10);
     l4.writeUInt16BE(64240, 14);
   }
   const ip = Buffer.alloc(20);

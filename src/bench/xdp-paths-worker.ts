@@ -191,8 +191,17 @@ function main(raw: string): void {
     const warmLocal: Ipv4Flow = { proto: 'tcp', syn: true, saddr: `${req.newFlowPrefix}.220`, sport: 1024, daddr: req.nodeIp, dport: req.tcpNodePort };
     measured.push({ path: 'nodeport_new_local', m: newLocal, w: warmNew('nodeport_new_local', warmLocal, ['pass']) });
 
-    // The first of those flows' next packet (an ACK), again and again: DNAT from conntrack.
+    // The first of those flows, established: the backend's SYN-ACK leaves through the TC egress
+    // program (reverse NAT, the flow marked answered), the client's ACK completes the handshake.
+    // Then its next packet (an ACK), again and again: DNAT from conntrack.
+    const dnat = parseIpv4Frame(newLocal.first);
+    const synAck: Ipv4Flow = { proto: 'tcp', tcpFlags: 0x12, saddr: dnat.daddr, sport: dnat.dport, daddr: dnat.saddr, dport: dnat.sport };
+    const answered = parseIpv4Frame(progTestRun(dp.programs.egress, ipv4Frame({ src: req.nodeMac, dst: req.clientMac }, synAck)).data);
+    if (answered.saddr !== req.nodeIp || answered.sport !== req.tcpNodePort) {
+      throw new Error(`nodeport_tracked_local: the backend's SYN-ACK left as ${answered.saddr}:${answered.sport}, not from the NodePort`);
+    }
     const trackedLocal: Ipv4Flow = { ...(localFlows[0] as Ipv4Flow), syn: false };
+    progTestRun(prog, ipv4Frame(eth, trackedLocal));
     const tl = runSingles('nodeport_tracked_local', prog, same(trackedLocal));
     check('nodeport_tracked_local', tl, ['pass'], true, trackedLocal);
     measured.push({ path: 'nodeport_tracked_local', m: tl, w: warm('nodeport_tracked_local', trackedLocal, ['pass'], true) });

@@ -28,12 +28,12 @@ export interface FieldLayout {
 
 type Value<F extends FieldType> = F extends 'u64' ? bigint : F extends 'ipv4' | 'ipv6' ? string : number;
 
-/** [name, type] or ['pad', 'pad', bytes]. */
-export type FieldSpec = readonly [string, Exclude<FieldType, 'pad'>] | readonly ['pad', 'pad', number];
+/** [name, type] or [name, 'pad', bytes]: padding, or a member TypeScript never reads (named as in C). */
+export type FieldSpec = readonly [string, Exclude<FieldType, 'pad'>] | readonly [string, 'pad', number];
 
 /** The TypeScript object for a list of field specs (pad fields omitted). */
 export type StructOf<S extends readonly FieldSpec[]> = {
-  [E in S[number] as E[0] extends 'pad' ? never : E[0]]: Value<E[1]>;
+  [E in S[number] as E[1] extends 'pad' ? never : E[0]]: Value<E[1]>;
 };
 
 export class StructCodec<T> {

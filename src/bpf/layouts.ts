@@ -80,6 +80,20 @@ export const BackendConns = defineStruct('vipr_backend_conns', [
   ['pad', 'pad', 4],
 ] as const);
 
+/*
+ * XDP's flow cache entry (struct vipr_xdp_flow): the agent only empties that map, so the next hop
+ * it holds (struct vipr_nexthop: expiry, egress, MTU, MACs) is kept as bytes.
+ */
+export const XdpFlow = defineStruct('vipr_xdp_flow', [
+  ['nh', 'pad', 32],
+  ['saddr', 'ipv4'],
+  ['daddr', 'ipv4'],
+  ['sport', 'be16'],
+  ['dport', 'be16'],
+  ['stat', 'u8'],
+  ['pad', 'pad', 3],
+] as const);
+
 export const Config = defineStruct('vipr_config', [
   ['snat_addr', 'ipv4'],
   ['cluster_cidr', 'ipv4'],
@@ -272,6 +286,7 @@ export type SourceRangeT = ReturnType<typeof SourceRange.decode>;
 export type SchedStateT = ReturnType<typeof SchedState.decode>;
 export type BackendConnsT = ReturnType<typeof BackendConns.decode>;
 export type ConfigT = ReturnType<typeof Config.decode>;
+export type XdpFlowT = ReturnType<typeof XdpFlow.decode>;
 export type Config6T = ReturnType<typeof Config6.decode>;
 export type Frag6KeyT = ReturnType<typeof Frag6Key.decode>;
 
@@ -345,6 +360,7 @@ export const STAT_NAMES = [
   'dsr_encap',
   'dsr_decap',
   'drop_dsr_mtu',
+  'xdp_flow_cache_hit',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 
@@ -390,6 +406,7 @@ export const MAPS = {
   config6: spec('vipr_config6_v1', U32, Config6),
   fragments6: spec('vipr_fragments6_v1', Frag6Key, FragPorts),
   sockRev6: spec('vipr_sock_rev6_v1', SockRev6Key, SockRev6Value),
+  xdpFlows: spec('vipr_xdp_flows_v1', CtKey, XdpFlow),
 } as const;
 
 export type MapRole = keyof typeof MAPS;

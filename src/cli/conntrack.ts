@@ -48,6 +48,9 @@ export async function run(argv: string[]): Promise<number> {
         if (ids.size === 0) throw new ConfigError(`--service ${svc}: no such service is programmed; see 'vipr list'`);
       }
       const n = flushConntrack(maps, maps.backendConns, ids);
+      // XDP's flow cache would keep rewriting flushed flows until its entries expire: emptied
+      // (its entries do not say their service; other flows are cached again on their next packet).
+      for (const [k] of maps.xdpFlows.entries()) maps.xdpFlows.delete(k);
       process.stdout.write(`flushed ${n} flows\n`);
       return 0;
     }

@@ -117,6 +117,7 @@ export class DatapathFixture {
   flushFlows(): void {
     for (const role of CT_ROLES) for (const k of this.dp.maps[role].keys()) this.dp.maps[role].delete(k);
     for (const k of this.dp.maps.affinity.keys()) this.dp.maps.affinity.delete(k);
+    for (const k of this.dp.maps.xdpFlows.keys()) this.dp.maps.xdpFlows.delete(k);
   }
 
   close(): void {

@@ -23,7 +23,7 @@ import type { Dataplane, SyncResult } from '../../model/dataplane.js';
 import {
   CT_FORWARD, IPPROTO_UDP, SCHEDULERS,
   type AffinityKeyT, type AffinityValueT, type BackendConnsT, type BackendIdT, type BackendT, type Config6T, type ConfigT,
-  type CtKeyT, type CtValueT, type NodeIpT, type SchedStateT, type SlotKeyT, type SourceRangeT, type SvcKeyT,
+  type CtKeyT, type CtValueT, type XdpFlowT, type NodeIpT, type SchedStateT, type SlotKeyT, type SourceRangeT, type SvcKeyT,
   type SvcValueT,
 } from '../layouts.js';
 import type { MapLike } from '../map.js';
@@ -84,6 +84,8 @@ export interface ServiceMaps {
   config6: MapLike<number, Config6T>;
   ctUdp6: MapLike<CtKeyT, CtValueT>;
   affinity6: MapLike<AffinityKeyT, AffinityValueT>;
+  /** XDP's flow cache (vipr_xdp_flows_v1): emptied whenever IPv4 flows are cut. */
+  xdpFlows?: MapLike<CtKeyT, XdpFlowT>;
 }
 
 /** Entries split by the family of an address in them. */
@@ -526,7 +528,14 @@ export class BpfDataplane implements Dataplane {
         if (pairs.has(`${k.svc_id}/${v.backend_id}`)) this.tryDelete(affinity, k, result);
       }
     };
-    if (families.has('IPv4')) cut(this.maps.ctUdp, this.maps.affinity);
+    if (families.has('IPv4')) {
+      cut(this.maps.ctUdp, this.maps.affinity);
+      // XDP rewrites a cached flow without asking conntrack: its entry for a cut flow would
+      // keep it on the gone backend until it expires. Its entries do not say their backend;
+      // emptied wholesale, the flows of backends still there are cached again on their next packet.
+      const xdpFlows = this.maps.xdpFlows;
+      if (xdpFlows) for (const [k] of xdpFlows.entries()) this.tryDelete(xdpFlows, k, result);
+    }
     if (families.has('IPv6')) cut(this.maps.ctUdp6, this.maps.affinity6);
   }
 
