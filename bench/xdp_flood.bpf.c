@@ -5,9 +5,10 @@
  * returns XDP_TX for out of the interface named by the run's ingress_ifindex, as a driver would,
  * no skb ever built. Each run writes the next flow's source address and port and both checksums.
  *
- * Pages are recycled between runs without being rewritten from the template, so a frame may hold
- * an earlier flow: every field that varies is written whole and the checksums are derived from
- * the template's (RFC 1624, from config), never from what the frame holds.
+ * Pages are recycled between runs without being rewritten from the template, and the receiver
+ * may have rewritten them meanwhile (a balancer's DNAT, SNAT and MAC swap happen in place on
+ * this very page): each run writes the whole template back, then the flow's source, and derives
+ * the checksums from the template's (RFC 1624, from config), never from what the frame holds.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -43,9 +44,14 @@ int xdp_flood(struct xdp_md *ctx)
 	__u8 *l4 = (__u8 *)(ip + 1);
 	__u32 flow = next_flow;
 
-	/* Both templates hold at least 24 bytes of L4 (TCP: header + MSS option; UDP: 8 + 18). */
-	if ((void *)(l4 + 24) > data_end)
+	__u64 *words = data;
+
+	if (data + XDP_FLOOD_FRAME_LEN > data_end)
 		return XDP_ABORTED;
+	/* 60 bytes: seven words and a half. */
+	for (int i = 0; i < 7; i++)
+		words[i] = cfg.frame[i];
+	*(__u32 *)&words[7] = (__u32)cfg.frame[7];
 	next_flow = flow + 1 >= cfg.flows ? 0 : flow + 1;
 
 	__u32 saddr0 = cfg.saddr0;

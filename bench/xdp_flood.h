@@ -8,7 +8,11 @@
 
 #include <linux/types.h>
 
+/* Every frame is this long: Ethernet's minimum (the 58-byte SYN padded, as a NIC pads it). */
+#define XDP_FLOOD_FRAME_LEN 60
+
 struct xdp_flood_config {
+	__u64 frame[8];    /* the template (flow 0), XDP_FLOOD_FRAME_LEN bytes, zero-padded */
 	__u32 saddr0;      /* first source address, host order; flow n's is saddr0 + n / src_ports % src_ips */
 	__u32 src_ips;     /* source addresses to cycle over */
 	__u32 src_ports;   /* source ports to cycle over, from first_port up */

@@ -63,15 +63,15 @@ export async function renderChartSvg(report: BenchReport): Promise<string> {
 }
 
 /**
- * `--north-south`: packets per second delivered to the backends and CPU per packet, one bar per
+ * `--north-south`: packets per second delivered to the backends and node1's CPU per packet, one bar per
  * mode, for each kind of traffic.
  */
 export function northSouthChartSpec(report: NorthSouthReport): TopLevelSpec {
   const e = report.env;
   const points = report.northSouth.rows.map((r) => ({
-    mode: r.mode === 'xdp' ? `xdp (${r.xdp})` : r.mode, traffic: r.traffic, delivered: r.deliveredPps, softirq: r.softirqNsPerPacket,
+    mode: r.mode === 'xdp' ? `xdp (${r.xdp})` : r.mode, traffic: r.traffic, delivered: r.deliveredPps, node: r.nodeNsPerPacket,
   }));
-  const bars = (field: 'delivered' | 'softirq', title: string) => ({
+  const bars = (field: 'delivered' | 'node', title: string) => ({
     width: 300,
     height: 200,
     title,
@@ -90,7 +90,7 @@ export function northSouthChartSpec(report: NorthSouthReport): TopLevelSpec {
     },
     background: 'white',
     data: { values: points },
-    hconcat: [bars('delivered', 'packets/s delivered to backends'), bars('softirq', 'softirq ns per delivered packet')],
+    hconcat: [bars('delivered', 'packets/s delivered to backends'), bars('node', "node1's CPU ns per delivered packet")],
   } as TopLevelSpec;
 }
 

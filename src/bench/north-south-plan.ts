@@ -2,10 +2,13 @@
  * `vipr bench --north-south` as plain data: the modes, the traffic, the Services the balancing
  * node serves, what the JSON holds. Pure, so the CLI, the runner and the tests agree on it.
  *
- * The lab of each mode is a two-node lab (`<prefix>-ns<tag>`, IPv4): the external host `ext`
- * sends frames onto the underlay to node1's address; node1 balances them; the backends count
- * what reaches them (their eth0's rx counter) and drop it at once in an nftables netdev ingress
- * chain, so no socket, reply or ICMP error costs anything after delivery. Two kinds of traffic:
+ * The lab of each mode is a two-node lab (`<prefix>-ns<tag>`, IPv4) with one cable more: a veth
+ * pair from the external host `ext` straight to node1 (NODE_NIC), the node's NIC. ext's
+ * generator (bench/xdp-flood.c) puts frames on it with XDP live frames, so they land in node1's
+ * receive queue as xdp_frames, as from a NIC: no skb exists until node1 builds one (or, with XDP,
+ * never). node1 balances them on its own CPU (the NIC's NAPI thread, pinned); an XDP sink drops
+ * and counts each frame rewritten for a backend where it lands (the underlay port facing node1,
+ * the backends' eth0), on the generator's CPU, the same in every mode. Two kinds of traffic:
  *   udp  UDP to NodePort 30053 (externalTrafficPolicy Cluster, backends on node2 only): 64 flows
  *        from ext, tracked after their first packet; node1 DNATs + SNATs and sends them on over
  *        the underlay (XDP: back out of the interface they came in on).
@@ -37,7 +40,12 @@ export const REFUSED_LB_PORT = 80;
 export const BACKEND_TCP_PORT = 9000;
 export const BACKEND_UDP_PORT = 9053;
 
-/** What `flood` sends for each traffic kind: from ext's address up, this many addresses and ports. */
+/** node1's NIC in the north-south labs: ext's cable lands here; XDP attaches here. */
+export const NODE_NIC = 'nic0';
+/** ext's end of that cable: the generator's interface. */
+export const EXT_NIC = 'nic0';
+
+/** What `xdp-flood` sends for each traffic kind: from ext's address up, this many addresses and ports. */
 export const FLOOD_SOURCES: Record<NorthSouthTraffic, { srcIps: number; srcPorts: number }> = {
   udp: { srcIps: 1, srcPorts: 64 },
   syn: { srcIps: 16, srcPorts: 64_512 },
@@ -68,7 +76,7 @@ export interface NorthSouthPlan {
   backends: number;
   durations: NorthSouthDurations;
   labPrefix: string;
-  /** The CPU the generator is pinned to (and with it, on veth, the whole path). */
+  /** The CPU the generator and the sinks are pinned to (the balancing node gets another one). */
   cpu: number;
 }
 
@@ -147,13 +155,13 @@ export interface NorthSouthRow {
   traffic: NorthSouthTraffic;
   /** Packets per second the generator put on the wire. */
   sentPps: number;
-  /** Packets per second that reached the backends. */
+  /** Packets per second that left node1 rewritten for a backend (counted by the sinks). */
   deliveredPps: number;
-  /** Softirq time of the generator's CPU per delivered packet (underlay bridge, node, backend's drop), ns. */
-  softirqNsPerPacket: number;
-  /** All non-idle time of that CPU per delivered packet, the generator's sends included, ns. */
-  cpuNsPerPacket: number;
-  /** How XDP was attached to node1's underlay interface: `native`, `generic`, or `none` (modes without XDP). */
+  /** CPU time of node1's receive thread (the NIC's NAPI thread: XDP, the stack, netfilter, the sends on) per delivered packet, ns. */
+  nodeNsPerPacket: number;
+  /** That thread's CPU time over the run's length: near 1, node1 was the bottleneck and delivered pps its capacity. */
+  nodeBusy: number;
+  /** How XDP was attached to node1's NIC: `native`, `generic`, or `none` (modes without XDP). */
   xdp: 'native' | 'generic' | 'none';
   rounds: number;
   /** Each round's delivered packets per second, in round order. */
@@ -162,6 +170,8 @@ export interface NorthSouthRow {
 
 export interface NorthSouthSummary {
   rows: NorthSouthRow[];
+  /** The CPU node1's receive thread ran on (the generator and the sinks: NorthSouthPlan.cpu). */
+  nodeCpu: number;
   /** BPF_PROG_TEST_RUN per XDP path, in the xdp lab's node after its traffic; null without the xdp mode. */
   xdpPaths: XdpPaths | null;
   unavailable: Array<{ mode: NorthSouthMode; reason: string }>;
@@ -219,13 +229,18 @@ export function northSouthManifests(node1: { name: string; backends: readonly st
   };
 }
 
-/** A mode's `vipr run` flags beyond the common ones (manifests, pin dir, node name and IP). */
-export function northSouthAgentArgs(mode: NorthSouthMode, ifaces: readonly string[], underlayIfname: string): string[] {
+/**
+ * A mode's `vipr run` flags beyond the common ones (manifests, pin dir, node name and IP): the BPF
+ * modes on every interface and the NIC, XDP in native mode on the NIC (its peer and the sinks
+ * have NAPI, so native XDP_TX and XDP_REDIRECT deliver).
+ */
+export function northSouthAgentArgs(mode: NorthSouthMode, ifaces: readonly string[], nic: string): string[] {
+  const all = [...ifaces, nic].flatMap((i) => ['--iface', i]);
   switch (mode) {
     case 'xdp':
-      return [...ifaces.flatMap((i) => ['--iface', i]), '--xdp', underlayIfname, '--socket-lb', 'off'];
+      return [...all, '--xdp', nic, '--xdp-mode', 'native', '--socket-lb', 'off'];
     case 'tc':
-      return [...ifaces.flatMap((i) => ['--iface', i]), '--socket-lb', 'off'];
+      return [...all, '--socket-lb', 'off'];
     case 'iptables':
       return ['--mode', 'iptables', '--iptables-backend', 'legacy'];
     case 'nftables':
@@ -235,38 +250,34 @@ export function northSouthAgentArgs(mode: NorthSouthMode, ifaces: readonly strin
   }
 }
 
-/** `/proc/stat` times of one CPU, in USER_HZ ticks. */
-export interface CpuTimes {
-  busy: number;
-  softirq: number;
+/** `/proc/<pid>/schedstat`'s first field: the ns the task has run on a CPU (exact, not tick-sampled). */
+export function parseSchedstatRunNs(text: string): number {
+  const ns = Number(text.trim().split(/\s+/)[0]);
+  if (!Number.isFinite(ns) || text.trim() === '') throw new Error(`unexpected schedstat '${text.trim().slice(0, 80)}'`);
+  return ns;
 }
 
-/** The line `cpu<N>` of /proc/stat: busy = user + nice + system + irq + softirq (idle, iowait, steal left out). */
-export function parseCpuTimes(procStat: string, cpu: number): CpuTimes {
-  const line = procStat.split('\n').find((l) => l.startsWith(`cpu${cpu} `));
-  if (line === undefined) throw new Error(`/proc/stat has no line for cpu${cpu}`);
-  const f = line.trim().split(/\s+/).slice(1).map(Number);
-  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0] = f;
-  return { busy: user + nice + system + irq + softirq, softirq };
+/** veth's `ethtool -S`: frames its XDP program dropped, every receive queue (the sink's count). */
+export function parseXdpDrops(ethtoolStats: string): number {
+  let n = 0;
+  let found = false;
+  for (const m of ethtoolStats.matchAll(/^\s*rx_queue_\d+_xdp_drops: (\d+)$/gm)) {
+    n += Number(m[1]);
+    found = true;
+  }
+  if (!found) throw new Error('ethtool -S shows no rx_queue_<n>_xdp_drops: not a veth with an XDP program');
+  return n;
 }
-
-/**
- * Linux reports /proc/stat in USER_HZ, 100 per second on every architecture it exports it for.
- * Without CONFIG_IRQ_TIME_ACCOUNTING (this kernel) the split into softirq and the rest is sampled
- * at the scheduler tick, so short runs give coarse figures.
- */
-export const USER_HZ = 100;
 
 /** Figures of one traffic run from the counters around it. */
-export function trafficFigures(o: { sent: number; elapsedS: number; delivered: number; before: CpuTimes; after: CpuTimes }): {
-  sentPps: number; deliveredPps: number; softirqNsPerPacket: number; cpuNsPerPacket: number;
+export function trafficFigures(o: { sent: number; elapsedS: number; delivered: number; nodeRunNs: number }): {
+  sentPps: number; deliveredPps: number; nodeNsPerPacket: number; nodeBusy: number;
 } {
-  const perPacket = (ticks: number): number => (o.delivered > 0 ? (ticks * 1e9) / USER_HZ / o.delivered : 0);
   return {
     sentPps: o.elapsedS > 0 ? o.sent / o.elapsedS : 0,
     deliveredPps: o.elapsedS > 0 ? o.delivered / o.elapsedS : 0,
-    softirqNsPerPacket: perPacket(o.after.softirq - o.before.softirq),
-    cpuNsPerPacket: perPacket(o.after.busy - o.before.busy),
+    nodeNsPerPacket: o.delivered > 0 ? o.nodeRunNs / o.delivered : 0,
+    nodeBusy: o.elapsedS > 0 ? o.nodeRunNs / 1e9 / o.elapsedS : 0,
   };
 }
 

@@ -34,20 +34,23 @@ export function formatNorthSouth(report: NorthSouthReport): string {
     if (rows.length === 0) continue;
     const ipt = rows.find((r) => r.mode === 'iptables');
     out.push(TRAFFIC_TITLES[traffic]);
-    const t: string[][] = [['mode', 'XDP', 'sent pps', 'delivered pps', '×iptables', 'softirq ns/pkt', 'CPU ns/pkt', 'rounds (delivered pps)']];
+    const t: string[][] = [['mode', 'XDP', 'sent pps', 'delivered pps', '×iptables', 'node ns/pkt', 'node busy', 'rounds (delivered pps)']];
     for (const r of rows) {
       t.push([
         r.mode, r.xdp, n(r.sentPps), n(r.deliveredPps),
         ipt && ipt.deliveredPps > 0 ? `×${(r.deliveredPps / ipt.deliveredPps).toFixed(2)}` : '-',
-        n(r.softirqNsPerPacket), n(r.cpuNsPerPacket), r.deliveredPpsByRound.map(n).join(', '),
+        n(r.nodeNsPerPacket), `${Math.round(r.nodeBusy * 100)}%`, r.deliveredPpsByRound.map(n).join(', '),
       ]);
     }
     out.push(...table(t).map((l) => `  ${l}`), ...ns.unavailable.map((u) => `  ${u.mode.padEnd(8)}   unavailable: ${u.reason}`), '');
   }
   out.push(
-    `  sent/delivered: packets per second the generator put on the wire / that reached the backends.`,
-    `  softirq ns/pkt: softirq time of CPU ${env.pinnedCpu} (generator's CPU; on veth every hop runs there) per delivered packet:`,
-    `  the underlay bridge, the balancing node and the backend's drop. CPU ns/pkt: all its busy time, the sends included.`,
+    `  sent: frames the generator (XDP live frames, no skb) offered node1's NIC per second; what its queue had no room for`,
+    `  was dropped there, as by a NIC. delivered: frames per second that left node1 rewritten for a backend, counted by an XDP`,
+    `  sink where they land (the underlay port facing node1, the backends' eth0). node ns/pkt: CPU time of node1's receive`,
+    `  thread (its NIC's NAPI, pinned to CPU ${ns.nodeCpu}: XDP or the skb, GRO, stack, netfilter, up to the next send) per delivered`,
+    `  packet; node busy: that thread's share of the run (near 100%: delivered pps is node1's capacity on one CPU).`,
+    `  Generator and sinks: CPU ${env.pinnedCpu}.`,
     '',
   );
   if (ns.xdpPaths !== null) {

@@ -1,26 +1,30 @@
 /*
  * `vipr bench --north-south`: packets per second from outside the cluster through each dataplane
- * (north-south-plan.ts says what is sent where). Per mode a two-node lab; its agent started on
- * node1 until ready, then stopped (what it installed stays). In rounds, every mode in turn (modes
- * interleaved), every kind of traffic: a warm-up, then `flood` pinned to one CPU in ext for a
- * fixed time, the backends' rx counters and that CPU's /proc/stat times read around it. Then,
- * in the xdp lab, BPF_PROG_TEST_RUN of each XDP path on the maps its agent programmed.
+ * (north-south-plan.ts says what is sent where). Per mode a two-node lab and a cable from ext
+ * straight to node1's NIC; its agent started on node1 until ready, then stopped (what it installed
+ * stays). In rounds, every mode in turn (modes interleaved), every kind of traffic: a warm-up,
+ * then `xdp-flood` for a fixed time, the sinks' counters and node1's receive thread's CPU time
+ * read around it. Then, in the xdp lab, BPF_PROG_TEST_RUN of each XDP path on the maps its agent
+ * programmed.
  *
- * On veth every hop runs in softirq on the sending CPU (the generator's sendmmsg carries the
- * frame through the underlay bridge, node1 and to the backend before it returns), so the
- * generator and the path share that CPU: delivered pps is what the pair sustains, and the CPU
- * figures per packet split it (softirq: bridge + node + the backend's drop; the rest: the sends).
+ * Where the work runs: the generator (BPF_PROG_TEST_RUN with live frames, no skb) on --cpu; the
+ * frames land in node1's NIC queue, whose NAPI runs in a thread of its own (threaded NAPI)
+ * pinned to another CPU, the node's: XDP, or the skb, GRO, the stack and netfilter, up to the
+ * send into the next veth, all run there, and nothing else of the lab does. The sinks (an XDP
+ * drop where node1's output lands: the underlay port facing it, the backends' eth0) run in NAPI
+ * threads of their own on --cpu. So delivered pps is what node1 sustains on one CPU, and the
+ * receive thread's CPU time (/proc/<pid>/schedstat: exact) per delivered packet is its cost.
  * Labs are removed at the end, also on failure and on abort.
  */
-import { closeSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireRoot } from '../bpf/datapath.js';
 import { run as runIn, nsenterArgv } from '../lab/exec.js';
 import { AGENT_READY_MSG, defaultAgentMain, labClusterCidr, labDown, labUp } from '../lab/lab.js';
 import { startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
 import { planLab, type LabPlan, type NodePlan } from '../lab/topology.js';
-import { benchBinary, ensureBenchProgram } from '../lab/traffic-programs.js';
+import { ConfigError } from '../errors.js';
 import { packageRoot } from '../paths.js';
 import { run } from '../process/run.js';
 import { NoIpvsError, detectIpvs } from '../modes/ipvs.js';
@@ -28,9 +32,9 @@ import { labExists } from './labs.js';
 import { BenchAbortedError, environment, holdCpuDmaLatency } from './runner.js';
 import { median, type BenchEnv } from './results.js';
 import {
-  FLOOD_SOURCES, FLOOD_SOURCE_IP, NEW_FLOW_PREFIX, NORTH_SOUTH_TRAFFIC, REFUSED_LB_IP, REFUSED_LB_PORT, TCP_NODE_PORT, UDP_NODE_PORT,
-  XdpPathsRequestSchema, northSouthAgentArgs, northSouthLabName, northSouthManifests, parseCpuTimes, trafficFigures, xdpAttachMode,
-  type CpuTimes, type NorthSouthMode, type NorthSouthPlan, type NorthSouthRow, type NorthSouthSummary, type NorthSouthTraffic, type XdpPaths,
+  EXT_NIC, FLOOD_SOURCES, FLOOD_SOURCE_IP, NEW_FLOW_PREFIX, NODE_NIC, NORTH_SOUTH_TRAFFIC, REFUSED_LB_IP, REFUSED_LB_PORT, TCP_NODE_PORT, UDP_NODE_PORT,
+  XdpPathsRequestSchema, northSouthAgentArgs, northSouthLabName, northSouthManifests, parseSchedstatRunNs, parseXdpDrops, trafficFigures, xdpAttachMode,
+  type NorthSouthMode, type NorthSouthPlan, type NorthSouthRow, type NorthSouthSummary, type NorthSouthTraffic, type XdpPaths,
 } from './north-south-plan.js';
 
 export interface NorthSouthReport {
@@ -47,13 +51,23 @@ interface NsLab {
   pinDir: string;
   stateDir: string;
   xdp: NorthSouthRow['xdp'];
+  /** Where the sink counts: [netns, ifname] of the underlay port facing node1 and each backend's eth0. */
+  sinks: Array<[string, string]>;
+  /** node1's NIC's NAPI thread (set once the labs are up). */
+  nodeThread: number | null;
 }
 
 interface FloodOutput {
   sent: number;
-  send_errors: number;
   elapsed_s: number;
   rate: number;
+}
+
+/** The generator and the XDP programs it and the sinks load: built by `make build`. */
+function benchFile(name: string): string {
+  const path = join(packageRoot(), 'bench', 'bin', name);
+  if (!existsSync(path)) throw new ConfigError(`${path} is missing: run 'make build' (it needs clang-16 and libbpf-dev)`);
+  return path;
 }
 
 function checkAbort(signal: AbortSignal): void {
@@ -78,24 +92,74 @@ async function linkMac(netns: string, ifname: string): Promise<string> {
   return mac;
 }
 
-async function rxPackets(netns: string, ifname: string): Promise<number> {
-  const { stdout } = await runIn('ip', ['-j', '-s', 'link', 'show', 'dev', ifname], { netns });
-  const n = (JSON.parse(stdout) as Array<{ stats64?: { rx?: { packets?: number } } }>)[0]?.stats64?.rx?.packets;
-  if (n === undefined) throw new Error(`no rx counter on ${ifname} in ${netns}`);
-  return n;
+/**
+ * An XDP drop for what node1 sends a backend, where it lands (see bench/xdp_sink.bpf.c), in
+ * native mode: the interface gets NAPI, so node1's native XDP_TX / XDP_REDIRECT reach it too.
+ */
+async function installSink(netns: string, ifname: string): Promise<void> {
+  await runIn('ip', ['link', 'set', 'dev', ifname, 'xdpdrv', 'obj', benchFile('xdp_sink.bpf.o'), 'sec', 'xdp'], { netns });
 }
 
-/** Every backend takes what reaches it and drops it right there (ARP and the rest pass). */
-async function installSink(netns: string, ifname: string): Promise<void> {
-  const rules = `table netdev vipr_ns_sink {
-  chain ingress {
-    type filter hook ingress device "${ifname}" priority 0; policy accept;
-    meta protocol ip meta l4proto { tcp, udp } drop
-  }
+async function sinkDrops(netns: string, ifname: string): Promise<number> {
+  const { stdout } = await runIn('ethtool', ['-S', ifname], { netns });
+  return parseXdpDrops(stdout);
 }
-`;
-  const [file, args] = nsenterArgv(netns, 'nft', ['-f', '-']);
-  await run(file, args, { input: rules, timeoutMs: 30_000 });
+
+/**
+ * node1's NIC: a veth pair from ext straight to node1 (no bridge on the way: frames arrive as a
+ * NIC's would), GRO on node1's end so it polls (NAPI) and takes xdp_frames in every mode, no
+ * reverse-path filter (ext's address is routed via the underlay; the replies, of which there
+ * are none, would go there).
+ */
+async function wireNic(plan: LabPlan, node1: NodePlan): Promise<void> {
+  const ext = plan.external;
+  if (!ext) throw new Error(`lab ${plan.name} has no external host`);
+  await runIn('ip', ['link', 'add', 'name', EXT_NIC, 'netns', ext.netns, 'type', 'veth', 'peer', 'name', NODE_NIC, 'netns', node1.netns]);
+  await runIn('ip', ['link', 'set', 'dev', EXT_NIC, 'up'], { netns: ext.netns });
+  await runIn('ip', ['link', 'set', 'dev', NODE_NIC, 'up'], { netns: node1.netns });
+  await runIn('ethtool', ['-K', NODE_NIC, 'gro', 'on'], { netns: node1.netns });
+  await runIn('sysctl', ['-qw', 'net.ipv4.conf.all.rp_filter=0', `net.ipv4.conf.${NODE_NIC}.rp_filter=0`], { netns: node1.netns });
+}
+
+/** SCHED_FIFO priority of the NAPI threads: the kernel's own threaded-IRQ priority. */
+const NAPI_THREAD_PRIORITY = 50;
+/** SCHED_FIFO priority of the generator: the lowest real-time one. */
+const GENERATOR_PRIORITY = 1;
+
+function napiThreads(): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const comm = readFileSync(`/proc/${d}/comm`, 'utf8').trim();
+      if (comm.startsWith('napi/')) out.set(Number(d), comm);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+/**
+ * Gives `ifname`'s NAPI a thread of its own (threaded NAPI: the kernel names it
+ * napi/<ifname>-<id>), pins it to `cpu` and puts it above every process (SCHED_FIFO), where a
+ * NIC's softirq would be: on a busy machine a SCHED_OTHER thread waits behind other processes'
+ * time slices while its 256-frame queue overflows, and the run would time the scheduler.
+ * Returns its pid. The interface must poll already (GRO or an XDP program). Called for one
+ * interface at a time: the new thread is the one that was not there before.
+ */
+async function pinNapiThread(netns: string, ifname: string, cpu: number): Promise<number> {
+  const before = napiThreads();
+  // sysfs shows a namespace's interfaces only to a mount made in it: `ip netns exec` makes one.
+  await run('ip', ['netns', 'exec', netns, 'tee', `/sys/class/net/${ifname}/threaded`], { input: '1', timeoutMs: 30_000 });
+  const fresh = [...napiThreads()].filter(([pid, comm]) => !before.has(pid) && comm.startsWith(`napi/${ifname}-`));
+  const [thread] = fresh;
+  if (fresh.length !== 1 || thread === undefined) {
+    throw new Error(`threaded NAPI on ${ifname} in ${netns}: expected one new napi/${ifname}-* thread, found ${fresh.length}`);
+  }
+  await run('taskset', ['-p', '-c', String(cpu), String(thread[0])], { timeoutMs: 30_000 });
+  await run('chrt', ['-f', '-p', String(NAPI_THREAD_PRIORITY), String(thread[0])], { timeoutMs: 30_000 });
+  return thread[0];
 }
 
 function agentIsReady(log: string): boolean {
@@ -117,7 +181,10 @@ async function nsLabUp(plan: NorthSouthPlan, mode: NorthSouthMode, manifestsDir:
   const [node1, node2] = labPlan.nodes;
   const nodeState = state.nodes[0];
   if (!node1 || !node2 || !nodeState || !labPlan.external) throw new Error(`lab ${name} is not a two-node lab with an external host`);
-  for (const be of [...node1.backends, ...node2.backends]) await installSink(be.netns, be.ifname);
+  if (!labPlan.underlay) throw new Error(`lab ${name} has no underlay`);
+  await wireNic(labPlan, node1);
+  const sinks: Array<[string, string]> = [[labPlan.underlay.netns, node1.name], ...[...node1.backends, ...node2.backends].map((b): [string, string] => [b.netns, b.ifname])];
+  for (const [netns, ifname] of sinks) await installSink(netns, ifname);
   const manifests = northSouthManifests(
     { name: node1.nodeName, backends: node1.backends.map((b) => b.ip) },
     { name: node2.nodeName, backends: node2.backends.map((b) => b.ip) },
@@ -127,7 +194,7 @@ async function nsLabUp(plan: NorthSouthPlan, mode: NorthSouthMode, manifestsDir:
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'north-south.json'), JSON.stringify(manifests));
   const argv = [
-    process.execPath, defaultAgentMain(), 'run', ...northSouthAgentArgs(mode, node1.agentIfaces, node1.underlayIfname as string),
+    process.execPath, defaultAgentMain(), 'run', ...northSouthAgentArgs(mode, node1.agentIfaces, NODE_NIC),
     '--manifests', dir, '--pin-dir', nodeState.pinDir, '--node-name', node1.nodeName, '--node-ip', node1.nodeIp as string,
     '--cluster-cidr', labClusterCidr('ipv4'), '--log-level', 'info',
   ];
@@ -138,8 +205,8 @@ async function nsLabUp(plan: NorthSouthPlan, mode: NorthSouthMode, manifestsDir:
     // An idle agent's periodic resync must not land in a run: what it installed stays.
     if (agent !== null) await stopProcesses([agent], 10_000);
   }
-  const { stdout } = await runIn('ip', ['-j', 'link', 'show', 'dev', node1.underlayIfname as string], { netns: node1.netns });
-  return { mode, name, plan: labPlan, node1, node2, pinDir: nodeState.pinDir, stateDir: state.stateDir, xdp: xdpAttachMode(stdout) };
+  const { stdout } = await runIn('ip', ['-j', 'link', 'show', 'dev', NODE_NIC], { netns: node1.netns });
+  return { mode, name, plan: labPlan, node1, node2, pinDir: nodeState.pinDir, stateDir: state.stateDir, xdp: xdpAttachMode(stdout), sinks, nodeThread: null };
 }
 
 async function flood(lab: NsLab, traffic: NorthSouthTraffic, cpu: number, durationMs: number, signal: AbortSignal, src = FLOOD_SOURCE_IP): Promise<FloodOutput> {
@@ -147,26 +214,30 @@ async function flood(lab: NsLab, traffic: NorthSouthTraffic, cpu: number, durati
   if (!ext) throw new Error(`lab ${lab.name} has no external host`);
   const sources = FLOOD_SOURCES[traffic];
   const args = [
-    '-c', String(cpu), benchBinary('flood'),
-    '--ifname', ext.ifname, '--src-mac', await linkMac(ext.netns, ext.ifname), '--dst-mac', await linkMac(lab.node1.netns, lab.node1.underlayIfname as string),
+    '-c', String(cpu), benchFile('xdp-flood'), '--obj', benchFile('xdp_flood.bpf.o'),
+    '--ifname', EXT_NIC, '--src-mac', await linkMac(ext.netns, EXT_NIC), '--dst-mac', await linkMac(lab.node1.netns, NODE_NIC),
     '--src', src, '--dst', lab.node1.nodeIp as string, '--dport', String(traffic === 'udp' ? UDP_NODE_PORT : TCP_NODE_PORT), '--proto', traffic,
     '--src-ips', String(sources.srcIps), '--src-ports', String(sources.srcPorts), '--duration-ms', String(durationMs),
   ];
-  const [file, argv] = nsenterArgv(ext.netns, 'taskset', args);
+  // SCHED_FIFO, below the NAPI threads (the sinks on its CPU preempt it) and above every process:
+  // a generator that waits behind other processes' time slices leaves node1 idle meanwhile.
+  const [file, argv] = nsenterArgv(ext.netns, 'chrt', ['-f', String(GENERATOR_PRIORITY), 'taskset', ...args]);
   const { stdout } = await run(file, argv, { timeoutMs: durationMs + 30_000, signal });
   const line = stdout.trim().split('\n').pop() ?? '';
   const out = JSON.parse(line) as Partial<FloodOutput>;
-  if (typeof out.sent !== 'number' || typeof out.elapsed_s !== 'number') throw new Error(`flood printed unexpected output: '${line.slice(0, 200)}'`);
+  if (typeof out.sent !== 'number' || typeof out.elapsed_s !== 'number') throw new Error(`xdp-flood printed unexpected output: '${line.slice(0, 200)}'`);
   return out as FloodOutput;
 }
 
 async function delivered(lab: NsLab): Promise<number> {
   let n = 0;
-  for (const be of [...lab.node1.backends, ...lab.node2.backends]) n += await rxPackets(be.netns, be.ifname);
+  for (const [netns, ifname] of lab.sinks) n += await sinkDrops(netns, ifname);
   return n;
 }
 
-const cpuTimes = (cpu: number): CpuTimes => parseCpuTimes(readFileSync('/proc/stat', 'utf8'), cpu);
+function threadRunNs(pid: number): number {
+  return parseSchedstatRunNs(readFileSync(`/proc/${pid}/schedstat`, 'utf8'));
+}
 
 interface Sample {
   mode: NorthSouthMode;
@@ -174,20 +245,21 @@ interface Sample {
   xdp: NorthSouthRow['xdp'];
   sentPps: number;
   deliveredPps: number;
-  softirqNsPerPacket: number;
-  cpuNsPerPacket: number;
+  nodeNsPerPacket: number;
+  nodeBusy: number;
 }
 
 async function measureTraffic(lab: NsLab, traffic: NorthSouthTraffic, plan: NorthSouthPlan, signal: AbortSignal): Promise<Sample> {
+  if (lab.nodeThread === null) throw new Error(`lab ${lab.name}: node1's NAPI thread is not set up`);
   // Warm-up from addresses the measured run does not use, so its "new" flows stay new.
   await flood(lab, traffic, plan.cpu, plan.durations.warmupMs, signal, `${NEW_FLOW_PREFIX}.180`);
   checkAbort(signal);
   const rx0 = await delivered(lab);
-  const cpu0 = cpuTimes(plan.cpu);
+  const run0 = threadRunNs(lab.nodeThread);
   const out = await flood(lab, traffic, plan.cpu, plan.durations.trafficMs, signal);
-  const cpu1 = cpuTimes(plan.cpu);
+  const run1 = threadRunNs(lab.nodeThread);
   const rx1 = await delivered(lab);
-  const f = trafficFigures({ sent: out.sent, elapsedS: out.elapsed_s, delivered: rx1 - rx0, before: cpu0, after: cpu1 });
+  const f = trafficFigures({ sent: out.sent, elapsedS: out.elapsed_s, delivered: rx1 - rx0, nodeRunNs: run1 - run0 });
   return { mode: lab.mode, traffic, xdp: lab.xdp, ...f };
 }
 
@@ -231,7 +303,7 @@ function summarizeRows(samples: readonly Sample[]): NorthSouthRow[] {
     rows.push({
       mode: s.mode, traffic: s.traffic, xdp: s.xdp,
       sentPps: m((x) => x.sentPps), deliveredPps: m((x) => x.deliveredPps),
-      softirqNsPerPacket: m((x) => x.softirqNsPerPacket), cpuNsPerPacket: m((x) => x.cpuNsPerPacket),
+      nodeNsPerPacket: m((x) => x.nodeNsPerPacket), nodeBusy: Math.round(median(g.map((x) => x.nodeBusy)) * 100) / 100,
       rounds: g.length, deliveredPpsByRound: g.map((x) => Math.round(x.deliveredPps)),
     });
   }
@@ -242,7 +314,10 @@ export async function runNorthSouth(o: { plan: NorthSouthPlan; signal: AbortSign
   const started = Date.now();
   const { plan, signal } = o;
   requireRoot('vipr bench --north-south');
-  await ensureBenchProgram('flood');
+  for (const f of ['xdp-flood', 'xdp_flood.bpf.o', 'xdp_sink.bpf.o']) benchFile(f);
+  // node1 on a CPU of its own; the generator and the sinks on --cpu (one CPU: all on it).
+  const other = cpus().findIndex((_, i) => i !== plan.cpu);
+  const nodeCpu = other === -1 ? plan.cpu : other;
   const unavailable: NorthSouthSummary['unavailable'] = [];
   const modes: NorthSouthMode[] = [];
   for (const m of plan.modes) {
@@ -267,7 +342,13 @@ export async function runNorthSouth(o: { plan: NorthSouthPlan; signal: AbortSign
     const failed = ups.find((up): up is PromiseRejectedResult => up.status === 'rejected');
     if (failed) throw failed.reason;
     checkAbort(signal);
-    for (const lab of labs) if (lab.mode === 'xdp') o.onProgress(`xdp: attached ${lab.xdp} on ${lab.node1.underlayIfname}`);
+    // One interface at a time: each new NAPI thread is found as the one that was not there before.
+    for (const lab of labs) {
+      lab.nodeThread = await pinNapiThread(lab.node1.netns, NODE_NIC, nodeCpu);
+      for (const [netns, ifname] of lab.sinks) await pinNapiThread(netns, ifname, plan.cpu);
+    }
+    o.onProgress(`node1's NIC polled on CPU ${nodeCpu}; the generator and the sinks on CPU ${plan.cpu}`);
+    for (const lab of labs) if (lab.mode === 'xdp') o.onProgress(`xdp: attached ${lab.xdp} on ${NODE_NIC}`);
     for (let round = 1; round <= plan.rounds; round++) {
       for (const lab of labs) {
         for (const traffic of NORTH_SOUTH_TRAFFIC) {
@@ -276,8 +357,8 @@ export async function runNorthSouth(o: { plan: NorthSouthPlan; signal: AbortSign
           samples.push(s);
           o.onProgress(
             `[round ${round}/${plan.rounds}] ${lab.mode} ${traffic}: sent ${Math.round(s.sentPps).toLocaleString('en-US')}/s, ` +
-              `delivered ${Math.round(s.deliveredPps).toLocaleString('en-US')}/s, softirq ${Math.round(s.softirqNsPerPacket)} ns/packet, ` +
-              `CPU ${Math.round(s.cpuNsPerPacket)} ns/packet`,
+              `delivered ${Math.round(s.deliveredPps).toLocaleString('en-US')}/s, node ${Math.round(s.nodeNsPerPacket)} ns/packet ` +
+              `(busy ${Math.round(s.nodeBusy * 100)}%)`,
           );
         }
       }
@@ -313,5 +394,5 @@ export async function runNorthSouth(o: { plan: NorthSouthPlan; signal: AbortSign
     const i = rows.find((r) => r.mode === 'iptables' && r.traffic === t);
     if (x && i && i.deliveredPps > 0) xdpOverIptables[t] = Math.round((x.deliveredPps / i.deliveredPps) * 100) / 100;
   }
-  return { env, northSouth: { rows, xdpPaths, unavailable, xdpOverIptables } };
+  return { env, northSouth: { rows, nodeCpu, xdpPaths, unavailable, xdpOverIptables } };
 }

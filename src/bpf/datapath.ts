@@ -471,24 +471,33 @@ export function attachInterface(dp: LoadedDatapath, iface: string, mode: AttachM
   return out;
 }
 
+/** `vipr run --xdp-mode`: which XDP attach mode to use. */
+export type XdpMode = 'auto' | 'native' | 'generic';
+export const XDP_MODES: readonly XdpMode[] = ['auto', 'native', 'generic'];
+
 /**
- * Attaches the XDP program to `iface`: native (driver) mode where the driver has it, generic
- * (skb) mode otherwise. Returns which; the TC programs on the same interface handle whatever
- * XDP passes on, so where XDP cannot attach at all, TC alone serves the traffic.
+ * Attaches the XDP program to `iface` and returns how. `auto`: native (driver) mode where the
+ * driver has it, generic (skb) mode otherwise, and generic on veth; where XDP cannot attach at
+ * all, TC alone serves the traffic (the TC programs on the same interface handle whatever XDP
+ * passes on). `native` / `generic`: that mode or a ConfigError naming the interface and why.
  */
-export function attachXdp(dp: LoadedDatapath, iface: string): Attachment['how'] {
+export function attachXdp(dp: LoadedDatapath, iface: string, mode: XdpMode = 'auto'): Attachment['how'] {
   const ifindex = libbpf.ifNameToIndex(iface);
   if (ifindex === 0) throw new ConfigError(`--xdp ${iface}: no such interface in this network namespace`);
   const fd = dp.xdpProgram();
   const modes = [[libbpf.XDP_FLAGS_DRV_MODE, 'xdp-native'], [libbpf.XDP_FLAGS_SKB_MODE, 'xdp-generic']] as const;
-  // veth's native XDP_TX parks frames in the peer's queue until the peer's next poll: a
-  // forwarded SYN waits for the next packet to arrive (measured: seconds). Generic mode sends
-  // at once. Real NICs' drivers do not have this problem.
   const driver = interfaceDriver(iface);
-  if (driver === 'veth') log.info({ iface }, 'veth: using generic XDP (native XDP_TX on veth delays frames until the peer polls)');
+  // veth's native XDP_TX and XDP_REDIRECT hand frames to the peer's NAPI poll: with no XDP
+  // program and GRO off on the peer there is none, and the frames are dropped (a forwarded SYN
+  // never arrives). Generic mode sends skbs, which any peer takes. `native` is for labs that
+  // give the peers NAPI (ethtool -K PEER gro on), as a NIC's receive side always has.
+  const auto = driver === 'veth' ? modes.slice(1) : modes;
+  const tried = mode === 'native' ? modes.slice(0, 1) : mode === 'generic' ? modes.slice(1) : auto;
+  if (mode === 'auto' && driver === 'veth') log.info({ iface }, 'veth: using generic XDP (native XDP_TX on veth needs NAPI on the peer)');
   // Native and generic programs exclude each other: drop ours in the mode we are not using.
   const prev = readClsactRecord(dp.pinDir).find((a) => a.iface === iface && a.direction === 'xdp');
-  for (const [flags, how] of driver === 'veth' ? modes.slice(1) : modes) {
+  let lastError: unknown = null;
+  for (const [flags, how] of tried) {
     if (prev && prev.how !== how) {
       libbpf.xdpDetach(ifindex, prev.how === 'xdp-native' ? libbpf.XDP_FLAGS_DRV_MODE : libbpf.XDP_FLAGS_SKB_MODE, iface);
     }
@@ -498,8 +507,15 @@ export function attachXdp(dp: LoadedDatapath, iface: string): Attachment['how'] 
       log.info({ iface, how }, 'XDP attached');
       return how;
     } catch (err) {
+      lastError = err;
       log.info({ iface, how, err: (err as Error).message }, 'XDP mode unavailable');
     }
+  }
+  if (mode !== 'auto') {
+    throw new ConfigError(
+      `--xdp-mode ${mode}: XDP cannot attach to ${iface} in ${mode} mode (${(lastError as Error).message}); use --xdp-mode auto`,
+      { cause: lastError },
+    );
   }
   log.warn({ iface }, 'XDP cannot attach here; TC alone handles this interface');
   return 'tc';

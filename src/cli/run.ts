@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import type { Server } from 'node:http';
 import type { ParseArgsConfig } from 'node:util';
-import { LoadedDatapath, attachInterface, attachXdp, forgetInterface, requireRoot, type AttachMode } from '../bpf/datapath.js';
+import { LoadedDatapath, XDP_MODES, attachInterface, attachXdp, forgetInterface, requireRoot, type AttachMode, type XdpMode } from '../bpf/datapath.js';
 import { SocketLb, decideSocketLb, describeSocketLb, detachSocketLb, parseSocketLbChoice, socketLbStatus, type SocketLbDecision } from '../bpf/socket-lb.js';
 import { servedFamilies } from '../model/build.js';
 import { resolveOptions } from '../render/options.js';
@@ -65,6 +65,10 @@ dataplane:
   --attach auto|tcx|tc       TCX links (kernel >= 6.6) or clsact filters (default auto)
   --xdp IF                   also attach XDP to IF, an interface facing a NIC (NodePort/LB from
                              outside); native mode where the driver has it, else generic
+  --xdp-mode auto|native|generic
+                             how --xdp attaches: auto (default: native where the driver has it,
+                             generic on veth and elsewhere), or only that mode (an error if IF
+                             cannot take it). Native on veth needs NAPI on the peer (GRO on)
   --socket-lb on|off         socket-level load balancing for the node's own processes and pods:
                              connect()/sendmsg() to a Service go straight to a backend (cgroup v2
                              hooks). Default on where the kernel and a cgroup v2 mount allow it
@@ -112,6 +116,7 @@ const OPTIONS = {
   'node-name': { type: 'string' },
   'node-ip': { type: 'string', multiple: true, default: [] as string[] },
   xdp: { type: 'string', multiple: true, default: [] as string[] },
+  'xdp-mode': { type: 'string', default: 'auto' },
   'socket-lb': { type: 'string' },
   'socket-lb-host-ns-only': { type: 'boolean', default: false },
   'cgroup-root': { type: 'string' },
@@ -236,6 +241,13 @@ export async function run(argv: string[]): Promise<number> {
   if (mode !== 'bpf' && (values.xdp.length > 0 || scheduler !== 'random')) {
     throw new ConfigError(`--xdp and --scheduler are for --mode bpf (use --ipvs-scheduler in ipvs mode)`);
   }
+  const xdpMode = values['xdp-mode'];
+  if (!(XDP_MODES as readonly string[]).includes(xdpMode)) {
+    throw new ConfigError(`--xdp-mode ${xdpMode}: expected one of ${XDP_MODES.join(', ')}`);
+  }
+  if (xdpMode !== 'auto' && values.xdp.length === 0) {
+    throw new ConfigError(`--xdp-mode ${xdpMode} says how --xdp attaches: give --xdp IF too`);
+  }
   if (values.manifests !== undefined && !existsSync(values.manifests)) {
     throw new ConfigError(`--manifests ${values.manifests}: no such directory`);
   }
@@ -247,7 +259,7 @@ export async function run(argv: string[]): Promise<number> {
     throw new ConfigError('--socket-lb, --socket-lb-host-ns-only and --cgroup-root are for --mode bpf (the other modes serve the node through their OUTPUT chains)');
   }
   const socketLb = mode === 'bpf' ? decideSocketLb(parseSocketLbChoice(values['socket-lb']), values['cgroup-root']) : null;
-  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler, lbMode: lbMode as LbMode, socketLb, ct, snatPorts });
+  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler, lbMode: lbMode as LbMode, socketLb, ct, snatPorts, xdpMode: xdpMode as XdpMode });
 }
 
 function parseCtMax(option: string, raw: string | undefined): number | undefined {
@@ -321,6 +333,7 @@ async function runAgent(
     socketLb: SocketLbDecision | null;
     ct: CtSizes;
     snatPorts: [number, number];
+    xdpMode: XdpMode;
   },
 ): Promise<number> {
   const log = componentLogger('run');
@@ -335,6 +348,9 @@ async function runAgent(
     const loaded = LoadedDatapath.load(pinDir, process.env.VIPR_TC_OBJECT || undefined, { ctSizes: o.ct });
     datapath = loaded;
     log.info({ ...loaded.ctMaxEntries }, 'conntrack map sizes');
+    if (o.lbMode !== 'snat') {
+      log.info({ lbMode: o.lbMode }, `--lb-mode ${o.lbMode}: IPv4 frontends only; IPv6 NodePort, LoadBalancer and external IPs stay on SNAT (vipr carries the frontend in an IPv4 option)`);
+    }
     // The kube-proxy flags both families share, checked as the fallback modes check them.
     const render = renderOptionsFromCli(values);
     dataplane = new BpfDataplane(loaded.maps, pinDir, {
@@ -431,7 +447,7 @@ async function runAgent(
         },
         (iface) => forgetInterface(pinDir, iface),
       );
-      for (const iface of values.xdp) attachXdp(loaded, iface);
+      for (const iface of values.xdp) attachXdp(loaded, iface, o.xdpMode);
       if (o.socketLb !== null) {
         sockLb = startSocketLb(o.socketLb, values['socket-lb'] === 'on', pinDir, {
           hostNsOnly: values['socket-lb-host-ns-only'],

@@ -35,6 +35,8 @@ test.each([
   ['no interface', ['run', '--manifests', dir], /at least one --iface IF is required/],
   ['missing manifests dir', ['render', '--mode', 'iptables', '--manifests', '/nonexistent/dir'], /\/nonexistent\/dir/],
   ['bad scheduler', ['run', '--manifests', dir, '--iface', 'lo', '--scheduler', 'fastest'], /--scheduler fastest: expected one of random, rr, sh, maglev, lc/],
+  ['bad XDP mode', ['run', '--manifests', dir, '--iface', 'lo', '--xdp', 'lo', '--xdp-mode', 'fast'], /--xdp-mode fast: expected one of auto, native, generic/],
+  ['XDP mode without --xdp', ['run', '--manifests', dir, '--iface', 'lo', '--xdp-mode', 'native'], /--xdp-mode native says how --xdp attaches: give --xdp IF too/],
 ])('%s', async (_what, args, pattern) => {
   oneLine(await vipr(args), pattern);
 });
@@ -116,6 +118,15 @@ describe('in a network namespace of the test', () => {
       expect(res.ms).toBeLessThan(5000);
       expect(existsSync(pin)).toBe(false); // nothing was loaded
     });
+  });
+
+  test('--xdp-mode native where the driver has no native XDP (loopback): one line naming the interface and the fix', async () => {
+    const pin = join(bpffs, 'xdp-native');
+    const res = await viprInNetns(['run', '--manifests', dir, ...agentArgs(pin), '--socket-lb', 'off', '--xdp', 'lo', '--xdp-mode', 'native'], 30_000);
+    oneLine(res, /^vipr: --xdp-mode native: XDP cannot attach to lo in native mode \(.*EOPNOTSUPP.*\); use --xdp-mode auto$/);
+    const link = await runProgram('ip', ['-n', netns, '-j', 'link', 'show', 'lo']);
+    expect(JSON.parse(link.stdout)[0].xdp).toBeUndefined();
+    expect((await viprInNetns(['cleanup', '--pin-dir', pin])).code).toBe(0);
   });
 
   test('cleanup refuses the bpffs root and leaves every object in it alone', async () => {

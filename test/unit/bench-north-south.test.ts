@@ -8,7 +8,7 @@ import { parseEndpointSlice, parseService } from '../../src/sources/parse.js';
 import { clusterObjects } from '../../src/sync/tracker.js';
 import { ipv4Frame, parseIpv4Frame } from '../../src/bench/frames.js';
 import {
-  REFUSED_LB_IP, TCP_NODE_PORT, UDP_NODE_PORT, northSouthAgentArgs, northSouthLabName, northSouthManifests, parseCpuTimes, trafficFigures, xdpAttachMode,
+  REFUSED_LB_IP, TCP_NODE_PORT, UDP_NODE_PORT, northSouthAgentArgs, northSouthLabName, northSouthManifests, parseSchedstatRunNs, parseXdpDrops, trafficFigures, xdpAttachMode,
 } from '../../src/bench/north-south-plan.js';
 import { parseNorthSouthModes, run } from '../../src/cli/bench.js';
 import { labNameProblem } from '../../src/lab/topology.js';
@@ -29,22 +29,32 @@ function l4Verifies(frame: Buffer): boolean {
   return onesSum(Buffer.concat([pseudo, l4])) === 0xffff;
 }
 
-const PROC_STAT = `cpu  100 0 200 5000 10 0 30 0 0 0
-cpu0 50 0 100 2500 5 0 10 0 0 0
-cpu1 50 1 100 2500 5 2 20 7 0 0
-intr 12345
+/* veth's ethtool -S with an XDP program, two receive queues (the sink sums them). */
+const ETHTOOL_S = `NIC statistics:
+     peer_ifindex: 2
+     rx_queue_0_xdp_packets: 1237872
+     rx_queue_0_xdp_bytes: 74272316
+     rx_queue_0_xdp_drops: 1007279
+     rx_queue_1_xdp_drops: 21
+     rx_queue_0_xdp_tx: 0
 `;
 
-describe('north-south CPU figures', () => {
-  test('reads one CPU from /proc/stat: busy is user + nice + system + irq + softirq, without idle, iowait or steal', () => {
-    expect(parseCpuTimes(PROC_STAT, 1)).toEqual({ busy: 50 + 1 + 100 + 2 + 20, softirq: 20 });
-    expect(() => parseCpuTimes(PROC_STAT, 2)).toThrow('/proc/stat has no line for cpu2');
+describe('north-south figures', () => {
+  test('schedstat: the first field is the ns the thread ran; anything else is refused', () => {
+    expect(parseSchedstatRunNs('12345678901 2222 333\n')).toBe(12_345_678_901);
+    expect(() => parseSchedstatRunNs('')).toThrow('unexpected schedstat');
+    expect(() => parseSchedstatRunNs('x 1 2')).toThrow("unexpected schedstat 'x 1 2'");
   });
 
-  test('per delivered packet, in ns (USER_HZ ticks of 10 ms), and rates over the elapsed time', () => {
-    const f = trafficFigures({ sent: 200_000, elapsedS: 2, delivered: 100_000, before: { busy: 1000, softirq: 400 }, after: { busy: 1200, softirq: 450 } });
-    expect(f).toEqual({ sentPps: 100_000, deliveredPps: 50_000, softirqNsPerPacket: 5000, cpuNsPerPacket: 20_000 });
-    expect(trafficFigures({ sent: 10, elapsedS: 1, delivered: 0, before: { busy: 0, softirq: 0 }, after: { busy: 5, softirq: 5 } }).softirqNsPerPacket).toBe(0);
+  test('the sink counts what its XDP program dropped, every queue; an interface without one is refused', () => {
+    expect(parseXdpDrops(ETHTOOL_S)).toBe(1_007_300);
+    expect(() => parseXdpDrops('NIC statistics:\n     peer_ifindex: 2\n')).toThrow('no rx_queue_<n>_xdp_drops');
+  });
+
+  test('rates over the elapsed time; the node thread\'s CPU per delivered packet and its share of the run', () => {
+    const f = trafficFigures({ sent: 2_000_000, elapsedS: 2, delivered: 1_000_000, nodeRunNs: 1.5e9 });
+    expect(f).toEqual({ sentPps: 1_000_000, deliveredPps: 500_000, nodeNsPerPacket: 1500, nodeBusy: 0.75 });
+    expect(trafficFigures({ sent: 10, elapsedS: 1, delivered: 0, nodeRunNs: 5e6 })).toEqual({ sentPps: 10, deliveredPps: 0, nodeNsPerPacket: 0, nodeBusy: 0.005 });
   });
 
   test('XDP attach mode from ip -j link: 1 native, 2 generic, none without a program', () => {
@@ -84,10 +94,10 @@ describe('north-south Services', () => {
     for (const needle of [String(UDP_NODE_PORT), String(TCP_NODE_PORT), REFUSED_LB_IP, '10.244.2.2', '10.244.1.3']) expect([needle, text.includes(needle)]).toEqual([needle, true]);
   });
 
-  test('agent flags per mode: XDP on the underlay only for xdp, socket LB off in both BPF modes', () => {
-    expect(northSouthAgentArgs('xdp', ['eth0', 'vbe1'], 'eth0')).toEqual(['--iface', 'eth0', '--iface', 'vbe1', '--xdp', 'eth0', '--socket-lb', 'off']);
-    expect(northSouthAgentArgs('tc', ['eth0'], 'eth0')).toEqual(['--iface', 'eth0', '--socket-lb', 'off']);
-    expect(northSouthAgentArgs('iptables', ['eth0'], 'eth0')).toEqual(['--mode', 'iptables', '--iptables-backend', 'legacy']);
+  test('agent flags per mode: both BPF modes on the NIC too, XDP native on it only for xdp, socket LB off', () => {
+    expect(northSouthAgentArgs('xdp', ['eth0', 'vbe1'], 'nic0')).toEqual(['--iface', 'eth0', '--iface', 'vbe1', '--iface', 'nic0', '--xdp', 'nic0', '--xdp-mode', 'native', '--socket-lb', 'off']);
+    expect(northSouthAgentArgs('tc', ['eth0'], 'nic0')).toEqual(['--iface', 'eth0', '--iface', 'nic0', '--socket-lb', 'off']);
+    expect(northSouthAgentArgs('iptables', ['eth0'], 'nic0')).toEqual(['--mode', 'iptables', '--iptables-backend', 'legacy']);
   });
 
   test('lab names are valid lab names', () => {
