@@ -44,7 +44,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 		|| { echo 'koffi cannot load libbpf.so.1: is libbpf1 installed?'; exit 1; }
 	@touch $@
 
-BENCH_BIN := bench/bin/rr bench/bin/responder bench/bin/flood bench/bin/xdp_paths.bpf.o
+BENCH_BIN := bench/bin/rr bench/bin/responder bench/bin/xdp_paths.bpf.o
 BENCH_BIN += bench/bin/xdp-flood bench/bin/xdp_flood.bpf.o bench/bin/xdp_sink.bpf.o
 
 build: bpf ts bench-bin

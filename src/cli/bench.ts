@@ -78,11 +78,12 @@ disruption soak (--disruption; with --quick: 30 churns, 2 restarts, 3 watch drop
 
 north-south (--north-south; with --quick: 0.4 s per run, 1 round):
   Packets per second from outside the cluster: in a two-node lab per mode (xdp, tc, iptables,
-  nftables, and ipvs where the kernel has it), the external host sends frames (bench/flood.c,
-  pinned to --cpu) to node1's NodePorts: UDP on 64 tracked flows to node2's pods (node1 DNATs,
-  SNATs and forwards), and TCP SYNs from 16 x 64,512 sources to node1's pods (every SYN a new
-  flow). Reports packets per second sent and delivered to the backends, CPU time per packet
-  (softirq and all), how XDP attached (native or generic), and, for xdp, each XDP path's cost
+  nftables, and ipvs where the kernel has it), the external host sends frames (bench/xdp-flood.c:
+  XDP live frames, no skb, pinned to --cpu) over a cable of its own into node1's NIC, polled on
+  another CPU, to node1's NodePorts: UDP on 64 tracked flows to node2's pods (node1 DNATs, SNATs
+  and forwards), and TCP SYNs from 16 x 64,512 sources to node1's pods (every SYN a new flow).
+  Reports packets per second sent and delivered (counted by XDP sinks where node1's output
+  lands), node1's CPU time per packet, how XDP attached (native), and, for xdp, each XDP path's cost
   in ns from BPF_PROG_TEST_RUN. --modes takes these modes; --rounds (default 3) and --backends
   (per node, default 2) apply.
 

@@ -1,7 +1,7 @@
 /*
- * The lab's traffic programs (bench/rr.c, a load generator, bench/responder.c, and bench/flood.c,
- * the north-south packet generator): where they are, and building them when `make build` has not
- * (same flags as the Makefile rule). The bench and the VM lab both run them, so they live here,
+ * The lab's traffic programs (bench/rr.c, a load generator, and bench/responder.c): where they
+ * are, and building them when `make build` has not (same flags as the Makefile rule). The
+ * north-south generator (bench/xdp-flood.c) links libbpf and loads BPF objects: `make build` only. The bench and the VM lab both run them, so they live here,
  * below both.
  */
 import { existsSync, mkdirSync, statSync } from 'node:fs';
@@ -10,7 +10,7 @@ import { packageRoot } from '../paths.js';
 import { ConfigError, ToolError } from '../errors.js';
 import { run } from '../process/run.js';
 
-export const BENCH_PROGRAMS = ['rr', 'responder', 'flood'] as const;
+export const BENCH_PROGRAMS = ['rr', 'responder'] as const;
 export type BenchProgram = (typeof BENCH_PROGRAMS)[number];
 
 export function benchSource(program: BenchProgram): string {
