@@ -369,6 +369,12 @@ export function buildServiceEntries(
   const lbMode = lbModeOf(svc, warn);
   const out: ServiceEntry[] = [];
   for (const addrs of familyAddresses(svc)) {
+    if (addrs.family === 'IPv6' && (lbMode === 'dsr' || lbMode === 'hybrid') && svc.type !== 'ClusterIP') {
+      warn(
+        `Service ${name}: annotation ${LB_MODE_ANNOTATION} ${JSON.stringify(lbMode)} applies to its IPv4 frontends only; ` +
+          `the IPv6 ones use SNAT (vipr carries the frontend in an IPv4 option)`,
+      );
+    }
     // Only this family's slices (the caller hands over all of a Service's slices).
     const ofFamily = slicesOfFamily(slices, addrs.family);
     for (const port of svc.ports) {

@@ -247,6 +247,23 @@ describe('buildDesiredState', () => {
     ]);
   });
 
+  it('says that a dsr or hybrid annotation leaves a dual-stack Service\'s IPv6 frontends on SNAT', () => {
+    const warnings: string[] = [];
+    const dual: Partial<ServiceObject> = { type: 'NodePort', ipFamilies: ['IPv4', 'IPv6'], ipFamilyPolicy: 'PreferDualStack' };
+    buildDesiredState(
+      objects([
+        service({ name: 'a', clusterIPs: ['10.0.0.1', 'fd00:10:96::1'], annotations: { 'vipr.io/lb-mode': 'dsr' }, ...dual }),
+        service({ name: 'b', clusterIPs: ['10.0.0.2', 'fd00:10:96::2'], annotations: { 'vipr.io/lb-mode': 'snat' }, ...dual }),
+        service({ name: 'c', clusterIPs: ['10.0.0.3'], annotations: { 'vipr.io/lb-mode': 'dsr' }, type: 'NodePort' }),
+      ]),
+      { ...node, ips: ['192.168.0.10', 'fd00:192:168::10'] },
+      (m) => warnings.push(m),
+    );
+    expect(warnings).toEqual([
+      'Service default/a: annotation vipr.io/lb-mode "dsr" applies to its IPv4 frontends only; the IPv6 ones use SNAT (vipr carries the frontend in an IPv4 option)',
+    ]);
+  });
+
   it('sorts entries by key regardless of input order', () => {
     const state = buildDesiredState(
       objects([
