@@ -134,7 +134,9 @@ export async function startInNetns(opts: StartOptions): Promise<StartedProcess> 
         if (Date.now() > deadline) {
           const startTime = processStartTime(pid);
           const started = startTime === null ? null : { pid, startTime, argv: [file, ...args] };
-          throw new ProcessStartError(`${shown} not ready after ${opts.timeoutMs} ms (log ${opts.log})`, started);
+          // Its last lines say where it stopped (a start-up that stalls rather than fails).
+          const tail = (await logTail(opts.log, 3)).join(' | ');
+          throw new ProcessStartError(`${shown} not ready after ${opts.timeoutMs} ms (log ${opts.log}${tail ? `: ${tail}` : ''})`, started);
         }
       }
       await sleep(50);
