@@ -34,7 +34,7 @@ import { IPPROTO_TCP, SCOPE_EXTERNAL } from '../bpf/layouts.js';
 import { spawn } from 'node:child_process';
 import { nsenterArgv, run } from '../lab/exec.js';
 import { AGENT_READY_MSG, defaultAgentMain } from '../lab/lab.js';
-import { startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
+import { logTail, startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
 import { FakeApiServer, type KubeObject } from '../lab/fake-apiserver/server.js';
 import { kubeconfigFor } from '../lab/fake-apiserver/kubeconfig.js';
 import { nftServicePortChainNameBase, servicePortChainName } from '../render/hash.js';
@@ -230,6 +230,11 @@ function logHasReady(text: string): boolean {
   return text.split('\n').some((l) => l.startsWith('{') && l.includes(`"msg":"${AGENT_READY_MSG}"`));
 }
 
+/** The churn agent's log, in the lab's state dir. */
+function churnAgentLog(o: ChurnOptions): string {
+  return join(o.logDir, `agent-churn-${o.services}.log`);
+}
+
 /** One change of the stream: which Service, when it was written, the endpoint count it leaves. */
 interface Change {
   index: number;
@@ -271,7 +276,7 @@ export async function measureChurn(o: ChurnOptions): Promise<ChurnResult> {
         process.execPath, defaultAgentMain(), 'run', '--kubeconfig', kubeconfig, ...o.agentArgs,
         '--pin-dir', o.pinDir, '--node-name', 'node', '--min-sync-period', '0s', '--log-level', 'info',
       ],
-      log: join(o.logDir, `agent-churn-${o.services}.log`),
+      log: churnAgentLog(o),
       ready: logHasReady,
       timeoutMs: AGENT_START_TIMEOUT_MS,
     }));
@@ -331,8 +336,10 @@ async function stream(o: ChurnOptions, api: FakeApiServer, probe: DataplaneProbe
       if (writing.done && deadline === Number.POSITIVE_INFINITY) deadline = performance.now() + CHURN_SETTLE_TIMEOUT_MS;
       if (performance.now() > deadline) {
         const late = [...pending.values()].slice(0, 3).map((c) => `${serviceName(c.index)} → ${c.endpoints} endpoints`);
+        // The agent's last lines (its syncs and their durations, or its errors) say which side lagged.
+        const tail = (await logTail(churnAgentLog(o), 3)).join(' | ');
         throw new Error(
-          `${o.mode}: ${pending.size} of ${written} endpoint changes were not in the dataplane ${CHURN_SETTLE_TIMEOUT_MS / 1000} s after the last one (${late.join(', ')})`,
+          `${o.mode}: ${pending.size} of ${written} endpoint changes were not in the dataplane ${CHURN_SETTLE_TIMEOUT_MS / 1000} s after the last one (${late.join(', ')}); agent log: ${tail}`,
         );
       }
       if (pending.size === 0) {
