@@ -371,6 +371,10 @@ static __always_inline bool ct4_claim_reply(const struct vipr_ct_key *rep_key,
 
 	if (tcp && bpf_map_lookup_elem(&vipr_ct_tcp_v1, rep_key))
 		return false;
+	/* A taken port fails here, not in the update: an LRU update takes a free node before it
+	 * looks for the key, and with the map full that evicts live flows even when it then fails. */
+	if (bpf_map_lookup_elem(ct4_new_map(rep_key->proto), rep_key))
+		return false;
 	if (bpf_map_update_elem(ct4_new_map(rep_key->proto), rep_key, val, BPF_NOEXIST))
 		return false;
 	if (tcp && bpf_map_lookup_elem(&vipr_ct_tcp_v1, rep_key)) {
@@ -405,11 +409,32 @@ static long snat_try_port(__u32 i, void *data)
 }
 
 /*
+ * Whether a walk of the SNAT ports of @range (a reply key with port 0, in @map: vipr_snat_full_v1
+ * or vipr_snat_full6_v1) found none free less than VIPR_SNAT_FULL_NS ago; with @walked_in_vain,
+ * records that one just did.
+ */
+static __always_inline bool snat_range_full(void *map, const void *range, __u64 now, bool walked_in_vain)
+{
+	struct vipr_snat_full *full;
+
+	if (walked_in_vain) {
+		struct vipr_snat_full until = { .until_ns = now + VIPR_SNAT_FULL_NS };
+
+		bpf_map_update_elem(map, range, &until, BPF_ANY);
+		return true;
+	}
+	full = bpf_map_lookup_elem(map, range);
+	return full && (__s64)(full->until_ns - now) > 0;
+}
+
+/*
  * Picks a free SNAT source port for @s->rep_key: a few random tries (cheap while the range is
  * mostly free), then every port of the range in order from a random start, so a flow is dropped
- * only when the whole range is taken for this backend. Returns the port (network order) or 0.
+ * only when the whole range is taken for this backend; after such a walk, flows to the backend
+ * are dropped without one for VIPR_SNAT_FULL_NS (a flood of new sources would otherwise make
+ * every packet walk the range). Returns the port (network order) or 0.
  */
-static __always_inline __be16 ct4_snat_port(struct snat_search *s, const struct vipr_config *cfg)
+static __always_inline __be16 ct4_snat_port(struct snat_search *s, const struct vipr_config *cfg, __u64 now)
 {
 	int i;
 
@@ -421,8 +446,17 @@ static __always_inline __be16 ct4_snat_port(struct snat_search *s, const struct 
 		if (ct4_claim_reply(&s->rep_key, &s->val))
 			return s->rep_key.dport;
 	}
+	/* The range's key: the reply key with port 0. */
+	s->rep_key.dport = 0;
+	if (snat_range_full(&vipr_snat_full_v1, &s->rep_key, now, false))
+		return 0;
+	stats_count(VIPR_STAT_SNAT_PORT_WALK, 0);
 	s->start = bpf_get_prandom_u32() % s->span;
 	bpf_loop(s->span, snat_try_port, s, 0);
+	if (!s->port) {
+		s->rep_key.dport = 0;
+		snat_range_full(&vipr_snat_full_v1, &s->rep_key, now, true);
+	}
 	return s->port;
 }
 
@@ -459,7 +493,7 @@ static __always_inline __be16 ct4_create(const struct packet *pkt, const struct 
 		s.val.snat_addr = pkt->saddr;
 		s.val.snat_port = pkt->sport;
 		s.rep_key.daddr = n->snat_addr;
-		sport = ct4_snat_port(&s, cfg);
+		sport = ct4_snat_port(&s, cfg, now);
 		if (!sport)
 			return 0;
 	} else {

@@ -219,6 +219,9 @@ static __always_inline bool ct6_claim_reply(const struct vipr_ct6_key *rep_key,
 
 	if (tcp && bpf_map_lookup_elem(&vipr_ct6_tcp_v1, rep_key))
 		return false;
+	/* As ct4_claim_reply: a taken port fails before the LRU update could evict a live flow. */
+	if (bpf_map_lookup_elem(ct6_new_map(rep_key->proto), rep_key))
+		return false;
 	if (bpf_map_update_elem(ct6_new_map(rep_key->proto), rep_key, val, BPF_NOEXIST))
 		return false;
 	if (tcp && bpf_map_lookup_elem(&vipr_ct6_tcp_v1, rep_key)) {
@@ -252,8 +255,11 @@ static long snat6_try_port(__u32 i, void *data)
 	return 1;
 }
 
-/* As ct4_snat_port: a few random tries, then the whole range in order from a random start. */
-static __always_inline __be16 ct6_snat_port(struct snat6_search *s, const struct vipr_config *cfg)
+/*
+ * As ct4_snat_port: a few random tries, then the whole range in order from a random start, not
+ * again for VIPR_SNAT_FULL_NS after it found nothing.
+ */
+static __always_inline __be16 ct6_snat_port(struct snat6_search *s, const struct vipr_config *cfg, __u64 now)
 {
 	int i;
 
@@ -265,8 +271,16 @@ static __always_inline __be16 ct6_snat_port(struct snat6_search *s, const struct
 		if (ct6_claim_reply(&s->rep_key, &s->val))
 			return s->rep_key.dport;
 	}
+	s->rep_key.dport = 0;
+	if (snat_range_full(&vipr_snat_full6_v1, &s->rep_key, now, false))
+		return 0;
+	stats_count(VIPR_STAT_SNAT_PORT_WALK, 0);
 	s->start = bpf_get_prandom_u32() % s->span;
 	bpf_loop(s->span, snat6_try_port, s, 0);
+	if (!s->port) {
+		s->rep_key.dport = 0;
+		snat_range_full(&vipr_snat_full6_v1, &s->rep_key, now, true);
+	}
 	return s->port;
 }
 
@@ -297,7 +311,7 @@ static __noinline __attribute__((unused)) __be16 ct6_create(const struct packet6
 		ipv6_copy(s.val.snat_addr, pkt->saddr);
 		s.val.snat_port = pkt->sport;
 		ipv6_copy(s.rep_key.daddr, n->snat_addr);
-		sport = ct6_snat_port(&s, cfg);
+		sport = ct6_snat_port(&s, cfg, now);
 		if (!sport)
 			return 0;
 	} else {

@@ -156,6 +156,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_icmp_bucket_v1 SEC(".maps");
 
+/* Backends whose SNAT port range a walk found full (struct vipr_snat_full), per family. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_ct_key);
+	__type(value, struct vipr_snat_full);
+	__uint(max_entries, VIPR_SNAT_FULL_ENTRIES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_snat_full_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_ct6_key);
+	__type(value, struct vipr_snat_full);
+	__uint(max_entries, VIPR_SNAT_FULL_ENTRIES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_snat_full6_v1 SEC(".maps");
+
 /*
  * XDP's flow cache (struct vipr_xdp_flow). Declared with the other maps, not in the XDP object
  * alone, so the agent always has it to empty when it cuts flows. Per-CPU LRU lists: a flow is

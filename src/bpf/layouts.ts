@@ -94,6 +94,9 @@ export const XdpFlow = defineStruct('vipr_xdp_flow', [
   ['pad', 'pad', 3],
 ] as const);
 
+/* Until when a backend's SNAT port range was found full (struct vipr_snat_full, keyed by a reply key with port 0). */
+export const SnatFull = defineStruct('vipr_snat_full', [['until_ns', 'u64']] as const);
+
 export const Config = defineStruct('vipr_config', [
   ['snat_addr', 'ipv4'],
   ['cluster_cidr', 'ipv4'],
@@ -361,6 +364,7 @@ export const STAT_NAMES = [
   'dsr_decap',
   'drop_dsr_mtu',
   'xdp_flow_cache_hit',
+  'snat_port_walk',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 
@@ -407,6 +411,8 @@ export const MAPS = {
   fragments6: spec('vipr_fragments6_v1', Frag6Key, FragPorts),
   sockRev6: spec('vipr_sock_rev6_v1', SockRev6Key, SockRev6Value),
   xdpFlows: spec('vipr_xdp_flows_v1', CtKey, XdpFlow),
+  snatFull: spec('vipr_snat_full_v1', CtKey, SnatFull),
+  snatFull6: spec('vipr_snat_full6_v1', Ct6Key, SnatFull),
 } as const;
 
 export type MapRole = keyof typeof MAPS;

@@ -1,8 +1,10 @@
 /*
  * SNAT source ports: a flow to a remote backend is dropped only once every port of the range is
- * taken for that backend (--snat-port-range), and the drop is counted. External clients open flows
+ * taken for that backend (--snat-port-range), and the drop is counted; a range found full is not
+ * walked again for a second. External clients open flows
  * to a NodePort whose only endpoint is on another node, so each is SNATed to the node address.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { DatapathFixture, NODE_IP, TC_ACT_SHOT, type SvcDef } from './fixture.js';
 import { TCP_SYN, ipv4Frame } from './packets.js';
 import { CT_REPLY, IPPROTO_TCP, IPPROTO_UDP } from '../../src/bpf/layouts.js';
@@ -35,7 +37,7 @@ function snatPorts(proto: number, targetPort: number): number[] {
 test.each([
   ['TCP', IPPROTO_TCP, WEB],
   ['UDP', IPPROTO_UDP, DNS],
-] as const)('%s: every port of the range is used before a flow is dropped, and the drop is counted', (_name, proto, svc) => {
+] as const)('%s: every port of the range is used before a flow is dropped, the drop is counted, and a range found full is not walked again for a second', async (_name, proto, svc) => {
   const dropsBefore = fx.counter('drop_no_snat_port');
   const frame = (i: number): Buffer => ipv4Frame({
     src: client(i), dst: NODE_IP, proto: proto === IPPROTO_TCP ? 'tcp' : 'udp', sport: 20000 + Math.floor(i / 250), dport: svc.nodePort as number, tcpFlags: TCP_SYN,
@@ -49,4 +51,15 @@ test.each([
   // The range is used up for this backend: the next flow is dropped, and counted.
   expect(fx.ingress(frame(SPAN)).verdict).toBe(TC_ACT_SHOT);
   expect(fx.counter('drop_no_snat_port')).toBe(dropsBefore + 1);
+
+  // That flow walked the whole range to find it full. For a second, flows to the backend are
+  // dropped without walking it again (a flood of new sources would walk it every packet).
+  const walks = fx.counter('snat_port_walk');
+  for (let i = 1; i <= 20; i++) expect(fx.ingress(frame(SPAN + i)).verdict).toBe(TC_ACT_SHOT);
+  expect(fx.counter('snat_port_walk')).toBe(walks);
+  expect(fx.counter('drop_no_snat_port')).toBe(dropsBefore + 21);
+  // Then the next one walks again (a port freed meanwhile would be found).
+  await sleep(1100);
+  expect(fx.ingress(frame(SPAN + 21)).verdict).toBe(TC_ACT_SHOT);
+  expect(fx.counter('snat_port_walk')).toBe(walks + 1);
 });
