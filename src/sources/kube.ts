@@ -55,6 +55,14 @@ export const ZONE_LABEL = 'topology.kubernetes.io/zone';
 const SERVICES_PATH = '/api/v1/services';
 const ENDPOINT_SLICES_PATH = '/apis/discovery.k8s.io/v1/endpointslices';
 const NODES_PATH = '/api/v1/nodes';
+/**
+ * How long one list may take before it is abandoned and the informer restarted. The API server
+ * itself ends a list at 60 s (--request-timeout); past that, no answer is coming. Needed because a
+ * list whose response is cut short (a proxy or load balancer in front of the API server closing
+ * the connection mid-body) never settles: node-fetch 2 waits forever for the rest of its
+ * Content-Length, and the agent would wait forever for its first sync, saying nothing.
+ */
+export const LIST_TIMEOUT_MS = 60_000;
 
 export interface RestartBackoff {
   /** Delay before the first restart after an error (ms). */
@@ -73,6 +81,8 @@ export interface KubeSourceOptions {
   log?: Logger;
   /** Called on every informer restart (for metrics). */
   onRestart?: (event: InformerRestart) => void;
+  /** How long one list may take before the informer is restarted (default LIST_TIMEOUT_MS). */
+  listTimeoutMs?: number;
 }
 
 export interface InformerRestart {
@@ -225,6 +235,7 @@ class Follower<T extends KubernetesObject> {
     private readonly clock: Clock,
     private readonly log: Logger,
     private readonly onRestart: (event: InformerRestart) => void,
+    listTimeoutMs: number,
   ) {
     this.initialList = new Promise<void>((resolve, reject) => {
       this.resolveListed = resolve;
@@ -236,7 +247,21 @@ class Follower<T extends KubernetesObject> {
       this.attempt = 0;
     });
     const listed = async (): Promise<KubernetesListObject<T>> => {
-      const result = await list();
+      // A list that never settles is abandoned (its request is left to the socket's fate) and
+      // the informer restarted, as after any failed list.
+      let timer: TimerHandle | null = null;
+      const timedOut = new Promise<never>((_, reject) => {
+        timer = clock.setTimeout(
+          () => reject(new KubeApiError(`${resource}: the list did not complete within ${listTimeoutMs / 1000} s`)),
+          listTimeoutMs,
+        );
+      });
+      let result: KubernetesListObject<T>;
+      try {
+        result = await Promise.race([list(), timedOut]);
+      } finally {
+        if (timer !== null) clock.clearTimeout(timer);
+      }
       // A list that completes after stop() must not let the informer open a new watch.
       if (this.stopped) throw new KubeApiError(`${resource}: informer stopped`);
       this.attempt = 0;
@@ -315,6 +340,7 @@ export class KubeSource implements ClusterSource {
     const discovery = kc.makeApiClient(DiscoveryV1Api);
     const backoff = options.restartBackoff ?? { initial: 500, max: 30_000 };
     const clock = options.clock ?? realClock;
+    const listTimeout = options.listTimeoutMs ?? LIST_TIMEOUT_MS;
     const onRestart = (event: InformerRestart): void => {
       this.restartCount += 1;
       options.onRestart?.(event);
@@ -333,6 +359,7 @@ export class KubeSource implements ClusterSource {
       clock,
       this.log,
       onRestart,
+      listTimeout,
     );
     const slices = new Follower<V1EndpointSlice>(
       'endpointslices',
@@ -345,6 +372,7 @@ export class KubeSource implements ClusterSource {
       clock,
       this.log,
       onRestart,
+      listTimeout,
     );
     const node = new Follower<V1Node>(
       'node',
@@ -357,6 +385,7 @@ export class KubeSource implements ClusterSource {
       clock,
       this.log,
       onRestart,
+      listTimeout,
     );
     this.followers = [services, slices, node] as Follower<KubernetesObject>[];
   }
