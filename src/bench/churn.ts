@@ -38,7 +38,7 @@ import { logTail, startInNetns, stopProcesses, type StartedProcess } from '../la
 import { FakeApiServer, type KubeObject } from '../lab/fake-apiserver/server.js';
 import { kubeconfigFor } from '../lab/fake-apiserver/kubeconfig.js';
 import { nftServicePortChainNameBase, servicePortChainName } from '../render/hash.js';
-import { startBridge } from '../lab/fake-apiserver/unix-bridge.js';
+import { startBridge, socatToBridgeArgv } from '../lab/fake-apiserver/unix-bridge.js';
 import {
   BENCH_NAMESPACE, SERVICE_TCP_PORT, benchEndpointSlice, benchObjects, churnPool, serviceName, serviceVip, type DataplaneMode,
 } from './plan.js';
@@ -265,7 +265,7 @@ export async function measureChurn(o: ChurnOptions): Promise<ChurnResult> {
     for (const obj of benchObjects(o.services, o.backendIps, 'node', o.backendIps6 ?? [])) api.createOrUpdate(obj as unknown as KubeObject);
     procs.push(await startInNetns({
       netns: o.nodeNetns,
-      argv: ['socat', '-d', '-d', `TCP-LISTEN:${API_PORT_IN_NODE},bind=127.0.0.1,fork,reuseaddr`, `UNIX-CONNECT:${sockPath}`],
+      argv: socatToBridgeArgv(API_PORT_IN_NODE, sockPath),
       log: join(o.logDir, 'churn-socat.log'),
       ready: (text) => text.includes('listening on'),
       timeoutMs: 10_000,

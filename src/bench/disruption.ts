@@ -34,7 +34,7 @@ import { planLab, type LabPlan } from '../lab/topology.js';
 import type { LabState } from '../lab/state.js';
 import { FakeApiServer, type KubeObject } from '../lab/fake-apiserver/server.js';
 import { kubeconfigFor } from '../lab/fake-apiserver/kubeconfig.js';
-import { startBridge } from '../lab/fake-apiserver/unix-bridge.js';
+import { startBridge, socatToBridgeArgv } from '../lab/fake-apiserver/unix-bridge.js';
 import { labExists } from './labs.js';
 import { labNameFor, type DataplaneMode } from './plan.js';
 import { BenchAbortedError, availableModes, environment, holdCpuDmaLatency } from './runner.js';
@@ -235,7 +235,7 @@ async function soakLabUp(prefix: string, mode: DataplaneMode, backends: number, 
   await run('sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65535'], { netns: plan.client.netns });
   lab.socat = await startInNetns({
     netns: node.netns,
-    argv: ['socat', '-d', '-d', `TCP-LISTEN:${API_PORT_IN_NODE},bind=127.0.0.1,fork,reuseaddr`, `UNIX-CONNECT:${sockPath}`],
+    argv: socatToBridgeArgv(API_PORT_IN_NODE, sockPath),
     log: join(state.stateDir, 'socat.log'),
     ready: (text) => text.includes('listening on'),
     timeoutMs: 10_000,

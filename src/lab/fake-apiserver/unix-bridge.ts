@@ -16,10 +16,19 @@ export function startBridge(sockPath: string, apiPort: number): Promise<{ server
     s.pipe(up).pipe(s);
     up.on('error', () => s.destroy());
     s.on('error', () => up.destroy());
-    up.on('close', () => s.destroy());
+    // The server ending a response's connection ends ours after what is still queued for the
+    // client: destroying it here dropped the tail of a large list the client was slow to read
+    // (1,000 EndpointSlices to an agent busy with the Services list), and node-fetch then waited
+    // forever for a body cut short.
+    up.on('close', () => s.end());
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(sockPath, () => resolve({ server, sockets }));
   });
+}
+
+/** socat's command line, run in a node's namespace: `127.0.0.1:port` there to the bridge at `sockPath`. */
+export function socatToBridgeArgv(port: number, sockPath: string): string[] {
+  return ['socat', '-d', '-d', `TCP-LISTEN:${port},bind=127.0.0.1,fork,reuseaddr`, `UNIX-CONNECT:${sockPath}`];
 }
