@@ -34,6 +34,31 @@ lsmod | grep -E '^ip_vs' || echo "no ip_vs modules loaded"
 echo "\$ ipvsadm -Ln"
 ipvsadm -Ln
 
+# The bpf agent on this kernel, before it is measured: how it attached (TCX links need 6.6; older
+# kernels get the clsact fallback) and what it runs without (sock_destroy.bpf.o needs 6.5's
+# bpf_sock_destroy), as its own log says.
+if [[ " $MODES " == *" bpf "* ]]; then
+  section "bpf agent on $(uname -r)"
+  # lab up waits 30 s for its agent: under emulation a cold start (node, libbpf, the verifier)
+  # can take longer, and lab up leaves it running; its log says when it is up.
+  vipr lab up --name vmcheck >/dev/null 2>&1
+  log=/run/vipr/lab/vmcheck/agent.log
+  for _ in $(seq 300); do
+    grep -q '"msg":"agent running"' "$log" 2>/dev/null && break
+    sleep 1
+  done
+  [ -f "$log" ] && node -e '
+    const fs = require("node:fs");
+    const shown = /attached|TCX|socket destroyer|socket LB|agent running/;
+    for (const line of fs.readFileSync(process.argv[1], "utf8").split("\n")) {
+      if (!line.startsWith("{")) continue;
+      const { level, time, pid, hostname, msg, ...fields } = JSON.parse(line);
+      if (shown.test(msg)) console.log(`agent: ${msg} ${JSON.stringify(fields)}`);
+    }' "$log"
+  grep -q '"msg":"agent running"' "$log" 2>/dev/null || { echo "vipr-vm: the bpf agent did not start on $(uname -r):"; tail -n 5 "$log"; }
+  vipr lab down --name vmcheck >/dev/null 2>&1
+fi
+
 if vipr bench --help >/dev/null 2>&1; then
   section "vipr bench --modes ${MODES// /,}"
   args=(bench --modes "${MODES// /,}" --json "$OUT/bench.json")

@@ -4,7 +4,9 @@
  * modes this machine has here too, and print the calibration table. Minutes long, so it is not in
  * the default suite (jest.config.js ignores test/vm/): `make lab-vm-test` runs it.
  */
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { calibrate, CALIBRATION_MODES, formatCalibration } from '../../src/lab/calibration.js';
 import { DEFAULT_ICOUNT_SHIFT, LAB_VM_MODES, labVm, QUICK_VM_ROUNDS, QUICK_VM_SERVICES } from '../../src/lab/vm.js';
 
@@ -36,6 +38,15 @@ describe('lab vm: a real VM run', () => {
       expect(serial).toContain(`icount shift=${DEFAULT_ICOUNT_SHIFT}`);
       // The guest kernel has IPVS: the modules were loaded and in use.
       expect(serial).toMatch(/^ip_vs +\d+ +\d+ \S*ip_vs_rr/m);
+      // The bpf agent on 6.1: no TCX links there (6.6), so every program went in through clsact;
+      // no bpf_sock_destroy (6.5), so it runs without the UDP socket destroyer and says so once.
+      const agentLines = serial.split('\n').filter((l) => l.startsWith('agent: '));
+      const attached = agentLines.filter((l) => l.startsWith('agent: attached {'));
+      expect(attached.length).toBeGreaterThan(0);
+      for (const l of attached) expect(l).toContain('"how":["tc","tc"]');
+      expect(agentLines.filter((l) => l.includes('UDP socket destroyer unavailable'))).toHaveLength(1);
+      expect(agentLines.some((l) => l.startsWith('agent: socket LB attached'))).toBe(true);
+      expect(agentLines.some((l) => l.startsWith('agent: agent running {'))).toBe(true);
       expect(lines.some((l) => l.startsWith(`lab-vm: booting with qemu TCG with instruction counting: -icount shift=${DEFAULT_ICOUNT_SHIFT},sleep=off,align=off`))).toBe(true);
 
       // The calibration: this machine's bench ran, and the table has every shared mode and metric.
@@ -54,6 +65,11 @@ describe('lab vm: a real VM run', () => {
       for (const metric of ['rr', 'crr', 'udp']) {
         expect(text).toMatch(new RegExp(`^ {2}ipvs ${metric} \\(.*\\), 1 service: ×\\d+\\.\\d\\d ± \\d+\\.\\d\\d \\(rounds ×\\d+\\.\\d\\d–×\\d+\\.\\d\\d\\); bpf ×\\d+\\.\\d\\d$`, 'm'));
       }
+
+      // What `make lab-vm` prints: the CLI reprints the saved run (no VM) with the same table.
+      const hostJson = join(result.runDir, 'host-bench.json');
+      const printed = execFileSync(process.execPath, ['dist/src/cli/main.js', 'lab', 'vm', '--from-json', join(result.runDir, 'bench.json'), '--host-json', hostJson], { encoding: 'utf8' });
+      expect(printed).toContain(formatCalibration(calibrate(result.report, result.hostReport as NonNullable<typeof result.hostReport>), hostJson));
     },
     60 * 60_000,
   );
