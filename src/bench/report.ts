@@ -3,7 +3,7 @@
  * latency also as a ratio to `direct` (the floor) and every rate and control-plane figure also
  * as a ratio to BPF; then BPF against each other mode, and BPF at N against BPF at 1.
  */
-import { findResult, type BenchReport, type BenchResult, type ResultPlacement } from './results.js';
+import { failedMetric, findResult, type BenchReport, type BenchResult, type ResultPlacement } from './results.js';
 import type { BenchMode, Metric, TrafficMetric } from './plan.js';
 import type { IpFamily } from '../model/ip.js';
 
@@ -60,8 +60,8 @@ function servicesOf(report: BenchReport): number[] {
   return [...new Set(report.results.map((r) => r.services))].sort((a, b) => a - b);
 }
 
-function failedCell(report: BenchReport, mode: BenchMode, services: number): string {
-  return report.failures.some((f) => f.mode === mode && f.services === services) ? 'failed (see below)' : '-';
+function failedCell(report: BenchReport, mode: BenchMode, services: number, metric: Metric): string {
+  return failedMetric(report.failures, mode, services, metric) ? 'failed (see below)' : '-';
 }
 
 function unavailableRows(report: BenchReport, columns: number): string[][] {
@@ -77,7 +77,7 @@ function trafficTable(report: BenchReport, metric: TrafficMetric, placement: Exc
     for (const n of services) {
       const r = findResult(report.results, { mode, services: n, placement: mode === 'direct' ? 'none' : placement, metric, family });
       if (!r) {
-        row.push(failedCell(report, mode, n));
+        row.push(failedCell(report, mode, n, metric));
         continue;
       }
       any = any || mode !== 'direct';
@@ -113,7 +113,7 @@ function controlTable(report: BenchReport, metric: ControlTable): string[] {
     for (const n of services) {
       const r = findResult(report.results, { mode, services: n, placement: 'none', metric });
       if (!r) {
-        row.push(failedCell(report, mode, n));
+        row.push(failedCell(report, mode, n, metric));
         continue;
       }
       const bpf = findResult(report.results, { mode: 'bpf', services: n, placement: 'none', metric });
@@ -176,7 +176,7 @@ export function formatReport(report: BenchReport): string {
   out.push(...bpfSummary(report));
   if (report.failures.length > 0) {
     out.push('Not measured:');
-    for (const f of report.failures) out.push(`  ${f.mode} with ${servicesLabel(f.services)} (round ${f.round}): ${f.reason}`);
+    for (const f of report.failures) out.push(`  ${f.mode}${f.metric ? ` ${f.metric}` : ''} with ${servicesLabel(f.services)} (round ${f.round}): ${f.reason}`);
     out.push('');
   }
   if (report.placements.length > 0) {

@@ -86,12 +86,27 @@ export interface Unavailable {
   reason: string;
 }
 
-/** A mode that could not be measured at a service count (it is then skipped in later rounds). */
+/**
+ * A mode that could not be measured at a service count (it is then skipped in later rounds), or,
+ * with `metric`, only that metric of it (its other figures stand; the metric is not retried).
+ */
 export interface CellFailure {
   mode: BenchMode;
   services: number;
   round: number;
   reason: string;
+  /** Absent: the whole cell. `churn`: the endpoint churn alone (its own agent, its own window). */
+  metric?: 'churn';
+}
+
+/** Whether `failures` cover `metric` of `mode` at `services`. */
+export function failedMetric(failures: readonly CellFailure[], mode: BenchMode, services: number, metric: Metric): boolean {
+  return failures.some((f) => f.mode === mode && f.services === services && (f.metric === undefined || f.metric === metric));
+}
+
+/** The samples no failure covers: every round of a failed metric goes (no medians of part of the rounds). */
+export function keptSamples(samples: readonly Sample[], failures: readonly CellFailure[]): Sample[] {
+  return samples.filter((s) => !failedMetric(failures, s.mode, s.services, s.metric));
 }
 
 export interface BenchReport {
