@@ -47,6 +47,7 @@ if [[ " $MODES " == *" bpf "* ]]; then
     grep -q '"msg":"agent running"' "$log" 2>/dev/null && break
     sleep 1
   done
+  # shellcheck disable=SC2016 # JavaScript's template literals, not the shell's
   [ -f "$log" ] && node -e '
     const fs = require("node:fs");
     const shown = /attached|TCX|socket destroyer|socket LB|agent running/;
@@ -57,6 +58,15 @@ if [[ " $MODES " == *" bpf "* ]]; then
     }' "$log"
   grep -q '"msg":"agent running"' "$log" 2>/dev/null || { echo "vipr-vm: the bpf agent did not start on $(uname -r):"; tail -n 5 "$log"; }
   vipr lab down --name vmcheck >/dev/null 2>&1
+  # The XDP object as well (the one-node lab has no NIC to attach it to): loaded, verified and
+  # closed over a pin dir of its own.
+  # shellcheck disable=SC2016 # JavaScript's template literals, not the shell's
+  VIPR_LOG_LEVEL=error node --input-type=module -e '
+    const { LoadedDatapath } = await import("/opt/vipr/dist/src/bpf/datapath.js");
+    const dp = LoadedDatapath.load("/sys/fs/bpf/vipr-vmcheck-xdp");
+    try { dp.xdpProgram(); console.log(`xdp: xdp_lb.bpf.o loads on ${(await import("node:os")).release()}`); } finally { dp.close(); }' 2>&1 |
+    tail -n 3
+  vipr cleanup --pin-dir /sys/fs/bpf/vipr-vmcheck-xdp >/dev/null 2>&1
 fi
 
 if vipr bench --help >/dev/null 2>&1; then

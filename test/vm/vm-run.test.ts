@@ -47,6 +47,8 @@ describe('lab vm: a real VM run', () => {
       expect(agentLines.filter((l) => l.includes('UDP socket destroyer unavailable'))).toHaveLength(1);
       expect(agentLines.some((l) => l.startsWith('agent: socket LB attached'))).toBe(true);
       expect(agentLines.some((l) => l.startsWith('agent: agent running {'))).toBe(true);
+      // The XDP object passes 6.1's verifier too (flow cache and next-hop maps included).
+      expect(serial).toMatch(/^xdp: xdp_lb\.bpf\.o loads on 6\.1\./m);
       expect(lines.some((l) => l.startsWith(`lab-vm: booting with qemu TCG with instruction counting: -icount shift=${DEFAULT_ICOUNT_SHIFT},sleep=off,align=off`))).toBe(true);
 
       // The calibration: this machine's bench ran, and the table has every shared mode and metric.
