@@ -53,18 +53,6 @@ static __always_inline struct vipr_svc_value *lb4_lookup_scoped(struct vipr_svc_
 }
 
 /*
- * Whether an ingress packet can be the reply of a flow this node SNATed, the only replies ingress
- * translates: those come back to the address the flow was SNATed to (the node's, or the hairpin
- * one) and never as a bare SYN. Everything else skips the reply entry's two probes (TCP).
- */
-static __always_inline bool lb4_may_be_snat_reply(const struct vipr_config *cfg, const struct packet *pkt)
-{
-	if (pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
-		return false;
-	return pkt->daddr == cfg->snat_addr || pkt->daddr == bpf_htonl(VIPR_HAIRPIN_ADDR);
-}
-
-/*
  * The frontend a new flow is for: the destination address itself (ClusterIP, external IP,
  * LoadBalancer IP), else, when the destination is an address of this node, a NodePort.
  */
@@ -225,11 +213,8 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 	if (ct && established)
 		ct4_forget_established(&ct_key, ct);
 
-	cfg = lb_config();
-	if (!cfg)
-		return LB_PASS;
 	ct4_key_reply(&ct_key, pkt);
-	ct = lb4_may_be_snat_reply(cfg, pkt) ? ct4_lookup(&ct_key, &established) : NULL;
+	ct = ct4_lookup(&ct_key, &established);
 	if (ct) {
 		/* A reply of a tracked flow is never a new flow to a service: its destination is a
 		 * client. Without SNAT it is rewritten on egress towards the client; with SNAT its
@@ -252,6 +237,10 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 		return LB_NAT;
 	}
 
+	/* Only new flows need the settings. */
+	cfg = lb_config();
+	if (!cfg)
+		return LB_PASS;
 	svc = lb4_lookup_service(pkt, lb4_is_internal(cfg, pkt->saddr));
 	if (!svc) {
 		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
