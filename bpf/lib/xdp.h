@@ -38,6 +38,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_xdp_nexthops_v1 SEC(".maps");
 
+/* Whether a next hop (of vipr_xdp_nexthops_v1 or a flow of vipr_xdp_flows_v1) may still be used at @now. */
+static __always_inline bool nexthop_fresh(const struct vipr_nexthop *nh, __u64 now)
+{
+	return (__s64)(nh->expires_ns - now) > 0;
+}
+
 /*
  * Where a rewritten frame goes: from vipr_xdp_nexthops_v1 while its entry is fresh and allowed
  * a frame this long, else from the FIB (and the entry renewed). Returns 0 with @nh filled, or -1
@@ -62,7 +68,9 @@ static __always_inline int xdp_nexthop(struct xdp_md *ctx, const struct packet *
 		return -1;
 	tot_len = bpf_ntohs(ip->tot_len);
 	cached = bpf_map_lookup_elem(&vipr_xdp_nexthops_v1, &key);
-	if (cached && (__s64)(cached->expires_ns - now) > 0 && tot_len <= cached->len_ok) {
+	if (cached && !nexthop_fresh(cached, now))
+		cached = NULL;
+	if (cached && tot_len <= cached->len_ok) {
 		*nh = *cached;
 		return 0;
 	}
@@ -70,8 +78,7 @@ static __always_inline int xdp_nexthop(struct xdp_md *ctx, const struct packet *
 		return -1;
 	/* A longer frame allowed before, to the same place and not yet stale, still is. */
 	nh->len_ok = tot_len;
-	if (cached && (__s64)(cached->expires_ns - now) > 0 && cached->ifindex == nh->ifindex &&
-	    cached->len_ok > tot_len)
+	if (cached && cached->ifindex == nh->ifindex && cached->len_ok > tot_len)
 		nh->len_ok = cached->len_ok;
 	nh->expires_ns = now + VIPR_NEXTHOP_TTL_NS;
 	bpf_map_update_elem(&vipr_xdp_nexthops_v1, &key, nh, BPF_ANY);
@@ -101,7 +108,7 @@ static __always_inline int xdp_lb4_cached(struct xdp_md *ctx, const struct packe
 		return -1;
 	}
 	f = bpf_map_lookup_elem(&vipr_xdp_flows_v1, &key);
-	if (!f || (__s64)(f->nh.expires_ns - ct_clock()) <= 0)
+	if (!f || !nexthop_fresh(&f->nh, ct_clock()))
 		return -1;
 	if ((void *)(ip + 1) > data_end || (f->nh.ifindex && (ip->ttl <= 1 || bpf_ntohs(ip->tot_len) > f->nh.len_ok)))
 		return -1;
