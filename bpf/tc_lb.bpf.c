@@ -205,7 +205,7 @@ int vipr_tc_ingress(struct __sk_buff *skb)
 		dsr = tc_dsr_decap(skb, &pkt);
 		if (dsr)
 			return dsr > 0 ? TC_ACT_OK : TC_ACT_SHOT;
-		return tc_apply(skb, &pkt, lb4_plan_ingress(&pkt, skb->len, &plan), &plan);
+		return tc_apply(skb, &pkt, lb4_plan_ingress(&pkt, skb->len, &plan, false), &plan);
 	case LB_PACKET_ICMP_ERROR:
 		return tc_icmp_error(skb, &pkt, true);
 	case LB_PACKET_DROP:

@@ -192,7 +192,7 @@ static __always_inline int xdp_lb4(struct xdp_md *ctx)
 	verdict = xdp_lb4_cached(ctx, &pkt, len);
 	if (verdict >= 0)
 		return verdict;
-	switch (lb4_plan_ingress(&pkt, len, &plan)) {
+	switch (lb4_plan_ingress(&pkt, len, &plan, true)) {
 	case LB_DROP:
 		return XDP_DROP;
 	case LB_NAT:
