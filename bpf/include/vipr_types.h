@@ -241,7 +241,7 @@ _Static_assert(sizeof(struct vipr_nexthop) == 32, "vipr_nexthop layout");
  *  - the agent empties it whenever it cuts flows (a backend gone, `vipr conntrack flush`).
  */
 struct vipr_xdp_flow {
-	struct vipr_nexthop nh; /* egress (ifindex 0: to the stack, a local backend), expiry, MTU */
+	struct vipr_nexthop nh; /* egress (ifindex 0: to the stack, a local backend not in vipr_xdp_pods_v1), expiry, MTU */
 	__be32 saddr;           /* the rewrite */
 	__be32 daddr;
 	__be16 sport;
@@ -252,6 +252,30 @@ struct vipr_xdp_flow {
 _Static_assert(sizeof(struct vipr_xdp_flow) == 48, "vipr_xdp_flow layout");
 
 #define VIPR_XDP_FLOW_ENTRIES 32768
+
+/*
+ * vipr_xdp_pods_v1 (key: struct vipr_xdp_pod_key, the pod's IPv4 address): where XDP sends the
+ * frames of this node's backends itself instead of passing them to the stack (`vipr run
+ * --xdp-local-backends redirect`). The agent writes an entry only for a pod reached over a veth
+ * (the route's device) whose neighbour entry it has, keeps it within a second of route, link and
+ * neighbour changes, and removes it when the backend goes. The frame goes to the host side
+ * of the veth by XDP_REDIRECT (ndo_xdp_xmit), which delivers into the pod only when the pod's
+ * side takes XDP frames (NAPI: GRO or an XDP program on it): the operator's promise with the flag.
+ */
+struct vipr_xdp_pod_key {
+	__be32 addr;
+};
+
+struct vipr_xdp_pod {
+	__u32 ifindex;    /* the host side of the pod's veth */
+	__u16 len_ok;     /* that link's MTU: longer IPv4 frames go to the stack */
+	__u8 pod_mac[6];  /* the pod's interface (the node's neighbour entry) */
+	__u8 host_mac[6]; /* the host side's own */
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct vipr_xdp_pod) == 20, "vipr_xdp_pod layout");
+
+#define VIPR_XDP_POD_ENTRIES 4096
 
 /*
  * Value of vipr_snat_full_v1 / vipr_snat_full6_v1, keyed by a flow's reply key with port 0 (struct

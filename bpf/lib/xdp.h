@@ -86,6 +86,30 @@ static __always_inline int xdp_nexthop(struct xdp_md *ctx, const struct packet *
 }
 
 /*
+ * A frame for one of this node's pods (@plan's destination) that vipr_xdp_pods_v1 lists: @nh
+ * filled to send it to the pod's veth (a next hop for VIPR_NEXTHOP_TTL_NS, as the FIB's), and 0.
+ * -1 leaves @nh alone and the frame to the stack: not listed, TTL expiring, longer than the link.
+ */
+static __always_inline int xdp_pod_nexthop(struct xdp_md *ctx, const struct nat_plan *plan, struct vipr_nexthop *nh)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct vipr_xdp_pod_key key = { .addr = plan->daddr };
+	struct vipr_xdp_pod *pod;
+
+	pod = bpf_map_lookup_elem(&vipr_xdp_pods_v1, &key);
+	if (!pod || (void *)(ip + 1) > data_end || ip->ttl <= 1 || bpf_ntohs(ip->tot_len) > pod->len_ok)
+		return -1;
+	nh->ifindex = pod->ifindex;
+	nh->len_ok = pod->len_ok;
+	__builtin_memcpy(nh->smac, pod->host_mac, ETH_ALEN);
+	__builtin_memcpy(nh->dmac, pod->pod_mac, ETH_ALEN);
+	nh->expires_ns = ct_clock() + VIPR_NEXTHOP_TTL_NS;
+	return 0;
+}
+
+/*
  * The flow cache's side (struct vipr_xdp_flow says what keeps it right). Returns an XDP verdict,
  * or -1 when the packet takes the full path.
  */
@@ -146,7 +170,7 @@ static __always_inline void xdp_lb4_cache(const struct packet *pkt, const struct
 	};
 	struct vipr_ct_key key;
 
-	if (plan->redirect) {
+	if (nh->ifindex) {
 		f.nh = *nh;
 	} else {
 		f.nh.expires_ns = ct_clock() + VIPR_NEXTHOP_TTL_NS;
@@ -206,9 +230,14 @@ static __always_inline int xdp_lb4(struct xdp_md *ctx)
 		stats_count(VIPR_STAT_XDP_PASS, len);
 		return XDP_PASS;
 	}
-	if (plan.redirect && xdp_nexthop(ctx, &pkt, &plan, &nh)) {
-		stats_count(VIPR_STAT_XDP_PASS, len);
-		return XDP_PASS;
+	if (plan.redirect) {
+		if (xdp_nexthop(ctx, &pkt, &plan, &nh)) {
+			stats_count(VIPR_STAT_XDP_PASS, len);
+			return XDP_PASS;
+		}
+	} else if (plan.daddr != pkt.daddr) {
+		/* This node's backend: to its pod where listed, else (nh.ifindex 0) to the stack. */
+		xdp_pod_nexthop(ctx, &plan, &nh);
 	}
 	if (xdp_apply_plan(ctx, &pkt, &plan)) {
 		stats_count(VIPR_STAT_DROP_REWRITE, len);
@@ -218,7 +247,7 @@ static __always_inline int xdp_lb4(struct xdp_md *ctx)
 		xdp_lb4_cache(&pkt, &plan, &nh);
 	if (plan.daddr != pkt.daddr)
 		stats_count(VIPR_STAT_DNAT, len);
-	if (!plan.redirect) {
+	if (!nh.ifindex) {
 		stats_count(VIPR_STAT_XDP_PASS, len);
 		return XDP_PASS;
 	}

@@ -2,7 +2,8 @@
  * Fixed-layout struct codecs: the TypeScript mirror of bpf/include/vipr_types.h. Offsets follow
  * the C ABI (natural alignment), byte order is handled here and nowhere else: `ipv4`, `ipv6` and
  * `be16` fields are network order in memory and plain strings/numbers in TypeScript. An `ipv6`
- * field is C's `__be32 x[4]` (16 bytes, 4-byte aligned) and reads back as canonical text (RFC 5952).
+ * field is C's `__be32 x[4]` (16 bytes, 4-byte aligned) and reads back as canonical text (RFC 5952);
+ * a `mac` field is C's `__u8 x[6]` and reads back as `aa:bb:cc:dd:ee:ff`.
  *
  * test/bpf/btf-layout.test.ts compares every codec with the BTF of the compiled object (names,
  * offsets, sizes), so the header stays the one source of truth.
@@ -10,14 +11,14 @@
 import { isIPv6 } from 'node:net';
 import { formatIpv6, parseIpv6 } from '../model/ip.js';
 
-export type FieldType = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 'be16' | 'be32' | 'ipv4' | 'ipv6' | 'pad';
+export type FieldType = 'u8' | 'u16' | 'u32' | 'i32' | 'u64' | 'be16' | 'be32' | 'ipv4' | 'ipv6' | 'mac' | 'pad';
 
 const SIZES: Record<Exclude<FieldType, 'pad'>, number> = {
-  u8: 1, u16: 2, u32: 4, i32: 4, u64: 8, be16: 2, be32: 4, ipv4: 4, ipv6: 16,
+  u8: 1, u16: 2, u32: 4, i32: 4, u64: 8, be16: 2, be32: 4, ipv4: 4, ipv6: 16, mac: 6,
 };
 
-/** Alignment where it is not the size: an IPv6 address is four __be32 words. */
-const ALIGN: Partial<Record<Exclude<FieldType, 'pad'>, number>> = { ipv6: 4 };
+/** Alignment where it is not the size: an IPv6 address is four __be32 words, a MAC address six bytes. */
+const ALIGN: Partial<Record<Exclude<FieldType, 'pad'>, number>> = { ipv6: 4, mac: 1 };
 
 export interface FieldLayout {
   name: string;
@@ -26,7 +27,7 @@ export interface FieldLayout {
   size: number;
 }
 
-type Value<F extends FieldType> = F extends 'u64' ? bigint : F extends 'ipv4' | 'ipv6' ? string : number;
+type Value<F extends FieldType> = F extends 'u64' ? bigint : F extends 'ipv4' | 'ipv6' | 'mac' ? string : number;
 
 /** [name, type] or [name, 'pad', bytes]: padding, or a member TypeScript never reads (named as in C). */
 export type FieldSpec = readonly [string, Exclude<FieldType, 'pad'>] | readonly [string, 'pad', number];
@@ -70,6 +71,7 @@ export class StructCodec<T> {
         case 'be32': buf.writeUInt32BE(v[f.name] as number, o); break;
         case 'ipv4': writeIpv4(buf, o, v[f.name] as string); break;
         case 'ipv6': writeIpv6(buf, o, v[f.name] as string); break;
+        case 'mac': writeMac(buf, o, v[f.name] as string); break;
         case 'pad': buf.fill(0, o, o + f.size); break;
       }
     }
@@ -90,6 +92,7 @@ export class StructCodec<T> {
         case 'be32': out[f.name] = buf.readUInt32BE(o); break;
         case 'ipv4': out[f.name] = readIpv4(buf, o); break;
         case 'ipv6': out[f.name] = readIpv6(buf, o); break;
+        case 'mac': out[f.name] = readMac(buf, o); break;
         case 'pad': break;
       }
     }
@@ -135,6 +138,18 @@ export function writeIpv4(buf: Buffer, at: number, ip: string): void {
 
 export function readIpv4(buf: Buffer, at: number): string {
   return `${buf[at]}.${buf[at + 1]}.${buf[at + 2]}.${buf[at + 3]}`;
+}
+
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+
+export function writeMac(buf: Buffer, at: number, mac: string): void {
+  if (!MAC_RE.test(mac)) throw new RangeError(`"${mac}" is not a MAC address (aa:bb:cc:dd:ee:ff)`);
+  const parts = mac.split(':');
+  for (let i = 0; i < 6; i++) buf[at + i] = parseInt(parts[i] as string, 16);
+}
+
+export function readMac(buf: Buffer, at: number): string {
+  return [...buf.subarray(at, at + 6)].map((b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
 export function writeIpv6(buf: Buffer, at: number, ip: string): void {

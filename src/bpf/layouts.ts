@@ -94,6 +94,17 @@ export const XdpFlow = defineStruct('vipr_xdp_flow', [
   ['pad', 'pad', 3],
 ] as const);
 
+/* This node's pods that XDP sends frames to itself (struct vipr_xdp_pod; src/bpf/xdp-pods.ts writes them). */
+export const XdpPodKey = defineStruct('vipr_xdp_pod_key', [['addr', 'ipv4']] as const);
+
+export const XdpPod = defineStruct('vipr_xdp_pod', [
+  ['ifindex', 'u32'],
+  ['len_ok', 'u16'],
+  ['pod_mac', 'mac'],
+  ['host_mac', 'mac'],
+  ['pad', 'pad', 2],
+] as const);
+
 /* Until when a backend's SNAT port range was found full (struct vipr_snat_full, keyed by a reply key with port 0). */
 export const SnatFull = defineStruct('vipr_snat_full', [['until_ns', 'u64']] as const);
 
@@ -290,6 +301,8 @@ export type SchedStateT = ReturnType<typeof SchedState.decode>;
 export type BackendConnsT = ReturnType<typeof BackendConns.decode>;
 export type ConfigT = ReturnType<typeof Config.decode>;
 export type XdpFlowT = ReturnType<typeof XdpFlow.decode>;
+export type XdpPodKeyT = ReturnType<typeof XdpPodKey.decode>;
+export type XdpPodT = ReturnType<typeof XdpPod.decode>;
 export type Config6T = ReturnType<typeof Config6.decode>;
 export type Frag6KeyT = ReturnType<typeof Frag6Key.decode>;
 
@@ -411,6 +424,7 @@ export const MAPS = {
   fragments6: spec('vipr_fragments6_v1', Frag6Key, FragPorts),
   sockRev6: spec('vipr_sock_rev6_v1', SockRev6Key, SockRev6Value),
   xdpFlows: spec('vipr_xdp_flows_v1', CtKey, XdpFlow),
+  xdpPods: spec('vipr_xdp_pods_v1', XdpPodKey, XdpPod),
   snatFull: spec('vipr_snat_full_v1', CtKey, SnatFull),
   snatFull6: spec('vipr_snat_full6_v1', Ct6Key, SnatFull),
 } as const;

@@ -7,6 +7,7 @@ import { SocketLb, decideSocketLb, describeSocketLb, detachSocketLb, parseSocket
 import { servedFamilies } from '../model/build.js';
 import { resolveOptions } from '../render/options.js';
 import { listLinks, parseIfaceSpec, watchLinks } from '../bpf/interfaces.js';
+import { XdpPods, localBackendAddrs } from '../bpf/xdp-pods.js';
 import { ifNameToIndex } from '../bpf/libbpf.js';
 import { ServiceHealthServers } from '../sync/service-health.js';
 import { CT_LIMIT_MAX, CT_LIMIT_MIN, ctSizes, type CtSizes } from '../bpf/conntrack.js';
@@ -69,6 +70,12 @@ dataplane:
                              how --xdp attaches: auto (default: native where the driver has it,
                              generic on veth and elsewhere), or only that mode (an error if IF
                              cannot take it). Native on veth needs NAPI on the peer (GRO on)
+  --xdp-local-backends pass|redirect
+                             what --xdp does with a frame for a pod of this node: pass (default)
+                             it to the stack, rewritten, which routes it to the pod; or redirect
+                             it to the pod's veth itself, skipping the host's routing, netfilter
+                             and TC programs on that veth. Only where every pod's side of its veth
+                             takes XDP frames (GRO or an XDP program on it; veth drops them else)
   --socket-lb on|off         socket-level load balancing for the node's own processes and pods:
                              connect()/sendmsg() to a Service go straight to a backend (cgroup v2
                              hooks). Default on where the kernel and a cgroup v2 mount allow it
@@ -117,6 +124,7 @@ const OPTIONS = {
   'node-ip': { type: 'string', multiple: true, default: [] as string[] },
   xdp: { type: 'string', multiple: true, default: [] as string[] },
   'xdp-mode': { type: 'string', default: 'auto' },
+  'xdp-local-backends': { type: 'string', default: 'pass' },
   'socket-lb': { type: 'string' },
   'socket-lb-host-ns-only': { type: 'boolean', default: false },
   'cgroup-root': { type: 'string' },
@@ -248,6 +256,13 @@ export async function run(argv: string[]): Promise<number> {
   if (xdpMode !== 'auto' && values.xdp.length === 0) {
     throw new ConfigError(`--xdp-mode ${xdpMode} says how --xdp attaches: give --xdp IF too`);
   }
+  const xdpLocalBackends = values['xdp-local-backends'];
+  if (xdpLocalBackends !== 'pass' && xdpLocalBackends !== 'redirect') {
+    throw new ConfigError(`--xdp-local-backends ${xdpLocalBackends}: expected pass or redirect`);
+  }
+  if (xdpLocalBackends === 'redirect' && values.xdp.length === 0) {
+    throw new ConfigError('--xdp-local-backends redirect says what XDP does with local pods\' frames: give --xdp IF too');
+  }
   if (values.manifests !== undefined && !existsSync(values.manifests)) {
     throw new ConfigError(`--manifests ${values.manifests}: no such directory`);
   }
@@ -259,7 +274,7 @@ export async function run(argv: string[]): Promise<number> {
     throw new ConfigError('--socket-lb, --socket-lb-host-ns-only and --cgroup-root are for --mode bpf (the other modes serve the node through their OUTPUT chains)');
   }
   const socketLb = mode === 'bpf' ? decideSocketLb(parseSocketLbChoice(values['socket-lb']), values['cgroup-root']) : null;
-  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler, lbMode: lbMode as LbMode, socketLb, ct, snatPorts, xdpMode: xdpMode as XdpMode });
+  return runAgent(values, { mode, kube, minSync, fullSync, attach, scheduler: scheduler as Scheduler, lbMode: lbMode as LbMode, socketLb, ct, snatPorts, xdpMode: xdpMode as XdpMode, xdpRedirectPods: xdpLocalBackends === 'redirect' });
 }
 
 function parseCtMax(option: string, raw: string | undefined): number | undefined {
@@ -334,6 +349,8 @@ async function runAgent(
     ct: CtSizes;
     snatPorts: [number, number];
     xdpMode: XdpMode;
+    /** --xdp-local-backends redirect: keep vipr_xdp_pods_v1 (src/bpf/xdp-pods.ts). */
+    xdpRedirectPods: boolean;
   },
 ): Promise<number> {
   const log = componentLogger('run');
@@ -392,6 +409,10 @@ async function runAgent(
       metrics.observeSync(report, now);
       if (report.error === null) health.updated(now);
       if (report.state !== null) void serviceHealth.update(report.state);
+      if (o.xdpRedirectPods && report.state !== null) {
+        localBackends = localBackendAddrs(report.state);
+        xdpPods?.setBackends(localBackends);
+      }
       if (report.error === null && sockLb !== null) {
         try {
           sockLb.destroyStaleUdp();
@@ -402,6 +423,9 @@ async function runAgent(
     },
   });
   let sockLb: SocketLb | null = null;
+  /** --xdp-local-backends redirect: this node's IPv4 backends as last synced, and their XDP entries. */
+  let localBackends = new Set<string>();
+  let xdpPods: XdpPods | null = null;
   let gcTimer: NodeJS.Timeout | null = null;
   let ctGc: CtGc | null = null;
   let stopWatch: () => void = () => undefined;
@@ -412,6 +436,7 @@ async function runAgent(
     if (agentStarted) await agent.stop();
     await dataplane.close();
     sockLb?.close();
+    xdpPods?.stop();
     loaded?.close();
     for (const s of servers) s.close();
     serviceHealth.close();
@@ -447,6 +472,16 @@ async function runAgent(
         },
         (iface) => forgetInterface(pinDir, iface),
       );
+      // Pods are listed for XDP before it attaches, and the list emptied without the flag (an
+      // earlier agent's entries would keep XDP sending there).
+      if (o.xdpRedirectPods) {
+        xdpPods = new XdpPods(loaded.maps.xdpPods);
+        xdpPods.setBackends(localBackends);
+        await xdpPods.refresh();
+        xdpPods.start();
+      } else {
+        for (const [k] of loaded.maps.xdpPods.entries()) loaded.maps.xdpPods.delete(k);
+      }
       for (const iface of values.xdp) attachXdp(loaded, iface, o.xdpMode);
       if (o.socketLb !== null) {
         sockLb = startSocketLb(o.socketLb, values['socket-lb'] === 'on', pinDir, {

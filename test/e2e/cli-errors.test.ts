@@ -37,6 +37,8 @@ test.each([
   ['bad scheduler', ['run', '--manifests', dir, '--iface', 'lo', '--scheduler', 'fastest'], /--scheduler fastest: expected one of random, rr, sh, maglev, lc/],
   ['bad XDP mode', ['run', '--manifests', dir, '--iface', 'lo', '--xdp', 'lo', '--xdp-mode', 'fast'], /--xdp-mode fast: expected one of auto, native, generic/],
   ['XDP mode without --xdp', ['run', '--manifests', dir, '--iface', 'lo', '--xdp-mode', 'native'], /--xdp-mode native says how --xdp attaches: give --xdp IF too/],
+  ['bad XDP local backends', ['run', '--manifests', dir, '--iface', 'lo', '--xdp', 'lo', '--xdp-local-backends', 'bypass'], /--xdp-local-backends bypass: expected pass or redirect/],
+  ['XDP redirect to pods without --xdp', ['run', '--manifests', dir, '--iface', 'lo', '--xdp-local-backends', 'redirect'], /--xdp-local-backends redirect says what XDP does with local pods' frames: give --xdp IF too/],
 ])('%s', async (_what, args, pattern) => {
   oneLine(await vipr(args), pattern);
 });

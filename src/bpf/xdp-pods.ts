@@ -1,0 +1,241 @@
+/*
+ * XDP straight to this node's pods (`vipr run --xdp-local-backends redirect`). By default XDP
+ * rewrites a frame for a local backend and passes it to the stack, which routes it to the pod:
+ * an skb, the IP stack, netfilter's hooks and the veth's transmit, about 2 µs a packet here. With
+ * the flag, XDP sends it to the pod's veth itself (XDP_REDIRECT), as Katran sends to its reals;
+ * this module tells it where each pod is, in vipr_xdp_pods_v1 (struct vipr_xdp_pod).
+ *
+ * A pod is listed only when the node's own tables say where it is: the longest-prefix route of
+ * the main table to its address goes straight (no gateway) out of a veth, and the node has a
+ * neighbour entry (the pod's MAC) on that veth. Anything else (a bridge, a tunnel, no neighbour
+ * yet, an IPv6 pod) is left to the stack, as without the flag. The tables are read with `ip -j`
+ * when the local backends change and whenever `ip monitor` reports a link, address, neighbour
+ * or route change (debounced), and every REFRESH_MS regardless; a pod that goes leaves within
+ * that. What the flag skips for these frames (and the operator accepts with it): the host's
+ * routing and netfilter, and any TC program on the pod's veth. What it needs: the pod's side of
+ * each veth takes XDP frames (GRO or an XDP program on it); veth drops them otherwise.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { run } from '../process/run.js';
+import { componentLogger } from '../log.js';
+import { isIpv4 } from './codec.js';
+import type { MapLike } from './map.js';
+import type { XdpPodKeyT, XdpPodT } from './layouts.js';
+import type { DesiredState } from '../model/types.js';
+
+const log = componentLogger('xdp-pods');
+
+/** The slowest a pod's change reaches XDP when `ip monitor` says nothing of it. */
+export const REFRESH_MS = 10_000;
+/** Coalesces a burst of `ip monitor` lines into one read of the tables. */
+const DEBOUNCE_MS = 100;
+
+export interface LinkInfo {
+  ifindex: number;
+  name: string;
+  mac: string;
+  mtu: number;
+  /** rtnetlink's IFLA_INFO_KIND: 'veth', 'bridge', ...; null for a plain device. */
+  kind: string | null;
+}
+
+export interface RouteInfo {
+  /** Network address and prefix length; 'default' is 0.0.0.0/0. */
+  net: number;
+  prefix: number;
+  dev: string;
+  gateway: string | null;
+}
+
+/** The tables a pod's entry comes from, as `ip -j` prints them. */
+export interface NodeTables {
+  links: LinkInfo[];
+  /** "address dev" → MAC, for entries with a link-layer address that is not FAILED. */
+  neighbours: Map<string, string>;
+  routes: RouteInfo[];
+}
+
+function ipv4ToInt(ip: string): number {
+  return ip.split('.').reduce((acc, p) => ((acc << 8) | Number(p)) >>> 0, 0);
+}
+
+export function parseLinks(json: string): LinkInfo[] {
+  const rows = JSON.parse(json) as Array<{ ifindex: number; ifname: string; address?: string; mtu: number; linkinfo?: { info_kind?: string } }>;
+  return rows.map((r) => ({ ifindex: r.ifindex, name: r.ifname, mac: r.address ?? '', mtu: r.mtu, kind: r.linkinfo?.info_kind ?? null }));
+}
+
+export function parseNeighbours(json: string): Map<string, string> {
+  const rows = JSON.parse(json) as Array<{ dst: string; dev?: string; lladdr?: string; state?: string[] }>;
+  const out = new Map<string, string>();
+  for (const r of rows) {
+    if (r.dev === undefined || r.lladdr === undefined || (r.state ?? []).some((s) => s === 'FAILED' || s === 'INCOMPLETE')) continue;
+    out.set(`${r.dst} ${r.dev}`, r.lladdr);
+  }
+  return out;
+}
+
+export function parseRoutes(json: string): RouteInfo[] {
+  const rows = JSON.parse(json) as Array<{ dst: string; dev?: string; gateway?: string; type?: string }>;
+  const out: RouteInfo[] = [];
+  for (const r of rows) {
+    if (r.dev === undefined || (r.type !== undefined && r.type !== 'unicast')) continue;
+    const [addr, len] = r.dst === 'default' ? ['0.0.0.0', '0'] : r.dst.split('/');
+    if (addr === undefined || !isIpv4(addr)) continue;
+    const prefix = len === undefined ? 32 : Number(len);
+    const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+    out.push({ net: (ipv4ToInt(addr) & mask) >>> 0, prefix, dev: r.dev, gateway: r.gateway ?? null });
+  }
+  return out;
+}
+
+/** The main table's longest-prefix route to `addr` (multipath and policy rules aside: CNIs route pods there). */
+export function routeTo(routes: readonly RouteInfo[], addr: string): RouteInfo | null {
+  const a = ipv4ToInt(addr);
+  let best: RouteInfo | null = null;
+  for (const r of routes) {
+    const mask = r.prefix === 0 ? 0 : (0xffffffff << (32 - r.prefix)) >>> 0;
+    if (((a & mask) >>> 0) === r.net && (best === null || r.prefix > best.prefix)) best = r;
+  }
+  return best;
+}
+
+export interface PodPlan {
+  entries: Map<string, XdpPodT>;
+  /** Address → why the stack keeps delivering to it. */
+  skipped: Map<string, string>;
+}
+
+/** Each local backend's entry from the node's tables, or why it has none. Pure. */
+export function planXdpPods(addrs: Iterable<string>, t: NodeTables): PodPlan {
+  const entries = new Map<string, XdpPodT>();
+  const skipped = new Map<string, string>();
+  const byName = new Map(t.links.map((l) => [l.name, l]));
+  for (const addr of addrs) {
+    if (!isIpv4(addr)) {
+      skipped.set(addr, 'IPv6: XDP sends IPv4 frames only');
+      continue;
+    }
+    const route = routeTo(t.routes, addr);
+    const link = route === null ? undefined : byName.get(route.dev);
+    if (route === null || link === undefined) {
+      skipped.set(addr, 'no route to it in the main table');
+    } else if (route.gateway !== null) {
+      skipped.set(addr, `routed via ${route.gateway}, not on a link of this node`);
+    } else if (link.kind !== 'veth') {
+      skipped.set(addr, `behind ${link.name} (${link.kind ?? 'not a veth'}): XDP sends to veths only`);
+    } else {
+      const mac = t.neighbours.get(`${addr} ${link.name}`);
+      if (mac === undefined) skipped.set(addr, `no neighbour entry on ${link.name} yet`);
+      else entries.set(addr, { ifindex: link.ifindex, len_ok: Math.min(link.mtu, 0xffff), pod_mac: mac, host_mac: link.mac });
+    }
+  }
+  return { entries, skipped };
+}
+
+/** This node's IPv4 backends, from a synced state. */
+export function localBackendAddrs(state: DesiredState): Set<string> {
+  const out = new Set<string>();
+  for (const e of state.services) for (const ep of e.endpoints) if (ep.isLocal && isIpv4(ep.ip)) out.add(ep.ip);
+  return out;
+}
+
+async function readTables(): Promise<NodeTables> {
+  const ip = async (args: string[]): Promise<string> => (await run('ip', ['-j', ...args], { timeoutMs: 10_000 })).stdout;
+  const [links, neighbours, routes] = await Promise.all([ip(['-d', 'link', 'show']), ip(['-4', 'neigh', 'show']), ip(['-4', 'route', 'show', 'table', 'main'])]);
+  return { links: parseLinks(links), neighbours: parseNeighbours(neighbours), routes: parseRoutes(routes) };
+}
+
+function sameEntry(a: XdpPodT, b: XdpPodT): boolean {
+  return a.ifindex === b.ifindex && a.len_ok === b.len_ok && a.pod_mac === b.pod_mac && a.host_mac === b.host_mac;
+}
+
+/** Keeps vipr_xdp_pods_v1 equal to this node's backends' entries (see the top of this file). */
+export class XdpPods {
+  private addrs = new Set<string>();
+  private monitor: ChildProcess | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private debounce: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private again = false;
+  private lastSkipped = new Map<string, string>();
+
+  constructor(private readonly map: MapLike<XdpPodKeyT, XdpPodT>, private readonly readNodeTables: () => Promise<NodeTables> = readTables) {}
+
+  /** Starts following the node's tables; entries are written once the first backends arrive. */
+  start(): void {
+    this.timer = setInterval(() => this.schedule(), REFRESH_MS);
+    this.timer.unref();
+    const proc = spawn('ip', ['-o', 'monitor', 'link', 'address', 'neigh', 'route'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    this.monitor = proc;
+    proc.stdout?.on('data', () => this.schedule(DEBOUNCE_MS));
+    proc.on('exit', (code) => {
+      if (this.monitor !== null) log.error({ code }, `'ip monitor' exited: pods' changes reach XDP within ${REFRESH_MS / 1000} s only`);
+    });
+  }
+
+  /** The local backends of a synced state. */
+  setBackends(addrs: ReadonlySet<string>): void {
+    if (addrs.size === this.addrs.size && [...addrs].every((a) => this.addrs.has(a))) return;
+    this.addrs = new Set(addrs);
+    this.schedule();
+  }
+
+  private schedule(delayMs = 0): void {
+    if (this.debounce !== null) return;
+    this.debounce = setTimeout(() => {
+      this.debounce = null;
+      void this.refresh().catch((err: unknown) => log.error({ err }, 'cannot update vipr_xdp_pods_v1: frames for local pods go through the stack meanwhile'));
+    }, delayMs);
+  }
+
+  /** Reads the tables and writes what changed; one at a time (a call during one runs after it). */
+  async refresh(): Promise<void> {
+    if (this.running !== null) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        await this.refreshOnce();
+      } while (this.again);
+    })().finally(() => {
+      this.running = null;
+    });
+    return this.running;
+  }
+
+  private async refreshOnce(): Promise<void> {
+    const plan = planXdpPods(this.addrs, this.addrs.size === 0 ? { links: [], neighbours: new Map(), routes: [] } : await this.readNodeTables());
+    let written = 0;
+    let removed = 0;
+    for (const [key, old] of this.map.entries()) {
+      const next = plan.entries.get(key.addr);
+      if (next === undefined) {
+        if (this.map.delete(key)) removed++;
+      } else if (sameEntry(old, next)) {
+        plan.entries.delete(key.addr);
+      }
+    }
+    for (const [addr, pod] of plan.entries) {
+      this.map.update({ addr }, pod);
+      written++;
+    }
+    for (const [addr, why] of plan.skipped) {
+      if (this.lastSkipped.get(addr) !== why) log.info({ addr, why }, 'local backend left to the stack');
+    }
+    this.lastSkipped = plan.skipped;
+    if (written > 0 || removed > 0) log.info({ written, removed, leftToStack: plan.skipped.size }, 'vipr_xdp_pods_v1 updated: XDP sends these pods their frames itself');
+  }
+
+  /** Stops following; the entries stay (the attached program keeps using them, as every pinned map). */
+  stop(): void {
+    const proc = this.monitor;
+    this.monitor = null;
+    proc?.kill();
+    if (this.timer !== null) clearInterval(this.timer);
+    if (this.debounce !== null) clearTimeout(this.debounce);
+    this.timer = null;
+    this.debounce = null;
+  }
+}

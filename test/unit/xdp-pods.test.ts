@@ -1,0 +1,102 @@
+/*
+ * Which local backends XDP sends to itself (src/bpf/xdp-pods.ts): the node's tables as `ip -j`
+ * prints them decide, and everything but a pod on a veth with a neighbour entry stays with the
+ * stack, with the reason logged. Then the map follows the plan, writing only what changed.
+ */
+import { XdpPods, localBackendAddrs, parseLinks, parseNeighbours, parseRoutes, planXdpPods, routeTo, type NodeTables } from '../../src/bpf/xdp-pods.js';
+import type { MapLike } from '../../src/bpf/map.js';
+import type { XdpPodKeyT, XdpPodT } from '../../src/bpf/layouts.js';
+import type { DesiredState } from '../../src/model/types.js';
+
+// As iproute2 6.1 prints them (fields trimmed to what is read, plus some that are not).
+const LINKS = JSON.stringify([
+  { ifindex: 1, ifname: 'lo', mtu: 65536, address: '00:00:00:00:00:00', link_type: 'loopback' },
+  { ifindex: 2, ifname: 'eth0', mtu: 1500, address: '52:54:00:12:34:56', link_type: 'ether' },
+  { ifindex: 7, ifname: 'vbe1', mtu: 1450, address: 'aa:bb:cc:00:00:07', link_type: 'ether', link_netnsid: 0, linkinfo: { info_kind: 'veth' } },
+  { ifindex: 8, ifname: 'cni0', mtu: 1500, address: 'aa:bb:cc:00:00:08', link_type: 'ether', linkinfo: { info_kind: 'bridge' } },
+]);
+const NEIGH = JSON.stringify([
+  { dst: '10.244.1.11', dev: 'vbe1', lladdr: '0a:58:0a:f4:01:0b', state: ['REACHABLE'] },
+  { dst: '10.244.1.12', dev: 'vbe1', lladdr: '0a:58:0a:f4:01:0c', state: ['STALE'] },
+  { dst: '10.244.1.13', dev: 'vbe1', state: ['FAILED'] },
+  { dst: '10.244.9.5', dev: 'cni0', lladdr: '0a:58:0a:f4:09:05', state: ['REACHABLE'] },
+]);
+const ROUTES = JSON.stringify([
+  { dst: 'default', gateway: '192.168.60.1', dev: 'eth0', flags: [] },
+  { dst: '10.244.1.0/24', dev: 'vbe1', scope: 'link', flags: [] },
+  { dst: '10.244.1.14', gateway: '192.168.60.12', dev: 'eth0', flags: [] },
+  { dst: '10.244.9.0/24', dev: 'cni0', scope: 'link', flags: [] },
+  { type: 'blackhole', dst: '10.244.7.0/24', flags: [] },
+]);
+const tables = (): NodeTables => ({ links: parseLinks(LINKS), neighbours: parseNeighbours(NEIGH), routes: parseRoutes(ROUTES) });
+
+class FakeMap implements MapLike<XdpPodKeyT, XdpPodT> {
+  readonly name = 'vipr_xdp_pods_v1';
+  readonly data = new Map<string, XdpPodT>();
+  writes = 0;
+  lookup(k: XdpPodKeyT): XdpPodT | null { return this.data.get(k.addr) ?? null; }
+  update(k: XdpPodKeyT, v: XdpPodT): void { this.writes++; this.data.set(k.addr, v); }
+  delete(k: XdpPodKeyT): boolean { return this.data.delete(k.addr); }
+  entries(): Array<[XdpPodKeyT, XdpPodT]> { return [...this.data].map(([addr, v]) => [{ addr }, v]); }
+  updateBatch(e: ReadonlyArray<readonly [XdpPodKeyT, XdpPodT]>): void { for (const [k, v] of e) this.update(k, v); }
+}
+
+describe('XDP to local pods: the plan from the node\'s tables', () => {
+  test('the longest prefix wins; default is /0', () => {
+    const routes = parseRoutes(ROUTES);
+    expect(routeTo(routes, '10.244.1.14')).toMatchObject({ prefix: 32, gateway: '192.168.60.12' });
+    expect(routeTo(routes, '10.244.1.11')).toMatchObject({ prefix: 24, dev: 'vbe1', gateway: null });
+    expect(routeTo(routes, '8.8.8.8')).toMatchObject({ prefix: 0, dev: 'eth0' });
+    // A blackhole has no device to send to: not a route to a pod, so the default one answers.
+    expect(routeTo(routes, '10.244.7.1')).toMatchObject({ prefix: 0, dev: 'eth0' });
+  });
+
+  test('a pod on a veth with a neighbour entry is listed with the veth\'s index, MTU and MAC and the pod\'s MAC; the rest stay with the stack, each with why', () => {
+    const plan = planXdpPods(['10.244.1.11', '10.244.1.12', '10.244.1.13', '10.244.1.14', '10.244.9.5', 'fd00:10:244::5'], tables());
+    expect(Object.fromEntries(plan.entries)).toEqual({
+      '10.244.1.11': { ifindex: 7, len_ok: 1450, pod_mac: '0a:58:0a:f4:01:0b', host_mac: 'aa:bb:cc:00:00:07' },
+      '10.244.1.12': { ifindex: 7, len_ok: 1450, pod_mac: '0a:58:0a:f4:01:0c', host_mac: 'aa:bb:cc:00:00:07' },
+    });
+    expect(Object.fromEntries(plan.skipped)).toEqual({
+      '10.244.1.13': 'no neighbour entry on vbe1 yet',
+      '10.244.1.14': 'routed via 192.168.60.12, not on a link of this node',
+      '10.244.9.5': 'behind cni0 (bridge): XDP sends to veths only',
+      'fd00:10:244::5': 'IPv6: XDP sends IPv4 frames only',
+    });
+  });
+
+  test('the local backends of a synced state: this node\'s IPv4 endpoints, once each', () => {
+    const ep = (ip: string, isLocal: boolean) => ({ ip, port: 80, ready: true, serving: true, terminating: false, nodeName: null, zone: null, zoneHints: null, isLocal });
+    const state = { services: [
+      { endpoints: [ep('10.244.1.11', true), ep('10.244.2.11', false)] },
+      { endpoints: [ep('10.244.1.11', true), ep('fd00:10:244::5', true)] },
+    ] } as unknown as DesiredState;
+    expect([...localBackendAddrs(state)]).toEqual(['10.244.1.11']);
+  });
+});
+
+describe('XDP to local pods: the map follows', () => {
+  test('writes the planned entries, rewrites only what changed, removes what went', async () => {
+    const map = new FakeMap();
+    let t = tables();
+    const pods = new XdpPods(map, () => Promise.resolve(t));
+    pods.setBackends(new Set(['10.244.1.11', '10.244.1.12']));
+    await pods.refresh();
+    expect([...map.data.keys()].sort()).toEqual(['10.244.1.11', '10.244.1.12']);
+    expect(map.writes).toBe(2);
+    await pods.refresh();
+    expect(map.writes).toBe(2); // nothing changed, nothing written
+    // The pod behind 10.244.1.12 was recreated: a new MAC.
+    t = { ...t, neighbours: new Map([...t.neighbours, ['10.244.1.12 vbe1', '0a:58:0a:f4:01:99']]) };
+    await pods.refresh();
+    expect(map.writes).toBe(3);
+    expect(map.data.get('10.244.1.12')?.pod_mac).toBe('0a:58:0a:f4:01:99');
+    pods.setBackends(new Set(['10.244.1.12']));
+    await pods.refresh();
+    expect([...map.data.keys()]).toEqual(['10.244.1.12']);
+    pods.setBackends(new Set());
+    await pods.refresh();
+    expect(map.data.size).toBe(0);
+    pods.stop();
+  });
+});
