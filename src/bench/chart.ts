@@ -69,7 +69,7 @@ export async function renderChartSvg(report: BenchReport): Promise<string> {
 export function northSouthChartSpec(report: NorthSouthReport): TopLevelSpec {
   const e = report.env;
   const points = report.northSouth.rows.map((r) => ({
-    mode: r.mode === 'xdp' ? `xdp (${r.xdp})` : r.mode, traffic: r.traffic, delivered: r.deliveredPps, node: r.nodeNsPerPacket,
+    mode: r.mode === 'xdp' || r.mode === 'xdp-redirect' ? `${r.mode} (${r.xdp})` : r.mode, traffic: r.traffic, delivered: r.deliveredPps, node: r.nodeNsPerPacket,
   }));
   const bars = (field: 'delivered' | 'node', title: string) => ({
     width: 300,

@@ -19,13 +19,19 @@
 import { z } from 'zod';
 import { EXTERNAL_IP, LOAD_BALANCER_CIDR, SERVICE_CIDR, UNDERLAY_PREFIX } from '../lab/topology.js';
 
-export type NorthSouthMode = 'xdp' | 'tc' | 'iptables' | 'nftables' | 'ipvs';
-export const NORTH_SOUTH_MODES: readonly NorthSouthMode[] = ['xdp', 'tc', 'iptables', 'nftables', 'ipvs'];
+/** xdp-redirect: xdp with `--xdp-local-backends redirect` (XDP sends node1's pods their frames itself). */
+export type NorthSouthMode = 'xdp' | 'xdp-redirect' | 'tc' | 'iptables' | 'nftables' | 'ipvs';
+export const NORTH_SOUTH_MODES: readonly NorthSouthMode[] = ['xdp', 'xdp-redirect', 'tc', 'iptables', 'nftables', 'ipvs'];
+
+/** The modes whose agent attaches XDP to node1's NIC. */
+export function isXdpMode(mode: NorthSouthMode): boolean {
+  return mode === 'xdp' || mode === 'xdp-redirect';
+}
 
 export type NorthSouthTraffic = 'udp' | 'syn';
 export const NORTH_SOUTH_TRAFFIC: readonly NorthSouthTraffic[] = ['udp', 'syn'];
 
-const LAB_TAG: Record<NorthSouthMode, string> = { xdp: 'xdp', tc: 'tc', iptables: 'ipt', nftables: 'nft', ipvs: 'ipvs' };
+const LAB_TAG: Record<NorthSouthMode, string> = { xdp: 'xdp', 'xdp-redirect': 'xdpr', tc: 'tc', iptables: 'ipt', nftables: 'nft', ipvs: 'ipvs' };
 
 export function northSouthLabName(prefix: string, mode: NorthSouthMode): string {
   return `${prefix}-ns${LAB_TAG[mode]}`;
@@ -177,6 +183,8 @@ export interface NorthSouthSummary {
   unavailable: Array<{ mode: NorthSouthMode; reason: string }>;
   /** Delivered pps of xdp over iptables for each traffic kind, where both ran. */
   xdpOverIptables: Partial<Record<NorthSouthTraffic, number>>;
+  /** The same for xdp-redirect. */
+  xdpRedirectOverIptables: Partial<Record<NorthSouthTraffic, number>>;
 }
 
 type Json = Record<string, unknown>;
@@ -239,6 +247,9 @@ export function northSouthAgentArgs(mode: NorthSouthMode, ifaces: readonly strin
   switch (mode) {
     case 'xdp':
       return [...all, '--xdp', nic, '--xdp-mode', 'native', '--socket-lb', 'off'];
+    case 'xdp-redirect':
+      // The pods' eth0 poll (NAPI: their sinks are XDP programs), so veth delivers XDP frames there.
+      return [...all, '--xdp', nic, '--xdp-mode', 'native', '--xdp-local-backends', 'redirect', '--socket-lb', 'off'];
     case 'tc':
       return [...all, '--socket-lb', 'off'];
     case 'iptables':

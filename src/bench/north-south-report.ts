@@ -70,10 +70,11 @@ export function formatNorthSouth(report: NorthSouthReport): string {
       '',
     );
   }
-  const ratios = Object.entries(ns.xdpOverIptables);
-  if (ratios.length > 0) {
+  for (const [mode, byTraffic] of [['xdp', ns.xdpOverIptables], ['xdp-redirect', ns.xdpRedirectOverIptables ?? {}]] as const) {
+    const ratios = Object.entries(byTraffic);
+    if (ratios.length === 0) continue;
     out.push(
-      `xdp over iptables, delivered pps (target ≥ ×${XDP_OVER_IPTABLES_TARGET}): ` +
+      `${mode} over iptables, delivered pps (target ≥ ×${XDP_OVER_IPTABLES_TARGET}): ` +
         ratios.map(([t, r]) => `${t} ×${(r as number).toFixed(2)} (${(r as number) >= XDP_OVER_IPTABLES_TARGET ? 'met' : 'missed'})`).join(', '),
     );
   }

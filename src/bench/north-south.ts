@@ -19,7 +19,7 @@
 import { closeSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { requireRoot } from '../bpf/datapath.js';
+import { closeMaps, openPinnedMaps, requireRoot } from '../bpf/datapath.js';
 import { run as runIn, nsenterArgv } from '../lab/exec.js';
 import { AGENT_READY_MSG, defaultAgentMain, labClusterCidr, labDown, labUp } from '../lab/lab.js';
 import { startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
@@ -33,7 +33,7 @@ import { BenchAbortedError, environment, holdCpuDmaLatency } from './runner.js';
 import { median, type BenchEnv } from './results.js';
 import {
   EXT_NIC, FLOOD_SOURCES, FLOOD_SOURCE_IP, NEW_FLOW_PREFIX, NODE_NIC, NORTH_SOUTH_TRAFFIC, REFUSED_LB_IP, REFUSED_LB_PORT, TCP_NODE_PORT, UDP_NODE_PORT,
-  XdpPathsRequestSchema, northSouthAgentArgs, northSouthLabName, northSouthManifests, parseSchedstatRunNs, parseXdpDrops, trafficFigures, xdpAttachMode,
+  XdpPathsRequestSchema, isXdpMode, northSouthAgentArgs, northSouthLabName, northSouthManifests, parseSchedstatRunNs, parseXdpDrops, trafficFigures, xdpAttachMode,
   type NorthSouthMode, type NorthSouthPlan, type NorthSouthRow, type NorthSouthSummary, type NorthSouthTraffic, type XdpPaths,
 } from './north-south-plan.js';
 
@@ -193,6 +193,13 @@ async function nsLabUp(plan: NorthSouthPlan, mode: NorthSouthMode, manifestsDir:
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'north-south.json'), JSON.stringify(manifests));
+  if (mode === 'xdp-redirect') {
+    // node1 has not talked to its pods yet (on a real node the kubelet's probes have): the
+    // neighbour entries it would have, from which the agent lists the pods for XDP.
+    for (const be of node1.backends) {
+      await runIn('ip', ['neigh', 'replace', be.ip, 'lladdr', await linkMac(be.netns, be.ifname), 'dev', be.nodeIfname, 'nud', 'reachable'], { netns: node1.netns });
+    }
+  }
   const argv = [
     process.execPath, defaultAgentMain(), 'run', ...northSouthAgentArgs(mode, node1.agentIfaces, NODE_NIC),
     '--manifests', dir, '--pin-dir', nodeState.pinDir, '--node-name', node1.nodeName, '--node-ip', node1.nodeIp as string,
@@ -204,6 +211,16 @@ async function nsLabUp(plan: NorthSouthPlan, mode: NorthSouthMode, manifestsDir:
   } finally {
     // An idle agent's periodic resync must not land in a run: what it installed stays.
     if (agent !== null) await stopProcesses([agent], 10_000);
+  }
+  if (mode === 'xdp-redirect') {
+    const maps = openPinnedMaps(nodeState.pinDir);
+    try {
+      const listed = new Set(maps.xdpPods.entries().map(([k]) => k.addr));
+      const missing = node1.backends.filter((b) => !listed.has(b.ip)).map((b) => b.ip);
+      if (missing.length > 0) throw new Error(`xdp-redirect: the agent did not list node1's pods ${missing.join(', ')} in vipr_xdp_pods_v1 (see ${join(state.stateDir, 'agent-north-south.log')})`);
+    } finally {
+      closeMaps(maps);
+    }
   }
   const { stdout } = await runIn('ip', ['-j', 'link', 'show', 'dev', NODE_NIC], { netns: node1.netns });
   return { mode, name, plan: labPlan, node1, node2, pinDir: nodeState.pinDir, stateDir: state.stateDir, xdp: xdpAttachMode(stdout), sinks, nodeThread: null };
@@ -348,7 +365,7 @@ export async function runNorthSouth(o: { plan: NorthSouthPlan; signal: AbortSign
       for (const [netns, ifname] of lab.sinks) await pinNapiThread(netns, ifname, plan.cpu);
     }
     o.onProgress(`node1's NIC polled on CPU ${nodeCpu}; the generator and the sinks on CPU ${plan.cpu}`);
-    for (const lab of labs) if (lab.mode === 'xdp') o.onProgress(`xdp: attached ${lab.xdp} on ${NODE_NIC}`);
+    for (const lab of labs) if (isXdpMode(lab.mode)) o.onProgress(`${lab.mode}: attached ${lab.xdp} on ${NODE_NIC}`);
     for (let round = 1; round <= plan.rounds; round++) {
       for (const lab of labs) {
         for (const traffic of NORTH_SOUTH_TRAFFIC) {
@@ -388,11 +405,14 @@ export async function runNorthSouth(o: { plan: NorthSouthPlan; signal: AbortSign
   env.wallSeconds = Math.round((Date.now() - started) / 1000);
   env.loadAverage.end = loadavg().map((v) => Math.round(v * 100) / 100);
   const rows = summarizeRows(samples);
-  const xdpOverIptables: NorthSouthSummary['xdpOverIptables'] = {};
-  for (const t of NORTH_SOUTH_TRAFFIC) {
-    const x = rows.find((r) => r.mode === 'xdp' && r.traffic === t);
-    const i = rows.find((r) => r.mode === 'iptables' && r.traffic === t);
-    if (x && i && i.deliveredPps > 0) xdpOverIptables[t] = Math.round((x.deliveredPps / i.deliveredPps) * 100) / 100;
-  }
-  return { env, northSouth: { rows, nodeCpu, xdpPaths, unavailable, xdpOverIptables } };
+  const overIptables = (mode: NorthSouthMode): Partial<Record<NorthSouthTraffic, number>> => {
+    const out: Partial<Record<NorthSouthTraffic, number>> = {};
+    for (const t of NORTH_SOUTH_TRAFFIC) {
+      const x = rows.find((r) => r.mode === mode && r.traffic === t);
+      const i = rows.find((r) => r.mode === 'iptables' && r.traffic === t);
+      if (x && i && i.deliveredPps > 0) out[t] = Math.round((x.deliveredPps / i.deliveredPps) * 100) / 100;
+    }
+    return out;
+  };
+  return { env, northSouth: { rows, nodeCpu, xdpPaths, unavailable, xdpOverIptables: overIptables('xdp'), xdpRedirectOverIptables: overIptables('xdp-redirect') } };
 }

@@ -26,7 +26,7 @@ export const summary = 'benchmark BPF against iptables, nftables and IPVS: laten
 
 const HELP = `usage: vipr bench [--modes bpf,bpf-tc,iptables,iptables-nft,nftables,ipvs] [--services 1,1000,10000]
                   [--families ipv4,ipv6] [--backends 3] [--rounds 3] [--json FILE] [--chart FILE.svg] [--quick]
-       vipr bench --north-south [--modes xdp,tc,iptables,nftables,ipvs] [--rounds 3] [--backends 2] [--json FILE] [--chart FILE.svg] [--quick]
+       vipr bench --north-south [--modes xdp,xdp-redirect,tc,iptables,nftables,ipvs] [--rounds 3] [--backends 2] [--json FILE] [--chart FILE.svg] [--quick]
 
 Builds one lab per mode (named <prefix>-bpf, <prefix>-ipt, ...; see 'vipr lab'), plus one with
 nothing loaded for the 'direct' floor (client → backend, routed, no NAT), and for every mode
@@ -77,8 +77,9 @@ disruption soak (--disruption; with --quick: 30 churns, 2 restarts, 3 watch drop
   --watch-drops N     times the API server drops every connection (default 20)
 
 north-south (--north-south; with --quick: 0.4 s per run, 1 round):
-  Packets per second from outside the cluster: in a two-node lab per mode (xdp, tc, iptables,
-  nftables, and ipvs where the kernel has it), the external host sends frames (bench/xdp-flood.c:
+  Packets per second from outside the cluster: in a two-node lab per mode (xdp; xdp-redirect,
+  which is xdp with --xdp-local-backends redirect: XDP hands node1's pods their frames itself;
+  tc, iptables, nftables, and ipvs where the kernel has it), the external host sends frames (bench/xdp-flood.c:
   XDP live frames, no skb, pinned to --cpu) over a cable of its own into node1's NIC, polled on
   another CPU, to node1's NodePorts: UDP on 64 tracked flows to node2's pods (node1 DNATs, SNATs
   and forwards), and TCP SYNs from 16 x 64,512 sources to node1's pods (every SYN a new flow).
@@ -127,7 +128,7 @@ export function parseModes(value: string | undefined): DataplaneMode[] {
   return modes;
 }
 
-/** `--modes` of --north-south: xdp, tc, iptables, nftables, ipvs (default all). */
+/** `--modes` of --north-south: xdp, xdp-redirect, tc, iptables, nftables, ipvs (default all). */
 export function parseNorthSouthModes(value: string | undefined): NorthSouthMode[] {
   if (value === undefined) return [...NORTH_SOUTH_MODES];
   const modes: NorthSouthMode[] = [];

@@ -11,8 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VIPR_MAIN, ensureBuilt, forceCleanLab, labLeftovers, uniqueLabName } from '../helpers/lab.js';
 
-const MODES = ['xdp', 'tc', 'iptables', 'nftables', 'ipvs'];
-const LAB_TAGS = ['xdp', 'tc', 'ipt', 'nft', 'ipvs'];
+const MODES = ['xdp', 'xdp-redirect', 'tc', 'iptables', 'nftables', 'ipvs'];
+const LAB_TAGS = ['xdp', 'xdpr', 'tc', 'ipt', 'nft', 'ipvs'];
 const PATHS: Record<string, string[]> = {
   not_service: ['pass'],
   nodeport_new_local: ['pass'],
@@ -42,6 +42,7 @@ interface Report {
     xdpPaths: { overheadNs: number; paths: Array<{ path: string; ns: number; warmRuns: number; harnessNs: number; coldNs: number; singleRunNs: number; verdict: string; runs: number }> } | null;
     unavailable: Array<{ mode: string; reason: string }>;
     xdpOverIptables: Record<string, number>;
+    xdpRedirectOverIptables: Record<string, number>;
   };
 }
 
@@ -92,7 +93,7 @@ describe('vipr bench --north-south --quick', () => {
     const measured = new Set(report.northSouth.rows.map((r) => r.mode));
     const unavailable = new Map(report.northSouth.unavailable.map((u) => [u.mode, u.reason]));
     for (const mode of MODES) expect([mode, measured.has(mode) !== unavailable.has(mode)]).toEqual([mode, true]);
-    for (const mode of ['xdp', 'tc', 'iptables', 'nftables']) expect([mode, measured.has(mode)]).toEqual([mode, true]);
+    for (const mode of ['xdp', 'xdp-redirect', 'tc', 'iptables', 'nftables']) expect([mode, measured.has(mode)]).toEqual([mode, true]);
     if (!existsSync('/proc/net/ip_vs')) expect(unavailable.get('ipvs')).toBe('kernel without IPVS');
     for (const mode of measured) {
       expect([mode, report.northSouth.rows.filter((r) => r.mode === mode).map((r) => r.traffic).sort()]).toEqual([mode, ['syn', 'udp']]);
@@ -109,11 +110,12 @@ describe('vipr bench --north-south --quick', () => {
       expect([what, r.rounds, r.deliveredPpsByRound.length]).toEqual([what, 1, 1]);
     }
     for (const t of ['udp', 'syn']) expect(report.northSouth.xdpOverIptables[t]).toBeGreaterThan(0);
+    for (const t of ['udp', 'syn']) expect(report.northSouth.xdpRedirectOverIptables[t]).toBeGreaterThan(0);
   });
 
-  test('says how XDP attached: native for xdp (--xdp-mode native on the NIC, whose peer and sinks poll), none elsewhere', () => {
+  test('says how XDP attached: native for xdp and xdp-redirect (--xdp-mode native on the NIC, whose peer and sinks poll), none elsewhere', () => {
     for (const r of report.northSouth.rows) {
-      expect([r.mode, r.xdp]).toEqual([r.mode, r.mode === 'xdp' ? 'native' : 'none']);
+      expect([r.mode, r.xdp]).toEqual([r.mode, r.mode.startsWith('xdp') ? 'native' : 'none']);
     }
     expect(stdout).toMatch(/^ {2}xdp +native +[\d,]+ +[\d,]+/m);
   });

@@ -96,6 +96,7 @@ describe('north-south Services', () => {
 
   test('agent flags per mode: both BPF modes on the NIC too, XDP native on it only for xdp, socket LB off', () => {
     expect(northSouthAgentArgs('xdp', ['eth0', 'vbe1'], 'nic0')).toEqual(['--iface', 'eth0', '--iface', 'vbe1', '--iface', 'nic0', '--xdp', 'nic0', '--xdp-mode', 'native', '--socket-lb', 'off']);
+    expect(northSouthAgentArgs('xdp-redirect', ['eth0'], 'nic0')).toEqual(['--iface', 'eth0', '--iface', 'nic0', '--xdp', 'nic0', '--xdp-mode', 'native', '--xdp-local-backends', 'redirect', '--socket-lb', 'off']);
     expect(northSouthAgentArgs('tc', ['eth0'], 'nic0')).toEqual(['--iface', 'eth0', '--iface', 'nic0', '--socket-lb', 'off']);
     expect(northSouthAgentArgs('iptables', ['eth0'], 'nic0')).toEqual(['--mode', 'iptables', '--iptables-backend', 'legacy']);
   });
@@ -107,9 +108,9 @@ describe('north-south Services', () => {
 
 describe('vipr bench --north-south options', () => {
   test('--modes takes the north-south modes only', () => {
-    expect(parseNorthSouthModes(undefined)).toEqual(['xdp', 'tc', 'iptables', 'nftables', 'ipvs']);
+    expect(parseNorthSouthModes(undefined)).toEqual(['xdp', 'xdp-redirect', 'tc', 'iptables', 'nftables', 'ipvs']);
     expect(parseNorthSouthModes('iptables,xdp,xdp')).toEqual(['iptables', 'xdp']);
-    expect(() => parseNorthSouthModes('bpf')).toThrow("--modes bpf: 'bpf' is not one of xdp, tc, iptables, nftables, ipvs (the modes of --north-south)");
+    expect(() => parseNorthSouthModes('bpf')).toThrow("--modes bpf: 'bpf' is not one of xdp, xdp-redirect, tc, iptables, nftables, ipvs (the modes of --north-south)");
   });
 
   test('options of the other benchmarks are refused in one line naming them', async () => {
