@@ -1,0 +1,170 @@
+/*
+ * `--xdp-local-backends redirect` in the two-node lab (IPv4), for real: node1's agent with XDP on
+ * its underlay interface, a NodePort Service (externalTrafficPolicy Local) whose one endpoint is
+ * be1 on node1, the external host `ext` reaching it through node1's address. With the flag the
+ * agent lists be1 in vipr_xdp_pods_v1 once node1 has a neighbour entry for it (here: after the
+ * first request, which the stack delivers and `ip monitor` reports), and from then on XDP sends
+ * the requests to be1's veth itself: TCP and UDP are answered, the backend sees the client, and
+ * a counting rule in node1's FORWARD chain sees none of the requests (the stack never forwards
+ * them). Without the flag (the agent restarted) the map is emptied and the same rule counts every
+ * request again. The lab's XDP is generic (veth), where a redirected frame is an skb sent
+ * straight into the veth; native mode is what the north-south bench measures.
+ * One lab for the file; everything it starts is stopped, and the lab removed, at the end.
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  ensureBuilt, forceCleanLab, labExec, labUdpRequest, labUp, nodePinDirOf, startNodeAgent, uniqueLabName, vipr, type NodeAgent,
+} from '../helpers/lab.js';
+
+const lab = uniqueLabName('xdpp');
+const work = mkdtempSync(join(tmpdir(), 'vipr-xdp-pods-'));
+const manifests = join(work, 'manifests');
+const NODE1_IP = '192.168.60.11';
+const EXT_IP = '192.168.60.100';
+const BE1 = '10.244.1.11';
+
+const SERVICE = `apiVersion: v1
+kind: Service
+metadata:
+  name: local-web
+  namespace: default
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  clusterIP: 10.0.0.80
+  ports:
+  - name: http
+    protocol: TCP
+    port: 80
+    targetPort: 80
+    nodePort: 30180
+  - name: dns
+    protocol: UDP
+    port: 53
+    targetPort: 5353
+    nodePort: 30153
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: local-web-1
+  namespace: default
+  labels:
+    kubernetes.io/service-name: local-web
+addressType: IPv4
+ports:
+- name: http
+  protocol: TCP
+  port: 80
+- name: dns
+  protocol: UDP
+  port: 5353
+endpoints:
+- addresses: ["${BE1}"]
+  conditions: {ready: true}
+  nodeName: node1
+`;
+
+let node1: NodeAgent | null = null;
+
+function agentArgs(extra: string[]): string[] {
+  return [
+    '--manifests', manifests, '--iface', 'eth0', '--iface', 'eth1', '--iface', 'vbe1', '--pin-dir', nodePinDirOf(lab, 'node1'),
+    '--node-name', 'node1', '--cluster-cidr', '10.244.0.0/16', '--node-ip', NODE1_IP, '--xdp', 'eth0', '--socket-lb', 'off',
+    '--metrics-bind-address', '127.0.0.1:0', '--healthz-bind-address', '127.0.0.1:0', ...extra,
+  ];
+}
+
+/** Retries until `fn` resolves, at most `ms`. */
+async function eventually<T>(fn: () => Promise<T>, ms = 15_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  }
+}
+
+async function whoami(): Promise<string> {
+  const res = await labExec(lab, 'ext', ['curl', '-sS', '--max-time', '5', `http://${NODE1_IP}:30180/whoami`]);
+  if (res.code !== 0) throw new Error(`curl from ext: ${res.stderr}`);
+  return res.stdout.trim();
+}
+
+/** Packets node1's FORWARD chain counted towards be1 (the rule the test put there). */
+async function forwardedToBe1(): Promise<number> {
+  const res = await labExec(lab, 'node1', ['iptables', '-w', '-nvxL', 'FORWARD']);
+  const row = res.stdout.split('\n').find((l) => l.includes(BE1));
+  if (!row) throw new Error(`no counting rule for ${BE1} in node1's FORWARD chain:\n${res.stdout}`);
+  return Number(row.trim().split(/\s+/)[0]);
+}
+
+async function xdpRedirects(): Promise<number> {
+  const res = await vipr(['stats', '--pin-dir', nodePinDirOf(lab, 'node1'), '--json']);
+  if (res.code !== 0) throw new Error(`vipr stats: ${res.stderr}`);
+  return (JSON.parse(res.stdout) as Record<string, { packets: number } | undefined>).xdp_redirect?.packets ?? 0;
+}
+
+async function listedPods(): Promise<string> {
+  const res = await vipr(['maps', 'vipr_xdp_pods_v1', '--pin-dir', nodePinDirOf(lab, 'node1')]);
+  if (res.code !== 0) throw new Error(`vipr maps: ${res.stderr}`);
+  return res.stdout;
+}
+
+beforeAll(async () => {
+  await ensureBuilt();
+  await labUp(lab, { nodes: 2, backends: 1, ipFamily: 'ipv4' });
+  mkdirSync(manifests);
+  writeFileSync(join(manifests, 'local-web.yaml'), SERVICE);
+  const rule = await labExec(lab, 'node1', ['iptables', '-w', '-A', 'FORWARD', '-d', BE1, '-j', 'ACCEPT']);
+  if (rule.code !== 0) throw new Error(`iptables in node1: ${rule.stderr}`);
+  node1 = await startNodeAgent(`${lab}-node1`, agentArgs(['--xdp-local-backends', 'redirect']));
+}, 240_000);
+
+afterAll(async () => {
+  await node1?.kill();
+  await forceCleanLab(lab);
+  rmSync(work, { recursive: true, force: true });
+}, 60_000);
+
+describe('--xdp-local-backends redirect', () => {
+  it('lists be1 once node1 has its neighbour entry; then TCP requests reach be1 from XDP, never through the FORWARD chain', async () => {
+    // The first request goes through the stack (no neighbour entry yet), which resolves be1.
+    expect(await eventually(whoami)).toMatch(new RegExp(`^be1 ${EXT_IP.replace(/\./g, '\\.')}:\\d+$`));
+    await eventually(async () => {
+      if (!(await listedPods()).includes(BE1)) throw new Error('be1 not listed yet');
+    });
+    const [forwarded, redirects] = [await forwardedToBe1(), await xdpRedirects()];
+    for (let i = 0; i < 5; i++) expect(await whoami()).toMatch(new RegExp(`^be1 ${EXT_IP.replace(/\./g, '\\.')}:\\d+$`));
+    expect(await forwardedToBe1()).toBe(forwarded);
+    // Every packet of the five connections from ext (SYN, ACKs, the request, FIN): at least 4 each.
+    expect(await xdpRedirects()).toBeGreaterThanOrEqual(redirects + 20);
+    expect(node1?.log()).toContain('vipr_xdp_pods_v1 updated');
+  });
+
+  it('UDP too: answered, the backend sees the client, nothing forwarded by the stack', async () => {
+    const forwarded = await forwardedToBe1();
+    const answer = await eventually(() => labUdpRequest(lab, 'ext', NODE1_IP, 30153, 'whoami'));
+    expect(answer).toMatch(new RegExp(`^be1 ${EXT_IP.replace(/\./g, '\\.')}:\\d+$`));
+    expect(await forwardedToBe1()).toBe(forwarded);
+  });
+});
+
+describe('without the flag (the agent restarted)', () => {
+  beforeAll(async () => {
+    await node1?.kill();
+    node1 = await startNodeAgent(`${lab}-node1`, agentArgs([]));
+  }, 60_000);
+
+  it('the map is emptied and the stack forwards every request again', async () => {
+    expect(await listedPods()).not.toContain(BE1);
+    const forwarded = await forwardedToBe1();
+    for (let i = 0; i < 3; i++) expect(await eventually(whoami)).toMatch(new RegExp(`^be1 ${EXT_IP.replace(/\./g, '\\.')}:\\d+$`));
+    expect(await forwardedToBe1()).toBeGreaterThanOrEqual(forwarded + 12);
+  });
+});
