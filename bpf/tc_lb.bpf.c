@@ -191,6 +191,18 @@ static __always_inline int tc_not_ipv4(struct __sk_buff *skb, __u32 slot)
 	return TC_ACT_OK;
 }
 
+/* Whether XDP, on this interface, passed this packet with its work done (struct vipr_xdp_meta). */
+static __always_inline bool tc_xdp_done(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	struct vipr_xdp_meta *meta = (void *)(long)skb->data_meta;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+
+	if ((void *)(meta + 1) > data || (void *)(ip + 1) > (void *)(long)skb->data_end)
+		return false;
+	return meta->magic == VIPR_XDP_META_DONE && meta->ifindex == skb->ingress_ifindex && meta->ttl == ip->ttl;
+}
+
 SEC("tc")
 int vipr_tc_ingress(struct __sk_buff *skb)
 {
@@ -199,6 +211,10 @@ int vipr_tc_ingress(struct __sk_buff *skb)
 
 	int dsr;
 
+	if (tc_xdp_done(skb)) {
+		stats_count(VIPR_STAT_TC_XDP_DONE, skb->len);
+		return TC_ACT_OK;
+	}
 	switch (tc_lb4_parse(skb, &pkt)) {
 	case LB_PACKET_FLOW:
 		/* A DSR flow's packet from its balancing node: tracked, stripped, on to the pod. */

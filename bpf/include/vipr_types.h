@@ -278,6 +278,27 @@ _Static_assert(sizeof(struct vipr_xdp_pod) == 20, "vipr_xdp_pod layout");
 #define VIPR_XDP_POD_ENTRIES 4096
 
 /*
+ * What XDP leaves in front of a frame it passes to the stack with its work done (XDP metadata,
+ * bpf_xdp_adjust_meta): a packet of no service, or one it translated for a pod of this node. TC
+ * ingress on the same interface then lets it through without parsing it or probing conntrack
+ * again (Cilium's XFER_PKT_NO_SVC). Only IPv4 without options or fragmentation gets it (a DSR
+ * packet's option is TC's to take off). TC believes it only on the interface it names and with
+ * the TTL it names, so a mark the kernel carried along with a packet the node forwarded (TTL one
+ * less) into another device is never taken for a fresh one; packets of one flow carry the same
+ * mark, so GRO still merges them. Drivers without XDP metadata leave it out, and TC does the
+ * work as before.
+ */
+struct vipr_xdp_meta {
+	__u32 magic;   /* VIPR_XDP_META_DONE */
+	__u32 ifindex; /* the interface XDP ran on */
+	__u8 ttl;      /* the IPv4 TTL as XDP left it */
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct vipr_xdp_meta) == 12, "vipr_xdp_meta layout");
+
+#define VIPR_XDP_META_DONE 0x76697072 /* "vipr" */
+
+/*
  * Value of vipr_snat_full_v1 / vipr_snat_full6_v1, keyed by a flow's reply key with port 0 (struct
  * vipr_ct_key / vipr_ct6_key: the backend, the SNAT address, the protocol): until when a walk of
  * that backend's whole SNAT port range found no free port. New flows to it are dropped without
@@ -377,6 +398,7 @@ enum vipr_stat {
 	VIPR_STAT_DROP_DSR_MTU,     /* drop: a DSR packet with its option exceeds the egress MTU (the option adds 8 bytes) */
 	VIPR_STAT_XDP_FLOW_CACHE_HIT, /* XDP: a tracked flow's packet rewritten from vipr_xdp_flows_v1, no conntrack or FIB */
 	VIPR_STAT_SNAT_PORT_WALK,   /* a new SNATed flow's random tries failed: the port range walked in order */
+	VIPR_STAT_TC_XDP_DONE,      /* TC ingress: a packet XDP had finished with (struct vipr_xdp_meta), let through unread */
 	VIPR_STAT_MAX,
 };
 _Static_assert(VIPR_STAT_MAX <= VIPR_STAT_SLOTS, "enum vipr_stat outgrew vipr_stats_v2");

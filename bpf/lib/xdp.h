@@ -110,6 +110,34 @@ static __always_inline int xdp_pod_nexthop(struct xdp_md *ctx, const struct nat_
 }
 
 /*
+ * XDP_PASS for a frame whose work XDP has done (no service's, or translated for a pod of this
+ * node): struct vipr_xdp_meta in front of it tells TC ingress so. Counted by the caller.
+ */
+static __always_inline int xdp_pass_done(struct xdp_md *ctx, const struct packet *pkt)
+{
+	struct vipr_xdp_meta *meta;
+	struct iphdr *ip;
+	void *data;
+
+	if (pkt->frag != FRAG_NONE || pkt->l4_off != sizeof(struct ethhdr) + sizeof(struct iphdr))
+		return XDP_PASS;
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*meta)))
+		return XDP_PASS;
+	data = (void *)(long)ctx->data;
+	meta = (void *)(long)ctx->data_meta;
+	ip = data + sizeof(struct ethhdr);
+	if ((void *)(meta + 1) > data || (void *)(ip + 1) > (void *)(long)ctx->data_end)
+		return XDP_PASS;
+	meta->magic = VIPR_XDP_META_DONE;
+	meta->ifindex = ctx->ingress_ifindex;
+	meta->ttl = ip->ttl;
+	meta->pad[0] = 0;
+	meta->pad[1] = 0;
+	meta->pad[2] = 0;
+	return XDP_PASS;
+}
+
+/*
  * The flow cache's side (struct vipr_xdp_flow says what keeps it right). Returns an XDP verdict,
  * or -1 when the packet takes the full path.
  */
@@ -151,7 +179,7 @@ static __always_inline int xdp_lb4_cached(struct xdp_md *ctx, const struct packe
 		stats_count(VIPR_STAT_DNAT, len);
 	if (!f->nh.ifindex) {
 		stats_count(VIPR_STAT_XDP_PASS, len);
-		return XDP_PASS;
+		return xdp_pass_done(ctx, pkt);
 	}
 	stats_count(f->nh.ifindex == ctx->ingress_ifindex ? VIPR_STAT_XDP_TX : VIPR_STAT_XDP_REDIRECT, len);
 	return xdp_forward(ctx, &f->nh);
@@ -221,7 +249,11 @@ static __always_inline int xdp_lb4(struct xdp_md *ctx)
 		return XDP_DROP;
 	case LB_NAT:
 		break;
+	case LB_PASS:
+		stats_count(VIPR_STAT_XDP_PASS, len);
+		return xdp_pass_done(ctx, &pkt);
 	default:
+		/* A reject: TC answers it. */
 		stats_count(VIPR_STAT_XDP_PASS, len);
 		return XDP_PASS;
 	}
@@ -249,7 +281,7 @@ static __always_inline int xdp_lb4(struct xdp_md *ctx)
 		stats_count(VIPR_STAT_DNAT, len);
 	if (!nh.ifindex) {
 		stats_count(VIPR_STAT_XDP_PASS, len);
-		return XDP_PASS;
+		return xdp_pass_done(ctx, &pkt);
 	}
 	if (nh.ifindex == ctx->ingress_ifindex)
 		stats_count(VIPR_STAT_XDP_TX, len);

@@ -56,7 +56,7 @@ function runSingles(path: string, prog: number, frames: Buffer[]): Measured {
   let verdict: Verdict | null = null;
   let first: Buffer | null = null;
   for (const f of frames) {
-    const r = progTestRun(prog, f, 1);
+    const r = progTestRun(prog, f, 1, { xdpMeta: true });
     const v = verdictName(r.retval);
     if (verdict !== null && v !== verdict) throw new Error(`${path}: XDP said ${verdict}, then ${v}`);
     verdict = v;
@@ -131,7 +131,7 @@ function runWarm(path: string, h: Harness, frame: Buffer, runs: number, newFlowP
   if (base.retval !== 2) throw new Error(`${path}: the harness alone said ${base.retval}, expected XDP_PASS`);
   // The harness alone made no flows: the program's runs start again from the frame's own.
   h.setFrame(f, newFlowPerRun);
-  const r = progTestRun(h.lbProg, f, runs);
+  const r = progTestRun(h.lbProg, f, runs, { xdpMeta: true });
   return { verdict: verdictName(r.retval), last: r.data, ns: Math.max(0, r.durationNs - base.durationNs), harnessNs: base.durationNs, runs };
 }
 

@@ -378,6 +378,7 @@ export const STAT_NAMES = [
   'drop_dsr_mtu',
   'xdp_flow_cache_hit',
   'snat_port_walk',
+  'tc_xdp_done',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 

@@ -586,27 +586,46 @@ export function xdpDetach(ifindex: number, flags: number, what: string): boolean
 
 export interface TestRunResult {
   retval: number;
+  /** The packet as the program left it (for XDP with `xdpMeta`, without its metadata). */
   data: Buffer;
   durationNs: number;
+  /** XDP with `xdpMeta`: the metadata the program put in front of the packet (bpf_xdp_adjust_meta); else empty. */
+  meta: Buffer;
 }
 
-/** Runs a program over one packet (BPF_PROG_TEST_RUN); the packet may grow by up to 256 bytes. */
-export function progTestRun(progFd: number, packet: Buffer, repeat = 1): TestRunResult {
+/** struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex. */
+const XDP_MD_BYTES = 24;
+
+/**
+ * Runs a program over one packet (BPF_PROG_TEST_RUN); the packet may grow by up to 256 bytes.
+ * `xdpMeta` (XDP programs): pass an xdp_md in and out, so that the metadata the program leaves in
+ * front of the packet is told apart from it (the kernel returns both as one buffer).
+ */
+export function progTestRun(progFd: number, packet: Buffer, repeat = 1, opt: { xdpMeta?: boolean } = {}): TestRunResult {
   const outCap = packet.length + 256;
   const inPtr = koffi.alloc('uint8_t', Math.max(packet.length, 1));
   const outPtr = koffi.alloc('uint8_t', outCap);
+  const ctxIn = opt.xdpMeta ? koffi.alloc('uint8_t', XDP_MD_BYTES) : null;
+  const ctxOut = opt.xdpMeta ? koffi.alloc('uint8_t', XDP_MD_BYTES) : null;
   try {
     Buffer.from(koffi.view(inPtr, packet.length)).set(packet);
+    if (ctxIn !== null && ctxOut !== null) {
+      // No metadata in, data_end = the packet's length (what the kernel requires of a ctx_in).
+      const md = Buffer.alloc(XDP_MD_BYTES);
+      md.writeUInt32LE(packet.length, 4);
+      Buffer.from(koffi.view(ctxIn, XDP_MD_BYTES)).set(md);
+      Buffer.from(koffi.view(ctxOut, XDP_MD_BYTES)).fill(0);
+    }
     const opts = {
       sz: koffi.sizeof(TestRunOpts),
       data_in: inPtr,
       data_out: outPtr,
       data_size_in: packet.length,
       data_size_out: outCap,
-      ctx_in: null,
-      ctx_out: null,
-      ctx_size_in: 0,
-      ctx_size_out: 0,
+      ctx_in: ctxIn,
+      ctx_out: ctxOut,
+      ctx_size_in: ctxIn !== null ? XDP_MD_BYTES : 0,
+      ctx_size_out: ctxOut !== null ? XDP_MD_BYTES : 0,
       retval: 0,
       repeat,
       duration: 0,
@@ -615,11 +634,15 @@ export function progTestRun(progFd: number, packet: Buffer, repeat = 1): TestRun
       batch_size: 0,
     };
     check('bpf_prog_test_run_opts', fns.bpf_prog_test_run_opts(progFd, opts) as number);
-    const data = Buffer.from(Buffer.from(koffi.view(outPtr, opts.data_size_out)));
-    return { retval: opts.retval, data, durationNs: opts.duration };
+    const out = Buffer.from(Buffer.from(koffi.view(outPtr, opts.data_size_out)));
+    // ctx_out's data: where the packet starts in what came out, i.e. the metadata's length.
+    const metaLen = ctxOut !== null ? Buffer.from(koffi.view(ctxOut, XDP_MD_BYTES)).readUInt32LE(0) : 0;
+    return { retval: opts.retval, data: out.subarray(metaLen), durationNs: opts.duration, meta: out.subarray(0, metaLen) };
   } finally {
     koffi.free(inPtr);
     koffi.free(outPtr);
+    if (ctxIn !== null) koffi.free(ctxIn);
+    if (ctxOut !== null) koffi.free(ctxOut);
   }
 }
 

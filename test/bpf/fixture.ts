@@ -104,9 +104,10 @@ export class DatapathFixture {
     return { verdict: r.retval, out: r.data };
   }
 
-  xdp(frame: Buffer): { verdict: number; out: Buffer } {
-    const r = progTestRun(this.dp.xdpProgram(), frame);
-    return { verdict: r.retval, out: r.data };
+  /** `meta`: what XDP left in front of the frame for TC (struct vipr_xdp_meta), or empty. */
+  xdp(frame: Buffer): { verdict: number; out: Buffer; meta: Buffer } {
+    const r = progTestRun(this.dp.xdpProgram(), frame, 1, { xdpMeta: true });
+    return { verdict: r.retval, out: r.data, meta: r.meta };
   }
 
   counter(name: StatName): number {

@@ -4,7 +4,9 @@
  * listed pod leaves by XDP_REDIRECT to its veth, rewritten as the stack would have delivered it
  * (DNAT, TTL less one, the veth's and the pod's MACs, checksums right); a pod not listed, a frame
  * longer than its link or one whose TTL runs out goes to the stack as before; a steady flow keeps
- * the redirect in XDP's flow cache.
+ * the redirect in XDP's flow cache. And what XDP tells TC ingress in front of a frame it passes
+ * with its work done (struct vipr_xdp_meta): there for a translated frame and one of no service,
+ * never for one TC still has work on (an IPv4 option, a fragment, a reject).
  */
 import { DatapathFixture, NODE_IP, XDP_PASS, XDP_REDIRECT, type SvcDef } from './fixture.js';
 import { TCP_ACK, TCP_SYN, ipv4Frame, parseFrame } from './packets.js';
@@ -35,6 +37,10 @@ const macs = (f: Buffer): { dst: string; src: string } => ({
   src: [...f.subarray(6, 12)].map((b) => b.toString(16).padStart(2, '0')).join(':'),
 });
 const ttl = (f: Buffer): number => f[22] as number;
+const VIPR_XDP_META_DONE = 0x76697072;
+/** struct vipr_xdp_meta, or null when XDP left none. */
+const xdpMeta = (meta: Buffer): { magic: number; ttl: number } | null =>
+  meta.length >= 12 ? { magic: meta.readUInt32LE(0), ttl: meta[8] as number } : null;
 
 describe('XDP to local pods (vipr_xdp_pods_v1)', () => {
   test('a listed pod: the SYN leaves by XDP_REDIRECT to its veth, DNATed, TTL less one, MACs of the veth and the pod, checksums right', () => {
@@ -80,5 +86,23 @@ describe('XDP to local pods (vipr_xdp_pods_v1)', () => {
     expect(fx.xdp(tcp(41005, TCP_SYN)).verdict).toBe(XDP_REDIRECT);
     fx.dp.maps.xdpPods.delete({ addr: BACKEND });
     expect(fx.xdp(tcp(41006, TCP_SYN)).verdict).toBe(XDP_PASS);
+  });
+
+  test('XDP tells TC what it finished: a translated frame and one of no service carry the mark, with the TTL they leave with', () => {
+    const translated = fx.xdp(tcp(41007, TCP_SYN));
+    expect(translated.verdict).toBe(XDP_PASS);
+    expect(xdpMeta(translated.meta)).toEqual({ magic: VIPR_XDP_META_DONE, ttl: ttl(translated.out) });
+    const notService = fx.xdp(ipv4Frame({ src: CLIENT, dst: NODE_IP, proto: 'tcp', sport: 41008, dport: 22, tcpFlags: TCP_SYN }));
+    expect(notService.verdict).toBe(XDP_PASS);
+    expect(xdpMeta(notService.meta)?.magic).toBe(VIPR_XDP_META_DONE);
+  });
+
+  test('no mark where TC still has work: an IPv4 option (a DSR packet\'s), a fragment', () => {
+    const withOption = fx.xdp(ipv4Frame({ src: CLIENT, dst: NODE_IP, proto: 'tcp', sport: 41009, dport: 30080, tcpFlags: TCP_SYN, ipOptions: Buffer.from([1, 1, 1, 0]) }));
+    expect(withOption.verdict).toBe(XDP_PASS);
+    expect(withOption.meta.length).toBe(0);
+    const fragment = fx.xdp(ipv4Frame({ src: CLIENT, dst: NODE_IP, proto: 'udp', sport: 41010, dport: 22, payload: Buffer.alloc(32), fragOff: 0x2000 }));
+    expect(fragment.verdict).toBe(XDP_PASS);
+    expect(fragment.meta.length).toBe(0);
   });
 });

@@ -104,11 +104,12 @@ async function forwardedToBe1(): Promise<number> {
   return Number(row.trim().split(/\s+/)[0]);
 }
 
-async function xdpRedirects(): Promise<number> {
+async function datapathCounter(name: string): Promise<number> {
   const res = await vipr(['stats', '--pin-dir', nodePinDirOf(lab, 'node1'), '--json']);
   if (res.code !== 0) throw new Error(`vipr stats: ${res.stderr}`);
-  return (JSON.parse(res.stdout) as Record<string, { packets: number } | undefined>).xdp_redirect?.packets ?? 0;
+  return (JSON.parse(res.stdout) as Record<string, { packets: number } | undefined>)[name]?.packets ?? 0;
 }
+const xdpRedirects = (): Promise<number> => datapathCounter('xdp_redirect');
 
 async function listedPods(): Promise<string> {
   const res = await vipr(['maps', 'vipr_xdp_pods_v1', '--pin-dir', nodePinDirOf(lab, 'node1')]);
@@ -164,7 +165,10 @@ describe('without the flag (the agent restarted)', () => {
   it('the map is emptied and the stack forwards every request again', async () => {
     expect(await listedPods()).not.toContain(BE1);
     const forwarded = await forwardedToBe1();
+    const tcSkipped = await datapathCounter('tc_xdp_done');
     for (let i = 0; i < 3; i++) expect(await eventually(whoami)).toMatch(new RegExp(`^be1 ${EXT_IP.replace(/\./g, '\\.')}:\\d+$`));
     expect(await forwardedToBe1()).toBeGreaterThanOrEqual(forwarded + 12);
+    // XDP translated them and said so in their metadata: TC ingress on eth0 let them through unread.
+    expect(await datapathCounter('tc_xdp_done')).toBeGreaterThanOrEqual(tcSkipped + 12);
   });
 });
