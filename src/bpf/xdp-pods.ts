@@ -9,9 +9,11 @@
  * the main table to its address goes straight (no gateway) out of a veth, and the node has a
  * neighbour entry (the pod's MAC) on that veth. Anything else (a bridge, a tunnel, no neighbour
  * yet, an IPv6 pod) is left to the stack, as without the flag. The tables are read with `ip -j`
- * when the local backends change and whenever `ip monitor` reports a link, address, neighbour
- * or route change (debounced), and every REFRESH_MS regardless; a pod that goes leaves within
- * that. What the flag skips for these frames (and the operator accepts with it): the host's
+ * when the local backends change, when `ip monitor` reports a change that can move a pod (a
+ * link, a route, a backend's neighbour entry appearing, going or changing its MAC: not the
+ * REACHABLE/STALE/DELAY cycle every entry goes through, which would have the tables read every
+ * few seconds per pod; monitorLineMatters), debounced, and every REFRESH_MS regardless; a pod
+ * that goes leaves within that. What the flag skips for these frames (and the operator accepts with it): the host's
  * routing and netfilter, and any TC program on the pod's veth. What it needs: the pod's side of
  * each veth takes XDP frames (GRO or an XDP program on it); veth drops them otherwise.
  */
@@ -28,7 +30,27 @@ const log = componentLogger('xdp-pods');
 /** The slowest a pod's change reaches XDP when `ip monitor` says nothing of it. */
 export const REFRESH_MS = 10_000;
 /** Coalesces a burst of `ip monitor` lines into one read of the tables. */
-const DEBOUNCE_MS = 100;
+const DEBOUNCE_MS = 250;
+
+const NOT_UNICAST_ROUTE = new Set(['local', 'broadcast', 'multicast', 'anycast', 'unreachable', 'blackhole', 'prohibit', 'throw']);
+
+/**
+ * Whether a line of `ip -o monitor link neigh route` can change a local backend's entry: a link
+ * line; an IPv4 route to a prefix or the default one; a route or neighbour line naming a
+ * backend, unless it only restates the MAC its entry already has (`listedMac`). IPv6 and local,
+ * broadcast and multicast routes never do.
+ */
+export function monitorLineMatters(line: string, addrs: ReadonlySet<string>, listedMac: (addr: string) => string | null): boolean {
+  if (/^\d+: /.test(line)) return true;
+  const deleted = line.startsWith('Deleted ');
+  const words = (deleted ? line.slice('Deleted '.length) : line).trim().split(/\s+/);
+  const first = words[0] ?? '';
+  if (first === '' || first.includes(':') || NOT_UNICAST_ROUTE.has(first)) return false;
+  if (first === 'default' || first.includes('/')) return true;
+  if (!addrs.has(first)) return false;
+  const lladdr = words[words.indexOf('lladdr') + 1];
+  return deleted || !words.includes('lladdr') || lladdr !== listedMac(first);
+}
 
 export interface LinkInfo {
   ifindex: number;
@@ -158,6 +180,8 @@ export class XdpPods {
   private running: Promise<void> | null = null;
   private again = false;
   private lastSkipped = new Map<string, string>();
+  /** Address → pod MAC of the entries written. */
+  private listed = new Map<string, string>();
 
   constructor(private readonly map: MapLike<XdpPodKeyT, XdpPodT>, private readonly readNodeTables: () => Promise<NodeTables> = readTables) {}
 
@@ -165,9 +189,15 @@ export class XdpPods {
   start(): void {
     this.timer = setInterval(() => this.schedule(), REFRESH_MS);
     this.timer.unref();
-    const proc = spawn('ip', ['-o', 'monitor', 'link', 'address', 'neigh', 'route'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const proc = spawn('ip', ['-o', 'monitor', 'link', 'neigh', 'route'], { stdio: ['ignore', 'pipe', 'ignore'] });
     this.monitor = proc;
-    proc.stdout?.on('data', () => this.schedule(DEBOUNCE_MS));
+    let buf = '';
+    proc.stdout?.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const lines = buf.split('\n');
+      buf = lines.pop() ?? '';
+      if (lines.some((l) => monitorLineMatters(l, this.addrs, (a) => this.listed.get(a) ?? null))) this.schedule(DEBOUNCE_MS);
+    });
     proc.on('exit', (code) => {
       if (this.monitor !== null) log.error({ code }, `'ip monitor' exited: pods' changes reach XDP within ${REFRESH_MS / 1000} s only`);
     });
@@ -225,6 +255,7 @@ export class XdpPods {
       if (this.lastSkipped.get(addr) !== why) log.info({ addr, why }, 'local backend left to the stack');
     }
     this.lastSkipped = plan.skipped;
+    this.listed = new Map(this.map.entries().map(([k, v]) => [k.addr, v.pod_mac]));
     if (written > 0 || removed > 0) log.info({ written, removed, leftToStack: plan.skipped.size }, 'vipr_xdp_pods_v1 updated: XDP sends these pods their frames itself');
   }
 

@@ -3,7 +3,7 @@
  * prints them decide, and everything but a pod on a veth with a neighbour entry stays with the
  * stack, with the reason logged. Then the map follows the plan, writing only what changed.
  */
-import { XdpPods, localBackendAddrs, parseLinks, parseNeighbours, parseRoutes, planXdpPods, routeTo, type NodeTables } from '../../src/bpf/xdp-pods.js';
+import { XdpPods, localBackendAddrs, monitorLineMatters, parseLinks, parseNeighbours, parseRoutes, planXdpPods, routeTo, type NodeTables } from '../../src/bpf/xdp-pods.js';
 import type { MapLike } from '../../src/bpf/map.js';
 import type { XdpPodKeyT, XdpPodT } from '../../src/bpf/layouts.js';
 import type { DesiredState } from '../../src/model/types.js';
@@ -72,6 +72,27 @@ describe('XDP to local pods: the plan from the node\'s tables', () => {
       { endpoints: [ep('10.244.1.11', true), ep('fd00:10:244::5', true)] },
     ] } as unknown as DesiredState;
     expect([...localBackendAddrs(state)]).toEqual(['10.244.1.11']);
+  });
+});
+
+describe('XDP to local pods: which ip monitor lines make the agent read the tables again', () => {
+  // As `ip -o monitor link neigh route` prints them.
+  const addrs = new Set(['10.244.1.11', '10.244.1.12']);
+  const listed = (a: string): string | null => (a === '10.244.1.11' ? '0a:58:0a:f4:01:0b' : null);
+  test.each([
+    ['a link appears', '7: vbe3@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP group default \\    link/ether aa:bb:cc:00:00:09 brd ff:ff:ff:ff:ff:ff', true],
+    ['a backend not listed yet gets a neighbour entry', '10.244.1.12 dev vbe1 lladdr 0a:58:0a:f4:01:0c REACHABLE ', true],
+    ['a listed backend\'s MAC changes (the pod recreated)', '10.244.1.11 dev vbe1 lladdr 0a:58:0a:f4:01:99 REACHABLE ', true],
+    ['a listed backend\'s neighbour entry goes', 'Deleted 10.244.1.11 dev vbe1 lladdr 0a:58:0a:f4:01:0b STALE ', true],
+    ['a listed backend\'s entry fails', '10.244.1.11 dev vbe1 FAILED ', true],
+    ['a route to a backend', '10.244.1.12 dev vbe2 scope link ', true],
+    ['a prefix route', '10.244.3.0/24 via 192.168.60.13 dev eth0 ', true],
+    ['the same MAC, another state (the NUD cycle)', '10.244.1.11 dev vbe1 lladdr 0a:58:0a:f4:01:0b STALE ', false],
+    ['another address\'s neighbour entry', '192.168.60.1 dev eth0 lladdr 02:fc:00:00:00:05 REACHABLE ', false],
+    ['a local route', 'local 10.9.0.1 dev va table local proto kernel scope host src 10.9.0.1 ', false],
+    ['IPv6', 'fe80::/64 dev vb proto kernel metric 256 pref medium', false],
+  ])('%s: %s', (_what, line, matters) => {
+    expect(monitorLineMatters(line, addrs, listed)).toBe(matters);
   });
 });
 
