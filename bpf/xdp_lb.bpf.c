@@ -4,9 +4,10 @@
  * from outside the cluster is balanced before the stack sees it. Flows to a remote backend are
  * rewritten (DNAT + SNAT to this node) and sent straight back out by FIB lookup; flows to a local
  * backend are rewritten and handed to the stack, which routes them to the pod, or, for the pods
- * the agent lists in vipr_xdp_pods_v1 (--xdp-local-backends redirect), sent to the pod's veth. Everything else,
- * and anything XDP cannot finish (no neighbour entry yet, ICMP rejects), goes on to the TC
- * programs, which share the maps and so the same flows.
+ * the agent lists in vipr_xdp_pods_v1 (--xdp-local-backends redirect), sent to the pod's veth.
+ * Everything else, and anything XDP cannot finish (no neighbour entry yet, ICMP rejects), goes on
+ * to the TC programs, which share the maps and so the same flows; what XDP did finish and passes
+ * carries struct vipr_xdp_meta, and TC ingress lets it through unread.
  *
  * Only for interfaces that receive from a NIC: frames from local senders may carry partial
  * checksums, which XDP cannot complete.

@@ -257,10 +257,11 @@ _Static_assert(sizeof(struct vipr_xdp_flow) == 48, "vipr_xdp_flow layout");
  * vipr_xdp_pods_v1 (key: struct vipr_xdp_pod_key, the pod's IPv4 address): where XDP sends the
  * frames of this node's backends itself instead of passing them to the stack (`vipr run
  * --xdp-local-backends redirect`). The agent writes an entry only for a pod reached over a veth
- * (the route's device) whose neighbour entry it has, keeps it within a second of route, link and
- * neighbour changes, and removes it when the backend goes. The frame goes to the host side
- * of the veth by XDP_REDIRECT (ndo_xdp_xmit), which delivers into the pod only when the pod's
- * side takes XDP frames (NAPI: GRO or an XDP program on it): the operator's promise with the flag.
+ * (the route's device) whose neighbour entry it has, rewrites it when a link, route or neighbour
+ * change moves the pod, and removes it when the backend goes (src/bpf/xdp-pods.ts). The frame
+ * goes to the host side of the veth by XDP_REDIRECT (ndo_xdp_xmit), which in native mode
+ * delivers into the pod only when the pod's side takes XDP frames (NAPI: GRO or an XDP program
+ * on it): the operator's promise with the flag.
  */
 struct vipr_xdp_pod_key {
 	__be32 addr;
