@@ -32,7 +32,7 @@ import type { Server, Socket } from 'node:net';
 import { closeMaps, openPinnedMaps, type DatapathMaps } from '../bpf/datapath.js';
 import { IPPROTO_TCP, SCOPE_EXTERNAL } from '../bpf/layouts.js';
 import { spawn } from 'node:child_process';
-import { nsenterArgv, run } from '../lab/exec.js';
+import { nsenterArgv, run, tryRun } from '../lab/exec.js';
 import { AGENT_READY_MSG, defaultAgentMain } from '../lab/lab.js';
 import { logTail, startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
 import { FakeApiServer, type KubeObject } from '../lab/fake-apiserver/server.js';
@@ -139,6 +139,12 @@ function nftServiceChain(index: number): string {
   return `service-${nftServicePortChainNameBase({ namespace: BENCH_NAMESPACE, name: serviceName(index), port: '' }, 'tcp')}`;
 }
 
+/** The table and chain of the marker rules that show `nft monitor` listens (deleted after). */
+const NFT_PROBE_TABLE = 'vipr-churn-probe';
+const NFT_PROBE_CHAIN = 'listening';
+/** How long `nft monitor` may take to list the ruleset and listen (seconds at 1,000 Services in the VM lab). */
+const NFT_MONITOR_LISTEN_TIMEOUT_MS = 300_000;
+
 /** A service chain's dispatch rule in `nft monitor` output: the chain and its endpoints, else null. */
 export function nftMonitorDispatch(line: string): { chain: string; endpoints: number } | null {
   const m = /^add rule ip kube-proxy (service-\S+) .*\bvmap \{/.exec(line);
@@ -151,6 +157,12 @@ export function nftMonitorDispatch(line: string): { chain: string; endpoints: nu
  * rule is seen as it lands, with its endpoints (listing chains is no use here: nft 1.0.6 finds
  * only the last of several `list chain` commands of one batch, and one `nft list chain` of a
  * 10,000-Service table takes seconds).
+ *
+ * nft lists the whole ruleset before it listens and says nothing when it does; a commit during
+ * that listing makes it start over. On a slow node with 1,000 Services the listing takes seconds,
+ * and changes that commit before it ends are never printed (the VM lab's churn waited for them
+ * until it was stopped). So the probe is ready only once the monitor has printed a marker rule the
+ * bench adds, added again after 2, 4, 8 ... s without it (each marker is a commit too).
  */
 async function nftMonitorProbe(netns: string, initial: number): Promise<DataplaneProbe> {
   const [file, args] = nsenterArgv(netns, 'nft', ['monitor', 'rules']);
@@ -158,20 +170,44 @@ async function nftMonitorProbe(netns: string, initial: number): Promise<Dataplan
   const latest = new Map<string, { endpoints: number; at: number }>();
   let partial = '';
   let stderr = '';
+  let markerShown = (): void => undefined;
+  const listening = { seen: false, shown: new Promise<'listening'>((r) => (markerShown = () => r('listening'))) };
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   child.stdout.setEncoding('utf8').on('data', (d: string) => {
     const at = performance.now();
     const lines = (partial + d).split('\n');
     partial = lines.pop() ?? '';
     for (const line of lines) {
+      if (line.startsWith(`add rule ip ${NFT_PROBE_TABLE} `)) {
+        listening.seen = true;
+        markerShown();
+      }
       const rule = nftMonitorDispatch(line);
       if (rule) latest.set(rule.chain, { endpoints: rule.endpoints, at });
     }
   });
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  // nft says nothing once it listens: give it a moment, then make sure it did not die.
-  const early = await Promise.race([exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 300))]);
-  if (early !== 'running') throw new Error(`nft monitor rules in ${netns} exited (${String(early)}): ${stderr.trim()}`);
+  try {
+    await run('nft', ['add', 'table', 'ip', NFT_PROBE_TABLE], { netns, timeoutMs: 60_000 });
+    await run('nft', ['add', 'chain', 'ip', NFT_PROBE_TABLE, NFT_PROBE_CHAIN], { netns, timeoutMs: 60_000 });
+    const deadline = performance.now() + NFT_MONITOR_LISTEN_TIMEOUT_MS;
+    for (let waitMs = 2000; !listening.seen; waitMs = Math.min(2 * waitMs, 30_000)) {
+      if (performance.now() > deadline) {
+        throw new Error(`nft monitor rules in ${netns} printed none of the bench's marker rules in ${NFT_MONITOR_LISTEN_TIMEOUT_MS / 1000} s: ${stderr.trim() || 'no error'}`);
+      }
+      await run('nft', ['add', 'rule', 'ip', NFT_PROBE_TABLE, NFT_PROBE_CHAIN, 'counter'], { netns, timeoutMs: 60_000 });
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const waited = new Promise<'waiting'>((r) => (timer = setTimeout(() => r('waiting'), waitMs)));
+      const early = await Promise.race([exited, listening.shown, waited]);
+      clearTimeout(timer);
+      if (typeof early === 'number' || early === null) throw new Error(`nft monitor rules in ${netns} exited (${String(early)}): ${stderr.trim()}`);
+    }
+  } catch (err) {
+    child.kill('SIGTERM');
+    throw err;
+  } finally {
+    await tryRun('nft', ['delete', 'table', 'ip', NFT_PROBE_TABLE], { netns, timeoutMs: 60_000 });
+  }
   const seen = (index: number): { endpoints: number; at: number } | undefined => latest.get(nftServiceChain(index));
   return {
     endpoints: (indices) => Promise.resolve(new Map(indices.map((i) => [i, seen(i)?.endpoints ?? initial]))),
