@@ -369,11 +369,22 @@ function resolveOptions(opts: LabVmOptions): ResolvedVmOptions {
     // One vCPU under icount: the vCPUs would take turns on one host thread anyway (no more
     // compute from a second), and qemu 7.2 hangs bringing up a second vCPU with sleep=off.
     cpus: timing === 'icount' ? 1 : (opts.cpus ?? Math.min(2, availableParallelism())),
-    timeoutMs: opts.timeoutMs ?? (quick ? 40 : 240) * 60_000,
+    timeoutMs: opts.timeoutMs ?? defaultTimeoutMinutes(quick, services, rounds) * 60_000,
     kvmProbeMs: opts.kvmProbeMs ?? 30_000,
     ...(services ? { services } : {}),
     ...(rounds !== undefined ? { rounds } : {}),
   };
+}
+
+/**
+ * How long the guest may run: 40 minutes for a quick run of 2 rounds, 4 hours otherwise; a quick
+ * run of more rounds gets 20 minutes a round, and one with 1,000 Services or more twice as long
+ * (a round of every mode at 1,000 takes 15-20 minutes).
+ */
+export function defaultTimeoutMinutes(quick: boolean, services: readonly number[] | undefined, rounds: number | undefined): number {
+  if (!quick) return 240;
+  const large = (services ?? []).some((n) => n >= 1000);
+  return 20 * Math.max(QUICK_VM_ROUNDS, rounds ?? QUICK_VM_ROUNDS) * (large ? 2 : 1);
 }
 
 /** The modes `vipr bench` runs on this machine for the calibration: the VM's that this kernel has too. */
