@@ -10,7 +10,7 @@ import {
   type BackendConnsT, type BackendIdT, type CtKeyT, type CtRole, type CtValueT,
 } from './layouts.js';
 import { protoName } from './inspect.js';
-import { joinHostPort } from '../model/ip.js';
+import { joinHostPort, type IpFamily } from '../model/ip.js';
 
 export type FlowState = 'syn' | 'established' | 'closing' | 'udp';
 
@@ -116,7 +116,8 @@ export function flushConntrack(maps: CtMaps, conns: MapLike<BackendIdT, BackendC
 
 /**
  * Entries of each conntrack map (max_entries): `--ct-max-tcp` and `--ct-max-udp`, or sized to the
- * node. IPv6's maps get the same sizes as IPv4's (as Cilium's CT map sizes apply to both).
+ * node. IPv6's maps get the same sizes as IPv4's (as Cilium's CT map sizes apply to both) when
+ * the node serves both families; a family it does not serve gets UNSERVED_CT_SIZES (ctSizesByFamily).
  */
 export interface CtSizes {
   /** vipr_ct_tcp_v1: established TCP flows, two entries each. */
@@ -156,6 +157,19 @@ export function ctSizes(explicit: { tcp?: number; udp?: number } = {}, memoryByt
   const tcp = explicit.tcp ?? scaled(CT_TCP_DEFAULT, CT_TCP_AUTO_MIN);
   const udp = explicit.udp ?? scaled(CT_UDP_DEFAULT, CT_UDP_AUTO_MIN);
   return { tcp, tcpSyn: synMapSize(tcp), udp };
+}
+
+/**
+ * The maps of a family the node does not serve (no --node-ip of it): no Service of that family is
+ * programmed, so no flow of it is ever tracked, and full-size maps would only hold memory (IPv6's
+ * three took 107 MB on this 23 GB machine). The smallest size the flags allow; an agent restarted
+ * serving the family grows them, its flows carried over (src/bpf/migrate.ts).
+ */
+export const UNSERVED_CT_SIZES: CtSizes = { tcp: CT_LIMIT_MIN, tcpSyn: CT_LIMIT_MIN, udp: CT_LIMIT_MIN };
+
+/** Each family's conntrack sizes: `sizes` for a family the node serves, UNSERVED_CT_SIZES for the other. */
+export function ctSizesByFamily(sizes: CtSizes, served: readonly IpFamily[]): Record<IpFamily, CtSizes> {
+  return { IPv4: served.includes('IPv4') ? sizes : UNSERVED_CT_SIZES, IPv6: served.includes('IPv6') ? sizes : UNSERVED_CT_SIZES };
 }
 
 /** The pinned map name of each conntrack role, as CtSizes names them. */

@@ -9,6 +9,7 @@ import * as libbpf from './libbpf.js';
 import { BpfMap } from './map.js';
 import { CT_ROLES, MAPS, type CtRole, type MapRole } from './layouts.js';
 import { CT_SIZE_OF, type CtSizes } from './conntrack.js';
+import type { IpFamily } from '../model/ip.js';
 import { socketLbRecordPath } from './socket-lb.js';
 import { LAYOUT_MIGRATIONS, Migration } from './migrate.js';
 import { BpfError, ConfigError } from '../errors.js';
@@ -189,12 +190,20 @@ export function preparePinDir(pinDir: string, opts: { create: boolean }): void {
  * (Migration.plan moved one of another size aside, to be copied into the new one) or, when none
  * was asked, keeps its size (openObject adopted it: libbpf would refuse the pin otherwise).
  */
-function sizeConntrack(obj: libbpf.ObjectHandle, pinDir: string, sizes: CtSizes | null, names: Record<MapRole, string>): Record<CtRole, number> {
+/** The size asked for a conntrack role: one CtSizes for both families, or each family's own. */
+function ctSizeOf(sizes: CtSizes | Record<IpFamily, CtSizes> | undefined, role: CtRole): number | undefined {
+  if (sizes === undefined) return undefined;
+  const family: IpFamily = role.endsWith('6') ? 'IPv6' : 'IPv4';
+  const s = 'IPv4' in sizes ? sizes[family] : sizes;
+  return s[CT_SIZE_OF[role]];
+}
+
+function sizeConntrack(obj: libbpf.ObjectHandle, pinDir: string, sizes: CtSizes | Record<IpFamily, CtSizes> | undefined, names: Record<MapRole, string>): Record<CtRole, number> {
   const out = {} as Record<CtRole, number>;
   for (const role of CT_ROLES) {
     const name = names[role];
     const map = libbpf.findMap(obj, name);
-    const want = name === MAPS[role].name ? sizes?.[CT_SIZE_OF[role]] : undefined;
+    const want = name === MAPS[role].name ? ctSizeOf(sizes, role) : undefined;
     if (want !== undefined && libbpf.pinnedMaxEntries(join(pinDir, name)) === null) libbpf.mapSetMaxEntries(map, want, name);
     out[role] = libbpf.mapMaxEntries(map);
   }
@@ -240,8 +249,11 @@ export class LoadedDatapath {
     readonly layout: 'current' | 'previous',
   ) {}
 
-  /** `ctSizes`: conntrack map sizes for maps not pinned yet (default: the compiled-in sizes). */
-  static load(pinDir: string, objectPath = tcObjectPath(), opts: { ctSizes?: CtSizes } = {}): LoadedDatapath {
+  /**
+   * `ctSizes`: conntrack map sizes, for both families or each its own (default: the compiled-in
+   * sizes); a pinned map of another size is migrated into one of this size.
+   */
+  static load(pinDir: string, objectPath = tcObjectPath(), opts: { ctSizes?: CtSizes | Record<IpFamily, CtSizes> } = {}): LoadedDatapath {
     requireRoot('loading the BPF datapath');
     if (!existsSync(objectPath)) {
       throw new ConfigError(`BPF object ${objectPath} is missing: run 'make build'`);
@@ -252,7 +264,7 @@ export class LoadedDatapath {
     const ctNames = new Set(CT_ROLES.map((r) => MAPS[r].name));
     const asked = new Map<string, number>();
     for (const role of CT_ROLES) {
-      const want = opts.ctSizes?.[CT_SIZE_OF[role]];
+      const want = ctSizeOf(opts.ctSizes, role);
       if (want !== undefined) asked.set(MAPS[role].name, want);
     }
     // Pins of another layout or size: planned (resized maps' pins moved aside) before libbpf
@@ -266,7 +278,7 @@ export class LoadedDatapath {
       throw err;
     }
     try {
-      const ctMaxEntries = sizeConntrack(obj, pinDir, opts.ctSizes ?? null, names);
+      const ctMaxEntries = sizeConntrack(obj, pinDir, opts.ctSizes, names);
       try {
         libbpf.loadObject(obj, basename(objectPath));
       } catch (err) {

@@ -10,7 +10,7 @@ import { listLinks, parseIfaceSpec, watchLinks } from '../bpf/interfaces.js';
 import { XdpPods, localBackendAddrs } from '../bpf/xdp-pods.js';
 import { ifNameToIndex } from '../bpf/libbpf.js';
 import { ServiceHealthServers } from '../sync/service-health.js';
-import { CT_LIMIT_MAX, CT_LIMIT_MIN, ctSizes, type CtSizes } from '../bpf/conntrack.js';
+import { CT_LIMIT_MAX, CT_LIMIT_MIN, ctSizes, ctSizesByFamily, type CtSizes } from '../bpf/conntrack.js';
 import { CtGc, CtPressure } from '../bpf/ct-gc.js';
 import { CT_ROLES, MAPS } from '../bpf/layouts.js';
 import { LB_MODES, type LbMode, type Scheduler } from '../model/types.js';
@@ -93,7 +93,9 @@ dataplane:
   --ct-max-tcp N             entries of the established-TCP conntrack map (two per flow; the
                              half-open map gets N/4); default: sized to the node's memory
                              (0.25 %, Cilium's dynamic sizing), at least 131072
-  --ct-max-udp N             entries of the UDP conntrack map; default: sized likewise, >= 65536
+  --ct-max-udp N             entries of the UDP conntrack map; default: sized likewise, >= 65536.
+                             Both apply to each family the node serves (--node-ip); the other
+                             family's maps get ${CT_LIMIT_MIN} entries each
   --snat-port-range LO-HI    source ports for flows SNATed to the node (default 61000-65535);
                              each is used before a flow to the same backend is dropped
   --maglev-table-size M      largest Maglev table, one of ${MAGLEV_SIZES.join(', ')}
@@ -362,7 +364,10 @@ async function runAgent(
     await cleanupOtherModes('bpf', { pinDir, iptablesBackend: null });
     // VIPR_TC_OBJECT (hidden, for tests): another build of the TC object, e.g. the previous map
     // layout's (dist/bpf-test/tc_lb_previous.bpf.o) that test/e2e/upgrade.test.ts upgrades from.
-    const loaded = LoadedDatapath.load(pinDir, process.env.VIPR_TC_OBJECT || undefined, { ctSizes: o.ct });
+    // A family the node does not serve gets the smallest conntrack maps (UNSERVED_CT_SIZES).
+    const loaded = LoadedDatapath.load(pinDir, process.env.VIPR_TC_OBJECT || undefined, {
+      ctSizes: ctSizesByFamily(o.ct, servedFamilies(parseNodeIps(values['node-ip']))),
+    });
     datapath = loaded;
     log.info({ ...loaded.ctMaxEntries }, 'conntrack map sizes');
     if (o.lbMode !== 'snat') {

@@ -9,11 +9,15 @@
  * them). Without the flag (the agent restarted) the map is emptied and the same rule counts every
  * request again. The lab's XDP is generic (veth), where a redirected frame is an skb sent
  * straight into the veth; native mode is what the north-south bench measures.
+ * The agent serves IPv4 only (--node-ip of IPv4 alone): its IPv6 conntrack maps are the smallest
+ * the flags allow, and grow to full size when it is restarted serving IPv6 too.
  * One lab for the file; everything it starts is stopped, and the lab removed, at the end.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pinnedMaxEntries } from '../../src/bpf/libbpf.js';
+import { CT_LIMIT_MIN, ctSizes } from '../../src/bpf/conntrack.js';
 import {
   ensureBuilt, forceCleanLab, labExec, labUdpRequest, labUp, nodePinDirOf, startNodeAgent, uniqueLabName, vipr, type NodeAgent,
 } from '../helpers/lab.js';
@@ -156,11 +160,28 @@ describe('--xdp-local-backends redirect', () => {
   });
 });
 
-describe('without the flag (the agent restarted)', () => {
+describe('conntrack maps by family', () => {
+  const pinned = (map: string): number | null => pinnedMaxEntries(join(nodePinDirOf(lab, 'node1'), map));
+
+  it('an agent serving IPv4 only keeps IPv6\'s conntrack maps at the smallest size, IPv4\'s at full size', () => {
+    const full = ctSizes();
+    expect([pinned('vipr_ct_tcp_v1'), pinned('vipr_ct_tcp_syn_v1'), pinned('vipr_ct_udp_v1')]).toEqual([full.tcp, full.tcpSyn, full.udp]);
+    expect([pinned('vipr_ct6_tcp_v1'), pinned('vipr_ct6_tcp_syn_v1'), pinned('vipr_ct6_udp_v1')]).toEqual([CT_LIMIT_MIN, CT_LIMIT_MIN, CT_LIMIT_MIN]);
+  });
+});
+
+describe('without the flag (the agent restarted, serving IPv6 too)', () => {
   beforeAll(async () => {
     await node1?.kill();
-    node1 = await startNodeAgent(`${lab}-node1`, agentArgs([]));
+    node1 = await startNodeAgent(`${lab}-node1`, agentArgs(['--node-ip', 'fd00:192:168:60::11']));
   }, 60_000);
+
+  it('IPv6\'s conntrack maps grow to full size', () => {
+    const full = ctSizes();
+    const pinDir = nodePinDirOf(lab, 'node1');
+    expect([pinnedMaxEntries(join(pinDir, 'vipr_ct6_tcp_v1')), pinnedMaxEntries(join(pinDir, 'vipr_ct6_udp_v1'))]).toEqual([full.tcp, full.udp]);
+    expect(node1?.log()).toContain('vipr_ct6_tcp_v1: 1024 → ');
+  });
 
   it('the map is emptied and the stack forwards every request again', async () => {
     expect(await listedPods()).not.toContain(BE1);

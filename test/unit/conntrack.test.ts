@@ -5,7 +5,7 @@
  * the kernel and is tested there (test/bpf/ct-gc.test.ts).
  */
 import { FakeMap, type MapOp } from '../helpers/fake-map.js';
-import { CT_ENTRY_BYTES, CT_LIMIT_MAX, ctSizes, flushConntrack, readFlows, type CtMaps } from '../../src/bpf/conntrack.js';
+import { CT_ENTRY_BYTES, CT_LIMIT_MAX, UNSERVED_CT_SIZES, ctSizes, ctSizesByFamily, flushConntrack, readFlows, type CtMaps } from '../../src/bpf/conntrack.js';
 import { CtPressure, type CtGcPass } from '../../src/bpf/ct-gc.js';
 import { parseCtSizes, parseSnatPortRange } from '../../src/cli/run.js';
 import { CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SNAT, CT_FORWARD, CT_REPLY, IPPROTO_TCP, IPPROTO_UDP, MAPS, type BackendConnsT, type BackendIdT, type CtKeyT, type CtRole, type CtValueT } from '../../src/bpf/layouts.js';
@@ -97,6 +97,13 @@ describe('map sizes (Cilium\'s dynamic sizing: 0.25 % of memory, at least 128Ki 
       expect(() => parseCtSizes(tcp, udp)).toThrow(ConfigError);
       expect(() => parseCtSizes(tcp, udp)).toThrow(new RegExp(`^--${name} .*: expected a whole number of entries from 1024 to 16777216$`));
     }
+  });
+
+  test('a family the node does not serve gets the smallest maps; both served, both get the sizes', () => {
+    const sizes = ctSizes({}, 1 * GiB);
+    expect(ctSizesByFamily(sizes, ['IPv4'])).toEqual({ IPv4: sizes, IPv6: { tcp: 1024, tcpSyn: 1024, udp: 1024 } });
+    expect(ctSizesByFamily(sizes, ['IPv6'])).toEqual({ IPv4: UNSERVED_CT_SIZES, IPv6: sizes });
+    expect(ctSizesByFamily(sizes, ['IPv4', 'IPv6'])).toEqual({ IPv4: sizes, IPv6: sizes });
   });
 });
 
