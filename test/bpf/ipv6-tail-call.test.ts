@@ -108,7 +108,7 @@ describe('IPv6 through the tail call', () => {
     const reply = ipv6Frame({ src: WEB6.backend, dst: CLIENT, proto: 'tcp', sport: 8080, dport: 42000, tcpFlags: 0x10 });
     expect(fx.egress(reply)).toEqual({ verdict: TC_ACT_OK, out: reply });
     const nodePort = syn6(NODE6, NODEPORT6.port, 42101);
-    expect(fx.xdp(nodePort)).toEqual({ verdict: XDP_PASS, out: nodePort });
+    expect(fx.xdp(nodePort)).toEqual({ verdict: XDP_PASS, out: nodePort, meta: Buffer.alloc(0) });
     expect(fx.counter('pass_ipv6_no_program')).toBe(missing + 3);
 
     // ARP is not IPv6: counted as before, not as a missing IPv6 program.
