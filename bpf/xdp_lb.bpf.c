@@ -18,19 +18,104 @@
 #include "lib/lb6.h"
 #include "lib/fib6.h"
 
+/*
+ * IPv6's flow cache (struct vipr_xdp_flow6; struct vipr_xdp_flow says what keeps it right), in a
+ * frame of its own. Returns an XDP verdict, or -1 when the packet takes the full path.
+ */
+static __noinline int xdp_lb6_cached(struct xdp_md *ctx, const struct packet6 *pkt, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	struct vipr_xdp_flow6 *f;
+	struct vipr_ct6_key key;
+	struct nat_plan6 plan;
+
+	if (pkt->frag != FRAG_NONE)
+		return -1;
+	ct6_key_forward(&key, pkt);
+	if (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) {
+		/* The flow's state changes: conntrack must see this packet and the ones after it. */
+		if (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+			bpf_map_delete_elem(&vipr_xdp_flows6_v1, &key);
+		return -1;
+	}
+	f = bpf_map_lookup_elem(&vipr_xdp_flows6_v1, &key);
+	if (!f || !nexthop_fresh(&f->nh, ct_clock()))
+		return -1;
+	if ((void *)(ip6 + 1) > data_end ||
+	    (f->nh.ifindex && (ip6->hop_limit <= 1 || sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > f->nh.len_ok)))
+		return -1;
+	ipv6_copy(plan.saddr, f->saddr);
+	ipv6_copy(plan.daddr, f->daddr);
+	plan.sport = f->sport;
+	plan.dport = f->dport;
+	plan.redirect = false;
+	plan.xdp_cache = 0;
+	if (xdp_apply_plan6(ctx, pkt, &plan)) {
+		stats_count(VIPR_STAT_DROP_REWRITE, len);
+		return XDP_DROP;
+	}
+	/* The counters the full path would have moved, and this one's own. */
+	stats_count(f->stat, len);
+	stats_count(VIPR_STAT_XDP_FLOW_CACHE_HIT, len);
+	if (!ipv6_equal(plan.daddr, pkt->daddr))
+		stats_count(VIPR_STAT_DNAT, len);
+	if (!f->nh.ifindex) {
+		stats_count(VIPR_STAT_XDP_PASS, len);
+		return XDP_PASS;
+	}
+	stats_count(f->nh.ifindex == ctx->ingress_ifindex ? VIPR_STAT_XDP_TX : VIPR_STAT_XDP_REDIRECT, len);
+	return xdp_forward6_to(ctx, f->nh.ifindex, f->nh.smac, f->nh.dmac);
+}
+
+/*
+ * After the full path rewrote a steady flow's packet: its next ones may take the cache. @fib is
+ * where it went (NULL: to the stack), @len_ok this packet's length, which the FIB allowed.
+ */
+static __noinline void xdp_lb6_cache(const struct packet6 *pkt, const struct nat_plan6 *plan,
+				     const struct bpf_fib_lookup *fib, __u16 len_ok)
+{
+	struct vipr_xdp_flow6 f = {
+		.sport = plan->sport,
+		.dport = plan->dport,
+		.stat = plan->xdp_cache,
+	};
+	struct vipr_ct6_key key;
+
+	ipv6_copy(f.saddr, plan->saddr);
+	ipv6_copy(f.daddr, plan->daddr);
+	f.nh.expires_ns = ct_clock() + VIPR_NEXTHOP_TTL_NS;
+	f.nh.len_ok = 0xffff;
+	if (fib) {
+		f.nh.ifindex = fib->ifindex;
+		f.nh.len_ok = len_ok;
+		__builtin_memcpy(f.nh.smac, fib->smac, ETH_ALEN);
+		__builtin_memcpy(f.nh.dmac, fib->dmac, ETH_ALEN);
+	}
+	ct6_key_forward(&key, pkt);
+	bpf_map_update_elem(&vipr_xdp_flows6_v1, &key, &f, BPF_ANY);
+}
+
 /* The rewrite and where the frame goes, in a frame of its own (the FIB lookup's 64 bytes). */
 static __noinline int xdp_send6(struct xdp_md *ctx, const struct packet6 *pkt, const struct nat_plan6 *plan, __u32 len)
 {
 	struct bpf_fib_lookup fib;
+	__u16 len_ok = 0;
 
-	if (plan->redirect && xdp_fib6_lookup(ctx, pkt, plan, &fib)) {
-		stats_count(VIPR_STAT_XDP_PASS, len);
-		return XDP_PASS;
+	if (plan->redirect) {
+		if (xdp_fib6_lookup(ctx, pkt, plan, &fib)) {
+			stats_count(VIPR_STAT_XDP_PASS, len);
+			return XDP_PASS;
+		}
+		len_ok = fib.tot_len;
 	}
 	if (xdp_apply_plan6(ctx, pkt, plan)) {
 		stats_count(VIPR_STAT_DROP_REWRITE, len);
 		return XDP_DROP;
 	}
+	if (plan->xdp_cache)
+		xdp_lb6_cache(pkt, plan, plan->redirect ? &fib : NULL, len_ok);
 	if (!ipv6_equal(plan->daddr, pkt->daddr))
 		stats_count(VIPR_STAT_DNAT, len);
 	if (!plan->redirect) {
@@ -58,6 +143,8 @@ static __noinline int xdp_lb6(struct xdp_md *ctx)
 	struct nat_plan6 plan;
 	struct packet6 pkt;
 
+	int verdict;
+
 	switch (lb6_parse(data, data_end, len, &pkt)) {
 	case LB_PACKET_FLOW:
 		break;
@@ -66,6 +153,9 @@ static __noinline int xdp_lb6(struct xdp_md *ctx)
 	default:
 		return XDP_PASS;
 	}
+	verdict = xdp_lb6_cached(ctx, &pkt, len);
+	if (verdict >= 0)
+		return verdict;
 	switch (lb6_plan_ingress(&pkt, len, &plan)) {
 	case LB_DROP:
 		return XDP_DROP;

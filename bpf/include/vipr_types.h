@@ -253,6 +253,18 @@ _Static_assert(sizeof(struct vipr_xdp_flow) == 48, "vipr_xdp_flow layout");
 
 #define VIPR_XDP_FLOW_ENTRIES 32768
 
+/* Value of vipr_xdp_flows6_v1 (key: struct vipr_ct6_key): struct vipr_xdp_flow for IPv6 flows. */
+struct vipr_xdp_flow6 {
+	struct vipr_nexthop nh; /* as vipr_xdp_flow's; len_ok: the longest IPv6 packet, header included */
+	__be32 saddr[4];        /* the rewrite */
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 stat;              /* VIPR_STAT_CT_HIT or VIPR_STAT_REV_NAT */
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct vipr_xdp_flow6) == 72, "vipr_xdp_flow6 layout");
+
 /*
  * vipr_xdp_pods_v1 (key: struct vipr_xdp_pod_key, the pod's IPv4 address): where XDP sends the
  * frames of this node's backends itself instead of passing them to the stack (`vipr run

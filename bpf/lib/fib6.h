@@ -83,7 +83,7 @@ static __always_inline int xdp_fib6_lookup(struct xdp_md *ctx, const struct pack
 }
 
 /* XDP: after the rewrite, fills in the next hop's MACs, decrements the hop limit and sends the frame. */
-static __always_inline int xdp_forward6(struct xdp_md *ctx, const struct bpf_fib_lookup *fib)
+static __always_inline int xdp_forward6_to(struct xdp_md *ctx, __u32 ifindex, const __u8 *smac, const __u8 *dmac)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -93,11 +93,17 @@ static __always_inline int xdp_forward6(struct xdp_md *ctx, const struct bpf_fib
 	if ((void *)(ip6 + 1) > data_end)
 		return XDP_DROP;
 	ip6->hop_limit--;
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
-	if (fib->ifindex == ctx->ingress_ifindex)
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	if (ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
-	return bpf_redirect(fib->ifindex, 0);
+	return bpf_redirect(ifindex, 0);
+}
+
+/* xdp_forward6_to the FIB's answer. */
+static __always_inline int xdp_forward6(struct xdp_md *ctx, const struct bpf_fib_lookup *fib)
+{
+	return xdp_forward6_to(ctx, fib->ifindex, fib->smac, fib->dmac);
 }
 
 #endif /* __VIPR_FIB6_H */

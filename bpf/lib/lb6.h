@@ -137,6 +137,14 @@ static __always_inline void plan6_identity(struct nat_plan6 *plan, const struct 
 	plan->sport = pkt->sport;
 	plan->dport = pkt->dport;
 	plan->redirect = false;
+	plan->xdp_cache = 0;
+}
+
+/* As lb4_flow_steady: whether the flow's next packets may take XDP's flow cache (vipr_xdp_flows6_v1). */
+static __always_inline bool lb6_flow_steady(const struct vipr_ct6_value *ct, const struct packet6 *pkt, bool steady)
+{
+	return (steady || pkt->proto == IPPROTO_UDP) && !(ct->flags & (VIPR_CT_F_CLOSING | VIPR_CT_F_DSR)) &&
+	       !(pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) && pkt->frag == FRAG_NONE;
 }
 
 /* A tracked flow's forward packet: to the backend, from the SNAT address when there is one. */
@@ -171,14 +179,20 @@ static __noinline int lb6_plan_tracked(const struct packet6 *pkt, __u32 len, str
 	ct6_key_forward(&ct_key, pkt);
 	ct = ct6_lookup(&ct_key, &established);
 	if (ct && ct_is_reusable(ct->flags, pkt->tcp_flags)) {
+		bool steady = established;
+
 		if (!established && pkt->proto == IPPROTO_TCP && ct_may_promote(ct->flags, pkt->tcp_flags)) {
 			struct vipr_ct6_value *est = ct6_promote(&ct_key, ct, len);
 
-			if (est)
+			if (est) {
 				ct = est;
+				steady = true;
+			}
 		}
 		ct6_touch(ct, pkt, now, true);
 		plan6_forward(plan, ct);
+		if (lb6_flow_steady(ct, pkt, steady))
+			plan->xdp_cache = VIPR_STAT_CT_HIT;
 		stats_count(VIPR_STAT_CT_HIT, len);
 		return LB_NAT;
 	}
@@ -202,6 +216,8 @@ static __noinline int lb6_plan_tracked(const struct packet6 *pkt, __u32 len, str
 	ipv6_copy(plan->daddr, ct->snat_addr);
 	plan->dport = ct->snat_port;
 	plan->redirect = ct->flags & VIPR_CT_F_REDIRECT;
+	if (lb6_flow_steady(ct, pkt, established))
+		plan->xdp_cache = VIPR_STAT_REV_NAT;
 	stats_count(VIPR_STAT_REV_NAT, len);
 	return LB_NAT;
 }

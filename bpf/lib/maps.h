@@ -187,6 +187,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_xdp_flows_v1 SEC(".maps");
 
+/* IPv6's (struct vipr_xdp_flow6), kept as vipr_xdp_flows_v1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_ct6_key);
+	__type(value, struct vipr_xdp_flow6);
+	__uint(max_entries, VIPR_XDP_FLOW_ENTRIES);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_xdp_flows6_v1 SEC(".maps");
+
 /* This node's pods that XDP sends frames to itself (struct vipr_xdp_pod); empty unless asked for. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

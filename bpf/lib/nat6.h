@@ -29,6 +29,7 @@ struct nat_plan6 {
 	__be16 sport;
 	__be16 dport;
 	bool redirect; /* the new source is a node address: forward by FIB lookup, not the stack */
+	__u8 xdp_cache; /* as nat_plan's: 0, or what XDP's flow cache counts the flow's next packets as */
 };
 
 /*

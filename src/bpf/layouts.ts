@@ -94,6 +94,17 @@ export const XdpFlow = defineStruct('vipr_xdp_flow', [
   ['pad', 'pad', 3],
 ] as const);
 
+/* IPv6's flow cache entry (struct vipr_xdp_flow6), kept as bytes where the agent only empties it. */
+export const XdpFlow6 = defineStruct('vipr_xdp_flow6', [
+  ['nh', 'pad', 32],
+  ['saddr', 'ipv6'],
+  ['daddr', 'ipv6'],
+  ['sport', 'be16'],
+  ['dport', 'be16'],
+  ['stat', 'u8'],
+  ['pad', 'pad', 3],
+] as const);
+
 /* This node's pods that XDP sends frames to itself (struct vipr_xdp_pod; src/bpf/xdp-pods.ts writes them). */
 export const XdpPodKey = defineStruct('vipr_xdp_pod_key', [['addr', 'ipv4']] as const);
 
@@ -301,6 +312,7 @@ export type SchedStateT = ReturnType<typeof SchedState.decode>;
 export type BackendConnsT = ReturnType<typeof BackendConns.decode>;
 export type ConfigT = ReturnType<typeof Config.decode>;
 export type XdpFlowT = ReturnType<typeof XdpFlow.decode>;
+export type XdpFlow6T = ReturnType<typeof XdpFlow6.decode>;
 export type XdpPodKeyT = ReturnType<typeof XdpPodKey.decode>;
 export type XdpPodT = ReturnType<typeof XdpPod.decode>;
 export type Config6T = ReturnType<typeof Config6.decode>;
@@ -425,6 +437,7 @@ export const MAPS = {
   fragments6: spec('vipr_fragments6_v1', Frag6Key, FragPorts),
   sockRev6: spec('vipr_sock_rev6_v1', SockRev6Key, SockRev6Value),
   xdpFlows: spec('vipr_xdp_flows_v1', CtKey, XdpFlow),
+  xdpFlows6: spec('vipr_xdp_flows6_v1', Ct6Key, XdpFlow6),
   xdpPods: spec('vipr_xdp_pods_v1', XdpPodKey, XdpPod),
   snatFull: spec('vipr_snat_full_v1', CtKey, SnatFull),
   snatFull6: spec('vipr_snat_full6_v1', Ct6Key, SnatFull),

@@ -51,6 +51,7 @@ export async function run(argv: string[]): Promise<number> {
       // XDP's flow cache would keep rewriting flushed flows until its entries expire: emptied
       // (its entries do not say their service; other flows are cached again on their next packet).
       for (const [k] of maps.xdpFlows.entries()) maps.xdpFlows.delete(k);
+      for (const [k] of maps.xdpFlows6.entries()) maps.xdpFlows6.delete(k);
       process.stdout.write(`flushed ${n} flows\n`);
       return 0;
     }

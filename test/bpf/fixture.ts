@@ -69,7 +69,7 @@ export function slice(d: SvcDef): unknown {
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',
     metadata: { name: `${d.name}-1`, namespace: 'default', labels: { 'kubernetes.io/service-name': d.name } },
-    addressType: 'IPv4',
+    addressType: d.vip.includes(':') ? 'IPv6' : 'IPv4',
     ports: [{ name: '', protocol: d.protocol ?? 'TCP', port: d.targetPort }],
     endpoints: all.map((ip) => ({ addresses: [ip], conditions: { ready: true }, nodeName: d.remote?.includes(ip) ? 'node2' : NODE })),
   };
@@ -119,6 +119,7 @@ export class DatapathFixture {
     for (const role of CT_ROLES) for (const k of this.dp.maps[role].keys()) this.dp.maps[role].delete(k);
     for (const k of this.dp.maps.affinity.keys()) this.dp.maps.affinity.delete(k);
     for (const k of this.dp.maps.xdpFlows.keys()) this.dp.maps.xdpFlows.delete(k);
+    for (const k of this.dp.maps.xdpFlows6.keys()) this.dp.maps.xdpFlows6.delete(k);
   }
 
   close(): void {

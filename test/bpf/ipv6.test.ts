@@ -7,7 +7,7 @@
  */
 import { DatapathFixture, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, type SvcDef } from './fixture.js';
 import {
-  TCP_ACK, TCP_SYN, changedOffsets, expandIpv6, fragmentFrame6, ipv4Frame, parseFrame, parseFrame6, prng, reassemble6, withExtHeaders,
+  TCP_ACK, TCP_FIN, TCP_SYN, changedOffsets, expandIpv6, fragmentFrame6, ipv4Frame, parseFrame, parseFrame6, prng, reassemble6, withExtHeaders,
 } from './packets.js';
 import { ipv6Frame, type Ipv6Packet } from './icmp6-packets.js';
 import { IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL } from '../../src/bpf/layouts.js';
@@ -326,5 +326,45 @@ describe('random, truncated and corrupted IPv6 frames', () => {
       }
     }
     expect(rewritten).toBeGreaterThan(300);
+  });
+});
+
+describe("XDP's flow cache for IPv6 (vipr_xdp_flows6_v1)", () => {
+  const hits = (): number => fx.counter('xdp_flow_cache_hit');
+  const cached = (): number => fx.dp.maps.xdpFlows6.entries().length;
+
+  test('a UDP flow is cached from its second datagram: the next ones are rewritten from it, byte for byte as the full path does', () => {
+    const dgram = (): Buffer => ipv6Frame({ src: EXT_CLIENT, dst: DNS.vip, proto: 'udp', sport: 34000, dport: 53, payload: Buffer.from('query') });
+    const first = fx.xdp(dgram());
+    expect(first.verdict).toBe(XDP_PASS);
+    const backend = parseFrame6(first.out).dst;
+    expect(xs(DNS.backends)).toContain(backend);
+    const full = fx.xdp(dgram()); // tracked: the full path, which fills the cache
+    const before = [hits(), fx.counter('ct_hit'), fx.counter('dnat')];
+    const fromCache = fx.xdp(dgram());
+    expect(fromCache.out.equals(full.out)).toBe(true);
+    expect(parseFrame6(fromCache.out)).toMatchObject({ dst: backend, dport: 5353, l4ChecksumOk: true });
+    expect([hits(), fx.counter('ct_hit'), fx.counter('dnat')]).toEqual([(before[0] as number) + 1, (before[1] as number) + 1, (before[2] as number) + 1]);
+  });
+
+  test('TCP: a SYN never takes it, the packet after the handshake fills it, a FIN takes the full path and ends the entry', () => {
+    fx.flushFlows();
+    const seg = (flags: number): Buffer => tcp(EXT_CLIENT, NODE6, 30080, 43500, { tcpFlags: flags });
+    const syn = fx.xdp(seg(TCP_SYN));
+    expect(syn.verdict).toBe(XDP_PASS);
+    const backend = NP_LOCAL.backends[0] as string;
+    expect(parseFrame6(syn.out).dst).toBe(X(backend));
+    expect(cached()).toBe(0);
+    // The pod answers through TC egress; the client's ACK completes the handshake (the full path).
+    fx.egress(tcp(backend, EXT_CLIENT, 43500, 80, { tcpFlags: TCP_SYN | TCP_ACK }));
+    const full = fx.xdp(seg(TCP_ACK));
+    expect(cached()).toBe(1);
+    const before = hits();
+    const next = fx.xdp(seg(TCP_ACK));
+    expect(hits()).toBe(before + 1);
+    expect(next.out.equals(full.out)).toBe(true);
+    expect(fx.xdp(seg(TCP_FIN | TCP_ACK)).verdict).toBe(XDP_PASS);
+    expect(hits()).toBe(before + 1);
+    expect(cached()).toBe(0);
   });
 });

@@ -8,7 +8,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readFlows } from '../../src/bpf/conntrack.js';
 import { DatapathFixture, NODE_IP, XDP_PASS, type SvcDef } from './fixture.js';
-import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, ipv4Frame, parseFrame } from './packets.js';
+import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, expandIpv6, ipv4Frame, parseFrame, parseFrame6 } from './packets.js';
+import { ipv6Frame } from './icmp6-packets.js';
 
 const CLIENT = '192.168.60.100';
 const TCP_BACKENDS = ['10.244.1.11', '10.244.1.12'];
@@ -132,6 +133,28 @@ describe('XDP flow cache', () => {
         // Flows of the backend that stayed keep it.
         if (to.get(s) !== gone) expect([s, dst]).toEqual([s, to.get(s)]);
       }
+    } finally {
+      await fx.program([TCP_SVC, UDP_SVC]);
+    }
+  });
+
+  test('an IPv6 backend leaving empties IPv6\'s cache (vipr_xdp_flows6_v1): its UDP flows move at once', async () => {
+    const NODE6 = 'fd00:192:168:60::11';
+    const DNS6: SvcDef = { name: 'dns6', vip: 'fd00:10:96::53', port: 53, targetPort: 5353, protocol: 'UDP', backends: ['fd00:10:244:1::21', 'fd00:10:244:1::22'] };
+    const udp6 = (sport: number): Buffer => ipv6Frame({ src: 'fd00:192:168:60::100', dst: DNS6.vip, proto: 'udp', sport, dport: 53, payload: Buffer.from('query') });
+    try {
+      await fx.program([TCP_SVC, UDP_SVC, DNS6], [NODE_IP, NODE6]);
+      const sports = [47000, 47001, 47002, 47003, 47004, 47005];
+      const to = new Map<number, string>();
+      for (const s of sports) {
+        to.set(s, parseFrame6(fx.xdp(udp6(s)).out).dst);
+        fx.xdp(udp6(s));
+      }
+      const gone = to.get(47000) as string;
+      expect(fx.dp.maps.xdpFlows6.entries().length).toBe(sports.length);
+      await fx.program([TCP_SVC, UDP_SVC, { ...DNS6, backends: DNS6.backends.filter((b) => expandIpv6(b) !== gone) }], [NODE_IP, NODE6]);
+      expect(fx.dp.maps.xdpFlows6.entries().length).toBe(0);
+      for (const s of sports) expect([s, parseFrame6(fx.xdp(udp6(s)).out).dst === gone]).toEqual([s, false]);
     } finally {
       await fx.program([TCP_SVC, UDP_SVC]);
     }

@@ -23,7 +23,7 @@ import type { Dataplane, SyncResult } from '../../model/dataplane.js';
 import {
   CT_FORWARD, IPPROTO_UDP, SCHEDULERS,
   type AffinityKeyT, type AffinityValueT, type BackendConnsT, type BackendIdT, type BackendT, type Config6T, type ConfigT,
-  type CtKeyT, type CtValueT, type XdpFlowT, type NodeIpT, type SchedStateT, type SlotKeyT, type SourceRangeT, type SvcKeyT,
+  type CtKeyT, type CtValueT, type XdpFlowT, type XdpFlow6T, type NodeIpT, type SchedStateT, type SlotKeyT, type SourceRangeT, type SvcKeyT,
   type SvcValueT,
 } from '../layouts.js';
 import type { MapLike } from '../map.js';
@@ -86,6 +86,8 @@ export interface ServiceMaps {
   affinity6: MapLike<AffinityKeyT, AffinityValueT>;
   /** XDP's flow cache (vipr_xdp_flows_v1): emptied whenever IPv4 flows are cut. */
   xdpFlows?: MapLike<CtKeyT, XdpFlowT>;
+  /** IPv6's (vipr_xdp_flows6_v1): emptied whenever IPv6 flows are cut. */
+  xdpFlows6?: MapLike<CtKeyT, XdpFlow6T>;
 }
 
 /** Entries split by the family of an address in them. */
@@ -536,7 +538,11 @@ export class BpfDataplane implements Dataplane {
       const xdpFlows = this.maps.xdpFlows;
       if (xdpFlows) for (const [k] of xdpFlows.entries()) this.tryDelete(xdpFlows, k, result);
     }
-    if (families.has('IPv6')) cut(this.maps.ctUdp6, this.maps.affinity6);
+    if (families.has('IPv6')) {
+      cut(this.maps.ctUdp6, this.maps.affinity6);
+      const xdpFlows6 = this.maps.xdpFlows6;
+      if (xdpFlows6) for (const [k] of xdpFlows6.entries()) this.tryDelete(xdpFlows6, k, result);
+    }
   }
 
   /**
