@@ -248,8 +248,13 @@ export class XdpPods {
       }
     }
     for (const [addr, pod] of plan.entries) {
-      this.map.update({ addr }, pod);
-      written++;
+      try {
+        this.map.update({ addr }, pod);
+        written++;
+      } catch (err) {
+        // Full (more local pods than VIPR_XDP_POD_ENTRIES) or refused: this pod stays with the stack.
+        plan.skipped.set(addr, `not written to vipr_xdp_pods_v1 (${err instanceof Error ? err.message : String(err)})`);
+      }
     }
     for (const [addr, why] of plan.skipped) {
       if (this.lastSkipped.get(addr) !== why) log.info({ addr, why }, 'local backend left to the stack');

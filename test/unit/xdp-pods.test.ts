@@ -97,6 +97,21 @@ describe('XDP to local pods: which ip monitor lines make the agent read the tabl
 });
 
 describe('XDP to local pods: the map follows', () => {
+  test('a pod the map will not take (full) stays with the stack, with why, and the others are written', async () => {
+    class FullAfterOne extends FakeMap {
+      override update(k: XdpPodKeyT, v: XdpPodT): void {
+        if (this.data.size >= 1 && !this.data.has(k.addr)) throw new Error('bpf_map_update_elem(vipr_xdp_pods_v1) failed: E2BIG (errno 7)');
+        super.update(k, v);
+      }
+    }
+    const map = new FullAfterOne();
+    const pods = new XdpPods(map, () => Promise.resolve(tables()));
+    pods.setBackends(new Set(['10.244.1.11', '10.244.1.12']));
+    await pods.refresh();
+    pods.stop();
+    expect(map.data.size).toBe(1);
+  });
+
   test('writes the planned entries, rewrites only what changed, removes what went', async () => {
     const map = new FakeMap();
     let t = tables();
