@@ -156,6 +156,19 @@ static __always_inline bool lb4_flow_steady(const struct vipr_ct_value *ct, cons
 }
 
 /*
+ * Whether @pkt may be the reply of a flow SNATed to this node: addressed to the SNAT address, the
+ * hairpin one, or another address of this node's (vipr_node_ips_v1; one the SNAT address was
+ * before a change of it), where reply entries with SNAT point.
+ */
+static __always_inline bool lb4_may_be_snat_reply(const struct vipr_config *cfg, const struct packet *pkt)
+{
+	struct vipr_node_ip node = { .addr = pkt->daddr };
+
+	return pkt->daddr == cfg->snat_addr || pkt->daddr == bpf_htonl(VIPR_HAIRPIN_ADDR) ||
+	       bpf_map_lookup_elem(&vipr_node_ips_v1, &node);
+}
+
+/*
  * A packet arriving at the node (TC ingress, XDP). Tracked flows first: the client's packets
  * (forward entry) and replies to flows SNATed to this node (reply entry with SNAT: their
  * destination is a node address, so only ingress sees them). Then new flows to a frontend.
@@ -171,7 +184,7 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 	struct vipr_svc_value *svc;
 	struct vipr_backend *be;
 	struct ct_new n = {};
-	bool established;
+	bool established, snat_reply;
 	__be16 sport;
 	/* Read only on the paths that keep time (~25 ns a read): a packet that is no service's
 	 * passes, and a refused one drops, without it. */
@@ -213,44 +226,53 @@ static __always_inline enum lb_action lb4_plan_ingress(const struct packet *pkt,
 	if (ct && established)
 		ct4_forget_established(&ct_key, ct);
 
-	/* A bare SYN opens a connection, it never answers one: with @bare_syn_no_reply (XDP) no
-	 * reply entry is probed for it, two lookups of absent keys in maps too big for the caches
-	 * (~170 ns each on the bench's machine). TC probes anyway: with the skip, clang 16 builds vipr_tc_ingress with a
-	 * read of a register it never set, which the verifier rejects ('R8 !read_ok'). */
-	if (bare_syn_no_reply && pkt->proto == IPPROTO_TCP &&
-	    (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
-		ct = NULL;
-	else {
+	/*
+	 * Reply entries matter here for two kinds of packet: the reply of a flow SNATed to this
+	 * node, translated back (its destination is the SNAT address, a node address, or the
+	 * hairpin one), and a packet a frontend would take for a new flow, which a reply of a
+	 * tracked flow never is. Anything else (a pod's traffic to the world, to another pod,
+	 * through the node) is no service's whatever the reply maps hold: not probed, two lookups
+	 * of absent keys in maps too big for the caches less (~170 ns each on the bench's machine).
+	 * Nor is a bare SYN with @bare_syn_no_reply (XDP): it opens a connection, never answers
+	 * one. TC probes for bare SYNs anyway: with that skip, clang 16 builds vipr_tc_ingress with
+	 * a read of a register it never set, which the verifier rejects ('R8 !read_ok').
+	 */
+	cfg = lb_config();
+	snat_reply = !cfg || lb4_may_be_snat_reply(cfg, pkt);
+	svc = cfg && !snat_reply ? lb4_lookup_service(pkt, lb4_is_internal(cfg, pkt->saddr)) : NULL;
+	if ((snat_reply || svc) &&
+	    !(bare_syn_no_reply && pkt->proto == IPPROTO_TCP &&
+	      (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
 		ct4_key_reply(&ct_key, pkt);
 		ct = ct4_lookup(&ct_key, &established);
-	}
-	if (ct) {
-		/* A reply of a tracked flow is never a new flow to a service: its destination is a
-		 * client. Without SNAT it is rewritten on egress towards the client; with SNAT its
-		 * destination is this node, so only ingress sees it. */
-		if (!(ct->flags & VIPR_CT_F_SNAT)) {
-			stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
-			return LB_PASS;
+		if (ct) {
+			/* A reply of a tracked flow is never a new flow to a service: its destination
+			 * is a client. Without SNAT it is rewritten on egress towards the client; with
+			 * SNAT its destination is this node, so only ingress sees it. */
+			if (!(ct->flags & VIPR_CT_F_SNAT)) {
+				stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
+				return LB_PASS;
+			}
+			now = ct_clock();
+			ct4_touch(ct, pkt, now, false);
+			ct4_mark_replied(ct);
+			plan->saddr = ct->nat_addr;
+			plan->sport = ct->nat_port;
+			plan->daddr = ct->snat_addr;
+			plan->dport = ct->snat_port;
+			plan->redirect = ct->flags & VIPR_CT_F_REDIRECT;
+			if (lb4_flow_steady(ct, pkt, established))
+				plan->xdp_cache = VIPR_STAT_REV_NAT;
+			stats_count(VIPR_STAT_REV_NAT, len);
+			return LB_NAT;
 		}
-		now = ct_clock();
-		ct4_touch(ct, pkt, now, false);
-		ct4_mark_replied(ct);
-		plan->saddr = ct->nat_addr;
-		plan->sport = ct->nat_port;
-		plan->daddr = ct->snat_addr;
-		plan->dport = ct->snat_port;
-		plan->redirect = ct->flags & VIPR_CT_F_REDIRECT;
-		if (lb4_flow_steady(ct, pkt, established))
-			plan->xdp_cache = VIPR_STAT_REV_NAT;
-		stats_count(VIPR_STAT_REV_NAT, len);
-		return LB_NAT;
 	}
 
-	/* Only new flows need the settings. */
-	cfg = lb_config();
+	/* New flows: to a node address, the NodePort lookup comes after the reply probe. */
 	if (!cfg)
 		return LB_PASS;
-	svc = lb4_lookup_service(pkt, lb4_is_internal(cfg, pkt->saddr));
+	if (snat_reply)
+		svc = lb4_lookup_service(pkt, lb4_is_internal(cfg, pkt->saddr));
 	if (!svc) {
 		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
 		return LB_PASS;
