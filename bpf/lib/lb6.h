@@ -159,6 +159,20 @@ static __always_inline void plan6_forward(struct nat_plan6 *plan, const struct v
 	plan->redirect = ct->flags & VIPR_CT_F_REDIRECT;
 }
 
+/* As lb4_may_be_snat_reply: addressed to the SNAT address, the hairpin one, or another of this node's. */
+static __always_inline bool lb6_may_be_snat_reply(const struct vipr_config6 *cfg6, const struct packet6 *pkt)
+{
+	struct vipr_node_ip6 node;
+
+	if (ipv6_equal(pkt->daddr, cfg6->snat_addr))
+		return true;
+	if (pkt->daddr[0] == bpf_htonl(VIPR_HAIRPIN_ADDR6_HI) && !pkt->daddr[1] && !pkt->daddr[2] &&
+	    pkt->daddr[3] == bpf_htonl(VIPR_HAIRPIN_ADDR6_LO))
+		return true;
+	ipv6_copy(node.addr, pkt->daddr);
+	return bpf_map_lookup_elem(&vipr_node_ips6_v1, &node);
+}
+
 /*
  * The IPv6 path runs in subprograms (the entry points say why): the verifier adds up the stack
  * frames of a call chain, and IPv6's keys and values are 2.5 times IPv4's. Tracked flows and new
@@ -171,6 +185,7 @@ static __always_inline void plan6_forward(struct nat_plan6 *plan, const struct v
 /* Tracked flows: the client's packets (forward entry), replies of SNATed flows (reply entry). */
 static __noinline int lb6_plan_tracked(const struct packet6 *pkt, __u32 len, struct nat_plan6 *plan)
 {
+	struct vipr_config6 *cfg6;
 	struct vipr_ct6_key ct_key;
 	struct vipr_ct6_value *ct;
 	__u64 now = ct_clock();
@@ -200,6 +215,14 @@ static __noinline int lb6_plan_tracked(const struct packet6 *pkt, __u32 len, str
 	if (ct && established)
 		ct6_forget_established(&ct_key, ct);
 
+	/* As lb4_plan_ingress: reply entries are probed only for a packet to this node (a SNATed
+	 * flow's reply) or one a frontend would take as a new flow (lb6_plan_new looks it up again,
+	 * in a small map). */
+	cfg6 = lb_config6();
+	if (cfg6 && !lb6_may_be_snat_reply(cfg6, pkt) && !lb6_lookup_service(pkt, lb6_is_internal(cfg6, pkt->saddr))) {
+		stats_count(VIPR_STAT_PASS_NOT_SERVICE, len);
+		return LB_PASS;
+	}
 	ct6_key_reply(&ct_key, pkt);
 	ct = ct6_lookup(&ct_key, &established);
 	if (!ct)
