@@ -15,7 +15,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ensureBuilt, forceCleanLab, labChecksumErrors, labExec, labUdpRequest, labUp, nodePinDirOf, startNodeAgent, uniqueLabName,
+  datapathCounter, ensureBuilt, eventually, forceCleanLab, labChecksumErrors, labExec, labUdpRequest, labUp, nodePinDirOf, startNodeAgent, uniqueLabName,
   vipr, type NodeAgent,
 } from '../helpers/lab.js';
 
@@ -126,18 +126,6 @@ async function whoami(port: number): Promise<string> {
   return res.stdout.trim();
 }
 
-/** Retries until `fn` resolves (the agents' first sync), at most `ms`. */
-async function eventually<T>(fn: () => Promise<T>, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 300));
-    }
-  }
-}
 
 async function transfer(port: number, mode: 'D' | 'U'): Promise<string> {
   const res = await labExec(lab, 'ext', [process.execPath, '-e', BULK_CLIENT, NODE1_IP, String(port), mode], { timeoutMs: 30_000 });
@@ -153,13 +141,7 @@ async function downloadThroughNode1(port: number): Promise<{ got: number; node1T
   return { got, node1Tx: after.txBytes - before.txBytes, node1Rx: after.rxBytes - before.rxBytes };
 }
 
-async function datapathCounter(node: 'node1' | 'node2', name: string): Promise<number> {
-  const res = await vipr(['stats', '--pin-dir', nodePinDirOf(lab, node), '--json']);
-  if (res.code !== 0) throw new Error(`vipr stats: ${res.stderr}`);
-  const c = (JSON.parse(res.stdout) as Record<string, { packets: number } | undefined>)[name];
-  if (!c) throw new Error(`no counter ${name} in vipr stats --json`);
-  return c.packets;
-}
+const nodeCounter = (node: 'node1' | 'node2', name: string): Promise<number> => datapathCounter(nodePinDirOf(lab, node), name);
 
 beforeAll(async () => {
   await ensureBuilt();
@@ -195,8 +177,8 @@ describe('--lb-mode dsr on the balancing node (node1)', () => {
   it('TCP: the request works and the backend on node2 sees the external client itself', async () => {
     const csumBefore = await labChecksumErrors(lab, 'ext');
     expect(await eventually(() => whoami(30090))).toMatch(new RegExp(`^be2 ${EXT_IP.replace(/\./g, '\\.')}:\\d+$`));
-    expect(await datapathCounter('node1', 'dsr_encap')).toBeGreaterThan(0);
-    expect(await datapathCounter('node2', 'dsr_decap')).toBeGreaterThan(0);
+    expect(await nodeCounter('node1', 'dsr_encap')).toBeGreaterThan(0);
+    expect(await nodeCounter('node2', 'dsr_decap')).toBeGreaterThan(0);
     expect(await labChecksumErrors(lab, 'ext')).toEqual(csumBefore);
   });
 
@@ -219,9 +201,9 @@ describe('--lb-mode dsr on the balancing node (node1)', () => {
   });
 
   it('an upload of 4 MiB fits the underlay with the option: the MSS node2 announces leaves room for it', async () => {
-    const mtuDropsBefore = await datapathCounter('node1', 'drop_dsr_mtu');
+    const mtuDropsBefore = await nodeCounter('node1', 'drop_dsr_mtu');
     expect(await transfer(30092, 'U')).toBe(String(BULK_BYTES));
-    expect(await datapathCounter('node1', 'drop_dsr_mtu')).toBe(mtuDropsBefore);
+    expect(await nodeCounter('node1', 'drop_dsr_mtu')).toBe(mtuDropsBefore);
   });
 
   it('a Service annotated snat beside it: SNATed as before (be2 sees node1)', async () => {

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { pinnedMaxEntries } from '../../src/bpf/libbpf.js';
 import { CT_LIMIT_MIN, ctSizes } from '../../src/bpf/conntrack.js';
 import {
-  ensureBuilt, forceCleanLab, labExec, labUdpRequest, labUp, nodePinDirOf, startNodeAgent, uniqueLabName, vipr, type NodeAgent,
+  datapathCounter, ensureBuilt, eventually, forceCleanLab, labExec, labUdpRequest, labUp, nodePinDirOf, startNodeAgent, uniqueLabName, vipr, type NodeAgent,
 } from '../helpers/lab.js';
 
 const lab = uniqueLabName('xdpp');
@@ -81,18 +81,6 @@ function agentArgs(extra: string[]): string[] {
   ];
 }
 
-/** Retries until `fn` resolves, at most `ms`. */
-async function eventually<T>(fn: () => Promise<T>, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 300));
-    }
-  }
-}
 
 async function whoami(): Promise<string> {
   const res = await labExec(lab, 'ext', ['curl', '-sS', '--max-time', '5', `http://${NODE1_IP}:30180/whoami`]);
@@ -108,12 +96,8 @@ async function forwardedToBe1(): Promise<number> {
   return Number(row.trim().split(/\s+/)[0]);
 }
 
-async function datapathCounter(name: string): Promise<number> {
-  const res = await vipr(['stats', '--pin-dir', nodePinDirOf(lab, 'node1'), '--json']);
-  if (res.code !== 0) throw new Error(`vipr stats: ${res.stderr}`);
-  return (JSON.parse(res.stdout) as Record<string, { packets: number } | undefined>)[name]?.packets ?? 0;
-}
-const xdpRedirects = (): Promise<number> => datapathCounter('xdp_redirect');
+const node1Counter = (name: string): Promise<number> => datapathCounter(nodePinDirOf(lab, 'node1'), name);
+const xdpRedirects = (): Promise<number> => node1Counter('xdp_redirect');
 
 async function listedPods(): Promise<string> {
   const res = await vipr(['maps', 'vipr_xdp_pods_v1', '--pin-dir', nodePinDirOf(lab, 'node1')]);
@@ -186,10 +170,10 @@ describe('without the flag (the agent restarted, serving IPv6 too)', () => {
   it('the map is emptied and the stack forwards every request again', async () => {
     expect(await listedPods()).not.toContain(BE1);
     const forwarded = await forwardedToBe1();
-    const tcSkipped = await datapathCounter('tc_xdp_done');
+    const tcSkipped = await node1Counter('tc_xdp_done');
     for (let i = 0; i < 3; i++) expect(await eventually(whoami)).toMatch(new RegExp(`^be1 ${EXT_IP.replace(/\./g, '\\.')}:\\d+$`));
     expect(await forwardedToBe1()).toBeGreaterThanOrEqual(forwarded + 12);
     // XDP translated them and said so in their metadata: TC ingress on eth0 let them through unread.
-    expect(await datapathCounter('tc_xdp_done')).toBeGreaterThanOrEqual(tcSkipped + 12);
+    expect(await node1Counter('tc_xdp_done')).toBeGreaterThanOrEqual(tcSkipped + 12);
   });
 });

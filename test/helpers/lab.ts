@@ -477,3 +477,25 @@ export async function startNodeAgent(netns: string, args: string[], timeoutMs = 
   }
   return agent;
 }
+
+/** Retries until `fn` resolves (an agent's first sync, a neighbour entry), at most `ms`. */
+export async function eventually<T>(fn: () => Promise<T>, ms = 15_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  }
+}
+
+/** A datapath counter's packets (`vipr stats --json`) in the maps pinned at `pinDir`. */
+export async function datapathCounter(pinDir: string, name: string): Promise<number> {
+  const res = await vipr(['stats', '--pin-dir', pinDir, '--json']);
+  if (res.code !== 0) throw new Error(`vipr stats: ${res.stderr}`);
+  const c = (JSON.parse(res.stdout) as Record<string, { packets: number } | undefined>)[name];
+  if (!c) throw new Error(`no counter ${name} in vipr stats --json`);
+  return c.packets;
+}
