@@ -195,12 +195,20 @@ static __always_inline int tc_not_ipv4(struct __sk_buff *skb, __u32 slot)
 static __always_inline bool tc_xdp_done(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
 	struct vipr_xdp_meta *meta = (void *)(long)skb->data_meta;
-	struct iphdr *ip = data + sizeof(struct ethhdr);
-
-	if ((void *)(meta + 1) > data || (void *)(ip + 1) > (void *)(long)skb->data_end)
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(meta + 1) > data || (void *)(eth + 1) > data_end)
 		return false;
-	return meta->magic == VIPR_XDP_META_DONE && meta->ifindex == skb->ingress_ifindex && meta->ttl == ip->ttl;
+	if (meta->magic != VIPR_XDP_META_DONE || meta->ifindex != skb->ingress_ifindex)
+		return false;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return (void *)(ip + 1) <= data_end && meta->ttl == ip->ttl;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return (void *)(ip6 + 1) <= data_end && meta->ttl == ip6->hop_limit;
+	return false;
 }
 
 SEC("tc")

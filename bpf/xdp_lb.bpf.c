@@ -18,6 +18,14 @@
 #include "lib/lb6.h"
 #include "lib/fib6.h"
 
+/* As xdp_pass_done, for IPv6 frames without extension headers. */
+static __always_inline int xdp_pass_done6(struct xdp_md *ctx, const struct packet6 *pkt)
+{
+	if (pkt->frag != FRAG_NONE || pkt->l4_off != sizeof(struct ethhdr) + sizeof(struct ipv6hdr))
+		return XDP_PASS;
+	return xdp_pass_marked(ctx, sizeof(struct ethhdr) + __builtin_offsetof(struct ipv6hdr, hop_limit));
+}
+
 /*
  * IPv6's flow cache (struct vipr_xdp_flow6; struct vipr_xdp_flow says what keeps it right), in a
  * frame of its own. Returns an XDP verdict, or -1 when the packet takes the full path.
@@ -63,7 +71,7 @@ static __noinline int xdp_lb6_cached(struct xdp_md *ctx, const struct packet6 *p
 		stats_count(VIPR_STAT_DNAT, len);
 	if (!f->nh.ifindex) {
 		stats_count(VIPR_STAT_XDP_PASS, len);
-		return XDP_PASS;
+		return xdp_pass_done6(ctx, pkt);
 	}
 	stats_count(f->nh.ifindex == ctx->ingress_ifindex ? VIPR_STAT_XDP_TX : VIPR_STAT_XDP_REDIRECT, len);
 	return xdp_forward6_to(ctx, f->nh.ifindex, f->nh.smac, f->nh.dmac);
@@ -120,7 +128,7 @@ static __noinline int xdp_send6(struct xdp_md *ctx, const struct packet6 *pkt, c
 		stats_count(VIPR_STAT_DNAT, len);
 	if (!plan->redirect) {
 		stats_count(VIPR_STAT_XDP_PASS, len);
-		return XDP_PASS;
+		return xdp_pass_done6(ctx, pkt);
 	}
 	if (fib.ifindex == ctx->ingress_ifindex)
 		stats_count(VIPR_STAT_XDP_TX, len);
@@ -142,7 +150,6 @@ static __noinline int xdp_lb6(struct xdp_md *ctx)
 	__u32 len = data_end - data;
 	struct nat_plan6 plan;
 	struct packet6 pkt;
-
 	int verdict;
 
 	switch (lb6_parse(data, data_end, len, &pkt)) {
@@ -161,7 +168,11 @@ static __noinline int xdp_lb6(struct xdp_md *ctx)
 		return XDP_DROP;
 	case LB_NAT:
 		break;
+	case LB_PASS:
+		stats_count(VIPR_STAT_XDP_PASS, len);
+		return xdp_pass_done6(ctx, &pkt);
 	default:
+		/* A reject: TC answers it. */
 		stats_count(VIPR_STAT_XDP_PASS, len);
 		return XDP_PASS;
 	}

@@ -110,31 +110,38 @@ static __always_inline int xdp_pod_nexthop(struct xdp_md *ctx, const struct nat_
 }
 
 /*
- * XDP_PASS for a frame whose work XDP has done (no service's, or translated for a pod of this
- * node): struct vipr_xdp_meta in front of it tells TC ingress so. Counted by the caller.
+ * XDP_PASS with struct vipr_xdp_meta in front of the frame, telling TC ingress XDP's work on it
+ * is done. @ttl_off: where the frame's TTL (IPv4) or hop limit (IPv6) is. Counted by the caller.
  */
-static __always_inline int xdp_pass_done(struct xdp_md *ctx, const struct packet *pkt)
+static __always_inline int xdp_pass_marked(struct xdp_md *ctx, __u32 ttl_off)
 {
 	struct vipr_xdp_meta *meta;
-	struct iphdr *ip;
 	void *data;
+	__u8 *ttl;
 
-	if (pkt->frag != FRAG_NONE || pkt->l4_off != sizeof(struct ethhdr) + sizeof(struct iphdr))
-		return XDP_PASS;
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*meta)))
 		return XDP_PASS;
 	data = (void *)(long)ctx->data;
 	meta = (void *)(long)ctx->data_meta;
-	ip = data + sizeof(struct ethhdr);
-	if ((void *)(meta + 1) > data || (void *)(ip + 1) > (void *)(long)ctx->data_end)
+	ttl = data + ttl_off;
+	if ((void *)(meta + 1) > data || (void *)(ttl + 1) > (void *)(long)ctx->data_end)
 		return XDP_PASS;
 	meta->magic = VIPR_XDP_META_DONE;
 	meta->ifindex = ctx->ingress_ifindex;
-	meta->ttl = ip->ttl;
+	meta->ttl = *ttl;
 	meta->pad[0] = 0;
 	meta->pad[1] = 0;
 	meta->pad[2] = 0;
 	return XDP_PASS;
+}
+
+/* XDP_PASS for an IPv4 frame whose work XDP has done (no service's, or translated for a pod of
+ * this node): marked for TC ingress, unless it has options or is a fragment (struct vipr_xdp_meta). */
+static __always_inline int xdp_pass_done(struct xdp_md *ctx, const struct packet *pkt)
+{
+	if (pkt->frag != FRAG_NONE || pkt->l4_off != sizeof(struct ethhdr) + sizeof(struct iphdr))
+		return XDP_PASS;
+	return xdp_pass_marked(ctx, sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, ttl));
 }
 
 /*

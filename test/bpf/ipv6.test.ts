@@ -367,4 +367,14 @@ describe("XDP's flow cache for IPv6 (vipr_xdp_flows6_v1)", () => {
     expect(hits()).toBe(before + 1);
     expect(cached()).toBe(0);
   });
+
+  test('XDP marks what it finished for TC ingress (struct vipr_xdp_meta), with the hop limit it leaves; not a frame with extension headers', () => {
+    const notService = fx.xdp(tcp(EXT_CLIENT, NODE6, 22, 43600, { tcpFlags: TCP_ACK }));
+    expect(notService.verdict).toBe(XDP_PASS);
+    expect(notService.meta.length).toBe(12);
+    expect([notService.meta.readUInt32LE(0), notService.meta[8]]).toEqual([0x76697072, notService.out[21]]);
+    const withOptions = fx.xdp(withExtHeaders(tcp(EXT_CLIENT, NODE6, 22, 43601, { tcpFlags: TCP_ACK }), [0]));
+    expect(withOptions.verdict).toBe(XDP_PASS);
+    expect(withOptions.meta.length).toBe(0);
+  });
 });

@@ -11,8 +11,8 @@
 import { agentArgv, loadLabState } from '../../src/lab/lab.js';
 import { planLab } from '../../src/lab/topology.js';
 import {
-  ensureBuilt, forceCleanLab, labChecksumErrors, labDown, labExec, labLeftovers, labStatus, labTcpConnect, labUdpRequest, labUp,
-  rootRoutesToLab, startNodeAgent, uniqueLabName, VIPR_MAIN, type NodeAgent,
+  datapathCounter, ensureBuilt, forceCleanLab, labChecksumErrors, labDown, labExec, labLeftovers, labStatus, labTcpConnect, labUdpRequest, labUp,
+  nodePinDirOf, rootRoutesToLab, startNodeAgent, uniqueLabName, VIPR_MAIN, type NodeAgent,
 } from '../helpers/lab.js';
 
 const NODE1 = 'fd00:192:168:60::11';
@@ -103,6 +103,7 @@ describe('vipr lab --nodes 2 (dual-stack)', () => {
     }, 120_000);
 
     it('NodePort over IPv6 answers the external host on both nodes; local pods see the client, remote ones the node', async () => {
+      const tcSkipped = await datapathCounter(nodePinDirOf(lab, 'node1'), 'tc_xdp_done');
       for (const [node, local] of [[NODE1, NODE1_PODS], [NODE2, NODE2_PODS]] as const) {
         const answers = await curlFrom('ext', `http://[${node}]:30080/whoami`, 20);
         expect([node, answers.filter((a) => a === 'FAILED')]).toEqual([node, []]);
@@ -113,6 +114,9 @@ describe('vipr lab --nodes 2 (dual-stack)', () => {
         }
       }
       for (const host of ['ext', ...BACKENDS]) expect([host, (await labChecksumErrors(lab, host)).tcp]).toEqual([host, 0]);
+      // XDP on node1's eth0 translated the flows to its own pods and passed them marked: TC
+      // ingress let them through unread (IPv6's struct vipr_xdp_meta, the hop limit checked).
+      expect(await datapathCounter(nodePinDirOf(lab, 'node1'), 'tc_xdp_done')).toBeGreaterThan(tcSkipped + 20);
     }, 120_000);
 
     it("externalTrafficPolicy Local keeps the client's IPv6 address: NodePort on each node and the LoadBalancer IP", async () => {
