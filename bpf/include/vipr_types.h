@@ -294,9 +294,9 @@ _Static_assert(sizeof(struct vipr_xdp_pod) == 20, "vipr_xdp_pod layout");
  * What XDP leaves in front of a frame it passes to the stack with its work done (XDP metadata,
  * bpf_xdp_adjust_meta): a packet of no service, or one it translated for a pod of this node. TC
  * ingress on the same interface then lets it through without parsing it or probing conntrack
- * again (Cilium's XFER_PKT_NO_SVC). Only IPv4 without options or fragmentation gets it (a DSR
- * packet's option is TC's to take off). TC believes it only on the interface it names and with
- * the TTL it names, so a mark the kernel carried along with a packet the node forwarded (TTL one
+ * again (Cilium's XFER_PKT_NO_SVC). Only IPv4 without options and IPv6 without extension
+ * headers, neither fragmented, get it (a DSR packet's option is TC's to take off). TC believes it
+ * only on the interface it names and with the TTL (hop limit) it names, so a mark the kernel carried along with a packet the node forwarded (TTL one
  * less) into another device is never taken for a fresh one; packets of one flow carry the same
  * mark, so GRO still merges them. Drivers without XDP metadata leave it out, and TC does the
  * work as before.
