@@ -13,14 +13,16 @@
  * link, a route, a backend's neighbour entry appearing, going or changing its MAC: not the
  * REACHABLE/STALE/DELAY cycle every entry goes through, which would have the tables read every
  * few seconds per pod; monitorLineMatters), debounced, and every REFRESH_MS regardless; a pod
- * that goes leaves within that. What the flag skips for these frames (and the operator accepts with it): the host's
- * routing and netfilter, and any TC program on the pod's veth. What it needs: the pod's side of
- * each veth takes XDP frames (GRO or an XDP program on it); veth drops them otherwise.
+ * that goes leaves within that. What the flag skips for these frames (and the operator accepts
+ * with it): the host's routing and netfilter, and any TC program on the pod's veth. What it
+ * needs, with native XDP: the pod's side of each veth takes XDP frames (GRO or an XDP program on
+ * it); veth drops them otherwise.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { run } from '../process/run.js';
 import { componentLogger } from '../log.js';
 import { isIpv4 } from './codec.js';
+import { cidrHas, parseCidr, type Cidr } from '../model/ip.js';
 import type { MapLike } from './map.js';
 import type { XdpPodKeyT, XdpPodT } from './layouts.js';
 import type { DesiredState } from '../model/types.js';
@@ -62,9 +64,8 @@ export interface LinkInfo {
 }
 
 export interface RouteInfo {
-  /** Network address and prefix length; 'default' is 0.0.0.0/0. */
-  net: number;
-  prefix: number;
+  /** The route's destination; 'default' is 0.0.0.0/0. */
+  cidr: Cidr;
   dev: string;
   gateway: string | null;
 }
@@ -75,10 +76,6 @@ export interface NodeTables {
   /** "address dev" → MAC, for entries with a link-layer address that is not FAILED. */
   neighbours: Map<string, string>;
   routes: RouteInfo[];
-}
-
-function ipv4ToInt(ip: string): number {
-  return ip.split('.').reduce((acc, p) => ((acc << 8) | Number(p)) >>> 0, 0);
 }
 
 export function parseLinks(json: string): LinkInfo[] {
@@ -101,23 +98,17 @@ export function parseRoutes(json: string): RouteInfo[] {
   const out: RouteInfo[] = [];
   for (const r of rows) {
     if (r.dev === undefined || (r.type !== undefined && r.type !== 'unicast')) continue;
-    const [addr, len] = r.dst === 'default' ? ['0.0.0.0', '0'] : r.dst.split('/');
-    if (addr === undefined || !isIpv4(addr)) continue;
-    const prefix = len === undefined ? 32 : Number(len);
-    const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
-    out.push({ net: (ipv4ToInt(addr) & mask) >>> 0, prefix, dev: r.dev, gateway: r.gateway ?? null });
+    const dst = r.dst === 'default' ? '0.0.0.0/0' : r.dst;
+    if (!isIpv4(dst.split('/')[0] ?? '')) continue;
+    out.push({ cidr: parseCidr(dst), dev: r.dev, gateway: r.gateway ?? null });
   }
   return out;
 }
 
 /** The main table's longest-prefix route to `addr` (multipath and policy rules aside: CNIs route pods there). */
 export function routeTo(routes: readonly RouteInfo[], addr: string): RouteInfo | null {
-  const a = ipv4ToInt(addr);
   let best: RouteInfo | null = null;
-  for (const r of routes) {
-    const mask = r.prefix === 0 ? 0 : (0xffffffff << (32 - r.prefix)) >>> 0;
-    if (((a & mask) >>> 0) === r.net && (best === null || r.prefix > best.prefix)) best = r;
-  }
+  for (const r of routes) if (cidrHas(r.cidr, addr) && (best === null || r.cidr.prefix > best.cidr.prefix)) best = r;
   return best;
 }
 

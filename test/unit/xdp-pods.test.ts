@@ -44,11 +44,11 @@ class FakeMap implements MapLike<XdpPodKeyT, XdpPodT> {
 describe('XDP to local pods: the plan from the node\'s tables', () => {
   test('the longest prefix wins; default is /0', () => {
     const routes = parseRoutes(ROUTES);
-    expect(routeTo(routes, '10.244.1.14')).toMatchObject({ prefix: 32, gateway: '192.168.60.12' });
-    expect(routeTo(routes, '10.244.1.11')).toMatchObject({ prefix: 24, dev: 'vbe1', gateway: null });
-    expect(routeTo(routes, '8.8.8.8')).toMatchObject({ prefix: 0, dev: 'eth0' });
+    expect(routeTo(routes, '10.244.1.14')).toMatchObject({ cidr: { prefix: 32 }, gateway: '192.168.60.12' });
+    expect(routeTo(routes, '10.244.1.11')).toMatchObject({ cidr: { prefix: 24 }, dev: 'vbe1', gateway: null });
+    expect(routeTo(routes, '8.8.8.8')).toMatchObject({ cidr: { prefix: 0 }, dev: 'eth0' });
     // A blackhole has no device to send to: not a route to a pod, so the default one answers.
-    expect(routeTo(routes, '10.244.7.1')).toMatchObject({ prefix: 0, dev: 'eth0' });
+    expect(routeTo(routes, '10.244.7.1')).toMatchObject({ cidr: { prefix: 0 }, dev: 'eth0' });
   });
 
   test('a pod on a veth with a neighbour entry is listed with the veth\'s index, MTU and MAC and the pod\'s MAC; the rest stay with the stack, each with why', () => {
