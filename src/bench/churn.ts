@@ -9,7 +9,7 @@
  *                     directly (a few µs per Service);
  *   iptables(-nft)    one `iptables-save -t nat` per look: the `-j KUBE-SEP-` rules of the
  *                     Service's KUBE-SVC chain;
- *   nftables          `nft monitor rules` from before the first change: the `goto endpoint-`
+ *   nftables          `nft monitor rules` from before the agent starts: the `goto endpoint-`
  *                     verdicts of each service chain rule as its transaction commits (timed
  *                     when the bench reads the event, not at the next look);
  *   ipvs              one `ipvsadm -Ln` per look: the real servers of the virtual server.
@@ -38,6 +38,7 @@ import { logTail, startInNetns, stopProcesses, type StartedProcess } from '../la
 import { FakeApiServer, type KubeObject } from '../lab/fake-apiserver/server.js';
 import { kubeconfigFor } from '../lab/fake-apiserver/kubeconfig.js';
 import { nftServicePortChainNameBase, servicePortChainName } from '../render/hash.js';
+import { NFT_TABLE_FAMILIES, NFT_TABLE_NAME } from '../modes/nftables.js';
 import { startBridge, socatToBridgeArgv } from '../lab/fake-apiserver/unix-bridge.js';
 import {
   BENCH_NAMESPACE, SERVICE_TCP_PORT, benchEndpointSlice, benchObjects, churnPool, serviceName, serviceVip, type DataplaneMode,
@@ -88,6 +89,8 @@ export interface DataplaneProbe {
   endpoints(indices: readonly number[]): Promise<Map<number, number>>;
   /** When the dataplane reported the count last returned for `index` (event-driven probes); else the look's end counts. */
   landedAt?(index: number): number | undefined;
+  /** Event-driven probes: resolves once every event committed before the call has been read. */
+  caughtUp?(): Promise<void>;
   close(): void;
 }
 
@@ -152,17 +155,19 @@ export function nftMonitorDispatch(line: string): { chain: string; endpoints: nu
 }
 
 /**
- * `nft monitor rules` in the node's namespace, from before the first change: every rule a
+ * `nft monitor rules` in the node's namespace, from before the agent starts: every rule a
  * transaction adds is printed when it commits, so a service chain's `numgen ... vmap { ... }`
  * rule is seen as it lands, with its endpoints (listing chains is no use here: nft 1.0.6 finds
  * only the last of several `list chain` commands of one batch, and one `nft list chain` of a
  * 10,000-Service table takes seconds).
  *
  * nft lists the whole ruleset before it listens and says nothing when it does; a commit during
- * that listing makes it start over. On a slow node with 1,000 Services the listing takes seconds,
- * and changes that commit before it ends are never printed (the VM lab's churn waited for them
- * until it was stopped). So the probe is ready only once the monitor has printed a marker rule the
- * bench adds, added again after 2, 4, 8 ... s without it (each marker is a commit too).
+ * that listing makes it start over. Started over the cell's 1,000 Services on a slow node (the VM
+ * lab), it listened only after the churn's changes had committed, or never while the agent kept
+ * committing, and the churn waited for changes it would never print. So measureChurn starts it
+ * over no table, before the agent, and each readiness (at start, and `caughtUp()` after the
+ * agent's first sync) is a marker rule the bench adds, again after 2, 4, 8 ... s, until the
+ * monitor prints it.
  */
 async function nftMonitorProbe(netns: string, initial: number): Promise<DataplaneProbe> {
   const [file, args] = nsenterArgv(netns, 'nft', ['monitor', 'rules']);
@@ -170,8 +175,8 @@ async function nftMonitorProbe(netns: string, initial: number): Promise<Dataplan
   const latest = new Map<string, { endpoints: number; at: number }>();
   let partial = '';
   let stderr = '';
-  let markerShown = (): void => undefined;
-  const listening = { seen: false, shown: new Promise<'listening'>((r) => (markerShown = () => r('listening'))) };
+  const waiters: Array<() => void> = [];
+  const markers = { printed: 0, next: (): Promise<'printed'> => new Promise((r) => waiters.push(() => r('printed'))) };
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   child.stdout.setEncoding('utf8').on('data', (d: string) => {
     const at = performance.now();
@@ -179,39 +184,48 @@ async function nftMonitorProbe(netns: string, initial: number): Promise<Dataplan
     partial = lines.pop() ?? '';
     for (const line of lines) {
       if (line.startsWith(`add rule ip ${NFT_PROBE_TABLE} `)) {
-        listening.seen = true;
-        markerShown();
+        markers.printed++;
+        for (const w of waiters.splice(0)) w();
       }
       const rule = nftMonitorDispatch(line);
       if (rule) latest.set(rule.chain, { endpoints: rule.endpoints, at });
     }
   });
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  try {
-    await run('nft', ['add', 'table', 'ip', NFT_PROBE_TABLE], { netns, timeoutMs: 60_000 });
-    await run('nft', ['add', 'chain', 'ip', NFT_PROBE_TABLE, NFT_PROBE_CHAIN], { netns, timeoutMs: 60_000 });
-    const deadline = performance.now() + NFT_MONITOR_LISTEN_TIMEOUT_MS;
-    for (let waitMs = 2000; !listening.seen; waitMs = Math.min(2 * waitMs, 30_000)) {
-      if (performance.now() > deadline) {
-        throw new Error(`nft monitor rules in ${netns} printed none of the bench's marker rules in ${NFT_MONITOR_LISTEN_TIMEOUT_MS / 1000} s: ${stderr.trim() || 'no error'}`);
+  // Resolves once the monitor has printed a marker rule added now: it reads events in order, so
+  // by then it has read every commit before the first marker.
+  const markerPrinted = async (): Promise<void> => {
+    const before = markers.printed;
+    try {
+      await run('nft', ['add', 'table', 'ip', NFT_PROBE_TABLE], { netns, timeoutMs: 60_000 });
+      await run('nft', ['add', 'chain', 'ip', NFT_PROBE_TABLE, NFT_PROBE_CHAIN], { netns, timeoutMs: 60_000 });
+      const deadline = performance.now() + NFT_MONITOR_LISTEN_TIMEOUT_MS;
+      for (let waitMs = 2000; markers.printed === before; waitMs = Math.min(2 * waitMs, 30_000)) {
+        if (performance.now() > deadline) {
+          throw new Error(`nft monitor rules in ${netns} printed none of the bench's marker rules in ${NFT_MONITOR_LISTEN_TIMEOUT_MS / 1000} s: ${stderr.trim() || 'no error'}`);
+        }
+        await run('nft', ['add', 'rule', 'ip', NFT_PROBE_TABLE, NFT_PROBE_CHAIN, 'counter'], { netns, timeoutMs: 60_000 });
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const waited = new Promise<'waiting'>((r) => (timer = setTimeout(() => r('waiting'), waitMs)));
+        const early = await Promise.race([exited, markers.next(), waited]);
+        clearTimeout(timer);
+        if (typeof early === 'number' || early === null) throw new Error(`nft monitor rules in ${netns} exited (${String(early)}): ${stderr.trim()}`);
       }
-      await run('nft', ['add', 'rule', 'ip', NFT_PROBE_TABLE, NFT_PROBE_CHAIN, 'counter'], { netns, timeoutMs: 60_000 });
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const waited = new Promise<'waiting'>((r) => (timer = setTimeout(() => r('waiting'), waitMs)));
-      const early = await Promise.race([exited, listening.shown, waited]);
-      clearTimeout(timer);
-      if (typeof early === 'number' || early === null) throw new Error(`nft monitor rules in ${netns} exited (${String(early)}): ${stderr.trim()}`);
+    } finally {
+      await tryRun('nft', ['delete', 'table', 'ip', NFT_PROBE_TABLE], { netns, timeoutMs: 60_000 });
     }
+  };
+  try {
+    await markerPrinted();
   } catch (err) {
     child.kill('SIGTERM');
     throw err;
-  } finally {
-    await tryRun('nft', ['delete', 'table', 'ip', NFT_PROBE_TABLE], { netns, timeoutMs: 60_000 });
   }
   const seen = (index: number): { endpoints: number; at: number } | undefined => latest.get(nftServiceChain(index));
   return {
     endpoints: (indices) => Promise.resolve(new Map(indices.map((i) => [i, seen(i)?.endpoints ?? initial]))),
     landedAt: (index) => seen(index)?.at,
+    caughtUp: markerPrinted,
     close: () => {
       child.kill('SIGTERM');
     },
@@ -306,6 +320,13 @@ export async function measureChurn(o: ChurnOptions): Promise<ChurnResult> {
       ready: (text) => text.includes('listening on'),
       timeoutMs: 10_000,
     }));
+    if (o.mode === 'nftables') {
+      // Over the 1,000 Services the cell's earlier agents left, nft's listing at the monitor's
+      // start outlasted the churn on a slow node (nftMonitorProbe); over no table it listens at
+      // once, and reads the churn agent's first sync (which writes every chain anyway) as events.
+      for (const family of NFT_TABLE_FAMILIES) await tryRun('nft', ['delete', 'table', family, NFT_TABLE_NAME], { netns: o.nodeNetns, timeoutMs: 60_000 });
+      probe = await probeFor(o.mode, { pinDir: o.pinDir, netns: o.nodeNetns, initial: o.backendIps.length });
+    }
     procs.push(await startInNetns({
       netns: o.nodeNetns,
       argv: [
@@ -316,7 +337,9 @@ export async function measureChurn(o: ChurnOptions): Promise<ChurnResult> {
       ready: logHasReady,
       timeoutMs: AGENT_START_TIMEOUT_MS,
     }));
-    probe = await probeFor(o.mode, { pinDir: o.pinDir, netns: o.nodeNetns, initial: o.backendIps.length });
+    probe ??= await probeFor(o.mode, { pinDir: o.pinDir, netns: o.nodeNetns, initial: o.backendIps.length });
+    // The first change is timed from its write: the probe must not still be reading the first sync.
+    await probe.caughtUp?.();
     return await stream(o, api, probe, pool, total);
   } finally {
     probe?.close();
