@@ -36,6 +36,11 @@ export function serviceNamesPath(pinDir: string): string {
   return join(STATE_DIR, `${basename(pinDir)}.services.json`);
 }
 
+/** The counter of frames XDP_REDIRECT could not deliver (src/bpf/xdp-pods.ts). */
+export function xdpDropsObjectPath(): string {
+  return join(packageRoot(), 'bpf', 'xdp_drops.bpf.o');
+}
+
 /** The conntrack GC iterators (same maps, pinned by name). */
 export function ctGcObjectPath(): string {
   return join(packageRoot(), 'bpf', 'ct_gc.bpf.o');

@@ -156,6 +156,7 @@ function bind() {
     ),
     bpf_link_update: libbpf.func('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
     bpf_iter_create: libbpf.func('int bpf_iter_create(int link_fd)'),
+    bpf_raw_tracepoint_open: libbpf.func('int bpf_raw_tracepoint_open(const char *name, int prog_fd)'),
     bpf_map__set_initial_value: libbpf.func('int bpf_map__set_initial_value(bpf_map *map, const void *data, size_t size)'),
     bpf_map__value_size: libbpf.func('uint32_t bpf_map__value_size(const bpf_map *map)'),
     bpf_tc_hook_create: libbpf.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
@@ -499,6 +500,15 @@ export function linkCreateMapIter(progFd: number, mapFd: number, what: string): 
   } finally {
     koffi.free(info);
   }
+}
+
+/**
+ * Attaches a tp_btf program (its tracepoint is in its BTF attach id, set by libbpf at load);
+ * returns the fd that keeps it attached until closed.
+ */
+export function rawTracepointOpen(progFd: number, what: string): number {
+  state.lastMessage = null;
+  return check(`bpf_raw_tracepoint_open(${what})`, fns.bpf_raw_tracepoint_open(null, progFd) as number);
 }
 
 /** Creates an iterator from an iterator link: reading the returned fd runs the program. */

@@ -16,10 +16,23 @@
  * that goes leaves within that. What the flag skips for these frames (and the operator accepts
  * with it): the host's routing and netfilter, and any TC program on the pod's veth. What it
  * needs, with native XDP: the pod's side of each veth takes XDP frames (GRO or an XDP program on
- * it); veth drops them otherwise.
+ * it); veth drops them otherwise, and counts them nowhere but at the xdp_devmap_xmit tracepoint;
+ * and a redirect can fail before the veth (the receiving driver's own limits), seen at
+ * xdp_redirect_err. The agent counts both per target (XdpDrops, bpf/xdp_drops.bpf.c) and, every
+ * DROP_CHECK_MS while pods are listed, a veth whose count grew is taken for one XDP cannot
+ * deliver to: its pods go back to the stack (a warning names the pod and the likely fix) until
+ * the veth is replaced. A pod that loses frames so costs its clients a SYN retransmission or two.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { basename } from 'node:path';
 import { run } from '../process/run.js';
+import * as libbpf from './libbpf.js';
+import { BpfMap } from './map.js';
+import { U32 } from './layouts.js';
+import { defineStruct } from './codec.js';
+import { ConfigError } from '../errors.js';
+import { xdpDropsObjectPath } from '../paths.js';
 import { componentLogger } from '../log.js';
 import { isIpv4 } from './codec.js';
 import { cidrHas, parseCidr, type Cidr } from '../model/ip.js';
@@ -31,6 +44,8 @@ const log = componentLogger('xdp-pods');
 
 /** The slowest a pod's change reaches XDP when `ip monitor` says nothing of it. */
 export const REFRESH_MS = 10_000;
+/** How often listed pods' veths are checked for frames XDP could not deliver. */
+export const DROP_CHECK_MS = 2_000;
 /** Coalesces a burst of `ip monitor` lines into one read of the tables. */
 const DEBOUNCE_MS = 250;
 
@@ -118,8 +133,11 @@ export interface PodPlan {
   skipped: Map<string, string>;
 }
 
-/** Each local backend's entry from the node's tables, or why it has none. Pure. */
-export function planXdpPods(addrs: Iterable<string>, t: NodeTables): PodPlan {
+/**
+ * Each local backend's entry from the node's tables, or why it has none; `refusing`: veths (by
+ * ifindex) XDP could not deliver to, whose pods stay with the stack. Pure.
+ */
+export function planXdpPods(addrs: Iterable<string>, t: NodeTables, refusing: ReadonlySet<number> = new Set()): PodPlan {
   const entries = new Map<string, XdpPodT>();
   const skipped = new Map<string, string>();
   const byName = new Map(t.links.map((l) => [l.name, l]));
@@ -136,6 +154,8 @@ export function planXdpPods(addrs: Iterable<string>, t: NodeTables): PodPlan {
       skipped.set(addr, `routed via ${route.gateway}, not on a link of this node`);
     } else if (link.kind !== 'veth') {
       skipped.set(addr, `behind ${link.name} (${link.kind ?? 'not a veth'}): XDP sends to veths only`);
+    } else if (refusing.has(link.ifindex)) {
+      skipped.set(addr, `frames XDP sent to ${link.name} did not arrive (the pod's side takes no XDP frames, or the redirect failed)`);
     } else {
       const mac = t.neighbours.get(`${addr} ${link.name}`);
       if (mac === undefined) skipped.set(addr, `no neighbour entry on ${link.name} yet`);
@@ -150,6 +170,49 @@ export function localBackendAddrs(state: DesiredState): Set<string> {
   const out = new Set<string>();
   for (const e of state.services) for (const ep of e.endpoints) if (ep.isLocal && isIpv4(ep.ip)) out.add(ep.ip);
   return out;
+}
+
+const DropCount = defineStruct('vipr_xdp_drops_value', [['frames', 'u64']] as const);
+
+/**
+ * bpf/xdp_drops.bpf.c, loaded and attached for as long as the agent runs: frames XDP_REDIRECT
+ * could not deliver, per target interface, since it started.
+ */
+export class XdpDrops {
+  private constructor(
+    private readonly obj: libbpf.ObjectHandle,
+    private readonly attached: number[],
+    private readonly map: BpfMap<number, { frames: bigint }>,
+  ) {}
+
+  static load(pinDir: string, objectPath = xdpDropsObjectPath()): XdpDrops {
+    if (!existsSync(objectPath)) throw new ConfigError(`BPF object ${objectPath} is missing: run 'make build'`);
+    const obj = libbpf.openObject(objectPath, pinDir);
+    const attached: number[] = [];
+    try {
+      libbpf.loadObject(obj, basename(objectPath));
+      const fd = libbpf.mapFd(libbpf.findMap(obj, 'vipr_xdp_drops'), 'vipr_xdp_drops');
+      const map = new BpfMap({ name: 'vipr_xdp_drops', key: U32, value: DropCount, perCpu: false }, fd);
+      for (const [name, tp] of [['vipr_xdp_devmap_xmit', 'xdp_devmap_xmit'], ['vipr_xdp_redirect_err', 'xdp_redirect_err']] as const) {
+        attached.push(libbpf.rawTracepointOpen(libbpf.programFd(libbpf.findProgram(obj, name), name), tp));
+      }
+      return new XdpDrops(obj, attached, map);
+    } catch (err) {
+      for (const fd of attached) libbpf.closeFd(fd);
+      libbpf.closeObject(obj);
+      throw err;
+    }
+  }
+
+  /** Target ifindex → frames that did not arrive so far. */
+  read(): Map<number, number> {
+    return new Map(this.map.entries().map(([ifindex, v]) => [ifindex, Number(v.frames)]));
+  }
+
+  close(): void {
+    for (const fd of this.attached) libbpf.closeFd(fd);
+    libbpf.closeObject(this.obj);
+  }
 }
 
 async function readTables(): Promise<NodeTables> {
@@ -173,13 +236,29 @@ export class XdpPods {
   private lastSkipped = new Map<string, string>();
   /** Address → pod MAC of the entries written. */
   private listed = new Map<string, string>();
+  /** Listed veths (ifindex) → the frames XdpDrops had counted for them when last read. */
+  private dropsSeen = new Map<number, number>();
+  /** Veths XDP could not deliver to: their pods stay with the stack. */
+  private readonly refusing = new Set<number>();
+  private dropTimer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly map: MapLike<XdpPodKeyT, XdpPodT>, private readonly readNodeTables: () => Promise<NodeTables> = readTables) {}
+  /** `readDrops`: XdpDrops' counts (null: not watched, as where the tracepoints cannot be attached). */
+  constructor(
+    private readonly map: MapLike<XdpPodKeyT, XdpPodT>,
+    private readonly readNodeTables: () => Promise<NodeTables> = readTables,
+    private readonly readDrops: (() => Map<number, number>) | null = null,
+  ) {}
 
   /** Starts following the node's tables; entries are written once the first backends arrive. */
   start(): void {
     this.timer = setInterval(() => this.schedule(), REFRESH_MS);
     this.timer.unref();
+    if (this.readDrops !== null) {
+      this.dropTimer = setInterval(() => {
+        void this.checkDrops().catch((err: unknown) => log.error({ err }, 'cannot read the frames XDP could not deliver'));
+      }, DROP_CHECK_MS);
+      this.dropTimer.unref();
+    }
     const proc = spawn('ip', ['-o', 'monitor', 'link', 'neigh', 'route'], { stdio: ['ignore', 'pipe', 'ignore'] });
     this.monitor = proc;
     let buf = '';
@@ -226,8 +305,45 @@ export class XdpPods {
     return this.running;
   }
 
+  /**
+   * Compares the frames listed veths did not get with the last read: a veth whose count grew is
+   * one XDP cannot deliver to (see the top of this file), and its pods leave the map at once.
+   * Returns those veths.
+   */
+  async checkDrops(): Promise<number[]> {
+    if (this.readDrops === null) return [];
+    const entries = this.map.entries();
+    const listedVeths = new Set(entries.map(([, v]) => v.ifindex));
+    const drops = this.readDrops();
+    const found: number[] = [];
+    for (const ifindex of listedVeths) {
+      const now = drops.get(ifindex) ?? 0;
+      const before = this.dropsSeen.get(ifindex);
+      if (before !== undefined && now > before && !this.refusing.has(ifindex)) {
+        this.refusing.add(ifindex);
+        found.push(ifindex);
+        const pods = entries.filter(([, v]) => v.ifindex === ifindex).map(([k]) => k.addr);
+        log.warn(
+          { ifindex, pods, lost: now - before },
+          `${now - before} frames XDP sent to the veth of pod ${pods.join(', ')} did not arrive; its frames go through the stack again ` +
+            "(most likely its pod side takes no XDP frames: turn GRO on for the pod's eth0, 'ethtool -K eth0 gro on' in the pod, or attach an XDP program there; the CNI's setting)",
+        );
+      }
+      this.dropsSeen.set(ifindex, now);
+    }
+    for (const ifindex of [...this.dropsSeen.keys()]) if (!listedVeths.has(ifindex)) this.dropsSeen.delete(ifindex);
+    if (found.length > 0) await this.refresh();
+    return found;
+  }
+
   private async refreshOnce(): Promise<void> {
-    const plan = planXdpPods(this.addrs, this.addrs.size === 0 ? { links: [], neighbours: new Map(), routes: [] } : await this.readNodeTables());
+    const tables = this.addrs.size === 0 ? { links: [], neighbours: new Map<string, string>(), routes: [] } : await this.readNodeTables();
+    // A veth XDP could not deliver to that is gone (its pod recreated: a new veth, a new ifindex) is forgotten.
+    if (this.addrs.size > 0) {
+      const present = new Set(tables.links.map((l) => l.ifindex));
+      for (const ifindex of [...this.refusing]) if (!present.has(ifindex)) this.refusing.delete(ifindex);
+    }
+    const plan = planXdpPods(this.addrs, tables, this.refusing);
     let written = 0;
     let removed = 0;
     for (const [key, old] of this.map.entries()) {
@@ -261,8 +377,10 @@ export class XdpPods {
     this.monitor = null;
     proc?.kill();
     if (this.timer !== null) clearInterval(this.timer);
+    if (this.dropTimer !== null) clearInterval(this.dropTimer);
     if (this.debounce !== null) clearTimeout(this.debounce);
     this.timer = null;
+    this.dropTimer = null;
     this.debounce = null;
   }
 }

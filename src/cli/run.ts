@@ -7,7 +7,7 @@ import { SocketLb, decideSocketLb, describeSocketLb, detachSocketLb, parseSocket
 import { servedFamilies } from '../model/build.js';
 import { resolveOptions } from '../render/options.js';
 import { listLinks, parseIfaceSpec, watchLinks } from '../bpf/interfaces.js';
-import { XdpPods, localBackendAddrs } from '../bpf/xdp-pods.js';
+import { XdpDrops, XdpPods, localBackendAddrs } from '../bpf/xdp-pods.js';
 import { ifNameToIndex } from '../bpf/libbpf.js';
 import { ServiceHealthServers } from '../sync/service-health.js';
 import { CT_LIMIT_MAX, CT_LIMIT_MIN, ctSizes, ctSizesByFamily, type CtSizes } from '../bpf/conntrack.js';
@@ -431,6 +431,7 @@ async function runAgent(
   /** --xdp-local-backends redirect: this node's IPv4 backends as last synced, and their XDP entries. */
   let localBackends = new Set<string>();
   let xdpPods: XdpPods | null = null;
+  let xdpDrops: XdpDrops | null = null;
   let gcTimer: NodeJS.Timeout | null = null;
   let ctGc: CtGc | null = null;
   let stopWatch: () => void = () => undefined;
@@ -442,6 +443,7 @@ async function runAgent(
     await dataplane.close();
     sockLb?.close();
     xdpPods?.stop();
+    xdpDrops?.close();
     loaded?.close();
     for (const s of servers) s.close();
     serviceHealth.close();
@@ -480,7 +482,13 @@ async function runAgent(
       // Pods are listed for XDP before it attaches, and the list emptied without the flag (an
       // earlier agent's entries would keep XDP sending there).
       if (o.xdpRedirectPods) {
-        xdpPods = new XdpPods(loaded.maps.xdpPods);
+        try {
+          xdpDrops = XdpDrops.load(pinDir);
+        } catch (err) {
+          log.warn({ err }, 'cannot count the frames XDP could not deliver (tp_btf/xdp_devmap_xmit): a pod whose veth refuses XDP frames would lose them');
+        }
+        const drops = xdpDrops;
+        xdpPods = new XdpPods(loaded.maps.xdpPods, undefined, drops === null ? null : () => drops.read());
         xdpPods.setBackends(localBackends);
         await xdpPods.refresh();
         xdpPods.start();

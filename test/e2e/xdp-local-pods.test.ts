@@ -9,6 +9,10 @@
  * them). Without the flag (the agent restarted) the map is emptied and the same rule counts every
  * request again. The lab's XDP is generic (veth), where a redirected frame is an skb sent
  * straight into the veth; native mode is what the north-south bench measures.
+ * Native XDP where frames XDP redirects to the pod's veth do not arrive (here: native XDP on a
+ * veth that receives skbs from its bridge, whose redirects fail, as they would to a pod side that
+ * takes no XDP frames): the agent counts the lost frames at the kernel's XDP tracepoints, says
+ * so, and sends that pod's frames through the stack again; requests are answered.
  * The agent serves IPv4 only (--node-ip of IPv4 alone): its IPv6 conntrack maps are the smallest
  * the flags allow, and grow to full size when it is restarted serving IPv6 too.
  * One lab for the file; everything it starts is stopped, and the lab removed, at the end.
@@ -177,3 +181,25 @@ describe('without the flag (the agent restarted, serving IPv6 too)', () => {
     expect(await node1Counter('tc_xdp_done')).toBeGreaterThanOrEqual(tcSkipped + 12);
   });
 });
+
+describe("native XDP whose redirects to the pod's veth do not arrive", () => {
+  beforeAll(async () => {
+    await node1?.kill();
+    node1 = await startNodeAgent(`${lab}-node1`, agentArgs(['--xdp-mode', 'native', '--xdp-local-backends', 'redirect']));
+  }, 60_000);
+
+  it('the lost frames are seen: the pod goes back to the stack, with a warning naming the likely fix, and requests are answered', async () => {
+    // be1 is listed (node1 has its neighbour entry from the requests above).
+    await eventually(async () => {
+      if (!(await listedPods()).includes(BE1)) throw new Error('be1 not listed yet');
+    });
+    // XDP redirects the SYN to vbe1 and the frame is lost (counted at xdp_redirect_err). The
+    // agent sees that within 2 s and unlists be1; the SYN's retransmission goes through the stack.
+    const res = await labExec(lab, 'ext', ['curl', '-sS', '--max-time', '15', `http://${NODE1_IP}:30180/whoami`]);
+    expect({ code: res.code, out: res.stdout.trim().replace(/:\d+$/, ''), err: res.stderr }).toEqual({ code: 0, out: `be1 ${EXT_IP}`, err: '' });
+    expect(node1?.log()).toContain('did not arrive; its frames go through the stack again');
+    expect(await listedPods()).not.toContain(BE1);
+    for (let i = 0; i < 3; i++) expect(await whoami()).toMatch(new RegExp(`^be1 ${EXT_IP.replace(/\./g, '\\.')}:\\d+$`));
+  }, 60_000);
+});
+

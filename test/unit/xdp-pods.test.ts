@@ -135,4 +135,28 @@ describe('XDP to local pods: the map follows', () => {
     expect(map.data.size).toBe(0);
     pods.stop();
   });
+
+  test('a veth that refuses frames XDP sent it (its pod side takes none) sends its pods back to the stack; other veths stay', async () => {
+    const two: NodeTables = {
+      links: [...parseLinks(LINKS), { ifindex: 9, name: 'vbe2', mac: 'aa:bb:cc:00:00:09', mtu: 1500, kind: 'veth' }],
+      neighbours: new Map([...parseNeighbours(NEIGH), ['10.244.2.11 vbe2', '0a:58:0a:f4:02:0b']]),
+      routes: [...parseRoutes(ROUTES), ...parseRoutes(JSON.stringify([{ dst: '10.244.2.11', dev: 'vbe2' }]))],
+    };
+    const map = new FakeMap();
+    let drops = new Map([[7, 5]]);
+    const pods = new XdpPods(map, () => Promise.resolve(two), () => drops);
+    pods.setBackends(new Set(['10.244.1.11', '10.244.2.11']));
+    await pods.refresh();
+    expect([...map.data.keys()].sort()).toEqual(['10.244.1.11', '10.244.2.11']);
+    expect(await pods.checkDrops()).toEqual([]); // the counts when first seen: earlier refusals do not count
+    expect(await pods.checkDrops()).toEqual([]);
+    drops = new Map([[7, 9]]);
+    expect(await pods.checkDrops()).toEqual([7]);
+    expect([...map.data.keys()]).toEqual(['10.244.2.11']);
+    // Still refused on the next refreshes, while that veth is there; a new veth (ifindex) is not.
+    await pods.refresh();
+    expect([...map.data.keys()]).toEqual(['10.244.2.11']);
+    pods.stop();
+  });
 });
+
