@@ -1,7 +1,8 @@
 #!/bin/bash
 # The lab VM's workload, run by guest-init.sh as root on the VM's stock Debian kernel. Reads
 # /out/request.env (written by the host: VIPR_VM_MODES, VIPR_VM_COUNT, VIPR_VM_QUICK,
-# VIPR_VM_ACCEL, VIPR_VM_SERVICES, VIPR_VM_ROUNDS, VIPR_VM_FAMILIES, VIPR_VM_ICOUNT_SHIFT) and
+# VIPR_VM_ACCEL, VIPR_VM_SERVICES, VIPR_VM_ROUNDS, VIPR_VM_FAMILIES, VIPR_VM_ICOUNT_SHIFT,
+# VIPR_VM_TRAFFIC_ONLY) and
 # leaves /out/bench.json in the bench JSON format.
 #
 # With a build that has `vipr bench`, that is what runs. Without it, every mode is measured on
@@ -22,10 +23,34 @@ SERVICES=${VIPR_VM_SERVICES:-}
 ROUNDS=${VIPR_VM_ROUNDS:-}
 FAMILIES=${VIPR_VM_FAMILIES:-}
 ICOUNT_SHIFT=${VIPR_VM_ICOUNT_SHIFT:-}
+TRAFFIC_ONLY=${VIPR_VM_TRAFFIC_ONLY:-0}
 
 section() {
   printf '\n== %s\n' "$*"
 }
+
+# Evidence that reaches the host even when the run hangs or qemu is stopped: every 30 s, and at
+# the end, the labs' logs and state (/run/vipr/lab/<lab>/: agents, churn agent, socat), the
+# netfilter tables of each namespace and a process list (appended to ps.log) go to
+# /out/guest-state/.
+snapshot() {
+  local dir=$OUT/guest-state f ns
+  mkdir -p "$dir/lab"
+  find /run/vipr/lab -maxdepth 2 -type f \( -name '*.log' -o -name '*.json' \) 2>/dev/null | while read -r f; do
+    mkdir -p "$dir/lab/$(basename "$(dirname "$f")")"
+    cp "$f" "$dir/lab/$(basename "$(dirname "$f")")/"
+  done
+  {
+    echo "guest uptime $(cut -d' ' -f1 /proc/uptime) s, load $(cut -d' ' -f1-4 /proc/loadavg)"
+    for ns in $(ip netns list 2>/dev/null | cut -d' ' -f1); do
+      echo "nft tables in $ns: $(timeout 10 ip netns exec "$ns" nft list tables 2>&1 | tr '\n' ' ')"
+    done
+    ps -eo pid,ppid,stat,wchan:20,etimes,times,rss,args --sort=pid
+  } >>"$dir/ps.log" 2>&1
+}
+(while sleep 30; do snapshot; done) >/dev/null 2>&1 &
+snapshots=$!
+trap 'kill "$snapshots" 2>/dev/null; snapshot' EXIT
 
 section "environment"
 echo "kernel $(uname -r), $(nproc) vCPU(s), node $(node --version), qemu accel $ACCEL${ICOUNT_SHIFT:+, icount shift=$ICOUNT_SHIFT}"
@@ -73,6 +98,7 @@ if vipr bench --help >/dev/null 2>&1; then
   section "vipr bench --modes ${MODES// /,}"
   args=(bench --modes "${MODES// /,}" --json "$OUT/bench.json")
   [ "$QUICK" = 1 ] && args+=(--quick)
+  [ "$TRAFFIC_ONLY" = 1 ] && args+=(--traffic-only)
   [ -n "$SERVICES" ] && args+=(--services "$SERVICES")
   [ -n "$ROUNDS" ] && args+=(--rounds "$ROUNDS")
   [ -n "$FAMILIES" ] && args+=(--families "$FAMILIES")

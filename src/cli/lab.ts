@@ -61,6 +61,7 @@ commands:
   vm      every mode, IPVS included, measured by 'vipr bench' in a qemu VM booted with Debian's
           kernel (this machine's kernel has no IPVS): [--modes a,b] [--quick] [--services 1,1000]
           [--rounds N] [--families ipv4|ipv4,ipv6] [--json FILE] [--rebuild-base]
+          [--timeout MINUTES (the guest's limit; default 40 for --quick, more per round and at 1,000)]
           [--timing icount|wall (default icount: TCG counting instructions, never KVM)]
           [--icount-shift N (default ${DEFAULT_ICOUNT_SHIFT}: 1 instruction = 2^N ns)] [--accel auto|kvm|tcg (wall only)]
           [--host-json FILE | --no-host]: bpf, iptables, iptables-nft and nftables are benched on
@@ -333,6 +334,7 @@ async function vm(argv: string[]): Promise<number> {
       'from-json': { type: 'string' },
       json: { type: 'string' },
       'rebuild-base': { type: 'boolean', default: false },
+      timeout: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -362,6 +364,10 @@ async function vm(argv: string[]): Promise<number> {
     printCalibration(report, host, hostJson ?? 'no --host-json given');
     return 0;
   }
+  const timeoutMinutes = values.timeout === undefined ? undefined : Number(values.timeout);
+  if (timeoutMinutes !== undefined && !(Number.isFinite(timeoutMinutes) && timeoutMinutes > 0)) {
+    throw new ConfigError(`--timeout ${values.timeout}: expected the guest's time limit in minutes, a positive number`);
+  }
   const modes = values.modes?.split(',');
   for (const m of modes ?? []) {
     if (!(LAB_VM_MODES as readonly string[]).includes(m)) throw new ConfigError(`--modes: '${m}' is not one of ${LAB_VM_MODES.join(', ')}`);
@@ -377,6 +383,7 @@ async function vm(argv: string[]): Promise<number> {
     rebuildBase: values['rebuild-base'],
     ...(values.services ? { services: values.services.split(',').map(Number) } : {}),
     ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    ...(timeoutMinutes !== undefined ? { timeoutMs: timeoutMinutes * 60_000 } : {}),
     onLine: (l) => process.stderr.write(`${l}\n`),
   });
   process.stdout.write(formatComparison(result.report, result.accel, result.icountShift));

@@ -4,7 +4,8 @@
  * the image (debootstrap minbase, linux-image-amd64, this host's node and the built project),
  * this module boots it, captures the serial console, and reads the bench JSON the guest leaves
  * in a 9p-shared directory (scripts/lab-vm/guest-run.sh runs `vipr bench`, or the lab probes
- * when the build has no bench).
+ * when the build has no bench; it copies its labs' logs and a process list to guest-state/ there
+ * every 30 s, so a run that hangs or is stopped still shows what the guest was doing).
  *
  * Timing (the default, `icount`): the guest runs under TCG with qemu's instruction counting,
  * `-icount shift=N,sleep=off,align=off`: guest time advances 2^N ns per instruction executed, and
@@ -588,11 +589,16 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
       throw new LabVmError(`KVM does not work here: ${kvmProblem}`);
     }
     if (outcome.killedFor === 'timeout') {
-      throw new LabVmError(`the VM did not finish within ${opts.timeoutMs / 60_000} minutes; see ${serialLog}`);
+      throw new LabVmError(
+        `the VM did not finish within ${opts.timeoutMs / 60_000} minutes; see ${serialLog}, and what the guest was ` +
+          `doing in ${join(runDir, 'guest-state')} (its labs' agent and churn logs, ps.log: processes every 30 s)`,
+      );
     }
     const benchFile = join(runDir, 'bench.json');
     if (!existsSync(benchFile)) {
-      throw new LabVmError(`the VM left no results (qemu ${outcome.signal ?? `exit code ${outcome.exitCode}`}); see ${serialLog}`);
+      throw new LabVmError(
+        `the VM left no results (qemu ${outcome.signal ?? `exit code ${outcome.exitCode}`}); see ${serialLog} and ${join(runDir, 'guest-state')}`,
+      );
     }
     const report = parseBenchReport(await readFile(benchFile, 'utf8'), benchFile);
     const exitFile = join(runDir, 'exit-code');
