@@ -101,6 +101,14 @@ export interface BenchPlan {
   labPrefix: string;
   /** CPU the load generator and the responders are pinned to. */
   cpu: number;
+  /**
+   * rr, crr and udp only (`--traffic-only`): each mode's node is programmed by the agent once per
+   * Service count (its rss and heap recorded), no sync_all, sync_one or churn, and rounds at the
+   * same count measure the traffic again on what the agent installed. For runs where programming
+   * 10,000 Services in every mode is most of the time (the VM lab, where IPVS's full sync takes
+   * minutes) and the comparison wanted is the traffic.
+   */
+  trafficOnly?: boolean;
 }
 
 export function serviceName(index: number): string {

@@ -166,6 +166,7 @@ export function formatReport(report: BenchReport): string {
     `vipr bench: ${e.cpu} (${e.cpus} CPUs), kernel ${e.kernel}, ${e.date}`,
     `  ${e.backends} backends per service; medians of ${e.rounds} round${e.rounds === 1 ? '' : 's'}; load generator and responders on CPU ${e.pinnedCpu}; /dev/cpu_dma_latency ${e.cpuDmaLatency}`,
     `  direct = client → backend, routed, no NAT (the floor); load average ${e.loadAverage.start.join(' ')} at the start, ${e.loadAverage.end.join(' ')} at the end`,
+    ...(e.trafficOnly === true ? ['  traffic only: each node programmed once per service count by its agent; no sync_all, sync_one or churn'] : []),
     '',
   ];
   for (const metric of ['crr', 'rr', 'udp'] as const) out.push(...trafficTable(report, metric, 'last'));

@@ -76,6 +76,8 @@ export interface BenchEnv {
   families?: IpFamily[];
   backends: number;
   rounds: number;
+  /** `--traffic-only`: rr, crr and udp (and the agent's rss and heap), each node programmed once per count. */
+  trafficOnly?: true;
   wallSeconds: number;
   /** 1/5/15-minute load averages at the start and the end: other work on the machine shows here. */
   loadAverage: { start: number[]; end: number[] };

@@ -128,7 +128,7 @@ const PACKAGE_JSON = {
 };
 
 export async function environment(
-  plan: Pick<BenchPlan, 'cpu' | 'backends' | 'rounds'> & Partial<Pick<BenchPlan, 'families'>>,
+  plan: Pick<BenchPlan, 'cpu' | 'backends' | 'rounds'> & Partial<Pick<BenchPlan, 'families' | 'trafficOnly'>>,
   command: string,
   dma: string,
 ): Promise<BenchEnv> {
@@ -154,6 +154,7 @@ export async function environment(
     ...(plan.families === undefined ? {} : { families: [...plan.families] }),
     backends: plan.backends,
     rounds: plan.rounds,
+    ...(plan.trafficOnly === true ? { trafficOnly: true as const } : {}),
     wallSeconds: 0,
     loadAverage: { start: loadavg().map((v) => Math.round(v * 100) / 100), end: [] },
   };
@@ -214,6 +215,8 @@ interface CellContext {
   placements: BenchReport['placements'];
   /** Failures so far: a churn failure is recorded here and the cell goes on. */
   failures: CellFailure[];
+  /** With --traffic-only: the Service count each lab's node holds, programmed by its agent. */
+  programmed: Map<string, number>;
   progress: (line: string) => void;
 }
 
@@ -270,6 +273,15 @@ export function metricValue(exposition: string, name: string): number | null {
   return Number.isFinite(v) ? v : null;
 }
 
+/**
+ * How long the agent may take to come up on N Services: 5 minutes, and 0.15 s more a Service
+ * (30 minutes at 10,000: IPVS's first full sync of 1,000 Services took 77 s in the VM lab, and
+ * grows at least linearly).
+ */
+export function agentStartTimeoutMs(services: number): number {
+  return 300_000 + 150 * services;
+}
+
 /** Starts the real agent on the N Services, reads its RSS and heap once it is running, stops it. */
 async function agentRss(c: CellContext, mode: DataplaneMode): Promise<void> {
   const argv = [
@@ -279,7 +291,7 @@ async function agentRss(c: CellContext, mode: DataplaneMode): Promise<void> {
   const log = join(c.lab.state.stateDir, `agent-bench-${c.services}.log`);
   let agent: StartedProcess | null = null;
   try {
-    agent = await startInNetns({ netns: nodeNetns(c.lab), argv, log, ready: agentIsReady, timeoutMs: 300_000 });
+    agent = await startInNetns({ netns: nodeNetns(c.lab), argv, log, ready: agentIsReady, timeoutMs: agentStartTimeoutMs(c.services) });
     // Let the first sync's garbage settle into what the agent keeps while it runs.
     await sleep(500);
     const rss = vmRssMiB(agent.pid);
@@ -358,7 +370,18 @@ async function churn(c: CellContext, mode: DataplaneMode): Promise<void> {
 /** Everything measured for one mode at one service count in one round. */
 async function cell(c: CellContext): Promise<void> {
   const mode = c.lab.mode;
-  if (mode !== 'direct') {
+  if (mode !== 'direct' && c.plan.trafficOnly === true) {
+    // The agent programs the node and is stopped; what it installed stays for later rounds at
+    // the same count (their traffic measured again on the same node).
+    if (c.programmed.get(c.lab.name) !== c.services) {
+      c.programmed.delete(c.lab.name);
+      await agentRss(c, mode);
+      c.programmed.set(c.lab.name, c.services);
+    } else {
+      c.progress(`traffic only: the node keeps the ${c.services.toLocaleString('en-US')} Services its agent programmed in an earlier round`);
+    }
+    checkAbort(c.signal);
+  } else if (mode !== 'direct') {
     await programNode(c, mode);
     checkAbort(c.signal);
     await agentRss(c, mode);
@@ -401,6 +424,7 @@ export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
   const samples: Sample[] = [];
   const placements: BenchReport['placements'] = [];
   const failures: CellFailure[] = [];
+  const programmed = new Map<string, number>();
   try {
     for (const mode of benchModes) {
       checkAbort(signal);
@@ -430,7 +454,7 @@ export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
           const mark = samples.length;
           try {
             await cell({
-              plan, lab, services: n, round, manifestsDir: manifestsDirs.get(n) as string, workDir, signal, samples, placements, failures,
+              plan, lab, services: n, round, manifestsDir: manifestsDirs.get(n) as string, workDir, signal, samples, placements, failures, programmed,
               progress: (line) => o.onProgress(`${prefix} ${line}`),
             });
           } catch (err) {

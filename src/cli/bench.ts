@@ -62,6 +62,10 @@ options:
                       (family on traffic rows: IPv4 or IPv6)
   --chart FILE.svg    write a chart of crr latency and conn/s against services (vega-lite)
   --quick             short runs and small counts: a smoke test of a few minutes at most
+  --traffic-only      rr, crr and udp (and the agent's rss and heap) only: each mode's node is
+                      programmed by its agent once per service count, no sync_all, sync_one or
+                      churn, and later rounds measure the traffic again on what it installed (for
+                      10,000 services where programming every mode is most of the run's time)
   --cpu N             CPU for the load generator and responders (default: the last one)
   --lab-prefix P      lab name prefix (default 'bench'; 'soak' with --disruption)
 
@@ -103,6 +107,7 @@ const OPTIONS = {
   json: { type: 'string' },
   chart: { type: 'string' },
   quick: { type: 'boolean', default: false },
+  'traffic-only': { type: 'boolean', default: false },
   cpu: { type: 'string' },
   'lab-prefix': { type: 'string' },
   disruption: { type: 'boolean', default: false },
@@ -180,7 +185,7 @@ export async function run(argv: string[]): Promise<number> {
   if (values['ct-gc']) return runCtGc(values.json);
   const quick = values.quick;
   if (values['north-south']) {
-    for (const flag of ['services', 'families', 'disruption', 'churns', 'restarts', 'watch-drops'] as const) {
+    for (const flag of ['services', 'families', 'disruption', 'churns', 'restarts', 'watch-drops', 'traffic-only'] as const) {
       if (values[flag] !== undefined && values[flag] !== false) throw new ConfigError(`--${flag} is not an option of --north-south; drop it`);
     }
     const nsPrefix = values['lab-prefix'] ?? 'bench';
@@ -208,6 +213,7 @@ export async function run(argv: string[]): Promise<number> {
     }
   }
   if (values.disruption) {
+    if (values['traffic-only']) throw new ConfigError('--traffic-only is not an option of --disruption; drop it');
     for (const flag of ['services', 'families', 'backends', 'rounds', 'chart', 'cpu'] as const) {
       if (values[flag] !== undefined) throw new ConfigError(`--${flag} is not an option of --disruption; drop it`);
     }
@@ -232,6 +238,7 @@ export async function run(argv: string[]): Promise<number> {
     durations: quick ? QUICK_DURATIONS : FULL_DURATIONS,
     labPrefix: prefix,
     cpu: intOption('cpu', values.cpu, cpus().length - 1, 0, cpus().length - 1),
+    ...(values['traffic-only'] ? { trafficOnly: true } : {}),
   };
 
   return runCommand(argv, values.json, (signal, onProgress, command) => runBench({ plan, signal, onProgress, command }), formatReport, values.chart);

@@ -61,6 +61,7 @@ commands:
   vm      every mode, IPVS included, measured by 'vipr bench' in a qemu VM booted with Debian's
           kernel (this machine's kernel has no IPVS): [--modes a,b] [--quick] [--services 1,1000]
           [--rounds N] [--families ipv4|ipv4,ipv6] [--json FILE] [--rebuild-base]
+          [--traffic-only (the bench's: rr, crr, udp on nodes programmed once a count; for 10,000)]
           [--timeout MINUTES (the guest's limit; default 40 for --quick, more per round and at 1,000)]
           [--timing icount|wall (default icount: TCG counting instructions, never KVM)]
           [--icount-shift N (default ${DEFAULT_ICOUNT_SHIFT}: 1 instruction = 2^N ns)] [--accel auto|kvm|tcg (wall only)]
@@ -325,6 +326,7 @@ async function vm(argv: string[]): Promise<number> {
       quick: { type: 'boolean', default: false },
       services: { type: 'string' },
       rounds: { type: 'string' },
+      'traffic-only': { type: 'boolean', default: false },
       accel: { type: 'string', default: 'auto' },
       timing: { type: 'string', default: 'icount' },
       'icount-shift': { type: 'string' },
@@ -383,6 +385,7 @@ async function vm(argv: string[]): Promise<number> {
     rebuildBase: values['rebuild-base'],
     ...(values.services ? { services: values.services.split(',').map(Number) } : {}),
     ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    trafficOnly: values['traffic-only'],
     ...(timeoutMinutes !== undefined ? { timeoutMs: timeoutMinutes * 60_000 } : {}),
     onLine: (l) => process.stderr.write(`${l}\n`),
   });

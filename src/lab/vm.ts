@@ -77,6 +77,8 @@ export interface LabVmOptions {
   services?: readonly number[];
   /** `vipr bench --rounds`. */
   rounds?: number;
+  /** `vipr bench --traffic-only`, in the VM and on this machine (each node programmed once per count). */
+  trafficOnly?: boolean;
   /** `auto` tries KVM, then TCG (`wall` timing only; icount always runs TCG). */
   accel?: 'auto' | Accel;
   /** Default `icount`. */
@@ -206,7 +208,7 @@ export function requestEnv(
   count: number,
   quick: boolean,
   accel: Accel,
-  bench: { services?: readonly number[]; rounds?: number; families?: string; icountShift?: number | null } = {},
+  bench: { services?: readonly number[]; rounds?: number; families?: string; icountShift?: number | null; trafficOnly?: boolean } = {},
 ): string {
   return [
     `VIPR_VM_MODES="${modes.join(' ')}"`,
@@ -217,6 +219,7 @@ export function requestEnv(
     `VIPR_VM_ROUNDS="${bench.rounds ?? ''}"`,
     `VIPR_VM_FAMILIES="${bench.families ?? ''}"`,
     `VIPR_VM_ICOUNT_SHIFT="${bench.icountShift ?? ''}"`,
+    `VIPR_VM_TRAFFIC_ONLY=${bench.trafficOnly === true ? 1 : 0}`,
     '',
   ].join('\n');
 }
@@ -366,6 +369,7 @@ function resolveOptions(opts: LabVmOptions): ResolvedVmOptions {
     accel: timing === 'icount' ? 'tcg' : accel,
     cacheDir: opts.cacheDir ?? DEFAULT_VM_CACHE,
     rebuildBase: opts.rebuildBase ?? false,
+    trafficOnly: opts.trafficOnly ?? false,
     memoryMb: opts.memoryMb ?? 2048,
     // One vCPU under icount: the vCPUs would take turns on one host thread anyway (no more
     // compute from a second), and qemu 7.2 hangs bringing up a second vCPU with sleep=off.
@@ -394,7 +398,11 @@ export function hostModes(modes: readonly LabVmMode[]): LabVmMode[] {
 }
 
 /** `vipr bench`'s arguments for the calibration run on this machine: the VM's counts, rounds and windows, IPv4. */
-export function hostBenchArgv(modes: readonly LabVmMode[], opts: { quick: boolean; services?: readonly number[]; rounds?: number }, json: string): string[] {
+export function hostBenchArgv(
+  modes: readonly LabVmMode[],
+  opts: { quick: boolean; services?: readonly number[]; rounds?: number; trafficOnly?: boolean },
+  json: string,
+): string[] {
   return [
     'bench',
     '--modes', modes.join(','),
@@ -402,6 +410,7 @@ export function hostBenchArgv(modes: readonly LabVmMode[], opts: { quick: boolea
     ...(opts.services ? ['--services', opts.services.join(',')] : []),
     ...(opts.rounds !== undefined ? ['--rounds', String(opts.rounds)] : []),
     ...(opts.quick ? ['--quick'] : []),
+    ...(opts.trafficOnly === true ? ['--traffic-only'] : []),
     '--lab-prefix', 'vmhost',
     '--json', json,
   ];

@@ -30,6 +30,8 @@ interface Result {
   rate: number | null;
   unit: string;
   resolutionMs?: number;
+  /** How many rounds the median is over. */
+  rounds: number;
 }
 
 interface Report {
@@ -218,4 +220,27 @@ describe('vipr bench interrupted', () => {
     });
     for (const lab of labs) expect([lab, await labLeftovers(lab)]).toEqual([lab, []]);
   }, 120_000);
+});
+
+describe('vipr bench --traffic-only', () => {
+  test('measures rr, crr and udp in every round on a node its agent programmed once, and no control plane', async () => {
+    await ensureBuilt();
+    const jsonFile = join(out, 'traffic-only.json');
+    const res = await runBench(['--quick', '--traffic-only', '--modes', 'bpf', '--services', '3', '--rounds', '2', '--families', 'ipv4', '--json', jsonFile, '--lab-prefix', prefix]);
+    expect({ code: res.code, stderr: res.code === 0 ? '' : res.stderr }).toEqual({ code: 0, stderr: '' });
+    const report = JSON.parse(readFileSync(jsonFile, 'utf8')) as Report & { env: { trafficOnly?: boolean } };
+    expect(report.env.trafficOnly).toBe(true);
+    const rows = report.results.map((r) => `${r.mode} ${r.placement} ${r.metric} ${r.rounds}`).sort();
+    expect(rows).toEqual(
+      [
+        ...['crr', 'rr', 'udp'].map((m) => `direct none ${m} 2`),
+        ...['crr', 'rr', 'udp'].flatMap((m) => [`bpf last ${m} 2`, `bpf middle ${m} 2`]),
+        // The agent that programmed the node ran once: its memory is one round's.
+        'bpf none heap 1', 'bpf none rss 1',
+      ].sort(),
+    );
+    expect(res.stderr).toMatch(/\[round 2\/2\] 3 services, bpf: traffic only: the node keeps the 3 Services its agent programmed in an earlier round/);
+    expect(res.stdout).toMatch(/^ {2}traffic only: each node programmed once per service count by its agent; no sync_all, sync_one or churn$/m);
+    for (const lab of labs) expect([lab, await labLeftovers(lab)]).toEqual([lab, []]);
+  }, 240_000);
 });

@@ -70,16 +70,20 @@ describe('lab vm: qemu command line and guest request', () => {
       'bench', '--modes', 'bpf,iptables', '--families', 'ipv4', '--services', '1', '--rounds', '2', '--quick', '--lab-prefix', 'vmhost', '--json', '/r/host.json',
     ]);
     expect(hostBenchArgv(['bpf'], { quick: false }, '/h.json')).toEqual(['bench', '--modes', 'bpf', '--families', 'ipv4', '--lab-prefix', 'vmhost', '--json', '/h.json']);
+    // --traffic-only on both sides: the calibration compares like with like.
+    expect(hostBenchArgv(['bpf'], { quick: true, services: [10000], trafficOnly: true }, '/h.json')).toEqual([
+      'bench', '--modes', 'bpf', '--families', 'ipv4', '--services', '10000', '--quick', '--traffic-only', '--lab-prefix', 'vmhost', '--json', '/h.json',
+    ]);
   });
 
   it('writes the guest request as shell assignments guest-run.sh sources', () => {
     expect(requestEnv(['bpf', 'ipvs'], 100, true, 'tcg')).toBe(
       'VIPR_VM_MODES="bpf ipvs"\nVIPR_VM_COUNT=100\nVIPR_VM_QUICK=1\nVIPR_VM_ACCEL=tcg\nVIPR_VM_SERVICES=""\nVIPR_VM_ROUNDS=""\n' +
-        'VIPR_VM_FAMILIES=""\nVIPR_VM_ICOUNT_SHIFT=""\n',
+        'VIPR_VM_FAMILIES=""\nVIPR_VM_ICOUNT_SHIFT=""\nVIPR_VM_TRAFFIC_ONLY=0\n',
     );
-    expect(requestEnv(['iptables-nft'], 500, false, 'tcg', { services: [1, 1000], rounds: 2, families: 'ipv4', icountShift: 3 })).toBe(
+    expect(requestEnv(['iptables-nft'], 500, false, 'tcg', { services: [1, 1000], rounds: 2, families: 'ipv4', icountShift: 3, trafficOnly: true })).toBe(
       'VIPR_VM_MODES="iptables-nft"\nVIPR_VM_COUNT=500\nVIPR_VM_QUICK=0\nVIPR_VM_ACCEL=tcg\nVIPR_VM_SERVICES="1,1000"\nVIPR_VM_ROUNDS="2"\n' +
-        'VIPR_VM_FAMILIES="ipv4"\nVIPR_VM_ICOUNT_SHIFT="3"\n',
+        'VIPR_VM_FAMILIES="ipv4"\nVIPR_VM_ICOUNT_SHIFT="3"\nVIPR_VM_TRAFFIC_ONLY=1\n',
     );
   });
 });
