@@ -4,7 +4,8 @@
  * from outside the cluster is balanced before the stack sees it. Flows to a remote backend are
  * rewritten (DNAT + SNAT to this node) and sent straight back out by FIB lookup; flows to a local
  * backend are rewritten and handed to the stack, which routes them to the pod, or, for the pods
- * the agent lists in vipr_xdp_pods_v1 (--xdp-local-backends redirect), sent to the pod's veth.
+ * the agent lists in vipr_xdp_pods_v1 and vipr_xdp_pods6_v1 (--xdp-local-backends redirect), sent
+ * to the pod's veth.
  * Everything else, and anything XDP cannot finish (no neighbour entry yet, ICMP rejects), goes on
  * to the TC programs, which share the maps and so the same flows; what XDP did finish and passes
  * carries struct vipr_xdp_meta, and TC ingress lets it through unread.
@@ -78,11 +79,11 @@ static __noinline int xdp_lb6_cached(struct xdp_md *ctx, const struct packet6 *p
 }
 
 /*
- * After the full path rewrote a steady flow's packet: its next ones may take the cache. @fib is
- * where it went (NULL: to the stack), @len_ok this packet's length, which the FIB allowed.
+ * After the full path rewrote a steady flow's packet: its next ones may take the cache. @nh is
+ * where it went (ifindex 0: to the stack), with the longest packet allowed there.
  */
 static __noinline void xdp_lb6_cache(const struct packet6 *pkt, const struct nat_plan6 *plan,
-				     const struct bpf_fib_lookup *fib, __u16 len_ok)
+				     const struct vipr_nexthop *nh)
 {
 	struct vipr_xdp_flow6 f = {
 		.sport = plan->sport,
@@ -93,48 +94,95 @@ static __noinline void xdp_lb6_cache(const struct packet6 *pkt, const struct nat
 
 	ipv6_copy(f.saddr, plan->saddr);
 	ipv6_copy(f.daddr, plan->daddr);
-	f.nh.expires_ns = ct_clock() + VIPR_NEXTHOP_TTL_NS;
-	f.nh.len_ok = 0xffff;
-	if (fib) {
-		f.nh.ifindex = fib->ifindex;
-		f.nh.len_ok = len_ok;
-		__builtin_memcpy(f.nh.smac, fib->smac, ETH_ALEN);
-		__builtin_memcpy(f.nh.dmac, fib->dmac, ETH_ALEN);
+	if (nh->ifindex) {
+		f.nh = *nh;
+	} else {
+		f.nh.expires_ns = ct_clock() + VIPR_NEXTHOP_TTL_NS;
+		f.nh.len_ok = 0xffff;
 	}
 	ct6_key_forward(&key, pkt);
 	bpf_map_update_elem(&vipr_xdp_flows6_v1, &key, &f, BPF_ANY);
 }
 
-/* The rewrite and where the frame goes, in a frame of its own (the FIB lookup's 64 bytes). */
-static __noinline int xdp_send6(struct xdp_md *ctx, const struct packet6 *pkt, const struct nat_plan6 *plan, __u32 len)
+/*
+ * A frame for one of this node's pods (@plan's destination) that vipr_xdp_pods6_v1 lists: @nh
+ * filled to send it to the pod's veth, and 0. -1 leaves @nh alone and the frame to the stack:
+ * not listed, hop limit expiring, longer than the link (the stack answers with the ICMPv6 error).
+ * As xdp_pod_nexthop for IPv4.
+ */
+static __always_inline int xdp_pod6_nexthop(struct xdp_md *ctx, const struct nat_plan6 *plan, struct vipr_nexthop *nh)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	struct vipr_xdp_pod6_key key;
+	struct vipr_xdp_pod *pod;
+
+	ipv6_copy(key.addr, plan->daddr);
+	pod = bpf_map_lookup_elem(&vipr_xdp_pods6_v1, &key);
+	if (!pod || (void *)(ip6 + 1) > data_end || ip6->hop_limit <= 1 ||
+	    sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > pod->len_ok)
+		return -1;
+	nh->ifindex = pod->ifindex;
+	nh->len_ok = pod->len_ok;
+	__builtin_memcpy(nh->smac, pod->host_mac, ETH_ALEN);
+	__builtin_memcpy(nh->dmac, pod->pod_mac, ETH_ALEN);
+	nh->expires_ns = ct_clock() + VIPR_NEXTHOP_TTL_NS;
+	return 0;
+}
+
+/*
+ * Where a rewritten frame goes, in a frame of its own (the FIB lookup's 64 bytes): @nh filled
+ * from the FIB (a flow SNATed to this node, forwarded) or from vipr_xdp_pods6_v1 (a listed pod of
+ * this node), or left with ifindex 0 (to the stack). -1: the stack has to do the job of a frame
+ * the FIB would not take (no neighbour entry yet, no route, hop limit expiring).
+ */
+static __noinline int xdp_nexthop6(struct xdp_md *ctx, const struct packet6 *pkt, const struct nat_plan6 *plan,
+				   struct vipr_nexthop *nh)
 {
 	struct bpf_fib_lookup fib;
-	__u16 len_ok = 0;
 
-	if (plan->redirect) {
-		if (xdp_fib6_lookup(ctx, pkt, plan, &fib)) {
-			stats_count(VIPR_STAT_XDP_PASS, len);
-			return XDP_PASS;
-		}
-		len_ok = fib.tot_len;
+	if (!plan->redirect) {
+		if (!ipv6_equal(plan->daddr, pkt->daddr))
+			xdp_pod6_nexthop(ctx, plan, nh);
+		return 0;
+	}
+	if (xdp_fib6_lookup(ctx, pkt, plan, &fib))
+		return -1;
+	nh->ifindex = fib.ifindex;
+	nh->len_ok = fib.tot_len;
+	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
+	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
+	nh->expires_ns = ct_clock() + VIPR_NEXTHOP_TTL_NS;
+	return 0;
+}
+
+/* The rewrite and where the frame goes. */
+static __noinline int xdp_send6(struct xdp_md *ctx, const struct packet6 *pkt, const struct nat_plan6 *plan, __u32 len)
+{
+	struct vipr_nexthop nh = {};
+
+	if (xdp_nexthop6(ctx, pkt, plan, &nh)) {
+		stats_count(VIPR_STAT_XDP_PASS, len);
+		return XDP_PASS;
 	}
 	if (xdp_apply_plan6(ctx, pkt, plan)) {
 		stats_count(VIPR_STAT_DROP_REWRITE, len);
 		return XDP_DROP;
 	}
 	if (plan->xdp_cache)
-		xdp_lb6_cache(pkt, plan, plan->redirect ? &fib : NULL, len_ok);
+		xdp_lb6_cache(pkt, plan, &nh);
 	if (!ipv6_equal(plan->daddr, pkt->daddr))
 		stats_count(VIPR_STAT_DNAT, len);
-	if (!plan->redirect) {
+	if (!nh.ifindex) {
 		stats_count(VIPR_STAT_XDP_PASS, len);
 		return xdp_pass_done6(ctx, pkt);
 	}
-	if (fib.ifindex == ctx->ingress_ifindex)
+	if (nh.ifindex == ctx->ingress_ifindex)
 		stats_count(VIPR_STAT_XDP_TX, len);
 	else
 		stats_count(VIPR_STAT_XDP_REDIRECT, len);
-	return xdp_forward6(ctx, &fib);
+	return xdp_forward6_to(ctx, nh.ifindex, nh.smac, nh.dmac);
 }
 
 /*

@@ -281,12 +281,22 @@ struct vipr_xdp_pod_key {
 
 struct vipr_xdp_pod {
 	__u32 ifindex;    /* the host side of the pod's veth */
-	__u16 len_ok;     /* that link's MTU: longer IPv4 frames go to the stack */
+	__u16 len_ok;     /* that link's MTU: longer packets (IPv4 total length, IPv6 header + payload) go to the stack */
 	__u8 pod_mac[6];  /* the pod's interface (the node's neighbour entry) */
 	__u8 host_mac[6]; /* the host side's own */
 	__u8 pad[2];
 };
 _Static_assert(sizeof(struct vipr_xdp_pod) == 20, "vipr_xdp_pod layout");
+
+/*
+ * vipr_xdp_pods6_v1 (value: struct vipr_xdp_pod, len_ok compared with the IPv6 header and its
+ * payload): the same for this node's IPv6 pods. A map of its own, as every IPv6 table here: IPv4's
+ * keys stay 4 bytes, its lookups as they were, and vipr_xdp_pods_v1's pinned layout unchanged.
+ */
+struct vipr_xdp_pod6_key {
+	__be32 addr[4];
+};
+_Static_assert(sizeof(struct vipr_xdp_pod6_key) == 16, "vipr_xdp_pod6_key layout");
 
 #define VIPR_XDP_POD_ENTRIES 4096
 

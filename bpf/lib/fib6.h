@@ -100,10 +100,4 @@ static __always_inline int xdp_forward6_to(struct xdp_md *ctx, __u32 ifindex, co
 	return bpf_redirect(ifindex, 0);
 }
 
-/* xdp_forward6_to the FIB's answer. */
-static __always_inline int xdp_forward6(struct xdp_md *ctx, const struct bpf_fib_lookup *fib)
-{
-	return xdp_forward6_to(ctx, fib->ifindex, fib->smac, fib->dmac);
-}
-
 #endif /* __VIPR_FIB6_H */

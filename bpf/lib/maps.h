@@ -206,6 +206,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_xdp_pods_v1 SEC(".maps");
 
+/* IPv6's (key struct vipr_xdp_pod6_key), kept as vipr_xdp_pods_v1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vipr_xdp_pod6_key);
+	__type(value, struct vipr_xdp_pod);
+	__uint(max_entries, VIPR_XDP_POD_ENTRIES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_xdp_pods6_v1 SEC(".maps");
+
 /* Socket LB: the frontend each translated socket used (LRU: closed sockets age out). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -107,6 +107,7 @@ export const XdpFlow6 = defineStruct('vipr_xdp_flow6', [
 
 /* This node's pods that XDP sends frames to itself (struct vipr_xdp_pod; src/bpf/xdp-pods.ts writes them). */
 export const XdpPodKey = defineStruct('vipr_xdp_pod_key', [['addr', 'ipv4']] as const);
+export const XdpPod6Key = defineStruct('vipr_xdp_pod6_key', [['addr', 'ipv6']] as const);
 
 export const XdpPod = defineStruct('vipr_xdp_pod', [
   ['ifindex', 'u32'],
@@ -314,6 +315,7 @@ export type ConfigT = ReturnType<typeof Config.decode>;
 export type XdpFlowT = ReturnType<typeof XdpFlow.decode>;
 export type XdpFlow6T = ReturnType<typeof XdpFlow6.decode>;
 export type XdpPodKeyT = ReturnType<typeof XdpPodKey.decode>;
+export type XdpPod6KeyT = ReturnType<typeof XdpPod6Key.decode>;
 export type XdpPodT = ReturnType<typeof XdpPod.decode>;
 export type Config6T = ReturnType<typeof Config6.decode>;
 export type Frag6KeyT = ReturnType<typeof Frag6Key.decode>;
@@ -439,6 +441,7 @@ export const MAPS = {
   xdpFlows: spec('vipr_xdp_flows_v1', CtKey, XdpFlow),
   xdpFlows6: spec('vipr_xdp_flows6_v1', Ct6Key, XdpFlow6),
   xdpPods: spec('vipr_xdp_pods_v1', XdpPodKey, XdpPod),
+  xdpPods6: spec('vipr_xdp_pods6_v1', XdpPod6Key, XdpPod),
   snatFull: spec('vipr_snat_full_v1', CtKey, SnatFull),
   snatFull6: spec('vipr_snat_full6_v1', Ct6Key, SnatFull),
 } as const;

@@ -3,12 +3,13 @@
  * rewrites a frame for a local backend and passes it to the stack, which routes it to the pod:
  * an skb, the IP stack, netfilter's hooks and the veth's transmit, about 2 µs a packet here. With
  * the flag, XDP sends it to the pod's veth itself (XDP_REDIRECT), as Katran sends to its reals;
- * this module tells it where each pod is, in vipr_xdp_pods_v1 (struct vipr_xdp_pod).
+ * this module tells it where each pod is, in vipr_xdp_pods_v1 (IPv4 pods) and vipr_xdp_pods6_v1
+ * (IPv6 pods), both struct vipr_xdp_pod.
  *
  * A pod is listed only when the node's own tables say where it is: the longest-prefix route of
- * the main table to its address goes straight (no gateway) out of a veth, and the node has a
- * neighbour entry (the pod's MAC) on that veth. Anything else (a bridge, a tunnel, no neighbour
- * yet, an IPv6 pod) is left to the stack, as without the flag. The tables are read with `ip -j`
+ * the main table of its family to its address goes straight (no gateway) out of a veth, and the
+ * node has a neighbour entry (the pod's MAC) on that veth. Anything else (a bridge, a tunnel, no
+ * neighbour yet) is left to the stack, as without the flag. The tables are read with `ip -j`
  * when the local backends change, when `ip monitor` reports a change that can move a pod (a
  * link, a route, a backend's neighbour entry appearing, going or changing its MAC: not the
  * REACHABLE/STALE/DELAY cycle every entry goes through, which would have the tables read every
@@ -35,9 +36,9 @@ import { ConfigError } from '../errors.js';
 import { xdpDropsObjectPath } from '../paths.js';
 import { componentLogger } from '../log.js';
 import { isIpv4 } from './codec.js';
-import { cidrHas, parseCidr, type Cidr } from '../model/ip.js';
+import { canonicalIp, cidrHas, familyOf, parseCidr, type Cidr, type IpFamily } from '../model/ip.js';
 import type { MapLike } from './map.js';
-import type { XdpPodKeyT, XdpPodT } from './layouts.js';
+import type { XdpPod6KeyT, XdpPodKeyT, XdpPodT } from './layouts.js';
 import type { DesiredState } from '../model/types.js';
 
 const log = componentLogger('xdp-pods');
@@ -53,16 +54,17 @@ const NOT_UNICAST_ROUTE = new Set(['local', 'broadcast', 'multicast', 'anycast',
 
 /**
  * Whether a line of `ip -o monitor link neigh route` can change a local backend's entry: a link
- * line; an IPv4 route to a prefix or the default one; a route or neighbour line naming a
- * backend, unless it only restates the MAC its entry already has (`listedMac`). IPv6 and local,
- * broadcast and multicast routes never do.
+ * line; a route to a prefix or the default one, of either family; a route or neighbour line
+ * naming a backend, unless it only restates the MAC its entry already has (`listedMac`). Local,
+ * broadcast and multicast routes, and IPv6 link-local ones (fe80::/64 on every link: no pod is
+ * reached by a link-local address), never do.
  */
 export function monitorLineMatters(line: string, addrs: ReadonlySet<string>, listedMac: (addr: string) => string | null): boolean {
   if (/^\d+: /.test(line)) return true;
   const deleted = line.startsWith('Deleted ');
   const words = (deleted ? line.slice('Deleted '.length) : line).trim().split(/\s+/);
   const first = words[0] ?? '';
-  if (first === '' || first.includes(':') || NOT_UNICAST_ROUTE.has(first)) return false;
+  if (first === '' || NOT_UNICAST_ROUTE.has(first) || first.startsWith('fe80:')) return false;
   if (first === 'default' || first.includes('/')) return true;
   if (!addrs.has(first)) return false;
   const lladdr = words[words.indexOf('lladdr') + 1];
@@ -79,7 +81,7 @@ export interface LinkInfo {
 }
 
 export interface RouteInfo {
-  /** The route's destination; 'default' is 0.0.0.0/0. */
+  /** The route's destination; 'default' is 0.0.0.0/0 or ::/0. */
   cidr: Cidr;
   dev: string;
   gateway: string | null;
@@ -88,8 +90,9 @@ export interface RouteInfo {
 /** The tables a pod's entry comes from, as `ip -j` prints them. */
 export interface NodeTables {
   links: LinkInfo[];
-  /** "address dev" → MAC, for entries with a link-layer address that is not FAILED. */
+  /** "address dev" → MAC, for entries with a link-layer address that is not FAILED; both families, addresses canonical. */
   neighbours: Map<string, string>;
+  /** The main tables of both families. */
   routes: RouteInfo[];
 }
 
@@ -103,18 +106,20 @@ export function parseNeighbours(json: string): Map<string, string> {
   const out = new Map<string, string>();
   for (const r of rows) {
     if (r.dev === undefined || r.lladdr === undefined || (r.state ?? []).some((s) => s === 'FAILED' || s === 'INCOMPLETE')) continue;
-    out.set(`${r.dst} ${r.dev}`, r.lladdr);
+    if (familyOf(r.dst) === null) continue;
+    out.set(`${canonicalIp(r.dst)} ${r.dev}`, r.lladdr);
   }
   return out;
 }
 
-export function parseRoutes(json: string): RouteInfo[] {
+/** `ip -j -4 route` (family IPv4) or `ip -j -6 route` (IPv6): routes of that family with a device. */
+export function parseRoutes(json: string, family: IpFamily = 'IPv4'): RouteInfo[] {
   const rows = JSON.parse(json) as Array<{ dst: string; dev?: string; gateway?: string; type?: string }>;
   const out: RouteInfo[] = [];
   for (const r of rows) {
     if (r.dev === undefined || (r.type !== undefined && r.type !== 'unicast')) continue;
-    const dst = r.dst === 'default' ? '0.0.0.0/0' : r.dst;
-    if (!isIpv4(dst.split('/')[0] ?? '')) continue;
+    const dst = r.dst === 'default' ? (family === 'IPv4' ? '0.0.0.0/0' : '::/0') : r.dst;
+    if (familyOf(dst.split('/')[0] ?? '') !== family) continue;
     out.push({ cidr: parseCidr(dst), dev: r.dev, gateway: r.gateway ?? null });
   }
   return out;
@@ -142,10 +147,6 @@ export function planXdpPods(addrs: Iterable<string>, t: NodeTables, refusing: Re
   const skipped = new Map<string, string>();
   const byName = new Map(t.links.map((l) => [l.name, l]));
   for (const addr of addrs) {
-    if (!isIpv4(addr)) {
-      skipped.set(addr, 'IPv6: XDP sends IPv4 frames only');
-      continue;
-    }
     const route = routeTo(t.routes, addr);
     const link = route === null ? undefined : byName.get(route.dev);
     if (route === null || link === undefined) {
@@ -165,11 +166,31 @@ export function planXdpPods(addrs: Iterable<string>, t: NodeTables, refusing: Re
   return { entries, skipped };
 }
 
-/** This node's IPv4 backends, from a synced state. */
+/** This node's backends of both families, from a synced state. */
 export function localBackendAddrs(state: DesiredState): Set<string> {
   const out = new Set<string>();
-  for (const e of state.services) for (const ep of e.endpoints) if (ep.isLocal && isIpv4(ep.ip)) out.add(ep.ip);
+  for (const e of state.services) for (const ep of e.endpoints) if (ep.isLocal) out.add(ep.ip);
   return out;
+}
+
+/** The maps the pods are listed in: IPv4's, IPv6's (keys are the address as text either way). */
+export interface XdpPodMaps {
+  ipv4: MapLike<XdpPodKeyT, XdpPodT>;
+  ipv6: MapLike<XdpPod6KeyT, XdpPodT>;
+}
+
+type PodMap = MapLike<{ addr: string }, XdpPodT>;
+
+const podMapOf = (maps: XdpPodMaps, addr: string): PodMap => (isIpv4(addr) ? maps.ipv4 : maps.ipv6);
+
+/** Every listed pod, IPv4's then IPv6's. */
+export function listedXdpPods(maps: XdpPodMaps): Array<[string, XdpPodT]> {
+  return [...maps.ipv4.entries(), ...maps.ipv6.entries()].map(([k, v]) => [k.addr, v]);
+}
+
+/** Removes every entry (the agent started without the flag: an earlier agent's would keep XDP sending there). */
+export function clearXdpPods(maps: XdpPodMaps): void {
+  for (const [addr] of listedXdpPods(maps)) podMapOf(maps, addr).delete({ addr });
 }
 
 const DropCount = defineStruct('vipr_xdp_drops_value', [['frames', 'u64']] as const);
@@ -217,15 +238,20 @@ export class XdpDrops {
 
 async function readTables(): Promise<NodeTables> {
   const ip = async (args: string[]): Promise<string> => (await run('ip', ['-j', ...args], { timeoutMs: 10_000 })).stdout;
-  const [links, neighbours, routes] = await Promise.all([ip(['-d', 'link', 'show']), ip(['-4', 'neigh', 'show']), ip(['-4', 'route', 'show', 'table', 'main'])]);
-  return { links: parseLinks(links), neighbours: parseNeighbours(neighbours), routes: parseRoutes(routes) };
+  const [links, neighbours, routes4, routes6] = await Promise.all([
+    ip(['-d', 'link', 'show']),
+    ip(['neigh', 'show']),
+    ip(['-4', 'route', 'show', 'table', 'main']),
+    ip(['-6', 'route', 'show', 'table', 'main']),
+  ]);
+  return { links: parseLinks(links), neighbours: parseNeighbours(neighbours), routes: [...parseRoutes(routes4, 'IPv4'), ...parseRoutes(routes6, 'IPv6')] };
 }
 
 function sameEntry(a: XdpPodT, b: XdpPodT): boolean {
   return a.ifindex === b.ifindex && a.len_ok === b.len_ok && a.pod_mac === b.pod_mac && a.host_mac === b.host_mac;
 }
 
-/** Keeps vipr_xdp_pods_v1 equal to this node's backends' entries (see the top of this file). */
+/** Keeps vipr_xdp_pods_v1 and vipr_xdp_pods6_v1 equal to this node's backends' entries (see the top of this file). */
 export class XdpPods {
   private addrs = new Set<string>();
   private monitor: ChildProcess | null = null;
@@ -244,7 +270,7 @@ export class XdpPods {
 
   /** `readDrops`: XdpDrops' counts (null: not watched, as where the tracepoints cannot be attached). */
   constructor(
-    private readonly map: MapLike<XdpPodKeyT, XdpPodT>,
+    private readonly maps: XdpPodMaps,
     private readonly readNodeTables: () => Promise<NodeTables> = readTables,
     private readonly readDrops: (() => Map<number, number>) | null = null,
   ) {}
@@ -284,7 +310,7 @@ export class XdpPods {
     if (this.debounce !== null) return;
     this.debounce = setTimeout(() => {
       this.debounce = null;
-      void this.refresh().catch((err: unknown) => log.error({ err }, 'cannot update vipr_xdp_pods_v1: frames for local pods go through the stack meanwhile'));
+      void this.refresh().catch((err: unknown) => log.error({ err }, 'cannot update vipr_xdp_pods_v1/vipr_xdp_pods6_v1: frames for local pods go through the stack meanwhile'));
     }, delayMs);
   }
 
@@ -312,7 +338,7 @@ export class XdpPods {
    */
   async checkDrops(): Promise<number[]> {
     if (this.readDrops === null) return [];
-    const entries = this.map.entries();
+    const entries = listedXdpPods(this.maps);
     const listedVeths = new Set(entries.map(([, v]) => v.ifindex));
     const drops = this.readDrops();
     const found: number[] = [];
@@ -322,7 +348,7 @@ export class XdpPods {
       if (before !== undefined && now > before && !this.refusing.has(ifindex)) {
         this.refusing.add(ifindex);
         found.push(ifindex);
-        const pods = entries.filter(([, v]) => v.ifindex === ifindex).map(([k]) => k.addr);
+        const pods = entries.filter(([, v]) => v.ifindex === ifindex).map(([addr]) => addr);
         log.warn(
           { ifindex, pods, lost: now - before },
           `${now - before} frames XDP sent to the veth of pod ${pods.join(', ')} did not arrive; its frames go through the stack again ` +
@@ -346,29 +372,30 @@ export class XdpPods {
     const plan = planXdpPods(this.addrs, tables, this.refusing);
     let written = 0;
     let removed = 0;
-    for (const [key, old] of this.map.entries()) {
-      const next = plan.entries.get(key.addr);
+    for (const [addr, old] of listedXdpPods(this.maps)) {
+      const next = plan.entries.get(addr);
       if (next === undefined) {
-        if (this.map.delete(key)) removed++;
+        if (podMapOf(this.maps, addr).delete({ addr })) removed++;
       } else if (sameEntry(old, next)) {
-        plan.entries.delete(key.addr);
+        plan.entries.delete(addr);
       }
     }
     for (const [addr, pod] of plan.entries) {
+      const map = podMapOf(this.maps, addr);
       try {
-        this.map.update({ addr }, pod);
+        map.update({ addr }, pod);
         written++;
       } catch (err) {
-        // Full (more local pods than VIPR_XDP_POD_ENTRIES) or refused: this pod stays with the stack.
-        plan.skipped.set(addr, `not written to vipr_xdp_pods_v1 (${err instanceof Error ? err.message : String(err)})`);
+        // Full (more local pods of the family than VIPR_XDP_POD_ENTRIES) or refused: this pod stays with the stack.
+        plan.skipped.set(addr, `not written to ${map.name} (${err instanceof Error ? err.message : String(err)})`);
       }
     }
     for (const [addr, why] of plan.skipped) {
       if (this.lastSkipped.get(addr) !== why) log.info({ addr, why }, 'local backend left to the stack');
     }
     this.lastSkipped = plan.skipped;
-    this.listed = new Map(this.map.entries().map(([k, v]) => [k.addr, v.pod_mac]));
-    if (written > 0 || removed > 0) log.info({ written, removed, leftToStack: plan.skipped.size }, 'vipr_xdp_pods_v1 updated: XDP sends these pods their frames itself');
+    this.listed = new Map(listedXdpPods(this.maps).map(([addr, v]) => [addr, v.pod_mac]));
+    if (written > 0 || removed > 0) log.info({ written, removed, leftToStack: plan.skipped.size }, 'vipr_xdp_pods_v1/vipr_xdp_pods6_v1 updated: XDP sends these pods their frames itself');
   }
 
   /** Stops following; the entries stay (the attached program keeps using them, as every pinned map). */

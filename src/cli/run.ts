@@ -7,7 +7,7 @@ import { SocketLb, decideSocketLb, describeSocketLb, detachSocketLb, parseSocket
 import { servedFamilies } from '../model/build.js';
 import { resolveOptions } from '../render/options.js';
 import { listLinks, parseIfaceSpec, watchLinks } from '../bpf/interfaces.js';
-import { XdpDrops, XdpPods, localBackendAddrs } from '../bpf/xdp-pods.js';
+import { XdpDrops, XdpPods, clearXdpPods, localBackendAddrs } from '../bpf/xdp-pods.js';
 import { ifNameToIndex } from '../bpf/libbpf.js';
 import { ServiceHealthServers } from '../sync/service-health.js';
 import { CT_LIMIT_MAX, CT_LIMIT_MIN, ctSizes, ctSizesByFamily, type CtSizes } from '../bpf/conntrack.js';
@@ -351,7 +351,7 @@ async function runAgent(
     ct: CtSizes;
     snatPorts: [number, number];
     xdpMode: XdpMode;
-    /** --xdp-local-backends redirect: keep vipr_xdp_pods_v1 (src/bpf/xdp-pods.ts). */
+    /** --xdp-local-backends redirect: keep vipr_xdp_pods_v1 and vipr_xdp_pods6_v1 (src/bpf/xdp-pods.ts). */
     xdpRedirectPods: boolean;
   },
 ): Promise<number> {
@@ -428,7 +428,7 @@ async function runAgent(
     },
   });
   let sockLb: SocketLb | null = null;
-  /** --xdp-local-backends redirect: this node's IPv4 backends as last synced, and their XDP entries. */
+  /** --xdp-local-backends redirect: this node's backends as last synced, and their XDP entries. */
   let localBackends = new Set<string>();
   let xdpPods: XdpPods | null = null;
   let xdpDrops: XdpDrops | null = null;
@@ -488,12 +488,12 @@ async function runAgent(
           log.warn({ err }, 'cannot count the frames XDP could not deliver (tp_btf/xdp_devmap_xmit): a pod whose veth refuses XDP frames would lose them');
         }
         const drops = xdpDrops;
-        xdpPods = new XdpPods(loaded.maps.xdpPods, undefined, drops === null ? null : () => drops.read());
+        xdpPods = new XdpPods({ ipv4: loaded.maps.xdpPods, ipv6: loaded.maps.xdpPods6 }, undefined, drops === null ? null : () => drops.read());
         xdpPods.setBackends(localBackends);
         await xdpPods.refresh();
         xdpPods.start();
       } else {
-        for (const [k] of loaded.maps.xdpPods.entries()) loaded.maps.xdpPods.delete(k);
+        clearXdpPods({ ipv4: loaded.maps.xdpPods, ipv6: loaded.maps.xdpPods6 });
       }
       for (const iface of values.xdp) attachXdp(loaded, iface, o.xdpMode);
       if (o.socketLb !== null) {
