@@ -443,28 +443,31 @@ export async function runBench(o: RunBenchOptions): Promise<BenchReport> {
       for (const [file, list] of benchManifestFiles(n, ips, 'node', ips6)) writeFileSync(join(dir, file), JSON.stringify(list));
       manifestsDirs.set(n, dir);
     }
-    for (let round = 1; round <= plan.rounds; round++) {
-      for (const n of plan.services) {
-        for (const lab of labs) {
-          checkAbort(signal);
-          // A mode that failed at this count once (a tool timing out at 10,000 services) would
-          // only fail again: it is reported, not retried.
-          if (failures.some((f) => f.mode === lab.mode && f.services === n && f.metric === undefined)) continue;
-          const prefix = `[round ${round}/${plan.rounds}] ${n} services, ${lab.mode}:`;
-          const mark = samples.length;
-          try {
-            await cell({
-              plan, lab, services: n, round, manifestsDir: manifestsDirs.get(n) as string, workDir, signal, samples, placements, failures, programmed,
-              progress: (line) => o.onProgress(`${prefix} ${line}`),
-            });
-          } catch (err) {
-            if (signal.aborted || lab.mode === 'direct') throw err;
-            // Half a cell would make medians of unlike things: drop what it measured.
-            samples.splice(mark);
-            const reason = (err instanceof Error ? err.message : String(err)).replace(/^.*program-worker: /, '');
-            failures.push({ mode: lab.mode, services: n, round, reason });
-            o.onProgress(`${prefix} FAILED: ${reason}`);
-          }
+    // Rounds outside the service counts (a slow minute spreads over every count); with
+    // --traffic-only the counts go outside, so each node is programmed once per count.
+    const cells: Array<[number, number]> = [];
+    for (let round = 1; round <= plan.rounds; round++) for (const n of plan.services) cells.push([round, n]);
+    if (plan.trafficOnly === true) cells.sort((a, b) => a[1] - b[1] || a[0] - b[0]);
+    for (const [round, n] of cells) {
+      for (const lab of labs) {
+        checkAbort(signal);
+        // A mode that failed at this count once (a tool timing out at 10,000 services) would
+        // only fail again: it is reported, not retried.
+        if (failures.some((f) => f.mode === lab.mode && f.services === n && f.metric === undefined)) continue;
+        const prefix = `[round ${round}/${plan.rounds}] ${n} services, ${lab.mode}:`;
+        const mark = samples.length;
+        try {
+          await cell({
+            plan, lab, services: n, round, manifestsDir: manifestsDirs.get(n) as string, workDir, signal, samples, placements, failures, programmed,
+            progress: (line) => o.onProgress(`${prefix} ${line}`),
+          });
+        } catch (err) {
+          if (signal.aborted || lab.mode === 'direct') throw err;
+          // Half a cell would make medians of unlike things: drop what it measured.
+          samples.splice(mark);
+          const reason = (err instanceof Error ? err.message : String(err)).replace(/^.*program-worker: /, '');
+          failures.push({ mode: lab.mode, services: n, round, reason });
+          o.onProgress(`${prefix} FAILED: ${reason}`);
         }
       }
     }

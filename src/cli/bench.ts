@@ -63,9 +63,10 @@ options:
   --chart FILE.svg    write a chart of crr latency and conn/s against services (vega-lite)
   --quick             short runs and small counts: a smoke test of a few minutes at most
   --traffic-only      rr, crr and udp (and the agent's rss and heap) only: each mode's node is
-                      programmed by its agent once per service count, no sync_all, sync_one or
-                      churn, and later rounds measure the traffic again on what it installed (for
-                      10,000 services where programming every mode is most of the run's time)
+                      programmed by its agent once per service count (the counts one after the
+                      other, every round of one before the next), no sync_all, sync_one or churn;
+                      later rounds measure the traffic again on what it installed (for 10,000
+                      services, where programming every mode is most of a run's time)
   --cpu N             CPU for the load generator and responders (default: the last one)
   --lab-prefix P      lab name prefix (default 'bench'; 'soak' with --disruption)
 

@@ -223,23 +223,25 @@ describe('vipr bench interrupted', () => {
 });
 
 describe('vipr bench --traffic-only', () => {
-  test('measures rr, crr and udp in every round on a node its agent programmed once, and no control plane', async () => {
+  test('measures rr, crr and udp in every round on nodes their agents programmed once per count, counts one after the other, no control plane', async () => {
     await ensureBuilt();
     const jsonFile = join(out, 'traffic-only.json');
-    const res = await runBench(['--quick', '--traffic-only', '--modes', 'bpf', '--services', '3', '--rounds', '2', '--families', 'ipv4', '--json', jsonFile, '--lab-prefix', prefix]);
+    const res = await runBench(['--quick', '--traffic-only', '--modes', 'bpf', '--services', '1,3', '--rounds', '2', '--families', 'ipv4', '--json', jsonFile, '--lab-prefix', prefix]);
     expect({ code: res.code, stderr: res.code === 0 ? '' : res.stderr }).toEqual({ code: 0, stderr: '' });
     const report = JSON.parse(readFileSync(jsonFile, 'utf8')) as Report & { env: { trafficOnly?: boolean } };
     expect(report.env.trafficOnly).toBe(true);
-    const rows = report.results.map((r) => `${r.mode} ${r.placement} ${r.metric} ${r.rounds}`).sort();
+    const rows = report.results.map((r) => `${r.mode} ${r.services} ${r.placement} ${r.metric} ${r.rounds}`).sort();
     expect(rows).toEqual(
       [
-        ...['crr', 'rr', 'udp'].map((m) => `direct none ${m} 2`),
-        ...['crr', 'rr', 'udp'].flatMap((m) => [`bpf last ${m} 2`, `bpf middle ${m} 2`]),
-        // The agent that programmed the node ran once: its memory is one round's.
-        'bpf none heap 1', 'bpf none rss 1',
+        ...[1, 3].flatMap((n) => ['crr', 'rr', 'udp'].map((m) => `direct ${n} none ${m} 2`)),
+        ...['crr', 'rr', 'udp'].flatMap((m) => [`bpf 1 last ${m} 2`, `bpf 3 last ${m} 2`, `bpf 3 middle ${m} 2`]),
+        // The agent that programmed the node ran once per count: its memory is one round's.
+        'bpf 1 none heap 1', 'bpf 1 none rss 1', 'bpf 3 none heap 1', 'bpf 3 none rss 1',
       ].sort(),
     );
-    expect(res.stderr).toMatch(/\[round 2\/2\] 3 services, bpf: traffic only: the node keeps the 3 Services its agent programmed in an earlier round/);
+    // Both rounds at 1 Service, then both at 3: the node is programmed once per count.
+    const cells = res.stderr.split('\n').filter((l) => /^- \[round \d\/2\] \d services, bpf: /.test(l)).map((l) => l.replace(/^- \[round (\d)\/2\] (\d) services, bpf: (agent|traffic only|rr).*$/, '$2:$1:$3'));
+    expect(cells).toEqual(['1:1:agent', '1:1:rr', '1:2:traffic only', '1:2:rr', '3:1:agent', '3:1:rr', '3:2:traffic only', '3:2:rr']);
     expect(res.stdout).toMatch(/^ {2}traffic only: each node programmed once per service count by its agent; no sync_all, sync_one or churn$/m);
     for (const lab of labs) expect([lab, await labLeftovers(lab)]).toEqual([lab, []]);
   }, 240_000);
