@@ -2,7 +2,7 @@
 # The lab VM's workload, run by guest-init.sh as root on the VM's stock Debian kernel. Reads
 # /out/request.env (written by the host: VIPR_VM_MODES, VIPR_VM_COUNT, VIPR_VM_QUICK,
 # VIPR_VM_ACCEL, VIPR_VM_SERVICES, VIPR_VM_ROUNDS, VIPR_VM_FAMILIES, VIPR_VM_ICOUNT_SHIFT,
-# VIPR_VM_TRAFFIC_ONLY) and
+# VIPR_VM_TRAFFIC_ONLY, VIPR_VM_NORTH_SOUTH) and
 # leaves /out/bench.json in the bench JSON format.
 #
 # With a build that has `vipr bench`, that is what runs. Without it, every mode is measured on
@@ -24,6 +24,7 @@ ROUNDS=${VIPR_VM_ROUNDS:-}
 FAMILIES=${VIPR_VM_FAMILIES:-}
 ICOUNT_SHIFT=${VIPR_VM_ICOUNT_SHIFT:-}
 TRAFFIC_ONLY=${VIPR_VM_TRAFFIC_ONLY:-0}
+NORTH_SOUTH=${VIPR_VM_NORTH_SOUTH:-}
 
 section() {
   printf '\n== %s\n' "$*"
@@ -58,6 +59,34 @@ echo "clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clo
 lsmod | grep -E '^ip_vs' || echo "no ip_vs modules loaded"
 echo "\$ ipvsadm -Ln"
 ipvsadm -Ln
+
+# The emulation, said in the report: the bench cannot know it ran under it.
+note_emulation() {
+  [ -f "$OUT/bench.json" ] || return 0
+  # shellcheck disable=SC2016 # JavaScript, not the shell
+  node -e '
+    const fs = require("node:fs");
+    const [file, accel, shift] = process.argv.slice(1);
+    const report = JSON.parse(fs.readFileSync(file, "utf8"));
+    const note = shift !== ""
+      ? "emulated CPU (TCG) with icount shift=" + shift + ": guest time is instructions x 2^" + shift + " ns (no caches, branch prediction, TLB or memory latency); compare ratios between modes only"
+      : accel === "kvm" ? "virtual machine" : "emulated CPU (TCG): absolute times are meaningless, compare ratios between modes only";
+    report.env = { ...report.env, kernel: report.env?.kernel ?? require("node:os").release(), accel,
+      ...(shift !== "" ? { icountShift: Number(shift) } : {}), note };
+    fs.writeFileSync(file, JSON.stringify(report, null, 2) + "\n");' "$OUT/bench.json" "$ACCEL" "$ICOUNT_SHIFT"
+}
+
+# North-south (vipr lab vm --north-south): packets from outside through each mode, IPVS included.
+if [ -n "$NORTH_SOUTH" ]; then
+  section "vipr bench --north-south --modes ${NORTH_SOUTH// /,}"
+  args=(bench --north-south --modes "${NORTH_SOUTH// /,}" --json "$OUT/bench.json")
+  [ "$QUICK" = 1 ] && args+=(--quick)
+  [ -n "$ROUNDS" ] && args+=(--rounds "$ROUNDS")
+  vipr "${args[@]}"
+  code=$?
+  note_emulation
+  exit $code
+fi
 
 # The bpf agent on this kernel, before it is measured: how it attached (TCX links need 6.6; older
 # kernels get the clsact fallback) and what it runs without (sock_destroy.bpf.o needs 6.5's
@@ -104,17 +133,7 @@ if vipr bench --help >/dev/null 2>&1; then
   [ -n "$FAMILIES" ] && args+=(--families "$FAMILIES")
   vipr "${args[@]}"
   code=$?
-  # The bench cannot know it ran under emulation: say so in its report.
-  [ -f "$OUT/bench.json" ] && node -e '
-    const fs = require("node:fs");
-    const [file, accel, shift] = process.argv.slice(1);
-    const report = JSON.parse(fs.readFileSync(file, "utf8"));
-    const note = shift !== ""
-      ? "emulated CPU (TCG) with icount shift=" + shift + ": guest time is instructions x 2^" + shift + " ns (no caches, branch prediction, TLB or memory latency); compare ratios between modes only"
-      : accel === "kvm" ? "virtual machine" : "emulated CPU (TCG): absolute times are meaningless, compare ratios between modes only";
-    report.env = { ...report.env, kernel: report.env?.kernel ?? require("node:os").release(), accel,
-      ...(shift !== "" ? { icountShift: Number(shift) } : {}), note };
-    fs.writeFileSync(file, JSON.stringify(report, null, 2) + "\n");' "$OUT/bench.json" "$ACCEL" "$ICOUNT_SHIFT"
+  note_emulation
   exit $code
 fi
 

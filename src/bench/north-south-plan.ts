@@ -172,6 +172,8 @@ export interface NorthSouthRow {
   rounds: number;
   /** Each round's delivered packets per second, in round order. */
   deliveredPpsByRound: number[];
+  /** Each round's node CPU time per delivered packet, ns, in round order. */
+  nodeNsPerPacketByRound: number[];
 }
 
 export interface NorthSouthSummary {

@@ -322,6 +322,7 @@ function summarizeRows(samples: readonly Sample[]): NorthSouthRow[] {
       sentPps: m((x) => x.sentPps), deliveredPps: m((x) => x.deliveredPps),
       nodeNsPerPacket: m((x) => x.nodeNsPerPacket), nodeBusy: Math.round(median(g.map((x) => x.nodeBusy)) * 100) / 100,
       rounds: g.length, deliveredPpsByRound: g.map((x) => Math.round(x.deliveredPps)),
+      nodeNsPerPacketByRound: g.map((x) => Math.round(x.nodeNsPerPacket)),
     });
   }
   return rows;

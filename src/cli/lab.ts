@@ -5,7 +5,11 @@
  */
 import { parseArgs } from 'node:util';
 import { copyFile } from 'node:fs/promises';
-import { DEFAULT_ICOUNT_SHIFT, formatComparison, labVm, LAB_VM_MODES, readBenchReport, reportTiming, type LabVmMode } from '../lab/vm.js';
+import { DEFAULT_ICOUNT_SHIFT, formatComparison, labVm, labVmNorthSouth, LAB_VM_MODES, readBenchReport, reportTiming, timingLine, type LabVmMode } from '../lab/vm.js';
+import { calibrateNorthSouth, formatNorthSouthCalibration, readNorthSouthReport, VM_NORTH_SOUTH_MODES } from '../lab/vm-north-south.js';
+import { formatNorthSouth } from '../bench/north-south-report.js';
+import type { NorthSouthReport } from '../bench/north-south.js';
+import { parseNorthSouthModes } from './bench.js';
 import { calibrate, formatCalibration } from '../lab/calibration.js';
 import { ConfigError } from '../errors.js';
 import { joinHostPort } from '../model/ip.js';
@@ -69,6 +73,10 @@ commands:
           this machine too (or read from FILE) and their ratios to 'direct' printed beside the VM's;
           the largest difference is the error bar on IPVS's. Needs 'make lab-vm-deps'.
           --from-json VM.json [--host-json FILE]: print a saved run's tables, no VM
+          --north-south [--modes xdp,tc,iptables,nftables,ipvs] [--quick] [--rounds N]: 'vipr bench
+          --north-south' in the VM instead (IPVS included), node1's CPU per packet ×iptables beside
+          this machine's (or --host-json FILE of 'vipr bench --north-south --json'): the largest
+          difference is the error bar on IPVS's; --from-json with --north-south reprints one
 
 One node (the default): client 172.30.0.2 -- node eth0 172.30.0.1, pods 10.244.0.11.. behind
 vbe1.. on the node (agent --node-name node). With --nodes N: node<i> eth0 on the underlay
@@ -327,6 +335,7 @@ async function vm(argv: string[]): Promise<number> {
       services: { type: 'string' },
       rounds: { type: 'string' },
       'traffic-only': { type: 'boolean', default: false },
+      'north-south': { type: 'boolean', default: false },
       accel: { type: 'string', default: 'auto' },
       timing: { type: 'string', default: 'icount' },
       'icount-shift': { type: 'string' },
@@ -356,7 +365,45 @@ async function vm(argv: string[]): Promise<number> {
     if (host) process.stdout.write(formatCalibration(calibrate(vmReport, host), source));
     else out(`calibration: none (${source})`);
   };
+  const timeoutMinutes = values.timeout === undefined ? undefined : Number(values.timeout);
+  if (timeoutMinutes !== undefined && !(Number.isFinite(timeoutMinutes) && timeoutMinutes > 0)) {
+    throw new ConfigError(`--timeout ${values.timeout}: expected the guest's time limit in minutes, a positive number`);
+  }
   const fromJson = values['from-json'];
+  if (values['north-south']) {
+    for (const flag of ['services', 'traffic-only'] as const) {
+      if (values[flag] !== undefined && values[flag] !== false) throw new ConfigError(`--${flag} is not an option of --north-south; drop it`);
+    }
+    const printNsCalibration = (vmReport: NorthSouthReport, host: NorthSouthReport | null, source: string): void => {
+      out('');
+      process.stdout.write(host ? formatNorthSouthCalibration(calibrateNorthSouth(vmReport, host), source) : `north-south calibration: none (${source})\n`);
+    };
+    if (fromJson !== undefined) {
+      const hostJson = values['host-json'];
+      const report = readNorthSouthReport(fromJson);
+      process.stdout.write(formatNorthSouth(report));
+      printNsCalibration(report, hostJson === undefined ? null : readNorthSouthReport(hostJson), hostJson ?? 'no --host-json given');
+      return 0;
+    }
+    const nsModes = values.modes === undefined ? [...VM_NORTH_SOUTH_MODES] : parseNorthSouthModes(values.modes);
+    const result = await labVmNorthSouth(nsModes, {
+      quick: values.quick,
+      accel,
+      timing,
+      ...(values['icount-shift'] !== undefined ? { icountShift: Number(values['icount-shift']) } : {}),
+      host: values['no-host'] ? 'none' : values['host-json'] !== undefined ? { json: values['host-json'] } : 'run',
+      rebuildBase: values['rebuild-base'],
+      ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+      ...(timeoutMinutes !== undefined ? { timeoutMs: timeoutMinutes * 60_000 } : {}),
+      onLine: (l) => process.stderr.write(`${l}\n`),
+    });
+    out(`north-south in the VM (${timingLine(result.accel, result.icountShift)}):`);
+    process.stdout.write(formatNorthSouth(result.report));
+    printNsCalibration(result.report, result.hostReport, result.hostSource);
+    if (values.json) await copyFile(`${result.runDir}/bench.json`, values.json);
+    out(`results and serial console: ${result.runDir}`);
+    return result.guestExitCode === 0 ? 0 : 1;
+  }
   if (fromJson !== undefined) {
     const report = readBenchReport(fromJson);
     const hostJson = values['host-json'];
@@ -365,10 +412,6 @@ async function vm(argv: string[]): Promise<number> {
     process.stdout.write(formatComparison(report, ranWith, icountShift));
     printCalibration(report, host, hostJson ?? 'no --host-json given');
     return 0;
-  }
-  const timeoutMinutes = values.timeout === undefined ? undefined : Number(values.timeout);
-  if (timeoutMinutes !== undefined && !(Number.isFinite(timeoutMinutes) && timeoutMinutes > 0)) {
-    throw new ConfigError(`--timeout ${values.timeout}: expected the guest's time limit in minutes, a positive number`);
   }
   const modes = values.modes?.split(',');
   for (const m of modes ?? []) {

@@ -126,9 +126,10 @@ const METRIC_TITLE: Record<string, string> = {
   udp: 'udp (query, new source port)',
 };
 
-const x2 = (v: number): string => `×${v.toFixed(2)}`;
-const signed = (v: number): string => `${v >= 0 ? '+' : '-'}${Math.abs(v).toFixed(2)}`;
-const roundsText = (rounds: number[] | null): string => {
+export const x2 = (v: number): string => `×${v.toFixed(2)}`;
+export const signed = (v: number): string => `${v >= 0 ? '+' : '-'}${Math.abs(v).toFixed(2)}`;
+/** A ratio's range over rounds (`×1.08–×1.11`), or `-` without rounds. */
+export const roundsText = (rounds: number[] | null): string => {
   if (!rounds) return '-';
   const { min, max } = rangeOf(rounds);
   return rounds.length === 1 ? x2(min) : `${x2(min)}–${x2(max)}`;

@@ -31,6 +31,9 @@ import { parseJson, readJsonFile, type JsonRecordKind } from '../json-file.js';
 import { BENCH_PROGRAMS, ensureBenchProgram } from './traffic-programs.js';
 import { repoRoot } from './lab.js';
 import { CALIBRATION_MODES } from './calibration.js';
+import { hostNorthSouthArgv, parseNorthSouthReport, readNorthSouthReport } from './vm-north-south.js';
+import type { NorthSouthReport } from '../bench/north-south.js';
+import type { NorthSouthMode } from '../bench/north-south-plan.js';
 
 /** vipr bench's dataplanes; `iptables` is iptables-legacy, `iptables-nft` the nft backend. */
 export const LAB_VM_MODES = ['bpf', 'iptables', 'iptables-nft', 'nftables', 'ipvs'] as const;
@@ -150,6 +153,12 @@ export interface LabVmResult {
   serialLog: string;
 }
 
+/** `vipr lab vm --north-south`'s result: the guest's north-south report and this machine's. */
+export interface LabVmNorthSouthResult extends Omit<LabVmResult, 'report' | 'hostReport'> {
+  report: NorthSouthReport;
+  hostReport: NorthSouthReport | null;
+}
+
 /** The VM failed: image build, boot, or the guest produced no results. */
 export class LabVmError extends Error {
   override readonly name = 'LabVmError';
@@ -208,7 +217,11 @@ export function requestEnv(
   count: number,
   quick: boolean,
   accel: Accel,
-  bench: { services?: readonly number[]; rounds?: number; families?: string; icountShift?: number | null; trafficOnly?: boolean } = {},
+  bench: {
+    services?: readonly number[]; rounds?: number; families?: string; icountShift?: number | null; trafficOnly?: boolean;
+    /** `vipr bench --north-south` with these modes instead of the latency bench. */
+    northSouth?: readonly string[];
+  } = {},
 ): string {
   return [
     `VIPR_VM_MODES="${modes.join(' ')}"`,
@@ -220,6 +233,7 @@ export function requestEnv(
     `VIPR_VM_FAMILIES="${bench.families ?? ''}"`,
     `VIPR_VM_ICOUNT_SHIFT="${bench.icountShift ?? ''}"`,
     `VIPR_VM_TRAFFIC_ONLY=${bench.trafficOnly === true ? 1 : 0}`,
+    `VIPR_VM_NORTH_SOUTH="${(bench.northSouth ?? []).join(' ')}"`,
     '',
   ].join('\n');
 }
@@ -551,9 +565,66 @@ function boot(argv: string[], serialLog: string, accel: Accel, timeoutMs: number
 export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
   const opts = resolveOptions(options);
   const onLine = options.onLine ?? ((): void => undefined);
-  if (process.getuid?.() !== 0) throw new ConfigError('vipr lab vm must run as root (debootstrap, chroot)');
   // A bad --host-json shows now, not after the image build.
   if (typeof opts.host === 'object') readBenchReport(opts.host.json);
+  const run = await runGuest(opts, onLine, {}, (runDir) => hostReportFor(opts, runDir, onLine), parseBenchReport);
+  return { ...run, hostReport: run.host.report, hostSource: run.host.source };
+}
+
+/**
+ * `vipr bench --north-south` in the VM (`modes`: north-south modes), beside the same bench on
+ * this machine for the modes it has (or `host`'s JSON) for the calibration. Needs root.
+ */
+export async function labVmNorthSouth(modes: readonly NorthSouthMode[], options: LabVmOptions = {}): Promise<LabVmNorthSouthResult> {
+  // opts.modes (the latency bench's) go unused: the guest runs the north-south bench with `modes`.
+  const opts = resolveOptions(options);
+  const onLine = options.onLine ?? ((): void => undefined);
+  if (typeof opts.host === 'object') readNorthSouthReport(opts.host.json);
+  const run = await runGuest(opts, onLine, { northSouth: modes }, (runDir) => hostNorthSouthFor(opts, modes, runDir, onLine), parseNorthSouthReport);
+  return { ...run, hostReport: run.host.report, hostSource: run.host.source };
+}
+
+/** This machine's north-south report for the calibration, per `opts.host`. */
+async function hostNorthSouthFor(
+  opts: ResolvedVmOptions,
+  modes: readonly NorthSouthMode[],
+  runDir: string,
+  onLine: (line: string) => void,
+): Promise<{ report: NorthSouthReport | null; source: string }> {
+  if (opts.host === 'none') return { report: null, source: 'skipped (--no-host)' };
+  if (typeof opts.host === 'object') return { report: readNorthSouthReport(opts.host.json), source: opts.host.json };
+  if (!modes.includes('iptables') || modes.every((m) => m === 'iptables' || m === 'ipvs')) {
+    return { report: null, source: 'needs iptables and another mode this kernel has among the modes' };
+  }
+  const file = join(runDir, 'host-north-south.json');
+  const code = await runHostBench(hostNorthSouthArgv(modes, opts, file), onLine);
+  if (!existsSync(file)) return { report: null, source: `vipr bench --north-south on this machine failed (exit code ${code}) and wrote no JSON` };
+  return { report: parseNorthSouthReport(await readFile(file, 'utf8'), file), source: `vipr bench --north-south on this machine, ${file}` };
+}
+
+interface GuestRun<R, H> {
+  accel: Accel;
+  icountShift: number | null;
+  host: { report: H | null; source: string };
+  kvmProblem: string | null;
+  report: R;
+  guestExitCode: number;
+  runDir: string;
+  serialLog: string;
+}
+
+/**
+ * The image built, this machine's bench for the calibration (before qemu loads its CPUs), the
+ * guest booted (KVM first when allowed, then TCG) with its request, and its bench.json parsed.
+ */
+async function runGuest<R, H>(
+  opts: ResolvedVmOptions,
+  onLine: (line: string) => void,
+  request: { northSouth?: readonly NorthSouthMode[] },
+  hostFor: (runDir: string) => Promise<{ report: H | null; source: string }>,
+  parse: (text: string, source: string) => R,
+): Promise<GuestRun<R, H>> {
+  if (process.getuid?.() !== 0) throw new ConfigError('vipr lab vm must run as root (debootstrap, chroot)');
   await mkdir(opts.cacheDir, { recursive: true });
   // The bench's C load generator and responders are compiled here (the guest has no compiler);
   // same Debian release on both sides, so the binaries run in the guest as they are.
@@ -562,7 +633,7 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
 
   const runDir = join(opts.cacheDir, 'runs', new Date().toISOString().replace(/[:.]/g, '-'));
   await mkdir(runDir, { recursive: true });
-  const host = await hostReportFor(opts, runDir, onLine);
+  const host = await hostFor(runDir);
   const serialLog = join(runDir, 'serial.log');
   const files: VmFiles = {
     kernel: join(opts.cacheDir, 'vmlinuz'),
@@ -575,7 +646,7 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
     opts.accel === 'auto' ? (existsSync('/dev/kvm') ? ['kvm', 'tcg'] : ['tcg']) : [opts.accel];
   let kvmProblem: string | null = opts.accel === 'auto' && !existsSync('/dev/kvm') ? 'no /dev/kvm' : null;
   for (const accel of candidates) {
-    await writeFile(join(runDir, 'request.env'), requestEnv(opts.modes, opts.count, opts.quick, accel, opts));
+    await writeFile(join(runDir, 'request.env'), requestEnv(opts.modes, opts.count, opts.quick, accel, { ...opts, ...request }));
     onLine(`lab-vm: booting with ${timingLine(accel, opts.icountShift)}; serial console in ${serialLog}`);
     const started = Date.now();
     const outcome = await boot(
@@ -609,14 +680,13 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
         `the VM left no results (qemu ${outcome.signal ?? `exit code ${outcome.exitCode}`}); see ${serialLog} and ${join(runDir, 'guest-state')}`,
       );
     }
-    const report = parseBenchReport(await readFile(benchFile, 'utf8'), benchFile);
+    const report = parse(await readFile(benchFile, 'utf8'), benchFile);
     const exitFile = join(runDir, 'exit-code');
     const guestExitCode = existsSync(exitFile) ? Number((await readFile(exitFile, 'utf8')).trim()) : -1;
     return {
       accel,
       icountShift: opts.icountShift,
-      hostReport: host.report,
-      hostSource: host.source,
+      host,
       kvmProblem,
       report,
       guestExitCode,

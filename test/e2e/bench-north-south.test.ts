@@ -33,6 +33,7 @@ interface Row {
   xdp: string;
   rounds: number;
   deliveredPpsByRound: number[];
+  nodeNsPerPacketByRound: number[];
 }
 
 interface Report {
@@ -107,7 +108,9 @@ describe('vipr bench --north-south --quick', () => {
       // node1's receive thread ran (schedstat is exact), no longer than the run, and on every
       // delivered packet: a run where the counters or the thread were read wrong fails here.
       expect([what, r.nodeNsPerPacket > 0, r.nodeBusy > 0, r.nodeBusy <= 1.05]).toEqual([what, true, true, true]);
-      expect([what, r.rounds, r.deliveredPpsByRound.length]).toEqual([what, 1, 1]);
+      expect([what, r.rounds, r.deliveredPpsByRound.length, r.nodeNsPerPacketByRound.length]).toEqual([what, 1, 1, 1]);
+      // One round: its figure is the median.
+      expect([what, r.nodeNsPerPacketByRound[0]]).toEqual([what, r.nodeNsPerPacket]);
     }
     for (const t of ['udp', 'syn']) expect(report.northSouth.xdpOverIptables[t]).toBeGreaterThan(0);
     for (const t of ['udp', 'syn']) expect(report.northSouth.xdpRedirectOverIptables[t]).toBeGreaterThan(0);
