@@ -1,5 +1,5 @@
 /*
- * `--xdp-local-backends redirect` in the two-node lab (IPv4), for real: node1's agent with XDP on
+ * `--xdp-local-backends redirect` in the two-node lab (dual-stack), for real: node1's agent with XDP on
  * its underlay interface, a NodePort Service (externalTrafficPolicy Local) whose one endpoint is
  * be1 on node1, the external host `ext` reaching it through node1's address. With the flag the
  * agent lists be1 in vipr_xdp_pods_v1 once node1 has a neighbour entry for it (here: after the
@@ -7,7 +7,10 @@
  * the requests to be1's veth itself: TCP and UDP are answered, the backend sees the client, and
  * a counting rule in node1's FORWARD chain sees none of the requests (the stack never forwards
  * them). Without the flag (the agent restarted) the map is emptied and the same rule counts every
- * request again. The lab's XDP is generic (veth), where a redirected frame is an skb sent
+ * request again. IPv6 the same (the agent restarted serving IPv6 too, before the restart without the
+ * flag): be1's IPv6 address listed in vipr_xdp_pods6_v1, TCP and UDP to the NodePort over IPv6
+ * answered without a packet in node1's ip6tables FORWARD chain; without the flag that map is
+ * emptied too and the chain counts them again. The lab's XDP is generic (veth), where a redirected frame is an skb sent
  * straight into the veth; native mode is what the north-south bench measures.
  * Native XDP where frames XDP redirects to the pod's veth do not arrive (here: native XDP on a
  * veth that receives skbs from its bridge, whose redirects fail, as they would to a pod side that
@@ -32,6 +35,9 @@ const manifests = join(work, 'manifests');
 const NODE1_IP = '192.168.60.11';
 const EXT_IP = '192.168.60.100';
 const BE1 = '10.244.1.11';
+const NODE1_IP6 = 'fd00:192:168:60::11';
+const EXT_IP6 = 'fd00:192:168:60::100';
+const BE1_IP6 = 'fd00:10:244:1::11';
 
 const SERVICE = `apiVersion: v1
 kind: Service
@@ -42,6 +48,9 @@ spec:
   type: NodePort
   externalTrafficPolicy: Local
   clusterIP: 10.0.0.80
+  clusterIPs: [10.0.0.80, "fd00:10:96::80"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
   ports:
   - name: http
     protocol: TCP
@@ -73,6 +82,26 @@ endpoints:
 - addresses: ["${BE1}"]
   conditions: {ready: true}
   nodeName: node1
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: local-web-2
+  namespace: default
+  labels:
+    kubernetes.io/service-name: local-web
+addressType: IPv6
+ports:
+- name: http
+  protocol: TCP
+  port: 80
+- name: dns
+  protocol: UDP
+  port: 5353
+endpoints:
+- addresses: ["${BE1_IP6}"]
+  conditions: {ready: true}
+  nodeName: node1
 `;
 
 let node1: NodeAgent | null = null;
@@ -86,36 +115,40 @@ function agentArgs(extra: string[]): string[] {
 }
 
 
-async function whoami(): Promise<string> {
-  const res = await labExec(lab, 'ext', ['curl', '-sS', '--max-time', '5', `http://${NODE1_IP}:30180/whoami`]);
+async function whoami(node = NODE1_IP): Promise<string> {
+  const res = await labExec(lab, 'ext', ['curl', '-sS', '-g', '--max-time', '5', `http://${node.includes(':') ? `[${node}]` : node}:30180/whoami`]);
   if (res.code !== 0) throw new Error(`curl from ext: ${res.stderr}`);
   return res.stdout.trim();
 }
+const whoami6 = (): Promise<string> => whoami(NODE1_IP6);
+const BE1_SEES_EXT6 = new RegExp(`^be1 \\[${EXT_IP6}\\]:\\d+$`);
 
-/** Packets node1's FORWARD chain counted towards be1 (the rule the test put there). */
-async function forwardedToBe1(): Promise<number> {
-  const res = await labExec(lab, 'node1', ['iptables', '-w', '-nvxL', 'FORWARD']);
-  const row = res.stdout.split('\n').find((l) => l.includes(BE1));
-  if (!row) throw new Error(`no counting rule for ${BE1} in node1's FORWARD chain:\n${res.stdout}`);
+/** Packets node1's FORWARD chain counted towards be1 (the rule the test put there), IPv4's or with `be` IPv6's (ip6tables). */
+async function forwardedToBe1(be = BE1): Promise<number> {
+  const res = await labExec(lab, 'node1', [be.includes(':') ? 'ip6tables' : 'iptables', '-w', '-nvxL', 'FORWARD']);
+  const row = res.stdout.split('\n').find((l) => l.includes(be));
+  if (!row) throw new Error(`no counting rule for ${be} in node1's FORWARD chain:\n${res.stdout}`);
   return Number(row.trim().split(/\s+/)[0]);
 }
 
 const node1Counter = (name: string): Promise<number> => datapathCounter(nodePinDirOf(lab, 'node1'), name);
 const xdpRedirects = (): Promise<number> => node1Counter('xdp_redirect');
 
-async function listedPods(): Promise<string> {
-  const res = await vipr(['maps', 'vipr_xdp_pods_v1', '--pin-dir', nodePinDirOf(lab, 'node1')]);
+async function listedPods(map = 'vipr_xdp_pods_v1'): Promise<string> {
+  const res = await vipr(['maps', map, '--pin-dir', nodePinDirOf(lab, 'node1')]);
   if (res.code !== 0) throw new Error(`vipr maps: ${res.stderr}`);
   return res.stdout;
 }
 
 beforeAll(async () => {
   await ensureBuilt();
-  await labUp(lab, { nodes: 2, backends: 1, ipFamily: 'ipv4' });
+  await labUp(lab, { nodes: 2, backends: 1, ipFamily: 'dual' });
   mkdirSync(manifests);
   writeFileSync(join(manifests, 'local-web.yaml'), SERVICE);
-  const rule = await labExec(lab, 'node1', ['iptables', '-w', '-A', 'FORWARD', '-d', BE1, '-j', 'ACCEPT']);
-  if (rule.code !== 0) throw new Error(`iptables in node1: ${rule.stderr}`);
+  for (const [tool, be] of [['iptables', BE1], ['ip6tables', BE1_IP6]] as const) {
+    const rule = await labExec(lab, 'node1', [tool, '-w', '-A', 'FORWARD', '-d', be, '-j', 'ACCEPT']);
+    if (rule.code !== 0) throw new Error(`${tool} in node1: ${rule.stderr}`);
+  }
   node1 = await startNodeAgent(`${lab}-node1`, agentArgs(['--xdp-local-backends', 'redirect']));
 }, 240_000);
 
@@ -137,7 +170,7 @@ describe('--xdp-local-backends redirect', () => {
     expect(await forwardedToBe1()).toBe(forwarded);
     // Every packet of the five connections from ext (SYN, ACKs, the request, FIN): at least 4 each.
     expect(await xdpRedirects()).toBeGreaterThanOrEqual(redirects + 20);
-    expect(node1?.log()).toContain('vipr_xdp_pods_v1 updated');
+    expect(node1?.log()).toContain('vipr_xdp_pods_v1/vipr_xdp_pods6_v1 updated');
   });
 
   it('UDP too: answered, the backend sees the client, nothing forwarded by the stack', async () => {
@@ -158,10 +191,10 @@ describe('conntrack maps by family', () => {
   });
 });
 
-describe('without the flag (the agent restarted, serving IPv6 too)', () => {
+describe('IPv6 with the flag (the agent restarted, serving IPv6 too)', () => {
   beforeAll(async () => {
     await node1?.kill();
-    node1 = await startNodeAgent(`${lab}-node1`, agentArgs(['--node-ip', 'fd00:192:168:60::11']));
+    node1 = await startNodeAgent(`${lab}-node1`, agentArgs(['--node-ip', NODE1_IP6, '--xdp-local-backends', 'redirect']));
   }, 60_000);
 
   it('IPv6\'s conntrack maps grow to full size', () => {
@@ -171,8 +204,33 @@ describe('without the flag (the agent restarted, serving IPv6 too)', () => {
     expect(node1?.log()).toContain('vipr_ct6_tcp_v1: 1024 → ');
   });
 
-  it('the map is emptied and the stack forwards every request again', async () => {
+  it('lists be1\'s IPv6 address in vipr_xdp_pods6_v1; TCP and UDP over IPv6 reach be1 from XDP, never through the ip6tables FORWARD chain', async () => {
+    // The first request goes through the stack, which resolves be1's IPv6 neighbour entry.
+    expect(await eventually(whoami6)).toMatch(BE1_SEES_EXT6);
+    await eventually(async () => {
+      if (!(await listedPods('vipr_xdp_pods6_v1')).includes(BE1_IP6)) throw new Error('be1 not listed in vipr_xdp_pods6_v1 yet');
+    });
+    const [forwarded, redirects] = [await forwardedToBe1(BE1_IP6), await xdpRedirects()];
+    for (let i = 0; i < 5; i++) expect(await whoami6()).toMatch(BE1_SEES_EXT6);
+    expect(await labUdpRequest(lab, 'ext', NODE1_IP6, 30153, 'whoami')).toMatch(BE1_SEES_EXT6);
+    expect(await forwardedToBe1(BE1_IP6)).toBe(forwarded);
+    // Every packet of the five connections (at least 4 each) and the datagram.
+    expect(await xdpRedirects()).toBeGreaterThanOrEqual(redirects + 21);
+  });
+});
+
+describe('without the flag (the agent restarted, serving IPv6 too)', () => {
+  beforeAll(async () => {
+    await node1?.kill();
+    node1 = await startNodeAgent(`${lab}-node1`, agentArgs(['--node-ip', NODE1_IP6]));
+  }, 60_000);
+
+  it('both maps are emptied and the stack forwards every request again, IPv6\'s too', async () => {
     expect(await listedPods()).not.toContain(BE1);
+    expect(await listedPods('vipr_xdp_pods6_v1')).not.toContain(BE1_IP6);
+    const forwarded6 = await forwardedToBe1(BE1_IP6);
+    expect(await eventually(whoami6)).toMatch(BE1_SEES_EXT6);
+    expect(await forwardedToBe1(BE1_IP6)).toBeGreaterThanOrEqual(forwarded6 + 4);
     const forwarded = await forwardedToBe1();
     const tcSkipped = await node1Counter('tc_xdp_done');
     for (let i = 0; i < 3; i++) expect(await eventually(whoami)).toMatch(new RegExp(`^be1 ${EXT_IP.replace(/\./g, '\\.')}:\\d+$`));
