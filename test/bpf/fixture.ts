@@ -81,9 +81,18 @@ export class DatapathFixture {
 
   constructor(readonly pinDir: string, opts: Partial<BpfDataplaneOptions> = {}, ctSizes?: CtSizes) {
     cleanupDatapath(pinDir);
-    this.dp = LoadedDatapath.load(pinDir, undefined, ctSizes ? { ctSizes } : {});
-    // The IPv6 programs the entry points tail-call, put in as the agent does before attaching.
-    this.dp.installIpv6Programs();
+    // A load that throws (a verifier rejection) must not leave its pin dir behind: no close() comes.
+    let dp: LoadedDatapath | null = null;
+    try {
+      dp = LoadedDatapath.load(pinDir, undefined, ctSizes ? { ctSizes } : {});
+      // The IPv6 programs the entry points tail-call, put in as the agent does before attaching.
+      dp.installIpv6Programs();
+    } catch (err) {
+      dp?.close();
+      cleanupDatapath(pinDir);
+      throw err;
+    }
+    this.dp = dp;
     this.plane = new BpfDataplane(this.dp.maps, null, opts);
   }
 
