@@ -236,14 +236,12 @@ export class XdpDrops {
   }
 }
 
-async function readTables(): Promise<NodeTables> {
+/** The tables; a family's routes only when a backend is of it (a node without IPv6 cannot list IPv6 routes). */
+async function readTables(families: ReadonlySet<IpFamily>): Promise<NodeTables> {
   const ip = async (args: string[]): Promise<string> => (await run('ip', ['-j', ...args], { timeoutMs: 10_000 })).stdout;
-  const [links, neighbours, routes4, routes6] = await Promise.all([
-    ip(['-d', 'link', 'show']),
-    ip(['neigh', 'show']),
-    ip(['-4', 'route', 'show', 'table', 'main']),
-    ip(['-6', 'route', 'show', 'table', 'main']),
-  ]);
+  const routes = (family: IpFamily): Promise<string> =>
+    families.has(family) ? ip([family === 'IPv4' ? '-4' : '-6', 'route', 'show', 'table', 'main']) : Promise.resolve('[]');
+  const [links, neighbours, routes4, routes6] = await Promise.all([ip(['-d', 'link', 'show']), ip(['neigh', 'show']), routes('IPv4'), routes('IPv6')]);
   return { links: parseLinks(links), neighbours: parseNeighbours(neighbours), routes: [...parseRoutes(routes4, 'IPv4'), ...parseRoutes(routes6, 'IPv6')] };
 }
 
@@ -271,7 +269,7 @@ export class XdpPods {
   /** `readDrops`: XdpDrops' counts (null: not watched, as where the tracepoints cannot be attached). */
   constructor(
     private readonly maps: XdpPodMaps,
-    private readonly readNodeTables: () => Promise<NodeTables> = readTables,
+    private readonly readNodeTables: (families: ReadonlySet<IpFamily>) => Promise<NodeTables> = readTables,
     private readonly readDrops: (() => Map<number, number>) | null = null,
   ) {}
 
@@ -363,7 +361,8 @@ export class XdpPods {
   }
 
   private async refreshOnce(): Promise<void> {
-    const tables = this.addrs.size === 0 ? { links: [], neighbours: new Map<string, string>(), routes: [] } : await this.readNodeTables();
+    const families = new Set([...this.addrs].map((a) => (isIpv4(a) ? 'IPv4' : 'IPv6') as IpFamily));
+    const tables = this.addrs.size === 0 ? { links: [], neighbours: new Map<string, string>(), routes: [] } : await this.readNodeTables(families);
     // A veth XDP could not deliver to that is gone (its pod recreated: a new veth, a new ifindex) is forgotten.
     if (this.addrs.size > 0) {
       const present = new Set(tables.links.map((l) => l.ifindex));

@@ -219,7 +219,11 @@ describe('XDP to local pods: IPv6 pods in their own map', () => {
   test('each family\'s pods in its map; a change, a removal and clearing reach both', async () => {
     const maps = fakeMaps();
     let t = tables();
-    const pods = new XdpPods(maps, () => Promise.resolve(t));
+    const asked: string[][] = [];
+    const pods = new XdpPods(maps, (families) => {
+      asked.push([...families].sort());
+      return Promise.resolve(t);
+    });
     pods.setBackends(new Set(['10.244.1.11', 'fd00:10:244:1::11', 'fd00:10:244:9::5']));
     await pods.refresh();
     expect(Object.fromEntries(maps.ipv4.data)).toEqual({ '10.244.1.11': { ifindex: 7, len_ok: 1450, pod_mac: '0a:58:0a:f4:01:0b', host_mac: 'aa:bb:cc:00:00:07' } });
@@ -231,6 +235,8 @@ describe('XDP to local pods: IPv6 pods in their own map', () => {
     pods.setBackends(new Set(['10.244.1.11']));
     await pods.refresh();
     expect([maps.ipv4.data.size, maps.ipv6.data.size]).toEqual([1, 0]);
+    // A family's routes are read only while a backend is of it (a node without IPv6 cannot list its routes).
+    expect(asked).toEqual([['IPv4', 'IPv6'], ['IPv4', 'IPv6'], ['IPv4']]);
     pods.setBackends(new Set(['10.244.1.11', 'fd00:10:244:1::11']));
     await pods.refresh();
     pods.stop();
