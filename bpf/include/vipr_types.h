@@ -294,7 +294,7 @@ _Static_assert(sizeof(struct vipr_xdp_pod) == 20, "vipr_xdp_pod layout");
  * keys stay 4 bytes, its lookups as they were, and vipr_xdp_pods_v1's pinned layout unchanged.
  */
 struct vipr_xdp_pod6_key {
-	__be32 addr[4];
+	__be32 addr[4]; /* the pod's IPv6 address */
 };
 _Static_assert(sizeof(struct vipr_xdp_pod6_key) == 16, "vipr_xdp_pod6_key layout");
 
