@@ -6,7 +6,7 @@
 import { parseArgs } from 'node:util';
 import { copyFile } from 'node:fs/promises';
 import { DEFAULT_ICOUNT_SHIFT, formatComparison, labVm, labVmNorthSouth, LAB_VM_MODES, readBenchReport, reportTiming, timingLine, type LabVmMode } from '../lab/vm.js';
-import { calibrateNorthSouth, formatNorthSouthCalibration, readNorthSouthReport, VM_NORTH_SOUTH_MODES } from '../lab/vm-north-south.js';
+import { calibrateNorthSouth, formatNorthSouthCalibration, readNorthSouthReport, VM_NORTH_SOUTH_MODES, type VmNorthSouthReport } from '../lab/vm-north-south.js';
 import { formatNorthSouth } from '../bench/north-south-report.js';
 import type { NorthSouthReport } from '../bench/north-south.js';
 import { parseNorthSouthModes } from './bench.js';
@@ -374,14 +374,16 @@ async function vm(argv: string[]): Promise<number> {
     for (const flag of ['services', 'traffic-only'] as const) {
       if (values[flag] !== undefined && values[flag] !== false) throw new ConfigError(`--${flag} is not an option of --north-south; drop it`);
     }
-    const printNsCalibration = (vmReport: NorthSouthReport, host: NorthSouthReport | null, source: string): void => {
+    // The lab reads the reports as far as its calibration needs; the bench (which wrote them) prints them.
+    const printNs = (report: VmNorthSouthReport): void => void process.stdout.write(formatNorthSouth(report as unknown as NorthSouthReport));
+    const printNsCalibration = (vmReport: VmNorthSouthReport, host: VmNorthSouthReport | null, source: string): void => {
       out('');
       process.stdout.write(host ? formatNorthSouthCalibration(calibrateNorthSouth(vmReport, host), source) : `north-south calibration: none (${source})\n`);
     };
     if (fromJson !== undefined) {
       const hostJson = values['host-json'];
       const report = readNorthSouthReport(fromJson);
-      process.stdout.write(formatNorthSouth(report));
+      printNs(report);
       printNsCalibration(report, hostJson === undefined ? null : readNorthSouthReport(hostJson), hostJson ?? 'no --host-json given');
       return 0;
     }
@@ -398,7 +400,7 @@ async function vm(argv: string[]): Promise<number> {
       onLine: (l) => process.stderr.write(`${l}\n`),
     });
     out(`north-south in the VM (${timingLine(result.accel, result.icountShift)}):`);
-    process.stdout.write(formatNorthSouth(result.report));
+    printNs(result.report);
     printNsCalibration(result.report, result.hostReport, result.hostSource);
     if (values.json) await copyFile(`${result.runDir}/bench.json`, values.json);
     out(`results and serial console: ${result.runDir}`);

@@ -9,15 +9,17 @@
  * between them, not node1's capacity, while CPU per packet is node1's own. For xdp, tc and
  * nftables, the VM's ratio beside this machine's: the largest difference is the error bar on
  * IPVS's, which has no counterpart here. Pure functions of two north-south reports.
+ *
+ * The lab sits below the bench: the report is read here as the fields it needs (the bench's
+ * NorthSouthReport, src/bench/north-south.ts, is what writes it; the CLI prints it with the
+ * bench's formatter).
  */
 import { z } from 'zod';
 import { parseJson, readJsonFile, type JsonRecordKind } from '../json-file.js';
-import type { NorthSouthReport } from '../bench/north-south.js';
-import type { NorthSouthMode, NorthSouthRow } from '../bench/north-south-plan.js';
 import { roundsText, signed, x2 } from './calibration.js';
 
 /** The north-south modes the VM runs by default: the plain XDP path (redirect needs a second CPU to mean anything), TC, the rule modes, IPVS. */
-export const VM_NORTH_SOUTH_MODES: readonly NorthSouthMode[] = ['xdp', 'tc', 'iptables', 'nftables', 'ipvs'];
+export const VM_NORTH_SOUTH_MODES: readonly string[] = ['xdp', 'tc', 'iptables', 'nftables', 'ipvs'];
 /** The mode every ratio is to: in both kernels, and kube-proxy's default. */
 const BASE_MODE = 'iptables';
 
@@ -37,22 +39,24 @@ const Report = z
     northSouth: z.object({ rows: z.array(Row), unavailable: z.array(z.object({ mode: z.string(), reason: z.string() })) }).passthrough(),
   })
   .passthrough();
-type NsReport = z.infer<typeof Report>;
+type NsRow = z.infer<typeof Row>;
+/** A `vipr bench --north-south --json` report, as far as the calibration reads it. */
+export type VmNorthSouthReport = z.infer<typeof Report>;
 
-const GIVEN: JsonRecordKind<NsReport> = {
+const GIVEN: JsonRecordKind<VmNorthSouthReport> = {
   what: 'north-south bench report',
   schema: Report,
   fix: "give a file written by 'vipr bench --north-south --json' or 'vipr lab vm --north-south --json'",
 };
 
 /** A north-south report the user names (--host-json, --from-json); a missing or bad file is a one-line JsonFileError. */
-export function readNorthSouthReport(path: string): NorthSouthReport {
-  return readJsonFile(path, GIVEN) as unknown as NorthSouthReport;
+export function readNorthSouthReport(path: string): VmNorthSouthReport {
+  return readJsonFile(path, GIVEN);
 }
 
 /** `text` (read from `source`) as a north-south report, or a one-line JsonFileError. */
-export function parseNorthSouthReport(text: string, source: string): NorthSouthReport {
-  return parseJson(text, source, { ...GIVEN, fix: "the VM's bench wrote something else: see the VM's serial log" }) as unknown as NorthSouthReport;
+export function parseNorthSouthReport(text: string, source: string): VmNorthSouthReport {
+  return parseJson(text, source, { ...GIVEN, fix: "the VM's bench wrote something else: see the VM's serial log" });
 }
 
 export interface NsCalibrationRow {
@@ -83,23 +87,23 @@ export interface NsCalibration {
   ipvs: NsIpvsRow[];
 }
 
-function rowOf(report: NorthSouthReport, mode: string, traffic: string): NorthSouthRow | undefined {
+function rowOf(report: VmNorthSouthReport, mode: string, traffic: string): NsRow | undefined {
   return report.northSouth.rows.find((r) => r.mode === mode && r.traffic === traffic && r.nodeNsPerPacket > 0);
 }
 
 /** `mode`'s node CPU per packet over iptables', as medians and round by round (null unless both have the same rounds). */
-export function nodeCostRatio(report: NorthSouthReport, mode: string, traffic: string): { ratio: number; rounds: number[] | null } | null {
+export function nodeCostRatio(report: VmNorthSouthReport, mode: string, traffic: string): { ratio: number; rounds: number[] | null } | null {
   const r = rowOf(report, mode, traffic);
   const base = rowOf(report, BASE_MODE, traffic);
   if (!r || !base) return null;
   // Absent in reports from before the per-round figure.
-  const a = r.nodeNsPerPacketByRound as number[] | undefined;
-  const b = base.nodeNsPerPacketByRound as number[] | undefined;
+  const a = r.nodeNsPerPacketByRound;
+  const b = base.nodeNsPerPacketByRound;
   const rounds = a && b && a.length === b.length && a.length > 0 && b.every((v) => v > 0) ? a.map((v, i) => v / (b[i] as number)) : null;
   return { ratio: r.nodeNsPerPacket / base.nodeNsPerPacket, rounds };
 }
 
-export function calibrateNorthSouth(vm: NorthSouthReport, host: NorthSouthReport | null): NsCalibration {
+export function calibrateNorthSouth(vm: VmNorthSouthReport, host: VmNorthSouthReport | null): NsCalibration {
   const traffics = [...new Set(vm.northSouth.rows.map((r) => r.traffic))];
   const modes = [...new Set(vm.northSouth.rows.map((r) => r.mode))].filter((m) => m !== BASE_MODE && m !== 'ipvs');
   const rows: NsCalibrationRow[] = [];
@@ -165,7 +169,7 @@ export function formatNorthSouthCalibration(cal: NsCalibration, hostSource: stri
 }
 
 /** `vipr bench --north-south`'s arguments on this machine for the calibration: the VM's modes it has, rounds and windows. */
-export function hostNorthSouthArgv(modes: readonly NorthSouthMode[], opts: { quick: boolean; rounds?: number }, json: string): string[] {
+export function hostNorthSouthArgv(modes: readonly string[], opts: { quick: boolean; rounds?: number }, json: string): string[] {
   return [
     'bench', '--north-south',
     '--modes', modes.filter((m) => m !== 'ipvs').join(','),

@@ -31,9 +31,7 @@ import { parseJson, readJsonFile, type JsonRecordKind } from '../json-file.js';
 import { BENCH_PROGRAMS, ensureBenchProgram } from './traffic-programs.js';
 import { repoRoot } from './lab.js';
 import { CALIBRATION_MODES } from './calibration.js';
-import { hostNorthSouthArgv, parseNorthSouthReport, readNorthSouthReport } from './vm-north-south.js';
-import type { NorthSouthReport } from '../bench/north-south.js';
-import type { NorthSouthMode } from '../bench/north-south-plan.js';
+import { hostNorthSouthArgv, parseNorthSouthReport, readNorthSouthReport, type VmNorthSouthReport } from './vm-north-south.js';
 
 /** vipr bench's dataplanes; `iptables` is iptables-legacy, `iptables-nft` the nft backend. */
 export const LAB_VM_MODES = ['bpf', 'iptables', 'iptables-nft', 'nftables', 'ipvs'] as const;
@@ -155,8 +153,8 @@ export interface LabVmResult {
 
 /** `vipr lab vm --north-south`'s result: the guest's north-south report and this machine's. */
 export interface LabVmNorthSouthResult extends Omit<LabVmResult, 'report' | 'hostReport'> {
-  report: NorthSouthReport;
-  hostReport: NorthSouthReport | null;
+  report: VmNorthSouthReport;
+  hostReport: VmNorthSouthReport | null;
 }
 
 /** The VM failed: image build, boot, or the guest produced no results. */
@@ -572,10 +570,10 @@ export async function labVm(options: LabVmOptions = {}): Promise<LabVmResult> {
 }
 
 /**
- * `vipr bench --north-south` in the VM (`modes`: north-south modes), beside the same bench on
+ * `vipr bench --north-south` in the VM (`modes`: north-south modes, as `vipr bench --north-south --modes` takes them), beside the same bench on
  * this machine for the modes it has (or `host`'s JSON) for the calibration. Needs root.
  */
-export async function labVmNorthSouth(modes: readonly NorthSouthMode[], options: LabVmOptions = {}): Promise<LabVmNorthSouthResult> {
+export async function labVmNorthSouth(modes: readonly string[], options: LabVmOptions = {}): Promise<LabVmNorthSouthResult> {
   // opts.modes (the latency bench's) go unused: the guest runs the north-south bench with `modes`.
   const opts = resolveOptions(options);
   const onLine = options.onLine ?? ((): void => undefined);
@@ -587,10 +585,10 @@ export async function labVmNorthSouth(modes: readonly NorthSouthMode[], options:
 /** This machine's north-south report for the calibration, per `opts.host`. */
 async function hostNorthSouthFor(
   opts: ResolvedVmOptions,
-  modes: readonly NorthSouthMode[],
+  modes: readonly string[],
   runDir: string,
   onLine: (line: string) => void,
-): Promise<{ report: NorthSouthReport | null; source: string }> {
+): Promise<{ report: VmNorthSouthReport | null; source: string }> {
   if (opts.host === 'none') return { report: null, source: 'skipped (--no-host)' };
   if (typeof opts.host === 'object') return { report: readNorthSouthReport(opts.host.json), source: opts.host.json };
   if (!modes.includes('iptables') || modes.every((m) => m === 'iptables' || m === 'ipvs')) {
@@ -620,7 +618,7 @@ interface GuestRun<R, H> {
 async function runGuest<R, H>(
   opts: ResolvedVmOptions,
   onLine: (line: string) => void,
-  request: { northSouth?: readonly NorthSouthMode[] },
+  request: { northSouth?: readonly string[] },
   hostFor: (runDir: string) => Promise<{ report: H | null; source: string }>,
   parse: (text: string, source: string) => R,
 ): Promise<GuestRun<R, H>> {

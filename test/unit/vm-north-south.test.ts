@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { NorthSouthReport } from '../../src/bench/north-south.js';
 import type { NorthSouthRow } from '../../src/bench/north-south-plan.js';
 import {
-  calibrateNorthSouth, formatNorthSouthCalibration, hostNorthSouthArgv, nodeCostRatio, readNorthSouthReport,
+  calibrateNorthSouth, formatNorthSouthCalibration, hostNorthSouthArgv, nodeCostRatio, readNorthSouthReport, type VmNorthSouthReport,
 } from '../../src/lab/vm-north-south.js';
 
 function row(mode: NorthSouthRow['mode'], traffic: NorthSouthRow['traffic'], ns: number, byRound: number[] = [ns]): NorthSouthRow {
@@ -18,11 +18,13 @@ function row(mode: NorthSouthRow['mode'], traffic: NorthSouthRow['traffic'], ns:
   };
 }
 
-function report(rows: NorthSouthRow[]): NorthSouthReport {
-  return {
-    env: { kernel: '6.1.0-50-amd64' } as unknown as NorthSouthReport['env'],
+function report(rows: NorthSouthRow[]): VmNorthSouthReport {
+  // What the bench writes (its NorthSouthReport), as the lab reads it.
+  const written: Omit<NorthSouthReport, 'env'> & { env: Record<string, unknown> } = {
+    env: { kernel: '6.1.0-50-amd64' },
     northSouth: { rows, nodeCpu: 0, xdpPaths: null, unavailable: [], xdpOverIptables: {}, xdpRedirectOverIptables: {} },
   };
+  return written as unknown as VmNorthSouthReport;
 }
 
 const VM = report([
