@@ -221,7 +221,14 @@ async function nftMonitorProbe(netns: string, initial: number): Promise<Dataplan
     child.kill('SIGTERM');
     throw err;
   }
-  const seen = (index: number): { endpoints: number; at: number } | undefined => latest.get(nftServiceChain(index));
+  // A chain's name is a SHA-256 of the Service's: hashed once per Service, not for every pending
+  // change at every look (10 µs each here, many times that under the VM lab's emulation).
+  const chains = new Map<number, string>();
+  const seen = (index: number): { endpoints: number; at: number } | undefined => {
+    let chain = chains.get(index);
+    if (chain === undefined) chains.set(index, (chain = nftServiceChain(index)));
+    return latest.get(chain);
+  };
   return {
     endpoints: (indices) => Promise.resolve(new Map(indices.map((i) => [i, seen(i)?.endpoints ?? initial]))),
     landedAt: (index) => seen(index)?.at,
@@ -417,8 +424,14 @@ async function stream(o: ChurnOptions, api: FakeApiServer, probe: DataplaneProbe
         latencies.push(landed - c.writtenAt);
         pending.delete(c.index);
       }
-      // A map lookup takes microseconds: leave the CPUs to the agent between looks.
-      if (lookEnd - lookStart < 1) await sleep(1);
+      // Always a timer between looks, never only `await`: the bpf and nftables probes answer
+      // without I/O (an already resolved promise), so a look that took 1 ms or more without one
+      // looped on microtasks alone, and the event loop never ran again: not the writer's timers,
+      // not the bridge carrying the API's events to the agent, not the reads of `nft monitor`
+      // (blocked writing to us). The VM lab's nftables churn at 1,000 Services sat there 25 min
+      // and more (the bench busy, nft monitor blocked, the agent sent no change); here, so did a
+      // churn with hundreds of changes in flight.
+      await sleep(1);
     }
   };
 
