@@ -2,8 +2,9 @@
  * The churn metric: kube-proxy's network programming latency SLI, end to end. The agent of a mode
  * (`vipr run`) follows a fake Kubernetes API server (src/lab/fake-apiserver/) holding the bench's
  * N Services through the real client library; `perSecond` times a second for `durationMs` one
- * Service's EndpointSlice loses an endpoint (or gets it back), and for each change the bench
- * measures the time from the API update until the change is in the dataplane, read from the
+ * Service's EndpointSlice loses an endpoint (or gets it back; never one whose last change is still
+ * in flight: when every one has one, the change waits, and the rate achieved says so), and for
+ * each change the bench measures the time from the API update until the change is in the dataplane, read from the
  * dataplane itself:
  *   bpf, bpf-tc       the Service's entry in the pinned services map (backend_count), looked up
  *                     directly (a few µs per Service);
@@ -379,10 +380,21 @@ async function stream(o: ChurnOptions, api: FakeApiServer, probe: DataplaneProbe
       const due = start + k * interval;
       const wait = due - performance.now();
       if (wait > 0) await sleep(wait);
-      // The next Service of the pool with no change still in flight.
-      let index = pool[next % pool.length] as number;
-      for (let tries = 0; pending.has(index) && tries < pool.length; tries++) index = pool[++next % pool.length] as number;
-      next++;
+      // The next Service of the pool with no change still in flight. When every one has one, the
+      // change waits until one lands: a second change to a Service before its first landed left
+      // the first untimed, and one that undid it could leave an agent nothing to write (the
+      // nftables probe then waited for a rule that never came).
+      let index: number | undefined;
+      while (index === undefined) {
+        for (let tries = 0; tries < pool.length && index === undefined; tries++) {
+          const candidate = pool[next++ % pool.length] as number;
+          if (!pending.has(candidate)) index = candidate;
+        }
+        if (index === undefined) {
+          if (o.signal.aborted || writing.failed) return;
+          await sleep(1);
+        }
+      }
       const now = endpointsNow.get(index) ?? o.backendIps.length;
       const endpoints = now === o.backendIps.length ? now - 1 : o.backendIps.length;
       api.createOrUpdate(benchEndpointSlice(index, o.services, o.backendIps.slice(0, endpoints), 'node') as unknown as KubeObject);
