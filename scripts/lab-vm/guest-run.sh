@@ -2,7 +2,7 @@
 # The lab VM's workload, run by guest-init.sh as root on the VM's stock Debian kernel. Reads
 # /out/request.env (written by the host: VIPR_VM_MODES, VIPR_VM_COUNT, VIPR_VM_QUICK,
 # VIPR_VM_ACCEL, VIPR_VM_SERVICES, VIPR_VM_ROUNDS, VIPR_VM_FAMILIES, VIPR_VM_ICOUNT_SHIFT,
-# VIPR_VM_TRAFFIC_ONLY, VIPR_VM_NORTH_SOUTH) and
+# VIPR_VM_TRAFFIC_ONLY, VIPR_VM_NORTH_SOUTH, VIPR_VM_WATCH) and
 # leaves /out/bench.json in the bench JSON format.
 #
 # With a build that has `vipr bench`, that is what runs. Without it, every mode is measured on
@@ -25,15 +25,18 @@ FAMILIES=${VIPR_VM_FAMILIES:-}
 ICOUNT_SHIFT=${VIPR_VM_ICOUNT_SHIFT:-}
 TRAFFIC_ONLY=${VIPR_VM_TRAFFIC_ONLY:-0}
 NORTH_SOUTH=${VIPR_VM_NORTH_SOUTH:-}
+WATCH=${VIPR_VM_WATCH:-0}
 
 section() {
   printf '\n== %s\n' "$*"
 }
 
-# Evidence that reaches the host even when the run hangs or qemu is stopped: every 30 s, and at
-# the end, the labs' logs and state (/run/vipr/lab/<lab>/: agents, churn agent, socat), the
-# netfilter tables of each namespace and a process list (appended to ps.log) go to
-# /out/guest-state/.
+# Evidence that reaches the host: at the end, and with VIPR_VM_WATCH=1 (vipr lab vm --watch-guest)
+# every 30 s too, so that a run that hangs or is stopped still shows what it was doing, the labs'
+# logs and state (/run/vipr/lab/<lab>/: agents, churn agent, socat), the netfilter tables of each
+# namespace and a process list (appended to ps.log) go to /out/guest-state/. Not every 30 s by
+# default: on the one vCPU a snapshot (a process per namespace) stalls what is being measured
+# (seen: crr p50 +26 %, p99 ×10 in the rounds it hit).
 snapshot() {
   local dir=$OUT/guest-state f ns
   mkdir -p "$dir/lab"
@@ -49,9 +52,13 @@ snapshot() {
     ps -eo pid,ppid,stat,wchan:20,etimes,times,rss,args --sort=pid
   } >>"$dir/ps.log" 2>&1
 }
-(while sleep 30; do snapshot; done) >/dev/null 2>&1 &
-snapshots=$!
-trap 'kill "$snapshots" 2>/dev/null; snapshot' EXIT
+if [ "$WATCH" = 1 ]; then
+  (while sleep 30; do snapshot; done) >/dev/null 2>&1 &
+  snapshots=$!
+  trap 'kill "$snapshots" 2>/dev/null; snapshot' EXIT
+else
+  trap snapshot EXIT
+fi
 
 section "environment"
 echo "kernel $(uname -r), $(nproc) vCPU(s), node $(node --version), qemu accel $ACCEL${ICOUNT_SHIFT:+, icount shift=$ICOUNT_SHIFT}"

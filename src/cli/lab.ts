@@ -67,6 +67,8 @@ commands:
           [--rounds N] [--families ipv4|ipv4,ipv6] [--json FILE] [--rebuild-base]
           [--traffic-only (the bench's: rr, crr, udp on nodes programmed once a count; for 10,000)]
           [--timeout MINUTES (the guest's limit; default 40 for --quick, more per round and at 1,000)]
+          [--watch-guest (its labs' logs and processes copied out every 30 s, for a run that hangs;
+          each copy stalls the one vCPU, so not for figures)]
           [--timing icount|wall (default icount: TCG counting instructions, never KVM)]
           [--icount-shift N (default ${DEFAULT_ICOUNT_SHIFT}: 1 instruction = 2^N ns)] [--accel auto|kvm|tcg (wall only)]
           [--host-json FILE | --no-host]: bpf, iptables, iptables-nft and nftables are benched on
@@ -336,6 +338,7 @@ async function vm(argv: string[]): Promise<number> {
       rounds: { type: 'string' },
       'traffic-only': { type: 'boolean', default: false },
       'north-south': { type: 'boolean', default: false },
+      'watch-guest': { type: 'boolean', default: false },
       accel: { type: 'string', default: 'auto' },
       timing: { type: 'string', default: 'icount' },
       'icount-shift': { type: 'string' },
@@ -397,6 +400,7 @@ async function vm(argv: string[]): Promise<number> {
       rebuildBase: values['rebuild-base'],
       ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
       ...(timeoutMinutes !== undefined ? { timeoutMs: timeoutMinutes * 60_000 } : {}),
+      watchGuest: values['watch-guest'],
       onLine: (l) => process.stderr.write(`${l}\n`),
     });
     out(`north-south in the VM (${timingLine(result.accel, result.icountShift)}):`);
@@ -431,6 +435,7 @@ async function vm(argv: string[]): Promise<number> {
     ...(values.services ? { services: values.services.split(',').map(Number) } : {}),
     ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
     trafficOnly: values['traffic-only'],
+    watchGuest: values['watch-guest'],
     ...(timeoutMinutes !== undefined ? { timeoutMs: timeoutMinutes * 60_000 } : {}),
     onLine: (l) => process.stderr.write(`${l}\n`),
   });

@@ -137,11 +137,11 @@ const TRAFFIC_TITLE: Record<string, string> = {
 export function formatNorthSouthCalibration(cal: NsCalibration, hostSource: string): string {
   const lines = [
     `north-south calibration: node1's CPU time per delivered packet ×iptables in the VM beside this machine (${hostSource})`,
-    `  ${'traffic'.padEnd(7)} ${'mode'.padEnd(9)} ${'VM'.padStart(6)} ${'VM rounds'.padStart(13)} ${'host'.padStart(6)} ${'host rounds'.padStart(13)} ${'VM-host'.padStart(7)}`,
+    `  ${'traffic'.padEnd(7)} ${'mode'.padEnd(12)} ${'VM'.padStart(6)} ${'VM rounds'.padStart(13)} ${'host'.padStart(6)} ${'host rounds'.padStart(13)} ${'VM-host'.padStart(7)}`,
   ];
   for (const r of cal.rows) {
     lines.push(
-      `  ${r.traffic.padEnd(7)} ${r.mode.padEnd(9)} ${x2(r.vmRatio).padStart(6)} ${roundsText(r.vmRounds).padStart(13)} ` +
+      `  ${r.traffic.padEnd(7)} ${r.mode.padEnd(12)} ${x2(r.vmRatio).padStart(6)} ${roundsText(r.vmRounds).padStart(13)} ` +
         `${x2(r.hostRatio).padStart(6)} ${roundsText(r.hostRounds).padStart(13)} ${signed(r.disagreement).padStart(7)}`,
     );
   }

@@ -5,7 +5,8 @@
  * this module boots it, captures the serial console, and reads the bench JSON the guest leaves
  * in a 9p-shared directory (scripts/lab-vm/guest-run.sh runs `vipr bench`, or the lab probes
  * when the build has no bench; it copies its labs' logs and a process list to guest-state/ there
- * every 30 s, so a run that hangs or is stopped still shows what the guest was doing).
+ * at the end and, with --watch-guest, every 30 s, so a run that hangs or is stopped still shows
+ * what the guest was doing).
  *
  * Timing (the default, `icount`): the guest runs under TCG with qemu's instruction counting,
  * `-icount shift=N,sleep=off,align=off`: guest time advances 2^N ns per instruction executed, and
@@ -80,6 +81,11 @@ export interface LabVmOptions {
   rounds?: number;
   /** `vipr bench --traffic-only`, in the VM and on this machine (each node programmed once per count). */
   trafficOnly?: boolean;
+  /**
+   * The guest copies its labs' logs and a process list to the run's guest-state/ every 30 s, not
+   * only at the end (for a run that hangs); each copy stalls the measurements on the one vCPU.
+   */
+  watchGuest?: boolean;
   /** `auto` tries KVM, then TCG (`wall` timing only; icount always runs TCG). */
   accel?: 'auto' | Accel;
   /** Default `icount`. */
@@ -216,7 +222,7 @@ export function requestEnv(
   quick: boolean,
   accel: Accel,
   bench: {
-    services?: readonly number[]; rounds?: number; families?: string; icountShift?: number | null; trafficOnly?: boolean;
+    services?: readonly number[]; rounds?: number; families?: string; icountShift?: number | null; trafficOnly?: boolean; watchGuest?: boolean;
     /** `vipr bench --north-south` with these modes instead of the latency bench. */
     northSouth?: readonly string[];
   } = {},
@@ -232,6 +238,7 @@ export function requestEnv(
     `VIPR_VM_ICOUNT_SHIFT="${bench.icountShift ?? ''}"`,
     `VIPR_VM_TRAFFIC_ONLY=${bench.trafficOnly === true ? 1 : 0}`,
     `VIPR_VM_NORTH_SOUTH="${(bench.northSouth ?? []).join(' ')}"`,
+    `VIPR_VM_WATCH=${bench.watchGuest === true ? 1 : 0}`,
     '',
   ].join('\n');
 }
@@ -382,6 +389,7 @@ function resolveOptions(opts: LabVmOptions): ResolvedVmOptions {
     cacheDir: opts.cacheDir ?? DEFAULT_VM_CACHE,
     rebuildBase: opts.rebuildBase ?? false,
     trafficOnly: opts.trafficOnly ?? false,
+    watchGuest: opts.watchGuest ?? false,
     memoryMb: opts.memoryMb ?? 2048,
     // One vCPU under icount: the vCPUs would take turns on one host thread anyway (no more
     // compute from a second), and qemu 7.2 hangs bringing up a second vCPU with sleep=off.
@@ -668,8 +676,10 @@ async function runGuest<R, H>(
     }
     if (outcome.killedFor === 'timeout') {
       throw new LabVmError(
-        `the VM did not finish within ${opts.timeoutMs / 60_000} minutes; see ${serialLog}, and what the guest was ` +
-          `doing in ${join(runDir, 'guest-state')} (its labs' agent and churn logs, ps.log: processes every 30 s)`,
+        `the VM did not finish within ${opts.timeoutMs / 60_000} minutes; see ${serialLog}` +
+          (opts.watchGuest
+            ? `, and what the guest was doing in ${join(runDir, 'guest-state')} (its labs' agent and churn logs, ps.log: processes every 30 s)`
+            : ` (run again with --watch-guest to see what the guest was doing: its labs' logs and processes every 30 s)`),
       );
     }
     const benchFile = join(runDir, 'bench.json');

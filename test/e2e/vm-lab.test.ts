@@ -83,11 +83,11 @@ describe('lab vm: qemu command line and guest request', () => {
   it('writes the guest request as shell assignments guest-run.sh sources', () => {
     expect(requestEnv(['bpf', 'ipvs'], 100, true, 'tcg')).toBe(
       'VIPR_VM_MODES="bpf ipvs"\nVIPR_VM_COUNT=100\nVIPR_VM_QUICK=1\nVIPR_VM_ACCEL=tcg\nVIPR_VM_SERVICES=""\nVIPR_VM_ROUNDS=""\n' +
-        'VIPR_VM_FAMILIES=""\nVIPR_VM_ICOUNT_SHIFT=""\nVIPR_VM_TRAFFIC_ONLY=0\nVIPR_VM_NORTH_SOUTH=""\n',
+        'VIPR_VM_FAMILIES=""\nVIPR_VM_ICOUNT_SHIFT=""\nVIPR_VM_TRAFFIC_ONLY=0\nVIPR_VM_NORTH_SOUTH=""\nVIPR_VM_WATCH=0\n',
     );
     expect(requestEnv(['iptables-nft'], 500, false, 'tcg', { services: [1, 1000], rounds: 2, families: 'ipv4', icountShift: 3, trafficOnly: true })).toBe(
       'VIPR_VM_MODES="iptables-nft"\nVIPR_VM_COUNT=500\nVIPR_VM_QUICK=0\nVIPR_VM_ACCEL=tcg\nVIPR_VM_SERVICES="1,1000"\nVIPR_VM_ROUNDS="2"\n' +
-        'VIPR_VM_FAMILIES="ipv4"\nVIPR_VM_ICOUNT_SHIFT="3"\nVIPR_VM_TRAFFIC_ONLY=1\nVIPR_VM_NORTH_SOUTH=""\n',
+        'VIPR_VM_FAMILIES="ipv4"\nVIPR_VM_ICOUNT_SHIFT="3"\nVIPR_VM_TRAFFIC_ONLY=1\nVIPR_VM_NORTH_SOUTH=""\nVIPR_VM_WATCH=0\n',
     );
   });
 });
