@@ -29,6 +29,7 @@ test.each([
   ['no bpffs at the pin dir', ['stats', '--pin-dir', '/tmp/not-bpffs'], /bpffs is not mounted .*mount -t bpf bpf \/sys\/fs\/bpf/],
   ['unknown map', ['maps', 'nosuch'], /no map named 'nosuch'/],
   ['unknown command', ['frobnicate'], /unknown command 'frobnicate'/],
+  ['bad VM time limit', ['lab', 'vm', '--timeout', '0'], /vipr lab: --timeout 0: expected the guest's time limit in minutes, a positive number/],
   ['bad option', ['list', '--bogus'], /vipr list: .*bogus.*see 'vipr list --help'/],
   ['bad duration', ['run', '--manifests', dir, '--iface', 'lo', '--min-sync-period', 'soon'], /--min-sync-period soon: not a duration/],
   ['bad node IP', ['run', '--manifests', dir, '--iface', 'lo', '--node-ip', '10.0.0.256'], /--node-ip 10\.0\.0\.256: not an IPv4 or IPv6 address/],
