@@ -226,7 +226,7 @@ describe('vipr bench --traffic-only', () => {
   test('measures rr, crr and udp in every round on nodes their agents programmed once per count, counts one after the other, no control plane', async () => {
     await ensureBuilt();
     const jsonFile = join(out, 'traffic-only.json');
-    const res = await runBench(['--quick', '--traffic-only', '--modes', 'bpf', '--services', '1,3', '--rounds', '2', '--families', 'ipv4', '--json', jsonFile, '--lab-prefix', prefix]);
+    const res = await runBench(['--quick', '--traffic-only', '--modes', 'bpf', '--services', '1,3', '--rounds', '2', '--families', 'ipv4', '--backends', '1', '--json', jsonFile, '--lab-prefix', prefix]);
     expect({ code: res.code, stderr: res.code === 0 ? '' : res.stderr }).toEqual({ code: 0, stderr: '' });
     const report = JSON.parse(readFileSync(jsonFile, 'utf8')) as Report & { env: { trafficOnly?: boolean } };
     expect(report.env.trafficOnly).toBe(true);
