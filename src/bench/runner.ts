@@ -287,6 +287,9 @@ async function agentRss(c: CellContext, mode: DataplaneMode): Promise<void> {
   const argv = [
     process.execPath, defaultAgentMain(), 'run', ...agentModeArgs(mode, c.lab),
     '--manifests', c.manifestsDir, '--pin-dir', c.lab.state.pinDir, '--node-name', 'node', '--log-level', 'info',
+    // Its rule tools may take as long as its start (iptables-nft-restore of 10,000 Services took
+    // more than the 5-minute default in the VM lab, and the agent never came up).
+    '--tool-timeout', `${agentStartTimeoutMs(c.services)}ms`,
   ];
   const log = join(c.lab.state.stateDir, `agent-bench-${c.services}.log`);
   let agent: StartedProcess | null = null;

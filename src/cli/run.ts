@@ -30,6 +30,7 @@ import { componentLogger, setLogLevel, type Logger } from '../log.js';
 import { DEFAULT_PIN_DIR } from '../paths.js';
 import { parseOptions } from './options.js';
 import { parseDuration } from './duration.js';
+import { setDefaultToolTimeout } from '../process/run.js';
 import { DEFAULT_MAGLEV_MAX_SIZE, MAGLEV_SIZES } from '../model/maglev.js';
 import { SERVICE_CLI_HELP, SERVICE_CLI_OPTIONS, buildOptionsFromCli } from './service-options.js';
 import { RENDER_CLI_HELP, RENDER_CLI_OPTIONS, parseNodeIps, renderOptionsFromCli, startProxyMode } from '../modes/cli.js';
@@ -110,6 +111,9 @@ ${RENDER_CLI_HELP.split('\n').filter((l) => !l.includes('--node-ip')).join('\n')
 ${SERVICE_CLI_HELP}sync (as kube-proxy):
   --min-sync-period DUR      coalesce changes: at most one sync per DUR (default 1s)
   --sync-period DUR          full resync at least this often (default 30s)
+  --tool-timeout DUR         longest run of a rule tool (iptables-restore, nft, ipvsadm, ip) before
+                             it is killed and the sync retried (default 5m; a slow node loading
+                             10,000 Services may need more)
 observability:
   --metrics-bind-address A   Prometheus metrics on http://A/metrics (default 127.0.0.1:10249)
   --healthz-bind-address A   kube-proxy's /healthz and /livez (default 127.0.0.1:10256)
@@ -138,6 +142,7 @@ const OPTIONS = {
   'snat-port-range': { type: 'string', default: '61000-65535' },
   'min-sync-period': { type: 'string', default: '1s' },
   'sync-period': { type: 'string', default: '30s' },
+  'tool-timeout': { type: 'string', default: '5m' },
   'metrics-bind-address': { type: 'string', default: '127.0.0.1:10249' },
   'healthz-bind-address': { type: 'string', default: '127.0.0.1:10256' },
   'log-level': { type: 'string', default: 'info' },
@@ -225,9 +230,12 @@ export async function run(argv: string[]): Promise<number> {
   renderOptionsFromCli(values);
   const minSync = parseDuration('min-sync-period', values['min-sync-period']);
   const fullSync = parseDuration('sync-period', values['sync-period']);
+  const toolTimeout = parseDuration('tool-timeout', values['tool-timeout']);
+  if (toolTimeout <= 0) throw new ConfigError(`--tool-timeout ${values['tool-timeout']}: must be longer than 0; use e.g. 5m, 20m`);
   buildOptionsFromCli(values, useKube);
   if (fullSync < minSync) throw new ConfigError(`--sync-period must not be shorter than --min-sync-period`);
   requireRoot('vipr run');
+  setDefaultToolTimeout(toolTimeout);
   const scheduler = values.scheduler;
   if (!(SCHEDULERS as readonly string[]).includes(scheduler)) {
     throw new ConfigError(`--scheduler ${scheduler}: expected one of ${SCHEDULERS.join(', ')}`);

@@ -21,6 +21,18 @@ import { ToolError, type ToolFailure } from '../errors.js';
  */
 export const DEFAULT_TIMEOUT_MS = 5 * 60_000;
 
+let defaultTimeoutMs = DEFAULT_TIMEOUT_MS;
+
+/**
+ * The limit of every run that sets none, for this process (`vipr run --tool-timeout`): on a slow
+ * node a rule tool's load of 10,000 Services can take longer than 5 minutes (iptables-nft-restore
+ * did, under emulation), and then every sync would fail the same way.
+ */
+export function setDefaultToolTimeout(ms: number): void {
+  if (!Number.isFinite(ms) || ms <= 0) throw new RangeError(`tool timeout must be a positive number of ms, got ${ms}`);
+  defaultTimeoutMs = ms;
+}
+
 /** Default limit on stdout and on stderr, each: an iptables-save of 100,000 Services fits. */
 export const DEFAULT_MAX_BUFFER = 256 * 1024 * 1024;
 
@@ -155,7 +167,7 @@ export function spawnError(file: string, args: readonly string[], err: NodeJS.Er
 function settle(file: string, args: readonly string[], opts: RunOptions, o: Outcome): RunResult | ToolError {
   if (o.spawnError !== null) return spawnError(file, args, o.spawnError, opts.display);
   const shown = opts.display ?? commandLine(file, args);
-  const limit = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const limit = opts.timeoutMs ?? defaultTimeoutMs;
   let reason: string;
   let message: string;
   if (o.isCanceled) {
@@ -163,7 +175,8 @@ function settle(file: string, args: readonly string[], opts: RunOptions, o: Outc
     message = `${shown} was canceled`;
   } else if (o.timedOut) {
     reason = `timed out after ${limit} ms`;
-    message = `${shown} ${reason}`;
+    // The process-wide limit is the operator's to raise; a caller's own limit is the caller's.
+    message = `${shown} ${reason}${opts.timeoutMs === undefined ? ` (a slow node: raise vipr run --tool-timeout)` : ''}`;
   } else if (o.isMaxBuffer) {
     reason = `printed more than ${opts.maxBuffer ?? DEFAULT_MAX_BUFFER} bytes`;
     message = `${shown} ${reason}`;
@@ -246,7 +259,7 @@ export function run(file: string, args: readonly string[], opts: RunOptions = {}
     const timer = setTimeout(() => {
       outcome.timedOut = true;
       kill();
-    }, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    }, opts.timeoutMs ?? defaultTimeoutMs);
     const onAbort = (): void => {
       outcome.isCanceled = true;
       kill();
@@ -292,7 +305,7 @@ export function runSync(file: string, args: readonly string[], opts: Omit<RunOpt
   const r = spawnSync(file, argv, {
     input: opts.input ?? '',
     env: opts.env ?? process.env,
-    timeout: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+    timeout: opts.timeoutMs ?? defaultTimeoutMs,
     maxBuffer: opts.maxBuffer ?? DEFAULT_MAX_BUFFER,
     killSignal: 'SIGKILL',
     encoding: 'utf8',

@@ -32,6 +32,7 @@ test.each([
   ['bad VM time limit', ['lab', 'vm', '--timeout', '0'], /vipr lab: --timeout 0: expected the guest's time limit in minutes, a positive number/],
   ['bad option', ['list', '--bogus'], /vipr list: .*bogus.*see 'vipr list --help'/],
   ['bad duration', ['run', '--manifests', dir, '--iface', 'lo', '--min-sync-period', 'soon'], /--min-sync-period soon: not a duration/],
+  ['no tool timeout', ['run', '--manifests', dir, '--iface', 'lo', '--tool-timeout', '0s'], /--tool-timeout 0s: must be longer than 0; use e\.g\. 5m, 20m/],
   ['bad node IP', ['run', '--manifests', dir, '--iface', 'lo', '--node-ip', '10.0.0.256'], /--node-ip 10\.0\.0\.256: not an IPv4 or IPv6 address/],
   ['no interface', ['run', '--manifests', dir], /at least one --iface IF is required/],
   ['missing manifests dir', ['render', '--mode', 'iptables', '--manifests', '/nonexistent/dir'], /\/nonexistent\/dir/],

@@ -3,7 +3,7 @@
  * fields (not its text), and its message is one line naming the command and, where known, the fix.
  */
 import { ToolError } from '../../src/errors.js';
-import { run, runSync, stderrReason, toolExists } from '../../src/process/run.js';
+import { DEFAULT_TIMEOUT_MS, run, runSync, setDefaultToolTimeout, stderrReason, toolExists } from '../../src/process/run.js';
 
 async function failure(p: Promise<unknown>): Promise<ToolError> {
   const err = await p.then(
@@ -68,6 +68,18 @@ describe('run', () => {
     expect(Date.now() - start).toBeLessThan(3000);
     expect(e).toMatchObject({ code: null, exitCode: null, signal: 'SIGTERM', timedOut: true, isCanceled: false });
     expect(e.message).toBe('sleep 5 timed out after 100 ms');
+  });
+
+  test('a tool given no limit of its own gets the process-wide one (vipr run --tool-timeout), and its error names that option', async () => {
+    setDefaultToolTimeout(100);
+    try {
+      const e = await failure(run('sleep', ['5']));
+      expect(e).toMatchObject({ timedOut: true, reason: 'timed out after 100 ms' });
+      expect(e.message).toBe('sleep 5 timed out after 100 ms (a slow node: raise vipr run --tool-timeout)');
+    } finally {
+      setDefaultToolTimeout(DEFAULT_TIMEOUT_MS);
+    }
+    expect(() => setDefaultToolTimeout(0)).toThrow(RangeError);
   });
 
   test('an abort kills the tool: isCanceled', async () => {
