@@ -30,7 +30,7 @@ import { componentLogger, setLogLevel, type Logger } from '../log.js';
 import { DEFAULT_PIN_DIR } from '../paths.js';
 import { parseOptions } from './options.js';
 import { parseDuration } from './duration.js';
-import { setDefaultToolTimeout } from '../process/run.js';
+import { killRunningTools, setDefaultToolTimeout } from '../process/run.js';
 import { DEFAULT_MAGLEV_MAX_SIZE, MAGLEV_SIZES } from '../model/maglev.js';
 import { SERVICE_CLI_HELP, SERVICE_CLI_OPTIONS, buildOptionsFromCli } from './service-options.js';
 import { RENDER_CLI_HELP, RENDER_CLI_OPTIONS, parseNodeIps, renderOptionsFromCli, startProxyMode } from '../modes/cli.js';
@@ -364,6 +364,26 @@ async function runAgent(
   },
 ): Promise<number> {
   const log = componentLogger('run');
+  // SIGTERM or SIGINT from the start, not only once running: a first sync whose rule tool runs
+  // for minutes (iptables-nft-restore of 10,000 Services on a slow node) would otherwise end the
+  // process by the signal's default and leave the tool running on, loading rules with no agent.
+  // Every running tool is ended at once; while starting the agent then exits (what it installed
+  // stays, as after any stop); once running, it stops as below.
+  let running = false;
+  let stopRunning: ((signal: NodeJS.Signals) => void) | null = null;
+  const onStopSignal = (signal: NodeJS.Signals): void => {
+    const ended = killRunningTools();
+    if (running && stopRunning !== null) {
+      stopRunning(signal);
+      return;
+    }
+    log.info({ signal, toolsEnded: ended }, 'stopping while starting; what was installed stays in place');
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.once('SIGTERM', onStopSignal);
+  process.once('SIGINT', onStopSignal);
+  // The last resort, for an exit by an error: no tool outlives the agent.
+  process.once('exit', () => killRunningTools());
   const nodeName = values['node-name'] ?? hostname();
   const pinDir = values['pin-dir'];
   let datapath: LoadedDatapath | null = null;
@@ -547,12 +567,11 @@ async function runAgent(
   );
 
   await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
+    stopRunning = (signal): void => {
       log.info({ signal }, o.mode === 'bpf' ? 'stopping; programs and pinned maps stay in place' : 'stopping; the rules stay in place');
       resolve();
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    running = true;
   });
   await shutdown();
   return 0;

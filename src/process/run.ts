@@ -223,6 +223,21 @@ function collect(stream: NodeJS.ReadableStream | null, limit: number, onOverflow
   return () => Buffer.concat(chunks).toString('utf8');
 }
 
+/** The tools running now (`run`), so a process that stops can end them: they would outlive it. */
+const runningTools = new Set<ChildProcess>();
+
+/**
+ * Sends SIGTERM to every tool `run` started that is still running and returns how many. The
+ * agent calls it when told to stop: a tool left running would go on loading rules after the agent
+ * is gone, on a slow node for minutes. iptables-restore and nft -f killed halfway change nothing
+ * (they commit at the end); ipvsadm and ipset apply line by line, and the next agent's first
+ * sync is a full one.
+ */
+export function killRunningTools(): number {
+  for (const c of runningTools) c.kill('SIGTERM');
+  return runningTools.size;
+}
+
 /**
  * Runs `file args` to completion. Resolves with its output when it exits 0 (or with any exit code
  * when `check` is false); rejects with a ToolError when it could not start, exited non-zero, was
@@ -242,6 +257,7 @@ export function run(file: string, args: readonly string[], opts: RunOptions = {}
       reject(spawnError(file, argv, err as NodeJS.ErrnoException, opts.display));
       return;
     }
+    runningTools.add(child);
     let killTimer: NodeJS.Timeout | null = null;
     const kill = (): void => {
       if (killTimer !== null || child.exitCode !== null || child.signalCode !== null) return;
@@ -269,6 +285,7 @@ export function run(file: string, args: readonly string[], opts: RunOptions = {}
     const finish = (): void => {
       if (done) return;
       done = true;
+      runningTools.delete(child);
       clearTimeout(timer);
       if (killTimer !== null) clearTimeout(killTimer);
       opts.signal?.removeEventListener('abort', onAbort);
