@@ -253,7 +253,9 @@ async function startServers(state: LabState, nodes: readonly NodePlan[], save: (
         cgroup: hostCgroup(state, be.name),
         log,
         ready: (text) => text.includes(`backend-server ${be.name}: listening`),
-        timeoutMs: 10_000,
+        // A Node process's start: a second here, over 10 s on the VM lab's one emulated vCPU
+        // with five labs coming up side by side (vipr bench --north-south in the guest).
+        timeoutMs: 120_000,
       });
       state.processes.push(toProcessState('server', be.name, p, log));
     } catch (err) {
