@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { VIPR_MAIN, ensureBuilt, uniqueLabName } from '../helpers/lab.js';
+import { VIPR_MAIN, ensureBuilt, eventually, uniqueLabName } from '../helpers/lab.js';
 
 const MANIFEST = `apiVersion: v1
 kind: Service
@@ -38,13 +38,11 @@ const alive = (pid: number): boolean => {
   }
 };
 
-const eventually = async (what: string, check: () => boolean, ms: number): Promise<void> => {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-};
+/** Resolves once `check` holds, within `ms` (the shared helper retries what throws). */
+const holds = (what: string, check: () => boolean, ms: number): Promise<void> =>
+  eventually(async () => {
+    if (!check()) throw new Error(`not within ${ms} ms: ${what}`);
+  }, ms);
 
 const netns = `${uniqueLabName('stop')}-node`;
 const dir = mkdtempSync(join(tmpdir(), 'vipr-stop-tools-'));
@@ -86,11 +84,11 @@ test('SIGTERM while the first sync waits for iptables-restore ends the tool with
   child.stdout.on('data', (d: Buffer) => (log += d.toString()));
   child.stderr.on('data', (d: Buffer) => (log += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  await eventually('the agent runs iptables-legacy-restore', () => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '', 60_000);
+  await holds('the agent runs iptables-legacy-restore', () => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '', 60_000);
   const restore = Number(readFileSync(pidFile, 'utf8'));
   expect(alive(restore)).toBe(true);
   child.kill('SIGTERM');
   expect(await exited).toBe(143);
-  await eventually('the restore ends with the agent', () => !alive(restore), 5_000);
+  await holds('the restore ends with the agent', () => !alive(restore), 5_000);
   expect(log).toMatch(/"msg":"stopping while starting; what was installed stays in place"/);
 }, 120_000);
