@@ -8,7 +8,8 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calibrate, CALIBRATION_MODES, formatCalibration } from '../../src/lab/calibration.js';
-import { DEFAULT_ICOUNT_SHIFT, LAB_VM_MODES, labVm, QUICK_VM_ROUNDS, QUICK_VM_SERVICES } from '../../src/lab/vm.js';
+import { DEFAULT_ICOUNT_SHIFT, LAB_VM_MODES, labVm, labVmNorthSouth, QUICK_VM_ROUNDS, QUICK_VM_SERVICES } from '../../src/lab/vm.js';
+import { calibrateNorthSouth, formatNorthSouthCalibration } from '../../src/lab/vm-north-south.js';
 
 describe('lab vm: a real VM run', () => {
   it(
@@ -74,5 +75,27 @@ describe('lab vm: a real VM run', () => {
       expect(printed).toContain(formatCalibration(calibrate(result.report, result.hostReport as NonNullable<typeof result.hostReport>), hostJson));
     },
     60 * 60_000,
+  );
+
+  it(
+    'runs the north-south bench in the guest with IPVS and puts node1\'s CPU per packet beside this machine\'s',
+    async () => {
+      const result = await labVmNorthSouth(['xdp', 'iptables', 'ipvs'], { quick: true, rounds: 1, host: { json: 'bench/results/north-south.json' } });
+      expect(result.guestExitCode).toBe(0);
+      expect(result.report.env['icountShift']).toBe(DEFAULT_ICOUNT_SHIFT);
+      for (const mode of ['xdp', 'iptables', 'ipvs']) {
+        for (const traffic of ['udp', 'syn']) {
+          const r = result.report.northSouth.rows.find((x) => x.mode === mode && x.traffic === traffic);
+          expect([mode, traffic, (r?.deliveredPps ?? 0) > 0, (r?.nodeNsPerPacket ?? 0) > 0]).toEqual([mode, traffic, true, true]);
+        }
+      }
+      expect(result.report.northSouth.unavailable).toEqual([]);
+      const text = formatNorthSouthCalibration(calibrateNorthSouth(result.report, result.hostReport), result.hostSource);
+      expect(text).toMatch(/^largest disagreement: \d+\.\d\d \(xdp (udp|syn): VM ×\d+\.\d\d, host ×\d+\.\d\d\)$/m);
+      for (const traffic of ['udp', 'syn']) {
+        expect(text).toMatch(new RegExp(`^ {2}ipvs ${traffic} \\(.*\\): ×\\d+\\.\\d\\d ± \\d+\\.\\d\\d \\(rounds ×\\d+\\.\\d\\d\\); xdp ×\\d+\\.\\d\\d$`, 'm'));
+      }
+    },
+    40 * 60_000,
   );
 });
