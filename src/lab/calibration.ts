@@ -20,20 +20,25 @@ export interface RatioRange {
   max: number;
 }
 
-export interface CalibrationRow {
-  metric: string;
-  services: number;
+/** A mode's ratio to a base mode in the VM beside the same ratio on this machine. */
+export interface RatioComparison {
   mode: string;
-  /** VM: p50 / direct's p50 (medians over rounds). */
+  /** VM: the ratio of medians over rounds. */
   vmRatio: number;
-  /** VM: the same ratio round by round (each round's p50 over that round's direct), when the report has rounds. */
+  /** VM: the same ratio round by round, when the report has rounds. */
   vmRounds: number[] | null;
-  /** This machine: p50 / direct's p50. */
+  /** This machine: the ratio. */
   hostRatio: number;
   /** This machine: the ratio round by round (its own noise, part of any disagreement). */
   hostRounds: number[] | null;
   /** vmRatio - hostRatio. */
   disagreement: number;
+}
+
+/** Latency: p50 over direct's p50. */
+export interface CalibrationRow extends RatioComparison {
+  metric: string;
+  services: number;
 }
 
 export interface IpvsRow {

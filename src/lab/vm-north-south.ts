@@ -16,7 +16,7 @@
  */
 import { z } from 'zod';
 import { parseJson, readJsonFile, type JsonRecordKind } from '../json-file.js';
-import { roundsText, signed, x2 } from './calibration.js';
+import { roundsText, signed, x2, type RatioComparison } from './calibration.js';
 
 /** The north-south modes the VM runs by default: the plain XDP path (redirect needs a second CPU to mean anything), TC, the rule modes, IPVS. */
 export const VM_NORTH_SOUTH_MODES: readonly string[] = ['xdp', 'tc', 'iptables', 'nftables', 'ipvs'];
@@ -59,16 +59,9 @@ export function parseNorthSouthReport(text: string, source: string): VmNorthSout
   return parseJson(text, source, { ...GIVEN, fix: "the VM's bench wrote something else: see the VM's serial log" });
 }
 
-export interface NsCalibrationRow {
+/** Node ns per packet over iptables'. */
+export interface NsCalibrationRow extends RatioComparison {
   traffic: string;
-  mode: string;
-  /** VM: node ns per packet / iptables' (medians over rounds). */
-  vmRatio: number;
-  vmRounds: number[] | null;
-  hostRatio: number;
-  hostRounds: number[] | null;
-  /** vmRatio - hostRatio. */
-  disagreement: number;
 }
 
 export interface NsIpvsRow {
