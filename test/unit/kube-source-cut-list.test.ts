@@ -5,8 +5,11 @@
  * list timeout KubeSource.start() never resolved and the agent never synced, saying nothing. With
  * it, the list is abandoned, the informer restarted, and start() resolves with everything.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { KubeSource, type InformerRestart } from '../../src/sources/kube.js';
 import { loadKubeConfig } from '../../src/sources/kubeconfig.js';
 import { rawEndpointSlice, rawNode, rawService } from '../fake-apiserver/fixtures.js';
@@ -69,7 +72,13 @@ describe('KubeSource: a list cut short by the connection closing', () => {
 
   test('the list is abandoned after listTimeoutMs, the informer restarts, start() resolves with every slice', async () => {
     const url = `http://127.0.0.1:${(proxy.server.address() as AddressInfo).port}`;
-    const { config } = loadKubeConfig({ kubeconfig: writeKubeconfig(url), env: {} });
+    const dir = mkdtempSync(join(tmpdir(), 'vipr-kc-test-'));
+    let config;
+    try {
+      ({ config } = loadKubeConfig({ kubeconfig: writeKubeconfig(url, dir), env: {} }));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
     const restarts: InformerRestart[] = [];
     source = new KubeSource({
       kubeConfig: config,

@@ -6,7 +6,7 @@
 import { oneLineConfigError } from '../helpers/errors.js';
 import type { ObjectDeltas } from '../../src/sources/types.js';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ClusterObjects } from '../../src/model/k8s.js';
@@ -47,6 +47,8 @@ function sliceIPs(o: ClusterObjects, key: string): string[] {
 
 describe('KubeSource against the fake API server', () => {
   let server: FakeApiServer;
+  const kubeconfigDir = mkdtempSync(join(tmpdir(), 'vipr-kc-test-'));
+  afterAll(() => rmSync(kubeconfigDir, { recursive: true, force: true }));
   let source: KubeSource | null = null;
   /** The source's whole view at each announcement, and the deltas announced. */
   let changes: ClusterObjects[];
@@ -55,7 +57,8 @@ describe('KubeSource against the fake API server', () => {
   let restarts: InformerRestart[];
 
   function newSource(): KubeSource {
-    const { config } = loadKubeConfig({ kubeconfig: writeKubeconfig(server.url), env: {} });
+    const kubeconfig = writeKubeconfig(server.url, mkdtempSync(join(kubeconfigDir, 'k-')));
+    const { config } = loadKubeConfig({ kubeconfig, env: {} });
     const s = new KubeSource({
       kubeConfig: config,
       nodeName: 'node-a',
@@ -391,6 +394,7 @@ describe('KubeSource helpers', () => {
 
 describe('loadKubeConfig', () => {
   const dir = mkdtempSync(join(tmpdir(), 'vipr-kc-test-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   test('--kubeconfig wins over $KUBECONFIG', () => {
     const a = writeKubeconfig('http://127.0.0.1:1111', mkdtempSync(join(dir, 'a-')));
