@@ -150,6 +150,12 @@ export async function startInNetns(opts: StartOptions): Promise<StartedProcess> 
 /**
  * Stops the given processes: `first` (SIGTERM) to all, up to `graceMs` to exit, then SIGKILL. Returns the
  * pids that were running (and are now stopped). Never throws for processes already gone.
+ *
+ * SIGTERM goes to the process alone (the agent ends its own rule tools). SIGKILL goes to its whole
+ * process group (startInNetns makes each process the leader of one): an agent killed in the middle
+ * of an iptables-restore would otherwise leave the tool running with no agent, on through every
+ * later measurement. The group is signalled only while its leader is alive, so its id cannot
+ * have been handed to anyone else.
  */
 export async function stopProcesses(
   procs: { pid: number; startTime: number }[],
@@ -157,14 +163,24 @@ export async function stopProcesses(
   first: NodeJS.Signals = 'SIGTERM',
 ): Promise<number[]> {
   const running = procs.filter((p) => isRunning(p.pid, p.startTime));
-  for (const p of running) signal(p.pid, first);
+  for (const p of running) (first === 'SIGKILL' ? killGroup : signal)(p.pid, first);
   const deadline = Date.now() + graceMs;
   while (running.some((p) => isRunning(p.pid, p.startTime)) && Date.now() < deadline) await sleep(50);
   const stubborn = running.filter((p) => isRunning(p.pid, p.startTime));
-  for (const p of stubborn) signal(p.pid, 'SIGKILL');
+  for (const p of stubborn) killGroup(p.pid, 'SIGKILL');
   const killDeadline = Date.now() + 2000;
   while (stubborn.some((p) => isRunning(p.pid, p.startTime)) && Date.now() < killDeadline) await sleep(20);
   return running.map((p) => p.pid);
+}
+
+/** `sig` to the process group `pid` leads; to `pid` alone when it leads none. */
+function killGroup(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, sig);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    signal(pid, sig);
+  }
 }
 
 function signal(pid: number, sig: NodeJS.Signals): void {
