@@ -5,8 +5,6 @@
 import type { ClusterObjects } from '../model/k8s.js';
 import type { NodeInfo } from '../model/types.js';
 import { loadManifestDir } from './manifest.js';
-import { KubeSource } from './kube.js';
-import { loadKubeConfig } from './kubeconfig.js';
 import { ConfigError } from '../errors.js';
 
 export interface Snapshot {
@@ -28,6 +26,9 @@ export async function loadSnapshot(opts: { manifests?: string | undefined; kubec
   if (opts.kubeconfig === undefined && !process.env.KUBECONFIG && !process.env.KUBERNETES_SERVICE_HOST) {
     throw new ConfigError('no source: give --manifests DIR or --kubeconfig FILE (or set $KUBECONFIG)');
   }
+  // The Kubernetes client (~0.5 s to import) only for a look at the API: `vipr list` of the maps
+  // and renders of manifest files start without it.
+  const [{ loadKubeConfig }, { KubeSource }] = await Promise.all([import('./kubeconfig.js'), import('./kube.js')]);
   const { config } = loadKubeConfig(opts.kubeconfig === undefined ? {} : { kubeconfig: opts.kubeconfig });
   const source = new KubeSource({ kubeConfig: config, nodeName: opts.nodeName });
   try {
