@@ -20,6 +20,9 @@ import { componentLogger } from '../log.js';
 import { packageRoot, STATE_DIR } from '../paths.js';
 import { readJsonFileIfExists, type JsonRecordKind } from '../json-file.js';
 import { z } from 'zod';
+import { cgroup2Mount } from './cgroup2-mount.js';
+
+export { cgroup2Mount };
 
 const log = componentLogger('socket-lb');
 
@@ -58,14 +61,6 @@ export function socketLbRecordPath(pinDir: string): string {
   return join(STATE_DIR, `${basename(pinDir)}.socket-lb.json`);
 }
 
-/** The cgroup v2 mount point (Debian: /sys/fs/cgroup; hybrid hierarchies: .../unified), or null. */
-export function cgroup2Mount(mounts = readFileSync('/proc/self/mounts', 'utf8')): string | null {
-  for (const line of mounts.split('\n')) {
-    const [, mnt, type] = line.split(' ');
-    if (type === 'cgroup2' && mnt !== undefined) return mnt;
-  }
-  return null;
-}
 
 /** Whether this process shares the network namespace of pid 1 (the machine's, or the host's with hostNetwork). */
 export function inInitialNetns(): boolean {

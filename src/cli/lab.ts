@@ -5,27 +5,17 @@
  */
 import { parseArgs } from 'node:util';
 import { copyFile } from 'node:fs/promises';
-import { DEFAULT_ICOUNT_SHIFT, formatComparison, labVm, labVmNorthSouth, LAB_VM_MODES, readBenchReport, reportTiming, timingLine, type LabVmMode } from '../lab/vm.js';
-import { calibrateNorthSouth, formatNorthSouthCalibration, readNorthSouthReport, VM_NORTH_SOUTH_MODES, type VmNorthSouthReport } from '../lab/vm-north-south.js';
-import { formatNorthSouth } from '../bench/north-south-report.js';
+// Each command loads what it uses (the lab's builder, the VM lab, the bench's reports) when it
+// runs: `vipr lab exec`, run hundreds of times in loops, loads only the lab's state (hosts.ts).
+import type { LabVmMode } from '../lab/vm.js';
+import type { VmNorthSouthReport } from '../lab/vm-north-south.js';
 import type { NorthSouthReport } from '../bench/north-south.js';
-import { parseNorthSouthModes } from './bench.js';
-import { calibrate, formatCalibration } from '../lab/calibration.js';
+import type { LabStatus } from '../lab/lab.js';
 import { ConfigError } from '../errors.js';
 import { joinHostPort } from '../model/ip.js';
 import { formatError } from './errors.js';
 import { runInteractive } from '../lab/exec.js';
-import {
-  AgentStartError,
-  labDown,
-  labHostPlacement,
-  labRestartAgents,
-  labStatus,
-  labUp,
-  LabExistsError,
-  LabNotUpError,
-  type LabStatus,
-} from '../lab/lab.js';
+import { AgentStartError, labHostPlacement, LabExistsError, LabNotUpError } from '../lab/hosts.js';
 import {
   DEFAULT_LAB_IP_FAMILY,
   DEFAULT_LAB_NAME,
@@ -43,11 +33,12 @@ import {
   UNDERLAY_CIDR6,
   type LabIpFamily,
 } from '../lab/topology.js';
-import { NGINX_SERVICE } from '../lab/manifests.js';
 
 export const summary = 'a lab of network namespaces (client, nodes, backends) to run vipr in';
 
-const USAGE = `usage: vipr lab <command> [options]
+async function usage(): Promise<string> {
+  const [{ DEFAULT_ICOUNT_SHIFT }, { NGINX_SERVICE }] = await Promise.all([import('../lab/vm.js'), import('../lab/manifests.js')]);
+  return `usage: vipr lab <command> [options]
 
 commands:
   up      create the lab: namespaces, veths, backend servers, manifests, and an agent per node
@@ -98,6 +89,7 @@ The default lab is named '${DEFAULT_LAB_NAME}'; every namespace is named after t
 (<name>-client, <name>-node, <name>-be1...), so labs with different names can run side by side.
 State lives in /run/vipr/lab/<name>/. Must run as root.
 `;
+}
 
 function out(line: string): void {
   process.stdout.write(`${line}\n`);
@@ -130,7 +122,7 @@ async function up(argv: string[]): Promise<number> {
     strict: true,
   });
   if (values.help) {
-    out(USAGE.trimEnd());
+    out((await usage()).trimEnd());
     return 0;
   }
   const name = labName(values.name);
@@ -146,6 +138,7 @@ async function up(argv: string[]): Promise<number> {
   if (!(LAB_IP_FAMILIES as readonly string[]).includes(ipFamily)) {
     throw new ConfigError(`--ip-family must be one of ${LAB_IP_FAMILIES.join(', ')}, got '${ipFamily}'`);
   }
+  const [{ labUp }, { NGINX_SERVICE }] = await Promise.all([import('../lab/lab.js'), import('../lab/manifests.js')]);
   const { state } = await labUp({
     name,
     backends,
@@ -183,10 +176,11 @@ async function down(argv: string[]): Promise<number> {
     strict: true,
   });
   if (values.help) {
-    out(USAGE.trimEnd());
+    out((await usage()).trimEnd());
     return 0;
   }
   const name = labName(values.name);
+  const { labDown } = await import('../lab/lab.js');
   const result = await labDown(name);
   if (result.removed.length === 0 && result.failures.length === 0) {
     out(`lab '${name}' is not up; nothing to remove`);
@@ -211,9 +205,10 @@ async function restartAgent(argv: string[]): Promise<number> {
     strict: true,
   });
   if (values.help) {
-    out(USAGE.trimEnd());
+    out((await usage()).trimEnd());
     return 0;
   }
+  const { labRestartAgents } = await import('../lab/lab.js');
   const restarted = await labRestartAgents(labName(values.name), {
     kill: values.kill,
     ...(values.node === undefined ? {} : { node: values.node }),
@@ -235,7 +230,7 @@ async function exec(argv: string[]): Promise<number> {
     strict: true,
   });
   if (values.help) {
-    out(USAGE.trimEnd());
+    out((await usage()).trimEnd());
     return 0;
   }
   const [host, ...rest] = positionals;
@@ -318,9 +313,10 @@ async function status(argv: string[]): Promise<number> {
     strict: true,
   });
   if (values.help) {
-    out(USAGE.trimEnd());
+    out((await usage()).trimEnd());
     return 0;
   }
+  const { labStatus } = await import('../lab/lab.js');
   const s = await labStatus(labName(values.name));
   if (values.json) out(JSON.stringify(s, null, 2));
   else printStatus(s);
@@ -353,9 +349,22 @@ async function vm(argv: string[]): Promise<number> {
     },
   });
   if (values.help) {
-    out(USAGE.trimEnd());
+    out((await usage()).trimEnd());
     return 0;
   }
+  const [
+    { formatComparison, labVm, labVmNorthSouth, LAB_VM_MODES, readBenchReport, reportTiming, timingLine },
+    { calibrateNorthSouth, formatNorthSouthCalibration, readNorthSouthReport, VM_NORTH_SOUTH_MODES },
+    { formatNorthSouth },
+    { parseNorthSouthModes },
+    { calibrate, formatCalibration },
+  ] = await Promise.all([
+    import('../lab/vm.js'),
+    import('../lab/vm-north-south.js'),
+    import('../bench/north-south-report.js'),
+    import('./bench.js'),
+    import('../lab/calibration.js'),
+  ]);
   const accel = values.accel;
   if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw new ConfigError(`--accel ${accel}: expected auto, kvm or tcg`);
   const timing = values.timing;
@@ -452,7 +461,7 @@ const SUBCOMMANDS: Record<string, (argv: string[]) => Promise<number>> = { up, d
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub === undefined || sub === '-h' || sub === '--help' || sub === 'help') {
-    process.stdout.write(USAGE);
+    process.stdout.write(await usage());
     return sub === undefined ? 2 : 0;
   }
   const handler = SUBCOMMANDS[sub];

@@ -10,7 +10,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { cgroup2Mount } from '../bpf/socket-lb.js';
+import { cgroup2Mount } from '../bpf/cgroup2-mount.js';
 import { ConfigError } from '../errors.js';
 
 /** The directory grouping lab `name`'s node cgroups, or null without a cgroup v2 mount. */
