@@ -8,7 +8,9 @@
  *   - read the nat table's chains (`iptables-save -t nat`) so service chains nothing uses any
  *     more are flushed and deleted — every sync, as kube-proxy, except in large clusters where
  *     only full syncs pay for the dump;
- *   - one `iptables-restore --noflush`: each table is replaced atomically.
+ *   - one `iptables-restore --noflush`: each table is replaced atomically; with the nf_tables
+ *     backend a large input goes in several, each Service's chains in one
+ *     (src/modes/iptables-chunks.ts: iptables-nft-restore is quadratic in the chains it declares).
  * Both families, as kube-proxy's two proxiers: IPv4's ServicePorts with iptables-restore, IPv6's
  * with ip6tables-restore of the same backend, each family's partial sync naming only its own
  * changed ServicePorts (their keys differ by family). After a failure in either family nothing
@@ -23,6 +25,7 @@ import { resolveOptions, type RenderOptions } from '../render/options.js';
 import { DataplaneError } from '../errors.js';
 import { componentLogger } from '../log.js';
 import { chainsOf } from './iptables-save.js';
+import { restoreChunks } from './iptables-chunks.js';
 import { programmedFamilies, setSysctl, type IptablesTools } from './tools.js';
 
 const log = componentLogger('iptables');
@@ -132,7 +135,9 @@ export class IptablesDataplane implements Dataplane {
         ...(existingNatChains === undefined ? {} : { existingNatChains }),
       });
       try {
-        await tools.restore(text, { noflush: true });
+        const chunks = tools.backend === 'nft' ? restoreChunks(text) : [text];
+        if (chunks.length > 1) log.info({ family, restores: chunks.length, full: doFull }, `${tools.iptables}-restore input cut into restores (each Service's chains in one)`);
+        for (const chunk of chunks) await tools.restore(chunk, { noflush: true });
       } catch (err) {
         log.error({ err: (err as Error).message, full: doFull, family }, `${tools.iptables}-restore failed; the next sync is full`);
         throw err;
