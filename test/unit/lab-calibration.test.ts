@@ -89,6 +89,22 @@ describe('calibration math', () => {
     expect(cal.largest?.disagreement).toBeCloseTo(-0.4);
   });
 
+  it('names the largest among the hash-lookup modes beside it, when a rule walk disagrees most', () => {
+    const host = report([
+      { mode: 'direct', services: 1, metric: 'crr', p50: 100 },
+      { mode: 'bpf', services: 1, metric: 'crr', p50: 105 }, // ×1.05 against the VM's ×1.10: +0.05
+      { mode: 'iptables', services: 1, metric: 'crr', p50: 100 }, // ×1.00 against ×1.30: +0.30
+    ]);
+    const cal = calibrate(VM, host);
+    expect([cal.largest?.mode, cal.largestHash?.mode]).toEqual(['iptables', 'bpf']);
+    const text = formatCalibration(cal, 'host.json');
+    expect(text).toMatch(/^largest disagreement: 0\.30 \(iptables crr at 1 service: VM ×1\.30, host ×1\.00\)$/m);
+    expect(text).toMatch(
+      /^largest among the modes that look a Service up by hash, as IPVS does \(bpf, nftables\): 0\.05 \(bpf crr at 1 service: VM ×1\.10, host ×1\.05\)$/m,
+    );
+    expect(text).toMatch(/^ {2}ipvs crr \(new connection\), 1 service: ×1\.25 ± 0\.30 \(± 0\.05 as a hash lookup\) \(rounds ×1\.20–×1\.25\); bpf ×1\.10$/m);
+  });
+
   it('reports IPVS at every VM Service count, with bpf beside it where measured', () => {
     const cal = calibrate(VM, HOST);
     expect(cal.ipvs.map((r) => [r.services, Number(r.ratio.toFixed(2)), r.bpfRatio === null ? null : Number(r.bpfRatio.toFixed(2))])).toEqual([
@@ -118,6 +134,8 @@ describe('calibration math', () => {
     // No rounds on one side: '-'.
     expect(lines[3]?.trim().split(/\s+/)).toEqual(['crr', '1', 'iptables', '×1.30', '×1.25–×1.31', '×1.22', '-', '+0.08']);
     expect(text).toMatch(/^largest disagreement: 0\.10 \(bpf crr at 1 service: VM ×1\.10, host ×1\.20\)$/m);
+    // bpf, a hash lookup, disagrees most: no second bar.
+    expect(text).not.toContain('look a Service up by hash');
     expect(text).toMatch(/^IPVS in the VM, p50 ×direct ± 0\.10 \(the largest disagreement above\):$/m);
     expect(text).toMatch(/^ {2}ipvs crr \(new connection\), 1,000 services: ×1\.50 ± 0\.10 \(rounds -\)$/m);
   });
