@@ -14,16 +14,17 @@ import { ProcessStartError, startInNetns, stopProcesses } from '../../src/lab/pr
 
 const NETNS = `vipr-pstart-${process.pid}`;
 
+let dir = '';
+beforeAll(() => {
+  execFileSync('ip', ['netns', 'add', NETNS]);
+  dir = mkdtempSync(join(tmpdir(), 'vipr-pstart-'));
+});
+afterAll(() => {
+  execFileSync('ip', ['netns', 'del', NETNS]);
+  rmSync(dir, { recursive: true, force: true });
+});
+
 describe('startInNetns: a process that never gets ready', () => {
-  let dir = '';
-  beforeAll(() => {
-    execFileSync('ip', ['netns', 'add', NETNS]);
-    dir = mkdtempSync(join(tmpdir(), 'vipr-pstart-'));
-  });
-  afterAll(() => {
-    execFileSync('ip', ['netns', 'del', NETNS]);
-    rmSync(dir, { recursive: true, force: true });
-  });
 
   it('names its last log lines in the error and leaves it to the caller to stop', async () => {
     const log = join(dir, 'stalled.log');
@@ -57,15 +58,6 @@ function alive(pid: number): boolean {
 }
 
 describe('stopProcesses: a process that ignores SIGTERM', () => {
-  let dir = '';
-  beforeAll(() => {
-    execFileSync('ip', ['netns', 'add', NETNS]);
-    dir = mkdtempSync(join(tmpdir(), 'vipr-pstop-'));
-  });
-  afterAll(() => {
-    execFileSync('ip', ['netns', 'del', NETNS]);
-    rmSync(dir, { recursive: true, force: true });
-  });
 
   it('is killed after the grace time together with the child it was running', async () => {
     const log = join(dir, 'stubborn.log');
