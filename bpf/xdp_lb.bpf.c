@@ -133,27 +133,54 @@ static __always_inline int xdp_pod6_nexthop(struct xdp_md *ctx, const struct nat
 
 /*
  * Where a rewritten frame goes, in a frame of its own (the FIB lookup's 64 bytes): @nh filled
- * from the FIB (a flow SNATed to this node, forwarded) or from vipr_xdp_pods6_v1 (a listed pod of
- * this node), or left with ifindex 0 (to the stack). -1: the stack has to do the job of a frame
- * the FIB would not take (no neighbour entry yet, no route, hop limit expiring).
+ * from vipr_xdp_nexthops6_v1 or the FIB (a flow SNATed to this node, forwarded), or from
+ * vipr_xdp_pods6_v1 (a listed pod of this node), or left with ifindex 0 (to the stack). -1: the
+ * stack has to do the job of a frame the FIB would not take (no neighbour entry yet, no route,
+ * hop limit expiring). The FIB's answer is kept VIPR_NEXTHOP_TTL_NS for the same addresses and
+ * interface, as xdp_nexthop does for IPv4.
  */
 static __noinline int xdp_nexthop6(struct xdp_md *ctx, const struct packet6 *pkt, const struct nat_plan6 *plan,
 				   struct vipr_nexthop *nh)
 {
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	struct vipr_nexthop6_key key;
+	struct vipr_nexthop *cached;
 	struct bpf_fib_lookup fib;
+	__u64 now;
+	__u16 tot_len;
 
 	if (!plan->redirect) {
 		if (!ipv6_equal(plan->daddr, pkt->daddr))
 			xdp_pod6_nexthop(ctx, plan, nh);
 		return 0;
 	}
+	if ((void *)(ip6 + 1) > data_end || ip6->hop_limit <= 1)
+		return -1;
+	tot_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	ipv6_copy(key.saddr, plan->saddr);
+	ipv6_copy(key.daddr, plan->daddr);
+	key.ifindex = ctx->ingress_ifindex;
+	now = ct_clock();
+	cached = bpf_map_lookup_elem(&vipr_xdp_nexthops6_v1, &key);
+	if (cached && !nexthop_fresh(cached, now))
+		cached = NULL;
+	if (cached && tot_len <= cached->len_ok) {
+		*nh = *cached;
+		return 0;
+	}
 	if (xdp_fib6_lookup(ctx, pkt, plan, &fib))
 		return -1;
 	nh->ifindex = fib.ifindex;
-	nh->len_ok = fib.tot_len;
+	/* A longer packet allowed before, to the same place and not yet stale, still is. */
+	nh->len_ok = tot_len;
+	if (cached && cached->ifindex == nh->ifindex && cached->len_ok > tot_len)
+		nh->len_ok = cached->len_ok;
 	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
 	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
-	nh->expires_ns = ct_clock() + VIPR_NEXTHOP_TTL_NS;
+	nh->expires_ns = now + VIPR_NEXTHOP_TTL_NS;
+	bpf_map_update_elem(&vipr_xdp_nexthops6_v1, &key, nh, BPF_ANY);
 	return 0;
 }
 

@@ -225,6 +225,14 @@ struct vipr_nexthop {
 };
 _Static_assert(sizeof(struct vipr_nexthop) == 32, "vipr_nexthop layout");
 
+/* IPv6's (vipr_xdp_nexthops6_v1), as vipr_nexthop_key; len_ok is then the longest IPv6 packet, header included. */
+struct vipr_nexthop6_key {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__u32 ifindex; /* the interface the frame came in on */
+};
+_Static_assert(sizeof(struct vipr_nexthop6_key) == 36, "vipr_nexthop6_key layout");
+
 #define VIPR_NEXTHOP_TTL_NS 1000000000ULL /* 1 s: how stale a route or neighbour change can be */
 #define VIPR_NEXTHOP_ENTRIES 16384
 

@@ -38,6 +38,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vipr_xdp_nexthops_v1 SEC(".maps");
 
+/* IPv6's, as vipr_xdp_nexthops_v1 (a new forwarded IPv6 flow asked the FIB every time before). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct vipr_nexthop6_key);
+	__type(value, struct vipr_nexthop);
+	__uint(max_entries, VIPR_NEXTHOP_ENTRIES);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vipr_xdp_nexthops6_v1 SEC(".maps");
+
 /* Whether a next hop (of vipr_xdp_nexthops_v1 or a flow of vipr_xdp_flows_v1) may still be used at @now. */
 static __always_inline bool nexthop_fresh(const struct vipr_nexthop *nh, __u64 now)
 {

@@ -8,6 +8,8 @@
  * IPv6 address, and IPv4 beside it all. The default manifests: web-nodeport (30080) with pods of
  * both nodes, web-lb (30081, LB IPs 10.250.0.10 and fd00:10:250::10, Local) likewise.
  */
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
 import { agentArgv, loadLabState } from '../../src/lab/lab.js';
 import { planLab } from '../../src/lab/topology.js';
 import {
@@ -117,6 +119,13 @@ describe('vipr lab --nodes 2 (dual-stack)', () => {
       // XDP on node1's eth0 translated the flows to its own pods and passed them marked: TC
       // ingress let them through unread (IPv6's struct vipr_xdp_meta, the hop limit checked).
       expect(await datapathCounter(nodePinDirOf(lab, 'node1'), 'tc_xdp_done')).toBeGreaterThan(tcSkipped + 20);
+      // The flows to node2's pods XDP forwarded itself: their next hop (the FIB's answer) kept a
+      // second for the next new flow, towards node2 out of node1's eth0.
+      const nexthops = JSON.parse(
+        execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', join(nodePinDirOf(lab, 'node1'), 'vipr_xdp_nexthops6_v1')], { encoding: 'utf8' }),
+      ) as Array<{ formatted?: { value: { ifindex: number; expires_ns: number } } }>;
+      expect(nexthops.length).toBeGreaterThan(0);
+      for (const e of nexthops) expect([e.formatted?.value.ifindex ?? 0, e.formatted?.value.expires_ns ?? 0].map((v) => v > 0)).toEqual([true, true]);
     }, 120_000);
 
     it("externalTrafficPolicy Local keeps the client's IPv6 address: NodePort on each node and the LoadBalancer IP", async () => {
