@@ -34,6 +34,7 @@ import { closeMaps, openPinnedMaps, type DatapathMaps } from '../bpf/datapath.js
 import { IPPROTO_TCP, SCOPE_EXTERNAL } from '../bpf/layouts.js';
 import { spawn } from 'node:child_process';
 import { nsenterArgv, run, tryRun } from '../lab/exec.js';
+import { ToolError } from '../errors.js';
 import { AGENT_READY_MSG, defaultAgentMain } from '../lab/lab.js';
 import { logTail, startInNetns, stopProcesses, type StartedProcess } from '../lab/processes.js';
 import { FakeApiServer, type KubeObject } from '../lab/fake-apiserver/server.js';
@@ -128,9 +129,36 @@ export function iptablesEndpointCounts(save: string, indices: readonly number[])
   return out;
 }
 
+/**
+ * Pending Services up to which iptables-nft is asked chain by chain (`-S KUBE-SVC-…`: 3 ms each at
+ * 10,000 Services here), not for the whole nat table (0.85 s idle at 10,000, 9.8 s during a churn).
+ * iptables-legacy reads the whole table from the kernel whatever it prints, so it is always saved.
+ */
+const NFT_CHAIN_LOOKS_MAX = 64;
+const NFT_CHAIN_LOOKS_AT_ONCE = 8;
+
+/**
+ * `iptables-nft -t nat -S CHAIN`; '' for a chain not there (yet), which iptables-nft 1.8.9 reports
+ * as "chain `CHAIN' in table `nat' is incompatible" (older ones: "No chain/target/match").
+ */
+async function nftChainRules(netns: string, chain: string): Promise<string> {
+  const res = await tryRun('iptables-nft', ['-t', 'nat', '-S', chain], { netns, timeoutMs: 60_000 });
+  if (!(res instanceof ToolError)) return res.stdout;
+  if (res.exitCode === 1 && /No chain|is incompatible/i.test(res.stderr)) return '';
+  throw res;
+}
+
 function iptablesProbe(netns: string, backend: 'legacy' | 'nft'): DataplaneProbe {
   return {
     endpoints: async (indices) => {
+      if (backend === 'nft' && indices.length <= NFT_CHAIN_LOOKS_MAX) {
+        const outputs: string[] = [];
+        for (let i = 0; i < indices.length; i += NFT_CHAIN_LOOKS_AT_ONCE) {
+          const chains = indices.slice(i, i + NFT_CHAIN_LOOKS_AT_ONCE).map((index) => servicePortChainName(servicePortName(index), 'tcp'));
+          outputs.push(...(await Promise.all(chains.map((chain) => nftChainRules(netns, chain)))));
+        }
+        return iptablesEndpointCounts(outputs.join('\n'), indices);
+      }
       const { stdout } = await run(`iptables-${backend}-save`, ['-t', 'nat'], { netns, timeoutMs: 60_000 });
       return iptablesEndpointCounts(stdout, indices);
     },
