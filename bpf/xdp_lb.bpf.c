@@ -163,9 +163,7 @@ static __noinline int xdp_nexthop6(struct xdp_md *ctx, const struct packet6 *pkt
 	ipv6_copy(key.daddr, plan->daddr);
 	key.ifindex = ctx->ingress_ifindex;
 	now = ct_clock();
-	cached = bpf_map_lookup_elem(&vipr_xdp_nexthops6_v1, &key);
-	if (cached && !nexthop_fresh(cached, now))
-		cached = NULL;
+	cached = nexthop_cached(&vipr_xdp_nexthops6_v1, &key, now);
 	if (cached && tot_len <= cached->len_ok) {
 		*nh = *cached;
 		return 0;
@@ -173,14 +171,9 @@ static __noinline int xdp_nexthop6(struct xdp_md *ctx, const struct packet6 *pkt
 	if (xdp_fib6_lookup(ctx, pkt, plan, &fib))
 		return -1;
 	nh->ifindex = fib.ifindex;
-	/* A longer packet allowed before, to the same place and not yet stale, still is. */
-	nh->len_ok = tot_len;
-	if (cached && cached->ifindex == nh->ifindex && cached->len_ok > tot_len)
-		nh->len_ok = cached->len_ok;
 	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
 	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
-	nh->expires_ns = now + VIPR_NEXTHOP_TTL_NS;
-	bpf_map_update_elem(&vipr_xdp_nexthops6_v1, &key, nh, BPF_ANY);
+	nexthop_keep(&vipr_xdp_nexthops6_v1, &key, cached, tot_len, now, nh);
 	return 0;
 }
 

@@ -54,6 +54,28 @@ static __always_inline bool nexthop_fresh(const struct vipr_nexthop *nh, __u64 n
 	return (__s64)(nh->expires_ns - now) > 0;
 }
 
+/* @map's (vipr_xdp_nexthops_v1 or _nexthops6_v1) entry for @key while it is fresh, else NULL. */
+static __always_inline struct vipr_nexthop *nexthop_cached(void *map, const void *key, __u64 now)
+{
+	struct vipr_nexthop *cached = bpf_map_lookup_elem(map, key);
+
+	return cached && nexthop_fresh(cached, now) ? cached : NULL;
+}
+
+/*
+ * @nh as the FIB just answered it (egress, MACs) for a packet @tot_len long, kept in @map for
+ * VIPR_NEXTHOP_TTL_NS: a longer packet allowed before (@cached), to the same place, still is.
+ */
+static __always_inline void nexthop_keep(void *map, const void *key, const struct vipr_nexthop *cached,
+					 __u16 tot_len, __u64 now, struct vipr_nexthop *nh)
+{
+	nh->len_ok = tot_len;
+	if (cached && cached->ifindex == nh->ifindex && cached->len_ok > tot_len)
+		nh->len_ok = cached->len_ok;
+	nh->expires_ns = now + VIPR_NEXTHOP_TTL_NS;
+	bpf_map_update_elem(map, key, nh, BPF_ANY);
+}
+
 /*
  * Where a rewritten frame goes: from vipr_xdp_nexthops_v1 while its entry is fresh and allowed
  * a frame this long, else from the FIB (and the entry renewed). Returns 0 with @nh filled, or -1
@@ -77,21 +99,14 @@ static __always_inline int xdp_nexthop(struct xdp_md *ctx, const struct packet *
 	if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
 		return -1;
 	tot_len = bpf_ntohs(ip->tot_len);
-	cached = bpf_map_lookup_elem(&vipr_xdp_nexthops_v1, &key);
-	if (cached && !nexthop_fresh(cached, now))
-		cached = NULL;
+	cached = nexthop_cached(&vipr_xdp_nexthops_v1, &key, now);
 	if (cached && tot_len <= cached->len_ok) {
 		*nh = *cached;
 		return 0;
 	}
 	if (xdp_fib_lookup(ctx, pkt, plan, tot_len, nh))
 		return -1;
-	/* A longer frame allowed before, to the same place and not yet stale, still is. */
-	nh->len_ok = tot_len;
-	if (cached && cached->ifindex == nh->ifindex && cached->len_ok > tot_len)
-		nh->len_ok = cached->len_ok;
-	nh->expires_ns = now + VIPR_NEXTHOP_TTL_NS;
-	bpf_map_update_elem(&vipr_xdp_nexthops_v1, &key, nh, BPF_ANY);
+	nexthop_keep(&vipr_xdp_nexthops_v1, &key, cached, tot_len, now, nh);
 	return 0;
 }
 
