@@ -175,18 +175,16 @@ export async function stopProcesses(
 
 /** `sig` to the process group `pid` leads; to `pid` alone when it leads none. */
 function killGroup(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(-pid, sig);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-    signal(pid, sig);
-  }
+  if (!signal(-pid, sig)) signal(pid, sig);
 }
 
-function signal(pid: number, sig: NodeJS.Signals): void {
+/** `sig` to `pid` (negative: that process group); false when there is none (ESRCH). */
+function signal(pid: number, sig: NodeJS.Signals): boolean {
   try {
     process.kill(pid, sig);
+    return true;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    return false;
   }
 }
